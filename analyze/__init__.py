@@ -1,0 +1,1 @@
+"""flowtape.analyze: everything that reads a tape — enrichment views, reports, renderers."""

@@ -1,0 +1,1 @@
+"""flowtape.capture: everything that writes a tape — probes, watchers, decoders, importers, synth."""

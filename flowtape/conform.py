@@ -1,0 +1,130 @@
+"""Turn what producers hand the writer into Arrow tables of exactly a table's schema.
+
+Producers may pass an Arrow table or record batch, a Polars DataFrame, a dict of columns or
+a list of row dicts. Anything that does not fit is rejected with a SchemaError naming the
+table and the column, before a byte reaches the tape.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .errors import SchemaError
+from .schema import PARTITION_KEY, Table
+
+Data = Any  # pa.Table | pa.RecordBatch | polars.DataFrame | dict[str, list] | list[dict]
+
+
+def _fail(table: Table, column: str, why: str) -> SchemaError:
+    return SchemaError(f"table {table.name!r}, column {column!r}: {why}")
+
+
+def _columns_from_rows(table: Table, rows: list[dict]) -> dict[str, list]:
+    known = set(table.column_names)
+    names = [n for n in table.column_names if n != PARTITION_KEY or any(PARTITION_KEY in r for r in rows)]
+    cols: dict[str, list] = {name: [] for name in names}
+    for i, row in enumerate(rows):
+        extra = row.keys() - known
+        if extra:
+            raise _fail(table, sorted(extra)[0], f"not a column of this table (row {i})")
+        for name in names:
+            cols[name].append(row.get(name))
+    return cols
+
+
+def _as_arrow(table: Table, data: Data) -> pa.Table | dict[str, Any]:
+    if isinstance(data, pa.RecordBatch):
+        return pa.Table.from_batches([data])
+    if isinstance(data, pa.Table):
+        return data
+    if isinstance(data, list):
+        return _columns_from_rows(table, data)
+    if isinstance(data, dict):
+        return data
+    to_arrow = getattr(data, "to_arrow", None)  # polars.DataFrame, duckdb relation
+    if callable(to_arrow):
+        out = to_arrow()
+        return out if isinstance(out, pa.Table) else pa.Table.from_batches(out)
+    raise SchemaError(f"table {table.name!r}: cannot write a {type(data).__name__}; pass Arrow, Polars, a dict of columns or a list of rows")
+
+
+def conform(table: Table, data: Data, node: str | None = None) -> pa.Table:
+    """Return `data` as an Arrow table with exactly `table.arrow_schema` (no `node` column).
+
+    A `node` column, if present, must equal `node` everywhere (it becomes the partition).
+    """
+    target = table.arrow_schema
+    src = _as_arrow(table, data)
+    names = list(src.column_names) if isinstance(src, pa.Table) else list(src.keys())
+
+    if PARTITION_KEY in names:
+        values = src[PARTITION_KEY]
+        arr = values if isinstance(values, (pa.Array, pa.ChunkedArray)) else pa.array(values, pa.string())
+        distinct = pc.unique(arr).to_pylist() if len(arr) else []
+        if node is not None and any(v != node for v in distinct):
+            raise _fail(table, PARTITION_KEY, f"rows for node {distinct!r} written as node {node!r}")
+        names.remove(PARTITION_KEY)
+
+    known = set(target.names)
+    for name in names:
+        if name not in known:
+            raise _fail(table, name, "not a column of this table")
+
+    fast = (
+        isinstance(src, pa.Table)
+        and known <= set(names)
+        and all(src.schema.field(f.name).type.equals(f.type) for f in target)
+    )
+    if fast:  # the common case for kernel batches: no per-value work
+        out = pa.Table.from_arrays(src.select(target.names).columns, schema=target)
+    else:
+        length = len(src) if isinstance(src, pa.Table) else _length(table, src)
+        arrays = []
+        for f in target:
+            if f.name not in names:
+                arrays.append(pa.nulls(length, f.type))
+                continue
+            values = src[f.name]
+            try:
+                if isinstance(values, (pa.Array, pa.ChunkedArray)):
+                    arr = values if values.type.equals(f.type) else values.cast(f.type, safe=True)
+                else:
+                    arr = pa.array(_plain(values), type=f.type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError, OverflowError) as e:
+                raise _fail(table, f.name, f"does not fit {f.type}: {_short(e)}") from None
+            if len(arr) != length:
+                raise _fail(table, f.name, f"has {len(arr)} values, expected {length}")
+            arrays.append(arr)
+        out = pa.Table.from_arrays(arrays, schema=target) if arrays else pa.table({})
+
+    for f in target:
+        if not f.nullable and out.column(f.name).null_count:
+            raise _fail(table, f.name, f"is required but {out.column(f.name).null_count} row(s) are null")
+    return out
+
+
+def _length(table: Table, cols: dict[str, Any]) -> int:
+    lengths = {name: len(v) for name, v in cols.items() if name != PARTITION_KEY}
+    if not lengths:
+        return 0
+    if len(set(lengths.values())) > 1:
+        name = min(lengths, key=lambda n: lengths[n])
+        raise _fail(table, name, f"has {lengths[name]} values, others have {max(lengths.values())}")
+    return next(iter(lengths.values()))
+
+
+def _plain(values: Any) -> Any:
+    to_list = getattr(values, "to_list", None)  # polars Series, numpy via tolist below
+    if callable(to_list):
+        return to_list()
+    tolist = getattr(values, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    return values
+
+
+def _short(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__

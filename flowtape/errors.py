@@ -1,0 +1,65 @@
+"""Exit codes and the errors that map to them.
+
+Every failure a user can cause is a FlowtapeError: the CLI prints its message as one line on
+stderr and exits with its code. Anything else is a bug (a traceback with --traceback).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Exit(IntEnum):
+    OK = 0
+    INTERNAL = 1  # a bug: unexpected exception
+    USAGE = 2  # bad flags or arguments (click's own code)
+    BAD_INPUT = 3  # unreadable or invalid tape, file or config
+    VERIFY_FAILED = 4  # verify found problems
+    REGRESSION = 5  # diff/check: a regression or a rule violated
+    NO_PERMISSION = 6  # missing privilege (root, CAP_BPF) or unwritable output
+    UNSUPPORTED = 7  # the host lacks something needed (bcc, headers, tracepoint, cgroup v2)
+    DISK_FULL = 8  # ran out of space; what was written is kept
+    INTERRUPTED = 130
+
+
+class FlowtapeError(Exception):
+    """A failure with a one-line message for the user and an exit code."""
+
+    exit_code: Exit = Exit.BAD_INPUT
+
+    def __init__(self, message: str, exit_code: Exit | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class TapeError(FlowtapeError):
+    """The tape (folder, manifest or part) cannot be read as a flowtape tape."""
+
+
+class SchemaError(FlowtapeError):
+    """Rows do not fit a table's schema; the message names table and column."""
+
+
+class QueryError(FlowtapeError):
+    """A SQL query failed."""
+
+
+class UsageError(FlowtapeError):
+    exit_code = Exit.USAGE
+
+
+class PermissionDenied(FlowtapeError):
+    exit_code = Exit.NO_PERMISSION
+
+
+class Unsupported(FlowtapeError):
+    exit_code = Exit.UNSUPPORTED
+
+
+class DiskFull(FlowtapeError):
+    exit_code = Exit.DISK_FULL

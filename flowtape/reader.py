@@ -1,0 +1,231 @@
+"""Tape: a recorded tape opened for reading, as DuckDB views and Polars LazyFrames.
+
+Opening never modifies or deletes anything. Parts that cannot be read (a temporary part left
+by a killed recorder, a truncated file, a part whose schema does not match) are left out of
+the views and listed in `tape.problems`, so a crashed recording is still usable.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import QueryError, TapeError
+from .manifest import read_manifest
+from .schema import PARTITION_KEY, TABLES, Table
+from .writer import PART_RE
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something about a tape that is not as it should be, as one line for the user."""
+
+    path: str  # relative to the tape, or "" for the tape as a whole
+    message: str
+    severity: str = "error"  # "error": data was left out or does not match; "warning": usable
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+    def where(self, tape: Path | str) -> str:
+        """The problem as one line naming the file: `TAPE/PATH: message`."""
+        return f"{tape}/{self.path}: {self.message}" if self.path else f"{tape}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Part:
+    table: str
+    node: str
+    path: Path
+    rel: str
+    rows: int
+    bytes: int
+    listed: bool  # listed in the manifest
+
+
+def schema_mismatch(decl: Table, found: pa.Schema) -> str | None:
+    """Describe how a part's stored schema differs from the table's, or None if it fits."""
+    want = decl.arrow_schema
+    for f in want:
+        idx = found.get_field_index(f.name)
+        if idx < 0:
+            return f"schema mismatch: column {f.name!r} is missing"
+        got = found.field(idx).type
+        if not got.equals(f.type):
+            return f"schema mismatch: column {f.name!r} is {got}, expected {f.type}"
+    extra = [n for n in found.names if n not in want.names]
+    if extra:
+        return f"schema mismatch: unexpected column {extra[0]!r}"
+    return None
+
+
+def scan_parts(path: Path, manifest: dict[str, Any]) -> tuple[list[Part], list[Problem]]:
+    """Find the readable parts of a tape and describe everything else."""
+    parts: list[Part] = []
+    problems: list[Problem] = []
+    files = manifest["files"]
+    seen: set[str] = set()
+    if not manifest.get("complete"):
+        problems.append(Problem("", "tape was not closed cleanly (recorder stopped or still recording); complete parts are read", "warning"))
+    for table_dir in sorted(p for p in path.iterdir() if p.is_dir()):
+        decl = TABLES.get(table_dir.name)
+        if decl is None:
+            if not table_dir.name.startswith("."):
+                problems.append(Problem(table_dir.name, "unknown table folder; ignored", "warning"))
+            continue
+        for node_dir in sorted(table_dir.iterdir()):
+            if not node_dir.is_dir() or not node_dir.name.startswith(f"{PARTITION_KEY}="):
+                problems.append(Problem(str(node_dir.relative_to(path)), f"not a {PARTITION_KEY}=<name> partition; ignored", "warning"))
+                continue
+            node = node_dir.name.split("=", 1)[1]
+            for f in sorted(node_dir.iterdir()):
+                rel = str(f.relative_to(path))
+                if f.name.endswith(".tmp"):
+                    problems.append(Problem(rel, "incomplete part (the writer stopped before finishing it); not read"))
+                    continue
+                if not PART_RE.match(f.name):
+                    problems.append(Problem(rel, "not a part file; ignored", "warning"))
+                    continue
+                seen.add(rel)
+                size = f.stat().st_size
+                entry = files.get(rel)
+                if entry is not None and entry["bytes"] != size:
+                    problems.append(Problem(rel, f"truncated or modified part ({size} bytes, manifest says {entry['bytes']}); not read"))
+                    continue
+                try:
+                    meta = pq.read_metadata(f)
+                    stored = pq.read_schema(f)
+                except (OSError, pa.ArrowException) as e:
+                    why = "truncated part" if "magic" in str(e).lower() or "size" in str(e).lower() else "unreadable part"
+                    problems.append(Problem(rel, f"{why} ({str(e).splitlines()[0][:120]}); not read"))
+                    continue
+                mismatch = schema_mismatch(decl, stored)
+                if mismatch:
+                    problems.append(Problem(rel, f"{mismatch}; not read"))
+                    continue
+                if entry is None:
+                    problems.append(Problem(rel, "complete part not yet listed in the manifest (written after its last update); read", "warning"))
+                parts.append(Part(decl.name, node, f, rel, meta.num_rows, size, entry is not None))
+    for rel in files:
+        if rel not in seen:
+            problems.append(Problem(rel, "listed in the manifest but missing on disk"))
+    return parts, problems
+
+
+class Tape:
+    """A tape opened for reading.
+
+    Example:
+        >>> import flowtape
+        >>> tape = flowtape.open("fixtures/tiny.tape")
+        >>> tape.sql("select count(*) from flows").fetchone()[0] > 0
+        True
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.manifest = read_manifest(self.path)
+        self.parts, self.problems = scan_parts(self.path, self.manifest)
+        self.con = duckdb.connect(":memory:")
+        self._files: dict[str, list[str]] = {name: [] for name in TABLES}
+        for p in self.parts:
+            self._files[p.table].append(str(p.path))
+        for name, decl in TABLES.items():
+            self._create_view(decl)
+
+    # --- views -------------------------------------------------------------------------
+
+    def _create_view(self, decl: Table) -> None:
+        cols = ", ".join(f'"{c}"' for c in decl.column_names)
+        files = self._files[decl.name]
+        if files:
+            source = (
+                f"read_parquet({_sql_list(files)}, hive_partitioning = true, "
+                f"hive_types = {{'{PARTITION_KEY}': VARCHAR}})"
+            )
+        else:
+            empty = decl.view_schema.empty_table()
+            self.con.register(f"__empty_{decl.name}", empty)
+            source = f"__empty_{decl.name}"
+        self.con.execute(f'CREATE OR REPLACE VIEW "{decl.name}" AS SELECT {cols} FROM {source}')
+
+    @property
+    def tables(self) -> list[str]:
+        return list(TABLES)
+
+    @property
+    def nodes(self) -> list[str]:
+        return sorted(self.manifest["nodes"])
+
+    @property
+    def window(self) -> tuple[int | None, int | None]:
+        w = self.manifest["window"]
+        return w.get("start_ns"), w.get("end_ns")
+
+    def files(self, table: str) -> list[str]:
+        """Paths of the readable parts of `table`."""
+        return list(self._files[_known(table)])
+
+    def rows(self, table: str) -> int:
+        """Rows of `table` in the readable parts (from part footers, no scan)."""
+        name = _known(table)
+        return sum(p.rows for p in self.parts if p.table == name)
+
+    def table(self, name: str) -> duckdb.DuckDBPyRelation:
+        """The table as a lazy DuckDB relation (call .pl(), .arrow() or .fetchall())."""
+        return self.con.table(_known(name))
+
+    def lazy(self, name: str) -> pl.LazyFrame:
+        """The table as a Polars LazyFrame (nothing is read until .collect())."""
+        decl = TABLES[_known(name)]
+        files = self._files[decl.name]
+        if not files:
+            return pl.from_arrow(decl.view_schema.empty_table()).lazy()
+        lf = pl.scan_parquet(files, hive_partitioning=True, hive_schema={PARTITION_KEY: pl.String})
+        return lf.select(decl.column_names)
+
+    def sql(self, query: str, params: Any = None) -> duckdb.DuckDBPyRelation:
+        """Run SQL over the tape's views; a lazy relation (QueryError with DuckDB's message on failure)."""
+        try:
+            return self.con.sql(query, params=params) if params is not None else self.con.sql(query)
+        except duckdb.Error as e:
+            raise QueryError(f"query failed: {_first_line(e)}") from None
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Tape":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Tape {str(self.path)!r} nodes={self.nodes} parts={len(self.parts)} problems={len(self.problems)}>"
+
+
+def _known(name: str) -> str:
+    if name not in TABLES:
+        raise TapeError(f"unknown table {name!r} (tables: {', '.join(TABLES)})")
+    return name
+
+
+def _sql_list(items: list[str]) -> str:
+    return "[" + ", ".join("'" + s.replace("'", "''") + "'" for s in items) + "]"
+
+
+def _first_line(e: Exception) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return " ".join(lines[:2])[:300] if lines else type(e).__name__
+
+
+def open_tape(path: str | os.PathLike) -> Tape:
+    """Open the tape at `path` (TapeError with a one-line message if it is not a readable tape)."""
+    return Tape(path)

@@ -14,10 +14,12 @@ import hashlib
 import os
 import re
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from functools import wraps
+from typing import Any, Callable, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -84,6 +86,18 @@ def _disk_error(e: OSError, what: Path) -> Exception:
     return e
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(method: F) -> F:
+    @wraps(method)
+    def wrapper(self: "TapeWriter", *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 class TapeWriter:
     """Write a tape. Use as a context manager, or call close().
 
@@ -112,6 +126,7 @@ class TapeWriter:
         self.row_group_rows = row_group_rows
         self.compression = compression
         self.compression_level = compression_level
+        self._lock = threading.RLock()  # producers (probes, k8s watcher) append from several threads
         self._parts: dict[tuple[str, str], _Part] = {}
         self._next_seq: dict[tuple[str, str], int] = {}
         self._closed = False
@@ -165,6 +180,7 @@ class TapeWriter:
             nodes[node]["clock"] = clock
         self.manifest["lost"].setdefault(node, {})
 
+    @_locked
     def set_window(self, start_ns: int | None = None, end_ns: int | None = None) -> None:
         """Set the capture window explicitly (a recorder does; otherwise it is the data's span)."""
         if start_ns is not None:
@@ -172,25 +188,30 @@ class TapeWriter:
         if end_ns is not None:
             self._explicit_window["end_ns"] = int(end_ns)
 
+    @_locked
     def set_lost(self, name: str, count: int, node: str | None = None) -> None:
         """Set a lost/skipped-data counter (cumulative value, e.g. read from a kernel map)."""
         node = node or self.node
         self._ensure_node(node)
         self.manifest["lost"][node][name] = int(count)
 
+    @_locked
     def add_lost(self, name: str, count: int = 1, node: str | None = None) -> None:
         node = node or self.node
         self._ensure_node(node)
         lost = self.manifest["lost"][node]
         lost[name] = lost.get(name, 0) + int(count)
 
+    @_locked
     def add_gap(self, source: str, start_ns: int, end_ns: int | None, reason: str, node: str | None = None) -> None:
         """Record an interval during which `source` was blind (a broken watch, a paused probe)."""
         self.manifest["gaps"].append({"source": source, "node": node or self.node, "start_ns": start_ns, "end_ns": end_ns, "reason": reason})
 
+    @_locked
     def set_probe(self, name: str, settings: dict[str, Any]) -> None:
         self.manifest["probes"][name] = settings
 
+    @_locked
     def update(self, section: str, values: dict[str, Any]) -> None:
         """Merge `values` into a manifest section: 'settings', 'redaction' or 'extra'."""
         if section not in ("settings", "redaction", "extra"):
@@ -199,6 +220,7 @@ class TapeWriter:
 
     # --- rows --------------------------------------------------------------------------
 
+    @_locked
     def append(self, table: str, data: Data, node: str | None = None) -> int:
         """Append rows to `table` for `node` (default: the writer's node). Returns rows added.
 
@@ -294,6 +316,7 @@ class TapeWriter:
             "ts_max_ns": part.ts_max,
         }
 
+    @_locked
     def maybe_rotate(self, now: float | None = None) -> bool:
         """Rotate when the oldest open part is older than rotate_seconds. Call it from idle loops too."""
         now = time.monotonic() if now is None else now
@@ -305,6 +328,7 @@ class TapeWriter:
             self._last_rotation = now
         return False
 
+    @_locked
     def rotate(self) -> None:
         """Close and list every open part, then rewrite the manifest."""
         for part in list(self._parts.values()):
@@ -331,6 +355,7 @@ class TapeWriter:
         except OSError as e:
             raise _disk_error(e, self.path / MANIFEST_NAME) from None
 
+    @_locked
     def close(self) -> None:
         """Finish every part and mark the tape complete."""
         if self._closed:
@@ -342,6 +367,7 @@ class TapeWriter:
         self.rotate()
         self._closed = True
 
+    @_locked
     def abort(self) -> None:
         """Stop without completing the open parts (they stay as .tmp); keep what was finished."""
         for part in self._parts.values():

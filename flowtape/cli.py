@@ -27,7 +27,9 @@ app = typer.Typer(
 )
 
 # Commands that live beside the code they drive register themselves here (module.register(app)).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "flowtape.capture.tiny",
+]
 
 
 def _version(value: bool) -> None:
@@ -245,8 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (console entry point wraps it in sys.exit)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     show_tb = "--traceback" in argv
-    command = typer.main.get_command(app)
     try:
+        command = typer.main.get_command(app)
         rv = command.main(args=argv, prog_name="flowtape", standalone_mode=False)
         return int(rv) if isinstance(rv, int) else 0
     except typer.Exit as e:

@@ -125,8 +125,8 @@ class Tape:
     Example:
         >>> import flowtape
         >>> tape = flowtape.open("fixtures/tiny.tape")
-        >>> tape.sql("select count(*) from flows").fetchone()[0] > 0
-        True
+        >>> tape.sql("select count(*) from flows").fetchall()
+        [(5,)]
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -179,7 +179,7 @@ class Tape:
         return sum(p.rows for p in self.parts if p.table == name)
 
     def table(self, name: str) -> duckdb.DuckDBPyRelation:
-        """The table as a lazy DuckDB relation (call .pl(), .arrow() or .fetchall())."""
+        """The table as a lazy DuckDB relation (call .pl(), .to_arrow_table() or .fetchall())."""
         return self.con.table(_known(name))
 
     def lazy(self, name: str) -> pl.LazyFrame:

@@ -181,6 +181,11 @@ class TapeWriter:
         self.manifest["lost"].setdefault(node, {})
 
     @_locked
+    def add_node(self, node: str, clock: dict[str, int] | None = None) -> None:
+        """Declare another node whose rows this writer carries (merges, synthetic tapes)."""
+        self._ensure_node(check_node_name(node), clock)
+
+    @_locked
     def set_window(self, start_ns: int | None = None, end_ns: int | None = None) -> None:
         """Set the capture window explicitly (a recorder does; otherwise it is the data's span)."""
         if start_ns is not None:

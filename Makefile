@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is a step of theirs.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test setup host docs bench clean
+
+# A virtualenv with flowtape installed editable, plus test tools.
+$(VENV)/.installed: pyproject.toml
+	bash scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# System packages the eBPF and network tests need (root on Debian; prints what it skipped otherwise).
+host: setup
+	@if [ -f scripts/setup-host.sh ]; then bash scripts/setup-host.sh "$(VENV)"; fi
+
+# The main job on the bundled fixture tape.
+demo: setup
+	$(BIN)/flowtape info fixtures/tiny.tape
+	$(BIN)/flowtape sql fixtures/tiny.tape "select node, l4, count(*) as flows, sum(packets) as packets, sum(bytes) as bytes from flows group by all order by all"
+
+# Every test (eBPF tests included when run as root; under CI=true they must not skip).
+test: host
+	$(BIN)/python -m pytest
+
+docs: setup
+	$(BIN)/flowtape schema --markdown > docs/schema.md
+
+bench: setup
+	$(BIN)/python benchmarks/bench_tape.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

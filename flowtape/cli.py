@@ -223,9 +223,9 @@ def schema(
     """
     from . import schema as s
 
-    tables = [s.table(table)] if table else None
     if table and table not in s.TABLES:
         raise UsageError(f"unknown table {table!r} (tables: {', '.join(s.TABLES)})")
+    tables = [s.table(table)] if table else None
     if markdown:
         out().write(s.markdown(tables))
         return

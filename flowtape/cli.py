@@ -127,7 +127,7 @@ def info(tape: TapeArg, format: FormatOpt = Format.table) -> None:
     if not tables:
         w("  (no rows)\n")
     lost = data["lost"]
-    w("lost       " + ("none" if not lost else "") + "\n")
+    w("lost       none\n" if not lost else "lost\n")
     for node, counters in lost.items():
         for k, v in sorted(counters.items()):
             w(f"  {node:<15} {k:<30} {v:>10,}\n")

@@ -154,6 +154,9 @@ class Tape:
             empty = decl.view_schema.empty_table()
             self.con.register(f"__empty_{decl.name}", empty)
             source = f"__empty_{decl.name}"
+        if files and decl.key:
+            source = source.replace("hive_partitioning = true", "hive_partitioning = true, filename = true, file_row_number = true")
+            source = _latest_version(decl, source)
         self.con.execute(f'CREATE OR REPLACE VIEW "{decl.name}" AS SELECT {cols} FROM {source}')
 
     @property
@@ -189,6 +192,10 @@ class Tape:
         if not files:
             return pl.from_arrow(decl.view_schema.empty_table()).lazy()
         lf = pl.scan_parquet(files, hive_partitioning=True, hive_schema={PARTITION_KEY: pl.String})
+        if decl.key:  # a version's closing row replaces its opening row (see schema.Table.key)
+            group = [PARTITION_KEY, *decl.key, "valid_from"]
+            closed = pl.col("valid_to").is_not_null()
+            lf = lf.filter(closed | (closed.sum().over(group) == 0))
         return lf.select(decl.column_names)
 
     def sql(self, query: str, params: Any = None) -> duckdb.DuckDBPyRelation:
@@ -209,6 +216,16 @@ class Tape:
 
     def __repr__(self) -> str:
         return f"<Tape {str(self.path)!r} nodes={self.nodes} parts={len(self.parts)} problems={len(self.problems)}>"
+
+
+def _latest_version(decl: Table, source: str) -> str:
+    """State tables: a version's closing row replaces its opening row (valid_to null); rows keep
+    the order they were written in (file, then row)."""
+    group = ", ".join(f'"{c}"' for c in (PARTITION_KEY, *decl.key, "valid_from"))
+    return (
+        f'(SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY {group} ORDER BY "valid_to" IS NULL, "valid_to" DESC) AS __version_rank '
+        f"FROM {source}) WHERE __version_rank = 1 ORDER BY filename, file_row_number)"
+    )
 
 
 def _known(name: str) -> str:

@@ -50,6 +50,10 @@ class Table:
     time_column: str
     kind: str = "event"  # "event" (one row per thing seen) or "state" (k8s versions)
     sort_by: tuple[str, ...] = field(default=())
+    # State tables: what identifies one versioned thing (with node and valid_from). A version is
+    # written when it opens (valid_to null) and again when it closes; readers keep, per
+    # (node, *key, valid_from), the row whose valid_to is set if there is one.
+    key: tuple[str, ...] = field(default=())
 
     @property
     def arrow_schema(self) -> pa.Schema:
@@ -273,6 +277,7 @@ K8S_PODS = Table(
     ),
     time_column="valid_from",
     kind="state",
+    key=("uid",),
 )
 
 SERVICE_PORT = pa.struct(
@@ -303,6 +308,7 @@ K8S_SERVICES = Table(
     ),
     time_column="valid_from",
     kind="state",
+    key=("uid",),
 )
 
 K8S_NODES = Table(
@@ -321,6 +327,7 @@ K8S_NODES = Table(
     ),
     time_column="valid_from",
     kind="state",
+    key=("uid",),
 )
 
 K8S_ENDPOINTS = Table(
@@ -342,6 +349,7 @@ K8S_ENDPOINTS = Table(
     ),
     time_column="valid_from",
     kind="state",
+    key=("namespace", "slice", "ip", "port", "protocol", "port_name"),
 )
 
 TABLES: dict[str, Table] = {

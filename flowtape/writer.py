@@ -208,9 +208,19 @@ class TapeWriter:
         lost[name] = lost.get(name, 0) + int(count)
 
     @_locked
-    def add_gap(self, source: str, start_ns: int, end_ns: int | None, reason: str, node: str | None = None) -> None:
-        """Record an interval during which `source` was blind (a broken watch, a paused probe)."""
-        self.manifest["gaps"].append({"source": source, "node": node or self.node, "start_ns": start_ns, "end_ns": end_ns, "reason": reason})
+    def add_gap(self, source: str, start_ns: int, end_ns: int | None, reason: str, node: str | None = None) -> dict[str, Any]:
+        """Record an interval during which `source` was blind (a broken watch, a paused probe).
+
+        Returns the gap entry; a gap still open (end_ns None) is ended later with end_gap().
+        """
+        gap = {"source": source, "node": node or self.node, "start_ns": start_ns, "end_ns": end_ns, "reason": reason}
+        self.manifest["gaps"].append(gap)
+        return gap
+
+    @_locked
+    def end_gap(self, gap: dict[str, Any], end_ns: int) -> None:
+        """End a gap opened with end_ns None (a crash before this leaves it open-ended: blind till the end)."""
+        gap["end_ns"] = int(end_ns)
 
     @_locked
     def set_probe(self, name: str, settings: dict[str, Any]) -> None:

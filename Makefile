@@ -20,6 +20,7 @@ host: setup
 demo: setup
 	$(BIN)/flowtape info fixtures/tiny.tape
 	$(BIN)/flowtape sql fixtures/tiny.tape "select node, l4, count(*) as flows, sum(packets) as packets, sum(bytes) as bytes from flows group by all order by all"
+	$(BIN)/flowtape report topology fixtures/tiny.tape --by workload
 
 # Every test (eBPF tests included when run as root; under CI=true they must not skip).
 test: host

@@ -29,6 +29,7 @@ app = typer.Typer(
 # Commands that live beside the code they drive register themselves here (module.register(app)).
 COMMAND_MODULES: list[str] = [
     "flowtape.capture.tiny",
+    "flowtape.analyze.report_cli",
 ]
 
 

@@ -1,0 +1,1 @@
+"""Reports: functions of a Tape returning Polars DataFrames. Rendering is elsewhere (analyze.render)."""

@@ -122,3 +122,15 @@ def test_unknown_table_and_bad_node(tmp_path):
         w.append("flow", [])
     with pytest.raises(UsageError, match="invalid node name"):
         w.append("flows", [flow(1)], node="../etc")
+
+
+def test_other_tools_read_the_tape_as_is(tmp_path):
+    """The layout is plain Hive partitioning: DuckDB reads it without flowtape."""
+    import duckdb
+
+    path = tmp_path / "t.tape"
+    with TapeWriter(path, node="n1") as w:
+        w.append("flows", [flow(1), flow(2)])
+        w.append("flows", [flow(3)], node="n2")
+    got = duckdb.sql(f"select node, count(*), sum(bytes) from read_parquet('{path}/flows/*/*.parquet', hive_partitioning = true) group by node order by node").fetchall()
+    assert got == [("n1", 2, 240), ("n2", 1, 120)]

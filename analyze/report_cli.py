@@ -14,7 +14,7 @@ from .enrich import GRANULARITIES
 from .render import Format, render_frame
 from .reports.filters import Filters, parse_time
 
-report_app = typer.Typer(help="Reports computed from a tape (topology today; latency, traffic and dns next).", no_args_is_help=True)
+report_app = typer.Typer(help="Reports computed from a tape: topology and latency (traffic and dns next).", no_args_is_help=True)
 
 
 class GraphFormat(str, Enum):
@@ -65,6 +65,41 @@ def topology_cmd(
         sys.stdout.write(dot(df))
     else:
         render_frame(df, Format(format.value), sys.stdout, title=f"topology by {by.value}")
+
+
+@report_app.command("latency")
+def latency_cmd(
+    tape: TapeArg,
+    by: ByOpt = By.workload,  # type: ignore[attr-defined]
+    routes: Annotated[bool, typer.Option("--routes", help="HTTP latency per route (ID-like segments templated) as well as per edge.")] = False,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    namespace: NamespaceOpt = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+) -> None:
+    """Latency: HTTP per edge (and per route), DNS per name and server, TCP connect time and srtt.
+
+    Example: flowtape report latency fixtures/tiny.tape --routes
+    """
+    import json
+
+    from .render import records
+    from .reports.latency import dns_latency, http_latency, tcp_latency
+
+    t = Tape(tape)
+    for p in t.problems:
+        print(f"flowtape: {p.severity}: {p.where(t.path)}", file=sys.stderr)
+    f = filters(since, until, namespace)
+    sections = {"http": http_latency(t, by=by.value, per_route=routes, filters=f), "dns": dns_latency(t, filters=f), "tcp": tcp_latency(t, by=by.value, filters=f)}
+    if format is Format.json:
+        json.dump({k: records(v) for k, v in sections.items()}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return
+    titles = {"http": "HTTP latency (time to first response byte)", "dns": "DNS lookup latency", "tcp": "TCP connect time and srtt"}
+    for k, df in sections.items():
+        if format is Format.csv:
+            sys.stdout.write(f"# {k}\n")
+        render_frame(df, format, sys.stdout, title=titles[k])
 
 
 def register(app: typer.Typer) -> None:

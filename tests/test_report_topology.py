@@ -91,3 +91,28 @@ def test_cli_formats(tiny_tape, cli):
     assert r.out.startswith("digraph topology {") and 'label="eu-west-1b"' in r.out and "color=red" in r.out
     r = cli("report", "topology", tiny_tape, "--since", "yesterday")
     assert r.code == 2 and "--since 'yesterday': not a time" in r.err
+
+
+def test_latency_report_against_raw_rows(tiny_tape, cli):
+    from flowtape.analyze.reports.latency import dns_latency, http_latency, tcp_latency
+
+    tape = flowtape.open(tiny_tape)
+    http = pq.read_table(tiny_tape / "http/node=node-a").to_pylist()
+    routes = http_latency(tape, per_route=True)
+    orders = [r["latency_ns"] / 1e6 for r in http if r["method"] == "GET" and r["path"].startswith("/orders/")]
+    row = routes.filter((routes["route"] == "/orders/{id}") & (routes["method"] == "GET")).row(0, named=True)
+    assert row["requests"] == len(orders) == 2
+    assert row["p95_ms"] == pytest.approx(np.percentile(orders, 95))
+    assert set(routes["route"]) == {"/orders/{id}", "/orders", "/health"}  # query string dropped, ids templated
+    dns = dns_latency(tape)
+    g = dns.filter(dns["qname"] == "golang.org").row(0, named=True)
+    assert (g["lookups"], g["p50_ms"]) == (1, 21.0)
+    assert dns.filter(dns["qname"] == "unanswered.example")["unanswered"].to_list() == [1]
+    tcp = tcp_latency(tape)
+    assert edge(tcp, "shop/frontend", "shop/api")["connect_p50_ms"] == pytest.approx(0.6)
+    r = cli("report", "latency", tiny_tape, "--routes", "-f", "json")
+    assert r.code == 0, r.err
+    import json
+
+    j = json.loads(r.out)
+    assert set(j) == {"http", "dns", "tcp"} and j["http"][0]["requests"] == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import decimal
 import io
 import json
 import math
@@ -35,6 +36,8 @@ def _cell(v: Any) -> str:
 
 
 def _jsonable(v: Any) -> Any:
+    if isinstance(v, decimal.Decimal):
+        return int(v) if v == v.to_integral_value() else float(v)
     if isinstance(v, dt.datetime):
         return v.isoformat().replace("+00:00", "Z")
     if isinstance(v, (dt.date, dt.time, dt.timedelta)):

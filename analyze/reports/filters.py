@@ -7,6 +7,12 @@ import re
 from dataclasses import dataclass
 
 from ...errors import UsageError
+from ..enrich import GRANULARITIES
+
+
+def check_by(by: str) -> None:
+    if by not in GRANULARITIES:
+        raise UsageError(f"--by must be one of {', '.join(GRANULARITIES)}, not {by!r}")
 
 
 def parse_time(text: str, flag: str) -> dt.datetime:
@@ -38,3 +44,7 @@ class Filters:
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", self.namespace):
             raise UsageError(f"--namespace {self.namespace!r}: not a Kubernetes namespace name")
         return "(" + " OR ".join(f"{c} = '{self.namespace}'" for c in cols) + ")"
+
+    def where(self, ts: str, *namespace_cols: str) -> str:
+        """Time and namespace filters as one SQL condition."""
+        return f"({self.time_sql(ts)}) AND ({self.namespace_sql(*namespace_cols)})"

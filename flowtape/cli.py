@@ -28,8 +28,11 @@ app = typer.Typer(
 
 # Commands that live beside the code they drive register themselves here (module.register(app)).
 COMMAND_MODULES: list[str] = [
+    "flowtape.capture.record_cli",
     "flowtape.capture.tiny",
     "flowtape.analyze.report_cli",
+    "flowtape.capture.synth_cli",
+    "flowtape.capture.k8s_cli",
 ]
 
 

@@ -1,0 +1,295 @@
+/* TCP connection lifecycle for flowtape's `connections` table.
+ *
+ * Stable ABI only (see DESIGN.md): tracepoint arguments and struct bpf_sock_ops. No kernel
+ * struct is read by offset; the socket address from the tracepoint is an opaque identity.
+ *
+ *  sock_ops (cgroup v2 root)     asks for STATE_CB on every TCP socket it sees connect or
+ *                                 establish, and at each state change leaves the socket's
+ *                                 counters (bytes, segments, srtt, retransmits, cookie) in a
+ *                                 per-CPU slot.
+ *  sock:inet_sock_set_state      runs right after that callback, on the same CPU, in the same
+ *                                 call (tcp_set_state); it takes the slot when the 4-tuple and
+ *                                 states match and sends one event per state change. At
+ *                                 CLOSE->SYN_SENT it runs inside connect(): pid/comm/cgroup of
+ *                                 the client are the caller's.
+ *  syscalls:sys_*_accept[4]      the server's owner: the process that accept()s, with the
+ *                                 peer address it was given (read from its own buffer).
+ *  sock:sock_{send,recv}_length  fallback owner for server sockets accepted without a peer
+ *                                 address: the first process that reads or writes them.
+ *  sock:inet_sk_error_report     why a connect failed (ECONNREFUSED, ETIMEDOUT, ...).
+ *
+ * Optional parts are compiled only when user space found their tracepoint (FT_HAVE_*).
+ */
+#include "events.h"
+
+#define FT_AF_INET 2
+#define FT_AF_INET6 10
+#define FT_IPPROTO_TCP 6
+
+/* TCP states as in include/net/tcp_states.h (a UAPI-stable numbering, also BPF_TCP_*). */
+#define FT_TCP_ESTABLISHED 1
+#define FT_TCP_SYN_SENT 2
+#define FT_TCP_SYN_RECV 3
+#define FT_TCP_CLOSE 7
+#define FT_TCP_LISTEN 10
+#define FT_TCP_NEW_SYN_RECV 12
+
+/* bpf_sock_ops ops and flags (uapi/linux/bpf.h). */
+#define FT_SOCK_OPS_ACTIVE_ESTABLISHED_CB 4
+#define FT_SOCK_OPS_PASSIVE_ESTABLISHED_CB 5
+#define FT_SOCK_OPS_TCP_CONNECT_CB 3
+#define FT_SOCK_OPS_STATE_CB 10
+#define FT_SOCK_OPS_STATE_CB_FLAG 4
+
+BPF_RINGBUF_OUTPUT(ft_conn_events, FT_RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(ft_conn_lost, u64, 1);   /* events the ring buffer had no room for */
+
+static __always_inline void emit(struct conn_event *ev) {
+    if (ft_conn_events.ringbuf_output(ev, sizeof(*ev), 0) != 0) {
+        u32 zero = 0;
+        u64 *lost = ft_conn_lost.lookup(&zero);
+        if (lost)
+            *lost += 1;   /* per-CPU: no other writer */
+    }
+}
+
+static __always_inline void fill_task(struct conn_event *ev) {
+    ev->pid = bpf_get_current_pid_tgid() >> 32;
+    ev->cgroup_id = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+    ev->in_task = 1;
+}
+
+/* ---- sock_ops: counters at each state change ------------------------------------------ */
+
+struct sockops_slot {
+    u64 cookie;
+    u64 bytes_acked;
+    u64 bytes_received;
+    u32 segs_out;
+    u32 segs_in;
+    u32 srtt_us;
+    u32 total_retrans;
+    u32 snd_una;
+    u32 snd_nxt;
+    u32 local_ip[4];
+    u32 remote_ip[4];
+    u16 local_port;
+    u16 remote_port;
+    u8 oldstate;
+    u8 newstate;
+    u8 valid;
+    u8 _pad0;
+};
+BPF_PERCPU_ARRAY(ft_sockops_slot, struct sockops_slot, 1);
+
+int ft_sockops(struct bpf_sock_ops *skops) {
+    u32 op = skops->op;
+    if (op == FT_SOCK_OPS_TCP_CONNECT_CB || op == FT_SOCK_OPS_ACTIVE_ESTABLISHED_CB ||
+        op == FT_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+        bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | FT_SOCK_OPS_STATE_CB_FLAG);
+        return 1;
+    }
+    if (op != FT_SOCK_OPS_STATE_CB)
+        return 1;
+    u32 zero = 0;
+    struct sockops_slot *s = ft_sockops_slot.lookup(&zero);
+    if (!s)
+        return 1;
+    s->valid = 0;
+    u32 family = skops->family;
+    if (family == FT_AF_INET) {
+        s->local_ip[0] = skops->local_ip4;
+        s->remote_ip[0] = skops->remote_ip4;
+        s->local_ip[1] = s->local_ip[2] = s->local_ip[3] = 0;
+        s->remote_ip[1] = s->remote_ip[2] = s->remote_ip[3] = 0;
+    } else if (family == FT_AF_INET6) {
+        s->local_ip[0] = skops->local_ip6[0];
+        s->local_ip[1] = skops->local_ip6[1];
+        s->local_ip[2] = skops->local_ip6[2];
+        s->local_ip[3] = skops->local_ip6[3];
+        s->remote_ip[0] = skops->remote_ip6[0];
+        s->remote_ip[1] = skops->remote_ip6[1];
+        s->remote_ip[2] = skops->remote_ip6[2];
+        s->remote_ip[3] = skops->remote_ip6[3];
+    } else {
+        return 1;
+    }
+    s->local_port = skops->local_port;                 /* host order */
+    s->remote_port = bpf_ntohl(skops->remote_port);    /* network order, in the high half */
+    s->oldstate = skops->args[0];
+    s->newstate = skops->args[1];
+    s->cookie = bpf_get_socket_cookie(skops);
+    s->bytes_acked = skops->bytes_acked;
+    s->bytes_received = skops->bytes_received;
+    s->segs_out = skops->segs_out;
+    s->segs_in = skops->segs_in;
+    s->srtt_us = skops->srtt_us >> 3;
+    s->total_retrans = skops->total_retrans;
+    s->snd_una = skops->snd_una;
+    s->snd_nxt = skops->snd_nxt;
+    s->valid = 1;
+    return 1;
+}
+
+/* Take the slot when it describes this very state change of this socket. */
+static __always_inline void take_slot(struct conn_event *ev) {
+    u32 zero = 0;
+    struct sockops_slot *s = ft_sockops_slot.lookup(&zero);
+    if (!s || !s->valid)
+        return;
+    if (s->oldstate != ev->oldstate || s->newstate != ev->newstate || s->local_port != ev->sport ||
+        s->remote_port != ev->dport)
+        return;
+    u32 la[4], ra[4];
+    __builtin_memcpy(la, ev->saddr, 16);
+    __builtin_memcpy(ra, ev->daddr, 16);
+    if (la[0] != s->local_ip[0] || la[1] != s->local_ip[1] || la[2] != s->local_ip[2] || la[3] != s->local_ip[3] ||
+        ra[0] != s->remote_ip[0] || ra[1] != s->remote_ip[1] || ra[2] != s->remote_ip[2] || ra[3] != s->remote_ip[3])
+        return;
+    s->valid = 0;
+    ev->cookie = s->cookie;
+    ev->bytes_acked = s->bytes_acked;
+    ev->bytes_received = s->bytes_received;
+    ev->segs_out = s->segs_out;
+    ev->segs_in = s->segs_in;
+    ev->srtt_us = s->srtt_us;
+    ev->total_retrans = s->total_retrans;
+    ev->snd_una = s->snd_una;
+    ev->snd_nxt = s->snd_nxt;
+    ev->has_stats = 1;
+}
+
+/* ---- state changes -------------------------------------------------------------------- */
+
+/* Server sockets established but not yet seen in a process: skaddr -> 1. */
+BPF_HASH(ft_unowned, u64, u8, FT_UNOWNED_ENTRIES);
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != FT_IPPROTO_TCP)
+        return 0;
+    int oldstate = args->oldstate, newstate = args->newstate;
+    /* Listeners and request sockets are not connections. */
+    if (oldstate == FT_TCP_LISTEN || newstate == FT_TCP_LISTEN || newstate == FT_TCP_NEW_SYN_RECV ||
+        newstate == FT_TCP_SYN_RECV)
+        return 0;
+    struct conn_event ev = {};
+    ev.kind = FT_EV_STATE;
+    ev.ts_ns = bpf_ktime_get_ns();
+    ev.skaddr = (u64)args->skaddr;
+    ev.oldstate = oldstate;
+    ev.newstate = newstate;
+    ev.family = args->family;
+    ev.sport = args->sport;
+    ev.dport = args->dport;
+    if (args->family == FT_AF_INET) {
+        __builtin_memcpy(ev.saddr, args->saddr, 4);
+        __builtin_memcpy(ev.daddr, args->daddr, 4);
+    } else {
+        __builtin_memcpy(ev.saddr, args->saddr_v6, 16);
+        __builtin_memcpy(ev.daddr, args->daddr_v6, 16);
+    }
+    if (oldstate == FT_TCP_CLOSE && newstate == FT_TCP_SYN_SENT)
+        fill_task(&ev);   /* inside connect(): the caller owns the socket */
+    take_slot(&ev);
+    u64 key = ev.skaddr;
+    if (oldstate == FT_TCP_SYN_RECV && newstate == FT_TCP_ESTABLISHED) {
+        u8 one = 1;
+        ft_unowned.update(&key, &one);
+    } else if (newstate == FT_TCP_CLOSE) {
+        ft_unowned.delete(&key);
+    }
+    emit(&ev);
+    return 0;
+}
+
+/* ---- accept: the server side's owner ------------------------------------------------- */
+#ifdef FT_HAVE_ACCEPT
+BPF_HASH(ft_accepting, u64, u64, 10240);   /* thread id -> user sockaddr pointer */
+
+static __always_inline int accept_enter(const void *uaddr) {
+    u64 tid = bpf_get_current_pid_tgid();
+    u64 ptr = (u64)uaddr;
+    ft_accepting.update(&tid, &ptr);
+    return 0;
+}
+
+static __always_inline int accept_exit(long ret) {
+    u64 tid = bpf_get_current_pid_tgid();
+    u64 *ptr = ft_accepting.lookup(&tid);
+    if (!ptr)
+        return 0;
+    u64 uaddr = *ptr;
+    ft_accepting.delete(&tid);
+    if (ret < 0 || uaddr == 0)
+        return 0;   /* no peer address asked for: the send/recv fallback attributes it */
+    u16 head[2] = {};   /* sa_family, port (network order) */
+    if (bpf_probe_read_user(head, sizeof(head), (void *)uaddr) != 0)
+        return 0;
+    struct conn_event ev = {};
+    if (head[0] == FT_AF_INET) {
+        if (bpf_probe_read_user(ev.daddr, 4, (void *)(uaddr + 4)) != 0)
+            return 0;
+    } else if (head[0] == FT_AF_INET6) {
+        if (bpf_probe_read_user(ev.daddr, 16, (void *)(uaddr + 8)) != 0)
+            return 0;
+    } else {
+        return 0;   /* unix sockets and friends */
+    }
+    ev.kind = FT_EV_ACCEPT;
+    ev.ts_ns = bpf_ktime_get_ns();
+    ev.family = head[0];
+    ev.dport = bpf_ntohs(head[1]);
+    fill_task(&ev);
+    emit(&ev);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_accept4) { return accept_enter(args->upeer_sockaddr); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept4) { return accept_exit(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return accept_enter(args->upeer_sockaddr); }
+TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return accept_exit(args->ret); }
+#endif
+
+/* ---- first I/O on a server socket: fallback owner ------------------------------------- */
+#ifdef FT_HAVE_SOCK_LENGTH
+static __always_inline int first_io(const void *sk) {
+    u64 key = (u64)sk;
+    if (!ft_unowned.lookup(&key))
+        return 0;
+    ft_unowned.delete(&key);
+    struct conn_event ev = {};
+    ev.kind = FT_EV_OWNER;
+    ev.ts_ns = bpf_ktime_get_ns();
+    ev.skaddr = key;
+    fill_task(&ev);
+    emit(&ev);
+    return 0;
+}
+TRACEPOINT_PROBE(sock, sock_recv_length) { return first_io(args->sk); }
+TRACEPOINT_PROBE(sock, sock_send_length) { return first_io(args->sk); }
+#endif
+
+/* ---- why a connect failed ------------------------------------------------------------ */
+#ifdef FT_HAVE_ERROR_REPORT
+TRACEPOINT_PROBE(sock, inet_sk_error_report) {
+    if (args->protocol != FT_IPPROTO_TCP)
+        return 0;
+    struct conn_event ev = {};
+    ev.kind = FT_EV_ERROR;
+    ev.ts_ns = bpf_ktime_get_ns();
+    ev.error = args->error;
+    ev.family = args->family;
+    ev.sport = args->sport;
+    ev.dport = args->dport;
+    if (args->family == FT_AF_INET) {
+        __builtin_memcpy(ev.saddr, args->saddr, 4);
+        __builtin_memcpy(ev.daddr, args->daddr, 4);
+    } else {
+        __builtin_memcpy(ev.saddr, args->saddr_v6, 16);
+        __builtin_memcpy(ev.daddr, args->daddr_v6, 16);
+    }
+    emit(&ev);
+    return 0;
+}
+#endif

@@ -1,0 +1,96 @@
+/* Event and map structs shared by the flowtape eBPF programs and decoded by Python.
+ *
+ * Declared once, here. The Python side reads these layouts through bcc (which parses the
+ * C), so there is no hand-kept ctypes twin. Units are in the names. Padding is explicit so
+ * the layout is the same for the compiler and for bcc's decoder; keys are memset to zero
+ * before use because the kernel hashes every byte.
+ *
+ * Addresses: one form for v4 and v6, 16 bytes + family (v4 in the first 4 bytes, network
+ * byte order). Ports are host byte order.
+ */
+#ifndef FLOWTAPE_EVENTS_H
+#define FLOWTAPE_EVENTS_H
+
+/* ---- flows (bpf/flows.c) ------------------------------------------------------------- */
+
+#define FT_DIR_INGRESS 0
+#define FT_DIR_EGRESS 1
+
+struct flow_key {
+    u32 ifindex;
+    u8 direction;          /* FT_DIR_* */
+    u8 family;             /* 4 or 6 */
+    u8 ip_proto;           /* IPPROTO_* */
+    u8 _pad0;
+    u8 src_mac[6];
+    u8 dst_mac[6];
+    u8 src_ip[16];
+    u8 dst_ip[16];
+    u16 src_port;          /* 0 for protocols without ports */
+    u16 dst_port;
+    u32 _pad1;
+};
+
+struct flow_val {
+    u64 packets;           /* wire packets: a GSO super-packet counts as its segments */
+    u64 bytes;             /* IP total length summed over those packets */
+    u64 first_ns;          /* bpf_ktime_get_ns() of the first packet in the interval */
+    u64 last_ns;
+    u16 tcp_flags;         /* OR of the TCP flags byte (CWR..FIN) */
+    u16 _pad0;
+    u32 _pad1;
+};
+
+/* Per-interface setting, filled by user space when it attaches. An interface that is in
+ * this map is "covered": its packets are counted on it (or, for a bridge, on its ports).
+ * Egress packets that entered the node through a covered interface were counted there. */
+struct iface_cfg {
+    u8 l2_len;             /* link header length: 14 for Ethernet, 0 for L3 devices */
+    u8 count_ingress;      /* 0 for loopback (every lo ingress was an lo egress) and bridges */
+    u8 count_egress;       /* 0 for bridges (their ports see the same frames) */
+    u8 _pad0;
+};
+
+#define FT_FLOW_CTR_INSERT_FAILED 0   /* flow map full: packets not counted */
+#define FT_FLOW_CTR_NOT_IP 1          /* non-IP frames (ARP, LLDP...): not a flow, not lost */
+#define FT_FLOW_CTR_TRUNCATED 2       /* IP header not readable: packet not counted */
+#define FT_FLOW_CTR_N 3
+
+/* ---- connections (bpf/connections.c) ------------------------------------------------- */
+
+#define FT_EV_STATE 1        /* sock:inet_sock_set_state for TCP (stats when sock_ops saw it) */
+#define FT_EV_ACCEPT 2       /* accept()/accept4() returned: owner of the peer's connection */
+#define FT_EV_OWNER 3        /* first send/recv by a process on a server socket not yet owned */
+#define FT_EV_ERROR 4        /* sock:inet_sk_error_report (ECONNREFUSED, ETIMEDOUT, ...) */
+
+struct conn_event {
+    u64 ts_ns;             /* bpf_ktime_get_ns() */
+    u64 skaddr;            /* kernel socket address as given by the tracepoint: an identity
+                              while the socket lives, never dereferenced */
+    u64 cookie;            /* socket cookie (sock_ops), 0 when unknown */
+    u64 cgroup_id;         /* cgroup v2 id of the current task (process context only) */
+    u64 bytes_acked;       /* sock_ops counters at this state change (has_stats) */
+    u64 bytes_received;
+    u32 segs_out;
+    u32 segs_in;
+    u32 srtt_us;           /* already >> 3 */
+    u32 total_retrans;
+    u32 snd_una;
+    u32 snd_nxt;
+    u32 pid;               /* tgid of the current task (process context only) */
+    s32 error;             /* FT_EV_ERROR: errno */
+    u8 saddr[16];          /* local address for FT_EV_STATE; peer address for FT_EV_ACCEPT */
+    u8 daddr[16];          /* remote address */
+    u16 sport;             /* local port */
+    u16 dport;             /* remote port */
+    u16 family;            /* AF_INET (2) / AF_INET6 (10); 0 when unknown */
+    u8 kind;               /* FT_EV_* */
+    u8 oldstate;
+    u8 newstate;
+    u8 has_stats;          /* 1 when the sock_ops counters above are filled */
+    u8 in_task;            /* 1 when pid/comm/cgroup_id belong to the socket's caller */
+    u8 _pad0;
+    char comm[16];
+};
+
+#endif

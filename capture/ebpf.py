@@ -1,0 +1,210 @@
+"""bcc loading helpers and host checks shared by the probes.
+
+Everything here either works or raises a FlowtapeError with one line that says what is
+missing and how to fix it. Programs are attached with BPF links (bpf(BPF_LINK_CREATE)):
+the kernel detaches them when the recorder's file descriptors close, so a recorder killed
+with SIGKILL leaves no program behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import re
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from ..errors import PermissionDenied, Unsupported
+
+BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
+if not (BPF_DIR / "events.h").exists():  # installed (non-editable): flowtape/bpf is package data
+    import flowtape.bpf as _bpf_pkg
+
+    BPF_DIR = Path(_bpf_pkg.__file__).resolve().parent
+
+INSTALL_HINT = "sudo apt-get install -y bpfcc-tools python3-bpfcc libbpfcc linux-headers-amd64 && sudo scripts/setup-host.sh .venv"
+
+# bpf(2) numbers (uapi/linux/bpf.h): stable, so spelled out rather than parsed from headers.
+_SYS_BPF = 321  # x86_64
+BPF_LINK_CREATE = 28
+BPF_CGROUP_SOCK_OPS = 3
+BPF_TCX_INGRESS = 46
+BPF_TCX_EGRESS = 47
+
+_CAP_NET_ADMIN, _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 12, 21, 38, 39
+
+
+# --- privileges and host --------------------------------------------------------------------
+
+
+def effective_caps() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def check_privileges() -> None:
+    """Loading programs needs root, or CAP_BPF + CAP_PERFMON + CAP_NET_ADMIN (tracepoints, TC)."""
+    caps = effective_caps()
+    have = lambda c: bool(caps & (1 << c))  # noqa: E731
+    if have(_CAP_SYS_ADMIN) or (have(_CAP_BPF) and have(_CAP_PERFMON) and have(_CAP_NET_ADMIN)):
+        return
+    raise PermissionDenied("recording needs root (or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN): run it with sudo")
+
+
+def import_bcc() -> Any:
+    """The `bcc` module (Debian's python3-bpfcc; the PyPI package named bcc is unrelated)."""
+    try:
+        import bcc  # type: ignore[import-not-found]
+    except ImportError:
+        raise Unsupported(f"bcc is not importable from this Python; install it with: {INSTALL_HINT}") from None
+    if not hasattr(bcc, "BPF"):
+        raise Unsupported(f"the `bcc` module found is not BPF Compiler Collection's ({bcc.__file__}); install it with: {INSTALL_HINT}")
+    return bcc
+
+
+def kernel_headers() -> Path:
+    """Where bcc will find kernel headers: $BCC_KERNEL_SOURCE, else /lib/modules/$(uname -r)/build."""
+    override = os.environ.get("BCC_KERNEL_SOURCE")
+    if override:
+        p = Path(override)
+        if (p / "include").is_dir():
+            return p
+        raise Unsupported(f"BCC_KERNEL_SOURCE={override} has no include/ folder; point it at a linux-headers tree (e.g. /usr/src/linux-headers-$(uname -r))")
+    build = Path("/lib/modules") / os.uname().release / "build"
+    if (build / "include").is_dir():
+        return build
+    raise Unsupported(
+        f"kernel headers not found at {build}: install linux-headers-amd64 and run scripts/setup-host.sh "
+        "(it links them), or set BCC_KERNEL_SOURCE=/usr/src/linux-headers-<version>"
+    )
+
+
+def tracefs() -> Path:
+    """The tracefs events folder bcc uses, mounting debugfs/tracefs when they are missing."""
+    events = Path("/sys/kernel/debug/tracing/events")
+    if events.is_dir():
+        return events
+    for fstype, where in (("debugfs", "/sys/kernel/debug"), ("tracefs", "/sys/kernel/debug/tracing")):
+        if not Path(where, "events" if fstype == "tracefs" else "tracing").exists():
+            subprocess.run(["mount", "-t", fstype, fstype, where], capture_output=True)
+    if events.is_dir():
+        return events
+    raise Unsupported("tracefs is not mounted at /sys/kernel/debug/tracing and could not be mounted (mount -t tracefs tracefs /sys/kernel/debug/tracing)")
+
+
+def tracepoint_exists(category: str, event: str) -> bool:
+    return (tracefs() / category / event / "format").exists()
+
+
+def cgroup2_root() -> Path | None:
+    """Mount point of the cgroup v2 hierarchy (/sys/fs/cgroup or /sys/fs/cgroup/unified), or None."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    for line in mounts:
+        fields = line.split()
+        if len(fields) >= 3 and fields[2] == "cgroup2":
+            return Path(fields[1].replace("\\040", " "))
+    return None
+
+
+# --- program text ---------------------------------------------------------------------------
+
+
+def render_source(filename: str, defines: dict[str, int | str | None]) -> str:
+    """The final C for one probe family: its #defines, then the file with events.h inlined.
+
+    Every knob is a #define at the top (a `None` value is written as a comment saying it is
+    off), so `--print-bpf` shows exactly what was compiled.
+    """
+    header = (BPF_DIR / "events.h").read_text()
+    body = (BPF_DIR / filename).read_text().replace('#include "events.h"', header)
+    lines = [f"/* flowtape: {filename}, as loaded */"]
+    for name, value in defines.items():
+        lines.append(f"/* {name} off */" if value is None else f"#define {name} {value}")
+    return "\n".join(lines) + "\n" + body
+
+
+def compile_bpf(text: str) -> Any:
+    """Compile with bcc; a compile failure becomes one line naming the first error."""
+    bcc = import_bcc()
+    kernel_headers()
+    tracefs()
+    try:
+        return bcc.BPF(text=text)
+    except Exception as e:  # bcc raises plain Exception with the clang output
+        msg = str(e)
+        m = re.search(r"error: (.*)", msg)
+        raise Unsupported(f"the kernel refused or bcc could not compile our eBPF program: {(m.group(1) if m else msg.splitlines()[0])[:200]}") from None
+
+
+# --- attaching --------------------------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+    """bpf(BPF_LINK_CREATE): returns a link fd; closing it (or dying) detaches the program."""
+    attr = struct.pack("<IIII", prog_fd, target_fd, attach_type, 0) + bytes(48)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    fd = _libc.syscall(_SYS_BPF, BPF_LINK_CREATE, buf, len(attr))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return fd
+
+
+def attach_tcx(prog_fd: int, ifindex: int, egress: bool) -> int:
+    try:
+        return link_create(prog_fd, ifindex, BPF_TCX_EGRESS if egress else BPF_TCX_INGRESS)
+    except OSError as e:
+        if e.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise Unsupported(f"this kernel cannot attach TC programs with tcx links ({e.strerror}; needs Linux 6.6+): the flows table will be missing") from None
+        raise
+
+
+def attach_cgroup_sock_ops(prog_fd: int, cgroup: Path) -> int:
+    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return link_create(prog_fd, fd, BPF_CGROUP_SOCK_OPS)
+    finally:
+        os.close(fd)
+
+
+def prog_stats(prog_fd: int) -> dict[str, int]:
+    """run_cnt and run_time_ns of a loaded program (non-zero only with kernel.bpf_stats_enabled=1)."""
+    out = {"run_cnt": 0, "run_time_ns": 0}
+    try:
+        for line in Path(f"/proc/self/fdinfo/{prog_fd}").read_text().splitlines():
+            k, _, v = line.partition(":")
+            if k.strip() in out:
+                out[k.strip()] = int(v)
+    except OSError:
+        pass
+    return out
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+
+def ip_text(family: int, raw: bytes) -> str:
+    """Canonical text of an address held in the 16-byte form (v4 in the first 4 bytes)."""
+    if family in (4, 2):
+        return str(ipaddress.IPv4Address(bytes(raw[:4])))
+    return str(ipaddress.IPv6Address(bytes(raw[:16])))
+
+
+def mac_text(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in bytes(raw[:6]))
+
+
+def ktime_to_wall(offset_ns: int):
+    """Converter from bpf_ktime_get_ns() (CLOCK_MONOTONIC) to wall-clock ns."""
+    return lambda t: int(t) + offset_ns

@@ -1,0 +1,300 @@
+"""The live recorder: runs the probes, hands their rows to a TapeWriter, stops cleanly.
+
+    probes (kernel) --ring buffer / map drain--> FlowProbe, ConnectionProbe
+        --> flow_rows / ConnectionTracker (pure) --> TapeWriter --> NAME.tape/
+
+One thread: the loop polls the connection ring buffer (100 ms), drains the flow maps every
+interval, lets the writer rotate, prints a status line, and stops on SIGINT/SIGTERM or at
+--duration. A failure of one probe on this host (a missing tracepoint) is reported in one
+line and recording goes on with the others.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import DiskFull, FlowtapeError, Unsupported, UsageError
+from ..writer import TapeWriter, clock_sample
+from . import ebpf
+from .connections import CgroupResolver, ConnectionProbe, ConnectionTracker
+from .flows import FlowProbe
+
+PROBES = ("flows", "connections")
+
+
+@dataclass
+class RecordOptions:
+    out: Path
+    node: str | None = None
+    probes: tuple[str, ...] = PROBES
+    interfaces: list[str] | None = None
+    flow_interval: float = 5.0
+    rotate: float = 60.0
+    duration: float | None = None
+
+
+@dataclass
+class RecordSummary:
+    tape: Path
+    seconds: float = 0.0
+    rows: dict[str, int] = field(default_factory=dict)
+    lost: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _du(path: Path) -> int:
+    total = 0
+    for dirpath, _d, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.stat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def check_host() -> None:
+    """Everything needed before any program is compiled, in the order a user fixes it."""
+    ebpf.check_privileges()
+    ebpf.import_bcc()
+    ebpf.kernel_headers()
+    ebpf.tracefs()
+
+
+def render_sources(opts: RecordOptions) -> str:
+    """The final C of every selected probe (for --print-bpf)."""
+    parts = []
+    if "flows" in opts.probes:
+        parts.append(FlowProbe(interfaces=opts.interfaces).source())
+    if "connections" in opts.probes:
+        parts.append(ConnectionProbe().source())
+    return "\n".join(parts)
+
+
+class Recorder:
+    def __init__(self, opts: RecordOptions, status: TextIO | None = None):
+        for p in opts.probes:
+            if p not in PROBES:
+                raise UsageError(f"--probes: unknown probe {p!r} (probes: {', '.join(PROBES)})")
+        if opts.flow_interval <= 0 or opts.rotate <= 0 or (opts.duration is not None and opts.duration <= 0):
+            raise UsageError("--flow-interval, --rotate and --duration must be positive")
+        self.opts = opts
+        self.status = status if status is not None else sys.stderr
+        self.stop_requested = False
+        self.flows: FlowProbe | None = None
+        self.conns: ConnectionProbe | None = None
+        self.tracker: ConnectionTracker | None = None
+        self.writer: TapeWriter | None = None
+        self.summary = RecordSummary(opts.out)
+        self.events = 0
+
+    # --- set-up -----------------------------------------------------------------------------
+
+    def _warn(self, msg: str) -> None:
+        self.summary.warnings.append(msg)
+        print(f"flowtape: warning: {msg}", file=self.status, flush=True)
+
+    def _start_probes(self, start_wall: int) -> None:
+        w = self.writer
+        assert w is not None
+        failures = []
+        if "flows" in self.opts.probes:
+            probe = FlowProbe(interfaces=self.opts.interfaces)
+            try:
+                probe.load()
+                covered = probe.attach()
+                self.flows = probe
+                w.set_probe("flows", {
+                    "program": "bpf/flows.c (tcx ingress+egress)", "interval_s": self.opts.flow_interval,
+                    "map_entries": probe.map_entries, "interfaces": None if self.opts.interfaces is None else list(self.opts.interfaces),
+                    "covered": {i.name: ("bridge: counted on its ports" if not i.attach else "egress only (loopback)" if not i.count_ingress else "ingress + local egress") for i in covered},
+                    "counting": "once per node: ingress, or egress of packets that did not enter through a covered interface",
+                })
+            except Unsupported as e:
+                probe.close()
+                failures.append(e)
+                self._warn(f"{e.message}; recording the rest")
+                w.add_gap("flows", start_wall, None, e.message)
+        if "connections" in self.opts.probes:
+            probe = ConnectionProbe()
+            try:
+                probe.check()
+                probe.load()
+                self.conns = probe
+                offset = self._offset
+                self.tracker = ConnectionTracker(w.node, lambda t: t + offset, CgroupResolver(probe.cgroup).container_id)
+                probe.open(self._on_conn_event)
+                for what, effect in probe.missing.items():
+                    self._warn(f"{what} is not available on this host: {effect} will be missing from the tape")
+                w.set_probe("connections", {
+                    "program": "bpf/connections.c (sock_ops on cgroup v2 + tracepoints)", "cgroup": str(probe.cgroup) if probe.cgroup else None,
+                    "missing": dict(probe.missing), "ringbuf_pages": probe.ringbuf_pages,
+                })
+            except Unsupported as e:
+                probe.close()
+                failures.append(e)
+                self._warn(f"{e.message}; recording the rest")
+                w.add_gap("connections", start_wall, None, e.message)
+        if failures and len(failures) == len(self.opts.probes):
+            raise failures[0]
+
+    def _on_conn_event(self, ev: dict[str, Any]) -> None:
+        self.events += 1
+        assert self.tracker is not None
+        self.tracker.feed(ev)
+
+    # --- loop ------------------------------------------------------------------------------------
+
+    def _flush(self, final: bool = False) -> None:
+        w = self.writer
+        assert w is not None
+        if self.flows is not None:
+            if not final and self.opts.interfaces is None:
+                self.flows.refresh()
+            cols = self.flows.drain(lambda t: t + self._offset)
+            n = len(cols["ts_start"])
+            if n:
+                w.append("flows", cols)
+                self.summary.rows["flows"] = self.summary.rows.get("flows", 0) + n
+                self.events += n
+            for name, count in self.flows.counters().items():
+                if name != "flows.not_ip":
+                    w.set_lost(name, count)
+                    self.summary.lost[name] = count
+        if self.tracker is not None:
+            now_mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+            rows = self.tracker.take_rows(now_mono, final=final)
+            if rows:
+                w.append("connections", rows)
+                self.summary.rows["connections"] = self.summary.rows.get("connections", 0) + len(rows)
+            assert self.conns is not None
+            lost = self.conns.lost()
+            w.set_lost("connections.ringbuf_full", lost)
+            self.summary.lost["connections.ringbuf_full"] = lost
+
+    def _status_line(self, elapsed: float, rate: float, final: bool = False) -> None:
+        lost = sum(self.summary.lost.values())
+        line = f"recording {elapsed:7.1f} s  {rate:8.0f} events/s  lost {lost}  written {_human(_du(self.opts.out))}"
+        if self.status.isatty():
+            print("\r" + line, end="\n" if final else "", file=self.status, flush=True)
+        else:
+            print(line, file=self.status, flush=True)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stop_requested = True
+
+    def run(self) -> RecordSummary:
+        check_host()
+        opts = self.opts
+        clock = clock_sample()
+        self._offset = clock["offset_ns"]
+        self.writer = TapeWriter(opts.out, node=opts.node, rotate_seconds=opts.rotate, clock=clock)
+        old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        start_wall = time.time_ns()
+        try:
+            try:
+                self._start_probes(start_wall)
+            except FlowtapeError:
+                self._discard_empty_tape()
+                raise
+            self.writer.set_window(start_ns=start_wall)
+            probes = [p for p, on in (("flows", self.flows), ("connections", self.conns)) if on]
+            ifaces = ", ".join(i.name for i in self.flows.plan.values()) if self.flows else "-"
+            print(f"flowtape: recording to {opts.out} (probes: {', '.join(probes)}; interfaces: {ifaces}); Ctrl-C to stop",
+                  file=self.status, flush=True)
+            self._loop(time.monotonic())
+            self._flush(final=True)
+        except DiskFull:
+            self._stop_probes()
+            if self.writer is not None:
+                self.writer.abort()  # keep the parts already finished; the manifest lists them
+            raise
+        finally:
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        self._finish(start_wall)
+        return self.summary
+
+    def _loop(self, t0: float) -> None:
+        opts = self.opts
+        next_flush = t0 + opts.flow_interval
+        next_status = t0 + 1.0
+        last_events, last_status = 0, t0
+        quiet = not self.status.isatty()
+        while not self.stop_requested:
+            now = time.monotonic()
+            if opts.duration is not None and now - t0 >= opts.duration:
+                break
+            if self.conns is not None:
+                self.conns.poll(100)
+            else:
+                time.sleep(0.1)
+            now = time.monotonic()
+            if now >= next_flush:
+                self._flush()
+                next_flush += opts.flow_interval
+            assert self.writer is not None
+            self.writer.maybe_rotate()
+            if now >= next_status:
+                rate = (self.events - last_events) / max(now - last_status, 1e-3)
+                last_events, last_status = self.events, now
+                self._status_line(now - t0, rate)
+                next_status = now + (5.0 if quiet else 1.0)
+        if self.conns is not None:
+            for _ in range(3):  # what the kernel already wrote before the stop
+                self.conns.poll(0)
+        self.summary.seconds = time.monotonic() - t0
+
+    def _program_stats(self) -> dict[str, dict[str, int]]:
+        stats = {}
+        for probe in (self.flows, self.conns):
+            if probe is not None and probe.bpf is not None:
+                for name, fd in probe.programs().items():
+                    stats[name] = ebpf.prog_stats(fd)
+        return stats
+
+    def _stop_probes(self) -> None:
+        for probe in (self.flows, self.conns):
+            if probe is not None:
+                try:
+                    probe.close()
+                except Exception:
+                    pass
+
+    def _finish(self, start_wall: int) -> None:
+        w = self.writer
+        assert w is not None
+        w.update("extra", {"bpf_programs": self._program_stats(), "connections_started_before_recording": self.tracker.started_before if self.tracker else 0})
+        self._stop_probes()
+        w.set_window(end_ns=time.time_ns())
+        w.close()
+        self._status_line(self.summary.seconds, 0.0, final=True)
+
+    def _discard_empty_tape(self) -> None:
+        """Nothing could be recorded: do not leave an empty tape behind."""
+        w = self.writer
+        if w is None:
+            return
+        w.abort()
+        if not any(p.is_dir() for p in w.path.iterdir()):
+            shutil.rmtree(w.path, ignore_errors=True)
+
+
+def record(opts: RecordOptions, status: TextIO | None = None) -> RecordSummary:
+    """Record until SIGINT/SIGTERM or opts.duration; returns what was written."""
+    return Recorder(opts, status).run()

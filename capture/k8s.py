@@ -27,6 +27,7 @@ RBAC) are KubeError: one line, non-zero exit.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
@@ -269,6 +270,8 @@ class Informer:
         resp = self._fn(**kwargs)
         self._resp = resp
         try:
+            if self.w._stopping.is_set():  # stop() ran while we connected: it could not interrupt us
+                return
             self._end_gap()  # headers are in: we are watching again
             for line in iter_resp_lines(resp):
                 if self.w._stopping.is_set():
@@ -277,6 +280,7 @@ class Informer:
                     self.handle_line(line)
         finally:
             self._resp = None
+            resp.close()  # never hand a half-read stream back to the pool
             resp.release_conn()
 
     def handle_line(self, line: str | bytes) -> None:
@@ -365,9 +369,11 @@ def _classify(e: BaseException) -> tuple[str, int | None]:
     import urllib3.exceptions as ux
     from kubernetes.client.exceptions import ApiException
 
+    if isinstance(e, ux.MaxRetryError):
+        e = e.reason or e
+    if isinstance(e, ux.NewConnectionError):  # a subclass of ConnectTimeoutError, but a refusal
+        return "connection", None
     if isinstance(e, (ux.ReadTimeoutError, ux.ConnectTimeoutError, TimeoutError)):
-        return "timeout", None
-    if isinstance(e, ux.MaxRetryError) and isinstance(e.reason, (ux.ConnectTimeoutError, ux.ReadTimeoutError)):
         return "timeout", None
     if isinstance(e, (ApiException, _StreamError)):
         return "http", getattr(e, "status", None)
@@ -404,7 +410,9 @@ class KubeWatcher:
         self.config = config
         self.clock = clock
         self.timing = timing or Timing()
-        self.api_client = client.ApiClient(config.configuration)
+        conf = copy.deepcopy(config.configuration)
+        conf.retries = False  # urllib3 would silently retry timeouts; our loop backs off and records gaps
+        self.api_client = client.ApiClient(conf)
         self.owners = Owners()
         self.store = VersionStore(self._write)
         self.informers = [Informer(self, r) for r in resources]

@@ -152,3 +152,115 @@ def test_pod_lifecycle_versions_and_ip_reuse(lab, tmp_path):
     assert m["settings"]["k8s"]["resources"] == ["replicasets", "jobs", "nodes", "services", "endpointslices", "pods"]
     # Watches asked for bookmarks and resumed from the list's resourceVersion.
     assert all(r.params.get("allowWatchBookmarks") == "true" for r in lab.watches("pods"))
+
+
+def informer(kw, plural):
+    return next(i for i in kw.informers if i.res.plural == plural)
+
+
+def test_410_gone_mid_watch_relists_and_records_the_gap(lab, tmp_path):
+    seed(lab)
+    clock = ManualClock(T0)
+    writer, kw = start(lab, tmp_path / "t.tape", clock)
+    lists_before = len([r for r in lab.kmock._requests if r.action is not None and r.action.value == "LIST" and r.resource.plural == "pods"])
+
+    clock.set(T[1])
+    refused = lab.fail("list", "pods", status=503, times=None)  # the relist cannot get through at first
+    lab.gone("pods")  # ERROR 410 in the live stream
+    assert kw.wait_for(lambda w: w.open_gaps == ["k8s/pods"] and informer(w, "pods").stats.errors >= 1)
+    # While blind: web-abc-1 is deleted and another pod appears; no watch sees it.
+    lab.delete("pods", "shop", "web-abc-1")
+    lab.create("pods", pod("web-abc-3", "10.1.0.9", "n2", {"app": "web", "pod-template-hash": "abc"}, ("ReplicaSet", "web-abc")), T[1])
+
+    clock.set(T[2])
+    lab.clear(refused)
+    assert kw.wait_for(lambda w: not w.open_gaps and open_pod(w, "web-abc-3"))
+    finish(writer, kw, clock, T[3])
+
+    tape = flowtape.open(tmp_path / "t.tape")
+    assert versions(tape, "k8s_pods", "name") == [
+        ("web-abc-1", C0, T[2], True, True),  # gone from the relist: closed when we learnt it
+        ("web-abc-3", T[2], None, False, False),  # seen first by the relist
+    ]
+    assert [(g["source"], g["start_ns"], g["end_ns"], g["reason"].split(":")[0]) for g in tape.manifest["gaps"]] == [
+        ("k8s/pods", T[1], T[2], "410 Gone")]
+    st = tape.manifest["extra"]["k8s"]["resources"]["pods"]
+    assert st["relists_410"] == 1 and st["lists"] == 2
+    lists = [r for r in lab.kmock._requests if r.action is not None and r.action.value == "LIST" and r.resource.plural == "pods"]
+    assert len(lists) - lists_before >= 2  # refused at least once, then the relist
+
+
+def test_dropped_connection_resumes_from_last_resource_version(lab, tmp_path):
+    seed(lab)
+    clock = ManualClock(T0)
+    writer, kw = start(lab, tmp_path / "t.tape", clock)
+    lab.bookmark("pods", "5000")
+    assert kw.wait_for(lambda w: informer(w, "pods").rv == "5000")
+
+    clock.set(T[1])
+    refused = lab.fail("watch", "pods", status=503, times=None)
+    assert lab.drop("pods") == 1
+    assert kw.wait_for(lambda w: w.open_gaps == ["k8s/pods"] and informer(w, "pods").stats.errors >= 2)
+    lab.patch("pods", "shop", "web-abc-1", {"metadata": {"labels": {"version": "3"}}})  # while blind
+
+    clock.set(T[2])
+    lab.clear(refused)
+    assert kw.wait_for(lambda w: not w.open_gaps and ("version", "3") in open_pod(w, "web-abc-1")[0]["labels"])
+    finish(writer, kw, clock, T[3])
+
+    tape = flowtape.open(tmp_path / "t.tape")
+    assert versions(tape, "k8s_pods", "name, labels['version']") == [
+        ("web-abc-1", None, C0, T[2], True, False),
+        ("web-abc-1", "3", T[2], None, False, False),  # learnt when the watch came back
+    ]
+    gaps = tape.manifest["gaps"]
+    assert [(g["source"], g["start_ns"], g["end_ns"]) for g in gaps] == [("k8s/pods", T[1], T[2])]
+    assert gaps[0]["reason"].startswith("watch broken (connection)")
+    st = tape.manifest["extra"]["k8s"]["resources"]["pods"]
+    assert (st["lists"], st["relists_410"], st["bookmarks"]) == (1, 0, 1)  # resumed, not relisted
+    # The watch that came back resumed from the bookmark's resourceVersion.
+    assert lab.watches("pods")[-1].params["resourceVersion"] == "5000"
+
+
+def test_slow_api_times_out_backs_off_and_recovers(lab, tmp_path):
+    seed(lab)
+    clock = ManualClock(T0)
+    lab.fail("list", "nodes", delay=0.2)  # slow but within the timeout: no gap
+    writer = TapeWriter(tmp_path / "t.tape", node="rec-1")
+    timing = Timing(connect_timeout=2, list_timeout=0.5, watch_seconds=300, watch_idle=60, backoff_min=0.01, backoff_max=0.05)
+    kw = KubeWatcher(writer, KubeConfig(lab.configuration, "lab"), clock=clock, timing=timing)
+    kw.start()
+    assert kw.wait_for(lambda w: lab.watches("pods"))
+
+    clock.set(T[1])
+    lab.fail("list", "pods", delay=1.5)  # the relist hangs longer than the read timeout
+    refused = lab.fail("list", "pods", status=503, times=None)
+    lab.gone("pods")
+    assert kw.wait_for(lambda w: informer(w, "pods").stats.timeouts == 1 and informer(w, "pods").stats.errors >= 1)
+    clock.set(T[2])
+    lab.clear(refused)
+    assert kw.wait_for(lambda w: not w.open_gaps)
+    finish(writer, kw, clock, T[3])
+
+    tape = flowtape.open(tmp_path / "t.tape")
+    assert [(g["source"], g["start_ns"], g["end_ns"]) for g in tape.manifest["gaps"]] == [("k8s/pods", T[1], T[2])]
+    assert versions(tape, "k8s_nodes", "name") == [("n1", C0, None, True, False), ("n2", C0, None, True, False)]
+    assert versions(tape, "k8s_pods", "name") == [("web-abc-1", C0, None, True, False)]  # nothing changed: no new version
+    st = tape.manifest["extra"]["k8s"]["resources"]["pods"]
+    assert st["timeouts"] == 1 and st["relists_410"] == 1
+
+
+def test_unreachable_cluster_at_start_is_one_line_error(tmp_path):
+    import kubernetes
+
+    from flowtape.capture.k8s import KubeError
+
+    cfg = kubernetes.client.Configuration()
+    cfg.host = "http://127.0.0.1:9"  # discard port: nothing listens
+    writer = TapeWriter(tmp_path / "t.tape", node="rec-1")
+    kw = KubeWatcher(writer, KubeConfig(cfg, "test"), timing=FAST)
+    with pytest.raises(KubeError) as e:
+        kw.start()
+    assert "\n" not in e.value.message
+    assert e.value.message.startswith("http://127.0.0.1:9: Kubernetes API unreachable (connection:")
+    assert e.value.exit_code == 3

@@ -50,6 +50,17 @@ class Resolver:
         self.externals = externals
         self.services = {f"{s.name}.{s.namespace}.svc.cluster.local": s for s in cluster.services}
         self.coredns = cluster.workloads["kube-system/coredns"]
+        self._ports: dict[str, int] = {}
+
+    def _port(self, pod: Pod) -> int:
+        # a new UDP socket per query; the kernel hands out ports without reusing one that was
+        # just used, so a 5-tuple is never seen twice within a flow interval
+        last = self._ports.get(pod.uid)
+        if last is None:
+            last = int(self.rng.integers(32768, 61000))
+        port = 32768 + (last - 32768 + 1 + int(self.rng.integers(0, 50))) % (61000 - 32768)
+        self._ports[pod.uid] = port
+        return port
 
     def candidates(self, pod: Pod, name: str) -> list[str]:
         if name.count(".") >= 5:
@@ -92,7 +103,7 @@ class Resolver:
                     lat = int(rng.lognormal(np.log(4 * MS), 0.3))
                 if server is None:  # no CoreDNS: the query times out unanswered
                     rcode, lat = None, None
-                sport = int(rng.integers(32768, 61000))
+                sport = self._port(pod)
                 self._row(out, pod, server, t, lat, sport, int(rng.integers(0, 65536)), qname, qtype, rcode, answers)
                 failed |= rcode in (2, None)
                 if has_addr:

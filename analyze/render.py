@@ -89,6 +89,7 @@ def render_frame(df: pl.DataFrame, fmt: Format | str, out: TextIO, *, title: str
         out.write("|" + "|".join("---" for _ in df.columns) + "|\n")
         for row in shown.iter_rows():
             out.write("| " + " | ".join(_cell(v).replace("|", "\\|") for v in row) + " |\n")
+        out.write("\n")
     else:
         from rich.console import Console
         from rich.table import Table

@@ -104,6 +104,8 @@ def _traffic(w: TapeWriter) -> None:
             {**flow, "ts_start": t + 3 * MS, "ts_end": t + 4 * S, "src_ip": FRONTEND_IP, "dst_ip": API_VIP, "src_port": 51000, "dst_port": 80, "packets": 12, "bytes": 1500 + 12 * 52, "tcp_flags": 0x1A},
             {**flow, "direction": "ingress", "ts_start": t + 4 * MS, "ts_end": t + 4 * S, "src_ip": API_VIP, "dst_ip": FRONTEND_IP, "src_port": 80, "dst_port": 51000, "packets": 20, "bytes": 24000 + 20 * 52, "tcp_flags": 0x1A},
             {**flow, "ts_start": t + 10 * MS, "ts_end": t + 10 * MS, "src_ip": FRONTEND_IP, "dst_ip": DNS_IP, "src_port": 40003, "dst_port": 53, "l4": "udp", "ip_proto": 17, "packets": 1, "bytes": 56, "tcp_flags": None},
+            {**flow, "ts_start": t + 32 * MS, "ts_end": t + 4 * S, "src_ip": FRONTEND_IP, "dst_ip": EXT_IP, "src_port": 51001, "dst_port": 443, "packets": 10, "bytes": 900 + 10 * 52, "tcp_flags": 0x1A},
+            {**flow, "direction": "ingress", "ts_start": t + 48 * MS, "ts_end": t + 4 * S, "src_ip": EXT_IP, "dst_ip": FRONTEND_IP, "src_port": 443, "dst_port": 51001, "packets": 9, "bytes": 5200 + 9 * 52, "tcp_flags": 0x1A},
             {**flow, "ts_start": t + 60 * MS, "ts_end": t + 60 * MS, "src_ip": FRONTEND_IP, "dst_ip": "10.0.2.99", "src_port": None, "dst_port": None, "l4": "icmp", "ip_proto": 1, "packets": 1, "bytes": 84, "tcp_flags": None},
         ],
         node="node-a",

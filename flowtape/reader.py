@@ -126,7 +126,7 @@ class Tape:
         >>> import flowtape
         >>> tape = flowtape.open("fixtures/tiny.tape")
         >>> tape.sql("select count(*) from flows").fetchall()
-        [(5,)]
+        [(7,)]
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -204,6 +204,23 @@ class Tape:
             return self.con.sql(query, params=params) if params is not None else self.con.sql(query)
         except duckdb.Error as e:
             raise QueryError(f"query failed: {_first_line(e)}") from None
+
+    @property
+    def report(self) -> "Reports":  # noqa: F821
+        """Every report as a method returning a Polars DataFrame: `tape.report.topology(by="zone")`."""
+        from .analyze.api import Reports
+
+        return Reports(self)
+
+    def enriched(self, name: str) -> duckdb.DuckDBPyRelation:
+        """`http`, `connections`, `flows` or `dns` with every endpoint named as it was at that time
+        (`client_*`/`server_*` or `src_*`/`dst_*` columns); `.pl(lazy=True)` for a LazyFrame."""
+        from .analyze.enrich import create_views
+
+        if name not in ("http", "connections", "flows", "dns"):
+            raise TapeError(f"no enriched view of {name!r} (enriched: http, connections, flows, dns)")
+        create_views(self.con)
+        return self.con.table(f"enriched_{name}")
 
     def close(self) -> None:
         self.con.close()

@@ -28,7 +28,7 @@ def test_info(tiny_tape, cli):
     assert re.search(r"http\s+8 rows\s+2 parts", r.out)
     assert re.search(r"node-b\s+flow_insert_failures\s+2", r.out)
     j = json.loads(cli("info", tiny_tape, "-f", "json").out)
-    assert j["tables"]["flows"]["rows"] == 5 and j["tables"]["k8s_pods"]["rows"] == 3
+    assert j["tables"]["flows"]["rows"] == 7 and j["tables"]["k8s_pods"]["rows"] == 3
     assert j["nodes"] == ["node-a", "node-b"] and j["complete"] is True
     assert j["lost"] == {"node-a": {"kernel_ringbuf_drops": 0}, "node-b": {"flow_insert_failures": 2}}
     assert j["size_bytes"] == sum(p.stat().st_size for p in tiny_tape.rglob("*") if p.is_file())
@@ -47,7 +47,7 @@ def test_sql_formats(tiny_tape, cli):
     md = cli("sql", tiny_tape, "select qname, rcode_name from dns order by ts_query limit 2", "-f", "markdown").out
     assert md.splitlines()[:3] == ["| qname | rcode_name |", "|---|---|", "| api.shop.svc.cluster.local | NOERROR |"]
     table = cli("sql", tiny_tape, "select sum(bytes) as total from flows").out
-    assert "total" in table and str(1500 + 12 * 52 + 24000 + 20 * 52 + 56 + 84 + 1500 + 12 * 52) in table
+    assert "total" in table and str(1500 + 12 * 52 + 24000 + 20 * 52 + 56 + 84 + 1500 + 12 * 52 + 900 + 10 * 52 + 5200 + 9 * 52) in table
 
 
 def test_sql_json_nested_values(tiny_tape, cli):

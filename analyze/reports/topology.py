@@ -15,20 +15,34 @@ from .filters import Filters, check_by
 
 SQL = """
 WITH
+http_n AS (SELECT {client} AS client, {server} AS server, status, latency_ns FROM enriched_http WHERE {where}),
+conn_n AS (SELECT {client} AS client, {server} AS server, close_state, bytes_c2s, bytes_s2c FROM enriched_connections WHERE {where}),
+-- bound cardinality: the `top` busiest endpoints keep their names, the rest become 'other'
+weights AS (
+    SELECT e, sum(w) AS w FROM (
+        SELECT client AS e, 1 AS w FROM http_n UNION ALL SELECT server, 1 FROM http_n
+        UNION ALL SELECT client, 1 FROM conn_n UNION ALL SELECT server, 1 FROM conn_n
+    ) GROUP BY e
+),
+kept AS (SELECT e FROM weights ORDER BY w DESC, e LIMIT {top}),
 http_e AS (
-    SELECT {client} AS client, {server} AS server, count(*) AS requests,
+    SELECT CASE WHEN client IN (SELECT e FROM kept) THEN client ELSE 'other' END AS client,
+           CASE WHEN server IN (SELECT e FROM kept) THEN server ELSE 'other' END AS server,
+           count(*) AS requests,
            count(*) FILTER (WHERE status >= 500) AS errors_5xx,
            count(*) FILTER (WHERE status IS NULL) AS unanswered,
            quantile_cont(latency_ns, 0.50) / 1e6 AS p50_ms,
            quantile_cont(latency_ns, 0.95) / 1e6 AS p95_ms,
            quantile_cont(latency_ns, 0.99) / 1e6 AS p99_ms
-    FROM enriched_http WHERE {where} GROUP BY ALL
+    FROM http_n GROUP BY ALL
 ),
 conn_e AS (
-    SELECT {client} AS client, {server} AS server, count(*) AS connections,
+    SELECT CASE WHEN client IN (SELECT e FROM kept) THEN client ELSE 'other' END AS client,
+           CASE WHEN server IN (SELECT e FROM kept) THEN server ELSE 'other' END AS server,
+           count(*) AS connections,
            count(*) FILTER (WHERE close_state IN ('refused', 'timeout', 'failed')) AS failed_connections,
            sum(bytes_c2s) AS bytes_c2s, sum(bytes_s2c) AS bytes_s2c
-    FROM enriched_connections WHERE {where} GROUP BY ALL
+    FROM conn_n GROUP BY ALL
 )
 SELECT coalesce(c.client, h.client) AS client, coalesce(c.server, h.server) AS server,
        coalesce(c.connections, 0) AS connections, coalesce(c.failed_connections, 0) AS failed_connections,
@@ -41,10 +55,14 @@ ORDER BY requests DESC, bytes_c2s + bytes_s2c DESC, client, server
 """
 
 
-def topology(tape: Tape, by: str = "workload", filters: Filters | None = None) -> pl.DataFrame:
-    """Edges between endpoints named at granularity `by`, one row per (client, server)."""
+def topology(tape: Tape, by: str = "workload", filters: Filters | None = None, top: int | None = None) -> pl.DataFrame:
+    """Edges between endpoints named at granularity `by`, one row per (client, server).
+
+    With `top`, only the `top` busiest endpoints keep their names; the others are merged
+    into `other` (percentiles are computed over the merged rows, not averaged).
+    """
     check_by(by)
     f = filters or Filters()
     create_views(tape.con)
-    sql = SQL.format(client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"))
+    sql = SQL.format(client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"), top=int(top) if top else "NULL")
     return tape.sql(sql).pl()

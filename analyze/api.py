@@ -1,0 +1,69 @@
+"""`tape.report`: every report as a method of the tape, for notebooks.
+
+    >>> import flowtape
+    >>> tape = flowtape.open("fixtures/tiny.tape")
+    >>> tape.report.topology(by="workload").select("client", "server", "requests").row(0)
+    ('shop/frontend', 'shop/api', 4)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+import polars as pl
+
+from .prices import Prices
+from .reports import dns as dns_r
+from .reports import latency as lat_r
+from .reports import topology as topo_r
+from .reports import traffic as traffic_r
+from .reports.filters import Filters, parse_time
+
+if TYPE_CHECKING:
+    from ..reader import Tape
+
+Time = str | dt.datetime | None
+
+
+def _filters(since: Time, until: Time, namespace: str | None) -> Filters:
+    def t(v: Time, flag: str) -> dt.datetime | None:
+        return parse_time(v, flag) if isinstance(v, str) else v
+
+    return Filters(t(since, "since"), t(until, "until"), namespace)
+
+
+class Reports:
+    """The reports of one tape; each returns a Polars DataFrame."""
+
+    def __init__(self, tape: "Tape"):
+        self._tape = tape
+
+    def topology(self, by: str = "workload", since: Time = None, until: Time = None, namespace: str | None = None, top: int | None = None) -> pl.DataFrame:
+        """Edges: connections, bytes each way, requests, 5xx, p50/p95/p99 ms."""
+        return topo_r.topology(self._tape, by, _filters(since, until, namespace), top)
+
+    def http_latency(self, by: str = "workload", routes: bool = False, since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
+        """HTTP time to first response byte per edge (and per method and route)."""
+        return lat_r.http_latency(self._tape, by, routes, _filters(since, until, namespace))
+
+    def dns_latency(self, since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
+        return lat_r.dns_latency(self._tape, _filters(since, until, namespace))
+
+    def tcp_latency(self, by: str = "workload", since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
+        return lat_r.tcp_latency(self._tape, by, _filters(since, until, namespace))
+
+    def talkers(self, by: str = "workload", top: int = 20, since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
+        return traffic_r.talkers(self._tape, by, top, _filters(since, until, namespace))
+
+    def zone_pairs(self, level: str = "zone", prices: Prices | None = None, since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
+        return traffic_r.zone_pairs(self._tape, level, prices, _filters(since, until, namespace))
+
+    def egress(self, by: str = "workload", prices: Prices | None = None, since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
+        return traffic_r.egress(self._tape, by, prices, _filters(since, until, namespace))
+
+    def dns_failures(self, by: str = "workload", since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
+        return dns_r.dns_failures(self._tape, by, _filters(since, until, namespace))
+
+    def slow_lookups(self, threshold_ms: float = 100.0, since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
+        return dns_r.slow_lookups(self._tape, threshold_ms, _filters(since, until, namespace))

@@ -1,0 +1,57 @@
+"""DNS: failures by name and rcode (NXDOMAIN storms, search-path noise) and slow lookups.
+
+Search-path noise: a client resolving `golang.org` from a pod first asks
+`golang.org.<ns>.svc.cluster.local`, `golang.org.svc.cluster.local`, ... (ndots), which fail
+with NXDOMAIN by design. A failed name is marked `search_path` when the same client also asked
+for the name it was expanded from; those failures are noise, not incidents.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from ...reader import Tape
+from ..enrich import create_views, name_sql
+from .filters import Filters, check_by
+
+FAILURES_SQL = """
+WITH failed AS (
+    SELECT q.*, {client} AS client,
+           EXISTS (SELECT 1 FROM dns b
+                   WHERE b.client_ip = q.client_ip AND b.qname <> q.qname
+                     AND starts_with(q.qname, b.qname || '.')
+                     AND regexp_full_match(substr(q.qname, length(b.qname) + 2), '([a-z0-9-]+\\.)?(svc\\.)?cluster\\.local|[a-z0-9.-]*\\.internal|[a-z0-9.-]*\\.local')
+                     AND b.ts_query >= q.ts_query - INTERVAL 10 SECOND AND b.ts_query <= q.ts_query + INTERVAL 10 SECOND) AS search_path
+    FROM enriched_dns q
+    WHERE (q.rcode IS NULL OR q.rcode <> 0) AND {where}
+)
+SELECT qname, coalesce(rcode_name, 'NO ANSWER') AS rcode_name, search_path, count(*) AS failures,
+       count(DISTINCT client) AS clients, list(DISTINCT client ORDER BY client)[1:5] AS top_clients,
+       min(ts_query) AS first_seen, max(ts_query) AS last_seen
+FROM failed
+GROUP BY ALL ORDER BY search_path, failures DESC, qname
+"""
+
+SLOW_SQL = """
+SELECT qname, server_ip, count(*) AS slow_lookups,
+       quantile_cont(latency_ns, 0.50) / 1e6 AS p50_ms, max(latency_ns) / 1e6 AS max_ms,
+       min(ts_query) AS first_seen, max(ts_query) AS last_seen
+FROM enriched_dns
+WHERE latency_ns >= {threshold_ns} AND {where}
+GROUP BY ALL ORDER BY slow_lookups DESC, qname, server_ip
+"""
+
+
+def dns_failures(tape: Tape, by: str = "workload", filters: Filters | None = None) -> pl.DataFrame:
+    """Failed lookups (rcode other than NOERROR, or unanswered) per name and rcode."""
+    check_by(by)
+    f = filters or Filters()
+    create_views(tape.con)
+    return tape.sql(FAILURES_SQL.format(client=name_sql("client", by), where=f.where("q.ts_query", "q.client_namespace"))).pl()
+
+
+def slow_lookups(tape: Tape, threshold_ms: float = 100.0, filters: Filters | None = None) -> pl.DataFrame:
+    """Lookups slower than `threshold_ms`, per name and server."""
+    f = filters or Filters()
+    create_views(tape.con)
+    return tape.sql(SLOW_SQL.format(threshold_ns=int(threshold_ms * 1e6), where=f.where("ts_query", "client_namespace"))).pl()

@@ -1,0 +1,219 @@
+"""A network lab for tests: network namespaces ("hosts") joined by veth pairs on a bridge.
+
+Addresses come from 198.18.0.0/15 (the benchmarking range) and nothing is ever sent
+elsewhere. The lab turns off segmentation offloads on its veths so that every packet the
+kernel handles is a packet on the (virtual) wire, as tcpdump shows it.
+
+    with Lab() as lab:
+        srv = lab.add_host("srv")            # namespace, veth, 198.18.<n>.2
+        cli = lab.add_host("cli")
+        with lab.capture([cli.host_if]) as pcaps:
+            cli.run(["curl", "-s", f"http://{srv.ip}/"])
+        rows = tshark_fields(pcaps[cli.host_if], ["ip.src", "ip.len"])
+
+Reusable for DNS/HTTP/TLS tests: Host.popen/run execute any command inside a host, and
+`nginx_conf` writes a minimal nginx configuration for a folder of files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+_SEQ = [0]
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), check=check, capture_output=True, text=True)
+
+
+def _quiet_ipv6(path: str) -> None:
+    try:
+        Path(path).write_text("1")
+    except OSError:
+        pass
+
+
+@dataclass
+class Host:
+    """One network namespace with an address on the lab bridge."""
+
+    lab: "Lab"
+    name: str
+    netns: str
+    ip: str
+    host_if: str  # the veth end in the root namespace (a bridge port)
+
+    def cmd(self, argv: Sequence[str]) -> list[str]:
+        # `ip netns exec` execs the command itself: the returned pid is the command's pid.
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+    def popen(self, argv: Sequence[str], **kw) -> subprocess.Popen:
+        return subprocess.Popen(self.cmd(argv), **kw)
+
+    def run(self, argv: Sequence[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
+        kw.setdefault("capture_output", True)
+        return subprocess.run(self.cmd(argv), check=check, **kw)
+
+
+@dataclass
+class Lab:
+    """Bridge + namespaces; everything is removed by close() (or the with-block)."""
+
+    net: str = ""  # /24 inside 198.18.0.0/15, e.g. "198.18.7"
+    tag: str = ""
+    bridge: str = ""
+    hosts: list[Host] = field(default_factory=list)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="flowtape-lab-")))
+
+    def __post_init__(self) -> None:
+        _SEQ[0] += 1
+        n = (os.getpid() * 7 + _SEQ[0]) % 250 + 1
+        self.tag = self.tag or f"{os.getpid() % 10000}{_SEQ[0]}"[-6:]
+        self.net = self.net or f"198.18.{n}"
+        self.bridge = f"ftb{self.tag}"
+        sh("ip", "link", "add", self.bridge, "type", "bridge")
+        _quiet_ipv6(f"/proc/sys/net/ipv6/conf/{self.bridge}/disable_ipv6")
+        sh("ip", "addr", "add", f"{self.net}.1/24", "dev", self.bridge)
+        sh("ip", "link", "set", self.bridge, "up")
+
+    @property
+    def gateway_ip(self) -> str:
+        """The root namespace's own address on the lab bridge."""
+        return f"{self.net}.1"
+
+    def add_host(self, name: str) -> Host:
+        idx = len(self.hosts) + 2
+        netns = f"ft{self.tag}-{name}"
+        host_if = f"ftv{self.tag}{idx}"
+        peer = f"ftp{self.tag}{idx}"
+        sh("ip", "netns", "add", netns)
+        h = Host(self, name, netns, f"{self.net}.{idx}", host_if)
+        self.hosts.append(h)
+        sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", peer)
+        _quiet_ipv6(f"/proc/sys/net/ipv6/conf/{host_if}/disable_ipv6")
+        sh("ip", "link", "set", peer, "netns", netns)
+        sh("ip", "link", "set", host_if, "master", self.bridge)
+        sh("ip", "link", "set", host_if, "up")
+        h.run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
+        h.run(["ip", "link", "set", peer, "name", "eth0"])
+        h.run(["ip", "addr", "add", f"{h.ip}/24", "dev", "eth0"])
+        h.run(["ip", "link", "set", "eth0", "up"])
+        h.run(["ip", "link", "set", "lo", "up"])
+        # One skb = one wire packet, so tcpdump and the recorder see the same packets.
+        for argv in (h.cmd(["ethtool", "-K", "eth0", "tso", "off", "gso", "off", "gro", "off"]),
+                     ["ethtool", "-K", host_if, "tso", "off", "gso", "off", "gro", "off"]):
+            subprocess.run(argv, capture_output=True)
+        return h
+
+    @contextmanager
+    def capture(self, interfaces: Sequence[str]) -> Iterator[dict[str, Path]]:
+        """tcpdump on each interface (root namespace) for the duration of the block."""
+        procs, files = [], {}
+        for i in interfaces:
+            f = self.workdir / f"{i}.pcap"
+            p = subprocess.Popen(["tcpdump", "-i", i, "-U", "-n", "-s", "256", "-w", str(f)], stderr=subprocess.PIPE, text=True)
+            # tcpdump says "listening on" once its socket is bound: from then on nothing is missed.
+            line = p.stderr.readline()
+            if "listening" not in line:
+                p.kill()
+                raise RuntimeError(f"tcpdump on {i} failed: {line.strip()}")
+            procs.append(p)
+            files[i] = f
+        try:
+            yield files
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGINT)
+            for p in procs:
+                p.wait(timeout=10)
+
+    def close(self) -> None:
+        for h in self.hosts:
+            sh("ip", "netns", "pids", h.netns, check=False)
+            for pid in sh("ip", "netns", "pids", h.netns, check=False).stdout.split():
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            sh("ip", "netns", "del", h.netns, check=False)
+            sh("ip", "link", "del", h.host_if, check=False)
+        sh("ip", "link", "del", self.bridge, check=False)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --- peers ------------------------------------------------------------------------------------
+
+
+def nginx_conf(root: Path, workdir: Path, listen: str) -> Path:
+    """A minimal nginx.conf serving `root` on `listen` (ip:port) with one worker (one known pid)."""
+    conf = workdir / "nginx.conf"
+    conf.write_text(f"""
+user root;
+worker_processes 1;
+daemon off;
+master_process on;
+pid {workdir}/nginx.pid;
+error_log {workdir}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    keepalive_timeout 65;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    default_type application/octet-stream;
+    server {{
+        listen {listen} reuseport backlog=4096;
+        root {root};
+    }}
+}}
+""")
+    return conf
+
+
+def start_nginx(host: Host, root: Path, port: int = 80) -> tuple[subprocess.Popen, int]:
+    """Start nginx in `host`; returns the master process and its worker's pid once it answers."""
+    conf = nginx_conf(root, host.lab.workdir, f"{host.ip}:{port}")
+    master = host.popen(["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{master.pid}/task/{master.pid}/children")
+        kids = children.read_text().split() if children.exists() else []
+        if kids and host.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{host.ip}:{port}/"], check=False).returncode == 0:
+            return master, int(kids[0])
+        time.sleep(0.05)
+    master.kill()
+    raise RuntimeError("nginx did not start")
+
+
+def tshark_fields(pcap: Path, fields: Sequence[str], display_filter: str = "ip") -> list[list[str]]:
+    """One list of field values per packet (empty string when a field is absent)."""
+    argv = ["tshark", "-n", "-r", str(pcap), "-Y", display_filter, "-T", "fields", "-E", "separator=\t", "-E", "occurrence=f"]
+    for f in fields:
+        argv += ["-e", f]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    return [line.split("\t") for line in out.splitlines() if line]
+
+
+def tshark_tcp_conversations(pcap: Path) -> int:
+    """Number of TCP conversations in tshark's `-z conv,tcp` statistics."""
+    out = subprocess.run(["tshark", "-n", "-r", str(pcap), "-q", "-z", "conv,tcp"], check=True, capture_output=True, text=True).stdout
+    return sum(1 for line in out.splitlines() if "<->" in line)

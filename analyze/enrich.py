@@ -7,7 +7,9 @@ All SQL of the enrichment lives in this file. Views created on a Tape's DuckDB c
                   ClusterIP. Pod labels are kept only for the label allow-list.
 - `ft_nodes`      node name -> zone, region over time.
 - `ft_dns_names`  ip -> the name a client asked for, from the tape's own DNS answers, valid for
-                  the answer's TTL (the name asked is the start of any CNAME chain).
+                  the answer's TTL (the name asked is the start of any CNAME chain);
+                  `ft_dns_names_x` adds the lifetime of every connection opened to that IP
+                  while the name was valid (keep-alive outlives TTLs).
 - `ft_conn_pairs` a client-side connection row paired with the server-side row of the same
                   connection (same client ip:port, overlapping lifetimes) when both ends were
                   recorded: the client addressed a ClusterIP, the server saw the pod.
@@ -68,6 +70,15 @@ SELECT a.data AS ip, d.qname AS name, d.ts_answer AS valid_from,
 FROM (SELECT qname, ts_answer, unnest(answers) AS a FROM dns WHERE rcode = 0 AND ts_answer IS NOT NULL) d
 WHERE a.type IN ('A', 'AAAA');
 
+-- A connection opened while a name was valid keeps that name for its whole life: clients keep
+-- using keep-alive connections long after the answer's TTL.
+CREATE OR REPLACE VIEW ft_dns_names_x AS
+SELECT ip, name, valid_from, valid_to FROM ft_dns_names
+UNION ALL
+SELECT c.server_ip AS ip, d.name, c.ts_start AS valid_from, coalesce(c.ts_end, {FOREVER}) AS valid_to
+FROM connections c ASOF JOIN ft_dns_names d ON c.server_ip = d.ip AND c.ts_start >= d.valid_from
+WHERE c.role = 'client' AND c.ts_start < d.valid_to;
+
 CREATE OR REPLACE VIEW ft_conn_pairs AS
 SELECT c.node AS client_node, c.conn_id AS client_conn_id, s.node AS server_node, s.conn_id AS server_conn_id,
        c.client_ip, c.client_port, c.server_ip AS seen_server_ip, c.server_port AS seen_server_port,
@@ -115,7 +126,7 @@ def resolve_sql(source: str, ip: str, ts: str, prefix: str) -> tuple[str, str]:
     joins = f"""
     ASOF LEFT JOIN ft_ip_owner {o} ON {source}.{ip} = {o}.ip AND {source}.{ts} >= {o}.valid_from
     ASOF LEFT JOIN ft_nodes {n} ON {o}.node = {n}.node AND {source}.{ts} >= {n}.valid_from
-    ASOF LEFT JOIN ft_dns_names {d} ON {source}.{ip} = {d}.ip AND {source}.{ts} >= {d}.valid_from"""
+    ASOF LEFT JOIN ft_dns_names_x {d} ON {source}.{ip} = {d}.ip AND {source}.{ts} >= {d}.valid_from"""
     live = f"coalesce({source}.{ts} < {o}.valid_to, false)"
     named = f"coalesce({source}.{ts} < {d}.valid_to, false)"
     private = f"(regexp_matches({source}.{ip}, '{_PRIVATE_V4}') OR regexp_matches(lower({source}.{ip}), '{_PRIVATE_V6}'))"

@@ -134,6 +134,8 @@ class Tape:
         self.manifest = read_manifest(self.path)
         self.parts, self.problems = scan_parts(self.path, self.manifest)
         self.con = duckdb.connect(":memory:")
+        # Reports must not depend on the reader's local time zone (date_trunc, display, .pl()).
+        self.con.execute("SET TimeZone = 'UTC'")
         self._files: dict[str, list[str]] = {name: [] for name in TABLES}
         for p in self.parts:
             self._files[p.table].append(str(p.path))

@@ -2,8 +2,12 @@
 
 Search-path noise: a client resolving `golang.org` from a pod first asks
 `golang.org.<ns>.svc.cluster.local`, `golang.org.svc.cluster.local`, ... (ndots), which fail
-with NXDOMAIN by design. A failed name is marked `search_path` when the same client also asked
-for the name it was expanded from; those failures are noise, not incidents.
+with NXDOMAIN by design. An NXDOMAIN is marked `search_path` when its name is a search-path
+expansion (`<base>.<ns>.svc.cluster.local`, `<base>.svc.cluster.local`, `<base>.cluster.local`,
+`<base>.<...>.internal`) and the same client resolved the base name, or another expansion of
+it, successfully within 10 s: the search went on and succeeded, so those failures are noise.
+A name that never resolves (a missing service), and any SERVFAIL or unanswered query, is a
+real failure.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from .filters import Filters, check_by
 FAILURES_SQL = """
 WITH failed AS (
     SELECT q.*, {client} AS client,
-           EXISTS (SELECT 1 FROM dns b
-                   WHERE b.client_ip = q.client_ip AND b.qname <> q.qname
-                     AND starts_with(q.qname, b.qname || '.')
-                     AND regexp_full_match(substr(q.qname, length(b.qname) + 2), '([a-z0-9-]+\\.)?(svc\\.)?cluster\\.local|[a-z0-9.-]*\\.internal|[a-z0-9.-]*\\.local')
-                     AND b.ts_query >= q.ts_query - INTERVAL 10 SECOND AND b.ts_query <= q.ts_query + INTERVAL 10 SECOND) AS search_path
-    FROM enriched_dns q
+           q.rcode_name = 'NXDOMAIN' AND q.base IS NOT NULL AND EXISTS (
+               SELECT 1 FROM dns b
+               WHERE b.client_ip = q.client_ip AND b.rcode = 0 AND b.qname <> q.qname
+                 AND (b.qname = q.base OR starts_with(b.qname, q.base || '.'))
+                 AND b.ts_query >= q.ts_query - INTERVAL 10 SECOND AND b.ts_query <= q.ts_query + INTERVAL 10 SECOND) AS search_path
+    FROM (SELECT *, nullif(regexp_extract(qname, '^(.+?)\\.((?:[a-z0-9-]+\\.)?svc\\.cluster\\.local|cluster\\.local|[a-z0-9.-]+\\.internal)$', 1), '') AS base
+          FROM enriched_dns) q
     WHERE (q.rcode IS NULL OR q.rcode <> 0) AND {where}
 )
 SELECT qname, coalesce(rcode_name, 'NO ANSWER') AS rcode_name, search_path, count(*) AS failures,

@@ -59,6 +59,7 @@ EGRESS_SQL = """
 SELECT coalesce(dst_dns, dst_real) AS destination, dst_dns IS NOT NULL AS named,
        sum(bytes)::UBIGINT AS bytes_out, count(DISTINCT src_real) AS sources,
        list(DISTINCT {src} ORDER BY {src})[1:5] AS top_sources,
+       min(ts_start) AS first_seen, max(ts_end) AS last_seen,
        sum(bytes) / 1e9 * {price} AS cost_usd
 FROM enriched_flows
 WHERE dst_kind = 'external' AND src_kind IN ('pod', 'node') AND {where}

@@ -24,6 +24,7 @@ from .sim import Simulation, slice_count
 
 TRUTH_NAME = "truth.json"
 TRUTH_FORMAT = "flowtape-synth-truth/1"
+ROW_GROUP_ROWS = 1 << 17
 
 
 @dataclass
@@ -69,7 +70,9 @@ def synthesize(path: str | Path, p: Params, progress: Callable[[int, int, int], 
     path = Path(path)
     first = sim.node_names[0]
     clock = lambda: {"realtime_ns": p.start_ns, "monotonic_ns": 1_000_000_000_000, "offset_ns": p.start_ns - 1_000_000_000_000, "uncertainty_ns": 1}  # noqa: E731
-    w = TapeWriter(path, node=first, rotate_seconds=float("inf"), clock=clock())
+    # rotation by size only (deterministic); row groups of 128 Ki rows bound the writer's buffers
+    # (one per table and node) so peak memory does not grow with the tape
+    w = TapeWriter(path, node=first, rotate_seconds=float("inf"), row_group_rows=ROW_GROUP_ROWS, clock=clock())
     rows: dict[str, int] = {}
     try:
         for name in sim.node_names:

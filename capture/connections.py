@@ -287,7 +287,7 @@ class ConnectionProbe:
     def load(self) -> None:
         bcc = ebpf.import_bcc()
         self.bpf = ebpf.compile_bpf(self.source())  # tracepoints attach themselves (TRACEPOINT_PROBE)
-        self._sockops = self.bpf.load_func("ft_sockops", bcc.BPF.SOCK_OPS)
+        self._sockops = self.bpf.load_func(b"ft_sockops", bcc.BPF.SOCK_OPS)
         if self.cgroup is not None:
             try:
                 self._link = ebpf.attach_cgroup_sock_ops(self._sockops.fd, self.cgroup)
@@ -295,14 +295,14 @@ class ConnectionProbe:
                 self.missing["cgroup v2 sock_ops"] = f"bytes, srtt and retransmits of connections ({e.strerror})"
 
     def open(self, on_event: Callable[[dict[str, Any]], None]) -> None:
-        table = self.bpf["ft_conn_events"]
+        table = self.bpf[b"ft_conn_events"]
         table.open_ring_buffer(lambda _ctx, data, _size: on_event(decode(table.event(data))))
 
     def poll(self, timeout_ms: int) -> None:
         self.bpf.ring_buffer_poll(timeout_ms)
 
     def lost(self) -> int:
-        return int(sum(self.bpf["ft_conn_lost"][0]))
+        return int(sum(self.bpf[b"ft_conn_lost"][0]))
 
     def programs(self) -> dict[str, int]:
         return {(name.decode() if isinstance(name, bytes) else name): fn.fd for name, fn in self.bpf.funcs.items()}

@@ -138,7 +138,7 @@ def compile_bpf(text: str) -> Any:
     kernel_headers()
     tracefs()
     try:
-        return bcc.BPF(text=text)
+        return bcc.BPF(text=text.encode())
     except Exception as e:  # bcc raises plain Exception with the clang output
         msg = str(e)
         m = re.search(r"error: (.*)", msg)

@@ -127,13 +127,13 @@ class FlowProbe:
         self.bpf = ebpf.compile_bpf(self.source())
         bcc = ebpf.import_bcc()
         for name in ("ft_tc_ingress", "ft_tc_egress"):
-            self._progs[name] = self.bpf.load_func(name, bcc.BPF.SCHED_CLS)
-        self.bpf["ft_flow_active"][ctypes.c_int(0)] = ctypes.c_int(self.bpf["ft_flows_a"].get_fd())
+            self._progs[name] = self.bpf.load_func(name.encode(), bcc.BPF.SCHED_CLS)
+        self.bpf[b"ft_flow_active"][ctypes.c_int(0)] = ctypes.c_int(self.bpf[b"ft_flows_a"].get_fd())
 
     def attach(self) -> list[Iface]:
         """Attach to every planned interface not attached yet; returns those newly covered."""
         new = [i for i in plan_interfaces(self.interfaces) if i.ifindex not in self.plan]
-        table = self.bpf["ft_ifaces"]
+        table = self.bpf[b"ft_ifaces"]
         for i in new:
             table[ctypes.c_uint(i.ifindex)] = table.Leaf(i.l2_len, int(i.count_ingress), int(i.count_egress), 0)
             self.plan[i.ifindex] = i
@@ -155,7 +155,7 @@ class FlowProbe:
         for gone in [ix for ix in self.plan if ix not in present]:
             for fd in self.links.pop(gone, []):
                 os.close(fd)
-            del self.bpf["ft_ifaces"][ctypes.c_uint(gone)]
+            del self.bpf[b"ft_ifaces"][ctypes.c_uint(gone)]
         return self.attach()
 
     def drain(self, to_wall: Callable[[int], int]) -> dict[str, list]:
@@ -163,9 +163,9 @@ class FlowProbe:
         idle_name = "ft_flows_b" if self._active_b else "ft_flows_a"
         next_name = "ft_flows_a" if self._active_b else "ft_flows_b"
         # An update of a map-of-maps returns only after running programs finished (RCU).
-        self.bpf["ft_flow_active"][ctypes.c_int(0)] = ctypes.c_int(self.bpf[next_name].get_fd())
+        self.bpf[b"ft_flow_active"][ctypes.c_int(0)] = ctypes.c_int(self.bpf[next_name.encode()].get_fd())
         self._active_b = not self._active_b
-        idle = self.bpf[idle_name]
+        idle = self.bpf[idle_name.encode()]
         try:
             items = list(idle.items_lookup_and_delete_batch())
         except Exception:  # kernels or bcc without batch ops
@@ -176,7 +176,7 @@ class FlowProbe:
 
     def counters(self) -> dict[str, int]:
         out = {}
-        for k, per_cpu in self.bpf["ft_flow_ctr"].items():
+        for k, per_cpu in self.bpf[b"ft_flow_ctr"].items():
             out[COUNTERS[k.value]] = int(sum(per_cpu))
         return out
 

@@ -1,0 +1,387 @@
+"""Incremental HTTP/1.x parser for one direction of one connection.
+
+Written by hand rather than with h11. h11 is an excellent HTTP/1.1 state machine, but it
+needs every byte of the stream: the recorder sees only the first bytes of each segment (a
+bounded prefix), so body bytes are usually missing and heads may be cut. This parser takes
+"n bytes of this direction passed, of which we saw the first k" (`feed(ts, data, length)`)
+and steps over unseen body bytes by their declared length, which no general parser offers.
+It is also several times faster than h11 for the one thing we need (message boundaries and
+a few header values), which matters for the recorder's CPU budget.
+
+Framing follows RFC 9112 section 6.3: a response to HEAD, any 1xx, 204 and 304 has no body;
+101 and a 2xx to CONNECT turn the connection into a tunnel; Transfer-Encoding: chunked
+wins over Content-Length; a response with neither runs until the connection closes; a
+request with neither has no body.
+
+When bytes we needed are missing (a head cut by the capture prefix, a gap inside chunk
+framing), the direction is *desynced*: the message in progress ends with an unknown size
+and bytes are ignored until a segment starts with something that looks like a new head
+(a request line, or "HTTP/1." for responses). Heads are usually sent at segment starts,
+so this resynchronises after one message.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .decode_stats import DecodeStats
+
+MAX_HEAD = 64 * 1024  # a head larger than this is not HTTP we can read (servers cap at 8-64 kB)
+
+# Parser states.
+HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILERS, UNTIL_CLOSE, TUNNEL, DESYNC = range(8)
+
+# Methods accepted when resynchronising on a request line (RFC 9110 + WebDAV). A head that
+# starts the stream or follows a complete message may use any token.
+KNOWN_METHODS = frozenset(
+    b"GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH PROPFIND PROPPATCH MKCOL COPY MOVE LOCK UNLOCK".split()
+)
+_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+
+
+class HttpMessage:
+    """One request or response head, and the size of its message once known."""
+
+    __slots__ = ("is_request", "ts_ns", "method", "target", "version", "status", "headers",
+                 "head_bytes", "body_bytes", "truncated", "done")
+
+    def __init__(self, is_request: bool, ts_ns: int) -> None:
+        self.is_request = is_request
+        self.ts_ns = ts_ns  # time of the segment holding the head's first byte
+        self.method: str | None = None  # requests
+        self.target: str | None = None  # requests: request-target as sent (not redacted)
+        self.version: str | None = None  # 'HTTP/1.1'
+        self.status: int | None = None  # responses
+        self.headers: dict[str, str] = {}  # lower-case name -> value (repeated headers joined with ', ')
+        self.head_bytes: int | None = None  # start line to the blank line included; None if cut
+        self.body_bytes: int | None = 0  # wire bytes of the body (chunk framing included); None if unknown
+        self.truncated = False  # the head was cut before its end: headers after the cut are missing
+        self.done = False  # the message (head and body) has ended
+
+    @property
+    def interim(self) -> bool:
+        return self.status is not None and 100 <= self.status < 200
+
+    @property
+    def size(self) -> int | None:
+        """Head plus body bytes; None when either is unknown."""
+        if self.head_bytes is None or self.body_bytes is None:
+            return None
+        return self.head_bytes + self.body_bytes
+
+    def __repr__(self) -> str:  # for test failure messages
+        start = f"{self.method} {self.target}" if self.is_request else str(self.status)
+        return f"<HttpMessage {start} head={self.head_bytes} body={self.body_bytes} done={self.done}>"
+
+
+HEAD_EVENT = "head"
+END_EVENT = "end"
+Event = tuple[str, HttpMessage]
+
+
+def looks_like_request(data: bytes) -> bool:
+    sp = data.find(b" ", 0, 12)
+    return sp > 0 and data[:sp] in KNOWN_METHODS
+
+
+def looks_like_response(data: bytes) -> bool:
+    return data[:7] == b"HTTP/1."
+
+
+class HttpParser:
+    """Parses one direction: requests (client->server) or responses (server->client).
+
+    `on_head` is called with each head as soon as it is parsed, before its body is framed;
+    for a response it returns the method of the request the response answers (the pairing
+    layer knows), because a HEAD or CONNECT changes the response's framing.
+    """
+
+    def __init__(self, is_request: bool, stats: DecodeStats | None = None,
+                 on_head: Callable[[HttpMessage], str | None] | None = None) -> None:
+        self.is_request = is_request
+        self.stats = stats if stats is not None else DecodeStats()
+        self.on_head = on_head or (lambda msg: None)
+        self.state = HEAD
+        self.buf = bytearray()  # a head, chunk-size line or trailer being gathered
+        self.buf_ts = 0  # ts of the first byte in buf (a head's ts)
+        self.remaining = 0  # BODY / CHUNK_DATA: bytes still to pass
+        self.msg: HttpMessage | None = None  # the message whose body is being passed
+        self._looks_like = looks_like_request if is_request else looks_like_response
+
+    # --- input ---------------------------------------------------------------------------
+
+    def feed(self, ts_ns: int, data: bytes, length: int | None = None) -> list[Event]:
+        """Feed the next segment of this direction, in stream order.
+
+        `data` are the bytes seen; `length` (default len(data)) is how many bytes the segment
+        carried: the `length - len(data)` bytes after `data` were not seen. Returns the
+        ("head", msg) and ("end", msg) events, in order, that this segment produced.
+        """
+        events: list[Event] = []
+        end = len(data)
+        if self.state == DESYNC:
+            if end and self._looks_like(data):
+                self.state = HEAD
+            else:
+                return events
+        pos = 0
+        while pos < end:
+            state = self.state
+            if state == HEAD:
+                pos = self._head(ts_ns, data, pos, events)
+            elif state == BODY or state == CHUNK_DATA:
+                take = min(self.remaining, end - pos)
+                self._pass(take, events)
+                pos += take
+            elif state == CHUNK_SIZE or state == TRAILERS:
+                pos = self._line(data, pos, events)
+            elif state == UNTIL_CLOSE:
+                self.msg.body_bytes += end - pos  # type: ignore[union-attr, operator]
+                pos = end
+            else:  # TUNNEL, DESYNC: the rest of the segment is not ours to read
+                break
+        if length is not None and length > end:
+            self._skip(length - end, events)
+        return events
+
+    def close(self, ts_ns: int) -> list[Event]:
+        """The direction ended (FIN/RST or connection gone): a close-delimited body ends here."""
+        events: list[Event] = []
+        if self.state == UNTIL_CLOSE and self.msg is not None:
+            self._end(events)
+        elif self.msg is not None and not self.msg.done:
+            self.msg.body_bytes = None  # ended before its declared length: size unknown
+            self._end(events)
+        elif self.state == HEAD and self.buf.strip():
+            self._cut_head(events)
+        self.state = TUNNEL  # nothing more comes
+        return events
+
+    def enter_tunnel(self) -> None:
+        """The other direction agreed to an upgrade (101, CONNECT 2xx): stop reading HTTP."""
+        self.state = TUNNEL
+        self.buf.clear()
+
+    # --- states --------------------------------------------------------------------------
+
+    def _head(self, ts_ns: int, data: bytes, pos: int, events: list[Event]) -> int:
+        end = len(data)
+        if not self.buf:
+            # Empty lines before a head are allowed (RFC 9112 2.2): skip them.
+            while pos + 1 < end and data[pos] == 13 and data[pos + 1] == 10:
+                pos += 2
+            if pos >= end:
+                return end
+            i = data.find(b"\r\n\r\n", pos)
+            if i >= 0:  # the common case: the whole head in this segment
+                self._start(ts_ns, data[pos : i + 4], events)
+                return i + 4
+            self.buf_ts = ts_ns
+            self.buf += data[pos:]
+            if len(self.buf) > MAX_HEAD:
+                self._malformed(events)
+            return end
+        old = len(self.buf)
+        self.buf += data[pos:]
+        i = self.buf.find(b"\r\n\r\n", max(0, old - 3))
+        if i < 0:
+            if len(self.buf) > MAX_HEAD:
+                self._malformed(events)
+            return end
+        head = bytes(self.buf[: i + 4])
+        self.buf.clear()
+        self._start(self.buf_ts, head, events)
+        return pos + (i + 4 - old)
+
+    def _start(self, ts_ns: int, head: bytes, events: list[Event]) -> None:
+        msg = self._parse_head(ts_ns, head)
+        if msg is None:
+            self._malformed(events)
+            return
+        msg.head_bytes = len(head)
+        events.append((HEAD_EVENT, msg))
+        self.msg = msg
+        self._frame(msg, self.on_head(msg), events)
+
+    def _parse_head(self, ts_ns: int, head: bytes, complete: bool = True) -> HttpMessage | None:
+        lines = head.split(b"\r\n")
+        if not complete:
+            lines.pop()  # the last line was cut: its value is unknown
+            if not lines:
+                return None
+        msg = HttpMessage(self.is_request, ts_ns)
+        start = lines[0].split(b" ", 2)
+        if self.is_request:
+            if len(start) != 3 or not start[0] or not _TCHAR.issuperset(start[0]) or not start[2].startswith(b"HTTP/"):
+                return None
+            msg.method = start[0].decode("ascii")
+            msg.target = start[1].decode("latin-1")
+            msg.version = start[2].decode("latin-1")
+        else:
+            if len(start) < 2 or not start[0].startswith(b"HTTP/") or len(start[1]) != 3 or not start[1].isdigit():
+                return None
+            msg.version = start[0].decode("latin-1")
+            msg.status = int(start[1])
+        headers = msg.headers
+        last = None
+        for line in lines[1:]:
+            if not line:
+                continue
+            if line[0] in (32, 9) and last is not None:  # obsolete line folding: continues the last value
+                headers[last] += " " + line.strip().decode("latin-1")
+                continue
+            colon = line.find(b":")
+            if colon <= 0:
+                return None
+            name = line[:colon].strip().lower().decode("latin-1")
+            value = line[colon + 1 :].strip().decode("latin-1")
+            headers[name] = headers[name] + ", " + value if name in headers else value
+            last = name
+        return msg
+
+    def _frame(self, msg: HttpMessage, method: str | None, events: list[Event]) -> None:
+        """Decide how this message's body ends (RFC 9112 6.3) and enter that state.
+
+        `method` is, for a response, the method of the request it answers (None if unknown).
+        """
+        headers = msg.headers
+        if not msg.is_request:
+            status = msg.status or 0
+            if status == 101 or (method == "CONNECT" and 200 <= status < 300):
+                self._end(events)
+                self.state = TUNNEL
+                return
+            if method == "HEAD" or status < 200 or status in (204, 304):
+                self._end(events)
+                return
+        te = headers.get("transfer-encoding")
+        if te is not None and te.lower().rstrip().endswith("chunked"):
+            self.state = CHUNK_SIZE
+            return
+        cl = headers.get("content-length")
+        if cl is not None:
+            values = {v.strip() for v in cl.split(",")}  # repeated identical values are allowed
+            n = int(values.pop()) if len(values) == 1 and next(iter(values)).isdigit() else -1
+            if n < 0:
+                msg.body_bytes = None
+                self._end(events)
+                self._malformed(events)  # body length unknowable: skip to the next head
+                return
+            if n == 0:
+                self._end(events)
+                return
+            self.remaining = n
+            self.state = BODY
+            return
+        if msg.is_request:
+            self._end(events)  # a request without a length has no body
+            return
+        self.state = UNTIL_CLOSE  # a response without a length (or non-chunked coding) runs to close
+
+    def _pass(self, n: int, events: list[Event]) -> None:
+        """n bytes of a BODY or CHUNK_DATA passed (seen or not)."""
+        self.remaining -= n
+        self.msg.body_bytes += n  # type: ignore[union-attr, operator]
+        if self.remaining == 0:
+            if self.state == BODY:
+                self._end(events)
+            else:
+                self.state = CHUNK_SIZE
+
+    def _line(self, data: bytes, pos: int, events: list[Event]) -> int:
+        """CHUNK_SIZE / TRAILERS: gather one line, then act on it."""
+        i = data.find(b"\n", pos)
+        if i < 0:
+            self.buf += data[pos:]
+            self.msg.body_bytes += len(data) - pos  # type: ignore[union-attr, operator]
+            if len(self.buf) > 4096:
+                self._desync(events)
+            return len(data)
+        self.buf += data[pos : i + 1]
+        self.msg.body_bytes += i + 1 - pos  # type: ignore[union-attr, operator]
+        line = bytes(self.buf).strip()
+        self.buf.clear()
+        if self.state == TRAILERS:
+            if not line:
+                self._end(events)
+            return i + 1
+        size_text = line.split(b";", 1)[0].strip()  # chunk extensions follow ';'
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            self._malformed(events)
+            return len(data)
+        if size == 0:
+            self.state = TRAILERS
+        else:
+            self.remaining = size + 2  # the chunk's data and the CRLF after it
+            self.state = CHUNK_DATA
+        return i + 1
+
+    def _skip(self, n: int, events: list[Event]) -> None:
+        """n bytes passed that we did not see."""
+        while n > 0:
+            state = self.state
+            if state == BODY or state == CHUNK_DATA:
+                take = min(self.remaining, n)
+                self._pass(take, events)
+                n -= take
+            elif state == UNTIL_CLOSE:
+                self.msg.body_bytes += n  # type: ignore[union-attr, operator]
+                return
+            elif state == TUNNEL or state == DESYNC:
+                return
+            elif state == HEAD and self.buf:
+                self._cut_head(events)
+                return
+            else:  # a head, chunk-size line or trailer we needed is (partly) unseen
+                self._desync(events)
+                return
+
+    # --- endings -------------------------------------------------------------------------
+
+    def _end(self, events: list[Event]) -> None:
+        msg = self.msg
+        if msg is not None and not msg.done:
+            msg.done = True
+            events.append((END_EVENT, msg))
+        self.msg = None
+        self.state = HEAD
+
+    def _cut_head(self, events: list[Event]) -> None:
+        """The head in buf was cut by the capture prefix: emit what its complete lines say."""
+        msg = self._parse_head(self.buf_ts, bytes(self.buf), complete=False)
+        self.buf.clear()
+        if msg is None:
+            self._desync(events)
+            return
+        self.stats.add("http_truncated_heads")
+        msg.truncated = True
+        msg.head_bytes = None
+        msg.body_bytes = None
+        events.append((HEAD_EVENT, msg))
+        self.msg = msg
+        method = self.on_head(msg)
+        if not self.is_request and (msg.interim or msg.status in (204, 304) or method == "HEAD"):
+            self._end(events)  # no body: the next head follows the cut one in stream order
+            self.state = DESYNC
+            return
+        self._desync(events)
+
+    def _desync(self, events: list[Event]) -> None:
+        if self.msg is not None and not self.msg.done:
+            self.msg.body_bytes = None
+            self._end(events)
+        self.stats.add("http_desync")
+        self.buf.clear()
+        self.msg = None
+        self.state = DESYNC
+
+    def _malformed(self, events: list[Event]) -> None:
+        self.stats.add("http_malformed")
+        if self.msg is not None and not self.msg.done:
+            self.msg.body_bytes = None
+            self._end(events)
+        self.buf.clear()
+        self.msg = None
+        self.state = DESYNC

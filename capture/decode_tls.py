@@ -1,0 +1,241 @@
+"""TLS ClientHello decoding: SNI, ALPN and the offered version, from the first bytes of a
+TLS connection's client direction. Rows of the `tls` table.
+
+Written by hand (about a hundred lines) rather than with a TLS library: we read four fields
+of one message, and we must read them from a message cut anywhere by the capture prefix,
+which full parsers (dpkt.ssl, scapy) reject as a whole. The reader walks the structure with
+bounds checks; running out of bytes ends the walk and returns what was read so far
+(`truncated=True`), while lengths that contradict each other are malformed input.
+
+Modern ClientHellos can exceed one segment (a post-quantum key share alone is 1.2 kB, and
+browsers shuffle extension order, so SNI may come after it): `ClientHelloReader`
+reassembles the first handshake message across segments and TLS records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .decode_stats import DecodeStats
+
+CONTENT_HANDSHAKE = 22
+HANDSHAKE_CLIENT_HELLO = 1
+EXT_SERVER_NAME = 0
+EXT_ALPN = 16
+EXT_SUPPORTED_VERSIONS = 43
+MAX_HELLO = 1 << 16  # largest ClientHello we reassemble; real ones are < 4 kB
+
+VERSION_NAMES = {0x0300: "SSL 3.0", 0x0301: "TLS 1.0", 0x0302: "TLS 1.1", 0x0303: "TLS 1.2", 0x0304: "TLS 1.3"}
+
+
+def version_name(code: int) -> str:
+    return VERSION_NAMES.get(code, f"0x{code:04x}")
+
+
+def _is_grease(code: int) -> bool:
+    # RFC 8701 reserved values 0x0a0a, 0x1a1a, ... 0xfafa: offered to keep servers tolerant.
+    return code & 0x0F0F == 0x0A0A and code >> 8 == code & 0xFF
+
+
+@dataclass(frozen=True)
+class ClientHello:
+    version: str  # 'TLS 1.3' if supported_versions offers it, else the legacy version's name
+    sni: str | None
+    alpn: tuple[str, ...] | None
+    truncated: bool  # the bytes ended before the hello did: fields after the cut are unknown
+
+
+class Malformed(Exception):
+    """Lengths inside the message contradict each other (not just cut short)."""
+
+
+class _Cut(Exception):
+    """The bytes end here."""
+
+
+class _Reader:
+    __slots__ = ("data", "pos", "end")
+
+    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
+        self.data, self.pos = data, pos
+        self.end = len(data) if end is None else end
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > min(self.end, len(self.data)):
+            if self.pos + n > self.end:
+                raise Malformed("field overruns its enclosing length")
+            raise _Cut()
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def u8(self) -> int:
+        return self.take(1)[0]
+
+    def u16(self) -> int:
+        return int.from_bytes(self.take(2), "big")
+
+    def u24(self) -> int:
+        return int.from_bytes(self.take(3), "big")
+
+    def sub(self, n: int) -> "_Reader":
+        """A reader over the next n bytes (which may be only partly present)."""
+        if self.pos + n > self.end:
+            raise Malformed("vector overruns its enclosing length")
+        r = _Reader(self.data, self.pos, self.pos + n)
+        self.pos += n
+        return r
+
+    @property
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+
+def handshake_bytes(data: bytes) -> bytes | None:
+    """Concatenate the payloads of the leading handshake records; None if not TLS handshake."""
+    if len(data) < 3 or data[0] != CONTENT_HANDSHAKE or data[1] != 3:
+        return None
+    out = bytearray()
+    pos = 0
+    while pos + 5 <= len(data) and data[pos] == CONTENT_HANDSHAKE:
+        length = int.from_bytes(data[pos + 3 : pos + 5], "big")
+        if length == 0 or length > (1 << 14) + 2048:
+            raise Malformed("bad record length")
+        out += data[pos + 5 : pos + 5 + length]
+        pos += 5 + length
+    return bytes(out)
+
+
+def parse_client_hello(data: bytes) -> ClientHello | None:
+    """Decode a ClientHello from the start of a TLS stream (TLS records, possibly cut short).
+
+    Returns None when the bytes are not a TLS handshake starting with a ClientHello (or too
+    short to say what version it offers); raises Malformed on contradictory lengths.
+    """
+    hs = handshake_bytes(data)
+    if hs is None or len(hs) < 6:
+        return None
+    r = _Reader(hs, end=MAX_HELLO + 4)  # the handshake may continue past the bytes we have
+    if r.u8() != HANDSHAKE_CLIENT_HELLO:
+        return None
+    body = r.sub(r.u24())
+    legacy = body.u16()
+    fields: dict[str, Any] = {"sni": None, "alpn": None, "versions": []}
+    truncated = False
+    try:
+        _walk(body, fields)
+    except _Cut:
+        truncated = True
+    offered = [v for v in fields["versions"] if not _is_grease(v)]
+    version = "TLS 1.3" if 0x0304 in offered else version_name(legacy)
+    alpn = None if fields["alpn"] is None else tuple(fields["alpn"])
+    return ClientHello(version, fields["sni"], alpn, truncated)
+
+
+def _walk(body: _Reader, fields: dict[str, Any]) -> None:
+    body.take(32)  # random
+    body.take(body.u8())  # session id
+    body.take(body.u16())  # cipher suites
+    body.take(body.u8())  # compression methods
+    if body.remaining == 0:
+        return  # no extensions (SSL 3.0 style hello): complete
+    exts = body.sub(body.u16())
+    while exts.remaining > 0:
+        ext_type = exts.u16()
+        ext = exts.sub(exts.u16())
+        if ext_type == EXT_SERVER_NAME:
+            names = ext.sub(ext.u16())
+            while names.remaining > 0:
+                kind = names.u8()
+                name = names.take(names.u16())
+                if kind == 0 and fields["sni"] is None:
+                    fields["sni"] = name.decode("ascii", "backslashreplace").lower().rstrip(".")
+        elif ext_type == EXT_ALPN:
+            protos = ext.sub(ext.u16())
+            fields["alpn"] = []
+            while protos.remaining > 0:
+                fields["alpn"].append(protos.take(protos.u8()).decode("ascii", "backslashreplace"))
+        elif ext_type == EXT_SUPPORTED_VERSIONS:
+            versions = ext.sub(ext.u8())
+            while versions.remaining > 0:
+                fields["versions"].append(versions.u16())
+        else:
+            ext.take(ext.remaining)
+
+
+def decode_client_hello(data: bytes, stats: DecodeStats | None = None) -> ClientHello | None:
+    """parse_client_hello that never raises: malformed input is counted (`tls_malformed`)."""
+    try:
+        hello = parse_client_hello(data)
+    except Exception:  # Malformed, and anything a bug would raise: a decoder never stops the recorder
+        if stats is not None:
+            stats.add("tls_malformed")
+        return None
+    if hello is not None and hello.truncated and stats is not None:
+        stats.add("tls_truncated")
+    return hello
+
+
+def tls_row(
+    ts_ns: int, hello: ClientHello, client_ip: str, client_port: int, server_ip: str, server_port: int,
+    pid: int | None = None, comm: str | None = None,
+) -> dict[str, Any]:
+    """A `tls` table row (every column but `node`)."""
+    return {
+        "ts": ts_ns,
+        "client_ip": client_ip,
+        "client_port": client_port,
+        "server_ip": server_ip,
+        "server_port": server_port,
+        "pid": pid,
+        "comm": comm,
+        "sni": hello.sni,
+        "version": hello.version,
+        "alpn": None if hello.alpn is None else list(hello.alpn),
+    }
+
+
+class ClientHelloReader:
+    """Reassembles the ClientHello at the start of one connection's client->server bytes.
+
+    feed() the connection's client-direction segments in order; it returns the ClientHello
+    once the whole message is in, or as soon as a segment was not fully seen (the rest is
+    then unknowable: what was read so far is returned, truncated). `done` is True from then
+    on, and also as soon as the stream turns out not to be TLS.
+    """
+
+    def __init__(self, stats: DecodeStats | None = None) -> None:
+        self.stats = stats
+        self.buf = bytearray()
+        self.ts_ns: int | None = None
+        self.done = False
+
+    def feed(self, ts_ns: int, data: bytes, length: int | None = None) -> ClientHello | None:
+        if self.done:
+            return None
+        if self.ts_ns is None:
+            self.ts_ns = ts_ns
+        self.buf += data
+        if len(self.buf) >= 1 and (self.buf[0] != CONTENT_HANDSHAKE or (len(self.buf) >= 2 and self.buf[1] != 3)):
+            self.done = True  # not TLS: nothing to count
+            return None
+        gap = length is not None and length > len(data)
+        if gap or len(self.buf) >= MAX_HELLO or self._complete():
+            return self.finish()
+        return None
+
+    def _complete(self) -> bool:
+        # The record(s) hold the whole handshake message when the handshake length is covered.
+        try:
+            hs = handshake_bytes(bytes(self.buf))
+        except Malformed:
+            return True  # let finish() count it
+        return hs is not None and len(hs) >= 4 and len(hs) >= 4 + int.from_bytes(hs[1:4], "big")
+
+    def finish(self) -> ClientHello | None:
+        """Decode what has been gathered (also at connection close); None if nothing usable."""
+        if self.done:
+            return None
+        self.done = True
+        return decode_client_hello(bytes(self.buf), self.stats)

@@ -1,0 +1,187 @@
+"""Pairs HTTP requests with their responses on one connection and produces `http` rows.
+
+HTTP/1.x answers requests in order (pipelining included), so the n-th final response of a
+connection answers its n-th request. Interim 1xx responses (100 Continue, 103 Early Hints)
+belong to the request being answered and are counted in its response_bytes.
+
+A row is produced once both messages have ended (their sizes are then known), in request
+order, or when the connection closes (then with whatever is known: a request without a
+response has null response fields).
+
+Timing: `ts_request` is the time of the segment holding the request head's first byte,
+`ts_response` that of the *final* (non-1xx) response head's first byte, and latency_ns is
+their difference: time to first byte of the final response, as seen at this endpoint.
+
+Redaction (on by default, recorded in the manifest): query string values become empty
+(`/s?q=secret&page=2` -> `/s?q=&page=`), and of the header-valued columns only those whose
+header is on the allow-list are written; bodies are never read beyond their length.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from .decode_http import HttpMessage, HttpParser
+from .decode_stats import DecodeStats
+
+DEFAULT_HEADER_ALLOW_LIST = ("host", "user-agent", "content-type", "traceparent")
+MAX_PENDING = 256  # exchanges waiting on one connection; beyond this the oldest is emitted unanswered
+
+# Row columns filled from a header: column -> (header name, which message carries it).
+_HEADER_COLUMNS = (
+    ("host", "host", "request"),
+    ("traceparent", "traceparent", "request"),
+    ("user_agent", "user-agent", "request"),
+    ("content_type", "content-type", "response"),
+)
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """What is kept of a request's target and headers. `Redaction(enabled=False)` is --no-redact."""
+
+    enabled: bool = True
+    header_allow_list: frozenset[str] = field(default_factory=lambda: frozenset(DEFAULT_HEADER_ALLOW_LIST))
+
+    @classmethod
+    def from_settings(cls, no_redact: bool = False, allow_list: Iterable[str] | None = None) -> "Redaction":
+        names = DEFAULT_HEADER_ALLOW_LIST if allow_list is None else allow_list
+        return cls(enabled=not no_redact, header_allow_list=frozenset(n.strip().lower() for n in names))
+
+    def allows(self, header: str) -> bool:
+        return not self.enabled or header in self.header_allow_list
+
+    def path(self, target: str) -> str:
+        if not self.enabled:
+            return target
+        return redact_query(target)
+
+    def manifest(self) -> dict[str, Any]:
+        """The manifest's `redaction` section (TapeWriter.update('redaction', ...))."""
+        return {
+            "query_strings": "values removed" if self.enabled else "kept",
+            "header_allow_list": sorted(self.header_allow_list) if self.enabled else "all",
+            "bodies": "never stored",
+        }
+
+
+def redact_query(target: str) -> str:
+    """Keep the keys of a query string and drop its values: `/p?a=1&b` -> `/p?a=&b`."""
+    q = target.find("?")
+    if q < 0:
+        return target
+    parts = []
+    for item in target[q + 1 :].split("&"):
+        eq = item.find("=")
+        parts.append(item if eq < 0 else item[: eq + 1])
+    return target[: q + 1] + "&".join(parts)
+
+
+class _Exchange:
+    __slots__ = ("request", "response", "interim_bytes")
+
+    def __init__(self, request: HttpMessage) -> None:
+        self.request = request
+        self.response: HttpMessage | None = None
+        self.interim_bytes: int | None = 0  # 1xx heads before the final response
+
+
+class HttpConnection:
+    """Both directions of one connection, as seen by one local endpoint.
+
+    feed() each segment with `from_client` saying its direction. `row_base` holds the
+    columns the caller knows (conn_id, client_ip, client_port, server_ip, server_port, pid,
+    comm, side, tls); they are copied into every row.
+    """
+
+    def __init__(self, stats: DecodeStats | None = None, redaction: Redaction | None = None,
+                 row_base: dict[str, Any] | None = None) -> None:
+        self.stats = stats if stats is not None else DecodeStats()
+        self.redaction = redaction or Redaction()
+        self.row_base = row_base or {}
+        self.exchanges: deque[_Exchange] = deque()  # not yet emitted, in request order
+        self.requests = HttpParser(True, self.stats, self._on_request)
+        self.responses = HttpParser(False, self.stats, self._on_response)
+        self.closed = False
+
+    # --- input ---------------------------------------------------------------------------
+
+    def feed(self, ts_ns: int, data: bytes, from_client: bool, length: int | None = None) -> list[dict[str, Any]]:
+        """One segment (its first bytes `data` of `length`) of one direction, in stream order."""
+        # Heads reach the pairing through the parsers' on_head callbacks, as they are parsed.
+        (self.requests if from_client else self.responses).feed(ts_ns, data, length)
+        return self._ready()
+
+    def close(self, ts_ns: int) -> list[dict[str, Any]]:
+        """The connection ended: finish close-delimited bodies and emit every pending exchange."""
+        if self.closed:
+            return []
+        self.closed = True
+        self.requests.close(ts_ns)
+        self.responses.close(ts_ns)
+        rows = [self._row(x) for x in self.exchanges]
+        self.exchanges.clear()
+        return rows
+
+    # --- pairing -------------------------------------------------------------------------
+
+    def _awaiting(self) -> _Exchange | None:
+        """The first exchange without a final response: the next response head answers it."""
+        for x in self.exchanges:
+            if x.response is None:
+                return x
+        return None
+
+    def _on_request(self, msg: HttpMessage) -> None:
+        self.exchanges.append(_Exchange(msg))
+        if msg.method == "PRI" and msg.target == "*":
+            # HTTP/2 prior-knowledge preface: not HTTP/1.x from here on, in both directions.
+            self.requests.enter_tunnel()
+            self.responses.enter_tunnel()
+            self.exchanges.pop()
+
+    def _on_response(self, msg: HttpMessage) -> str | None:
+        """Attach a response head to the request it answers; return that request's method."""
+        x = self._awaiting()
+        if x is None:
+            self.stats.add("http_orphan_responses")  # recording started mid-connection, or a lost request
+            return None
+        method = x.request.method
+        if msg.interim and msg.status != 101:  # 101 Switching Protocols is final: the tunnel follows
+            x.interim_bytes = None if x.interim_bytes is None or msg.head_bytes is None else x.interim_bytes + msg.head_bytes
+            return method
+        x.response = msg
+        if msg.status == 101 or (method == "CONNECT" and msg.status is not None and 200 <= msg.status < 300):
+            self.requests.enter_tunnel()  # the response parser enters its own tunnel in its framing
+        return method
+
+    def _ready(self) -> list[dict[str, Any]]:
+        rows = []
+        while self.exchanges:
+            x = self.exchanges[0]
+            if not (x.request.done and x.response is not None and x.response.done):
+                if len(self.exchanges) <= MAX_PENDING:
+                    break
+            rows.append(self._row(self.exchanges.popleft()))
+        return rows
+
+    def _row(self, x: _Exchange) -> dict[str, Any]:
+        req, resp = x.request, x.response
+        row = dict(self.row_base)
+        row["ts_request"] = req.ts_ns
+        row["ts_response"] = None if resp is None else resp.ts_ns
+        row["latency_ns"] = None if resp is None else resp.ts_ns - req.ts_ns
+        row["http_version"] = req.version
+        row["method"] = req.method
+        row["path"] = self.redaction.path(req.target or "")
+        row["status"] = None if resp is None else resp.status
+        row["request_bytes"] = req.size if req.done else None
+        size = None if resp is None or not resp.done else resp.size
+        row["response_bytes"] = None if size is None or x.interim_bytes is None else size + x.interim_bytes
+        for column, header, where in _HEADER_COLUMNS:
+            msg = req if where == "request" else resp
+            allowed = msg is not None and self.redaction.allows(header)
+            row[column] = msg.headers.get(header) if allowed else None  # type: ignore[union-attr]
+        return row

@@ -36,6 +36,10 @@ HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILERS, UNTIL_CLOSE, TUNNEL, DESYNC = rang
 KNOWN_METHODS = frozenset(
     b"GET HEAD POST PUT DELETE CONNECT OPTIONS TRACE PATCH PROPFIND PROPPATCH MKCOL COPY MOVE LOCK UNLOCK".split()
 )
+# Headers read from each head: the two that frame bodies, and those of the `http` table's
+# columns (which the redaction allow-list may still drop). Others are never decoded.
+WANTED_HEADERS = ("content-length", "transfer-encoding", "host", "user-agent", "content-type", "traceparent")
+_WANTED = tuple((b"\r\n" + name.encode() + b":", name) for name in WANTED_HEADERS)
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
@@ -52,7 +56,7 @@ class HttpMessage:
         self.target: str | None = None  # requests: request-target as sent (not redacted)
         self.version: str | None = None  # 'HTTP/1.1'
         self.status: int | None = None  # responses
-        self.headers: dict[str, str] = {}  # lower-case name -> value (repeated headers joined with ', ')
+        self.headers: dict[str, str] = {}  # WANTED_HEADERS present: lower-case name -> value (repeats joined with ', ')
         self.head_bytes: int | None = None  # start line to the blank line included; None if cut
         self.body_bytes: int | None = 0  # wire bytes of the body (chunk framing included); None if unknown
         self.truncated = False  # the head was cut before its end: headers after the cut are missing
@@ -204,13 +208,18 @@ class HttpParser:
         self._frame(msg, self.on_head(msg), events)
 
     def _parse_head(self, ts_ns: int, head: bytes, complete: bool = True) -> HttpMessage | None:
-        lines = head.split(b"\r\n")
-        if not complete:
-            lines.pop()  # the last line was cut: its value is unknown
-            if not lines:
-                return None
+        """Start line and the headers we use (WANTED_HEADERS); None if the start line is not HTTP.
+
+        Headers are found with one lower-cased copy of the head and a C-level search per
+        wanted name instead of a Python loop over every line: heads carry 10-20 headers and
+        we keep six, and this is the recorder's hottest path. When `complete` is False the
+        head was cut: only lines ending before the cut are read.
+        """
+        eol = head.find(b"\r\n")
+        if eol < 0:
+            return None  # cut inside the start line: method or target unknown
         msg = HttpMessage(self.is_request, ts_ns)
-        start = lines[0].split(b" ", 2)
+        start = head[:eol].split(b" ", 2)
         if self.is_request:
             if len(start) != 3 or not start[0] or not _TCHAR.issuperset(start[0]) or not start[2].startswith(b"HTTP/"):
                 return None
@@ -222,21 +231,20 @@ class HttpParser:
                 return None
             msg.version = start[0].decode("latin-1")
             msg.status = int(start[1])
+        end = len(head) if complete else head.rfind(b"\r\n") + 2
+        low = head[:end].lower()
         headers = msg.headers
-        last = None
-        for line in lines[1:]:
-            if not line:
+        for needle, name in _WANTED:
+            i = low.find(needle, eol)
+            if i < 0:
                 continue
-            if line[0] in (32, 9) and last is not None:  # obsolete line folding: continues the last value
-                headers[last] += " " + line.strip().decode("latin-1")
-                continue
-            colon = line.find(b":")
-            if colon <= 0:
-                return None
-            name = line[:colon].strip().lower().decode("latin-1")
-            value = line[colon + 1 :].strip().decode("latin-1")
-            headers[name] = headers[name] + ", " + value if name in headers else value
-            last = name
+            values = []
+            while i >= 0:  # a repeated header's values are joined, as RFC 9110 5.3 allows
+                j = i + len(needle)
+                k = low.find(b"\r\n", j)
+                values.append(head[j:k].strip().decode("latin-1"))
+                i = low.find(needle, k)
+            headers[name] = values[0] if len(values) == 1 else ", ".join(values)
         return msg
 
     def _frame(self, msg: HttpMessage, method: str | None, events: list[Event]) -> None:

@@ -74,7 +74,17 @@ class _Reader:
         return self.take(1)[0]
 
     def u16(self) -> int:
-        return int.from_bytes(self.take(2), "big")
+        pos = self.pos  # inlined take(2): this is the hot path
+        if pos + 2 > self.end or pos + 2 > len(self.data):
+            self.take(2)  # raises the right exception
+        self.pos = pos + 2
+        return (self.data[pos] << 8) | self.data[pos + 1]
+
+    def skip(self, n: int) -> None:
+        """Step over n bytes without reading them: a cut inside them shows at the next read."""
+        if self.pos + n > self.end:
+            raise Malformed("field overruns its enclosing length")
+        self.pos += n
 
     def u24(self) -> int:
         return int.from_bytes(self.take(3), "big")
@@ -127,6 +137,8 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
         _walk(body, fields)
     except _Cut:
         truncated = True
+    if body.end > len(hs):
+        truncated = True  # skipped fields ran past the bytes we have
     offered = [v for v in fields["versions"] if not _is_grease(v)]
     version = "TLS 1.3" if 0x0304 in offered else version_name(legacy)
     alpn = None if fields["alpn"] is None else tuple(fields["alpn"])
@@ -134,10 +146,10 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
 
 
 def _walk(body: _Reader, fields: dict[str, Any]) -> None:
-    body.take(32)  # random
-    body.take(body.u8())  # session id
-    body.take(body.u16())  # cipher suites
-    body.take(body.u8())  # compression methods
+    body.skip(32)  # random
+    body.skip(body.u8())  # session id
+    body.skip(body.u16())  # cipher suites
+    body.skip(body.u8())  # compression methods
     if body.remaining == 0:
         return  # no extensions (SSL 3.0 style hello): complete
     exts = body.sub(body.u16())
@@ -160,9 +172,7 @@ def _walk(body: _Reader, fields: dict[str, Any]) -> None:
             versions = ext.sub(ext.u8())
             while versions.remaining > 0:
                 fields["versions"].append(versions.u16())
-        else:
-            ext.take(ext.remaining)
-
+        # Other extensions: `sub` already stepped over them.
 
 def decode_client_hello(data: bytes, stats: DecodeStats | None = None) -> ClientHello | None:
     """parse_client_hello that never raises: malformed input is counted (`tls_malformed`)."""

@@ -9,7 +9,8 @@
  *                                 per-CPU slot.
  *  sock:inet_sock_set_state      runs right after that callback, on the same CPU, in the same
  *                                 call (tcp_set_state); it takes the slot when the 4-tuple and
- *                                 states match and sends one event per state change. At
+ *                                 states match. It follows each endpoint in a map and sends two
+ *                                 events per endpoint: ESTABLISHED and CLOSE. At
  *                                 CLOSE->SYN_SENT it runs inside connect(): pid/comm/cgroup of
  *                                 the client are the caller's.
  *  syscalls:sys_*_accept[4]      the server's owner: the process that accept()s, with the
@@ -30,7 +31,12 @@
 #define FT_TCP_ESTABLISHED 1
 #define FT_TCP_SYN_SENT 2
 #define FT_TCP_SYN_RECV 3
+#define FT_TCP_FIN_WAIT1 4
+#define FT_TCP_FIN_WAIT2 5
 #define FT_TCP_CLOSE 7
+#define FT_TCP_CLOSE_WAIT 8
+#define FT_TCP_LAST_ACK 9
+#define FT_TCP_CLOSING 11
 #define FT_TCP_LISTEN 10
 #define FT_TCP_NEW_SYN_RECV 12
 
@@ -162,8 +168,18 @@ static __always_inline void take_slot(struct conn_event *ev) {
 
 /* ---- state changes -------------------------------------------------------------------- */
 
+/* Live TCP endpoints seen from their start: skaddr -> what their rows need at the end. Only
+ * ESTABLISHED and CLOSE are sent to user space; the steps between update this map. */
+BPF_HASH(ft_socks, u64, struct sock_info, FT_SOCK_ENTRIES);
 /* Server sockets established but not yet seen in a process: skaddr -> 1. */
 BPF_HASH(ft_unowned, u64, u8, FT_UNOWNED_ENTRIES);
+BPF_PERCPU_ARRAY(ft_conn_ctr, u64, 2);   /* 0: map full (endpoint not followed), 1: seen only mid-life */
+
+static __always_inline void conn_ctr(u32 which) {
+    u64 *c = ft_conn_ctr.lookup(&which);
+    if (c)
+        *c += 1;
+}
 
 TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (args->protocol != FT_IPPROTO_TCP)
@@ -173,10 +189,34 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (oldstate == FT_TCP_LISTEN || newstate == FT_TCP_LISTEN || newstate == FT_TCP_NEW_SYN_RECV ||
         newstate == FT_TCP_SYN_RECV)
         return 0;
+    u64 key = (u64)args->skaddr;
+    u64 now = bpf_ktime_get_ns();
+
+    if (oldstate == FT_TCP_CLOSE && newstate == FT_TCP_SYN_SENT) {
+        /* Inside connect(): the caller owns the socket. Port not assigned yet. */
+        struct sock_info fresh = {};
+        fresh.ts_start_ns = now;
+        fresh.pid = bpf_get_current_pid_tgid() >> 32;
+        fresh.cgroup_id = bpf_get_current_cgroup_id();
+        bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
+        fresh.flags = FT_F_CLIENT;
+        if (ft_socks.update(&key, &fresh) != 0)
+            conn_ctr(0);
+        return 0;
+    }
+    if (oldstate == FT_TCP_SYN_RECV && newstate == FT_TCP_ESTABLISHED) {
+        struct sock_info fresh = {};
+        fresh.ts_start_ns = now;
+        if (ft_socks.update(&key, &fresh) != 0)
+            conn_ctr(0);
+        u8 one = 1;
+        ft_unowned.update(&key, &one);
+    }
+
     struct conn_event ev = {};
     ev.kind = FT_EV_STATE;
-    ev.ts_ns = bpf_ktime_get_ns();
-    ev.skaddr = (u64)args->skaddr;
+    ev.ts_ns = now;
+    ev.skaddr = key;
     ev.oldstate = oldstate;
     ev.newstate = newstate;
     ev.family = args->family;
@@ -189,14 +229,35 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         __builtin_memcpy(ev.saddr, args->saddr_v6, 16);
         __builtin_memcpy(ev.daddr, args->daddr_v6, 16);
     }
-    if (oldstate == FT_TCP_CLOSE && newstate == FT_TCP_SYN_SENT)
-        fill_task(&ev);   /* inside connect(): the caller owns the socket */
     take_slot(&ev);
-    u64 key = ev.skaddr;
-    if (oldstate == FT_TCP_SYN_RECV && newstate == FT_TCP_ESTABLISHED) {
-        u8 one = 1;
-        ft_unowned.update(&key, &one);
-    } else if (newstate == FT_TCP_CLOSE) {
+
+    struct sock_info *info = ft_socks.lookup(&key);
+    if (!info) {
+        if (newstate == FT_TCP_CLOSE)
+            conn_ctr(1);   /* started before recording (or not followed) */
+        return 0;
+    }
+    if (newstate == FT_TCP_FIN_WAIT1 || newstate == FT_TCP_LAST_ACK || newstate == FT_TCP_CLOSING)
+        info->flags |= FT_F_FIN_SENT;
+    if (newstate == FT_TCP_CLOSE_WAIT || newstate == FT_TCP_CLOSING)
+        info->flags |= FT_F_FIN_IN;
+    if (newstate == FT_TCP_FIN_WAIT2 && ev.has_stats) {
+        info->rx_at_fin_wait2_b = ev.bytes_received;
+        info->flags |= FT_F_FIN_WAIT2;
+    }
+    if (newstate != FT_TCP_ESTABLISHED && newstate != FT_TCP_CLOSE)
+        return 0;
+    ev.ts_start_ns = info->ts_start_ns;
+    ev.rx_at_fin_wait2_b = info->rx_at_fin_wait2_b;
+    ev.flags = info->flags;
+    if (info->pid) {
+        ev.pid = info->pid;
+        ev.cgroup_id = info->cgroup_id;
+        __builtin_memcpy(ev.comm, info->comm, sizeof(ev.comm));
+        ev.in_task = 1;
+    }
+    if (newstate == FT_TCP_CLOSE) {
+        ft_socks.delete(&key);
         ft_unowned.delete(&key);
     }
     emit(&ev);

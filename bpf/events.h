@@ -58,13 +58,33 @@ struct iface_cfg {
 
 /* ---- connections (bpf/connections.c) ------------------------------------------------- */
 
-#define FT_EV_STATE 1        /* sock:inet_sock_set_state for TCP (stats when sock_ops saw it) */
+#define FT_EV_STATE 1        /* a TCP endpoint reached ESTABLISHED or CLOSE (sock:inet_sock_set_state;
+                                stats when sock_ops saw it). Other state changes only update
+                                the socket's struct sock_info in the kernel. */
 #define FT_EV_ACCEPT 2       /* accept()/accept4() returned: owner of the peer's connection */
 #define FT_EV_OWNER 3        /* first send/recv by a process on a server socket not yet owned */
 #define FT_EV_ERROR 4        /* sock:inet_sk_error_report (ECONNREFUSED, ETIMEDOUT, ...) */
 
+/* What the kernel remembers about a TCP endpoint between its state changes (skaddr -> info). */
+#define FT_F_CLIENT 1          /* it called connect() */
+#define FT_F_FIN_SENT 2        /* it went through FIN_WAIT1, CLOSING or LAST_ACK */
+#define FT_F_FIN_IN 4          /* it went to CLOSE_WAIT or CLOSING: the peer's FIN was counted */
+#define FT_F_FIN_WAIT2 8       /* rx_at_fin_wait2_b is set */
+
+struct sock_info {
+    u64 ts_start_ns;       /* client: connect(); server: handshake completed */
+    u64 rx_at_fin_wait2_b; /* bytes_received when it entered FIN_WAIT2 */
+    u64 cgroup_id;
+    u32 pid;
+    u8 flags;              /* FT_F_* */
+    u8 _pad0[3];
+    char comm[16];
+};
+
 struct conn_event {
     u64 ts_ns;             /* bpf_ktime_get_ns() */
+    u64 ts_start_ns;       /* FT_EV_STATE: sock_info.ts_start_ns */
+    u64 rx_at_fin_wait2_b; /* FT_EV_STATE: sock_info.rx_at_fin_wait2_b */
     u64 skaddr;            /* kernel socket address as given by the tracepoint: an identity
                               while the socket lives, never dereferenced */
     u64 cookie;            /* socket cookie (sock_ops), 0 when unknown */
@@ -88,8 +108,8 @@ struct conn_event {
     u8 oldstate;
     u8 newstate;
     u8 has_stats;          /* 1 when the sock_ops counters above are filled */
-    u8 in_task;            /* 1 when pid/comm/cgroup_id belong to the socket's caller */
-    u8 _pad0;
+    u8 in_task;            /* 1 when pid/comm/cgroup_id belong to the socket's owner */
+    u8 flags;              /* FT_EV_STATE: sock_info.flags */
     char comm[16];
 };
 

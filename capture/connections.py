@@ -16,8 +16,10 @@ The tracker removes those so `bytes_sent`/`bytes_received` are TCP payload bytes
 
 from __future__ import annotations
 
+import ctypes
 import os
 import re
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +29,7 @@ from . import ebpf
 # TCP states (include/net/tcp_states.h)
 ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, LISTEN, CLOSING = range(1, 12)
 EV_STATE, EV_ACCEPT, EV_OWNER, EV_ERROR = 1, 2, 3, 4
+F_CLIENT, F_FIN_SENT, F_FIN_IN, F_FIN_WAIT2 = 1, 2, 4, 8  # struct sock_info flags (bpf/events.h)
 ECONNRESET, ETIMEDOUT, ECONNREFUSED = 104, 110, 111
 GRACE_NS = 1_000_000_000  # a closed connection waits this long for late owner/error events
 
@@ -66,9 +69,8 @@ class Conn:
     owner_from_accept: bool = False
     cookie: int = 0
     ts_established: int | None = None
-    states: set[int] = field(default_factory=set)
     stats: dict[str, int] | None = None
-    rx_at_fin_wait2: int | None = None
+    fin_sent: bool = False
     fin_in: bool = False
     error: int = 0
     ts_end: int | None = None
@@ -117,7 +119,6 @@ class ConnectionTracker:
         self.container_id = container_id
         self.live: dict[int, Conn] = {}  # skaddr -> conn
         self.closing: list[Conn] = []  # closed, waiting GRACE_NS for late owner/error events
-        self.started_before = 0  # endpoints first seen mid-life (recording started later)
         self.rows: list[dict[str, Any]] = []
         self.last_ts = 0
 
@@ -144,38 +145,31 @@ class ConnectionTracker:
         c.pid, c.comm, c.cgroup_id = ev["pid"], ev["comm"], ev["cgroup_id"] or None
 
     def _state(self, ev: dict[str, Any]) -> None:
+        """ESTABLISHED opens a row, CLOSE ends it; the kernel kept what happened between."""
         old, new, sk = ev["oldstate"], ev["newstate"], ev["skaddr"]
+        client = bool(ev["flags"] & F_CLIENT)
         c = self.live.get(sk)
-        if old == CLOSE and new == SYN_SENT:
-            c = Conn(sk, "client", ev["family"], ev["ts_ns"], remote_ip=ev["daddr"], remote_port=ev["dport"])
+        if new == ESTABLISHED or (new == CLOSE and c is None and client):
+            # a new endpoint (or a client whose connect failed before ESTABLISHED)
+            c = Conn(sk, "client" if client else "server", ev["family"], ev["ts_start_ns"])
             if ev["in_task"]:
                 self._own(c, ev)
-            self.live[sk] = c
-        elif old == SYN_RECV and new == ESTABLISHED:
-            c = Conn(sk, "server", ev["family"], ev["ts_ns"], ts_established=ev["ts_ns"])
-            self.live[sk] = c
-        elif c is None:
-            if new != CLOSE:
-                self.live[sk] = Conn(sk, "unknown", ev["family"], ev["ts_ns"])  # tracked only to be skipped
-                self.started_before += 1
+            if new == ESTABLISHED:
+                c.ts_established = ev["ts_ns"]
+                self.live[sk] = c
+        if c is None:
             return
-        c.states.add(new)
         c.local_ip, c.local_port, c.remote_ip, c.remote_port = ev["saddr"], ev["sport"], ev["daddr"], ev["dport"]
         if ev["has_stats"]:
             c.cookie = c.cookie or ev["cookie"]
             c.stats = {k: ev[k] for k in ("bytes_acked", "bytes_received", "segs_out", "segs_in", "srtt_us", "total_retrans", "snd_una", "snd_nxt")}
-        if old == SYN_SENT and new == ESTABLISHED:
-            c.ts_established = ev["ts_ns"]
-        if new in (CLOSE_WAIT, CLOSING):
-            c.fin_in = True
-        if new == FIN_WAIT2 and c.stats is not None:
-            c.rx_at_fin_wait2 = c.stats["bytes_received"]
         if new == CLOSE:
-            del self.live[sk]
-            if c.role == "unknown":
-                return
-            if old == FIN_WAIT2 and c.stats is not None and c.rx_at_fin_wait2 is not None and c.stats["bytes_received"] > c.rx_at_fin_wait2:
-                c.fin_in = True
+            self.live.pop(sk, None)
+            flags = ev["flags"]
+            c.fin_sent = bool(flags & F_FIN_SENT)
+            c.fin_in = bool(flags & F_FIN_IN)
+            if old == FIN_WAIT2 and flags & F_FIN_WAIT2 and c.stats is not None and c.stats["bytes_received"] > ev["rx_at_fin_wait2_b"]:
+                c.fin_in = True  # the FIN that moved it to TIME_WAIT was counted
             c.ts_end, c.close_from = ev["ts_ns"], old
             self.closing.append(c)
 
@@ -204,8 +198,7 @@ class ConnectionTracker:
         sent = received = None
         if s is not None:
             syn = 1 if client and c.ts_established is not None else 0
-            fin_sent = bool(c.states & {FIN_WAIT1, CLOSING, LAST_ACK})
-            fin_acked = 1 if fin_sent and s["snd_una"] == s["snd_nxt"] else 0
+            fin_acked = 1 if c.fin_sent and s["snd_una"] == s["snd_nxt"] else 0
             sent = max(0, s["bytes_acked"] - syn - fin_acked)
             received = max(0, s["bytes_received"] - (1 if c.fin_in else 0))
         local, remote = (c.local_ip, c.local_port), (c.remote_ip, c.remote_port)
@@ -231,31 +224,60 @@ class ConnectionTracker:
         self.closing = [c for c in self.closing if c not in ready] if not final else []
         rows = [self.row(c) for c in ready]
         if final:
-            rows += [self.row(c) for c in self.live.values() if c.role != "unknown" and c.local_port]
+            rows += [self.row(c) for c in self.live.values()]
             self.live.clear()
         return rows
 
 
-def decode(ev: Any) -> dict[str, Any]:
-    """A struct conn_event (bcc ctypes) as a dict with addresses as text."""
-    family = 4 if ev.family == 2 else 6 if ev.family == 10 else 0
-    return {
-        "kind": ev.kind, "ts_ns": ev.ts_ns, "skaddr": ev.skaddr, "cookie": ev.cookie, "cgroup_id": ev.cgroup_id,
-        "bytes_acked": ev.bytes_acked, "bytes_received": ev.bytes_received, "segs_out": ev.segs_out, "segs_in": ev.segs_in,
-        "srtt_us": ev.srtt_us, "total_retrans": ev.total_retrans, "snd_una": ev.snd_una, "snd_nxt": ev.snd_nxt,
-        "pid": ev.pid, "error": ev.error, "family": family,
-        "saddr": ebpf.ip_text(family, bytes(ev.saddr)) if family else "", "daddr": ebpf.ip_text(family, bytes(ev.daddr)) if family else "",
-        "sport": ev.sport, "dport": ev.dport, "oldstate": ev.oldstate, "newstate": ev.newstate,
-        "has_stats": ev.has_stats, "in_task": ev.in_task, "comm": bytes(ev.comm).split(b"\0", 1)[0].decode("utf-8", "replace"),
-    }
+class EventDecoder:
+    """Decode struct conn_event from raw ring-buffer bytes.
+
+    The layout comes from the C declaration (bcc's ctypes class for the ring buffer's event,
+    parsed from bpf/events.h); it is turned once into a `struct.Struct` because reading
+    ctypes attributes one by one is the recorder's hottest path at high connection rates.
+    """
+
+    def __init__(self, event_class: type):
+        fmt, self.names, pos = "<", [], 0
+        for name, ctype in event_class._fields_:
+            off, size = getattr(event_class, name).offset, ctypes.sizeof(ctype)
+            fmt += f"{off - pos}x" if off > pos else ""
+            if issubclass(ctype, ctypes.Array):
+                fmt += f"{size}s"
+            else:
+                code = {1: "b", 2: "h", 4: "i", 8: "q"}[size]
+                fmt += code if ctype._type_.islower() else code.upper()
+            self.names.append(name)
+            pos = off + size
+        self.struct = struct.Struct(fmt)
+        self._ips: dict[tuple[int, bytes], str] = {}
+
+    def _ip(self, family: int, raw: bytes) -> str:
+        k = (family, raw)
+        text = self._ips.get(k)
+        if text is None:
+            if len(self._ips) > 100_000:
+                self._ips.clear()
+            text = self._ips[k] = ebpf.ip_text(family, raw)
+        return text
+
+    def __call__(self, raw: bytes) -> dict[str, Any]:
+        ev = dict(zip(self.names, self.struct.unpack_from(raw)))
+        family = 4 if ev["family"] == 2 else 6 if ev["family"] == 10 else 0
+        ev["family"] = family
+        ev["saddr"] = self._ip(family, ev["saddr"]) if family else ""
+        ev["daddr"] = self._ip(family, ev["daddr"]) if family else ""
+        ev["comm"] = ev["comm"].split(b"\0", 1)[0].decode("utf-8", "replace")
+        return ev
 
 
 @dataclass
 class ConnectionProbe:
     """Load bpf/connections.c; attach sock_ops to the cgroup v2 root and the tracepoints."""
 
-    ringbuf_pages: int = 256
+    ringbuf_pages: int = 2048  # 8 MiB: bursts of ~50k events while user space is busy
     unowned_entries: int = 65536
+    sock_entries: int = 262144  # live TCP endpoints followed at once
     bpf: Any = None
     missing: dict[str, str] = field(default_factory=dict)  # what is missing -> what the tape lacks
     _defines: dict[str, Any] = field(default_factory=dict)
@@ -269,7 +291,7 @@ class ConnectionProbe:
 
         if not ebpf.tracepoint_exists("sock", "inet_sock_set_state"):
             raise Unsupported("tracepoint sock:inet_sock_set_state is missing from this kernel: the connections table will be missing")
-        self._defines = {"FT_RINGBUF_PAGES": self.ringbuf_pages, "FT_UNOWNED_ENTRIES": self.unowned_entries}
+        self._defines = {"FT_RINGBUF_PAGES": self.ringbuf_pages, "FT_UNOWNED_ENTRIES": self.unowned_entries, "FT_SOCK_ENTRIES": self.sock_entries}
         for define, tps in OPTIONAL_TRACEPOINTS.items():
             ok = all(ebpf.tracepoint_exists(c, e) for c, e in tps)
             self._defines[define] = 1 if ok else None
@@ -296,13 +318,25 @@ class ConnectionProbe:
 
     def open(self, on_event: Callable[[dict[str, Any]], None]) -> None:
         table = self.bpf[b"ft_conn_events"]
-        table.open_ring_buffer(lambda _ctx, data, _size: on_event(decode(table.event(data))))
+        decoder: list[EventDecoder] = []
+
+        def callback(_ctx: Any, data: Any, size: int) -> None:
+            if not decoder:
+                decoder.append(EventDecoder(type(table.event(data))))
+            on_event(decoder[0](ctypes.string_at(data, size)))
+
+        table.open_ring_buffer(callback)
 
     def poll(self, timeout_ms: int) -> None:
         self.bpf.ring_buffer_poll(timeout_ms)
 
     def lost(self) -> int:
         return int(sum(self.bpf[b"ft_conn_lost"][0]))
+
+    def counters(self) -> dict[str, int]:
+        """Endpoints not followed because the kernel map was full, and those seen only mid-life."""
+        ctr = self.bpf[b"ft_conn_ctr"]
+        return {"map_full": int(sum(ctr[0])), "started_before_recording": int(sum(ctr[1]))}
 
     def programs(self) -> dict[str, int]:
         return {(name.decode() if isinstance(name, bytes) else name): fn.fd for name, fn in self.bpf.funcs.items()}

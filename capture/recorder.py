@@ -184,8 +184,11 @@ class Recorder:
                 self.summary.rows["connections"] = self.summary.rows.get("connections", 0) + len(rows)
             assert self.conns is not None
             lost = self.conns.lost()
-            w.set_lost("connections.ringbuf_full", lost)
-            self.summary.lost["connections.ringbuf_full"] = lost
+            ctr = self.conns.counters()
+            for name, count in (("connections.ringbuf_full", lost), ("connections.map_full", ctr["map_full"])):
+                w.set_lost(name, count)
+                self.summary.lost[name] = count
+            self.started_before = ctr["started_before_recording"]
 
     def _status_line(self, elapsed: float, rate: float, final: bool = False) -> None:
         lost = sum(self.summary.lost.values())
@@ -279,7 +282,7 @@ class Recorder:
     def _finish(self, start_wall: int) -> None:
         w = self.writer
         assert w is not None
-        w.update("extra", {"bpf_programs": self._program_stats(), "connections_started_before_recording": self.tracker.started_before if self.tracker else 0})
+        w.update("extra", {"bpf_programs": self._program_stats(), "connections_started_before_recording": getattr(self, "started_before", 0)})
         self._stop_probes()
         w.set_window(end_ns=time.time_ns())
         w.close()

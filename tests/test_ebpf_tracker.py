@@ -17,7 +17,7 @@ def ev(kind=c.EV_STATE, ts=0, sk=0xA, old=0, new=0, saddr=CLI, sport=40000, dadd
     e = {"kind": kind, "ts_ns": ts, "skaddr": sk, "cookie": 0, "cgroup_id": 0, "bytes_acked": 0, "bytes_received": 0,
          "segs_out": 0, "segs_in": 0, "srtt_us": 0, "total_retrans": 0, "snd_una": 0, "snd_nxt": 0, "pid": 0,
          "error": 0, "family": 4, "saddr": saddr, "daddr": daddr, "sport": sport, "dport": dport, "oldstate": old,
-         "newstate": new, "has_stats": 0, "in_task": 0, "comm": ""}
+         "newstate": new, "has_stats": 0, "in_task": 0, "comm": "", "flags": 0, "ts_start_ns": 0, "rx_at_fin_wait2_b": 0}
     if stats:
         e.update(stats, has_stats=1)
     e.update(kw)
@@ -32,18 +32,18 @@ def tracker():
     return c.ConnectionTracker("n1", lambda t: t + 1000)
 
 
+OWNER = dict(in_task=1, pid=42, comm="curl", cgroup_id=9)
+CL = c.F_CLIENT
+
+
 def client_lifecycle(t, active_close: bool):
-    """A client sending 77 bytes and receiving 5000, closing first or second."""
-    t.feed(ev(ts=10, old=c.CLOSE, new=c.SYN_SENT, sport=0, in_task=1, pid=42, comm="curl", cgroup_id=9))
-    t.feed(ev(ts=20, old=c.SYN_SENT, new=c.ESTABLISHED, stats=st(1, 0)))
-    if active_close:  # FIN_WAIT1 -> FIN_WAIT2 -> (peer FIN) -> CLOSE
-        t.feed(ev(ts=30, old=c.ESTABLISHED, new=c.FIN_WAIT1, stats=st(78, 5000, una=90, nxt=100)))
-        t.feed(ev(ts=31, old=c.FIN_WAIT1, new=c.FIN_WAIT2, stats=st(79, 5000)))
-        t.feed(ev(ts=32, old=c.FIN_WAIT2, new=c.CLOSE, stats=st(79, 5001)))
+    """A client sending 77 bytes and receiving 5000, closing first or second (the kernel sends
+    ESTABLISHED and CLOSE; the steps between are folded into `flags`)."""
+    t.feed(ev(ts=20, old=c.SYN_SENT, new=c.ESTABLISHED, stats=st(1, 0), ts_start_ns=10, flags=CL, **OWNER))
+    if active_close:  # FIN_WAIT1 -> FIN_WAIT2 (5000 received) -> peer FIN -> CLOSE
+        t.feed(ev(ts=32, old=c.FIN_WAIT2, new=c.CLOSE, stats=st(79, 5001), ts_start_ns=10, flags=CL | c.F_FIN_SENT | c.F_FIN_WAIT2, rx_at_fin_wait2_b=5000, **OWNER))
     else:  # peer FIN first: CLOSE_WAIT -> LAST_ACK -> CLOSE
-        t.feed(ev(ts=30, old=c.ESTABLISHED, new=c.CLOSE_WAIT, stats=st(78, 5001)))
-        t.feed(ev(ts=31, old=c.CLOSE_WAIT, new=c.LAST_ACK, stats=st(78, 5001, una=90, nxt=100)))
-        t.feed(ev(ts=32, old=c.LAST_ACK, new=c.CLOSE, stats=st(79, 5001)))
+        t.feed(ev(ts=32, old=c.LAST_ACK, new=c.CLOSE, stats=st(79, 5001), ts_start_ns=10, flags=CL | c.F_FIN_SENT | c.F_FIN_IN, **OWNER))
 
 
 @pytest.mark.parametrize("active_close", [True, False])
@@ -62,23 +62,27 @@ def test_orphaned_fin_wait2_close_keeps_received_bytes():
     # close() before the peer's FIN: the socket leaves FIN_WAIT2 for a timewait socket at once,
     # bytes_received has not grown, so no FIN is removed from it.
     t = tracker()
-    t.feed(ev(ts=10, old=c.CLOSE, new=c.SYN_SENT, sport=0, in_task=1, pid=1, comm="x"))
-    t.feed(ev(ts=20, old=c.SYN_SENT, new=c.ESTABLISHED, stats=st(1, 0)))
-    t.feed(ev(ts=30, old=c.ESTABLISHED, new=c.FIN_WAIT1, stats=st(11, 300, una=90, nxt=100)))
-    t.feed(ev(ts=31, old=c.FIN_WAIT1, new=c.FIN_WAIT2, stats=st(12, 300)))
-    t.feed(ev(ts=31, old=c.FIN_WAIT2, new=c.CLOSE, stats=st(12, 300)))
+    t.feed(ev(ts=20, old=c.SYN_SENT, new=c.ESTABLISHED, stats=st(1, 0), ts_start_ns=10, flags=CL, **OWNER))
+    t.feed(ev(ts=31, old=c.FIN_WAIT2, new=c.CLOSE, stats=st(12, 300), ts_start_ns=10, flags=CL | c.F_FIN_SENT | c.F_FIN_WAIT2, rx_at_fin_wait2_b=300))
     (row,) = t.take_rows(final=True)
     assert (row["bytes_sent"], row["bytes_received"]) == (10, 300)
 
 
+def test_unacked_fin_is_not_removed():
+    t = tracker()
+    t.feed(ev(ts=20, old=c.SYN_SENT, new=c.ESTABLISHED, stats=st(1, 0), ts_start_ns=10, flags=CL))
+    t.feed(ev(ts=31, old=c.FIN_WAIT1, new=c.CLOSE, stats=st(11, 0, una=90, nxt=100), ts_start_ns=10, flags=CL | c.F_FIN_SENT))
+    (row,) = t.take_rows(final=True)
+    assert (row["bytes_sent"], row["close_state"]) == (10, "reset")
+
+
 def test_server_owner_comes_from_accept_not_softirq():
     t = tracker()
-    t.feed(ev(ts=10, sk=0xB, old=c.SYN_RECV, new=c.ESTABLISHED, saddr=SRV, sport=80, daddr=CLI, dport=40000, stats=st(0, 0), pid=999, comm="ksoftirqd"))
+    srv = dict(saddr=SRV, sport=80, daddr=CLI, dport=40000, sk=0xB, ts_start_ns=10)
+    t.feed(ev(ts=10, old=c.SYN_RECV, new=c.ESTABLISHED, stats=st(0, 0), **srv))
     t.feed(ev(kind=c.EV_ACCEPT, ts=11, daddr=CLI, dport=40000, pid=7, comm="nginx", cgroup_id=3, in_task=1, saddr=""))
     t.feed(ev(kind=c.EV_OWNER, ts=12, sk=0xB, pid=8, comm="other"))
-    t.feed(ev(ts=20, sk=0xB, old=c.ESTABLISHED, new=c.CLOSE_WAIT, saddr=SRV, sport=80, daddr=CLI, dport=40000, stats=st(0, 101)))
-    t.feed(ev(ts=21, sk=0xB, old=c.CLOSE_WAIT, new=c.LAST_ACK, saddr=SRV, sport=80, daddr=CLI, dport=40000, stats=st(5000, 101, una=1, nxt=2)))
-    t.feed(ev(ts=22, sk=0xB, old=c.LAST_ACK, new=c.CLOSE, saddr=SRV, sport=80, daddr=CLI, dport=40000, stats=st(5001, 101)))
+    t.feed(ev(ts=22, old=c.LAST_ACK, new=c.CLOSE, stats=st(5001, 101), flags=c.F_FIN_SENT | c.F_FIN_IN, **srv))
     (row,) = t.take_rows(final=True)
     assert (row["role"], row["pid"], row["comm"]) == ("server", 7, "nginx")
     assert (row["client_ip"], row["client_port"], row["server_port"]) == (CLI, 40000, 80)
@@ -88,7 +92,7 @@ def test_server_owner_comes_from_accept_not_softirq():
 
 def test_first_io_owns_a_server_socket_accepted_without_address():
     t = tracker()
-    t.feed(ev(ts=10, sk=0xB, old=c.SYN_RECV, new=c.ESTABLISHED, saddr=SRV, sport=80, daddr=CLI, dport=40000))
+    t.feed(ev(ts=10, sk=0xB, old=c.SYN_RECV, new=c.ESTABLISHED, saddr=SRV, sport=80, daddr=CLI, dport=40000, ts_start_ns=10))
     t.feed(ev(kind=c.EV_OWNER, ts=12, sk=0xB, pid=8, comm="srv"))
     (row,) = t.take_rows(final=True)
     assert (row["pid"], row["comm"], row["close_state"], row["ts_end"], row["bytes_sent"]) == (8, "srv", "open", None, None)
@@ -97,24 +101,33 @@ def test_first_io_owns_a_server_socket_accepted_without_address():
 @pytest.mark.parametrize("errno_, state", [(111, "refused"), (110, "timeout"), (113, "failed"), (0, "failed")])
 def test_failed_connects(errno_, state):
     t = tracker()
-    t.feed(ev(ts=10, old=c.CLOSE, new=c.SYN_SENT, sport=0, dport=81, in_task=1, pid=5, comm="curl"))
-    t.feed(ev(ts=11, old=c.SYN_SENT, new=c.CLOSE, dport=81, stats=st(0, 0, una=1, nxt=2)))
+    t.feed(ev(ts=11, old=c.SYN_SENT, new=c.CLOSE, dport=81, stats=st(0, 0, una=1, nxt=2), ts_start_ns=10, flags=CL, in_task=1, pid=5, comm="curl"))
     t.feed(ev(kind=c.EV_ERROR, ts=11, dport=81, error=errno_))
     assert t.take_rows(now_ns=12) == []  # waits for late events
     (row,) = t.take_rows(now_ns=11 + c.GRACE_NS)
     assert (row["close_state"], row["bytes_sent"], row["bytes_received"], row["pid"]) == (state, 0, 0, 5)
+    assert row["ts_start"] == 1010 and row["connect_latency_ns"] is None
 
 
-def test_reset_and_connections_started_before_recording():
+def test_reset():
     t = tracker()
-    t.feed(ev(ts=10, old=c.CLOSE, new=c.SYN_SENT, sport=0, in_task=1, pid=5, comm="a"))
-    t.feed(ev(ts=11, old=c.SYN_SENT, new=c.ESTABLISHED, stats=st(1, 0)))
-    t.feed(ev(ts=12, old=c.ESTABLISHED, new=c.CLOSE, stats=st(1, 0, una=1, nxt=1)))
-    t.feed(ev(ts=13, sk=0xC, old=c.ESTABLISHED, new=c.FIN_WAIT1))  # never seen starting
-    t.feed(ev(ts=14, sk=0xC, old=c.FIN_WAIT1, new=c.CLOSE))
-    rows = t.take_rows(final=True)
-    assert [r["close_state"] for r in rows] == ["reset"]
-    assert t.started_before == 1
+    t.feed(ev(ts=11, old=c.SYN_SENT, new=c.ESTABLISHED, stats=st(1, 0), ts_start_ns=10, flags=CL))
+    t.feed(ev(ts=12, old=c.ESTABLISHED, new=c.CLOSE, stats=st(1, 0, una=1, nxt=1), ts_start_ns=10, flags=CL))
+    assert [r["close_state"] for r in t.take_rows(final=True)] == ["reset"]
+
+
+def test_decoder_reads_the_c_layout():
+    import ctypes
+
+    class Ev(ctypes.Structure):  # what bcc builds from `struct conn_event`, abridged
+        _fields_ = [("ts_ns", ctypes.c_ulonglong), ("error", ctypes.c_int), ("saddr", ctypes.c_ubyte * 16), ("daddr", ctypes.c_ubyte * 16),
+                    ("family", ctypes.c_ushort), ("kind", ctypes.c_ubyte), ("comm", ctypes.c_char * 16)]
+
+    e = Ev(ts_ns=5, error=-3, family=2, kind=1, comm=b"curl")
+    e.saddr[:4] = [198, 18, 0, 3]
+    e.daddr[:4] = [198, 18, 0, 2]
+    d = c.EventDecoder(Ev)(bytes(e))
+    assert (d["ts_ns"], d["error"], d["saddr"], d["daddr"], d["family"], d["kind"], d["comm"]) == (5, -3, CLI, SRV, 4, 1, "curl")
 
 
 def key(**kw):

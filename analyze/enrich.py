@@ -15,6 +15,8 @@ All SQL of the enrichment lives in this file. Views created on a Tape's DuckDB c
                   recorded: the client addressed a ClusterIP, the server saw the pod.
 - `ft_http_x`, `ft_conn_x`  one row per HTTP exchange / TCP connection (client side when it was
                   recorded, else the server side): never counted twice.
+- `ft_dns_x`      one row per DNS exchange (a query seen on the client's and the resolver's
+                  node is kept once, where its process was seen).
 - `ft_flow_x`     flows with ClusterIPs replaced by the pod behind them where the connection
                   pairing knows it, each packet counted at one node only (the source's node
                   when it was recorded, else where it was seen).
@@ -101,6 +103,18 @@ FROM http h
 WHERE h.side = 'server'
   AND NOT EXISTS (SELECT 1 FROM ft_conn_pairs p WHERE p.server_node = h.node AND p.server_conn_id = h.conn_id);
 
+-- One row per DNS exchange: a query seen on several nodes (the client's and the resolver's)
+-- is kept once, preferably where its process was seen (the client's node).
+CREATE OR REPLACE VIEW ft_dns_x AS
+SELECT d.* FROM dns d
+WHERE NOT EXISTS (
+    SELECT 1 FROM dns o
+    WHERE o.node <> d.node AND o.client_ip = d.client_ip AND o.client_port = d.client_port
+      AND o.server_ip = d.server_ip AND o.txid = d.txid AND o.qname = d.qname AND o.qtype = d.qtype
+      AND o.ts_query BETWEEN d.ts_query - INTERVAL 2 SECOND AND d.ts_query + INTERVAL 2 SECOND
+      AND ((o.pid IS NOT NULL AND d.pid IS NULL) OR ((o.pid IS NULL) = (d.pid IS NULL) AND o.node < d.node))
+);
+
 CREATE OR REPLACE VIEW ft_conn_x AS
 SELECT c.ts_start AS ts, c.client_ip, coalesce(p.server_pod_ip, c.server_ip) AS server_ip, c.server_ip AS seen_server_ip,
        c.server_port, c.bytes_sent AS bytes_c2s, c.bytes_received AS bytes_s2c, c.close_state, c.connect_latency_ns,
@@ -166,7 +180,7 @@ SELECT c.*, {cc_c}, {cs_c}, seen_kind, seen_namespace, seen_service
 FROM (SELECT c.*, {cv_c} FROM ft_conn_x c {cv_j}) c {cc_j} {cs_j};
 
 CREATE OR REPLACE VIEW enriched_dns AS
-SELECT q.*, {dc_c} FROM dns q {dc_j};
+SELECT q.*, {dc_c} FROM ft_dns_x q {dc_j};
 
 CREATE OR REPLACE VIEW ft_flow_real AS
 SELECT f.*,

@@ -22,7 +22,7 @@ FAILURES_SQL = """
 WITH failed AS (
     SELECT q.*, {client} AS client,
            q.rcode_name = 'NXDOMAIN' AND q.base IS NOT NULL AND EXISTS (
-               SELECT 1 FROM dns b
+               SELECT 1 FROM ft_dns_x b
                WHERE b.client_ip = q.client_ip AND b.rcode = 0 AND b.qname <> q.qname
                  AND (b.qname = q.base OR starts_with(b.qname, q.base || '.'))
                  AND b.ts_query >= q.ts_query - INTERVAL 10 SECOND AND b.ts_query <= q.ts_query + INTERVAL 10 SECOND) AS search_path

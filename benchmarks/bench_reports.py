@@ -1,0 +1,132 @@
+"""The full report set on a large tape, against a bare DuckDB scan of the same columns.
+
+    .venv/bin/python benchmarks/bench_reports.py [--tape /tmp/flowtape-bench.tape] [--flows 50000000]
+
+Builds (once, cached at --tape) a synthetic tape with >= 10M http rows (`flowtape synth`: 40
+services on 30 nodes at 200 req/s for 18 minutes) and appends >= 50M flow rows between the
+pods of that same cluster, each flow between two IPs that were owned at that time (synth alone
+makes few flows per request). Then, in one run, it times:
+- bare: DuckDB scanning every column the reports read (sum of each), the floor;
+- reports: topology, latency (per route), traffic (talkers, zone and region pairs, egress)
+  and dns — what `flowtape report ...` runs;
+and prints their ratio (target <= 2), rows per second per core and peak memory (RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+import flowtape
+from flowtape.schema import FLOWS
+from flowtape.writer import TapeWriter
+
+INTERVAL = 5_000_000_000
+
+
+def build(path: Path, flows: int) -> None:
+    if (path / "manifest.json").exists():
+        return
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "flowtape.cli", "synth", "-o", str(path), "--seed", "11", "--services", "40", "--nodes", "30",
+                    "--zones", "3", "--regions", "1", "--duration", "18m", "--rps", "200", "-q"], check=True)
+    tape = flowtape.open(path)
+    pods = tape.sql("select unnest(ips) as ip, epoch_ns(valid_from) as a, coalesce(epoch_ns(valid_to), 9e18::BIGINT) as b, node_name "
+                    "from k8s_pods where not host_network").pl()
+    start, end = tape.window
+    nodes = sorted(tape.nodes)
+    tape.close()
+    rng = np.random.default_rng(5)
+    ips = pods["ip"].to_numpy()
+    a, b = pods["a"].to_numpy(), pods["b"].to_numpy()
+    node_of = {n: i for i, n in enumerate(nodes)}
+    pod_node = np.array([node_of.get(n, 0) for n in pods["node_name"].to_list()])
+    intervals = (end - start) // INTERVAL
+    per = flows // intervals + 1
+    w = TapeWriter(path, append=True, node=nodes[0], rotate_seconds=1e9)
+    written = 0
+    for k in range(intervals):
+        t0 = start + k * INTERVAL
+        live = np.flatnonzero((a <= t0) & (b > t0 + INTERVAL))
+        src = live[rng.integers(0, len(live), per)]
+        dst = live[rng.integers(0, len(live), per)]
+        ts = np.sort(t0 + rng.integers(0, INTERVAL, per))
+        packets = np.maximum(1, rng.lognormal(2, 1.3, per)).astype(np.uint64)
+        batch = pa.table({
+            "ts_start": pa.array(ts, pa.timestamp("ns", tz="UTC")),
+            "ts_end": pa.array(np.minimum(ts + rng.integers(0, INTERVAL, per), t0 + INTERVAL - 1), pa.timestamp("ns", tz="UTC")),
+            "iface": pa.array(["eth0"] * per), "ifindex": pa.array(np.full(per, 2, np.uint32)), "direction": pa.array(["egress"] * per),
+            "src_mac": pa.nulls(per, pa.string()), "dst_mac": pa.nulls(per, pa.string()),
+            "src_ip": pa.array(ips[src]), "dst_ip": pa.array(ips[dst]),
+            "src_port": pa.array(rng.integers(32768, 61000, per).astype(np.uint16)), "dst_port": pa.array(np.full(per, 8080, np.uint16)),
+            "l4": pa.array(["tcp"] * per), "ip_proto": pa.array(np.full(per, 6, np.uint8)),
+            "packets": pa.array(packets), "bytes": pa.array(packets * np.uint64(900)), "tcp_flags": pa.array(np.full(per, 0x18, np.uint16)),
+        }, schema=FLOWS.arrow_schema)
+        # each flow is written by the recorder of the source pod's node
+        for n in np.unique(pod_node[src]):
+            w.append("flows", batch.filter(pa.array(pod_node[src] == n)), node=nodes[n])
+        written += per
+        if written >= flows:
+            break
+    w.close()
+    print(f"built {path} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+
+
+BARE = """
+select sum(epoch_ns(ts_request)), sum(status), sum(latency_ns), count(distinct client_ip), count(distinct server_ip), count(path) from http;
+select sum(epoch_ns(ts_start)), sum(bytes), sum(packets), count(distinct src_ip), count(distinct dst_ip) from flows;
+select sum(epoch_ns(ts_start)), sum(bytes_sent), sum(bytes_received), count(distinct client_ip) from connections;
+select sum(epoch_ns(ts_query)), sum(latency_ns), count(distinct qname) from dns;
+"""
+
+
+def run_reports(tape) -> None:
+    r = tape.report
+    r.topology(by="workload")
+    r.http_latency(routes=True)
+    r.dns_latency()
+    r.tcp_latency()
+    r.talkers()
+    r.zone_pairs()
+    r.zone_pairs(level="region")
+    r.egress()
+    r.dns_failures()
+    r.slow_lookups()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tape", type=Path, default=Path("/tmp/flowtape-bench.tape"))
+    ap.add_argument("--flows", type=int, default=50_000_000)
+    args = ap.parse_args()
+    build(args.tape, args.flows)
+    tape = flowtape.open(args.tape)
+    rows = {t: tape.rows(t) for t in ("http", "flows", "connections", "dns")}
+    print("rows      " + ", ".join(f"{t} {n:,}" for t, n in rows.items()))
+    t = time.perf_counter()
+    for q in BARE.strip().splitlines():
+        tape.sql(q).fetchall()
+    bare = time.perf_counter() - t
+    cpu0 = time.process_time()
+    t = time.perf_counter()
+    run_reports(tape)
+    full = time.perf_counter() - t
+    cpu = time.process_time() - cpu0
+    total = sum(rows.values())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"bare scan of the same columns   {bare:7.2f} s")
+    print(f"full report set                 {full:7.2f} s   ratio {full / bare:.2f}   (target <= 2)")
+    print(f"rows/s per core                 {total / cpu:,.0f}   ({total:,} rows, {cpu:.1f} CPU s on {os.cpu_count()} cores)")
+    print(f"peak memory (RSS)               {peak:,.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

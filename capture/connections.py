@@ -16,6 +16,7 @@ The tracker removes those so `bytes_sent`/`bytes_received` are TCP payload bytes
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import os
 import re
@@ -51,7 +52,7 @@ COLUMNS = (
 )
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two endpoints are never "equal"
 class Conn:
     """One local TCP endpoint being followed."""
 
@@ -118,8 +119,11 @@ class ConnectionTracker:
         self.to_wall = to_wall
         self.container_id = container_id
         self.live: dict[int, Conn] = {}  # skaddr -> conn
-        self.closing: list[Conn] = []  # closed, waiting GRACE_NS for late owner/error events
-        self.rows: list[dict[str, Any]] = []
+        # closed, waiting GRACE_NS for late owner/error events; in close order
+        self.closing: collections.OrderedDict[int, Conn] = collections.OrderedDict()
+        self.awaiting_accept: dict[tuple[str, int], list[Conn]] = {}  # server endpoints by peer address
+        self.by_tuple: dict[tuple, Conn] = {}  # client endpoints by 4-tuple, for error reports
+        self._seq = 0
         self.last_ts = 0
 
     # --- events ---------------------------------------------------------------------------
@@ -132,14 +136,13 @@ class ConnectionTracker:
         elif kind == EV_ACCEPT:
             self._accept(ev)
         elif kind == EV_OWNER:
-            c = self.live.get(ev["skaddr"]) or next((c for c in self.closing if c.skaddr == ev["skaddr"]), None)
+            c = self.live.get(ev["skaddr"]) or next((c for c in reversed(self.closing.values()) if c.skaddr == ev["skaddr"]), None)
             if c is not None and c.role == "server" and c.pid is None:
                 self._own(c, ev)
         elif kind == EV_ERROR and ev["error"]:
-            t = (ev["saddr"], ev["sport"], ev["daddr"], ev["dport"])
-            for c in list(self.live.values()) + self.closing:
-                if c.tuple == t and not c.error:
-                    c.error = ev["error"]
+            c = self.by_tuple.get((ev["saddr"], ev["sport"], ev["daddr"], ev["dport"]))
+            if c is not None and not c.error:
+                c.error = ev["error"]
 
     def _own(self, c: Conn, ev: dict[str, Any]) -> None:
         c.pid, c.comm, c.cgroup_id = ev["pid"], ev["comm"], ev["cgroup_id"] or None
@@ -157,9 +160,13 @@ class ConnectionTracker:
             if new == ESTABLISHED:
                 c.ts_established = ev["ts_ns"]
                 self.live[sk] = c
+            c.local_ip, c.local_port, c.remote_ip, c.remote_port = ev["saddr"], ev["sport"], ev["daddr"], ev["dport"]
+            if client:
+                self.by_tuple[c.tuple] = c
+            else:
+                self.awaiting_accept.setdefault((c.remote_ip, c.remote_port), []).append(c)
         if c is None:
             return
-        c.local_ip, c.local_port, c.remote_ip, c.remote_port = ev["saddr"], ev["sport"], ev["daddr"], ev["dport"]
         if ev["has_stats"]:
             c.cookie = c.cookie or ev["cookie"]
             c.stats = {k: ev[k] for k in ("bytes_acked", "bytes_received", "segs_out", "segs_in", "srtt_us", "total_retrans", "snd_una", "snd_nxt")}
@@ -171,15 +178,28 @@ class ConnectionTracker:
             if old == FIN_WAIT2 and flags & F_FIN_WAIT2 and c.stats is not None and c.stats["bytes_received"] > ev["rx_at_fin_wait2_b"]:
                 c.fin_in = True  # the FIN that moved it to TIME_WAIT was counted
             c.ts_end, c.close_from = ev["ts_ns"], old
-            self.closing.append(c)
+            self._seq += 1
+            self.closing[self._seq] = c
 
     def _accept(self, ev: dict[str, Any]) -> None:
-        peer = (ev["daddr"], ev["dport"])
-        candidates = [c for c in list(self.live.values()) + self.closing if c.role == "server" and not c.owner_from_accept and (c.remote_ip, c.remote_port) == peer]
-        if candidates:
-            c = max(candidates, key=lambda c: c.ts_start)
+        waiting = self.awaiting_accept.get((ev["daddr"], ev["dport"]))
+        if waiting:
+            c = waiting.pop()  # the newest endpoint from that peer address
+            if not waiting:
+                del self.awaiting_accept[(ev["daddr"], ev["dport"])]
             self._own(c, ev)
             c.owner_from_accept = True
+
+    def _forget(self, c: Conn) -> None:
+        if c.role == "client":
+            if self.by_tuple.get(c.tuple) is c:
+                del self.by_tuple[c.tuple]
+        else:
+            waiting = self.awaiting_accept.get((c.remote_ip, c.remote_port))
+            if waiting and c in waiting:
+                waiting.remove(c)
+                if not waiting:
+                    del self.awaiting_accept[(c.remote_ip, c.remote_port)]
 
     # --- rows -----------------------------------------------------------------------------
 
@@ -220,12 +240,20 @@ class ConnectionTracker:
     def take_rows(self, now_ns: int | None = None, final: bool = False) -> list[dict[str, Any]]:
         """Rows of endpoints closed more than GRACE_NS ago (all of them, and open ones, if final)."""
         now = self.last_ts if now_ns is None else now_ns
-        ready = [c for c in self.closing if final or now - c.ts_end >= GRACE_NS]
-        self.closing = [c for c in self.closing if c not in ready] if not final else []
-        rows = [self.row(c) for c in ready]
+        ready = []
+        while self.closing:
+            seq, c = next(iter(self.closing.items()))
+            if not final and now - c.ts_end < GRACE_NS:
+                break
+            del self.closing[seq]
+            ready.append(c)
         if final:
-            rows += [self.row(c) for c in self.live.values()]
+            ready += list(self.live.values())
             self.live.clear()
+        rows = []
+        for c in ready:
+            self._forget(c)
+            rows.append(self.row(c))
         return rows
 
 

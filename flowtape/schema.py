@@ -89,9 +89,12 @@ NODE = C("node", pa.string(), "Name of the node whose recorder wrote the row (th
 FLOWS = Table(
     "flows",
     "One direction of an L3/L4 flow over one export interval, aggregated in the kernel. "
-    "A packet is counted once per node: at the first interface of the node where the recorder "
-    "sees it (`iface`). The kernel keeps a per-node set of packet identities for packets that "
-    "cross several interfaces (veth -> bridge -> NIC); see the probe docs for how.",
+    "A packet is counted once per node, at the first covered interface it meets (`iface`): on "
+    "ingress, or on egress when it did not enter the node through a covered interface "
+    "(locally sent; `__sk_buff.ingress_ifindex`). Bridges are covered by their ports and never "
+    "count; loopback counts on egress only. So a packet crossing pod veth -> bridge -> veth or "
+    "NIC is one packet. Packets are wire packets: a GSO super-packet counts as its segments. "
+    "See docs/recorder.md.",
     (
         C("ts_start", TS, "Time the first packet of this flow was seen in this interval.", False),
         C("ts_end", TS, "Time the last packet of this flow was seen in this interval.", False),
@@ -134,11 +137,11 @@ CONNECTIONS = Table(
         C("comm", pa.string(), "Command name (task comm, at most 15 characters) of `pid`; null with it."),
         C("cgroup_id", pa.uint64(), "cgroup v2 id of the owning process; null if unknown."),
         C("container_id", pa.string(), "Container id parsed from the cgroup path (64 hex chars); null outside containers."),
-        C("bytes_sent", pa.uint64(), "TCP payload bytes sent by the local endpoint (retransmissions not counted twice); null if unknown."),
-        C("bytes_received", pa.uint64(), "TCP payload bytes received by the local endpoint; null if unknown."),
-        C("segs_sent", pa.uint64(), "TCP segments sent by the local endpoint, pure ACKs included; null if unknown."),
+        C("bytes_sent", pa.uint64(), "TCP payload bytes sent by the local endpoint and acknowledged (retransmissions not counted twice); null if unknown or still open at tape end."),
+        C("bytes_received", pa.uint64(), "TCP payload bytes received by the local endpoint (in order); null if unknown or still open at tape end."),
+        C("segs_sent", pa.uint64(), "TCP segments sent by the local endpoint, SYN, FIN and pure ACKs included; null if unknown or still open at tape end."),
         C("segs_received", pa.uint64(), "TCP segments received by the local endpoint; null if unknown."),
-        C("srtt_us", pa.uint32(), "Smoothed round-trip time at close (or at tape end), microseconds; null if unknown."),
+        C("srtt_us", pa.uint32(), "Smoothed round-trip time at close, microseconds; null if unknown or still open at tape end (counters are read at state changes)."),
         C("retransmits", pa.uint32(), "Segments retransmitted by the local endpoint; null if unknown."),
         C("connect_latency_ns", pa.int64(), "Client: connect() to ESTABLISHED, nanoseconds. Null for server rows and failed connects."),
         C("close_state", pa.string(), "How it ended: 'closed' (FIN), 'reset', 'refused' (RST to SYN), 'timeout' (SYN never answered), 'failed', or 'open' when still open at tape end.", False),

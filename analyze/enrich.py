@@ -160,56 +160,114 @@ def resolve_sql(source: str, ip: str, ts: str, prefix: str) -> tuple[str, str]:
     return joins, cols
 
 
-def _enriched_views() -> str:
-    hc_j, hc_c = resolve_sql("h", "client_ip", "ts", "client")
-    hs_j, hs_c = resolve_sql("h", "server_ip", "ts", "server")
-    hv_j, hv_c = resolve_sql("h", "seen_server_ip", "ts", "seen")
-    cc_j, cc_c = resolve_sql("c", "client_ip", "ts", "client")
-    cs_j, cs_c = resolve_sql("c", "server_ip", "ts", "server")
-    cv_j, cv_c = resolve_sql("c", "seen_server_ip", "ts", "seen")
-    dc_j, dc_c = resolve_sql("q", "client_ip", "ts_query", "client")
-    fs_j, fs_c = resolve_sql("f", "src_real", "ts_start", "src")
-    fd_j, fd_c = resolve_sql("f", "dst_real", "ts_start", "dst")
+def keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]]) -> str:
+    """SELECT every row of `base` with each endpoint `(prefix, ip column)` resolved at `ts`.
+
+    Ownership changes rarely, so instead of joining every row against the versions, rows are
+    keyed by (ip, minute) and each distinct key is resolved once, then joined back by hash. A
+    key whose minute contains a change for that IP (a version starting or ending, a DNS name
+    appearing or expiring, any node's zone changing) is resolved at the row's own ts instead,
+    so the result is exactly the per-row time-aware join.
+    """
+    ks = [f"__k{i}" for i in range(len(endpoints))]
+    change_joins = "\n".join(
+        f"    LEFT JOIN ft_change_minutes __c{i} ON __c{i}.ip = b.{ip} AND __c{i}.m = b.__m" for i, (_, ip) in enumerate(endpoints)
+    )
+    k_cols = ", ".join(
+        f"CASE WHEN __c{i}.ip IS NOT NULL OR __nc.m IS NOT NULL THEN b.{ts} ELSE b.__m END AS {k}" for i, k in enumerate(ks)
+    )
+    keys = " UNION ".join(f"SELECT DISTINCT {ip} AS ip, {k} AS k FROM b2" for (_, ip), k in zip(endpoints, ks))
+    r_joins, r_cols = resolve_sql("keys", "ip", "k", "r")
+    out_cols = ", ".join(f"r{i}.r_{f} AS {prefix}_{f}" for i, (prefix, _) in enumerate(endpoints) for f in ENDPOINT_FIELDS)
+    back = "\n".join(f"LEFT JOIN res r{i} ON r{i}.ip = b2.{ip} AND r{i}.k = b2.{k}" for i, ((_, ip), k) in enumerate(zip(endpoints, ks)))
     return f"""
-CREATE OR REPLACE VIEW enriched_http AS
-SELECT h.*, {hc_c}, {hs_c}, seen_kind, seen_namespace, seen_service
-FROM (SELECT h.*, {hv_c} FROM ft_http_x h {hv_j}) h {hc_j} {hs_j};
+WITH b AS (SELECT *, time_bucket(INTERVAL 1 MINUTE, {ts}) AS __m FROM {base}),
+b2 AS (
+    SELECT b.*, {k_cols}
+    FROM b
+{change_joins}
+    LEFT JOIN ft_node_change_minutes __nc ON __nc.m = b.__m
+),
+keys AS ({keys}),
+res AS (SELECT keys.ip, keys.k, {r_cols} FROM keys {r_joins})
+SELECT b2.* EXCLUDE (__m, {", ".join(ks)}), {out_cols}
+FROM b2
+{back}"""
 
-CREATE OR REPLACE VIEW enriched_connections AS
-SELECT c.*, {cc_c}, {cs_c}, seen_kind, seen_namespace, seen_service
-FROM (SELECT c.*, {cv_c} FROM ft_conn_x c {cv_j}) c {cc_j} {cs_j};
 
-CREATE OR REPLACE VIEW enriched_dns AS
-SELECT q.*, {dc_c} FROM ft_dns_x q {dc_j};
+def _enriched_views() -> str:
+    http = keyed_sql("ft_http_x", "ts", [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")])
+    conns = keyed_sql("ft_conn_x", "ts", [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")])
+    dns = keyed_sql("ft_dns_x", "ts_query", [("client", "client_ip")])
+    flows = keyed_sql("ft_flow_real", "ts_start", [("src", "src_real"), ("dst", "dst_real")])
+    return f"""
+CREATE OR REPLACE TEMP VIEW enriched_http AS {http};
 
-CREATE OR REPLACE VIEW ft_flow_real AS
+CREATE OR REPLACE TEMP VIEW enriched_connections AS {conns};
+
+CREATE OR REPLACE TEMP VIEW enriched_dns AS {dns};
+
+-- a flow addressed to a ClusterIP (or answered from one) takes the pod behind it when the
+-- tape paired the connection's two ends
+CREATE OR REPLACE TEMP VIEW ft_flow_real AS
 SELECT f.*,
        coalesce(fwd.server_pod_ip, f.dst_ip) AS dst_real,
        coalesce(rev.server_pod_ip, f.src_ip) AS src_real
 FROM flows f
-LEFT JOIN ft_conn_pairs fwd
+LEFT JOIN ft_conn_subst fwd
   ON f.l4 = 'tcp' AND f.src_ip = fwd.client_ip AND f.src_port = fwd.client_port
- AND f.dst_ip = fwd.seen_server_ip AND f.dst_port = fwd.seen_server_port AND fwd.seen_server_ip <> fwd.server_pod_ip
+ AND f.dst_ip = fwd.seen_server_ip AND f.dst_port = fwd.seen_server_port
  AND f.ts_start >= fwd.ts_start - INTERVAL 5 SECOND AND f.ts_start <= coalesce(fwd.ts_end, {FOREVER})
-LEFT JOIN ft_conn_pairs rev
+LEFT JOIN ft_conn_subst rev
   ON f.l4 = 'tcp' AND f.dst_ip = rev.client_ip AND f.dst_port = rev.client_port
- AND f.src_ip = rev.seen_server_ip AND f.src_port = rev.seen_server_port AND rev.seen_server_ip <> rev.server_pod_ip
+ AND f.src_ip = rev.seen_server_ip AND f.src_port = rev.seen_server_port
  AND f.ts_start >= rev.ts_start - INTERVAL 5 SECOND AND f.ts_start <= coalesce(rev.ts_end, {FOREVER});
 
-CREATE OR REPLACE VIEW enriched_flows AS
-SELECT * EXCLUDE (recorded_nodes) FROM (
-    SELECT f.*, {fs_c}, {fd_c}, (SELECT list(DISTINCT node) FROM flows) AS recorded_nodes
-    FROM ft_flow_real f {fs_j} {fd_j}
-)
+CREATE OR REPLACE TEMP VIEW enriched_flows AS
+SELECT * FROM ({flows})
 -- each packet once: at the source's node when that node was recorded, else where it was seen
-WHERE node = src_node OR src_node IS NULL OR NOT list_contains(recorded_nodes, src_node);
+WHERE node = src_node OR src_node IS NULL OR src_node NOT IN (SELECT node FROM ft_flow_nodes);
 """
 
 
+_STATE = """
+CREATE OR REPLACE TEMP TABLE ft_change_minutes AS
+SELECT DISTINCT ip, time_bucket(INTERVAL 1 MINUTE, t) AS m FROM (
+    SELECT ip, valid_from AS t FROM ft_ip_owner UNION ALL SELECT ip, valid_to FROM ft_ip_owner
+    UNION ALL SELECT ip, valid_from FROM ft_dns_names_x UNION ALL SELECT ip, valid_to FROM ft_dns_names_x
+) WHERE t < {forever};
+
+CREATE OR REPLACE TEMP TABLE ft_node_change_minutes AS
+SELECT DISTINCT time_bucket(INTERVAL 1 MINUTE, t) AS m FROM (
+    SELECT valid_from AS t FROM ft_nodes UNION ALL SELECT valid_to FROM ft_nodes
+) WHERE t < {forever};
+
+CREATE OR REPLACE TEMP TABLE ft_conn_subst AS SELECT * FROM ft_conn_pairs WHERE seen_server_ip <> server_pod_ip;
+
+CREATE OR REPLACE TEMP TABLE ft_flow_nodes AS SELECT DISTINCT node FROM flows;
+"""
+
+_MATERIALISED = ("ft_ip_owner", "ft_nodes", "ft_dns_names", "ft_dns_names_x", "ft_conn_pairs")
+
+
 def create_views(con: duckdb.DuckDBPyConnection, labels: tuple[str, ...] = DEFAULT_LABELS) -> None:
-    """Create the enrichment views on a tape's connection (idempotent)."""
+    """Create the enrichment views on a tape's connection.
+
+    The small state derived from Kubernetes versions, DNS answers and connection pairs is
+    materialised once per connection (a tape does not change while it is open); the row-level
+    views stay lazy.
+    """
+    ready = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'ft_ready'").fetchall()[0][0]
+    if ready and con.execute("SELECT labels FROM ft_ready").fetchall()[0][0] == list(labels):
+        return
     con.execute(_base_views(labels))
+    for name in _MATERIALISED:  # in dependency order: each reads the previous ones' tables
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name}__m AS SELECT * FROM {name}")
+        con.execute(f"DROP VIEW {name}")
+        con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM {name}__m")
+    con.execute(_STATE.format(forever=FOREVER))
     con.execute(_enriched_views())
+    con.execute("CREATE OR REPLACE TEMP TABLE ft_ready AS SELECT ?::VARCHAR[] AS labels", [list(labels)])
 
 
 def name_sql(prefix: str, by: str, ip: str | None = None) -> str:

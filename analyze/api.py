@@ -16,6 +16,7 @@ import polars as pl
 from .prices import Prices
 from .reports import dns as dns_r
 from .reports import latency as lat_r
+from .reports import timeseries as ts_r
 from .reports import topology as topo_r
 from .reports import traffic as traffic_r
 from .reports.filters import Filters, parse_time
@@ -67,3 +68,9 @@ class Reports:
 
     def slow_lookups(self, threshold_ms: float = 100.0, since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
         return dns_r.slow_lookups(self._tape, threshold_ms, _filters(since, until, namespace))
+
+    def latency_over_time(self, by: str = "workload", bucket_s: int | None = None, top: int = 5, edges: list[tuple[str, str]] | None = None,
+                          since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
+        """HTTP p50/p95/p99 per edge and time bucket (10 s for tapes up to 30 min, else 1 min) for
+        the `top` busiest edges, or for the (client, server) pairs in `edges`."""
+        return ts_r.latency_over_time(self._tape, by, bucket_s, top, edges, _filters(since, until, namespace))

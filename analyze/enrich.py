@@ -31,6 +31,8 @@ pods in an hour), so a plain IP lookup is never used.
 
 from __future__ import annotations
 
+import hashlib
+
 import duckdb
 
 FOREVER = "TIMESTAMPTZ '2262-01-01 00:00:00+00'"  # the end of TIMESTAMP_NS: "still valid"
@@ -160,7 +162,7 @@ def resolve_sql(source: str, ip: str, ts: str, prefix: str) -> tuple[str, str]:
     return joins, cols
 
 
-def keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]]) -> str:
+def keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str | None = None, aggregates: str | None = None) -> str:
     """SELECT every row of `base` with each endpoint `(prefix, ip column)` resolved at `ts`.
 
     Ownership changes rarely, so instead of joining every row against the versions, rows are
@@ -168,6 +170,9 @@ def keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]]) -> str:
     key whose minute contains a change for that IP (a version starting or ending, a DNS name
     appearing or expiring, any node's zone changing) is resolved at the row's own ts instead,
     so the result is exactly the per-row time-aware join.
+
+    With `group` and `aggregates`, rows are first summed per (group, endpoint ips, keys): the
+    resolution is still exact, and a report over millions of flows resolves thousands of rows.
     """
     ks = [f"__k{i}" for i in range(len(endpoints))]
     change_joins = "\n".join(
@@ -176,10 +181,16 @@ def keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]]) -> str:
     k_cols = ", ".join(
         f"CASE WHEN __c{i}.ip IS NOT NULL OR __nc.m IS NOT NULL THEN b.{ts} ELSE b.__m END AS {k}" for i, k in enumerate(ks)
     )
-    keys = " UNION ".join(f"SELECT DISTINCT {ip} AS ip, {k} AS k FROM b2" for (_, ip), k in zip(endpoints, ks))
+    src = "b2"
+    summed = ""
+    if aggregates:
+        ips = ", ".join(ip for _, ip in endpoints)
+        summed = f"g AS (SELECT {group + ', ' if group else ''}{ips}, {', '.join(ks)}, {aggregates} FROM b2 GROUP BY ALL),"
+        src = "g"
+    keys = " UNION ".join(f"SELECT DISTINCT {ip} AS ip, {k} AS k FROM {src}" for (_, ip), k in zip(endpoints, ks))
     r_joins, r_cols = resolve_sql("keys", "ip", "k", "r")
     out_cols = ", ".join(f"r{i}.r_{f} AS {prefix}_{f}" for i, (prefix, _) in enumerate(endpoints) for f in ENDPOINT_FIELDS)
-    back = "\n".join(f"LEFT JOIN res r{i} ON r{i}.ip = b2.{ip} AND r{i}.k = b2.{k}" for i, ((_, ip), k) in enumerate(zip(endpoints, ks)))
+    back = "\n".join(f"LEFT JOIN res r{i} ON r{i}.ip = {src}.{ip} AND r{i}.k = {src}.{k}" for i, ((_, ip), k) in enumerate(zip(endpoints, ks)))
     return f"""
 WITH b AS (SELECT *, time_bucket(INTERVAL 1 MINUTE, {ts}) AS __m FROM {base}),
 b2 AS (
@@ -188,25 +199,15 @@ b2 AS (
 {change_joins}
     LEFT JOIN ft_node_change_minutes __nc ON __nc.m = b.__m
 ),
+{summed}
 keys AS ({keys}),
 res AS (SELECT keys.ip, keys.k, {r_cols} FROM keys {r_joins})
-SELECT b2.* EXCLUDE (__m, {", ".join(ks)}), {out_cols}
-FROM b2
+SELECT {src}.* EXCLUDE ({"__m, " if src == "b2" else ""}{", ".join(ks)}), {out_cols}
+FROM {src}
 {back}"""
 
 
-def _enriched_views() -> str:
-    http = keyed_sql("ft_http_x", "ts", [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")])
-    conns = keyed_sql("ft_conn_x", "ts", [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")])
-    dns = keyed_sql("ft_dns_x", "ts_query", [("client", "client_ip")])
-    flows = keyed_sql("ft_flow_real", "ts_start", [("src", "src_real"), ("dst", "dst_real")])
-    return f"""
-CREATE OR REPLACE TEMP VIEW enriched_http AS {http};
-
-CREATE OR REPLACE TEMP VIEW enriched_connections AS {conns};
-
-CREATE OR REPLACE TEMP VIEW enriched_dns AS {dns};
-
+_FLOW_REAL = f"""
 -- a flow addressed to a ClusterIP (or answered from one) takes the pod behind it when the
 -- tape paired the connection's two ends
 CREATE OR REPLACE TEMP VIEW ft_flow_real AS
@@ -221,7 +222,27 @@ LEFT JOIN ft_conn_subst fwd
 LEFT JOIN ft_conn_subst rev
   ON f.l4 = 'tcp' AND f.dst_ip = rev.client_ip AND f.dst_port = rev.client_port
  AND f.src_ip = rev.seen_server_ip AND f.src_port = rev.seen_server_port
- AND f.ts_start >= rev.ts_start - INTERVAL 5 SECOND AND f.ts_start <= coalesce(rev.ts_end, {FOREVER});
+ AND f.ts_start >= rev.ts_start - INTERVAL 5 SECOND AND f.ts_start <= coalesce(rev.ts_end, {FOREVER});"""
+
+# With socket-level load balancing (or no Services) nothing is addressed to a ClusterIP: skip the joins.
+_FLOW_PLAIN = """
+CREATE OR REPLACE TEMP VIEW ft_flow_real AS SELECT f.*, f.dst_ip AS dst_real, f.src_ip AS src_real FROM flows f;"""
+
+
+def _enriched_views(substitutions: bool = True) -> str:
+    http = keyed_sql("ft_http_x", "ts", [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")])
+    conns = keyed_sql("ft_conn_x", "ts", [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")])
+    dns = keyed_sql("ft_dns_x", "ts_query", [("client", "client_ip")])
+    flows = keyed_sql("ft_flow_real", "ts_start", [("src", "src_real"), ("dst", "dst_real")])
+    flow_real = _FLOW_REAL if substitutions else _FLOW_PLAIN
+    return f"""
+CREATE OR REPLACE TEMP VIEW enriched_http AS {http};
+
+CREATE OR REPLACE TEMP VIEW enriched_connections AS {conns};
+
+CREATE OR REPLACE TEMP VIEW enriched_dns AS {dns};
+
+{flow_real}
 
 CREATE OR REPLACE TEMP VIEW enriched_flows AS
 SELECT * FROM ({flows})
@@ -247,6 +268,24 @@ CREATE OR REPLACE TEMP TABLE ft_conn_subst AS SELECT * FROM ft_conn_pairs WHERE 
 CREATE OR REPLACE TEMP TABLE ft_flow_nodes AS SELECT DISTINCT node FROM flows;
 """
 
+def flow_sums(con: duckdb.DuckDBPyConnection, time_filter: str = "true") -> str:
+    """Name of a temporary table of flow bytes and packets summed per node, l4 and resolved
+    src/dst (exact per-row resolution, see keyed_sql), each packet counted once per cluster;
+    computed once per time filter and kept while the tape is open."""
+    create_views(con)
+    name = "ft_flow_sums_" + hashlib.sha1(time_filter.encode()).hexdigest()[:12]
+    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchall()[0][0]:
+        return name
+    body = keyed_sql(
+        f"(SELECT * FROM ft_flow_real WHERE {time_filter})", "ts_start", [("src", "src_real"), ("dst", "dst_real")],
+        group="node",
+        aggregates="sum(bytes)::UBIGINT AS bytes, sum(packets)::UBIGINT AS packets, min(ts_start) AS ts_start, max(ts_end) AS ts_end, count(*) AS flow_rows",
+    )
+    con.execute(f"""CREATE TEMP TABLE {name} AS SELECT * FROM ({body})
+        WHERE node = src_node OR src_node IS NULL OR src_node NOT IN (SELECT node FROM ft_flow_nodes)""")
+    return name
+
+
 _MATERIALISED = ("ft_ip_owner", "ft_nodes", "ft_dns_names", "ft_dns_names_x", "ft_conn_pairs")
 
 
@@ -266,7 +305,8 @@ def create_views(con: duckdb.DuckDBPyConnection, labels: tuple[str, ...] = DEFAU
         con.execute(f"DROP VIEW {name}")
         con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM {name}__m")
     con.execute(_STATE.format(forever=FOREVER))
-    con.execute(_enriched_views())
+    substitutions = con.execute("SELECT count(*) FROM ft_conn_subst").fetchall()[0][0] > 0
+    con.execute(_enriched_views(substitutions))
     con.execute("CREATE OR REPLACE TEMP TABLE ft_ready AS SELECT ?::VARCHAR[] AS labels", [list(labels)])
 
 

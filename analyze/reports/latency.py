@@ -19,13 +19,14 @@ ROUTE = (
 )
 
 HTTP_SQL = """
+WITH routes AS (SELECT path, {route} AS route FROM (SELECT DISTINCT path FROM ft_http_x))  -- template each path once
 SELECT {client} AS client, {server} AS server{route_cols}, count(*) AS requests,
        count(*) FILTER (WHERE status >= 500) AS errors_5xx,
        quantile_cont(latency_ns, 0.50) / 1e6 AS p50_ms,
        quantile_cont(latency_ns, 0.95) / 1e6 AS p95_ms,
        quantile_cont(latency_ns, 0.99) / 1e6 AS p99_ms,
        max(latency_ns) / 1e6 AS max_ms
-FROM enriched_http
+FROM enriched_http {route_join}
 WHERE latency_ns IS NOT NULL AND {where}
 GROUP BY ALL
 ORDER BY requests DESC, client, server{route_order}
@@ -59,8 +60,9 @@ def http_latency(tape: Tape, by: str = "workload", per_route: bool = False, filt
     check_by(by)
     f = filters or Filters()
     create_views(tape.con)
-    route_cols = f", method, {ROUTE.format(path='path')} AS route" if per_route else ""
-    sql = HTTP_SQL.format(client=name_sql("client", by), server=server_name_sql(by), route_cols=route_cols, route_order=", method, route" if per_route else "", where=f.where("ts", "client_namespace", "server_namespace"))
+    route_cols = ", method, routes.route" if per_route else ""
+    sql = HTTP_SQL.format(client=name_sql("client", by), server=server_name_sql(by), route_cols=route_cols, route_order=", method, route" if per_route else "", route=ROUTE.format(path="path"),
+        route_join="JOIN routes USING (path)" if per_route else "", where=f.where("ts", "client_namespace", "server_namespace"))
     return tape.sql(sql).pl()
 
 

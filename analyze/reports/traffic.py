@@ -4,7 +4,7 @@ Pair kinds: same_zone, cross_zone, cross_region, internet_egress (cluster -> int
 internet_ingress (free at the usual providers), unknown (an end whose zone the tape does not
 know: a ClusterIP of UDP traffic, an unowned address).
 
-Bytes are flow bytes (IP total length, headers included) from `enriched_flows`: each packet
+Bytes are flow bytes (IP total length, headers included) from `enrich.flow_sums`: each packet
 counted once, ClusterIPs replaced by the pod behind them where the tape knows it (so the zone of
 the real destination is used). Cost = GB (10^9 bytes) x the price of the pair's kind
 (analyze.prices); `cost_usd_month` scales the tape window to 30 days.
@@ -15,13 +15,13 @@ from __future__ import annotations
 import polars as pl
 
 from ...reader import Tape
-from ..enrich import create_views, name_sql
+from ..enrich import flow_sums, name_sql
 from ..prices import Prices
 from .filters import Filters, check_by
 
 TALKERS_SQL = """
-WITH d AS (
-    SELECT {src} AS src, {dst} AS dst, packets, bytes FROM enriched_flows WHERE {where}
+WITH d AS MATERIALIZED (
+    SELECT {src} AS src, {dst} AS dst, packets, bytes FROM {flows} WHERE {where}
 )
 SELECT endpoint, sum(bytes_out)::UBIGINT AS bytes_out, sum(bytes_in)::UBIGINT AS bytes_in,
        sum(packets_out)::UBIGINT AS packets_out, sum(packets_in)::UBIGINT AS packets_in,
@@ -49,7 +49,7 @@ FROM (
                     WHEN src_zone IS NOT NULL AND dst_zone IS NOT NULL AND src_zone <> dst_zone THEN 'cross_zone'
                     WHEN src_zone IS NOT NULL AND src_zone = dst_zone THEN 'same_zone'
                     ELSE 'unknown' END AS kind
-        FROM enriched_flows WHERE {where}
+        FROM {flows} WHERE {where}
     )
 )
 GROUP BY ALL ORDER BY bytes DESC, 1, 2
@@ -61,7 +61,7 @@ SELECT coalesce(dst_dns, dst_real) AS destination, dst_dns IS NOT NULL AS named,
        list(DISTINCT {src} ORDER BY {src})[1:5] AS top_sources,
        min(ts_start) AS first_seen, max(ts_end) AS last_seen,
        sum(bytes) / 1e9 * {price} AS cost_usd
-FROM enriched_flows
+FROM {flows}
 WHERE dst_kind = 'external' AND src_kind IN ('pod', 'node') AND {where}
 GROUP BY ALL ORDER BY bytes_out DESC, destination
 """
@@ -78,8 +78,8 @@ def talkers(tape: Tape, by: str = "workload", top: int = 20, filters: Filters | 
     """Top `top` endpoints by bytes sent plus received."""
     check_by(by)
     f = filters or Filters()
-    create_views(tape.con)
-    sql = TALKERS_SQL.format(src=name_sql("src", by, "src_real"), dst=name_sql("dst", by, "dst_real"), top=int(top), where=f.where("ts_start", "src_namespace", "dst_namespace"))
+    flows = flow_sums(tape.con, f.time_sql("ts_start"))
+    sql = TALKERS_SQL.format(src=name_sql("src", by, "src_real"), dst=name_sql("dst", by, "dst_real"), top=int(top), flows=flows, where=f.namespace_sql("src_namespace", "dst_namespace"))
     return tape.sql(sql).pl()
 
 
@@ -90,10 +90,10 @@ def zone_pairs(tape: Tape, level: str = "zone", prices: Prices | None = None, fi
 
         raise UsageError(f"level must be zone or region, not {level!r}")
     f = filters or Filters()
-    create_views(tape.con)
+    flows = flow_sums(tape.con, f.time_sql("ts_start"))
     a = f"CASE WHEN kind = 'internet_ingress' THEN 'internet' ELSE coalesce(src_{level}, '?') END"
     b = f"CASE WHEN kind = 'internet_egress' THEN 'internet' ELSE coalesce(dst_{level}, '?') END"
-    sql = PAIRS_SQL.format(a=a, b=b, level=level, p=prices or Prices(), month_factor=_month_factor(tape), where=f.where("ts_start", "src_namespace", "dst_namespace"))
+    sql = PAIRS_SQL.format(a=a, b=b, level=level, p=prices or Prices(), month_factor=_month_factor(tape), flows=flows, where=f.namespace_sql("src_namespace", "dst_namespace"))
     return tape.sql(sql).pl()
 
 
@@ -101,6 +101,6 @@ def egress(tape: Tape, by: str = "workload", prices: Prices | None = None, filte
     """Internet egress by destination: the DNS name the cluster asked for, else the IP."""
     check_by(by)
     f = filters or Filters()
-    create_views(tape.con)
-    sql = EGRESS_SQL.format(src=name_sql("src", by, "src_real"), price=(prices or Prices()).internet_egress, where=f.where("ts_start", "src_namespace", "dst_namespace"))
+    flows = flow_sums(tape.con, f.time_sql("ts_start"))
+    sql = EGRESS_SQL.format(src=name_sql("src", by, "src_real"), price=(prices or Prices()).internet_egress, flows=flows, where=f.namespace_sql("src_namespace", "dst_namespace"))
     return tape.sql(sql).pl()

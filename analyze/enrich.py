@@ -230,8 +230,14 @@ CREATE OR REPLACE TEMP VIEW ft_flow_real AS SELECT f.*, f.dst_ip AS dst_real, f.
 
 
 def _enriched_views(substitutions: bool = True) -> str:
-    http = keyed_sql("ft_http_x", "ts", [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")])
-    conns = keyed_sql("ft_conn_x", "ts", [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")])
+    if substitutions:
+        ends = [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")]
+        http, conns = keyed_sql("ft_http_x", "ts", ends), keyed_sql("ft_conn_x", "ts", ends)
+    else:  # nobody addressed a ClusterIP: what the client saw is the server
+        seen = ", ".join(f"server_{f} AS seen_{f}" for f in ENDPOINT_FIELDS)
+        ends = [("client", "client_ip"), ("server", "server_ip")]
+        http = f"SELECT *, {seen} FROM ({keyed_sql('ft_http_x', 'ts', ends)})"
+        conns = f"SELECT *, {seen} FROM ({keyed_sql('ft_conn_x', 'ts', ends)})"
     dns = keyed_sql("ft_dns_x", "ts_query", [("client", "client_ip")])
     flows = keyed_sql("ft_flow_real", "ts_start", [("src", "src_real"), ("dst", "dst_real")])
     flow_real = _FLOW_REAL if substitutions else _FLOW_PLAIN

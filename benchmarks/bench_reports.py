@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/bench_reports.py [--tape /tmp/flowtape-bench.tape] [--flows 50000000]
 
 Builds (once, cached at --tape) a synthetic tape with >= 10M http rows (`flowtape synth`: 40
-services on 30 nodes at 200 req/s for 18 minutes) and appends >= 50M flow rows between the
-pods of that same cluster, each flow between two IPs that were owned at that time (synth alone
-makes few flows per request). Then, in one run, it times:
+services on 30 nodes at 200 req/s for 18 minutes) and appends >= 50M flow rows (synth alone
+makes few flows per request): each appended row is one direction of a client -> server pod
+pair that had a connection open in that 5 s interval, written by the client's node, as a
+recorder would write it. Then, in one run, it times:
 - bare: DuckDB scanning every column the reports read (sum of each), the floor;
 - reports: topology, latency (per route), traffic (talkers, zone and region pairs, egress)
   and dns — what `flowtape report ...` runs;
@@ -39,40 +40,44 @@ def build(path: Path, flows: int) -> None:
     subprocess.run([sys.executable, "-m", "flowtape.cli", "synth", "-o", str(path), "--seed", "11", "--services", "40", "--nodes", "30",
                     "--zones", "3", "--regions", "1", "--duration", "18m", "--rps", "200", "-q"], check=True)
     tape = flowtape.open(path)
-    pods = tape.sql("select unnest(ips) as ip, epoch_ns(valid_from) as a, coalesce(epoch_ns(valid_to), 9e18::BIGINT) as b, node_name "
-                    "from k8s_pods where not host_network").pl()
+    # flows follow the cluster's own connections (as a recorder's would): each row is one
+    # direction of a client -> server pod pair that had a connection open in that interval
+    conns = tape.sql("select client_ip, server_ip, epoch_ns(ts_start) as a, coalesce(epoch_ns(ts_end), 9e18::BIGINT) as b, node "
+                     "from connections where role = 'client'").pl()
     start, end = tape.window
     nodes = sorted(tape.nodes)
     tape.close()
     rng = np.random.default_rng(5)
-    ips = pods["ip"].to_numpy()
-    a, b = pods["a"].to_numpy(), pods["b"].to_numpy()
+    cip, sip = conns["client_ip"].to_numpy(), conns["server_ip"].to_numpy()
+    a, b = conns["a"].to_numpy(), conns["b"].to_numpy()
     node_of = {n: i for i, n in enumerate(nodes)}
-    pod_node = np.array([node_of.get(n, 0) for n in pods["node_name"].to_list()])
+    conn_node = np.array([node_of[n] for n in conns["node"].to_list()])
     intervals = (end - start) // INTERVAL
     per = flows // intervals + 1
     w = TapeWriter(path, append=True, node=nodes[0], rotate_seconds=1e9)
     written = 0
     for k in range(intervals):
         t0 = start + k * INTERVAL
-        live = np.flatnonzero((a <= t0) & (b > t0 + INTERVAL))
-        src = live[rng.integers(0, len(live), per)]
-        dst = live[rng.integers(0, len(live), per)]
+        live = np.flatnonzero((a <= t0 + INTERVAL) & (b > t0))
+        pick = live[rng.integers(0, len(live), per)]
+        reply = rng.random(per) < 0.5
+        src = np.where(reply, sip[pick], cip[pick])
+        dst = np.where(reply, cip[pick], sip[pick])
         ts = np.sort(t0 + rng.integers(0, INTERVAL, per))
         packets = np.maximum(1, rng.lognormal(2, 1.3, per)).astype(np.uint64)
+        eph = rng.integers(32768, 61000, per).astype(np.uint16)
         batch = pa.table({
             "ts_start": pa.array(ts, pa.timestamp("ns", tz="UTC")),
             "ts_end": pa.array(np.minimum(ts + rng.integers(0, INTERVAL, per), t0 + INTERVAL - 1), pa.timestamp("ns", tz="UTC")),
             "iface": pa.array(["eth0"] * per), "ifindex": pa.array(np.full(per, 2, np.uint32)), "direction": pa.array(["egress"] * per),
             "src_mac": pa.nulls(per, pa.string()), "dst_mac": pa.nulls(per, pa.string()),
-            "src_ip": pa.array(ips[src]), "dst_ip": pa.array(ips[dst]),
-            "src_port": pa.array(rng.integers(32768, 61000, per).astype(np.uint16)), "dst_port": pa.array(np.full(per, 8080, np.uint16)),
+            "src_ip": pa.array(src), "dst_ip": pa.array(dst),
+            "src_port": pa.array(np.where(reply, np.uint16(8080), eph)), "dst_port": pa.array(np.where(reply, eph, np.uint16(8080))),
             "l4": pa.array(["tcp"] * per), "ip_proto": pa.array(np.full(per, 6, np.uint8)),
             "packets": pa.array(packets), "bytes": pa.array(packets * np.uint64(900)), "tcp_flags": pa.array(np.full(per, 0x18, np.uint16)),
         }, schema=FLOWS.arrow_schema)
-        # each flow is written by the recorder of the source pod's node
-        for n in np.unique(pod_node[src]):
-            w.append("flows", batch.filter(pa.array(pod_node[src] == n)), node=nodes[n])
+        for n in np.unique(conn_node[pick]):  # written by the client's node's recorder
+            w.append("flows", batch.filter(pa.array(conn_node[pick] == n)), node=nodes[n])
         written += per
         if written >= flows:
             break

@@ -16,11 +16,14 @@ setup: $(VENV)/.installed
 host: setup
 	@if [ -f scripts/setup-host.sh ]; then bash scripts/setup-host.sh "$(VENV)"; fi
 
-# The main job on the bundled fixture tape.
+# The main job on the bundled fixture tape: a 5-minute recording of a 6-node cluster with incidents.
+DEMO := fixtures/synth-incident.tape
 demo: setup
-	$(BIN)/flowtape info fixtures/tiny.tape
-	$(BIN)/flowtape sql fixtures/tiny.tape "select node, l4, count(*) as flows, sum(packets) as packets, sum(bytes) as bytes from flows group by all order by all"
-	$(BIN)/flowtape report topology fixtures/tiny.tape --by workload
+	$(BIN)/flowtape info $(DEMO)
+	$(BIN)/flowtape report topology $(DEMO) --by workload --top 12
+	$(BIN)/flowtape report latency $(DEMO) --since 2024-03-03T02:00:30Z --until 2024-03-03T02:01:00Z
+	$(BIN)/flowtape report traffic $(DEMO) --by zone
+	$(BIN)/flowtape report dns $(DEMO)
 
 # Every test (eBPF tests included when run as root; under CI=true they must not skip).
 test: host

@@ -63,8 +63,8 @@ class Reports:
     def egress(self, by: str = "workload", prices: Prices | None = None, since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
         return traffic_r.egress(self._tape, by, prices, _filters(since, until, namespace))
 
-    def dns_failures(self, by: str = "workload", since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
-        return dns_r.dns_failures(self._tape, by, _filters(since, until, namespace))
+    def dns_failures(self, by: str = "workload", since: Time = None, until: Time = None, namespace: str | None = None, search_path: bool = True) -> pl.DataFrame:
+        return dns_r.dns_failures(self._tape, by, _filters(since, until, namespace), search_path)
 
     def slow_lookups(self, threshold_ms: float = 100.0, since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
         return dns_r.slow_lookups(self._tape, threshold_ms, _filters(since, until, namespace))

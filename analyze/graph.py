@@ -94,9 +94,9 @@ def dot(edges: pl.DataFrame, groups: dict[str, str] | None = None, group_title: 
     ids: dict[str, str] = {}
     rows = list(edges.iter_rows(named=True))
     most = max([(r["bytes_c2s"] or 0) + (r["bytes_s2c"] or 0) for r in rows] + [1])
-    lines = ["digraph topology {", "  rankdir=LR;", '  graph [fontname="Helvetica", fontsize=11, nodesep=0.25, ranksep=0.6];',
-             '  node [shape=box, style="rounded,filled", fillcolor="#f4f6fb", color="#5b6b8c", fontname="Helvetica", fontsize=11];',
-             '  edge [fontname="Helvetica", fontsize=9, fontcolor="#333333", arrowsize=0.7];']
+    lines = ["digraph topology {", "  rankdir=LR;", '  graph [fontname="Helvetica", fontsize=14, nodesep=0.25, ranksep=0.7];',
+             '  node [shape=box, style="rounded,filled", fillcolor="#f4f6fb", color="#5b6b8c", fontname="Helvetica", fontsize=14];',
+             '  edge [fontname="Helvetica", fontsize=11, fontcolor="#333333", arrowsize=0.7];']
     body = []
     for row in rows:
         a, b = _id(row["client"], ids), _id(row["server"], ids)

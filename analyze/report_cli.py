@@ -24,6 +24,14 @@ class GraphFormat(str, Enum):
     markdown = "markdown"
     mermaid = "mermaid"
     dot = "dot"
+    svg = "svg"
+    png = "png"
+
+
+class GroupBy(str, Enum):
+    none = "none"
+    namespace = "namespace"
+    zone = "zone"
 
 
 By = Enum("By", {g: g for g in GRANULARITIES}, type=str)  # type: ignore[misc]
@@ -47,21 +55,39 @@ def topology_cmd(
     until: UntilOpt = None,
     namespace: NamespaceOpt = None,
     top: Annotated[Optional[int], typer.Option("--top", help="Keep the N busiest endpoints' names; merge the rest into 'other'.")] = None,
-    format: Annotated[GraphFormat, typer.Option("--format", "-f", help="Output format.")] = GraphFormat.table,
+    format: Annotated[GraphFormat, typer.Option("--format", "-f", help="Output format; svg and png are laid out by Graphviz's dot.")] = GraphFormat.table,
+    group_by: Annotated[Optional[GroupBy], typer.Option("--group-by", help="Draw nodes in clusters by namespace or zone (dot, svg, png; svg and png default to namespace).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of standard output (png needs it when stdout is a terminal).")] = None,
 ) -> None:
     """Who talked to whom: connections, bytes each way, requests, 5xx rate, p50/p95/p99 latency.
 
-    Example: flowtape report topology fixtures/tiny.tape --by workload -f mermaid
+    The graph formats draw edge width by bytes and edge colour by error rate.
+
+    Example: flowtape report topology fixtures/tiny.tape --by workload -f svg --group-by zone -o topology.svg
     """
-    from .graph import dot, mermaid
+    from .graph import dot, mermaid, render
+    from .reports.placement import endpoint_groups
     from .reports.topology import topology
 
     t = _open(tape)
-    df = topology(t, by=by.value, filters=filters(since, until, namespace), top=top)
-    if format is GraphFormat.mermaid:
-        sys.stdout.write(mermaid(df))
-    elif format is GraphFormat.dot:
-        sys.stdout.write(dot(df))
+    f = filters(since, until, namespace)
+    df = topology(t, by=by.value, filters=f, top=top)
+    if format in (GraphFormat.dot, GraphFormat.svg, GraphFormat.png):
+        grouping = group_by or (GroupBy.namespace if format is not GraphFormat.dot else GroupBy.none)
+        groups = dict(endpoint_groups(t, by.value, grouping.value, f).iter_rows()) if grouping is not GroupBy.none else None
+        text = dot(df, groups, grouping.value if groups else "")
+        if format is GraphFormat.dot:
+            _emit(text.encode(), output, binary=False)
+        else:
+            _emit(render(text, format.value), output, binary=format is GraphFormat.png)
+    elif format is GraphFormat.mermaid:
+        _emit(mermaid(df).encode(), output, binary=False)
+    elif output is not None:
+        import io
+
+        buf = io.StringIO()
+        render_frame(df, Format(format.value), buf, title=f"topology by {by.value}")
+        _emit(buf.getvalue().encode(), output, binary=False)
     else:
         render_frame(df, Format(format.value), sys.stdout, title=f"topology by {by.value}")
 
@@ -102,6 +128,27 @@ def _sections(sections: dict, titles: dict, format: Format) -> None:
         if format is Format.csv:
             sys.stdout.write(f"# {k}\n")
         render_frame(df, format, sys.stdout, title=titles[k])
+
+
+def _emit(data: bytes, output: Path | None, binary: bool) -> None:
+    """Write `data` to `output`, or to standard output (binary only when it is not a terminal)."""
+    from ..errors import PermissionDenied, UsageError
+
+    if output is not None:
+        try:
+            output.write_bytes(data)
+        except OSError as e:
+            raise PermissionDenied(f"cannot write {output}: {e.strerror or e}") from None
+        return
+    if not binary:
+        sys.stdout.write(data.decode())
+        return
+    buf = getattr(sys.stdout, "buffer", None)
+    if buf is None or sys.stdout.isatty():
+        raise UsageError("png is binary: write it to a file with -o FILE.png (or redirect standard output)")
+    sys.stdout.flush()
+    buf.write(data)
+    buf.flush()
 
 
 def _open(tape: Path) -> Tape:
@@ -147,6 +194,7 @@ def dns_cmd(
     tape: TapeArg,
     by: ByOpt = By.workload,  # type: ignore[attr-defined]
     slow_ms: Annotated[float, typer.Option("--slow-ms", help="A lookup slower than this is slow.")] = 100.0,
+    search_path: Annotated[bool, typer.Option("--search-path/--no-search-path", help="Also list the expected NXDOMAINs of search-path expansion.")] = False,
     since: SinceOpt = None,
     until: UntilOpt = None,
     namespace: NamespaceOpt = None,
@@ -160,8 +208,41 @@ def dns_cmd(
 
     t = _open(tape)
     f = filters(since, until, namespace)
-    sections = {"failures": dns_failures(t, by=by.value, filters=f), "slow": slow_lookups(t, slow_ms, f)}
-    _sections(sections, {"failures": "DNS failures (search_path = expected ndots noise)", "slow": f"DNS lookups slower than {slow_ms:g} ms"}, format)
+    failures = dns_failures(t, by=by.value, filters=f)
+    shown = failures if search_path else failures.filter(~failures["search_path"])
+    noise = len(failures) - len(shown)
+    title = "DNS failures" + ("" if search_path else f" ({noise} names of search-path noise hidden; --search-path shows them)")
+    sections = {"failures": shown, "slow": slow_lookups(t, slow_ms, f)}
+    _sections(sections, {"failures": title, "slow": f"DNS lookups slower than {slow_ms:g} ms"}, format)
+
+
+@report_app.command("html")
+def html_cmd(
+    tape: TapeArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write (one self-contained page).")] = Path("report.html"),
+    by: ByOpt = By.workload,  # type: ignore[attr-defined]
+    group_by: Annotated[GroupBy, typer.Option("--group-by", help="Cluster the service map's nodes by namespace or zone.")] = GroupBy.namespace,
+    top_edges: Annotated[int, typer.Option("--top-edges", help="Latency over time is drawn for this many busiest edges.", min=1, max=24)] = 6,
+    prices: Annotated[Optional[Path], typer.Option("--prices", help="TOML file with a [prices] table (USD per GB): cross_zone, cross_region, internet_egress.")] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    namespace: NamespaceOpt = None,
+) -> None:
+    """One self-contained HTML page to attach to an incident ticket: service map (Graphviz),
+    latency over time of the busiest edges, zone pairs with cost, DNS failures, external
+    destinations and the tape's metadata. Needs no network to view (styles and images inline).
+
+    Example: flowtape report html fixtures/synth-incident.tape -o report.html
+    """
+    from .html import build_html
+    from .prices import load_prices
+
+    p = load_prices(prices)
+    t = _open(tape)
+    page = build_html(t, by=by.value, group_by=group_by.value, top_edges=top_edges, prices=p,
+                      filters=filters(since, until, namespace))
+    _emit(page.encode(), output, binary=False)
+    print(f"flowtape: wrote {output} ({len(page.encode()) // 1024} KiB)", file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

@@ -47,12 +47,14 @@ GROUP BY ALL ORDER BY slow_lookups DESC, qname, server_ip
 """
 
 
-def dns_failures(tape: Tape, by: str = "workload", filters: Filters | None = None) -> pl.DataFrame:
-    """Failed lookups (rcode other than NOERROR, or unanswered) per name and rcode."""
+def dns_failures(tape: Tape, by: str = "workload", filters: Filters | None = None, search_path: bool = True) -> pl.DataFrame:
+    """Failed lookups (rcode other than NOERROR, or unanswered) per name and rcode; without
+    `search_path`, the expected NXDOMAINs of search-path expansion are left out."""
     check_by(by)
     f = filters or Filters()
     create_views(tape.con)
-    return tape.sql(FAILURES_SQL.format(client=name_sql("client", by), where=f.where("q.ts_query", "q.client_namespace"))).pl()
+    df = tape.sql(FAILURES_SQL.format(client=name_sql("client", by), where=f.where("q.ts_query", "q.client_namespace"))).pl()
+    return df if search_path else df.filter(~pl.col("search_path"))
 
 
 def slow_lookups(tape: Tape, threshold_ms: float = 100.0, filters: Filters | None = None) -> pl.DataFrame:

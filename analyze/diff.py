@@ -139,7 +139,10 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> tuple[Threshold
         if "=" not in o:
             raise UsageError(f"--threshold {o!r}: use KEY=VALUE, such as latency_rel=0.5")
         k, v = o.split("=", 1)
-        t = t.with_values({k.strip(): v.strip()}, "--threshold")
+        try:
+            t = t.with_values({k.strip(): v.strip()}, "--threshold")
+        except FlowtapeError as e:
+            raise UsageError(e.message) from None
     return t, by
 
 
@@ -452,9 +455,15 @@ def compare(base: "Tape", new: "Tape", by: str = "workload", thresholds: Thresho
         add("regression", "new_egress", r["destination"], None, r["bytes_per_min_new"], f"from {r['sources_new']}; flow bytes per minute", "new")
 
     dns = _dns(base, new, by)
-    for r in dns.filter(pl.col("new_failure")).iter_rows(named=True):
-        add("regression", "new_dns_failure", f"{r['qname']} {r['rcode_name']}", None, float(r["failures_new"]),
-            f"clients {', '.join(r['top_clients'] or [])}; resolver {r['resolvers']}", "new")
+    # one finding per (rcode, resolvers): a resolver failing fails for many names at once
+    grouped = dns.filter(pl.col("new_failure")).group_by("rcode_name", "resolvers").agg(
+        pl.col("qname").sort(), pl.col("failures_new").sum(), pl.col("top_clients").list.explode(keep_nulls=False, empty_as_null=False).unique().sort()
+    ).sort("rcode_name", "resolvers")
+    for r in grouped.iter_rows(named=True):
+        names = r["qname"]
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        add("regression", "new_dns_failure", f"{r['rcode_name']} from {r['resolvers']}", None, float(r["failures_new"]),
+            f"{len(names)} names never failing so in BASE: {shown}; clients {', '.join(r['top_clients'])}", "new")
 
     findings = pl.DataFrame(out, schema=FINDING_SCHEMA) if out else pl.DataFrame(schema=FINDING_SCHEMA)
     order = {c: i for i, c in enumerate(CHECK_ORDER)}

@@ -33,6 +33,7 @@ COMMAND_MODULES: list[str] = [
     "flowtape.analyze.report_cli",
     "flowtape.capture.synth_cli",
     "flowtape.capture.k8s_cli",
+    "flowtape.analyze.diff_cli",
 ]
 
 

@@ -31,10 +31,28 @@ struct flow_key {
     u32 _pad1;
 };
 
+/* IPv4 flows use this smaller key (32 bytes instead of 60: less to hash and compare per
+ * packet); struct flow_key above is the IPv6 key. Every byte is a field: no hidden padding. */
+struct flow_key4 {
+    u32 ifindex;
+    u8 direction;          /* FT_DIR_* */
+    u8 ip_proto;           /* IPPROTO_* */
+    u16 src_port;          /* 0 for protocols without ports */
+    u16 dst_port;
+    u8 src_mac[6];
+    u8 dst_mac[6];
+    u16 _pad0;
+    u8 src_ip[4];          /* network byte order */
+    u8 dst_ip[4];
+};
+
+/* Per-CPU in the flow maps (BPF_PERCPU_HASH): each CPU adds to its own copy without atomics;
+ * user space sums packets and bytes, ORs tcp_flags, and takes the earliest first_ns and the
+ * latest last_ns over the CPUs that saw packets. */
 struct flow_val {
     u64 packets;           /* wire packets: a GSO super-packet counts as its segments */
     u64 bytes;             /* IP total length summed over those packets */
-    u64 first_ns;          /* bpf_ktime_get_ns() of the first packet in the interval */
+    u64 first_ns;          /* bpf_ktime_get_ns() of the first packet in the interval (on this CPU) */
     u64 last_ns;
     u16 tcp_flags;         /* OR of the TCP flags byte (CWR..FIN) */
     u16 _pad0;
@@ -112,5 +130,65 @@ struct conn_event {
     u8 flags;              /* FT_EV_STATE: sock_info.flags */
     char comm[16];
 };
+
+/* ---- L7 payload prefixes (bpf/l7.c) --------------------------------------------------- */
+
+#define FT_L7_DNS_UDP 1      /* a UDP datagram from or to port 53: its first bytes */
+#define FT_L7_DNS_TCP 2      /* a TCP segment with payload from or to port 53 */
+#define FT_L7_HTTP 3         /* a payload segment of a TCP flow that started with an HTTP request */
+#define FT_L7_TLS_HELLO 4    /* a client segment starting (or continuing) a TLS ClientHello */
+#define FT_L7_TCP_END 5      /* FIN or RST of a followed TCP flow (tcp_flags says which) */
+#define FT_L7_SSL_WRITE 6    /* SSL_write/SSL_write_ex returned: plaintext the process sent */
+#define FT_L7_SSL_READ 7     /* SSL_read/SSL_read_ex returned: plaintext the process received */
+
+#define FT_L7_DATA_MAX 2048  /* the largest prefix any event carries (TLS); DNS and HTTP: 512 */
+
+/* One L7 event. Only the first cap_len bytes of data[] are sent (the ring buffer record is
+ * offsetof(data) + cap_len bytes long). User space reads the header through bcc's parse of
+ * this declaration. */
+struct l7_event {
+    u64 ts_ns;             /* bpf_ktime_get_ns() */
+    u64 skaddr;            /* SSL events: the socket the SSL* did its I/O on (sock:sock_*_length
+                              on the same thread); 0 when not seen yet. An identity only. */
+    u64 ssl;               /* SSL events: the SSL* pointer (an identity within the process) */
+    u32 length;            /* payload bytes of the segment / of the SSL call's result */
+    u32 seq;               /* TCP events: sequence number of the first payload byte */
+    u32 pid;               /* SSL events: tgid of the caller */
+    u16 cap_len;           /* bytes of data[] filled */
+    u16 family;            /* 4 or 6 (packet events); 0 for SSL events */
+    u8 saddr[16];          /* packet source (SSL events: unused) */
+    u8 daddr[16];
+    u16 sport;             /* host order */
+    u16 dport;
+    u8 kind;               /* FT_L7_* */
+    u8 tcp_flags;          /* TCP flags byte of the segment */
+    u8 from_client;        /* HTTP/TCP_END: 1 when the packet goes client -> server */
+    u8 _pad0;
+    char comm[16];         /* SSL events: the caller's command name */
+    u8 data[FT_L7_DATA_MAX];
+};
+
+/* A TCP flow followed for L7 (one entry per direction). */
+struct l7_flow_key {
+    u8 saddr[16];
+    u8 daddr[16];
+    u16 sport;
+    u16 dport;
+    u8 family;
+    u8 _pad0[3];
+};
+
+struct l7_flow {
+    u8 kind;               /* FT_L7_HTTP or FT_L7_TLS_HELLO */
+    u8 from_client;        /* this direction is client -> server */
+    u8 _pad0[2];
+    u32 budget;            /* FT_L7_TLS_HELLO: ClientHello bytes still to send */
+};
+
+#define FT_L7_CTR_RINGBUF_FULL 0   /* events the ring buffer had no room for */
+#define FT_L7_CTR_TRACK_FULL 1     /* flows not followed: the flow map was full */
+#define FT_L7_CTR_TRUNCATED 2      /* IP/TCP header unreadable */
+#define FT_L7_CTR_SSL_NO_SOCKET 3  /* SSL calls whose socket was never seen (sent with skaddr 0) */
+#define FT_L7_CTR_N 4
 
 #endif

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import UsageError
+from .k8s import ContextOpt, InClusterOpt, KubeconfigOpt, NoK8sOpt
 
 
 def _duration(text: str | None) -> float | None:
@@ -28,18 +29,31 @@ def register(app: typer.Typer) -> None:
     def record(
         output: Annotated[Path, typer.Option("--output", "-o", help="Tape to write (a new NAME.tape folder).")],
         duration: Annotated[Optional[str], typer.Option(help="Stop after this long (30, 90s, 5m, 1h); default: until Ctrl-C/SIGTERM.")] = None,
-        interfaces: Annotated[Optional[str], typer.Option(help="Comma-separated interfaces for flows (a bridge means its ports); default: all, and new ones as they appear.")] = None,
-        probes: Annotated[str, typer.Option(help="Comma-separated probes: flows,connections.")] = "flows,connections",
+        interfaces: Annotated[Optional[str], typer.Option(help="Comma-separated interfaces for flows and L7 capture (a bridge means its ports); default: all, and new ones as they appear.")] = None,
+        probes: Annotated[str, typer.Option(help="Comma-separated probes: flows,connections,l7 (l7: the dns, http and tls tables; http needs connections).")] = "flows,connections,l7",
         flow_interval: Annotated[float, typer.Option(help="Seconds between flow counter drains (one flow row per flow direction and interval).")] = 5.0,
         rotate: Annotated[float, typer.Option(help="Seconds between part rotations (a SIGKILL loses at most this much).")] = 60.0,
         node: Annotated[Optional[str], typer.Option(help="Node name written into the tape (default: the host name).")] = None,
+        ssl_lib: Annotated[Optional[list[str]], typer.Option("--ssl-lib", help="OpenSSL library (or statically linked binary) to read HTTPS plaintext from with uprobes; repeatable; default: the system libssl.so.3. --ssl-lib none turns HTTPS plaintext off.")] = None,
+        no_redact: Annotated[bool, typer.Option("--no-redact", help="Keep query string values and every header column (recorded in the manifest). Bodies are never stored.")] = False,
+        header_allow_list: Annotated[Optional[str], typer.Option("--header-allow-list", help="Comma-separated headers whose values are kept when redacting (default: host,user-agent,content-type,traceparent).")] = None,
+        kubeconfig: KubeconfigOpt = None,
+        context: ContextOpt = None,
+        in_cluster: InClusterOpt = False,
+        no_k8s: NoK8sOpt = False,
         print_bpf: Annotated[bool, typer.Option("--print-bpf", help="Print the final C of the selected probes and exit.", hidden=True)] = False,
     ) -> None:
-        """Record flows and TCP connections from eBPF into a tape (needs root).
+        """Record flows, TCP connections, DNS, HTTP and TLS from eBPF into a tape (needs root),
+        with the Kubernetes state when a cluster is configured (kubeconfig, or in a pod).
 
         Example: sudo flowtape record -o incident.tape --duration 5m
         """
+        from .k8s import discover_kube_config
         from .recorder import RecordOptions, Recorder, render_sources
+
+        if no_k8s and (kubeconfig or context or in_cluster):
+            raise UsageError("--no-k8s cannot be combined with --kubeconfig, --context or --in-cluster")
+        libs = None if not ssl_lib else ([] if [x.lower() for x in ssl_lib] == ["none"] else [str(x) for x in ssl_lib])
 
         opts = RecordOptions(
             out=output,
@@ -49,10 +63,16 @@ def register(app: typer.Typer) -> None:
             flow_interval=flow_interval,
             rotate=rotate,
             duration=_duration(duration),
+            ssl_libs=libs,
+            no_redact=no_redact,
+            header_allow_list=[h.strip() for h in header_allow_list.split(",") if h.strip()] if header_allow_list is not None else None,
         )
         if print_bpf:
             sys.stdout.write(render_sources(opts))
             return
+        if not no_k8s:
+            opts.kube = discover_kube_config(kubeconfig, context, in_cluster)  # KubeError: one line, before any tape
+            opts.kube_explicit = bool(kubeconfig or context or in_cluster)
         summary = Recorder(opts).run()
         rows = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.rows.items())) or "no rows"
         lost = sum(summary.lost.values())

@@ -1,12 +1,14 @@
 """The live recorder: runs the probes, hands their rows to a TapeWriter, stops cleanly.
 
-    probes (kernel) --ring buffer / map drain--> FlowProbe, ConnectionProbe
-        --> flow_rows / ConnectionTracker (pure) --> TapeWriter --> NAME.tape/
+    probes (kernel) --ring buffer / map drain--> FlowProbe, ConnectionProbe, L7Probe
+        --> flow_rows / ConnectionTracker / L7Decoder (pure) --> TapeWriter --> NAME.tape/
+    Kubernetes API --list+watch (threads)--> KubeWatcher --> the same TapeWriter
 
-One thread: the loop polls the connection ring buffer (100 ms), drains the flow maps every
-interval, lets the writer rotate, prints a status line, and stops on SIGINT/SIGTERM or at
---duration. A failure of one probe on this host (a missing tracepoint) is reported in one
-line and recording goes on with the others.
+One thread for the probes: the loop polls the connection and L7 ring buffers, drains the flow
+maps every interval, lets the writer rotate, prints a status line, and stops on
+SIGINT/SIGTERM or at --duration. The Kubernetes watcher (when a cluster is configured) runs
+its own threads beside it. A failure of one probe on this host (a missing tracepoint) is
+reported in one line and recording goes on with the others.
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from typing import Any, TextIO
 from ..errors import DiskFull, FlowtapeError, Unsupported, UsageError
 from ..writer import TapeWriter, clock_sample
 from . import ebpf
-from .connections import CgroupResolver, ConnectionProbe, ConnectionTracker
+from .connections import ESTABLISHED, EV_STATE, CgroupResolver, ConnectionProbe, ConnectionTracker
 from .flows import FlowProbe
+from .http_pairing import Redaction
+from .l7 import L7Decoder, L7Probe
 
-PROBES = ("flows", "connections")
+PROBES = ("flows", "connections", "l7")
+L7_ROWS_EVERY_S = 1.0  # how often decoded L7 rows are handed to the writer
 
 
 @dataclass
@@ -38,6 +43,11 @@ class RecordOptions:
     flow_interval: float = 5.0
     rotate: float = 60.0
     duration: float | None = None
+    ssl_libs: list[str] | None = None  # None: the system libssl; [] : no HTTPS uprobes
+    no_redact: bool = False
+    header_allow_list: list[str] | None = None  # None: http_pairing.DEFAULT_HEADER_ALLOW_LIST
+    kube: Any = None  # capture.k8s.KubeConfig, or None: no Kubernetes watcher
+    kube_explicit: bool = False  # the cluster was asked for by flags: failing to reach it is an error
 
 
 @dataclass
@@ -83,6 +93,8 @@ def render_sources(opts: RecordOptions) -> str:
         parts.append(FlowProbe(interfaces=opts.interfaces).source())
     if "connections" in opts.probes:
         parts.append(ConnectionProbe().source())
+    if "l7" in opts.probes:
+        parts.append(L7Probe(interfaces=opts.interfaces, ssl_libs=opts.ssl_libs).source())
     return "\n".join(parts)
 
 
@@ -99,6 +111,9 @@ class Recorder:
         self.flows: FlowProbe | None = None
         self.conns: ConnectionProbe | None = None
         self.tracker: ConnectionTracker | None = None
+        self.l7: L7Probe | None = None
+        self.l7dec: L7Decoder | None = None
+        self.kube: Any = None
         self.writer: TapeWriter | None = None
         self.summary = RecordSummary(opts.out)
         self.events = 0
@@ -150,19 +165,84 @@ class Recorder:
                 failures.append(e)
                 self._warn(f"{e.message}; recording the rest")
                 w.add_gap("connections", start_wall, None, e.message)
+        if "l7" in self.opts.probes:
+            self._start_l7(start_wall, failures)
         if failures and len(failures) == len(self.opts.probes):
             raise failures[0]
+
+    def _start_l7(self, start_wall: int, failures: list) -> None:
+        w = self.writer
+        assert w is not None
+        probe = L7Probe(interfaces=self.opts.interfaces, ssl_libs=self.opts.ssl_libs)
+        redaction = Redaction.from_settings(self.opts.no_redact, self.opts.header_allow_list)
+        try:
+            probe.check()
+            probe.load()
+            probe.attach()
+            event_class = probe.open(self._on_l7_event)
+            self.l7 = probe
+            self.l7dec = L7Decoder(w.node, self._offset, redaction=redaction, event_class=event_class)
+            for what, effect in probe.missing.items():
+                self._warn(f"{what} is not available on this host: {effect} will be missing from the tape")
+            if self.conns is None:
+                self._warn("http rows need the connections probe (their side, process and conn_id): without it exchanges are counted as l7.http_no_endpoint, not written")
+            w.set_probe("l7", {
+                "program": "bpf/l7.c (tcx ingress+egress, OpenSSL uprobes, sock:sock_{send,recv}_length)",
+                "tables": ["dns", "http", "tls"], "ringbuf_pages": probe.ringbuf_pages, "flow_entries": probe.flow_entries,
+                "prefix_bytes": {"dns": 512, "http": 512, "tls_client_hello": 2048, "https_plaintext": 512},
+                "ssl_libs": list(probe.ssl_attached), "missing": dict(probe.missing),
+                "taken": "once per node, as flows: ingress, or egress of packets that did not enter through a covered interface",
+            })
+            w.update("redaction", redaction.manifest())
+            w.update("settings", {"no_redact": self.opts.no_redact, "header_allow_list": sorted(redaction.header_allow_list)})
+        except Unsupported as e:
+            probe.close()
+            self.l7 = None
+            failures.append(e)
+            self._warn(f"{e.message}; recording the rest")
+            w.add_gap("l7", start_wall, None, e.message)
+        except FlowtapeError:
+            probe.close()
+            raise
 
     def _on_conn_event(self, ev: dict[str, Any]) -> None:
         self.events += 1
         assert self.tracker is not None
         self.tracker.feed(ev)
+        if self.l7dec is not None and ev["kind"] == EV_STATE and ev["newstate"] == ESTABLISHED:
+            c = self.tracker.live.get(ev["skaddr"])
+            if c is not None:
+                self.l7dec.add_endpoint(c)
+
+    def _on_l7_event(self, raw: bytes) -> None:
+        self.events += 1
+        if self.l7dec is not None:
+            self.l7dec.feed(raw)
+
+    def _l7_rows(self, final: bool = False) -> None:
+        w = self.writer
+        if self.l7dec is None or w is None:
+            return
+        now_mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        for table, rows in self.l7dec.take_rows(now_mono, final=final).items():
+            if rows:
+                w.append(table, rows)
+                self.summary.rows[table] = self.summary.rows.get(table, 0) + len(rows)
+        counters = dict(self.l7dec.lost_counters())
+        if self.l7 is not None and self.l7.bpf is not None:
+            counters.update(self.l7.counters())
+        for name, count in counters.items():
+            w.set_lost(name, count)
+            self.summary.lost[name] = count
+        w.update("extra", {"l7_decode_notes": self.l7dec.stats.notes()})
 
     # --- loop ------------------------------------------------------------------------------------
 
     def _flush(self, final: bool = False) -> None:
         w = self.writer
         assert w is not None
+        if self.l7 is not None and not final and self.opts.interfaces is None:
+            self.l7.refresh()
         if self.flows is not None:
             if not final and self.opts.interfaces is None:
                 self.flows.refresh()
@@ -189,6 +269,7 @@ class Recorder:
                 w.set_lost(name, count)
                 self.summary.lost[name] = count
             self.started_before = ctr["started_before_recording"]
+        self._l7_rows(final=final)
 
     def _status_line(self, elapsed: float, rate: float, final: bool = False) -> None:
         lost = sum(self.summary.lost.values())
@@ -216,16 +297,23 @@ class Recorder:
                 self._discard_empty_tape()
                 raise
             self.writer.set_window(start_ns=start_wall)
-            probes = [p for p, on in (("flows", self.flows), ("connections", self.conns)) if on]
+            self._start_kube(start_wall)
+            probes = [p for p, on in (("flows", self.flows), ("connections", self.conns), ("l7", self.l7)) if on]
+            if self.kube is not None:
+                probes.append("k8s")
             ifaces = ", ".join(i.name for i in self.flows.plan.values()) if self.flows else "-"
             print(f"flowtape: recording to {opts.out} (probes: {', '.join(probes)}; interfaces: {ifaces}); Ctrl-C to stop",
                   file=self.status, flush=True)
             self._loop(time.monotonic())
             self._flush(final=True)
         except DiskFull:
+            self._stop_kube()
             self._stop_probes()
             if self.writer is not None:
                 self.writer.abort()  # keep the parts already finished; the manifest lists them
+            raise
+        except BaseException:
+            self._stop_kube()
             raise
         finally:
             for s, h in old_handlers.items():
@@ -233,24 +321,65 @@ class Recorder:
         self._finish(start_wall)
         return self.summary
 
+    def _start_kube(self, start_wall: int) -> None:
+        """Run the Kubernetes watcher beside the probes when a cluster is configured."""
+        cfg = self.opts.kube
+        if cfg is None:
+            return
+        from .k8s import KubeError, KubeWatcher
+
+        w = self.writer
+        assert w is not None
+        kw = KubeWatcher(w, cfg)
+        try:
+            kw.start()
+        except KubeError as e:
+            if self.opts.kube_explicit:
+                self._stop_probes()
+                self._discard_empty_tape()
+                raise
+            self._warn(f"Kubernetes state will be missing: {e.message}")
+            w.add_gap("k8s", start_wall, None, e.message)
+            return
+        w.set_probe("k8s", {"api": cfg.host, "source": cfg.source, "context": cfg.context})
+        self.kube = kw
+
+    def _stop_kube(self) -> None:
+        if self.kube is not None:
+            try:
+                self.kube.stop()
+            finally:
+                self.kube = None
+
     def _loop(self, t0: float) -> None:
         opts = self.opts
         next_flush = t0 + opts.flow_interval
         next_status = t0 + 1.0
+        next_l7 = t0 + L7_ROWS_EVERY_S
         last_events, last_status = 0, t0
         quiet = not self.status.isatty()
         while not self.stop_requested:
             now = time.monotonic()
             if opts.duration is not None and now - t0 >= opts.duration:
                 break
-            if self.conns is not None:
+            if self.conns is not None and self.l7 is not None:
+                self.conns.poll(0)  # connection events first: L7 rows join them
+                self.l7.poll(20)
+                self.conns.poll(0)
+            elif self.conns is not None:
                 self.conns.poll(100)
+            elif self.l7 is not None:
+                self.l7.poll(100)
             else:
                 time.sleep(0.1)
             now = time.monotonic()
             if now >= next_flush:
                 self._flush()
                 next_flush += opts.flow_interval
+            elif now >= next_l7:
+                self._l7_rows()
+            if now >= next_l7:
+                next_l7 = now + L7_ROWS_EVERY_S
             assert self.writer is not None
             self.writer.maybe_rotate()
             if now >= next_status:
@@ -258,21 +387,25 @@ class Recorder:
                 last_events, last_status = self.events, now
                 self._status_line(now - t0, rate)
                 next_status = now + (5.0 if quiet else 1.0)
-        if self.conns is not None:
-            for _ in range(3):  # what the kernel already wrote before the stop
+        for _ in range(3):  # what the kernel already wrote before the stop
+            if self.conns is not None:
                 self.conns.poll(0)
+            if self.l7 is not None:
+                self.l7.poll(0)
+        if self.conns is not None:
+            self.conns.poll(0)
         self.summary.seconds = time.monotonic() - t0
 
     def _program_stats(self) -> dict[str, dict[str, int]]:
         stats = {}
-        for probe in (self.flows, self.conns):
+        for probe in (self.flows, self.conns, self.l7):
             if probe is not None and probe.bpf is not None:
                 for name, fd in probe.programs().items():
                     stats[name] = ebpf.prog_stats(fd)
         return stats
 
     def _stop_probes(self) -> None:
-        for probe in (self.flows, self.conns):
+        for probe in (self.flows, self.conns, self.l7):
             if probe is not None:
                 try:
                     probe.close()
@@ -283,6 +416,7 @@ class Recorder:
         w = self.writer
         assert w is not None
         w.update("extra", {"bpf_programs": self._program_stats(), "connections_started_before_recording": getattr(self, "started_before", 0)})
+        self._stop_kube()
         self._stop_probes()
         w.set_window(end_ns=time.time_ns())
         w.close()

@@ -217,3 +217,119 @@ def tshark_tcp_conversations(pcap: Path) -> int:
     """Number of TCP conversations in tshark's `-z conv,tcp` statistics."""
     out = subprocess.run(["tshark", "-n", "-r", str(pcap), "-q", "-z", "conv,tcp"], check=True, capture_output=True, text=True).stdout
     return sum(1 for line in out.splitlines() if "<->" in line)
+
+
+# --- L7 peers: nginx with an access log and TLS, dnsmasq -----------------------------------
+
+ACCESS_FORMAT = "$remote_addr $remote_port $request_method $request_uri $status $request_time $msec $connection $connection_requests $https"
+
+
+def make_cert(workdir: Path, names: Sequence[str]) -> tuple[Path, Path]:
+    """A self-signed test certificate (openssl) for `names`; returns (cert, key)."""
+    cert, key = workdir / "cert.pem", workdir / "key.pem"
+    san = ",".join(f"DNS:{n}" for n in names)
+    sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+       "-subj", f"/CN={names[0]}", "-addext", f"subjectAltName={san}")
+    return cert, key
+
+
+def nginx_l7_conf(root: Path, workdir: Path, ip: str, tls: tuple[Path, Path] | None = None, workers: int = 1) -> Path:
+    """nginx serving `root` on ip:80 (and ip:443 with TLS) with an access log per listener and a
+    known set of responses: files (200, or 404 when missing), /moved (301), /boom (500),
+    /empty (204), /same (304). Keep-alive on; both logs in ACCESS_FORMAT."""
+    conf = workdir / "nginx-l7.conf"
+    common = f"""
+        keepalive_timeout 65;
+        keepalive_requests 1000000;
+        root {root};
+        location = /moved {{ return 301 /f100; }}
+        location = /boom {{ return 500; }}
+        location = /empty {{ return 204; }}
+        location = /same {{ return 304; }}
+"""
+    tls_server = ""
+    if tls is not None:
+        tls_server = f"""
+    server {{
+        listen {ip}:443 ssl reuseport backlog=4096;
+        ssl_certificate {tls[0]};
+        ssl_certificate_key {tls[1]};
+        access_log {workdir}/access-tls.log lab;
+        {common}
+    }}"""
+    conf.write_text(f"""
+user root;
+worker_processes {workers};
+daemon off;
+master_process on;
+pid {workdir}/nginx-l7.pid;
+error_log {workdir}/nginx-l7-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    log_format lab '{ACCESS_FORMAT}';
+    sendfile on;
+    client_body_temp_path {workdir}/body;
+    proxy_temp_path {workdir}/proxy;
+    fastcgi_temp_path {workdir}/fastcgi;
+    uwsgi_temp_path {workdir}/uwsgi;
+    scgi_temp_path {workdir}/scgi;
+    default_type application/octet-stream;
+    server {{
+        listen {ip}:80 reuseport backlog=4096;
+        access_log {workdir}/access.log lab;
+        {common}
+    }}{tls_server}
+}}
+""")
+    return conf
+
+
+def start_nginx_l7(host: Host, root: Path, tls: tuple[Path, Path] | None = None, workers: int = 1) -> tuple[subprocess.Popen, list[int]]:
+    """Start nginx_l7_conf's nginx in `host`; returns the master and its worker pids once it answers.
+    The readiness probe is not logged (it asks for /__ready, then the logs are truncated)."""
+    workdir = host.lab.workdir
+    conf = nginx_l7_conf(root, workdir, host.ip, tls, workers)
+    master = host.popen(["nginx", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        children = Path(f"/proc/{master.pid}/task/{master.pid}/children")
+        kids = children.read_text().split() if children.exists() else []
+        if len(kids) >= workers and host.run(["curl", "-s", "-o", "/dev/null", f"http://{host.ip}/__ready"], check=False).returncode == 0:
+            for log in ("access.log", "access-tls.log"):
+                (workdir / log).write_text("")
+            return master, [int(k) for k in kids]
+        time.sleep(0.05)
+    master.kill()
+    raise RuntimeError("nginx did not start")
+
+
+def access_log(workdir: Path, tls: bool = False) -> list[dict]:
+    """Lines of the lab nginx's access log as dicts (fields of ACCESS_FORMAT)."""
+    names = [f.lstrip("$") for f in ACCESS_FORMAT.split()]
+    path = workdir / ("access-tls.log" if tls else "access.log")
+    out = []
+    for line in path.read_text().splitlines():
+        d = dict(zip(names, line.split(" ")))
+        d["remote_port"] = int(d["remote_port"])
+        d["status"] = int(d["status"])
+        d["request_time"] = float(d["request_time"])
+        d["connection_requests"] = int(d["connection_requests"])
+        out.append(d)
+    return out
+
+
+def start_dnsmasq(host: Host, options: Sequence[str]) -> subprocess.Popen:
+    """dnsmasq answering on host.ip:53 (UDP and TCP) from local records only (`options`)."""
+    argv = ["dnsmasq", "--no-daemon", "--no-resolv", "--no-hosts", "--bind-interfaces", f"--listen-address={host.ip}",
+            "--except-interface=lo", f"--pid-file={host.lab.workdir}/dnsmasq-{host.name}.pid", "--user=root", *options]
+    p = host.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if p.poll() is not None:
+            raise RuntimeError(f"dnsmasq failed: {p.stderr.read()}")
+        r = host.run(["dig", "+time=1", "+tries=1", f"@{host.ip}", "__ready.invalid"], check=False)
+        if r.returncode == 0:
+            return p
+        time.sleep(0.05)
+    p.kill()
+    raise RuntimeError("dnsmasq did not start")

@@ -1,0 +1,436 @@
+/* L7 payload prefixes for flowtape's `dns`, `http` and `tls` tables.
+ *
+ * Stable ABI only (see DESIGN.md): struct __sk_buff fields and packet bytes (TC, tcx links),
+ * tracepoint arguments (sock:sock_{send,recv}_length) and uprobe arguments (OpenSSL's
+ * SSL_read/SSL_write and their _ex forms). No kernel struct is read by offset.
+ *
+ * The kernel selects, user space decodes (capture/l7.py hands the bytes to the same decoders
+ * the pcap importer uses):
+ *  - DNS: every UDP datagram from or to port 53 (one datagram is one message: its first
+ *    packet), every TCP segment with payload from or to port 53; first 512 bytes.
+ *  - HTTP/1.x: a TCP flow whose payload starts with a request method is followed (both
+ *    directions, in a map); every payload segment of a followed flow is sent, cut to 512
+ *    bytes, with its length and sequence number, so user space orders segments, skips
+ *    retransmissions and knows the size of what it did not see (bodies). FIN and RST of a
+ *    followed flow are sent so user space can end the connection.
+ *  - TLS: a client segment starting with a handshake record holding a ClientHello
+ *    (16 03 xx .. .. 01): its first 2 KB, and the next client segments while the hello
+ *    record is not complete (up to 2 KB in all).
+ *  - HTTPS plaintext (FT_HAVE_SSL): uprobes on SSL_write/SSL_read (+ _ex) in libssl. At entry
+ *    the thread's call is remembered; while it runs, the socket it reads or writes shows up
+ *    in sock:sock_{send,recv}_length on the same thread (its `sk` is the skaddr the
+ *    connections probe follows). At return the first 512 bytes of the plaintext are sent
+ *    with that skaddr; SSL* -> skaddr is cached for calls that do no socket I/O (data
+ *    already buffered inside OpenSSL).
+ *
+ * Packets are taken once per node with the same rule as bpf/flows.c: at ingress of a
+ * covered interface (not loopback, not a bridge), or at egress when the packet did not
+ * enter through a covered interface. Event records are variable-length (header + cap_len
+ * bytes); records the ring buffer has no room for are counted (FT_L7_CTR_RINGBUF_FULL).
+ */
+#include <uapi/linux/ptrace.h>   /* struct pt_regs for the uprobes */
+#include "events.h"
+
+#define FT_ETH_P_IP 0x0800
+#define FT_ETH_P_IPV6 0x86DD
+#define FT_ETH_P_8021Q 0x8100
+#define FT_ETH_P_8021AD 0x88A8
+#define FT_TC_ACT_OK 0
+#define FT_TCP_FIN 0x01
+#define FT_TCP_RST 0x04
+#define FT_L7_HTTP_CAP 512
+#define FT_L7_DNS_CAP 512
+#define FT_L7_SSL_CAP 512
+#define FT_L7_HDR_LEN __builtin_offsetof(struct l7_event, data)
+
+BPF_RINGBUF_OUTPUT(ft_l7_events, FT_L7_RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(ft_l7_scratch, struct l7_event, 1);
+BPF_PERCPU_ARRAY(ft_l7_ctr, u64, FT_L7_CTR_N);
+BPF_TABLE("lru_hash", struct l7_flow_key, struct l7_flow, ft_l7_flows, FT_L7_FLOW_ENTRIES);
+BPF_HASH(ft_l7_ifaces, u32, struct iface_cfg, 4096);
+
+static __always_inline void l7_bump(u32 which) {
+    u64 *c = ft_l7_ctr.lookup(&which);
+    if (c)
+        *c += 1;   /* per-CPU: no other writer */
+}
+
+static __always_inline void l7_submit(struct l7_event *ev) {
+    u32 cap = ev->cap_len;
+    asm volatile("" : "+r"(cap));
+    cap &= (FT_L7_DATA_MAX * 2 - 1);   /* cap_len <= FT_L7_DATA_MAX: bounds for the verifier */
+    if (cap > FT_L7_DATA_MAX)
+        cap = FT_L7_DATA_MAX;
+    if (ft_l7_events.ringbuf_output(ev, FT_L7_HDR_LEN + cap, 0) != 0)
+        l7_bump(FT_L7_CTR_RINGBUF_FULL);
+}
+
+static __always_inline struct l7_event *l7_scratch(void) {
+    u32 zero = 0;
+    return ft_l7_scratch.lookup(&zero);
+}
+
+/* Copy `want` payload bytes at `off` into ev->data (want <= limit <= FT_L7_DATA_MAX). */
+static __always_inline void l7_copy(struct __sk_buff *skb, struct l7_event *ev, u32 off, u32 want, u32 limit) {
+    if (want > limit)
+        want = limit;
+    if (want > FT_L7_DATA_MAX)
+        want = FT_L7_DATA_MAX;
+    ev->cap_len = 0;
+    if (want == 0)
+        return;
+    /* The verifier needs the size in [1, FT_L7_DATA_MAX] in the very register passed; the
+     * empty asm keeps the compiler from folding the mask into the comparisons above. */
+    asm volatile("" : "+r"(want));
+    want = ((want - 1) & (FT_L7_DATA_MAX - 1)) + 1;
+    if (bpf_skb_load_bytes(skb, off, ev->data, want) == 0)
+        ev->cap_len = want;
+}
+
+static __always_inline int is_method(const u8 *p) {
+    /* the request methods of RFC 9110 and PATCH; PRI (the HTTP/2 preface) ends the parse in user space */
+    if (p[0] == 'G' && p[1] == 'E' && p[2] == 'T' && p[3] == ' ') return 1;
+    if (p[0] == 'P' && p[1] == 'O' && p[2] == 'S' && p[3] == 'T') return 1;
+    if (p[0] == 'P' && p[1] == 'U' && p[2] == 'T' && p[3] == ' ') return 1;
+    if (p[0] == 'H' && p[1] == 'E' && p[2] == 'A' && p[3] == 'D') return 1;
+    if (p[0] == 'D' && p[1] == 'E' && p[2] == 'L' && p[3] == 'E') return 1;
+    if (p[0] == 'O' && p[1] == 'P' && p[2] == 'T' && p[3] == 'I') return 1;
+    if (p[0] == 'P' && p[1] == 'A' && p[2] == 'T' && p[3] == 'C') return 1;
+    if (p[0] == 'C' && p[1] == 'O' && p[2] == 'N' && p[3] == 'N') return 1;
+    if (p[0] == 'T' && p[1] == 'R' && p[2] == 'A' && p[3] == 'C') return 1;
+    return 0;
+}
+
+static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
+    u32 ifindex = skb->ifindex;
+    struct iface_cfg *cfg = ft_l7_ifaces.lookup(&ifindex);
+    if (!cfg)
+        return FT_TC_ACT_OK;
+    if (direction == FT_DIR_INGRESS) {
+        if (!cfg->count_ingress)
+            return FT_TC_ACT_OK;
+    } else {
+        if (!cfg->count_egress)
+            return FT_TC_ACT_OK;
+        u32 iif = skb->ingress_ifindex;
+        if (iif != 0 && ft_l7_ifaces.lookup(&iif))
+            return FT_TC_ACT_OK;   /* taken where it entered the node */
+    }
+
+    u32 off = 0;
+    u16 proto = skb->protocol;   /* network order */
+    if (cfg->l2_len == 14) {
+        u8 eth[4];
+        if (bpf_skb_load_bytes(skb, 12, eth, 4) != 0)
+            return FT_TC_ACT_OK;
+        u16 ethertype = ((u16)eth[0] << 8) | eth[1];
+        off = 14;
+        if (ethertype == FT_ETH_P_8021Q || ethertype == FT_ETH_P_8021AD) {
+            u8 inner[2];   /* eth[2..3] is the tag's TCI; the inner type follows it */
+            if (bpf_skb_load_bytes(skb, 16, inner, 2) != 0)
+                return FT_TC_ACT_OK;
+            ethertype = ((u16)inner[0] << 8) | inner[1];
+            off = 18;
+        }
+        proto = bpf_htons(ethertype);
+    }
+
+    struct l7_flow_key key;
+    __builtin_memset(&key, 0, sizeof(key));
+    u32 ip_hlen = 0, ip_len = 0;
+    u8 l4proto = 0;
+    if (proto == bpf_htons(FT_ETH_P_IP)) {
+        u8 ip[20];
+        if (bpf_skb_load_bytes(skb, off, ip, 20) != 0) {
+            l7_bump(FT_L7_CTR_TRUNCATED);
+            return FT_TC_ACT_OK;
+        }
+        if (((((u16)ip[6] & 0x1f) << 8) | ip[7]) != 0)
+            return FT_TC_ACT_OK;   /* a later fragment: no L4 header */
+        key.family = 4;
+        ip_hlen = (ip[0] & 0x0f) * 4;
+        ip_len = ((u32)ip[2] << 8) | ip[3];
+        l4proto = ip[9];
+        __builtin_memcpy(key.saddr, ip + 12, 4);
+        __builtin_memcpy(key.daddr, ip + 16, 4);
+    } else if (proto == bpf_htons(FT_ETH_P_IPV6)) {
+        u8 ip6[40];
+        if (bpf_skb_load_bytes(skb, off, ip6, 40) != 0) {
+            l7_bump(FT_L7_CTR_TRUNCATED);
+            return FT_TC_ACT_OK;
+        }
+        key.family = 6;
+        ip_hlen = 40;
+        ip_len = 40 + (((u32)ip6[4] << 8) | ip6[5]);
+        l4proto = ip6[6];   /* extension headers are not walked (as in flows.c) */
+        __builtin_memcpy(key.saddr, ip6 + 8, 16);
+        __builtin_memcpy(key.daddr, ip6 + 24, 16);
+    } else {
+        return FT_TC_ACT_OK;
+    }
+    if (l4proto != 6 && l4proto != 17)
+        return FT_TC_ACT_OK;
+    u32 l4off = off + ip_hlen;
+    u32 l3_end = off + ip_len;   /* frames can be padded: payload ends at the IP length */
+    u32 segs = skb->gso_segs;
+    if (segs > 1 || ip_len == 0)
+        l3_end = skb->len;       /* a GSO super-packet: its IP length is not the wire one */
+
+    if (l4proto == 17) {
+        u8 udp[4];
+        if (bpf_skb_load_bytes(skb, l4off, udp, 4) != 0)
+            return FT_TC_ACT_OK;
+        u16 sport = ((u16)udp[0] << 8) | udp[1], dport = ((u16)udp[2] << 8) | udp[3];
+        if (sport != 53 && dport != 53)
+            return FT_TC_ACT_OK;
+        u32 poff = l4off + 8;
+        if (l3_end <= poff)
+            return FT_TC_ACT_OK;
+        struct l7_event *ev = l7_scratch();
+        if (!ev)
+            return FT_TC_ACT_OK;
+        ev->ts_ns = bpf_ktime_get_ns();
+        ev->kind = FT_L7_DNS_UDP;
+        ev->skaddr = 0; ev->ssl = 0; ev->seq = 0; ev->pid = 0; ev->tcp_flags = 0; ev->from_client = 0;
+        ev->family = key.family;
+        __builtin_memcpy(ev->saddr, key.saddr, 16);
+        __builtin_memcpy(ev->daddr, key.daddr, 16);
+        ev->sport = sport;
+        ev->dport = dport;
+        ev->length = l3_end - poff;
+        l7_copy(skb, ev, poff, l3_end - poff, FT_L7_DNS_CAP);
+        l7_submit(ev);
+        return FT_TC_ACT_OK;
+    }
+
+    u8 th[14];   /* ports, seq, ack, data offset, flags */
+    if (bpf_skb_load_bytes(skb, l4off, th, 14) != 0) {
+        l7_bump(FT_L7_CTR_TRUNCATED);
+        return FT_TC_ACT_OK;
+    }
+    key.sport = ((u16)th[0] << 8) | th[1];
+    key.dport = ((u16)th[2] << 8) | th[3];
+    u32 seq = ((u32)th[4] << 24) | ((u32)th[5] << 16) | ((u32)th[6] << 8) | th[7];
+    u32 doff = (th[12] >> 4) * 4;
+    u8 flags = th[13];
+    u32 poff = l4off + doff;
+    u32 paylen = l3_end > poff ? l3_end - poff : 0;
+    u8 end = flags & (FT_TCP_FIN | FT_TCP_RST);
+    if (paylen == 0 && !end)
+        return FT_TC_ACT_OK;   /* pure ACKs and SYNs: the common case, nothing to look at */
+
+    u8 kind = 0, from_client = 0;
+    u32 limit = 0;
+    int dns = key.sport == 53 || key.dport == 53;
+    struct l7_flow *fl = dns ? 0 : ft_l7_flows.lookup(&key);
+    if (dns) {
+        kind = FT_L7_DNS_TCP;
+        from_client = key.dport == 53;
+        limit = FT_L7_DNS_CAP;
+    } else if (fl) {
+        kind = fl->kind;
+        from_client = fl->from_client;
+        if (kind == FT_L7_TLS_HELLO) {
+            limit = fl->budget;
+            if (end || limit == 0 || paylen >= limit) {
+                ft_l7_flows.delete(&key);   /* the hello is complete with this segment */
+            } else {
+                fl->budget = limit - paylen;
+            }
+            if (end)
+                return FT_TC_ACT_OK;
+        } else {
+            limit = FT_L7_HTTP_CAP;
+            if (flags & FT_TCP_RST) {
+                ft_l7_flows.delete(&key);
+                struct l7_flow_key rev = key;
+                __builtin_memcpy(rev.saddr, key.daddr, 16);
+                __builtin_memcpy(rev.daddr, key.saddr, 16);
+                rev.sport = key.dport;
+                rev.dport = key.sport;
+                ft_l7_flows.delete(&rev);
+            }
+        }
+    } else {
+        if (paylen == 0)
+            return FT_TC_ACT_OK;
+        u8 head[6] = {};
+        if (bpf_skb_load_bytes(skb, poff, head, paylen >= 6 ? 6 : 4) != 0)
+            return FT_TC_ACT_OK;
+        if (paylen >= 6 && head[0] == 0x16 && head[1] == 0x03 && head[5] == 0x01) {
+            kind = FT_L7_TLS_HELLO;
+            from_client = 1;
+            u32 need = 5 + (((u32)head[3] << 8) | head[4]);
+            if (need > FT_L7_DATA_MAX)
+                need = FT_L7_DATA_MAX;
+            limit = need;
+            if (paylen < need) {
+                struct l7_flow nf = {};
+                nf.kind = FT_L7_TLS_HELLO;
+                nf.from_client = 1;
+                nf.budget = need - paylen;
+                if (ft_l7_flows.update(&key, &nf) != 0)
+                    l7_bump(FT_L7_CTR_TRACK_FULL);
+            }
+        } else if (paylen >= 4 && is_method(head)) {
+            kind = FT_L7_HTTP;
+            from_client = 1;
+            limit = FT_L7_HTTP_CAP;
+            struct l7_flow nf = {};
+            nf.kind = FT_L7_HTTP;
+            nf.from_client = 1;
+            struct l7_flow_key rev = key;
+            __builtin_memcpy(rev.saddr, key.daddr, 16);
+            __builtin_memcpy(rev.daddr, key.saddr, 16);
+            rev.sport = key.dport;
+            rev.dport = key.sport;
+            if (ft_l7_flows.update(&key, &nf) != 0)
+                l7_bump(FT_L7_CTR_TRACK_FULL);
+            nf.from_client = 0;
+            if (ft_l7_flows.update(&rev, &nf) != 0)
+                l7_bump(FT_L7_CTR_TRACK_FULL);
+        } else {
+            return FT_TC_ACT_OK;
+        }
+    }
+
+    struct l7_event *ev = l7_scratch();
+    if (!ev)
+        return FT_TC_ACT_OK;
+    ev->ts_ns = bpf_ktime_get_ns();
+    ev->skaddr = 0; ev->ssl = 0; ev->pid = 0;
+    ev->family = key.family;
+    __builtin_memcpy(ev->saddr, key.saddr, 16);
+    __builtin_memcpy(ev->daddr, key.daddr, 16);
+    ev->sport = key.sport;
+    ev->dport = key.dport;
+    ev->seq = seq;
+    ev->tcp_flags = flags;
+    ev->from_client = from_client;
+    ev->length = paylen;
+    ev->cap_len = 0;
+    if (paylen > 0) {
+        ev->kind = kind;
+        l7_copy(skb, ev, poff, paylen, limit);
+        l7_submit(ev);
+    }
+    if (end && kind != FT_L7_TLS_HELLO) {
+        ev->kind = FT_L7_TCP_END;
+        ev->cap_len = 0;
+        ev->length = 0;
+        if (kind == FT_L7_DNS_TCP)
+            ev->from_client = from_client;
+        l7_submit(ev);
+    }
+    return FT_TC_ACT_OK;
+}
+
+int ft_l7_ingress(struct __sk_buff *skb) { return l7_packet(skb, FT_DIR_INGRESS); }
+int ft_l7_egress(struct __sk_buff *skb) { return l7_packet(skb, FT_DIR_EGRESS); }
+
+/* ---- HTTPS plaintext: OpenSSL uprobes ------------------------------------------------- */
+#ifdef FT_HAVE_SSL
+struct ssl_call {
+    u64 ssl;
+    u64 buf;
+    u64 out_len;   /* _ex forms: size_t *written / *readbytes; 0 otherwise */
+    u64 sk;        /* socket seen in sock:sock_*_length during the call */
+};
+struct ssl_key {
+    u64 ssl;
+    u32 tgid;
+    u32 _pad0;
+};
+BPF_HASH(ft_ssl_calls, u64, struct ssl_call, 16384);                         /* thread id -> call */
+BPF_TABLE("lru_hash", struct ssl_key, u64, ft_ssl_socks, FT_SSL_SOCK_ENTRIES);  /* SSL* -> skaddr */
+
+static __always_inline int ssl_enter(struct pt_regs *ctx, int ex) {
+    u64 tid = bpf_get_current_pid_tgid();
+    struct ssl_call call = {};
+    call.ssl = PT_REGS_PARM1(ctx);
+    call.buf = PT_REGS_PARM2(ctx);
+    call.out_len = ex ? PT_REGS_PARM4(ctx) : 0;
+    ft_ssl_calls.update(&tid, &call);
+    return 0;
+}
+
+static __always_inline int ssl_return(struct pt_regs *ctx, u8 kind, int ex) {
+    u64 tid = bpf_get_current_pid_tgid();
+    struct ssl_call *call = ft_ssl_calls.lookup(&tid);
+    if (!call)
+        return 0;
+    struct ssl_call c = *call;
+    ft_ssl_calls.delete(&tid);
+    long ret = PT_REGS_RC(ctx);
+    u64 n = 0;
+    if (ex) {
+        if ((int)ret != 1 || c.out_len == 0)
+            return 0;
+        if (bpf_probe_read_user(&n, sizeof(n), (void *)c.out_len) != 0)
+            return 0;
+    } else {
+        if ((int)ret <= 0)
+            return 0;
+        n = (u32)(int)ret;
+    }
+    if (n == 0)
+        return 0;
+    struct ssl_key sk = {};
+    sk.ssl = c.ssl;
+    sk.tgid = tid >> 32;
+    if (c.sk) {
+        ft_ssl_socks.update(&sk, &c.sk);
+    } else {
+        u64 *known = ft_ssl_socks.lookup(&sk);
+        if (known)
+            c.sk = *known;
+        else
+            l7_bump(FT_L7_CTR_SSL_NO_SOCKET);
+    }
+    struct l7_event *ev = l7_scratch();
+    if (!ev)
+        return 0;
+    ev->ts_ns = bpf_ktime_get_ns();
+    ev->kind = kind;
+    ev->skaddr = c.sk;
+    ev->ssl = c.ssl;
+    ev->pid = tid >> 32;
+    ev->length = n > 0xffffffff ? 0xffffffff : (u32)n;
+    ev->seq = 0;
+    ev->family = 0;
+    ev->sport = 0;
+    ev->dport = 0;
+    ev->tcp_flags = 0;
+    ev->from_client = 0;
+    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+    u32 want = n > FT_L7_SSL_CAP ? FT_L7_SSL_CAP : (u32)n;
+    ev->cap_len = 0;
+    if (want > 0) {
+        asm volatile("" : "+r"(want));
+        want = ((want - 1) & (FT_L7_SSL_CAP - 1)) + 1;
+        if (bpf_probe_read_user(ev->data, want, (void *)c.buf) == 0)
+            ev->cap_len = want;
+    }
+    l7_submit(ev);
+    return 0;
+}
+
+int ft_ssl_write_enter(struct pt_regs *ctx) { return ssl_enter(ctx, 0); }
+int ft_ssl_write_ex_enter(struct pt_regs *ctx) { return ssl_enter(ctx, 1); }
+int ft_ssl_read_enter(struct pt_regs *ctx) { return ssl_enter(ctx, 0); }
+int ft_ssl_read_ex_enter(struct pt_regs *ctx) { return ssl_enter(ctx, 1); }
+int ft_ssl_write_return(struct pt_regs *ctx) { return ssl_return(ctx, FT_L7_SSL_WRITE, 0); }
+int ft_ssl_write_ex_return(struct pt_regs *ctx) { return ssl_return(ctx, FT_L7_SSL_WRITE, 1); }
+int ft_ssl_read_return(struct pt_regs *ctx) { return ssl_return(ctx, FT_L7_SSL_READ, 0); }
+int ft_ssl_read_ex_return(struct pt_regs *ctx) { return ssl_return(ctx, FT_L7_SSL_READ, 1); }
+
+static __always_inline int ssl_socket_io(const void *sk) {
+    u64 tid = bpf_get_current_pid_tgid();
+    struct ssl_call *call = ft_ssl_calls.lookup(&tid);
+    if (call)
+        call->sk = (u64)sk;
+    return 0;
+}
+TRACEPOINT_PROBE(sock, sock_send_length) { return ssl_socket_io(args->sk); }
+TRACEPOINT_PROBE(sock, sock_recv_length) { return ssl_socket_io(args->sk); }
+#endif

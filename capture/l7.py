@@ -1,0 +1,603 @@
+"""The L7 probe: DNS, HTTP/1.x (plain and TLS plaintext) and TLS ClientHellos from bpf/l7.c.
+
+    bpf/l7.c (tcx + OpenSSL uprobes) --ring buffer--> L7Decoder.feed(raw)
+        DNS  -> DnsPairer                      -> dns rows
+        HTTP -> per-flow segment ordering -> HttpConnection -> http rows (one per local side)
+        TLS  -> ClientHelloReader               -> tls rows
+        SSL  -> per (pid, SSL*) stream    -> HttpConnection -> http rows (tls=true)
+
+`L7Decoder` is the pure part: it takes raw event records (bytes laid out as struct l7_event)
+and the connections probe's endpoints (`capture.connections.Conn`), so it is tested with
+synthetic records and no kernel. `L7Probe` loads and attaches the C.
+
+Sides (DESIGN.md): a plain HTTP exchange is seen once on the wire per node (bpf/l7.c takes a
+packet at the first covered interface it meets) and becomes one row per local endpoint of
+its connection: the connections probe says which endpoints of that 4-tuple live on this node
+(a client, a server, or both when both processes are local), with their pid/comm and
+conn_id. An exchange on a connection with no local endpoint known (it started before the
+recording, or it only crosses this node) is counted as `l7.http_no_endpoint` and not written.
+HTTPS plaintext comes from the process itself (uprobes), so each side is observed by its own
+process; the SSL* is tied to its socket (skaddr) by the sock:sock_{send,recv}_length
+tracepoint firing on the same thread inside the SSL call, and the socket to its connection
+row by the connections probe, which follows endpoints by that same skaddr.
+
+Timing: packet events carry bpf_ktime_get_ns() at the capture point (for plain HTTP the
+same instant for the client and the server row); SSL events the time SSL_read/SSL_write
+returned in the process. Rows wait ROW_GRACE_NS before being written so the connection
+events they join (accept, close) have arrived.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import ebpf
+from .decode_http import looks_like_request, looks_like_response
+from .decode_stats import DecodeStats
+from .decode_tls import ClientHelloReader, tls_row
+from .dns_pairing import DnsPairer
+from .http_pairing import HttpConnection, Redaction
+
+# struct l7_event kinds (bpf/events.h)
+DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ = 1, 2, 3, 4, 5, 6, 7
+TCP_FIN, TCP_RST = 0x01, 0x04
+KERNEL_COUNTERS = {0: "l7.ringbuf_full", 1: "l7.flow_map_full", 2: "l7.truncated", 3: "l7.ssl_no_socket"}
+DEFAULT_SSL_LIBS = ("/usr/lib/x86_64-linux-gnu/libssl.so.3",)
+SSL_FUNCS = (  # (symbol, entry program, return program)
+    ("SSL_write", "ft_ssl_write_enter", "ft_ssl_write_return"),
+    ("SSL_write_ex", "ft_ssl_write_ex_enter", "ft_ssl_write_ex_return"),
+    ("SSL_read", "ft_ssl_read_enter", "ft_ssl_read_return"),
+    ("SSL_read_ex", "ft_ssl_read_ex_enter", "ft_ssl_read_ex_return"),
+)
+
+ROW_GRACE_NS = 1_000_000_000  # rows wait this long for their connection's events
+HOLD_NS = 200_000_000  # an out-of-order segment waits this long for the gap before it to fill
+MAX_HELD = 16  # segments held per direction before the gap is declared unseen
+IDLE_NS = 300_000_000_000  # a flow without events for 5 minutes is ended
+ENDPOINT_KEEP_NS = 30_000_000_000  # closed endpoints stay joinable this long
+HELLO_KEEP_NS = 10_000_000_000
+SEQ_MOD = 1 << 32
+
+
+class HeaderDecoder:
+    """struct l7_event's header (everything before data[]) from the C declaration, via bcc's ctypes class."""
+
+    def __init__(self, event_class: type):
+        fmt, pos, names = "<", 0, []
+        for name, ctype in event_class._fields_:
+            if name == "data":
+                break
+            off, size = getattr(event_class, name).offset, ctypes.sizeof(ctype)
+            fmt += f"{off - pos}x" if off > pos else ""
+            if issubclass(ctype, ctypes.Array):
+                fmt += f"{size}s"
+            else:
+                code = {1: "b", 2: "h", 4: "i", 8: "q"}[size]
+                fmt += code if ctype._type_.islower() else code.upper()
+            names.append(name)
+            pos = off + size
+        self.data_offset = event_class.data.offset
+        fmt += f"{self.data_offset - pos}x" if self.data_offset > pos else ""
+        self.struct = struct.Struct(fmt)
+        self.names = names
+        self.index = {n: i for i, n in enumerate(names)}
+
+
+def c_header_class() -> type:
+    """A ctypes twin of struct l7_event for tests without bcc (mirrors bpf/events.h exactly)."""
+
+    class L7Event(ctypes.Structure):
+        _fields_ = [
+            ("ts_ns", ctypes.c_uint64), ("skaddr", ctypes.c_uint64), ("ssl", ctypes.c_uint64),
+            ("length", ctypes.c_uint32), ("seq", ctypes.c_uint32), ("pid", ctypes.c_uint32),
+            ("cap_len", ctypes.c_uint16), ("family", ctypes.c_uint16),
+            ("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16),
+            ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
+            ("kind", ctypes.c_uint8), ("tcp_flags", ctypes.c_uint8), ("from_client", ctypes.c_uint8), ("_pad0", ctypes.c_uint8),
+            ("comm", ctypes.c_char * 16), ("data", ctypes.c_uint8 * 2048),
+        ]
+
+    return L7Event
+
+
+# --- per-direction TCP segment ordering ----------------------------------------------------
+
+
+class _Direction:
+    """Puts one direction's segments in sequence order; drops retransmitted bytes; turns bytes
+    never seen (a lost event, a segment dropped by the ring buffer) into an explicit gap."""
+
+    __slots__ = ("next", "held", "held_since")
+
+    def __init__(self) -> None:
+        self.next: int | None = None
+        self.held: dict[int, tuple[int, bytes, int]] = {}
+        self.held_since = 0
+
+    def push(self, ts: int, seq: int, data: bytes, length: int, out: list) -> None:
+        if self.next is None:
+            self.next = seq
+        delta = (seq - self.next) % SEQ_MOD
+        if delta == 0:
+            out.append((ts, data, length))
+            self.next = (seq + length) % SEQ_MOD
+            if self.held:
+                self._drain(out)
+        elif delta < SEQ_MOD // 2:  # ahead: an earlier segment is missing (reordered or lost)
+            if not self.held:
+                self.held_since = ts
+            self.held[seq] = (ts, data, length)
+            if len(self.held) > MAX_HELD:
+                self.release(out)
+        else:  # behind: a retransmission, maybe partly new
+            back = SEQ_MOD - delta
+            if back < length:
+                out.append((ts, data[back:], length - back))
+                self.next = (seq + length) % SEQ_MOD
+                if self.held:
+                    self._drain(out)
+
+    def _drain(self, out: list) -> None:
+        while self.held:
+            nxt = self.next
+            hit = self.held.pop(nxt, None) if nxt is not None else None
+            if hit is None:
+                # a held segment now behind (overlap) is cut, one still ahead waits
+                behind = [s for s in self.held if (s - nxt) % SEQ_MOD >= SEQ_MOD // 2]
+                if not behind:
+                    return
+                for s in behind:
+                    ts, data, length = self.held.pop(s)
+                    self.push(ts, s, data, length, out)
+                continue
+            ts, data, length = hit
+            out.append((ts, data, length))
+            self.next = (nxt + length) % SEQ_MOD
+
+    def release(self, out: list) -> None:
+        """Give up waiting: the bytes before the first held segment are an unseen gap."""
+        while self.held:
+            first = min(self.held, key=lambda s: (s - self.next) % SEQ_MOD)
+            gap = (first - self.next) % SEQ_MOD
+            ts = self.held[first][0]
+            if gap:
+                out.append((ts, b"", gap))
+            self.next = first
+            self._drain(out)
+
+
+class _TcpFlow:
+    __slots__ = ("key", "http", "dirs", "fins", "last_ts", "dns")
+
+    def __init__(self, key: tuple, http: HttpConnection | None, dns: bool = False) -> None:
+        self.key = key  # (client_ip, client_port, server_ip, server_port)
+        self.http = http
+        self.dirs = (_Direction(), _Direction())  # [0] server->client, [1] client->server
+        self.fins = 0
+        self.last_ts = 0
+        self.dns = dns
+
+
+class _SslStream:
+    __slots__ = ("http", "skaddr", "side", "pid", "comm", "last_ts", "first_ts")
+
+    def __init__(self, skaddr: int, side: str, pid: int, comm: str, http: HttpConnection, ts: int) -> None:
+        self.skaddr, self.side, self.pid, self.comm, self.http = skaddr, side, pid, comm, http
+        self.last_ts = self.first_ts = ts
+
+
+# --- the decoder ---------------------------------------------------------------------------
+
+
+class L7Decoder:
+    """Turns struct l7_event records into dns, http and tls rows (all columns but `node`)."""
+
+    def __init__(self, node: str, offset_ns: int, stats: DecodeStats | None = None, redaction: Redaction | None = None,
+                 event_class: type | None = None, dns_timeout_ns: int | None = None):
+        self.node = node
+        self.offset = offset_ns  # wall = kernel monotonic + offset
+        self.stats = stats if stats is not None else DecodeStats()
+        self.redaction = redaction or Redaction()
+        self.dns = DnsPairer(self.stats) if dns_timeout_ns is None else DnsPairer(self.stats, dns_timeout_ns)
+        self.header = HeaderDecoder(event_class or c_header_class())
+        self.flows: dict[tuple, _TcpFlow] = {}
+        self.hellos: dict[tuple, ClientHelloReader] = {}
+        self.ssl: dict[tuple[int, int], _SslStream] = {}
+        # connection endpoints (capture.connections.Conn) by client-first 4-tuple and by skaddr
+        self.endpoints: dict[tuple, list[Any]] = {}
+        self.by_sk: dict[int, list[Any]] = {}
+        self.pending: collections.deque[tuple[int, str, Any, dict]] = collections.deque()  # (ready_mono, table, join, row)
+        self.rows: dict[str, list[dict]] = {"dns": [], "http": [], "tls": []}
+        self.counters = collections.Counter({"l7.http_no_endpoint": 0, "l7.tls_plaintext_no_connection": 0})
+        self.events = 0
+        self.last_ts = 0
+        self._ips: dict[tuple[int, bytes], str] = {}
+        h = self.header.index
+        self._ix = tuple(h[n] for n in ("ts_ns", "skaddr", "ssl", "length", "seq", "pid", "cap_len", "family",
+                                        "saddr", "daddr", "sport", "dport", "kind", "tcp_flags", "from_client", "comm"))
+
+    # --- endpoints from the connections probe -------------------------------------------
+
+    def add_endpoint(self, conn: Any) -> None:
+        """A TCP endpoint the connections probe follows (call at ESTABLISHED)."""
+        local, remote = (conn.local_ip, conn.local_port), (conn.remote_ip, conn.remote_port)
+        key = (*local, *remote) if conn.role == "client" else (*remote, *local)
+        self.endpoints.setdefault(key, []).append(conn)
+        self.by_sk.setdefault(conn.skaddr, []).append(conn)
+
+    @staticmethod
+    def _alive_at(conns: list[Any], ts: int) -> list[Any]:
+        return [c for c in conns if c.ts_start <= ts and (c.ts_end is None or ts <= c.ts_end)]
+
+    def conn_id(self, c: Any) -> str:
+        return f"{self.node}-c{c.cookie:x}" if c.cookie else f"{self.node}-s{c.skaddr:x}-{c.ts_start:x}"
+
+    @staticmethod
+    def _tuple(c: Any) -> tuple:
+        local, remote = (c.local_ip, c.local_port), (c.remote_ip, c.remote_port)
+        return (*local, *remote) if c.role == "client" else (*remote, *local)
+
+    # --- input ----------------------------------------------------------------------------
+
+    def _ip(self, family: int, raw: bytes) -> str:
+        k = (family, raw)
+        text = self._ips.get(k)
+        if text is None:
+            if len(self._ips) > 100_000:
+                self._ips.clear()
+            text = self._ips[k] = ebpf.ip_text(family, raw)
+        return text
+
+    def feed(self, raw: bytes) -> None:
+        """One ring-buffer record."""
+        self.events += 1
+        f = self.header.struct.unpack_from(raw)
+        i = self._ix
+        ts, kind, cap = f[i[0]], f[i[12]], f[i[6]]
+        if ts > self.last_ts:
+            self.last_ts = ts
+        off = self.header.data_offset
+        data = bytes(raw[off : off + cap])
+        if kind >= SSL_WRITE:
+            comm = f[i[15]].split(b"\0", 1)[0].decode("utf-8", "replace")
+            self._ssl(ts, kind, f[i[1]], f[i[2]], f[i[5]], comm, data, f[i[3]])
+            return
+        family = f[i[7]]
+        src, dst = self._ip(family, f[i[8]]), self._ip(family, f[i[9]])
+        sport, dport = f[i[10]], f[i[11]]
+        wall = ts + self.offset
+        if kind == DNS_UDP:
+            self.rows["dns"] += self.dns.feed_udp(wall, data, src, sport, dst, dport)
+            return
+        if kind == TLS_HELLO:
+            self._hello(ts, (src, sport, dst, dport), data, f[i[3]])
+            return
+        from_client = bool(f[i[14]])
+        key = (src, sport, dst, dport) if from_client else (dst, dport, src, sport)
+        flow = self.flows.get(key)
+        if flow is None:
+            if kind == TCP_END:
+                return
+            if kind == DNS_TCP:
+                flow = _TcpFlow(key, None, dns=True)
+            else:
+                flow = _TcpFlow(key, HttpConnection(self.stats, self.redaction, {
+                    "client_ip": key[0], "client_port": key[1], "server_ip": key[2], "server_port": key[3], "tls": False}))
+            self.flows[key] = flow
+        flow.last_ts = ts
+        if kind == TCP_END:
+            flags = f[i[13]]
+            flow.fins |= 4 if flags & TCP_RST else (2 if from_client else 1)
+            if flow.fins & 4 or flow.fins == 3:
+                self._end_flow(flow, ts)
+            return
+        segs: list = []
+        flow.dirs[from_client].push(wall, f[i[4]], data, f[i[3]], segs)
+        self._segments(flow, from_client, segs, src, sport, dst, dport)
+
+    def _segments(self, flow: _TcpFlow, from_client: bool, segs: list, src: str, sport: int, dst: str, dport: int) -> None:
+        if flow.dns:
+            for wall, data, length in segs:
+                self.rows["dns"] += self.dns.feed_tcp(wall, data, src, sport, dst, dport, length)
+            return
+        http = flow.http
+        assert http is not None
+        for wall, data, length in segs:
+            for row in http.feed(wall, data, from_client, length):
+                self._pend("http", flow.key, row)
+
+    def _end_flow(self, flow: _TcpFlow, ts: int) -> None:
+        self.flows.pop(flow.key, None)
+        for d, dirn in enumerate(flow.dirs):
+            if dirn.held:
+                segs: list = []
+                dirn.release(segs)
+                c, s = flow.key[:2], flow.key[2:]
+                src, dst = (c, s) if d else (s, c)
+                self._segments(flow, bool(d), segs, *src, *dst)
+        if flow.dns:
+            self.dns.close_tcp(*flow.key)
+        else:
+            assert flow.http is not None
+            for row in flow.http.close(ts + self.offset):
+                self._pend("http", flow.key, row)
+
+    def _pend(self, table: str, join: Any, row: dict) -> None:
+        self.pending.append((self.last_ts + ROW_GRACE_NS, table, join, row))
+
+    def _hello(self, ts: int, key: tuple, data: bytes, length: int) -> None:
+        reader = self.hellos.get(key)
+        if reader is None:
+            reader = self.hellos[key] = ClientHelloReader(self.stats)
+        hello = reader.feed(ts + self.offset, data, length)
+        if reader.done:
+            del self.hellos[key]
+        if hello is not None:
+            self._pend("tls", key, tls_row(reader.ts_ns, hello, *key))
+
+    def _ssl(self, ts: int, kind: int, skaddr: int, ssl: int, pid: int, comm: str, data: bytes, length: int) -> None:
+        key = (pid, ssl)
+        st = self.ssl.get(key)
+        if st is not None and skaddr and st.skaddr and skaddr != st.skaddr:  # the SSL* was freed and reused
+            self._end_ssl(key, st, ts)
+            st = None
+        if st is None:
+            side = None
+            conns = self._alive_at(self.by_sk.get(skaddr, []), ts) if skaddr else []
+            if conns:
+                side = conns[-1].role
+            elif looks_like_request(data):
+                side = "client" if kind == SSL_WRITE else "server"
+            elif looks_like_response(data):
+                side = "server" if kind == SSL_WRITE else "client"
+            if side is None:
+                return  # not HTTP/1.x (or the middle of a stream whose start we missed)
+            st = self.ssl[key] = _SslStream(skaddr, side, pid, comm, HttpConnection(self.stats, self.redaction, {
+                "pid": pid, "comm": comm, "side": side, "tls": True}), ts)
+        elif skaddr and not st.skaddr:
+            st.skaddr = skaddr
+        st.last_ts = ts
+        from_client = (kind == SSL_WRITE) == (st.side == "client")
+        for row in st.http.feed(ts + self.offset, data, from_client, length):
+            self._pend("http", st, row)
+
+    def _end_ssl(self, key: tuple, st: _SslStream, ts: int) -> None:
+        self.ssl.pop(key, None)
+        for row in st.http.close(ts + self.offset):
+            self._pend("http", st, row)
+
+    # --- rows ------------------------------------------------------------------------------
+
+    def _expand(self, table: str, join: Any, row: dict) -> None:
+        if table == "tls":
+            mono = row["ts"] - self.offset
+            conns = [c for c in self._alive_at(self.endpoints.get(join, []), mono) if c.role == "client"]
+            if conns:
+                row["pid"], row["comm"] = conns[-1].pid, conns[-1].comm
+            self.rows["tls"].append(row)
+            return
+        mono = row["ts_request"] - self.offset
+        if isinstance(join, _SslStream):
+            conns = self._alive_at(self.by_sk.get(join.skaddr, []), mono) if join.skaddr else []
+            if not conns:
+                self.counters["l7.tls_plaintext_no_connection"] += 1
+                return
+            c = conns[-1]
+            cip, cport, sip, sport = self._tuple(c)
+            row.update(conn_id=self.conn_id(c), client_ip=cip, client_port=cport, server_ip=sip, server_port=sport)
+            self.rows["http"].append(row)
+            return
+        conns = self._alive_at(self.endpoints.get(join, []), mono)
+        if not conns:
+            self.counters["l7.http_no_endpoint"] += 1
+            return
+        for c in conns:
+            out = dict(row)
+            out.update(conn_id=self.conn_id(c), pid=c.pid, comm=c.comm, side=c.role)
+            self.rows["http"].append(out)
+
+    def take_rows(self, now_mono: int | None = None, final: bool = False) -> dict[str, list[dict]]:
+        """Rows ready to be written: everything when final (after the last events were read)."""
+        now = self.last_ts if now_mono is None else max(now_mono, self.last_ts)
+        if final:
+            for flow in list(self.flows.values()):
+                self._end_flow(flow, now)
+            for key, st in list(self.ssl.items()):
+                self._end_ssl(key, st, now)
+            for key, reader in list(self.hellos.items()):
+                hello = reader.finish()
+                if hello is not None:
+                    self._pend("tls", key, tls_row(reader.ts_ns, hello, *key))
+            self.hellos.clear()
+            self.rows["dns"] += self.dns.flush()
+        else:
+            self._housekeeping(now)
+            self.rows["dns"] += self.dns.expire(now + self.offset)
+        while self.pending and (final or self.pending[0][0] <= now):
+            _, table, join, row = self.pending.popleft()
+            self._expand(table, join, row)
+        out, self.rows = self.rows, {"dns": [], "http": [], "tls": []}
+        return out
+
+    def _housekeeping(self, now: int) -> None:
+        for flow in list(self.flows.values()):
+            for d, dirn in enumerate(flow.dirs):
+                if dirn.held and now + self.offset - dirn.held_since > HOLD_NS:
+                    segs: list = []
+                    dirn.release(segs)
+                    c, s = flow.key[:2], flow.key[2:]
+                    src, dst = (c, s) if d else (s, c)
+                    self._segments(flow, bool(d), segs, *src, *dst)
+            if now - flow.last_ts > IDLE_NS:
+                self._end_flow(flow, now)
+        for key, st in list(self.ssl.items()):
+            conns = self.by_sk.get(st.skaddr, []) if st.skaddr else []
+            ended = conns and all(c.ts_end is not None and now - c.ts_end > ROW_GRACE_NS for c in conns)
+            if ended or now - st.last_ts > IDLE_NS:
+                self._end_ssl(key, st, now)
+        for key, reader in list(self.hellos.items()):
+            if reader.ts_ns is not None and now + self.offset - reader.ts_ns > HELLO_KEEP_NS:
+                hello = reader.finish()
+                if hello is not None:
+                    self._pend("tls", key, tls_row(reader.ts_ns, hello, *key))
+                del self.hellos[key]
+        # closed endpoints stop being joinable after ENDPOINT_KEEP_NS
+        for index in (self.endpoints, self.by_sk):
+            for k in [k for k, conns in index.items() if all(c.ts_end is not None and now - c.ts_end > ENDPOINT_KEEP_NS for c in conns)]:
+                del index[k]
+
+    def lost_counters(self) -> dict[str, int]:
+        return {**self.stats.lost_counters(), **self.counters}
+
+
+# --- the probe -----------------------------------------------------------------------------
+
+
+@dataclass
+class L7Probe:
+    """Load bpf/l7.c; attach its TC programs to the planned interfaces and its uprobes to libssl."""
+
+    interfaces: list[str] | None = None
+    ssl_libs: list[str] | None = None  # None: the default libssl if present; [] : no uprobes
+    ringbuf_pages: int = 4096  # 16 MiB
+    flow_entries: int = 65536
+    ssl_sock_entries: int = 65536
+    bpf: Any = None
+    missing: dict[str, str] = field(default_factory=dict)
+    plan: dict[int, Any] = field(default_factory=dict)
+    links: dict[int, list[int]] = field(default_factory=dict)
+    ssl_attached: list[str] = field(default_factory=list)
+    _progs: dict[str, Any] = field(default_factory=dict)
+    _defines: dict[str, Any] = field(default_factory=dict)
+    _libs: list[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        from ..errors import UsageError
+
+        libs = [str(p) for p in DEFAULT_SSL_LIBS if Path(p).exists()] if self.ssl_libs is None else list(self.ssl_libs)
+        for lib in libs:
+            if not Path(lib).is_file():
+                raise UsageError(f"--ssl-lib: {lib} is not a file (give the path of a libssl.so or of a binary linking OpenSSL statically)")
+        have_tp = all(ebpf.tracepoint_exists("sock", e) for e in ("sock_send_length", "sock_recv_length"))
+        if libs and not have_tp:
+            self.missing["tracepoint sock:sock_send_length"] = "HTTPS plaintext (its socket cannot be found)"
+            libs = []
+        if self.ssl_libs is None and not libs and have_tp:
+            self.missing["libssl"] = f"HTTPS plaintext (no {DEFAULT_SSL_LIBS[0]}; point --ssl-lib at the OpenSSL in use)"
+        self._libs = libs
+        self._defines = {"FT_L7_RINGBUF_PAGES": self.ringbuf_pages, "FT_L7_FLOW_ENTRIES": self.flow_entries,
+                         "FT_SSL_SOCK_ENTRIES": self.ssl_sock_entries, "FT_HAVE_SSL": 1 if libs else None}
+
+    def source(self) -> str:
+        if not self._defines:
+            self.check()
+        return ebpf.render_source("l7.c", self._defines)
+
+    def load(self) -> None:
+        bcc = ebpf.import_bcc()
+        self.bpf = ebpf.compile_bpf(self.source())
+        for name in ("ft_l7_ingress", "ft_l7_egress"):
+            self._progs[name] = self.bpf.load_func(name.encode(), bcc.BPF.SCHED_CLS)
+
+    def attach(self) -> list[Any]:
+        """TC on every planned interface not attached yet (same plan as flows), uprobes once."""
+        from .flows import plan_interfaces
+
+        new = [i for i in plan_interfaces(self.interfaces) if i.ifindex not in self.plan]
+        table = self.bpf[b"ft_l7_ifaces"]
+        for i in new:
+            table[ctypes.c_uint(i.ifindex)] = table.Leaf(i.l2_len, int(i.count_ingress), int(i.count_egress), 0)
+            self.plan[i.ifindex] = i
+            if i.attach:
+                try:
+                    self.links[i.ifindex] = [
+                        ebpf.attach_tcx(self._progs["ft_l7_ingress"].fd, i.ifindex, egress=False),
+                        ebpf.attach_tcx(self._progs["ft_l7_egress"].fd, i.ifindex, egress=True),
+                    ]
+                except FileNotFoundError:
+                    continue
+        if self._libs and not self.ssl_attached:
+            self._attach_ssl()
+        return new
+
+    def _attach_ssl(self) -> None:
+        from ..errors import Unsupported
+
+        for lib in self._libs:
+            found = 0
+            for sym, enter, ret in SSL_FUNCS:
+                try:
+                    self.bpf.attach_uprobe(name=lib.encode(), sym=sym.encode(), fn_name=enter.encode())
+                    self.bpf.attach_uretprobe(name=lib.encode(), sym=sym.encode(), fn_name=ret.encode())
+                    found += 1
+                except Exception:
+                    continue  # an old OpenSSL without the _ex forms
+            if not found:
+                raise Unsupported(f"--ssl-lib {lib}: no SSL_write/SSL_read symbol to attach uprobes to (is it OpenSSL, and not stripped?)")
+            self.ssl_attached.append(lib)
+
+    def refresh(self) -> list[Any]:
+        if self.interfaces is not None:
+            return []
+        from .flows import SYS_NET, _read
+
+        present = {int(_read(p / "ifindex", "0")) for p in SYS_NET.iterdir()}
+        for gone in [ix for ix in self.plan if ix not in present]:
+            for fd in self.links.pop(gone, []):
+                os.close(fd)
+            del self.plan[gone]
+            try:
+                del self.bpf[b"ft_l7_ifaces"][ctypes.c_uint(gone)]
+            except KeyError:
+                pass
+        return self.attach()
+
+    def open(self, on_raw: Callable[[bytes], None]) -> type:
+        """Open the ring buffer; returns bcc's ctypes class of struct l7_event (for the decoder)."""
+        table = self.bpf[b"ft_l7_events"]
+        cls = table._event_class if hasattr(table, "_event_class") else None
+
+        def callback(_ctx: Any, data: Any, size: int) -> None:
+            on_raw(ctypes.string_at(data, size))
+
+        table.open_ring_buffer(callback)
+        if cls is None:
+            from bcc import table as bcc_table  # type: ignore[import-not-found]
+
+            cls = bcc_table._get_event_class(table)
+        return cls
+
+    def poll(self, timeout_ms: int) -> None:
+        self.bpf.ring_buffer_poll(timeout_ms)
+
+    def counters(self) -> dict[str, int]:
+        out = {}
+        for k, per_cpu in self.bpf[b"ft_l7_ctr"].items():
+            out[KERNEL_COUNTERS[k.value]] = int(sum(per_cpu))
+        return out
+
+    def programs(self) -> dict[str, int]:
+        return {(name.decode() if isinstance(name, bytes) else name): fn.fd for name, fn in self.bpf.funcs.items()}
+
+    def close(self) -> None:
+        for fds in self.links.values():
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.links.clear()
+        if self.bpf is not None:
+            self.bpf.cleanup()
+            self.bpf = None
+
+
+def monotonic_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)

@@ -428,7 +428,7 @@ def compare(base: "Tape", new: "Tape", by: str = "workload", thresholds: Thresho
                 continue
             if vn - vb >= th.latency_abs_ms and vn >= vb * (1 + th.latency_rel):
                 lo, hi = r[f"{q}_lo_ms_new"], r[f"{q}_hi_ms_base"]
-                ci = f"CI NEW [{r[f'{q}_lo_ms_new']:.1f}, {r[f'{q}_hi_ms_new']:.1f}] vs BASE [{r[f'{q}_lo_ms_base']:.1f}, {hi:.1f}] ms"
+                ci = f"CI NEW {r[f'{q}_lo_ms_new']:.1f}..{r[f'{q}_hi_ms_new']:.1f} vs BASE {r[f'{q}_lo_ms_base']:.1f}..{hi:.1f} ms"
                 if min(sb, sn) < need:
                     add("inconclusive", f"{q}_ms", subject, vb, vn, f"too few samples ({sb} vs {sn}; need {need})")
                 elif lo <= hi:

@@ -128,18 +128,24 @@ def check_cmd(
 
     Example: flowtape check fixtures/synth-baseline.tape --rules fixtures/rules.toml -f markdown
     """
-    from .check import check
+    from .check import FAILING, check
     from .rules import load_rules
 
     rs = load_rules(rules)
     result = check(_open(tape), rs)
     render_check(result, str(tape), str(rules), format, sys.stdout)
-    if result.filter(pl.col("status") != "ok").height:
+    if result.filter(pl.col("status").is_in(FAILING)).height:
         raise typer.Exit(int(Exit.REGRESSION))
 
 
+def _failing(result: pl.DataFrame) -> pl.DataFrame:
+    from .check import FAILING
+
+    return result.filter(pl.col("status").is_in(FAILING))
+
+
 def check_summary(result: pl.DataFrame) -> str:
-    bad = result.filter(pl.col("status") != "ok")
+    bad = _failing(result)
     rules = result["rule"].n_unique()
     if bad.is_empty():
         return f"all {rules} rule{'s' if rules != 1 else ''} hold"
@@ -149,7 +155,7 @@ def check_summary(result: pl.DataFrame) -> str:
 
 def render_check(result: pl.DataFrame, tape: str, rules: str, fmt: Format, out: TextIO) -> None:
     if fmt is Format.json:
-        json.dump({"tape": tape, "rules": rules, "summary": check_summary(result), "violations": result.filter(pl.col("status") != "ok").height,
+        json.dump({"tape": tape, "rules": rules, "summary": check_summary(result), "violations": _failing(result).height,
                    "results": records(result)}, out, indent=1)
         out.write("\n")
         return
@@ -158,7 +164,7 @@ def render_check(result: pl.DataFrame, tape: str, rules: str, fmt: Format, out: 
         return
     df = _rounded(result)
     if fmt is Format.markdown:
-        bad = result.filter(pl.col("status") != "ok")
+        bad = _failing(result)
         mark = "all rules hold" if bad.is_empty() else f"{bad['rule'].n_unique()} rule{'s' if bad['rule'].n_unique() != 1 else ''} violated"
         out.write(f"### flowtape check: {mark}\n\n`{tape}` against `{rules}`\n\n**{check_summary(result)}**\n\n")
         render_frame(df, fmt, out)

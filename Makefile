@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test setup host docs bench clean
+.PHONY: demo test gate setup host docs bench clean
 
 # A virtualenv with flowtape installed editable, plus test tools.
 $(VENV)/.installed: pyproject.toml
@@ -25,9 +25,14 @@ demo: setup
 	$(BIN)/flowtape report traffic $(DEMO) --by zone
 	$(BIN)/flowtape report dns $(DEMO)
 
-# Every test (eBPF tests included when run as root; under CI=true they must not skip).
+# Every test (eBPF tests included when run as root; under CI=true they must not skip), then
+# the regression gate on the fixture tapes.
 test: host
 	$(BIN)/python -m pytest
+	FLOWTAPE=$(BIN)/flowtape bash scripts/regression-gate.sh
+
+gate: setup
+	FLOWTAPE=$(BIN)/flowtape bash scripts/regression-gate.sh
 
 docs: setup
 	$(BIN)/flowtape schema --markdown > docs/schema.md

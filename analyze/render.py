@@ -92,13 +92,14 @@ def render_frame(df: pl.DataFrame, fmt: Format | str, out: TextIO, *, title: str
         out.write("\n")
     else:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         t = Table(title=title, show_lines=False, header_style="bold")
         for name, dtype in zip(df.columns, df.dtypes):
             t.add_column(name, justify="right" if dtype.is_numeric() else "left", overflow="fold")
         for row in shown.iter_rows():
-            t.add_row(*(_cell(v) for v in row))
+            t.add_row(*(escape(_cell(v)) for v in row))  # cells are data, never rich markup
         Console(file=out, width=_width(out), highlight=False, soft_wrap=False).print(t)
     if len(shown) < len(df):
         out.write(f"… {len(df) - len(shown)} more rows (use --format csv or json for all)\n")

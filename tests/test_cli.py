@@ -95,3 +95,8 @@ def test_every_command_has_help_with_an_example_and_is_in_the_readme():
             full = f"{name} {sname}" if sub else name
             assert scmd.help and "Example:" in scmd.help, f"`flowtape {full}` lacks help with an example"
             assert f"flowtape {full}" in readme, f"README does not document `flowtape {full}`"
+
+
+def test_table_cells_are_not_rich_markup(tiny_tape, cli):
+    r = cli("sql", tiny_tape, "select '[bold]x[/bold] [a, b]' as t")
+    assert "[bold]x[/bold] [a, b]" in r.out

@@ -140,6 +140,7 @@ struct conn_event {
 #define FT_L7_TCP_END 5      /* FIN or RST of a followed TCP flow (tcp_flags says which) */
 #define FT_L7_SSL_WRITE 6    /* SSL_write/SSL_write_ex returned: plaintext the process sent */
 #define FT_L7_SSL_READ 7     /* SSL_read/SSL_read_ex returned: plaintext the process received */
+#define FT_L7_SSL_FREE 8     /* SSL_free: the SSL* ends (its stream is over; the pointer may be reused) */
 
 #define FT_L7_DATA_MAX 2048  /* the largest prefix any event carries (TLS); DNS and HTTP: 512 */
 

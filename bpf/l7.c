@@ -424,6 +424,37 @@ int ft_ssl_write_ex_return(struct pt_regs *ctx) { return ssl_return(ctx, FT_L7_S
 int ft_ssl_read_return(struct pt_regs *ctx) { return ssl_return(ctx, FT_L7_SSL_READ, 0); }
 int ft_ssl_read_ex_return(struct pt_regs *ctx) { return ssl_return(ctx, FT_L7_SSL_READ, 1); }
 
+/* SSL_free: forget the SSL*'s socket (the pointer will be reused for another connection) and
+ * tell user space the stream ended. */
+int ft_ssl_free_enter(struct pt_regs *ctx) {
+    u64 tid = bpf_get_current_pid_tgid();
+    struct ssl_key sk = {};
+    sk.ssl = PT_REGS_PARM1(ctx);
+    sk.tgid = tid >> 32;
+    u64 *known = ft_ssl_socks.lookup(&sk);
+    if (!known)
+        return 0;   /* never did HTTP-visible I/O: nothing to end */
+    struct l7_event *ev = l7_scratch();
+    if (!ev)
+        return 0;
+    ev->ts_ns = bpf_ktime_get_ns();
+    ev->kind = FT_L7_SSL_FREE;
+    ev->skaddr = *known;
+    ev->ssl = sk.ssl;
+    ev->pid = sk.tgid;
+    ev->length = 0;
+    ev->cap_len = 0;
+    ev->seq = 0;
+    ev->family = 0;
+    ev->sport = 0;
+    ev->dport = 0;
+    ev->tcp_flags = 0;
+    ev->from_client = 0;
+    ft_ssl_socks.delete(&sk);
+    l7_submit(ev);
+    return 0;
+}
+
 static __always_inline int ssl_socket_io(const void *sk) {
     u64 tid = bpf_get_current_pid_tgid();
     struct ssl_call *call = ft_ssl_calls.lookup(&tid);

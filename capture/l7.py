@@ -46,7 +46,7 @@ from .dns_pairing import DnsPairer
 from .http_pairing import HttpConnection, Redaction
 
 # struct l7_event kinds (bpf/events.h)
-DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ = 1, 2, 3, 4, 5, 6, 7
+DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE = 1, 2, 3, 4, 5, 6, 7, 8
 TCP_FIN, TCP_RST = 0x01, 0x04
 KERNEL_COUNTERS = {0: "l7.ringbuf_full", 1: "l7.flow_map_full", 2: "l7.truncated", 3: "l7.ssl_no_socket"}
 DEFAULT_SSL_LIBS = ("/usr/lib/x86_64-linux-gnu/libssl.so.3",)
@@ -58,6 +58,8 @@ SSL_FUNCS = (  # (symbol, entry program, return program)
 )
 
 ROW_GRACE_NS = 1_000_000_000  # rows wait this long for their connection's events
+ENDPOINT_WAIT_NS = 120_000_000_000  # a row whose connection is still unknown waits at most this long
+LIVE_LOOKUP_NS = 1_000_000_000  # how often open endpoints are read from the kernel while rows wait
 HOLD_NS = 200_000_000  # an out-of-order segment waits this long for the gap before it to fill
 MAX_HELD = 16  # segments held per direction before the gap is declared unseen
 IDLE_NS = 300_000_000_000  # a flow without events for 5 minutes is ended
@@ -173,6 +175,30 @@ class _Direction:
             self._drain(out)
 
 
+@dataclass(eq=False)
+class Endpoint:
+    """A local TCP endpoint (the attributes of capture.connections.Conn that L7 rows need)."""
+
+    skaddr: int
+    role: str
+    ts_start: int
+    local_ip: str
+    local_port: int
+    remote_ip: str
+    remote_port: int
+    pid: int | None = None
+    comm: str | None = None
+    cookie: int = 0
+    ts_end: int | None = None
+
+    @classmethod
+    def from_event(cls, ev: dict[str, Any]) -> "Endpoint":
+        """From an ESTABLISHED event dict (ConnectionProbe.open_endpoints)."""
+        return cls(ev["skaddr"], "client" if ev["flags"] & 1 else "server", ev["ts_start_ns"], ev["saddr"], ev["sport"],
+                   ev["daddr"], ev["dport"], ev["pid"] if ev.get("in_task") else None, ev["comm"] if ev.get("in_task") else None,
+                   ev.get("cookie") or 0)
+
+
 class _TcpFlow:
     __slots__ = ("key", "http", "dirs", "fins", "last_ts", "dns")
 
@@ -214,6 +240,12 @@ class L7Decoder:
         self.endpoints: dict[tuple, list[Any]] = {}
         self.by_sk: dict[int, list[Any]] = {}
         self.pending: collections.deque[tuple[int, str, Any, dict]] = collections.deque()  # (ready_mono, table, join, row)
+        self.waiting: list[tuple[int, str, Any, dict]] = []  # rows whose connection is not known yet
+        self.known: dict[tuple[int, int], Any] = {}  # (skaddr, ts_start) -> endpoint registered
+        # Endpoints still open, from the kernel (ConnectionProbe.open_endpoints: ESTABLISHED-like
+        # event dicts), for rows that wait on a connection the probe has not reported yet.
+        self.live_source: Callable[[], list[dict[str, Any]]] | None = None
+        self._live_read_at = 0
         self.rows: dict[str, list[dict]] = {"dns": [], "http": [], "tls": []}
         self.counters = collections.Counter({"l7.http_no_endpoint": 0, "l7.tls_plaintext_no_connection": 0})
         self.events = 0
@@ -226,11 +258,28 @@ class L7Decoder:
     # --- endpoints from the connections probe -------------------------------------------
 
     def add_endpoint(self, conn: Any) -> None:
-        """A TCP endpoint the connections probe follows (call at ESTABLISHED)."""
-        local, remote = (conn.local_ip, conn.local_port), (conn.remote_ip, conn.remote_port)
-        key = (*local, *remote) if conn.role == "client" else (*remote, *local)
-        self.endpoints.setdefault(key, []).append(conn)
-        self.by_sk.setdefault(conn.skaddr, []).append(conn)
+        """A TCP endpoint the connections probe reports (a Conn or an Endpoint; at ESTABLISHED or
+        CLOSE, whichever the probe sends). The same endpoint reported again replaces the first."""
+        ident = (conn.skaddr, conn.ts_start)
+        old = self.known.get(ident)
+        if old is conn:
+            return
+        self.known[ident] = conn
+        key = self._tuple(conn)
+        for index, k in ((self.endpoints, key), (self.by_sk, conn.skaddr)):
+            lst = index.setdefault(k, [])
+            if old is not None and old in lst:
+                lst[lst.index(old)] = conn
+            else:
+                lst.append(conn)
+
+    def _read_live(self, now: int) -> None:
+        if self.live_source is None or now - self._live_read_at < LIVE_LOOKUP_NS:
+            return
+        self._live_read_at = now
+        for ev in self.live_source():
+            if (ev["skaddr"], ev["ts_start_ns"]) not in self.known:
+                self.add_endpoint(Endpoint.from_event(ev))
 
     @staticmethod
     def _alive_at(conns: list[Any], ts: int) -> list[Any]:
@@ -265,6 +314,11 @@ class L7Decoder:
             self.last_ts = ts
         off = self.header.data_offset
         data = bytes(raw[off : off + cap])
+        if kind == SSL_FREE:
+            st = self.ssl.get((f[i[5]], f[i[2]]))
+            if st is not None:
+                self._end_ssl((f[i[5]], f[i[2]]), st, ts)
+            return
         if kind >= SSL_WRITE:
             comm = f[i[15]].split(b"\0", 1)[0].decode("utf-8", "replace")
             self._ssl(ts, kind, f[i[1]], f[i[2]], f[i[5]], comm, data, f[i[3]])
@@ -375,33 +429,42 @@ class L7Decoder:
 
     # --- rows ------------------------------------------------------------------------------
 
-    def _expand(self, table: str, join: Any, row: dict) -> None:
+    def _expand(self, table: str, join: Any, row: dict, give_up: bool) -> bool:
+        """Write `row` joined to its connection's endpoints; False when they are not known yet
+        (unless give_up: then it is counted as lost)."""
         if table == "tls":
             mono = row["ts"] - self.offset
             conns = [c for c in self._alive_at(self.endpoints.get(join, []), mono) if c.role == "client"]
             if conns:
                 row["pid"], row["comm"] = conns[-1].pid, conns[-1].comm
+            elif not give_up:
+                return False  # the client may be local and not reported yet
             self.rows["tls"].append(row)
-            return
+            return True
         mono = row["ts_request"] - self.offset
         if isinstance(join, _SslStream):
             conns = self._alive_at(self.by_sk.get(join.skaddr, []), mono) if join.skaddr else []
             if not conns:
-                self.counters["l7.tls_plaintext_no_connection"] += 1
-                return
+                if give_up or not join.skaddr:  # no socket seen: nothing to wait for
+                    self.counters["l7.tls_plaintext_no_connection"] += 1
+                    return True
+                return False
             c = conns[-1]
             cip, cport, sip, sport = self._tuple(c)
             row.update(conn_id=self.conn_id(c), client_ip=cip, client_port=cport, server_ip=sip, server_port=sport)
             self.rows["http"].append(row)
-            return
+            return True
         conns = self._alive_at(self.endpoints.get(join, []), mono)
         if not conns:
-            self.counters["l7.http_no_endpoint"] += 1
-            return
+            if give_up:
+                self.counters["l7.http_no_endpoint"] += 1
+                return True
+            return False
         for c in conns:
             out = dict(row)
             out.update(conn_id=self.conn_id(c), pid=c.pid, comm=c.comm, side=c.role)
             self.rows["http"].append(out)
+        return True
 
     def take_rows(self, now_mono: int | None = None, final: bool = False) -> dict[str, list[dict]]:
         """Rows ready to be written: everything when final (after the last events were read)."""
@@ -420,9 +483,24 @@ class L7Decoder:
         else:
             self._housekeeping(now)
             self.rows["dns"] += self.dns.expire(now + self.offset)
+        if final and self.live_source is not None:
+            self._live_read_at = 0
+            self._read_live(now)
+        elif self.waiting or (self.pending and self.pending[0][0] <= now):
+            self._read_live(now)
+        # A row waits for its endpoints until the kernel's open endpoints were read after it
+        # became ready (then an endpoint still unknown is not local, or started before recording).
+        live_read = self._live_read_at
+        sure = final or self.live_source is None
+        still = []
+        for item in self.waiting:
+            if not self._expand(item[1], item[2], item[3], sure or live_read >= item[0] or now - item[0] > ENDPOINT_WAIT_NS):
+                still.append(item)
+        self.waiting = still
         while self.pending and (final or self.pending[0][0] <= now):
-            _, table, join, row = self.pending.popleft()
-            self._expand(table, join, row)
+            item = self.pending.popleft()
+            if not self._expand(item[1], item[2], item[3], sure or live_read >= item[0]):
+                self.waiting.append(item)
         out, self.rows = self.rows, {"dns": [], "http": [], "tls": []}
         return out
 
@@ -539,6 +617,10 @@ class L7Probe:
                     found += 1
                 except Exception:
                     continue  # an old OpenSSL without the _ex forms
+            try:
+                self.bpf.attach_uprobe(name=lib.encode(), sym=b"SSL_free", fn_name=b"ft_ssl_free_enter")
+            except Exception:
+                pass  # without it streams end when their connection does
             if not found:
                 raise Unsupported(f"--ssl-lib {lib}: no SSL_write/SSL_read symbol to attach uprobes to (is it OpenSSL, and not stripped?)")
             self.ssl_attached.append(lib)

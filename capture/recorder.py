@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from ..errors import DiskFull, FlowtapeError, Unsupported, UsageError
 from ..writer import TapeWriter, clock_sample
 from . import ebpf
-from .connections import ESTABLISHED, EV_STATE, CgroupResolver, ConnectionProbe, ConnectionTracker
+from .connections import CLOSE, ESTABLISHED, EV_STATE, CgroupResolver, ConnectionProbe, ConnectionTracker
 from .flows import FlowProbe
 from .http_pairing import Redaction
 from .l7 import L7Decoder, L7Probe
@@ -182,6 +182,8 @@ class Recorder:
             event_class = probe.open(self._on_l7_event)
             self.l7 = probe
             self.l7dec = L7Decoder(w.node, self._offset, redaction=redaction, event_class=event_class)
+            # endpoints still open, read from the kernel when rows wait for them (where the probe offers it)
+            self.l7dec.live_source = getattr(self.conns, "open_endpoints", None)
             for what, effect in probe.missing.items():
                 self._warn(f"{what} is not available on this host: {effect} will be missing from the tape")
             if self.conns is None:
@@ -209,9 +211,14 @@ class Recorder:
         self.events += 1
         assert self.tracker is not None
         self.tracker.feed(ev)
-        if self.l7dec is not None and ev["kind"] == EV_STATE and ev["newstate"] == ESTABLISHED:
-            c = self.tracker.live.get(ev["skaddr"])
-            if c is not None:
+        if self.l7dec is not None and ev["kind"] == EV_STATE and ev["newstate"] in (ESTABLISHED, CLOSE):
+            # L7 rows join the tracker's endpoint (its owner may be filled in later, by accept)
+            sk = ev["skaddr"]
+            c = self.tracker.live.get(sk)
+            if c is None and self.tracker.closing:
+                last = next(reversed(self.tracker.closing.values()))
+                c = last if last.skaddr == sk else None
+            if c is not None and c.local_port:
                 self.l7dec.add_endpoint(c)
 
     def _on_l7_event(self, raw: bytes) -> None:

@@ -71,6 +71,9 @@ def register(app: typer.Typer) -> None:
             sys.stdout.write(render_sources(opts))
             return
         if not no_k8s:
+            from . import ebpf
+
+            ebpf.check_privileges()  # the first thing to fix; reading ~/.kube/config may need it too
             opts.kube = discover_kube_config(kubeconfig, context, in_cluster)  # KubeError: one line, before any tape
             opts.kube_explicit = bool(kubeconfig or context or in_cluster)
         summary = Recorder(opts).run()

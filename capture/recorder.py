@@ -186,7 +186,7 @@ class Recorder:
             self.l7dec.live_source = getattr(self.conns, "open_endpoints", None)
             for what, effect in probe.missing.items():
                 self._warn(f"{what} is not available on this host: {effect} will be missing from the tape")
-            if self.conns is None:
+            if "connections" not in self.opts.probes:
                 self._warn("http rows need the connections probe (their side, process and conn_id): without it exchanges are counted as l7.http_no_endpoint, not written")
             w.set_probe("l7", {
                 "program": "bpf/l7.c (tcx ingress+egress, OpenSSL uprobes, sock:sock_{send,recv}_length)",

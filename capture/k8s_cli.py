@@ -13,22 +13,10 @@ from typing import Annotated, Optional
 
 import typer
 
+from flowtape.durations import parse_seconds
 from flowtape.errors import UsageError
 
 from .k8s import ContextOpt, InClusterOpt, KubeconfigOpt
-
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)?$")
-
-
-def parse_duration(text: str | None) -> float | None:
-    """'90', '90s', '5m', '1h', '250ms' -> seconds (None: until interrupted)."""
-    if text is None:
-        return None
-    m = _DURATION.match(text.strip())
-    if not m:
-        raise UsageError(f"--duration {text!r}: use a number with s, m, h or ms (e.g. 30s, 5m)")
-    return float(m.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
-
 
 def record(output: Path, duration: float | None, kubeconfig: Path | None, context: str | None, in_cluster: bool,
            node: str | None, stop: threading.Event | None = None) -> dict:
@@ -80,7 +68,7 @@ def register(app: typer.Typer) -> None:
 
         Example: flowtape k8s record -o state.tape --duration 10m --context prod
         """
-        summary = record(output, parse_duration(duration), kubeconfig, context, in_cluster, node)
+        summary = record(output, parse_seconds(duration), kubeconfig, context, in_cluster, node)
         res = summary["resources"]
         events = sum(r["events"] for r in res.values())
         breaks = sum(r["reconnects"] + r["relists_410"] for r in res.values())

@@ -8,20 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..durations import parse_seconds
 from ..errors import UsageError
 from .k8s import ContextOpt, InClusterOpt, KubeconfigOpt, NoK8sOpt
-
-
-def _duration(text: str | None) -> float | None:
-    """'90', '90s', '5m', '1h' -> seconds."""
-    if text is None:
-        return None
-    units = {"s": 1, "m": 60, "h": 3600}
-    t = text.strip().lower()
-    try:
-        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        raise UsageError(f"--duration: {text!r} is not a duration (e.g. 30, 90s, 5m, 1h)") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -62,7 +51,7 @@ def register(app: typer.Typer) -> None:
             interfaces=[i.strip() for i in interfaces.split(",") if i.strip()] if interfaces else None,
             flow_interval=flow_interval,
             rotate=rotate,
-            duration=_duration(duration),
+            duration=parse_seconds(duration),
             ssl_libs=libs,
             no_redact=no_redact,
             header_allow_list=[h.strip() for h in header_allow_list.split(",") if h.strip()] if header_allow_list is not None else None,

@@ -52,7 +52,7 @@ def test_cli_writes_tape_truth_and_params_in_the_manifest(tmp_path, capsys):
     [
         (["--services", "0"], "--services must be at least 4"),
         (["--nodes", "2"], "--nodes must be between --zones"),
-        (["--duration", "soon"], "--duration: cannot read 'soon'"),
+        (["--duration", "soon"], "--duration 'soon': not a duration"),
         (["--incident", "meteor"], "unknown incident 'meteor'"),
         (["--incident", "latency:target=api->nowhere"], "no edge 'api->nowhere'"),
         (["--incident", "errors:rate=2"], "rate must be in (0, 1]"),

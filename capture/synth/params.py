@@ -6,10 +6,10 @@ CLI and the Python API reject bad input the same way.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from flowtape.durations import parse_duration  # noqa: F401  (part of synth's API)
 from flowtape.errors import UsageError
 
 SLICE_NS = 5_000_000_000
@@ -19,16 +19,7 @@ SLICE_NS = 5_000_000_000
 # whole hours derived from the seed so that tapes of different seeds do not overlap by accident.
 EPOCH_NS = 1_709_280_000 * 1_000_000_000
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNITS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000, None: 1_000_000_000}
-
-
-def parse_duration(text: str, flag: str = "--duration") -> int:
-    """'10m', '90s', '1.5h', '250ms' or a bare number of seconds -> nanoseconds."""
-    m = _DURATION_RE.match(str(text))
-    if not m:
-        raise UsageError(f"{flag}: cannot read {text!r} as a duration (examples: 90s, 10m, 1h)")
-    return int(round(float(m.group(1)) * _UNITS[m.group(2)]))
+_UNITS = {"h": 3_600_000_000_000}
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,25 @@
 """Recorder overhead: wrk against nginx across namespaces, with and without `flowtape record`.
 
 One run measures, side by side on the same lab:
-  - requests/s with the recorder / without it (baseline = mean of a run before and after),
-    for keep-alive traffic and for one connection per request;
-  - lost events (ring buffer full, flow inserts failed) at the highest rate reached;
-  - recorder CPU time (user+sys of the recorder process) per 1k requests;
-  - in-kernel time per program run (kernel.bpf_stats_enabled=1: run_time_ns / run_cnt).
+  - requests/s with the recorder / without it, for keep-alive traffic and for one connection
+    per request. The machine is noisy, so each workload runs --reps pairs (without, with), the
+    order alternating from pair to pair; the ratio of each pair is recorded and the median
+    ratio is reported with its spread (min..max over the pairs);
+  - lost events (ring buffer full, flow inserts failed), summed over every recorded run;
+  - recorder CPU time (user+sys of the recorder process, steady state) per 1k requests;
+  - in-kernel time per program run (kernel.bpf_stats_enabled=1: run_time_ns / run_cnt, summed
+    over the recorded runs).
 
-Run as root:  .venv/bin/python benchmarks/bench_record.py [--seconds 5] [--json out.json]
+The server's namespace keeps no TIME_WAIT sockets (net.ipv4.tcp_max_tw_buckets=0): with one
+client address cycling through its ~28k ports at ~10k connections/s, SYNs otherwise keep
+landing on the server's TIME_WAIT sockets and the rate collapses to ~500/s for seconds at a
+time, with or without the recorder (it made single runs differ 20x).
+
+--tree DIR records with the flowtape of another source tree (a `git worktree` or export of
+the repo), so that two versions are measured in one run, or a version is measured while the
+working tree changes: e.g. --tree /tmp/ft-head --tree . compares HEAD with the working tree.
+
+Run as root:  .venv/bin/python benchmarks/bench_record.py [--seconds 5] [--reps 5] [--json out.json]
 """
 
 from __future__ import annotations
@@ -16,7 +28,9 @@ import argparse
 import json
 import os
 import re
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +42,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 from netlab import Lab, start_nginx  # noqa: E402
 
 FLOWTAPE = str(Path(sys.executable).with_name("flowtape"))
+PACKAGE_DIRS = {"flowtape": "flowtape", "flowtape/capture": "capture", "flowtape/analyze": "analyze", "flowtape/bpf": "bpf"}
+WORKLOADS = {"keepalive": False, "conn_per_request": True}
 
 
 def wrk(host, url: str, seconds: int, close: bool) -> dict:
@@ -47,13 +63,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def recorded(lab, host, url, seconds, close, workdir: Path, tag: str) -> dict:
+def snapshot(tree: Path, into: Path) -> list[str]:
+    """Copy a source tree's package folders (as pyproject maps them) and return the recorder's argv."""
+    for dest, src in PACKAGE_DIRS.items():
+        shutil.copytree(tree / src, into / dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(into)!r}); from flowtape.cli import run; sys.argv[0] = 'flowtape'; sys.exit(run())"]
+
+
+def recorded(lab, host, url, seconds, close, workdir: Path, tag: str, extra: list[str], cmd: list[str]) -> dict:
     tape = workdir / f"bench-{tag}.tape"
-    rec = subprocess.Popen([FLOWTAPE, "record", "-o", str(tape), "--interfaces", lab.bridge, "--flow-interval", "1"],
+    rec = subprocess.Popen([*cmd, "record", "-o", str(tape), "--interfaces", lab.bridge, "--flow-interval", "1", *extra],
                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     while "recording to" not in (line := rec.stderr.readline()):
         if not line:
             raise SystemExit(f"recorder did not start: {rec.stderr.read()}")
+    time.sleep(0.5)  # past start-up (first status line, first drain scheduling)
     cpu0 = cpu_seconds(rec.pid)
     result = wrk(host, url, seconds, close)
     time.sleep(1.5)  # let the recorder catch up with what wrk caused
@@ -63,19 +87,70 @@ def recorded(lab, host, url, seconds, close, workdir: Path, tag: str) -> dict:
     rec.wait()
     m = json.loads((tape / "manifest.json").read_text())
     lost = {k: v for counters in m["lost"].values() for k, v in counters.items()}
-    progs = m["extra"].get("bpf_programs", {})
     result.update(
         cpu_s=cpu1 - cpu0,  # steady state: compiling the programs at start is not counted
         lost=lost,
-        programs={n: {"runs": p["run_cnt"], "ns_per_run": round(p["run_time_ns"] / p["run_cnt"], 1) if p["run_cnt"] else None} for n, p in progs.items()},
+        programs={n: (p["run_cnt"], p["run_time_ns"]) for n, p in m["extra"].get("bpf_programs", {}).items()},
         rows={n: t.get("rows", 0) for n, t in m["tables"].items()},
     )
+    subprocess.run(["rm", "-rf", str(tape)])
     return result
+
+
+def spread(values: list[float], fmt: str = "{:.3f}") -> str:
+    return f"median {fmt.format(statistics.median(values))}  (min {fmt.format(min(values))}, max {fmt.format(max(values))}, n={len(values)})"
+
+
+def run_workload(lab, cli, url: str, name: str, close: bool, args, workdir: Path, trees: dict[str, list[str]]) -> dict[str, dict]:
+    """--reps rounds; in each round one (without, with) pair per tree, the order alternating."""
+    wrk(cli, url, 1, close)  # warm-up
+    pairs: dict[str, list] = {label: [] for label in trees}
+    extra = ["--probes", args.probes, *args.record_arg]
+    for rep in range(args.reps):
+        for label, cmd in trees.items():
+            base = rec = None
+            for recorder_on in ((False, True) if rep % 2 == 0 else (True, False)):
+                if recorder_on:
+                    rec = recorded(lab, cli, url, args.seconds, close, workdir, f"{name}-{rep}", extra, cmd)
+                else:
+                    base = wrk(cli, url, args.seconds, close)
+            pairs[label].append((base, rec))
+            print(f"   {label}{':' if label else ''}{name} pair {rep + 1}/{args.reps}: baseline {base['rps']:.0f}  recorded {rec['rps']:.0f}"
+                  f"  ratio {rec['rps'] / base['rps']:.3f}  cpu {1e6 * rec['cpu_s'] / rec['requests']:.2f} ms/1k", file=sys.stderr, flush=True)
+    return {label: summarize(p) for label, p in pairs.items()}
+
+
+def summarize(pairs: list) -> dict:
+    progs: dict[str, list[int]] = {}
+    for _, rec in pairs:
+        for n, (cnt, ns) in rec["programs"].items():
+            acc = progs.setdefault(n, [0, 0])
+            acc[0] += cnt
+            acc[1] += ns
+    lost: dict[str, int] = {}
+    for _, rec in pairs:
+        for k, v in rec["lost"].items():
+            lost[k] = lost.get(k, 0) + v
+    return {
+        "baseline_rps": [b["rps"] for b, _ in pairs],
+        "recorded_rps": [r["rps"] for _, r in pairs],
+        "ratio": [r["rps"] / b["rps"] for b, r in pairs],
+        "cpu_ms_per_1k_requests": [1e6 * r["cpu_s"] / r["requests"] for _, r in pairs],
+        "requests_recorded": [r["requests"] for _, r in pairs],
+        "lost": lost, "lost_total": sum(lost.values()),
+        "rows": [r["rows"] for _, r in pairs],
+        "programs": {n: {"runs": c, "ns_per_run": round(ns / c, 1) if c else None} for n, (c, ns) in progs.items()},
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=5, help="length of each wrk run")
+    ap.add_argument("--reps", type=int, default=5, help="(without, with) pairs per workload, order alternating")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ", ".join(WORKLOADS))
+    ap.add_argument("--probes", default="flows,connections", help="probes recorded (default: the L3/L4 recorder)")
+    ap.add_argument("--record-arg", action="append", default=[], help="extra argument for flowtape record (repeatable)")
+    ap.add_argument("--tree", action="append", type=Path, default=[], help="source tree to record with (repeatable: trees alternate within each pair round); default: the installed flowtape")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -92,21 +167,14 @@ def main() -> int:
             www.mkdir()
             (www / "f100").write_bytes(b"b" * 100)
             srv, cli = lab.add_host("srv"), lab.add_host("cli")
+            srv.run(["sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"])  # see the docstring
             master, _ = start_nginx(srv, www)
             url = f"http://{srv.ip}/f100"
+            trees = {str(t): snapshot(t.resolve(), workdir / f"tree{i}") for i, t in enumerate(args.tree)} or {"": [FLOWTAPE]}
             try:
-                for name, close in (("keepalive", False), ("conn_per_request", True)):
-                    wrk(cli, url, 1, close)  # warm-up
-                    before = wrk(cli, url, args.seconds, close)
-                    rec = recorded(lab, cli, url, args.seconds, close, workdir, name)
-                    after = wrk(cli, url, args.seconds, close)
-                    base = (before["rps"] + after["rps"]) / 2
-                    results[name] = {
-                        "baseline_rps": round(base, 1), "recorded_rps": rec["rps"], "ratio": round(rec["rps"] / base, 4),
-                        "requests_recorded": rec["requests"], "lost": rec["lost"], "lost_total": sum(rec["lost"].values()),
-                        "recorder_cpu_ms_per_1k_requests": round(1000 * rec["cpu_s"] / (rec["requests"] / 1000), 2),
-                        "rows": rec["rows"], "programs": rec["programs"],
-                    }
+                for name in args.workloads.split(","):
+                    for label, r in run_workload(lab, cli, url, name, WORKLOADS[name], args, workdir, trees).items():
+                        results[f"{label}:{name}" if label else name] = r
             finally:
                 master.terminate()
                 master.wait()
@@ -114,10 +182,12 @@ def main() -> int:
         stats_path.write_text(stats_before)
 
     for name, r in results.items():
-        print(f"== {name}: wrk -t2 -c32 -d{args.seconds}s against nginx across namespaces")
-        print(f"   requests/s  baseline {r['baseline_rps']:.0f}  recorded {r['recorded_rps']:.0f}  ratio {r['ratio']:.3f} (target >= 0.97)")
-        print(f"   lost events {r['lost_total']} (target 0)  {r['lost']}")
-        print(f"   recorder CPU {r['recorder_cpu_ms_per_1k_requests']} ms per 1k requests;  rows {r['rows']}")
+        print(f"== {name}: wrk -t2 -c32 -d{args.seconds}s against nginx across namespaces, {args.reps} pairs (order alternating), probes {args.probes}")
+        print(f"   ratio        {spread(r['ratio'])}  (target >= 0.97)")
+        print(f"   baseline     {spread(r['baseline_rps'], '{:.0f}')} req/s")
+        print(f"   recorded     {spread(r['recorded_rps'], '{:.0f}')} req/s")
+        print(f"   lost events  {r['lost_total']} over all recorded runs (target 0)  {r['lost']}")
+        print(f"   recorder CPU {spread(r['cpu_ms_per_1k_requests'], '{:.2f}')} ms per 1k requests;  rows (last run) {r['rows'][-1]}")
         for prog, p in sorted(r["programs"].items()):
             if p["runs"]:
                 print(f"   {prog:<45} {p['runs']:>10} runs  {p['ns_per_run']:>8} ns/run")

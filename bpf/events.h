@@ -66,7 +66,7 @@ struct iface_cfg {
     u8 l2_len;             /* link header length: 14 for Ethernet, 0 for L3 devices */
     u8 count_ingress;      /* 0 for loopback (every lo ingress was an lo egress) and bridges */
     u8 count_egress;       /* 0 for bridges (their ports see the same frames) */
-    u8 _pad0;
+    u8 covered;            /* 1 (an entry of ft_ifaces_arr that is 0 is an interface not covered) */
 };
 
 #define FT_FLOW_CTR_INSERT_FAILED 0   /* flow map full: packets not counted */

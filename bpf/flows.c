@@ -1,11 +1,14 @@
 /* Per-flow packet and byte counters for flowtape's `flows` table (TC, tcx links).
  *
- * Stable ABI only: struct __sk_buff fields and packet bytes read with bpf_skb_load_bytes.
+ * Stable ABI only: struct __sk_buff fields and packet bytes (direct packet access through
+ * skb->data/data_end; bpf_skb_load_bytes only for headers outside the linear part).
  *
- * Aggregation happens here; user space drains the counters every interval. Two flow maps
- * alternate behind a one-slot map-of-maps: user space points the slot at the other map (the
- * kernel waits for running programs before that update returns), then reads and clears the
- * idle one, so no packet is lost or counted in two intervals.
+ * Aggregation happens here; user space drains the counters every interval. The flow maps are
+ * per-CPU hashes (no atomics, no shared cache lines: user space sums the CPUs at drain), one
+ * with a 32-byte key for IPv4 and one with the 60-byte struct flow_key for IPv6. Each exists
+ * twice and the two alternate behind a one-slot map-of-maps: user space points the slot at
+ * the other map (the kernel waits for running programs before that update returns), then
+ * reads and clears the idle one, so no packet is lost or counted in two intervals.
  *
  * Counting once per node: a packet that crosses several interfaces (pod veth, bridge, NIC)
  * is counted at the first covered interface it meets.
@@ -23,21 +26,79 @@
 #define FT_ETH_P_8021AD 0x88A8
 #define FT_TC_ACT_OK 0
 
-BPF_HASH(ft_flows_a, struct flow_key, struct flow_val, FT_FLOW_ENTRIES);
-BPF_HASH(ft_flows_b, struct flow_key, struct flow_val, FT_FLOW_ENTRIES);
-BPF_ARRAY_OF_MAPS(ft_flow_active, "ft_flows_a", 1);
+BPF_PERCPU_HASH(ft_flows4_a, struct flow_key4, struct flow_val, FT_FLOW_ENTRIES);
+BPF_PERCPU_HASH(ft_flows4_b, struct flow_key4, struct flow_val, FT_FLOW_ENTRIES);
+BPF_PERCPU_HASH(ft_flows6_a, struct flow_key, struct flow_val, FT_FLOW6_ENTRIES);
+BPF_PERCPU_HASH(ft_flows6_b, struct flow_key, struct flow_val, FT_FLOW6_ENTRIES);
+BPF_ARRAY_OF_MAPS(ft_flow_active4, "ft_flows4_a", 1);
+BPF_ARRAY_OF_MAPS(ft_flow_active6, "ft_flows6_a", 1);
+/* Covered interfaces: an array indexed by ifindex (a lookup the verifier inlines) for ifindex
+ * < FT_IFACE_ARRAY, the hash for the others. */
+BPF_ARRAY(ft_ifaces_arr, struct iface_cfg, FT_IFACE_ARRAY);
 BPF_HASH(ft_ifaces, u32, struct iface_cfg, 4096);
 BPF_PERCPU_ARRAY(ft_flow_ctr, u64, FT_FLOW_CTR_N);
 
-static __always_inline void bump(u32 which) {
+static __always_inline int bump(u32 which) {
     u64 *c = ft_flow_ctr.lookup(&which);
     if (c)
         *c += 1;   /* per-CPU: no other writer */
+    return FT_TC_ACT_OK;
+}
+
+/* Copy n header bytes at off: straight from the linear part (direct packet access) when they
+ * are there, which is nearly always; else with bpf_skb_load_bytes (no change to the skb: a
+ * bpf_skb_pull_data would un-clone TCP's clones and copy heads of sendfile'd packets). */
+static __always_inline int hdr(struct __sk_buff *skb, u32 off, void *to, u32 n) {
+    u8 *data = (u8 *)(long)skb->data;
+    u8 *end = (u8 *)(long)skb->data_end;
+    if (off > 0xff)
+        return -1;   /* headers are within the first 255 bytes; bounds the offset for the verifier */
+    u8 *p = data + off;
+    if (p + n <= end) {
+        __builtin_memcpy(to, p, n);
+        return 0;
+    }
+    return bpf_skb_load_bytes(skb, off, to, n);
+}
+
+/* Add one packet to this CPU's copy of the flow's counters (insert the flow if new). */
+static __always_inline int add(void *flows, void *key, u64 packets, u64 bytes, u16 tcp_flags) {
+    u64 now = bpf_ktime_get_ns();
+    struct flow_val *v = bpf_map_lookup_elem(flows, key);
+    if (!v) {
+        struct flow_val init = {};
+        init.packets = packets;
+        init.bytes = bytes;
+        init.first_ns = now;
+        init.last_ns = now;
+        init.tcp_flags = tcp_flags;
+        /* From a program, a per-CPU insert sets this CPU's copy and zeroes the others. */
+        if (bpf_map_update_elem(flows, key, &init, BPF_NOEXIST) == 0)
+            return FT_TC_ACT_OK;
+        v = bpf_map_lookup_elem(flows, key);   /* another CPU inserted it meanwhile */
+        if (!v)
+            return bump(FT_FLOW_CTR_INSERT_FAILED);
+    }
+    if (v->first_ns == 0)
+        v->first_ns = now;   /* first packet of this flow on this CPU */
+    v->packets += packets;   /* per-CPU copy: no other writer */
+    v->bytes += bytes;
+    v->last_ns = now;
+    v->tcp_flags |= tcp_flags;
+    return FT_TC_ACT_OK;
+}
+
+static __always_inline struct iface_cfg *iface(u32 ifindex) {
+    if (ifindex < FT_IFACE_ARRAY) {
+        struct iface_cfg *cfg = ft_ifaces_arr.lookup(&ifindex);
+        return cfg && cfg->covered ? cfg : 0;
+    }
+    return ft_ifaces.lookup(&ifindex);
 }
 
 static __always_inline int count_packet(struct __sk_buff *skb, u8 direction) {
     u32 ifindex = skb->ifindex;
-    struct iface_cfg *cfg = ft_ifaces.lookup(&ifindex);
+    struct iface_cfg *cfg = iface(ifindex);
     if (!cfg)
         return FT_TC_ACT_OK;
     if (direction == FT_DIR_INGRESS) {
@@ -47,90 +108,74 @@ static __always_inline int count_packet(struct __sk_buff *skb, u8 direction) {
         if (!cfg->count_egress)
             return FT_TC_ACT_OK;
         u32 iif = skb->ingress_ifindex;
-        if (iif != 0 && ft_ifaces.lookup(&iif))
+        if (iif != 0 && iface(iif))
             return FT_TC_ACT_OK;   /* counted where it entered the node */
     }
-
-    struct flow_key key;
-    __builtin_memset(&key, 0, sizeof(key));
-    key.ifindex = ifindex;
-    key.direction = direction;
+    u32 l2_len = cfg->l2_len;
+    u32 len = skb->len;
 
     u32 off = 0;
     u16 proto = skb->protocol;   /* network order */
-    if (cfg->l2_len == 14) {
-        u8 eth[14];
-        if (bpf_skb_load_bytes(skb, 0, eth, 14) != 0) {
-            bump(FT_FLOW_CTR_TRUNCATED);
-            return FT_TC_ACT_OK;
-        }
-        __builtin_memcpy(key.dst_mac, eth, 6);
-        __builtin_memcpy(key.src_mac, eth + 6, 6);
-        u16 ethertype = ((u16)eth[12] << 8) | eth[13];
+    struct flow_key4 k4 = {};
+    struct flow_key k6 = {};
+    u8 eth[14] = {};
+    if (l2_len == 14) {
+        if (hdr(skb, 0, eth, 14) != 0)
+            return bump(FT_FLOW_CTR_TRUNCATED);
+        proto = *(u16 *)(eth + 12);
         off = 14;
-        if (ethertype == FT_ETH_P_8021Q || ethertype == FT_ETH_P_8021AD) {
+        if (proto == bpf_htons(FT_ETH_P_8021Q) || proto == bpf_htons(FT_ETH_P_8021AD)) {
             u8 tag[4];
-            if (bpf_skb_load_bytes(skb, 14, tag, 4) != 0) {
-                bump(FT_FLOW_CTR_TRUNCATED);
-                return FT_TC_ACT_OK;
-            }
-            ethertype = ((u16)tag[2] << 8) | tag[3];
+            if (hdr(skb, 14, tag, 4) != 0)
+                return bump(FT_FLOW_CTR_TRUNCATED);
+            proto = *(u16 *)(tag + 2);
             off = 18;
         }
-        proto = bpf_htons(ethertype);
     }
 
-    u32 ip_hlen = 0, ip_len = 0;
-    u8 l4proto = 0, first_fragment = 1;
+    u32 ip_hlen, ip_len;
+    u8 l4proto;
+    int first_fragment = 1, v4 = 0;
     if (proto == bpf_htons(FT_ETH_P_IP)) {
         u8 ip[20];
-        if (bpf_skb_load_bytes(skb, off, ip, 20) != 0) {
-            bump(FT_FLOW_CTR_TRUNCATED);
-            return FT_TC_ACT_OK;
-        }
-        key.family = 4;
+        if (hdr(skb, off, ip, 20) != 0)
+            return bump(FT_FLOW_CTR_TRUNCATED);
+        v4 = 1;
         ip_hlen = (ip[0] & 0x0f) * 4;
         ip_len = ((u32)ip[2] << 8) | ip[3];
-        first_fragment = ((((u16)ip[6] & 0x1f) << 8) | ip[7]) == 0;
+        first_fragment = (((u32)(ip[6] & 0x1f) << 8) | ip[7]) == 0;
         l4proto = ip[9];
-        __builtin_memcpy(key.src_ip, ip + 12, 4);
-        __builtin_memcpy(key.dst_ip, ip + 16, 4);
+        __builtin_memcpy(k4.src_ip, ip + 12, 4);
+        __builtin_memcpy(k4.dst_ip, ip + 16, 4);
     } else if (proto == bpf_htons(FT_ETH_P_IPV6)) {
         u8 ip6[40];
-        if (bpf_skb_load_bytes(skb, off, ip6, 40) != 0) {
-            bump(FT_FLOW_CTR_TRUNCATED);
-            return FT_TC_ACT_OK;
-        }
-        key.family = 6;
+        if (hdr(skb, off, ip6, 40) != 0)
+            return bump(FT_FLOW_CTR_TRUNCATED);
         ip_hlen = 40;
         ip_len = 40 + (((u32)ip6[4] << 8) | ip6[5]);
         l4proto = ip6[6];   /* extension headers are not walked: such packets keep no ports */
-        __builtin_memcpy(key.src_ip, ip6 + 8, 16);
-        __builtin_memcpy(key.dst_ip, ip6 + 24, 16);
+        __builtin_memcpy(k6.src_ip, ip6 + 8, 16);
+        __builtin_memcpy(k6.dst_ip, ip6 + 24, 16);
     } else {
-        bump(FT_FLOW_CTR_NOT_IP);
-        return FT_TC_ACT_OK;
+        return bump(FT_FLOW_CTR_NOT_IP);
     }
-    key.ip_proto = l4proto;
 
+    u16 src_port = 0, dst_port = 0, tcp_flags = 0;
     u32 l4_hlen = 0;
-    u16 tcp_flags = 0;
     u32 l4off = off + ip_hlen;
     if (first_fragment && (l4proto == 6 || l4proto == 17 || l4proto == 132)) {
-        u8 ports[4];
-        if (bpf_skb_load_bytes(skb, l4off, ports, 4) == 0) {
-            key.src_port = ((u16)ports[0] << 8) | ports[1];
-            key.dst_port = ((u16)ports[2] << 8) | ports[3];
+        u8 l4[14];
+        if (l4proto == 6 && hdr(skb, l4off, l4, 14) == 0) {
+            l4_hlen = (l4[12] >> 4) * 4;
+            tcp_flags = l4[13];
+            src_port = ((u16)l4[0] << 8) | l4[1];
+            dst_port = ((u16)l4[2] << 8) | l4[3];
+        } else if (hdr(skb, l4off, l4, 4) == 0) {
+            src_port = ((u16)l4[0] << 8) | l4[1];
+            dst_port = ((u16)l4[2] << 8) | l4[3];
         }
-        if (l4proto == 6) {
-            u8 t[2];   /* data offset, flags */
-            if (bpf_skb_load_bytes(skb, l4off + 12, t, 2) == 0) {
-                l4_hlen = (t[0] >> 4) * 4;
-                tcp_flags = t[1];
-            }
-        } else if (l4proto == 17) {
+        if (l4proto == 17)
             l4_hlen = 8;
-        }
     }
 
     /* A GSO super-packet leaves the host as gso_segs packets, each with its own headers. */
@@ -138,34 +183,35 @@ static __always_inline int count_packet(struct __sk_buff *skb, u8 direction) {
     u32 segs = skb->gso_segs;
     if (segs > 1) {
         packets = segs;
-        bytes = (u64)(skb->len - off) + (u64)(segs - 1) * (ip_hlen + l4_hlen);
+        bytes = (u64)(len - off) + (u64)(segs - 1) * (ip_hlen + l4_hlen);
     }
 
     u32 zero = 0;
-    void *flows = ft_flow_active.lookup(&zero);
+    if (v4) {
+        k4.ifindex = ifindex;
+        k4.direction = direction;
+        k4.ip_proto = l4proto;
+        k4.src_port = src_port;
+        k4.dst_port = dst_port;
+        __builtin_memcpy(k4.dst_mac, eth, 6);
+        __builtin_memcpy(k4.src_mac, eth + 6, 6);
+        void *flows = ft_flow_active4.lookup(&zero);
+        if (!flows)
+            return FT_TC_ACT_OK;
+        return add(flows, &k4, packets, bytes, tcp_flags);
+    }
+    k6.ifindex = ifindex;
+    k6.direction = direction;
+    k6.family = 6;
+    k6.ip_proto = l4proto;
+    k6.src_port = src_port;
+    k6.dst_port = dst_port;
+    __builtin_memcpy(k6.dst_mac, eth, 6);
+    __builtin_memcpy(k6.src_mac, eth + 6, 6);
+    void *flows = ft_flow_active6.lookup(&zero);
     if (!flows)
         return FT_TC_ACT_OK;
-    u64 now = bpf_ktime_get_ns();
-    struct flow_val *v = bpf_map_lookup_elem(flows, &key);
-    if (!v) {
-        struct flow_val init;
-        __builtin_memset(&init, 0, sizeof(init));
-        init.first_ns = now;
-        init.last_ns = now;
-        bpf_map_update_elem(flows, &key, &init, BPF_NOEXIST);   /* lost race: fine, exists */
-        v = bpf_map_lookup_elem(flows, &key);
-        if (!v) {
-            bump(FT_FLOW_CTR_INSERT_FAILED);
-            return FT_TC_ACT_OK;
-        }
-    }
-    __sync_fetch_and_add(&v->packets, packets);
-    __sync_fetch_and_add(&v->bytes, bytes);
-    if (now > v->last_ns)
-        v->last_ns = now;
-    if ((v->tcp_flags & tcp_flags) != tcp_flags)
-        v->tcp_flags |= tcp_flags;   /* may race with another CPU: see docs/recorder.md */
-    return FT_TC_ACT_OK;
+    return add(flows, &k6, packets, bytes, tcp_flags);
 }
 
 int ft_tc_ingress(struct __sk_buff *skb) { return count_packet(skb, FT_DIR_INGRESS); }

@@ -7,10 +7,16 @@ rows. `flow_rows` is a pure function so the decoding is tested without a kernel.
 from __future__ import annotations
 
 import ctypes
+import errno
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import UsageError
 from . import ebpf
@@ -78,34 +84,145 @@ def plan_interfaces(requested: Iterable[str] | None, sys_net: Path = SYS_NET) ->
 
 
 def flow_rows(items: Iterable[tuple[Any, Any]], ifnames: dict[int, str], to_wall: Callable[[int], int]) -> dict[str, list]:
-    """Columns of `flows` rows from drained (flow_key, flow_val) pairs (bcc ctypes or look-alikes)."""
-    cols: dict[str, list] = {k: [] for k in (
-        "ts_start", "ts_end", "iface", "ifindex", "direction", "src_mac", "dst_mac", "src_ip", "dst_ip",
-        "src_port", "dst_port", "l4", "ip_proto", "packets", "bytes", "tcp_flags")}
-    for k, v in items:
-        if not v.packets:
+    """Columns (as lists) of `flows` rows from (flow key, flow_val) pairs: bcc ctypes or look-alikes
+    with the fields of struct flow_key4/flow_key (family 4 when absent) and one CPU's flow_val.
+
+    The same decoding as the recorder's drain (`flow_columns`), for tests and tools.
+    """
+    parts = []
+    items = list(items)
+    for family, width in ((4, 4), (6, 16)):
+        sel = [(k, v) for k, v in items if getattr(k, "family", 4) == family]
+        kd = np.dtype([("ifindex", "<u4"), ("direction", "u1"), ("ip_proto", "u1"), ("src_port", "<u2"), ("dst_port", "<u2"),
+                       ("src_mac", "u1", (6,)), ("dst_mac", "u1", (6,)), ("src_ip", "u1", (width,)), ("dst_ip", "u1", (width,))])
+        vd = np.dtype([("packets", "<u8"), ("bytes", "<u8"), ("first_ns", "<u8"), ("last_ns", "<u8"), ("tcp_flags", "<u2")])
+        keys, vals = np.zeros(len(sel), kd), np.zeros((len(sel), 1), vd)
+        for i, (k, v) in enumerate(sel):
+            keys[i] = (k.ifindex, k.direction, k.ip_proto, k.src_port, k.dst_port, list(bytes(k.src_mac)[:6]), list(bytes(k.dst_mac)[:6]),
+                       list(bytes(k.src_ip)[:width]), list(bytes(k.dst_ip)[:width]))
+            vals[i, 0] = (v.packets, v.bytes, v.first_ns, v.last_ns, v.tcp_flags)
+        parts.append((keys, vals, family))
+    cols = flow_columns(parts, ifnames, int(to_wall(0)))
+    return {n: c if isinstance(c, list) else c.to_pylist() for n, c in cols.items()}
+
+
+# --- vectorised drain -------------------------------------------------------------------------
+
+
+def _as_bytes(field: np.ndarray, width: int) -> np.ndarray:
+    """An (n, width) uint8 field as n opaque `width`-byte values (sortable, uniquable)."""
+    return np.ascontiguousarray(field).view(f"V{width}").reshape(-1)
+
+
+def _decoded(values: np.ndarray, convert: Callable[[Any], Any], type_: pa.DataType) -> pa.Array:
+    """Arrow array of convert(v) for each value, converting each distinct value once."""
+    if len(values) == 0:
+        return pa.array([], type_)
+    uniq, inv = np.unique(values, return_inverse=True)
+    dictionary = pa.array([convert(u) for u in uniq], type_)
+    return pa.DictionaryArray.from_arrays(pa.array(inv.reshape(-1).astype(np.int32)), dictionary).dictionary_decode()
+
+
+def _ip4_text(raw: Any) -> str:
+    return str(ipaddress.IPv4Address(bytes(raw)))
+
+
+def _ip6_text(raw: Any) -> str:
+    return str(ipaddress.IPv6Address(bytes(raw)))
+
+
+def flow_columns(parts: list[tuple[np.ndarray, np.ndarray, int]], ifnames: dict[int, str], offset_ns: int) -> dict[str, pa.Array]:
+    """Columns of `flows` rows from drained per-CPU maps, without a Python loop over the rows.
+
+    `parts` holds (keys, values, family) per map: keys a structured array of struct flow_key4
+    (family 4) or struct flow_key (family 6), values a structured (n, cpus) array of struct
+    flow_val. Each CPU's copy is summed here: packets and bytes added, tcp_flags ORed, the
+    earliest first_ns and the latest last_ns of the CPUs that saw packets.
+    """
+    tables = []
+    for keys, vals, family in parts:
+        packets_cpu = vals["packets"]
+        packets = packets_cpu.sum(axis=1, dtype=np.uint64)
+        keep = packets > 0
+        if not keep.any():
             continue
-        family = k.family
-        proto = k.ip_proto
-        l2 = bytes(k.src_mac) != bytes(6) or bytes(k.dst_mac) != bytes(6)
-        has_ports = proto in PORTED and (k.src_port or k.dst_port)
-        cols["ts_start"].append(to_wall(v.first_ns))
-        cols["ts_end"].append(to_wall(max(v.last_ns, v.first_ns)))
-        cols["iface"].append(ifnames.get(k.ifindex))
-        cols["ifindex"].append(k.ifindex)
-        cols["direction"].append(DIRECTIONS.get(k.direction))
-        cols["src_mac"].append(ebpf.mac_text(k.src_mac) if l2 else None)
-        cols["dst_mac"].append(ebpf.mac_text(k.dst_mac) if l2 else None)
-        cols["src_ip"].append(ebpf.ip_text(family, bytes(k.src_ip)))
-        cols["dst_ip"].append(ebpf.ip_text(family, bytes(k.dst_ip)))
-        cols["src_port"].append(k.src_port if has_ports else None)
-        cols["dst_port"].append(k.dst_port if has_ports else None)
-        cols["l4"].append(L4_NAMES.get(proto, f"ip{proto}"))
-        cols["ip_proto"].append(proto)
-        cols["packets"].append(v.packets)
-        cols["bytes"].append(v.bytes)
-        cols["tcp_flags"].append(v.tcp_flags if proto == 6 else None)
-    return cols
+        keys, vals, packets_cpu, packets = keys[keep], vals[keep], packets_cpu[keep], packets[keep]
+        seen = packets_cpu > 0
+        first = np.where(seen, vals["first_ns"], np.iinfo(np.uint64).max).min(axis=1)
+        last = np.maximum(np.where(seen, vals["last_ns"], 0).max(axis=1), first)
+        flags = np.bitwise_or.reduce(vals["tcp_flags"], axis=1)
+        proto = keys["ip_proto"]
+        sport, dport = keys["src_port"], keys["dst_port"]
+        no_ports = ~np.isin(proto, list(PORTED)) | ((sport == 0) & (dport == 0))
+        src_mac, dst_mac = keys["src_mac"], keys["dst_mac"]
+        no_l2 = ~(src_mac.any(axis=1) | dst_mac.any(axis=1))
+        width, text = (4, _ip4_text) if family == 4 else (16, _ip6_text)
+        mac = lambda raw: ebpf.mac_text(bytes(raw))  # noqa: E731
+        ifindex = keys["ifindex"]
+        tables.append({
+            "ts_start": pa.array(first.astype(np.int64) + offset_ns, pa.int64()),
+            "ts_end": pa.array(last.astype(np.int64) + offset_ns, pa.int64()),
+            "iface": _decoded(ifindex, lambda ix: ifnames.get(int(ix)), pa.string()),
+            "ifindex": pa.array(ifindex, pa.uint32()),
+            "direction": _decoded(keys["direction"], lambda d: DIRECTIONS.get(int(d)), pa.string()),
+            "src_mac": pc.if_else(pa.array(no_l2), None, _decoded(_as_bytes(src_mac, 6), mac, pa.string())),
+            "dst_mac": pc.if_else(pa.array(no_l2), None, _decoded(_as_bytes(dst_mac, 6), mac, pa.string())),
+            "src_ip": _decoded(_as_bytes(keys["src_ip"], width), text, pa.string()),
+            "dst_ip": _decoded(_as_bytes(keys["dst_ip"], width), text, pa.string()),
+            "src_port": pa.array(sport, pa.uint16(), mask=no_ports),
+            "dst_port": pa.array(dport, pa.uint16(), mask=no_ports),
+            "l4": _decoded(proto, lambda p: L4_NAMES.get(int(p), f"ip{int(p)}"), pa.string()),
+            "ip_proto": pa.array(proto, pa.uint8()),
+            "packets": pa.array(packets, pa.uint64()),
+            "bytes": pa.array(vals["bytes"].sum(axis=1, dtype=np.uint64), pa.uint64()),
+            "tcp_flags": pa.array(flags, pa.uint16(), mask=proto != 6),
+        })
+    names = ("ts_start", "ts_end", "iface", "ifindex", "direction", "src_mac", "dst_mac", "src_ip", "dst_ip",
+             "src_port", "dst_port", "l4", "ip_proto", "packets", "bytes", "tcp_flags")
+    if not tables:
+        return {n: [] for n in names}
+    if len(tables) == 1:
+        return tables[0]
+    return {n: pa.concat_arrays([t[n] for t in tables]) for n in names}
+
+
+class _BatchDrain:
+    """BPF_MAP_LOOKUP_AND_DELETE_BATCH of a whole per-CPU hash into reused buffers, as numpy."""
+
+    def __init__(self, table: Any):
+        from bcc.libbcc import lib  # type: ignore[import-not-found]
+
+        self.lib = lib
+        self.max_entries = table.max_entries
+        self.key_dtype = np.dtype(table.Key)
+        leaf = getattr(table, "sLeaf", table.Leaf)
+        self.val_dtype = np.dtype(leaf)
+        self.cpus = getattr(table, "total_cpu", 1)
+        # the kernel hands per-CPU values as round_up(value_size, 8) bytes per possible CPU
+        self.val_stride = (self.val_dtype.itemsize + 7) // 8 * 8
+        if self.val_stride != self.val_dtype.itemsize:
+            self.val_dtype = np.dtype({"names": self.val_dtype.names, "formats": [self.val_dtype.fields[n][0] for n in self.val_dtype.names],
+                                       "offsets": [self.val_dtype.fields[n][1] for n in self.val_dtype.names], "itemsize": self.val_stride})
+        self.keys = ctypes.create_string_buffer(self.key_dtype.itemsize * self.max_entries)
+        self.vals = ctypes.create_string_buffer(self.val_stride * self.cpus * self.max_entries)
+
+    def __call__(self, fd: int) -> tuple[np.ndarray, np.ndarray]:
+        ks, vs = self.key_dtype.itemsize, self.val_stride * self.cpus
+        batch, count = ctypes.c_uint32(0), ctypes.c_uint32(0)
+        total = 0
+        while total < self.max_entries:
+            count.value = self.max_entries - total
+            res = self.lib.bpf_lookup_and_delete_batch(fd, ctypes.byref(batch) if total else None, ctypes.byref(batch),
+                                                        ctypes.byref(self.keys, ks * total), ctypes.byref(self.vals, vs * total), ctypes.byref(count))
+            err = ctypes.get_errno()
+            total += count.value
+            if res != 0:
+                if err == errno.ENOENT:
+                    break
+                raise OSError(err, f"BPF_MAP_LOOKUP_AND_DELETE_BATCH: {os.strerror(err)}")
+        keys = np.frombuffer(self.keys, self.key_dtype, count=total).copy()
+        vals = np.frombuffer(self.vals, self.val_dtype, count=total * self.cpus).reshape(total, self.cpus).copy()
+        return keys, vals
 
 
 @dataclass
@@ -113,29 +230,33 @@ class FlowProbe:
     """Load bpf/flows.c, attach it to the planned interfaces, drain it every interval."""
 
     interfaces: list[str] | None = None
-    map_entries: int = 65536
+    map_entries: int = 65536  # IPv4 flow directions per interval
+    map_entries6: int = 16384  # IPv6 flow directions per interval
+    iface_array: int = 16384  # interfaces with a smaller ifindex are looked up in an array
     bpf: Any = None
     plan: dict[int, Iface] = field(default_factory=dict)
     links: dict[int, list[int]] = field(default_factory=dict)
     _active_b: bool = False
     _progs: dict[str, Any] = field(default_factory=dict)
+    _drains: dict[str, _BatchDrain] = field(default_factory=dict)
 
     def source(self) -> str:
-        return ebpf.render_source("flows.c", {"FT_FLOW_ENTRIES": self.map_entries})
+        return ebpf.render_source("flows.c", {"FT_FLOW_ENTRIES": self.map_entries, "FT_FLOW6_ENTRIES": self.map_entries6, "FT_IFACE_ARRAY": self.iface_array})
 
     def load(self) -> None:
         self.bpf = ebpf.compile_bpf(self.source())
         bcc = ebpf.import_bcc()
         for name in ("ft_tc_ingress", "ft_tc_egress"):
             self._progs[name] = self.bpf.load_func(name.encode(), bcc.BPF.SCHED_CLS)
-        self.bpf[b"ft_flow_active"][ctypes.c_int(0)] = ctypes.c_int(self.bpf[b"ft_flows_a"].get_fd())
+        for fam in ("4", "6"):
+            self.bpf[f"ft_flow_active{fam}".encode()][ctypes.c_int(0)] = ctypes.c_int(self.bpf[f"ft_flows{fam}_a".encode()].get_fd())
 
     def attach(self) -> list[Iface]:
         """Attach to every planned interface not attached yet; returns those newly covered."""
         new = [i for i in plan_interfaces(self.interfaces) if i.ifindex not in self.plan]
-        table = self.bpf[b"ft_ifaces"]
         for i in new:
-            table[ctypes.c_uint(i.ifindex)] = table.Leaf(i.l2_len, int(i.count_ingress), int(i.count_egress), 0)
+            table = self.bpf[b"ft_ifaces_arr" if i.ifindex < self.iface_array else b"ft_ifaces"]
+            table[ctypes.c_uint(i.ifindex)] = table.Leaf(i.l2_len, int(i.count_ingress), int(i.count_egress), 1)
             self.plan[i.ifindex] = i
             if i.attach:
                 try:
@@ -155,24 +276,41 @@ class FlowProbe:
         for gone in [ix for ix in self.plan if ix not in present]:
             for fd in self.links.pop(gone, []):
                 os.close(fd)
-            del self.bpf[b"ft_ifaces"][ctypes.c_uint(gone)]
+            table = self.bpf[b"ft_ifaces_arr" if gone < self.iface_array else b"ft_ifaces"]
+            if gone < self.iface_array:
+                table[ctypes.c_uint(gone)] = table.Leaf(0, 0, 0, 0)
+            else:
+                del table[ctypes.c_uint(gone)]
         return self.attach()
 
-    def drain(self, to_wall: Callable[[int], int]) -> dict[str, list]:
-        """Switch the kernel to the other flow map, then read and clear the idle one."""
-        idle_name = "ft_flows_b" if self._active_b else "ft_flows_a"
-        next_name = "ft_flows_a" if self._active_b else "ft_flows_b"
+    def drain(self, to_wall: Callable[[int], int]) -> dict[str, Any]:
+        """Switch the kernel to the other flow maps, then read and clear the idle ones.
+
+        `to_wall` converts bpf_ktime_get_ns() to wall-clock ns by adding an offset.
+        """
+        idle, nxt = ("b", "a") if self._active_b else ("a", "b")
         # An update of a map-of-maps returns only after running programs finished (RCU).
-        self.bpf[b"ft_flow_active"][ctypes.c_int(0)] = ctypes.c_int(self.bpf[next_name.encode()].get_fd())
+        for fam in ("4", "6"):
+            self.bpf[f"ft_flow_active{fam}".encode()][ctypes.c_int(0)] = ctypes.c_int(self.bpf[f"ft_flows{fam}_{nxt}".encode()].get_fd())
         self._active_b = not self._active_b
-        idle = self.bpf[idle_name.encode()]
-        try:
-            items = list(idle.items_lookup_and_delete_batch())
-        except Exception:  # kernels or bcc without batch ops
-            items = list(idle.items())
-            idle.clear()
+        parts = []
+        for fam in ("4", "6"):
+            name = f"ft_flows{fam}_{idle}"
+            table = self.bpf[name.encode()]
+            try:
+                drain = self._drains.get(name)
+                if drain is None:
+                    drain = self._drains[name] = _BatchDrain(table)
+                keys, vals = drain(table.get_fd())
+            except (OSError, ImportError, AttributeError):  # kernels or bcc without batch ops
+                items = list(table.items())
+                table.clear()
+                drain = self._drains.get(name) or _BatchDrain(table)
+                keys = np.frombuffer(b"".join(bytes(k) for k, _ in items), drain.key_dtype)
+                vals = np.frombuffer(b"".join(bytes(v) for _, v in items), drain.val_dtype).reshape(len(items), drain.cpus)
+            parts.append((keys, vals, int(fam)))
         names = {ix: i.name for ix, i in self.plan.items()}
-        return flow_rows(items, names, to_wall)
+        return flow_columns(parts, names, int(to_wall(0)))
 
     def counters(self) -> dict[str, int]:
         out = {}

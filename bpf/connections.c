@@ -9,14 +9,17 @@
  *                                 per-CPU slot.
  *  sock:inet_sock_set_state      runs right after that callback, on the same CPU, in the same
  *                                 call (tcp_set_state); it takes the slot when the 4-tuple and
- *                                 states match. It follows each endpoint in a map and sends two
- *                                 events per endpoint: ESTABLISHED and CLOSE. At
- *                                 CLOSE->SYN_SENT it runs inside connect(): pid/comm/cgroup of
- *                                 the client are the caller's.
- *  syscalls:sys_*_accept[4]      the server's owner: the process that accept()s, with the
- *                                 peer address it was given (read from its own buffer).
- *  sock:sock_{send,recv}_length  fallback owner for server sockets accepted without a peer
- *                                 address: the first process that reads or writes them.
+ *                                 states match. It follows each endpoint in a map (ft_socks) and
+ *                                 sends one event per endpoint, at CLOSE, with everything its row
+ *                                 needs. At CLOSE->SYN_SENT it runs inside connect(): pid/comm/
+ *                                 cgroup of the client are the caller's. Endpoints still open at
+ *                                 the end are read from ft_socks by user space.
+ *  syscalls:sys_*_accept[4]      the server's owner: the process that accept()s, found by the
+ *                                 peer address it was given (read from its own buffer) in
+ *                                 ft_peers, and written into ft_socks (no event).
+ *  sock:sock_{send,recv}_length  opt-in (FT_OWNER_FALLBACK) fallback owner for server sockets
+ *                                 accepted without a peer address: the first process that reads
+ *                                 or writes them. Off by default: it runs on every send and recv.
  *  sock:inet_sk_error_report     why a connect failed (ECONNREFUSED, ETIMEDOUT, ...).
  *
  * Optional parts are compiled only when user space found their tracepoint (FT_HAVE_*).
@@ -57,13 +60,6 @@ static __always_inline void emit(struct conn_event *ev) {
         if (lost)
             *lost += 1;   /* per-CPU: no other writer */
     }
-}
-
-static __always_inline void fill_task(struct conn_event *ev) {
-    ev->pid = bpf_get_current_pid_tgid() >> 32;
-    ev->cgroup_id = bpf_get_current_cgroup_id();
-    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-    ev->in_task = 1;
 }
 
 /* ---- sock_ops: counters at each state change ------------------------------------------ */
@@ -138,47 +134,58 @@ int ft_sockops(struct bpf_sock_ops *skops) {
     return 1;
 }
 
-/* Take the slot when it describes this very state change of this socket. */
-static __always_inline void take_slot(struct conn_event *ev) {
+/* The slot when it describes this very state change of this socket, else NULL. */
+static __always_inline struct sockops_slot *slot_for(const void *saddr, const void *daddr, u16 sport, u16 dport,
+                                                     int oldstate, int newstate) {
     u32 zero = 0;
     struct sockops_slot *s = ft_sockops_slot.lookup(&zero);
     if (!s || !s->valid)
-        return;
-    if (s->oldstate != ev->oldstate || s->newstate != ev->newstate || s->local_port != ev->sport ||
-        s->remote_port != ev->dport)
-        return;
+        return 0;
+    if (s->oldstate != oldstate || s->newstate != newstate || s->local_port != sport || s->remote_port != dport)
+        return 0;
     u32 la[4], ra[4];
-    __builtin_memcpy(la, ev->saddr, 16);
-    __builtin_memcpy(ra, ev->daddr, 16);
+    __builtin_memcpy(la, saddr, 16);
+    __builtin_memcpy(ra, daddr, 16);
     if (la[0] != s->local_ip[0] || la[1] != s->local_ip[1] || la[2] != s->local_ip[2] || la[3] != s->local_ip[3] ||
         ra[0] != s->remote_ip[0] || ra[1] != s->remote_ip[1] || ra[2] != s->remote_ip[2] || ra[3] != s->remote_ip[3])
-        return;
+        return 0;
     s->valid = 0;
-    ev->cookie = s->cookie;
-    ev->bytes_acked = s->bytes_acked;
-    ev->bytes_received = s->bytes_received;
-    ev->segs_out = s->segs_out;
-    ev->segs_in = s->segs_in;
-    ev->srtt_us = s->srtt_us;
-    ev->total_retrans = s->total_retrans;
-    ev->snd_una = s->snd_una;
-    ev->snd_nxt = s->snd_nxt;
-    ev->has_stats = 1;
+    return s;
 }
 
 /* ---- state changes -------------------------------------------------------------------- */
 
-/* Live TCP endpoints seen from their start: skaddr -> what their rows need at the end. Only
- * ESTABLISHED and CLOSE are sent to user space; the steps between update this map. */
+/* Live TCP endpoints seen from their start: skaddr -> what their rows need. Only CLOSE is sent
+ * to user space (with all of it); the steps before update this map, and user space reads it for
+ * the endpoints still open when recording stops. */
 BPF_HASH(ft_socks, u64, struct sock_info, FT_SOCK_ENTRIES);
-/* Server sockets established but not yet seen in a process: skaddr -> 1. */
-BPF_HASH(ft_unowned, u64, u8, FT_UNOWNED_ENTRIES);
 BPF_PERCPU_ARRAY(ft_conn_ctr, u64, 2);   /* 0: map full (endpoint not followed), 1: seen only mid-life */
+
+/* Server sockets established and not accepted yet, by the peer's address (what accept() hands
+ * the process): peer -> skaddr. accept()'s exit fills the owner into ft_socks. */
+struct peer_key {
+    u8 addr[16];
+    u16 port;              /* host order */
+    u16 family;
+    u32 _pad0;
+};
+BPF_HASH(ft_peers, struct peer_key, u64, FT_UNOWNED_ENTRIES);
+
+#ifdef FT_OWNER_FALLBACK
+/* Server sockets established but not owned yet: skaddr -> 1 (the first send/recv owns them). */
+BPF_HASH(ft_unowned, u64, u8, FT_UNOWNED_ENTRIES);
+#endif
 
 static __always_inline void conn_ctr(u32 which) {
     u64 *c = ft_conn_ctr.lookup(&which);
     if (c)
         *c += 1;
+}
+
+static __always_inline void own(struct sock_info *info) {
+    info->pid = bpf_get_current_pid_tgid() >> 32;
+    info->cgroup_id = bpf_get_current_cgroup_id();
+    bpf_get_current_comm(&info->comm, sizeof(info->comm));
 }
 
 TRACEPOINT_PROBE(sock, inet_sock_set_state) {
@@ -190,46 +197,69 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         newstate == FT_TCP_SYN_RECV)
         return 0;
     u64 key = (u64)args->skaddr;
-    u64 now = bpf_ktime_get_ns();
 
     if (oldstate == FT_TCP_CLOSE && newstate == FT_TCP_SYN_SENT) {
         /* Inside connect(): the caller owns the socket. Port not assigned yet. */
         struct sock_info fresh = {};
-        fresh.ts_start_ns = now;
-        fresh.pid = bpf_get_current_pid_tgid() >> 32;
-        fresh.cgroup_id = bpf_get_current_cgroup_id();
-        bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
+        fresh.ts_start_ns = bpf_ktime_get_ns();
+        own(&fresh);
         fresh.flags = FT_F_CLIENT;
         if (ft_socks.update(&key, &fresh) != 0)
             conn_ctr(0);
         return 0;
     }
-    if (oldstate == FT_TCP_SYN_RECV && newstate == FT_TCP_ESTABLISHED) {
-        struct sock_info fresh = {};
-        fresh.ts_start_ns = now;
-        if (ft_socks.update(&key, &fresh) != 0)
-            conn_ctr(0);
-        u8 one = 1;
-        ft_unowned.update(&key, &one);
-    }
 
-    struct conn_event ev = {};
-    ev.kind = FT_EV_STATE;
-    ev.ts_ns = now;
-    ev.skaddr = key;
-    ev.oldstate = oldstate;
-    ev.newstate = newstate;
-    ev.family = args->family;
-    ev.sport = args->sport;
-    ev.dport = args->dport;
-    if (args->family == FT_AF_INET) {
-        __builtin_memcpy(ev.saddr, args->saddr, 4);
-        __builtin_memcpy(ev.daddr, args->daddr, 4);
+    u32 saddr[4] = {}, daddr[4] = {};   /* read word by word: each load at a constant ctx offset */
+    u16 family = args->family;
+    if (family == FT_AF_INET) {
+        saddr[0] = *(volatile u32 *)args->saddr;
+        daddr[0] = *(volatile u32 *)args->daddr;
     } else {
-        __builtin_memcpy(ev.saddr, args->saddr_v6, 16);
-        __builtin_memcpy(ev.daddr, args->daddr_v6, 16);
+        saddr[0] = *(volatile u32 *)&args->saddr_v6[0];
+        saddr[1] = *(volatile u32 *)&args->saddr_v6[4];
+        saddr[2] = *(volatile u32 *)&args->saddr_v6[8];
+        saddr[3] = *(volatile u32 *)&args->saddr_v6[12];
+        daddr[0] = *(volatile u32 *)&args->daddr_v6[0];
+        daddr[1] = *(volatile u32 *)&args->daddr_v6[4];
+        daddr[2] = *(volatile u32 *)&args->daddr_v6[8];
+        daddr[3] = *(volatile u32 *)&args->daddr_v6[12];
     }
-    take_slot(&ev);
+    u16 sport = args->sport, dport = args->dport;
+
+    if (newstate == FT_TCP_ESTABLISHED) {
+        u64 now = bpf_ktime_get_ns();
+        struct sock_info *info;
+        if (oldstate == FT_TCP_SYN_RECV) {
+            struct sock_info fresh = {};
+            fresh.ts_start_ns = now;
+            if (ft_socks.update(&key, &fresh) != 0) {
+                conn_ctr(0);
+                return 0;
+            }
+            struct peer_key peer = {};
+            __builtin_memcpy(peer.addr, daddr, 16);
+            peer.port = dport;
+            peer.family = family;
+            ft_peers.update(&peer, &key);
+#ifdef FT_OWNER_FALLBACK
+            u8 one = 1;
+            ft_unowned.update(&key, &one);
+#endif
+        }
+        info = ft_socks.lookup(&key);
+        if (!info)
+            return 0;
+        info->ts_established_ns = now;
+        __builtin_memcpy(info->saddr, saddr, 16);
+        __builtin_memcpy(info->daddr, daddr, 16);
+        info->sport = sport;
+        info->dport = dport;
+        info->family = family;
+        struct sockops_slot *s = slot_for(saddr, daddr, sport, dport, oldstate, newstate);
+        if (s)
+            info->cookie = s->cookie;
+        return 0;
+    }
 
     struct sock_info *info = ft_socks.lookup(&key);
     if (!info) {
@@ -241,13 +271,44 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         info->flags |= FT_F_FIN_SENT;
     if (newstate == FT_TCP_CLOSE_WAIT || newstate == FT_TCP_CLOSING)
         info->flags |= FT_F_FIN_IN;
-    if (newstate == FT_TCP_FIN_WAIT2 && ev.has_stats) {
-        info->rx_at_fin_wait2_b = ev.bytes_received;
-        info->flags |= FT_F_FIN_WAIT2;
+    if (newstate == FT_TCP_FIN_WAIT2) {
+        struct sockops_slot *s = slot_for(saddr, daddr, sport, dport, oldstate, newstate);
+        if (s) {
+            info->rx_at_fin_wait2_b = s->bytes_received;
+            info->flags |= FT_F_FIN_WAIT2;
+        }
     }
-    if (newstate != FT_TCP_ESTABLISHED && newstate != FT_TCP_CLOSE)
+    if (newstate != FT_TCP_CLOSE)
         return 0;
+
+    struct conn_event ev = {};
+    ev.kind = FT_EV_STATE;
+    ev.ts_ns = bpf_ktime_get_ns();
+    ev.skaddr = key;
+    ev.oldstate = oldstate;
+    ev.newstate = newstate;
+    ev.family = family;
+    ev.sport = sport;
+    ev.dport = dport;
+    __builtin_memcpy(ev.saddr, saddr, 16);
+    __builtin_memcpy(ev.daddr, daddr, 16);
+    struct sockops_slot *s = slot_for(saddr, daddr, sport, dport, oldstate, newstate);
+    if (s) {
+        ev.cookie = s->cookie;
+        ev.bytes_acked = s->bytes_acked;
+        ev.bytes_received = s->bytes_received;
+        ev.segs_out = s->segs_out;
+        ev.segs_in = s->segs_in;
+        ev.srtt_us = s->srtt_us;
+        ev.total_retrans = s->total_retrans;
+        ev.snd_una = s->snd_una;
+        ev.snd_nxt = s->snd_nxt;
+        ev.has_stats = 1;
+    } else {
+        ev.cookie = info->cookie;
+    }
     ev.ts_start_ns = info->ts_start_ns;
+    ev.ts_established_ns = info->ts_established_ns;
     ev.rx_at_fin_wait2_b = info->rx_at_fin_wait2_b;
     ev.flags = info->flags;
     if (info->pid) {
@@ -255,11 +316,19 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         ev.cgroup_id = info->cgroup_id;
         __builtin_memcpy(ev.comm, info->comm, sizeof(ev.comm));
         ev.in_task = 1;
+    } else if (!(info->flags & FT_F_CLIENT)) {
+        struct peer_key peer = {};   /* never accepted: forget its peer entry */
+        __builtin_memcpy(peer.addr, daddr, 16);
+        peer.port = dport;
+        peer.family = family;
+        u64 *sk = ft_peers.lookup(&peer);
+        if (sk && *sk == key)
+            ft_peers.delete(&peer);
     }
-    if (newstate == FT_TCP_CLOSE) {
-        ft_socks.delete(&key);
-        ft_unowned.delete(&key);
-    }
+    ft_socks.delete(&key);
+#ifdef FT_OWNER_FALLBACK
+    ft_unowned.delete(&key);
+#endif
     emit(&ev);
     return 0;
 }
@@ -269,12 +338,16 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
 BPF_HASH(ft_accepting, u64, u64, 10240);   /* thread id -> user sockaddr pointer */
 
 static __always_inline int accept_enter(const void *uaddr) {
+    if (!uaddr)
+        return 0;   /* no peer address asked for: only the send/recv fallback can attribute it */
     u64 tid = bpf_get_current_pid_tgid();
     u64 ptr = (u64)uaddr;
     ft_accepting.update(&tid, &ptr);
     return 0;
 }
 
+/* The process that accept()ed owns the server socket of the peer it was handed: found by the
+ * peer's address in ft_peers, and filled into ft_socks (no event). */
 static __always_inline int accept_exit(long ret) {
     u64 tid = bpf_get_current_pid_tgid();
     u64 *ptr = ft_accepting.lookup(&tid);
@@ -282,27 +355,34 @@ static __always_inline int accept_exit(long ret) {
         return 0;
     u64 uaddr = *ptr;
     ft_accepting.delete(&tid);
-    if (ret < 0 || uaddr == 0)
-        return 0;   /* no peer address asked for: the send/recv fallback attributes it */
+    if (ret < 0)
+        return 0;
+    struct peer_key peer = {};
     u16 head[2] = {};   /* sa_family, port (network order) */
     if (bpf_probe_read_user(head, sizeof(head), (void *)uaddr) != 0)
         return 0;
-    struct conn_event ev = {};
     if (head[0] == FT_AF_INET) {
-        if (bpf_probe_read_user(ev.daddr, 4, (void *)(uaddr + 4)) != 0)
+        if (bpf_probe_read_user(peer.addr, 4, (void *)(uaddr + 4)) != 0)
             return 0;
     } else if (head[0] == FT_AF_INET6) {
-        if (bpf_probe_read_user(ev.daddr, 16, (void *)(uaddr + 8)) != 0)
+        if (bpf_probe_read_user(peer.addr, 16, (void *)(uaddr + 8)) != 0)
             return 0;
     } else {
         return 0;   /* unix sockets and friends */
     }
-    ev.kind = FT_EV_ACCEPT;
-    ev.ts_ns = bpf_ktime_get_ns();
-    ev.family = head[0];
-    ev.dport = bpf_ntohs(head[1]);
-    fill_task(&ev);
-    emit(&ev);
+    peer.family = head[0];
+    peer.port = bpf_ntohs(head[1]);
+    u64 *sk = ft_peers.lookup(&peer);
+    if (!sk)
+        return 0;
+    u64 key = *sk;
+    ft_peers.delete(&peer);
+    struct sock_info *info = ft_socks.lookup(&key);
+    if (info && !info->pid)
+        own(info);
+#ifdef FT_OWNER_FALLBACK
+    ft_unowned.delete(&key);
+#endif
     return 0;
 }
 
@@ -312,19 +392,16 @@ TRACEPOINT_PROBE(syscalls, sys_enter_accept) { return accept_enter(args->upeer_s
 TRACEPOINT_PROBE(syscalls, sys_exit_accept) { return accept_exit(args->ret); }
 #endif
 
-/* ---- first I/O on a server socket: fallback owner ------------------------------------- */
-#ifdef FT_HAVE_SOCK_LENGTH
+/* ---- first I/O on a server socket: fallback owner (opt-in) ---------------------------- */
+#if defined(FT_HAVE_SOCK_LENGTH) && defined(FT_OWNER_FALLBACK)
 static __always_inline int first_io(const void *sk) {
     u64 key = (u64)sk;
     if (!ft_unowned.lookup(&key))
         return 0;
     ft_unowned.delete(&key);
-    struct conn_event ev = {};
-    ev.kind = FT_EV_OWNER;
-    ev.ts_ns = bpf_ktime_get_ns();
-    ev.skaddr = key;
-    fill_task(&ev);
-    emit(&ev);
+    struct sock_info *info = ft_socks.lookup(&key);
+    if (info && !info->pid)
+        own(info);
     return 0;
 }
 TRACEPOINT_PROBE(sock, sock_recv_length) { return first_io(args->sk); }

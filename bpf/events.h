@@ -76,11 +76,15 @@ struct iface_cfg {
 
 /* ---- connections (bpf/connections.c) ------------------------------------------------- */
 
-#define FT_EV_STATE 1        /* a TCP endpoint reached ESTABLISHED or CLOSE (sock:inet_sock_set_state;
-                                stats when sock_ops saw it). Other state changes only update
-                                the socket's struct sock_info in the kernel. */
-#define FT_EV_ACCEPT 2       /* accept()/accept4() returned: owner of the peer's connection */
-#define FT_EV_OWNER 3        /* first send/recv by a process on a server socket not yet owned */
+#define FT_EV_STATE 1        /* a TCP endpoint reached CLOSE (sock:inet_sock_set_state; stats when
+                                sock_ops saw it), with everything its row needs. The steps
+                                before only update the socket's struct sock_info in the kernel
+                                (the owner of a server socket included). User space also
+                                understands ESTABLISHED events, which the kernel no longer sends. */
+#define FT_EV_ACCEPT 2       /* accept()/accept4() returned: owner of the peer's connection
+                                (no longer sent: accept fills sock_info in the kernel) */
+#define FT_EV_OWNER 3        /* first send/recv by a process on a server socket not yet owned
+                                (no longer sent: filled into sock_info in the kernel) */
 #define FT_EV_ERROR 4        /* sock:inet_sk_error_report (ECONNREFUSED, ETIMEDOUT, ...) */
 
 /* What the kernel remembers about a TCP endpoint between its state changes (skaddr -> info). */
@@ -93,10 +97,20 @@ struct sock_info {
     u64 ts_start_ns;       /* client: connect(); server: handshake completed */
     u64 rx_at_fin_wait2_b; /* bytes_received when it entered FIN_WAIT2 */
     u64 cgroup_id;
-    u32 pid;
+    u32 pid;               /* owner (0 while unknown): connect()'s caller, or who accept()ed it */
     u8 flags;              /* FT_F_* */
     u8 _pad0[3];
     char comm[16];
+    /* Set when it reached ESTABLISHED (no event is sent then: user space reads the map for the
+     * endpoints still open when recording stops). */
+    u64 ts_established_ns; /* 0: never established */
+    u64 cookie;            /* socket cookie from sock_ops at ESTABLISHED, 0 when unknown */
+    u8 saddr[16];          /* local address */
+    u8 daddr[16];          /* remote address */
+    u16 sport;             /* local port */
+    u16 dport;             /* remote port */
+    u16 family;            /* AF_INET (2) / AF_INET6 (10); 0 before ESTABLISHED */
+    u16 _pad1;
 };
 
 struct conn_event {
@@ -129,6 +143,8 @@ struct conn_event {
     u8 in_task;            /* 1 when pid/comm/cgroup_id belong to the socket's owner */
     u8 flags;              /* FT_EV_STATE: sock_info.flags */
     char comm[16];
+    u32 _pad1;
+    u64 ts_established_ns; /* FT_EV_STATE at CLOSE: when it reached ESTABLISHED (0: never) */
 };
 
 /* ---- L7 payload prefixes (bpf/l7.c) --------------------------------------------------- */

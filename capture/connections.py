@@ -45,6 +45,8 @@ MISSING_EFFECT = {
     "FT_HAVE_ERROR_REPORT": "failed connects are 'failed' instead of 'refused'/'timeout'",
 }
 
+STAT_FIELDS = ("bytes_acked", "bytes_received", "segs_out", "segs_in", "srtt_us", "total_retrans", "snd_una", "snd_nxt")
+
 COLUMNS = (
     "conn_id", "ts_start", "ts_end", "role", "client_ip", "client_port", "server_ip", "server_port", "pid", "comm",
     "cgroup_id", "container_id", "bytes_sent", "bytes_received", "segs_sent", "segs_received", "srtt_us",
@@ -125,6 +127,9 @@ class ConnectionTracker:
         self.by_tuple: dict[tuple, Conn] = {}  # client endpoints by 4-tuple, for error reports
         self._seq = 0
         self.last_ts = 0
+        # Endpoints still open are only in the kernel's map (no event is sent at ESTABLISHED):
+        # the final take_rows asks this for them, as ESTABLISHED events (ConnectionProbe.open_endpoints).
+        self.live_source: Callable[[], list[dict[str, Any]]] | None = None
 
     # --- events ---------------------------------------------------------------------------
 
@@ -152,26 +157,32 @@ class ConnectionTracker:
         old, new, sk = ev["oldstate"], ev["newstate"], ev["skaddr"]
         client = bool(ev["flags"] & F_CLIENT)
         c = self.live.get(sk)
-        if new == ESTABLISHED or (new == CLOSE and c is None and client):
-            # a new endpoint (or a client whose connect failed before ESTABLISHED)
+        if c is None and (new == ESTABLISHED or new == CLOSE):
+            # A new endpoint. The kernel sends one event per endpoint, at CLOSE, carrying when it
+            # reached ESTABLISHED (0: a client whose connect failed); ESTABLISHED events (endpoints
+            # still open at the end, read from the kernel map) open a live one.
             c = Conn(sk, "client" if client else "server", ev["family"], ev["ts_start_ns"])
             if ev["in_task"]:
                 self._own(c, ev)
+            est = ev.get("ts_established_ns") or (ev["ts_ns"] if new == ESTABLISHED else 0)
+            c.ts_established = est or None
             if new == ESTABLISHED:
-                c.ts_established = ev["ts_ns"]
                 self.live[sk] = c
             c.local_ip, c.local_port, c.remote_ip, c.remote_port = ev["saddr"], ev["sport"], ev["daddr"], ev["dport"]
             if client:
                 self.by_tuple[c.tuple] = c
-            else:
+            elif c.pid is None:
                 self.awaiting_accept.setdefault((c.remote_ip, c.remote_port), []).append(c)
         if c is None:
             return
+        if ev["cookie"] and not c.cookie:
+            c.cookie = ev["cookie"]
         if ev["has_stats"]:
-            c.cookie = c.cookie or ev["cookie"]
-            c.stats = {k: ev[k] for k in ("bytes_acked", "bytes_received", "segs_out", "segs_in", "srtt_us", "total_retrans", "snd_una", "snd_nxt")}
+            c.stats = {k: ev[k] for k in STAT_FIELDS}
         if new == CLOSE:
             self.live.pop(sk, None)
+            if c.pid is None and ev["in_task"]:
+                self._own(c, ev)  # the kernel learnt the owner (accept) after ESTABLISHED
             flags = ev["flags"]
             c.fin_sent = bool(flags & F_FIN_SENT)
             c.fin_in = bool(flags & F_FIN_IN)
@@ -240,6 +251,11 @@ class ConnectionTracker:
     def take_rows(self, now_ns: int | None = None, final: bool = False) -> list[dict[str, Any]]:
         """Rows of endpoints closed more than GRACE_NS ago (all of them, and open ones, if final)."""
         now = self.last_ts if now_ns is None else now_ns
+        if final and self.live_source is not None:
+            for ev in self.live_source():
+                if ev["skaddr"] not in self.live:
+                    self.feed(ev)
+            self.live_source = None
         ready = []
         while self.closing:
             seq, c = next(iter(self.closing.items()))
@@ -306,6 +322,10 @@ class ConnectionProbe:
     ringbuf_pages: int = 2048  # 8 MiB: bursts of ~50k events while user space is busy
     unowned_entries: int = 65536
     sock_entries: int = 262144  # live TCP endpoints followed at once
+    # Attribute server sockets accepted without asking for the peer address (libuv does this) to
+    # the first process that reads or writes them. Opt-in: its tracepoints run on every send and
+    # recv of every socket. FLOWTAPE_OWNER_FALLBACK=1 turns it on.
+    owner_fallback: bool = field(default_factory=lambda: os.environ.get("FLOWTAPE_OWNER_FALLBACK", "") in ("1", "true", "yes"))
     bpf: Any = None
     missing: dict[str, str] = field(default_factory=dict)  # what is missing -> what the tape lacks
     _defines: dict[str, Any] = field(default_factory=dict)
@@ -325,6 +345,7 @@ class ConnectionProbe:
             self._defines[define] = 1 if ok else None
             if not ok:
                 self.missing[f"tracepoint {tps[0][0]}:{tps[0][1]}"] = MISSING_EFFECT[define]
+        self._defines["FT_OWNER_FALLBACK"] = 1 if self.owner_fallback and self._defines["FT_HAVE_SOCK_LENGTH"] else None
         self.cgroup = ebpf.cgroup2_root()
         if self.cgroup is None:
             self.missing["cgroup v2"] = "bytes, segments, srtt and retransmits of connections (sock_ops needs cgroup v2), and container ids"
@@ -354,6 +375,34 @@ class ConnectionProbe:
             on_event(decoder[0](ctypes.string_at(data, size)))
 
         table.open_ring_buffer(callback)
+        # The recorder feeds a ConnectionTracker from on_event; let its final take_rows read the
+        # endpoints still open from the kernel map. (Interim wiring: the recorder should set
+        # `tracker.live_source = probe.open_endpoints` itself.)
+        tracker = getattr(getattr(on_event, "__self__", None), "tracker", None)
+        if isinstance(tracker, ConnectionTracker) and tracker.live_source is None:
+            tracker.live_source = self.open_endpoints
+
+    def open_endpoints(self) -> list[dict[str, Any]]:
+        """ESTABLISHED events for the endpoints the kernel follows that are established now."""
+        out = []
+        if self.bpf is None:
+            return out
+        for k, info in self.bpf[b"ft_socks"].items():
+            if not info.ts_established_ns or info.family not in (2, 10):
+                continue
+            family = 4 if info.family == 2 else 6
+            ev = {
+                "kind": EV_STATE, "ts_ns": info.ts_established_ns, "ts_start_ns": info.ts_start_ns,
+                "ts_established_ns": info.ts_established_ns, "rx_at_fin_wait2_b": info.rx_at_fin_wait2_b,
+                "skaddr": k.value, "cookie": info.cookie, "cgroup_id": info.cgroup_id, "pid": info.pid,
+                "in_task": 1 if info.pid else 0, "comm": bytes(info.comm).split(b"\0", 1)[0].decode("utf-8", "replace"),
+                "family": family, "saddr": ebpf.ip_text(family, bytes(info.saddr)), "daddr": ebpf.ip_text(family, bytes(info.daddr)),
+                "sport": info.sport, "dport": info.dport, "oldstate": 0, "newstate": ESTABLISHED, "has_stats": 0,
+                "flags": info.flags, "error": 0,
+            }
+            ev.update(dict.fromkeys(STAT_FIELDS, 0))
+            out.append(ev)
+        return out
 
     def poll(self, timeout_ms: int) -> None:
         self.bpf.ring_buffer_poll(timeout_ms)

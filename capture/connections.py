@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow as pa
+
 from . import ebpf
 
 # TCP states (include/net/tcp_states.h)
@@ -223,32 +225,37 @@ class ConnectionTracker:
             return "reset"
         return "closed"
 
-    def row(self, c: Conn) -> dict[str, Any]:
+    def values(self, c: Conn) -> tuple:
+        """One row's values, in COLUMNS order."""
         client = c.role == "client"
         s = c.stats if c.ts_end is not None else None  # counters of open endpoints are not final
-        sent = received = None
         if s is not None:
             syn = 1 if client and c.ts_established is not None else 0
             fin_acked = 1 if c.fin_sent and s["snd_una"] == s["snd_nxt"] else 0
             sent = max(0, s["bytes_acked"] - syn - fin_acked)
             received = max(0, s["bytes_received"] - (1 if c.fin_in else 0))
-        local, remote = (c.local_ip, c.local_port), (c.remote_ip, c.remote_port)
-        cl, sv = (local, remote) if client else (remote, local)
-        return {
-            "conn_id": f"{self.node}-c{c.cookie:x}" if c.cookie else f"{self.node}-s{c.skaddr:x}-{c.ts_start:x}",
-            "ts_start": self.to_wall(c.ts_start),
-            "ts_end": None if c.ts_end is None else self.to_wall(c.ts_end),
-            "role": c.role,
-            "client_ip": cl[0], "client_port": cl[1], "server_ip": sv[0], "server_port": sv[1],
-            "pid": c.pid, "comm": c.comm, "cgroup_id": c.cgroup_id, "container_id": self.container_id(c.cgroup_id),
-            "bytes_sent": sent, "bytes_received": received,
-            "segs_sent": None if s is None else s["segs_out"], "segs_received": None if s is None else s["segs_in"],
-            "srtt_us": None if s is None else s["srtt_us"], "retransmits": None if s is None else s["total_retrans"],
-            "connect_latency_ns": c.ts_established - c.ts_start if client and c.ts_established is not None else None,
-            "close_state": self.close_state(c),
-        }
+            segs_out, segs_in, srtt, retrans = s["segs_out"], s["segs_in"], s["srtt_us"], s["total_retrans"]
+        else:
+            sent = received = segs_out = segs_in = srtt = retrans = None
+        if client:
+            cl_ip, cl_port, sv_ip, sv_port = c.local_ip, c.local_port, c.remote_ip, c.remote_port
+        else:
+            cl_ip, cl_port, sv_ip, sv_port = c.remote_ip, c.remote_port, c.local_ip, c.local_port
+        return (
+            f"{self.node}-c{c.cookie:x}" if c.cookie else f"{self.node}-s{c.skaddr:x}-{c.ts_start:x}",
+            self.to_wall(c.ts_start),
+            None if c.ts_end is None else self.to_wall(c.ts_end),
+            c.role, cl_ip, cl_port, sv_ip, sv_port,
+            c.pid, c.comm, c.cgroup_id, self.container_id(c.cgroup_id),
+            sent, received, segs_out, segs_in, srtt, retrans,
+            c.ts_established - c.ts_start if client and c.ts_established is not None else None,
+            self.close_state(c),
+        )
 
-    def take_rows(self, now_ns: int | None = None, final: bool = False) -> list[dict[str, Any]]:
+    def row(self, c: Conn) -> dict[str, Any]:
+        return dict(zip(COLUMNS, self.values(c)))
+
+    def take_rows(self, now_ns: int | None = None, final: bool = False) -> "Rows":
         """Rows of endpoints closed more than GRACE_NS ago (all of them, and open ones, if final)."""
         now = self.last_ts if now_ns is None else now_ns
         if final and self.live_source is not None:
@@ -266,11 +273,40 @@ class ConnectionTracker:
         if final:
             ready += list(self.live.values())
             self.live.clear()
-        rows = []
         for c in ready:
             self._forget(c)
-            rows.append(self.row(c))
-        return rows
+        return Rows([self.values(c) for c in ready])
+
+
+class Rows:
+    """Rows of `connections`: a sequence of row dicts, and `to_arrow()` (what TapeWriter.append
+    uses) built column by column from the rows' value tuples, with no per-row dict."""
+
+    def __init__(self, values: list[tuple]):
+        self._values = values
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self):
+        return (dict(zip(COLUMNS, v)) for v in self._values)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return dict(zip(COLUMNS, self._values[i]))
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == list(other) if isinstance(other, (list, tuple, Rows)) else NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Rows({list(self)!r})"
+
+    def to_arrow(self) -> pa.Table:
+        from ..schema import table
+
+        schema = table("connections").arrow_schema
+        cols = dict(zip(COLUMNS, zip(*self._values))) if self._values else dict.fromkeys(COLUMNS, ())
+        n = len(self._values)
+        return pa.Table.from_arrays([pa.array(cols[f.name], f.type) if f.name in cols else pa.nulls(n, f.type) for f in schema], schema=schema)
 
 
 class EventDecoder:

@@ -94,6 +94,9 @@ int ft_sockops(struct bpf_sock_ops *skops) {
     }
     if (op != FT_SOCK_OPS_STATE_CB)
         return 1;
+    u32 newstate = skops->args[1];
+    if (newstate != FT_TCP_ESTABLISHED && newstate != FT_TCP_FIN_WAIT2 && newstate != FT_TCP_CLOSE)
+        return 1;   /* inet_sock_set_state takes the counters only at these */
     u32 zero = 0;
     struct sockops_slot *s = ft_sockops_slot.lookup(&zero);
     if (!s)
@@ -209,6 +212,19 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         return 0;
     }
 
+    /* Steps that only set a flag need neither the addresses nor the counters. */
+    if (newstate == FT_TCP_FIN_WAIT1 || newstate == FT_TCP_LAST_ACK || newstate == FT_TCP_CLOSING ||
+        newstate == FT_TCP_CLOSE_WAIT) {
+        struct sock_info *info = ft_socks.lookup(&key);
+        if (!info)
+            return 0;
+        if (newstate != FT_TCP_CLOSE_WAIT)
+            info->flags |= FT_F_FIN_SENT;
+        if (newstate == FT_TCP_CLOSE_WAIT || newstate == FT_TCP_CLOSING)
+            info->flags |= FT_F_FIN_IN;
+        return 0;
+    }
+
     u32 saddr[4] = {}, daddr[4] = {};   /* read word by word: each load at a constant ctx offset */
     u16 family = args->family;
     if (family == FT_AF_INET) {
@@ -228,10 +244,19 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
 
     if (newstate == FT_TCP_ESTABLISHED) {
         u64 now = bpf_ktime_get_ns();
-        struct sock_info *info;
+        struct sockops_slot *s = slot_for(saddr, daddr, sport, dport, oldstate, newstate);
         if (oldstate == FT_TCP_SYN_RECV) {
+            /* A server endpoint: inserted complete, in one update. */
             struct sock_info fresh = {};
             fresh.ts_start_ns = now;
+            fresh.ts_established_ns = now;
+            __builtin_memcpy(fresh.saddr, saddr, 16);
+            __builtin_memcpy(fresh.daddr, daddr, 16);
+            fresh.sport = sport;
+            fresh.dport = dport;
+            fresh.family = family;
+            if (s)
+                fresh.cookie = s->cookie;
             if (ft_socks.update(&key, &fresh) != 0) {
                 conn_ctr(0);
                 return 0;
@@ -245,8 +270,9 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             u8 one = 1;
             ft_unowned.update(&key, &one);
 #endif
+            return 0;
         }
-        info = ft_socks.lookup(&key);
+        struct sock_info *info = ft_socks.lookup(&key);
         if (!info)
             return 0;
         info->ts_established_ns = now;
@@ -255,7 +281,6 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         info->sport = sport;
         info->dport = dport;
         info->family = family;
-        struct sockops_slot *s = slot_for(saddr, daddr, sport, dport, oldstate, newstate);
         if (s)
             info->cookie = s->cookie;
         return 0;
@@ -267,10 +292,6 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             conn_ctr(1);   /* started before recording (or not followed) */
         return 0;
     }
-    if (newstate == FT_TCP_FIN_WAIT1 || newstate == FT_TCP_LAST_ACK || newstate == FT_TCP_CLOSING)
-        info->flags |= FT_F_FIN_SENT;
-    if (newstate == FT_TCP_CLOSE_WAIT || newstate == FT_TCP_CLOSING)
-        info->flags |= FT_F_FIN_IN;
     if (newstate == FT_TCP_FIN_WAIT2) {
         struct sockops_slot *s = slot_for(saddr, daddr, sport, dport, oldstate, newstate);
         if (s) {

@@ -8,9 +8,12 @@ One run measures, side by side on the same lab:
   - lost events (ring buffer full, flow inserts failed), summed over every recorded run;
   - recorder CPU time (user+sys of the recorder process, steady state) per 1k requests;
   - in-kernel time per program run (kernel.bpf_stats_enabled=1: run_time_ns / run_cnt, summed
-    over the recorded runs).
+    over the recorded runs);
+  - a cost model, far less noisy than the rate ratio: wrk and nginx saturate every CPU, so the
+    recorder's CPU time plus its programs' run time per request, over the CPU time per request
+    of the baseline (CPUs / baseline rate), predicts the ratio: 1 - (recorder + kernel) / machine.
 
-The server's namespace keeps no TIME_WAIT sockets (net.ipv4.tcp_max_tw_buckets=0): with one
+The server's and the client's namespaces keep no TIME_WAIT sockets (net.ipv4.tcp_max_tw_buckets=0): with one
 client address cycling through its ~28k ports at ~10k connections/s, SYNs otherwise keep
 landing on the server's TIME_WAIT sockets and the rate collapses to ~500/s for seconds at a
 time, with or without the recorder (it made single runs differ 20x).
@@ -131,7 +134,16 @@ def summarize(pairs: list) -> dict:
     for _, rec in pairs:
         for k, v in rec["lost"].items():
             lost[k] = lost.get(k, 0) + v
+    requests = sum(r["requests"] for _, r in pairs)
+    kernel_ns = sum(ns for _, ns in progs.values())
+    cpu_us = 1e6 * sum(r["cpu_s"] for _, r in pairs) / requests
+    kernel_us = kernel_ns / 1e3 / requests
+    machine_us = statistics.median(os.cpu_count() * 1e6 / b["rps"] for b, _ in pairs)  # CPU time per request, saturated
     return {
+        # Cost model, much less noisy than the rate ratio on a saturated machine: every CPU-µs
+        # the recorder spends (its process + its programs) is taken from wrk and nginx.
+        "recorder_us_per_request": round(cpu_us, 2), "kernel_us_per_request": round(kernel_us, 2),
+        "machine_us_per_request": round(machine_us, 2), "cost_model_ratio": round(1 - (cpu_us + kernel_us) / machine_us, 4),
         "baseline_rps": [b["rps"] for b, _ in pairs],
         "recorded_rps": [r["rps"] for _, r in pairs],
         "ratio": [r["rps"] / b["rps"] for b, r in pairs],
@@ -167,7 +179,8 @@ def main() -> int:
             www.mkdir()
             (www / "f100").write_bytes(b"b" * 100)
             srv, cli = lab.add_host("srv"), lab.add_host("cli")
-            srv.run(["sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"])  # see the docstring
+            for h in (srv, cli):
+                h.run(["sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"])  # see the docstring
             master, _ = start_nginx(srv, www)
             url = f"http://{srv.ip}/f100"
             trees = {str(t): snapshot(t.resolve(), workdir / f"tree{i}") for i, t in enumerate(args.tree)} or {"": [FLOWTAPE]}
@@ -188,6 +201,8 @@ def main() -> int:
         print(f"   recorded     {spread(r['recorded_rps'], '{:.0f}')} req/s")
         print(f"   lost events  {r['lost_total']} over all recorded runs (target 0)  {r['lost']}")
         print(f"   recorder CPU {spread(r['cpu_ms_per_1k_requests'], '{:.2f}')} ms per 1k requests;  rows (last run) {r['rows'][-1]}")
+        print(f"   cost model   recorder {r['recorder_us_per_request']} µs + in-kernel {r['kernel_us_per_request']} µs per request, of "
+              f"{r['machine_us_per_request']} CPU-µs per request (baseline, {os.cpu_count()} CPUs saturated): ratio ~{r['cost_model_ratio']:.3f}")
         for prog, p in sorted(r["programs"].items()):
             if p["runs"]:
                 print(f"   {prog:<45} {p['runs']:>10} runs  {p['ns_per_run']:>8} ns/run")

@@ -49,12 +49,16 @@
 #define FT_SOCK_OPS_TCP_CONNECT_CB 3
 #define FT_SOCK_OPS_STATE_CB 10
 #define FT_SOCK_OPS_STATE_CB_FLAG 4
+#define FT_RB_NO_WAKEUP 1   /* BPF_RB_NO_WAKEUP */
 
 BPF_RINGBUF_OUTPUT(ft_conn_events, FT_RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(ft_conn_lost, u64, 1);   /* events the ring buffer had no room for */
 
 static __always_inline void emit(struct conn_event *ev) {
-    if (ft_conn_events.ringbuf_output(ev, sizeof(*ev), 0) != 0) {
+    /* No wake-up: user space consumes every poll interval (100 ms) anyway, and a wake-up per
+     * event (an irq_work, then an epoll return and a syscall per batch of one or two) costs more
+     * than the event. 8 MiB hold ~36k events: 100 ms at 360k endpoints/s. */
+    if (ft_conn_events.ringbuf_output(ev, sizeof(*ev), FT_RB_NO_WAKEUP) != 0) {
         u32 zero = 0;
         u64 *lost = ft_conn_lost.lookup(&zero);
         if (lost)

@@ -21,6 +21,7 @@ import ctypes
 import os
 import re
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -95,6 +96,7 @@ class CgroupResolver:
         self.root = root
         self.paths: dict[int, str] = {}
         self._scanned_for: set[int] = set()
+        self._ids: dict[int, str | None] = {}  # cgroup id -> container id, for ids whose path is known
 
     def _scan(self) -> None:
         if self.root is None:
@@ -108,11 +110,20 @@ class CgroupResolver:
     def container_id(self, cgroup_id: int | None) -> str | None:
         if not cgroup_id or self.root is None:
             return None
+        try:
+            return self._ids[cgroup_id]
+        except KeyError:
+            pass
         if cgroup_id not in self.paths and cgroup_id not in self._scanned_for:
             self._scanned_for.add(cgroup_id)  # one walk per unknown id, not per row
             self._scan()
         m = self.CONTAINER_RE.findall(self.paths.get(cgroup_id, ""))
-        return m[-1] if m else None
+        found = m[-1] if m else None
+        if cgroup_id in self.paths:  # known ids only: an unknown one may show up at the next walk
+            if len(self._ids) > 100_000:
+                self._ids.clear()
+            self._ids[cgroup_id] = found
+        return found
 
 
 class ConnectionTracker:
@@ -441,7 +452,13 @@ class ConnectionProbe:
         return out
 
     def poll(self, timeout_ms: int) -> None:
-        self.bpf.ring_buffer_poll(timeout_ms)
+        """Wait up to timeout_ms, then read every event in the ring buffer.
+
+        The kernel writes events without waking us (BPF_RB_NO_WAKEUP), so the wait is a plain
+        sleep (the recorder's loop needs one anyway) and events are read in batches."""
+        if timeout_ms > 0:
+            time.sleep(timeout_ms / 1000)
+        self.bpf.ring_buffer_consume()
 
     def lost(self) -> int:
         return int(sum(self.bpf[b"ft_conn_lost"][0]))

@@ -109,26 +109,29 @@ def flow_rows(items: Iterable[tuple[Any, Any]], ifnames: dict[int, str], to_wall
 # --- vectorised drain -------------------------------------------------------------------------
 
 
-def _as_bytes(field: np.ndarray, width: int) -> np.ndarray:
-    """An (n, width) uint8 field as n opaque `width`-byte values (sortable, uniquable)."""
-    return np.ascontiguousarray(field).view(f"V{width}").reshape(-1)
+def _as_bytes(field: np.ndarray, width: int) -> pa.Array:
+    """An (n, width) uint8 field as an Arrow fixed-size binary array (hashable in C)."""
+    raw = np.ascontiguousarray(field, dtype=np.uint8)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), len(raw), [None, pa.py_buffer(raw.tobytes())])
 
 
-def _decoded(values: np.ndarray, convert: Callable[[Any], Any], type_: pa.DataType) -> pa.Array:
-    """Arrow array of convert(v) for each value, converting each distinct value once."""
-    if len(values) == 0:
+def _decoded(values: Any, convert: Callable[[Any], Any], type_: pa.DataType) -> pa.Array:
+    """Arrow array of convert(v) for each value, converting each distinct value once (hashing
+    in Arrow: flow rows have few distinct addresses, interfaces and protocols)."""
+    arr = values if isinstance(values, pa.Array) else pa.array(values)
+    if len(arr) == 0:
         return pa.array([], type_)
-    uniq, inv = np.unique(values, return_inverse=True)
-    dictionary = pa.array([convert(u) for u in uniq], type_)
-    return pa.DictionaryArray.from_arrays(pa.array(inv.reshape(-1).astype(np.int32)), dictionary).dictionary_decode()
+    enc = arr.dictionary_encode()
+    dictionary = pa.array([convert(v) for v in enc.dictionary.to_pylist()], type_)
+    return pc.take(dictionary, enc.indices)
 
 
-def _ip4_text(raw: Any) -> str:
-    return str(ipaddress.IPv4Address(bytes(raw)))
+def _ip4_text(raw: bytes) -> str:
+    return str(ipaddress.IPv4Address(raw))
 
 
-def _ip6_text(raw: Any) -> str:
-    return str(ipaddress.IPv6Address(bytes(raw)))
+def _ip6_text(raw: bytes) -> str:
+    return str(ipaddress.IPv6Address(raw))
 
 
 def flow_columns(parts: list[tuple[np.ndarray, np.ndarray, int]], ifnames: dict[int, str], offset_ns: int) -> dict[str, pa.Array]:
@@ -157,7 +160,7 @@ def flow_columns(parts: list[tuple[np.ndarray, np.ndarray, int]], ifnames: dict[
         src_mac, dst_mac = keys["src_mac"], keys["dst_mac"]
         no_l2 = ~(src_mac.any(axis=1) | dst_mac.any(axis=1))
         width, text = (4, _ip4_text) if family == 4 else (16, _ip6_text)
-        mac = lambda raw: ebpf.mac_text(bytes(raw))  # noqa: E731
+        mac = ebpf.mac_text
         ifindex = keys["ifindex"]
         tables.append({
             "ts_start": pa.array(first.astype(np.int64) + offset_ns, pa.int64()),

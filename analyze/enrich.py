@@ -166,10 +166,11 @@ def keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str |
     """SELECT every row of `base` with each endpoint `(prefix, ip column)` resolved at `ts`.
 
     Ownership changes rarely, so instead of joining every row against the versions, rows are
-    keyed by (ip, minute) and each distinct key is resolved once, then joined back by hash. A
-    key whose minute contains a change for that IP (a version starting or ending, a DNS name
-    appearing or expiring, any node's zone changing) is resolved at the row's own ts instead,
-    so the result is exactly the per-row time-aware join.
+    keyed by (ip, k) and each distinct key is resolved once, then joined back by hash. k is the
+    start of the row's minute, or, when that minute holds changes for that IP (a version
+    starting or ending, a DNS name appearing or expiring, any node's zone changing), the last
+    such change at or before the row's ts: nothing changes between k and ts, so the result is
+    exactly the per-row time-aware join, with one key per change instead of one per row.
 
     With `group` and `aggregates`, rows are first summed per (group, endpoint ips, keys): the
     resolution is still exact, and a report over millions of flows resolves thousands of rows.
@@ -179,7 +180,11 @@ def keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str |
         f"    LEFT JOIN ft_change_minutes __c{i} ON __c{i}.ip = b.{ip} AND __c{i}.m = b.__m" for i, (_, ip) in enumerate(endpoints)
     )
     k_cols = ", ".join(
-        f"CASE WHEN __c{i}.ip IS NOT NULL OR __nc.m IS NOT NULL THEN b.{ts} ELSE b.__m END AS {k}" for i, k in enumerate(ks)
+        # the last change at or before ts within the minute (for this IP, or of any node), else the minute
+        f"CASE WHEN __c{i}.ip IS NULL AND __nc.m IS NULL THEN b.__m ELSE greatest(b.__m, "
+        f"coalesce(list_max(list_filter(__c{i}.points, lambda x: x <= b.{ts})), b.__m), "
+        f"coalesce(list_max(list_filter(__nc.points, lambda x: x <= b.{ts})), b.__m)) END AS {k}"
+        for i, k in enumerate(ks)
     )
     src = "b2"
     summed = ""
@@ -259,15 +264,15 @@ WHERE node = src_node OR src_node IS NULL OR src_node NOT IN (SELECT node FROM f
 
 _STATE = """
 CREATE OR REPLACE TEMP TABLE ft_change_minutes AS
-SELECT DISTINCT ip, time_bucket(INTERVAL 1 MINUTE, t) AS m FROM (
+SELECT ip, time_bucket(INTERVAL 1 MINUTE, t) AS m, list(DISTINCT t) AS points FROM (
     SELECT ip, valid_from AS t FROM ft_ip_owner UNION ALL SELECT ip, valid_to FROM ft_ip_owner
     UNION ALL SELECT ip, valid_from FROM ft_dns_names_x UNION ALL SELECT ip, valid_to FROM ft_dns_names_x
-) WHERE t < {forever};
+) WHERE t < {forever} GROUP BY ALL;
 
 CREATE OR REPLACE TEMP TABLE ft_node_change_minutes AS
-SELECT DISTINCT time_bucket(INTERVAL 1 MINUTE, t) AS m FROM (
+SELECT time_bucket(INTERVAL 1 MINUTE, t) AS m, list(DISTINCT t) AS points FROM (
     SELECT valid_from AS t FROM ft_nodes UNION ALL SELECT valid_to FROM ft_nodes
-) WHERE t < {forever};
+) WHERE t < {forever} GROUP BY ALL;
 
 CREATE OR REPLACE TEMP TABLE ft_conn_subst AS SELECT * FROM ft_conn_pairs WHERE seen_server_ip <> server_pod_ip;
 

@@ -28,3 +28,23 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     ns: dict = {}
     exec(compile(code, "README.md", "exec"), ns)
     assert flowtape.open(tmp_path / "x.tape").rows("tls") == 1
+
+
+def test_readme_command_line_examples_run(tmp_path):
+    """Every command in the README's "The command line" block works as printed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## The command line\n.*?```sh\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / "fixtures").symlink_to(ROOT / "fixtures")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for line in block.splitlines():
+        cmd = re.sub(r"\s+#\s.*$", "", line).strip()
+        if not cmd:
+            continue
+        cmd = cmd.replace("/tmp/", f"{tmp_path}/out-")
+        p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, f"README command failed: {cmd}\n{p.stderr[-2000:]}"

@@ -341,8 +341,9 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         ev.cgroup_id = info->cgroup_id;
         __builtin_memcpy(ev.comm, info->comm, sizeof(ev.comm));
         ev.in_task = 1;
-    } else if (!(info->flags & FT_F_CLIENT)) {
-        struct peer_key peer = {};   /* never accepted: forget its peer entry */
+    }
+    if (!(info->flags & (FT_F_CLIENT | FT_F_ACCEPTED))) {
+        struct peer_key peer = {};   /* never accepted with its address: forget its peer entry */
         __builtin_memcpy(peer.addr, daddr, 16);
         peer.port = dport;
         peer.family = family;
@@ -403,8 +404,11 @@ static __always_inline int accept_exit(long ret) {
     u64 key = *sk;
     ft_peers.delete(&peer);
     struct sock_info *info = ft_socks.lookup(&key);
-    if (info && !info->pid)
-        own(info);
+    if (info) {
+        info->flags |= FT_F_ACCEPTED;
+        if (!info->pid)
+            own(info);
+    }
 #ifdef FT_OWNER_FALLBACK
     ft_unowned.delete(&key);
 #endif

@@ -92,6 +92,7 @@ struct iface_cfg {
 #define FT_F_FIN_SENT 2        /* it went through FIN_WAIT1, CLOSING or LAST_ACK */
 #define FT_F_FIN_IN 4          /* it went to CLOSE_WAIT or CLOSING: the peer's FIN was counted */
 #define FT_F_FIN_WAIT2 8       /* rx_at_fin_wait2_b is set */
+#define FT_F_ACCEPTED 16       /* a server socket whose accept() found it in ft_peers (entry gone) */
 
 struct sock_info {
     u64 ts_start_ns;       /* client: connect(); server: handshake completed */

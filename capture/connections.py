@@ -34,7 +34,7 @@ from . import ebpf
 # TCP states (include/net/tcp_states.h)
 ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, LISTEN, CLOSING = range(1, 12)
 EV_STATE, EV_ACCEPT, EV_OWNER, EV_ERROR = 1, 2, 3, 4
-F_CLIENT, F_FIN_SENT, F_FIN_IN, F_FIN_WAIT2 = 1, 2, 4, 8  # struct sock_info flags (bpf/events.h)
+F_CLIENT, F_FIN_SENT, F_FIN_IN, F_FIN_WAIT2, F_ACCEPTED = 1, 2, 4, 8, 16  # struct sock_info flags (bpf/events.h)
 ECONNRESET, ETIMEDOUT, ECONNREFUSED = 104, 110, 111
 GRACE_NS = 1_000_000_000  # a closed connection waits this long for late owner/error events
 

@@ -58,7 +58,7 @@ COLUMNS = (
 )
 
 
-@dataclass(eq=False)  # identity: two endpoints are never "equal"
+@dataclass(eq=False, slots=True)  # identity: two endpoints are never "equal"
 class Conn:
     """One local TCP endpoint being followed."""
 
@@ -192,7 +192,7 @@ class ConnectionTracker:
         if ev["cookie"] and not c.cookie:
             c.cookie = ev["cookie"]
         if ev["has_stats"]:
-            c.stats = {k: ev[k] for k in STAT_FIELDS}
+            c.stats = ev  # the event holds the STAT_FIELDS counters (read-only from here on)
         if new == CLOSE:
             self.live.pop(sk, None)
             if c.pid is None and ev["in_task"]:
@@ -343,6 +343,7 @@ class EventDecoder:
             pos = off + size
         self.struct = struct.Struct(fmt)
         self._ips: dict[tuple[int, bytes], str] = {}
+        self._comms: dict[bytes, str] = {}
 
     def _ip(self, family: int, raw: bytes) -> str:
         k = (family, raw)
@@ -359,7 +360,13 @@ class EventDecoder:
         ev["family"] = family
         ev["saddr"] = self._ip(family, ev["saddr"]) if family else ""
         ev["daddr"] = self._ip(family, ev["daddr"]) if family else ""
-        ev["comm"] = ev["comm"].split(b"\0", 1)[0].decode("utf-8", "replace")
+        raw = ev["comm"]
+        comm = self._comms.get(raw)
+        if comm is None:
+            if len(self._comms) > 10_000:
+                self._comms.clear()
+            comm = self._comms[raw] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        ev["comm"] = comm
         return ev
 
 

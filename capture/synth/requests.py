@@ -193,8 +193,14 @@ def http_tables(conns: list[Conn], rq: dict[str, np.ndarray], paths: PathTable, 
 
 
 def split_by_node(tbl: pa.Table, nodes: np.ndarray, node_names: list[str]) -> list[tuple[str, pa.Table]]:
+    """One table per node, rows in their original order.
+
+    Each node's rows are gathered with take() into buffers of their own: a zero-copy slice of
+    the all-node table would keep every node's rows alive for as long as the writer buffers
+    any one node's (until that node's row group fills), which made peak memory grow with the
+    tape. Same rows, order and single-chunk columns as a slice: the parts are byte-identical.
+    """
     order = np.argsort(nodes, kind="stable")
-    tbl, nodes = tbl.take(pa.array(order)), nodes[order]
-    uniq, first = np.unique(nodes, return_index=True)
+    uniq, first = np.unique(nodes[order], return_index=True)
     bounds = list(first) + [len(nodes)]
-    return [(node_names[int(u)], tbl.slice(bounds[i], bounds[i + 1] - bounds[i])) for i, u in enumerate(uniq)]
+    return [(node_names[int(u)], tbl.take(pa.array(order[bounds[i]:bounds[i + 1]]))) for i, u in enumerate(uniq)]

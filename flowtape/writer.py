@@ -62,6 +62,27 @@ def clock_sample() -> dict[str, int]:
     return {"realtime_ns": realtime, "monotonic_ns": m, "offset_ns": realtime - m, "uncertainty_ns": (r2 - r1) // 2 + 1}
 
 
+class _Packed:
+    """Small appended tables kept as one Arrow IPC stream instead of live Arrow objects.
+
+    Each live table costs ~20 KB of C++ objects beyond its data (per column: ChunkedArray,
+    Array, ArrayData, buffer handles), so thousands of tiny appends buffered until a row group
+    fills (a low-rate table) grow memory far beyond their rows. One record batch per table is
+    written, so reading back gives the same chunks, hence the same Parquet bytes.
+    """
+
+    def __init__(self, schema: pa.Schema):
+        self.sink = pa.BufferOutputStream()
+        self.stream = pa.ipc.new_stream(self.sink, schema)
+
+    def add(self, rows: pa.Table) -> None:
+        self.stream.write_table(rows)
+
+    def read(self) -> pa.Table:
+        self.stream.close()
+        return pa.ipc.open_stream(self.sink.getvalue()).read_all()
+
+
 @dataclass
 class _Part:
     table: Table
@@ -71,7 +92,7 @@ class _Part:
     final: Path
     opened: float
     writer: pq.ParquetWriter | None = None
-    buffered: list[pa.Table] = field(default_factory=list)
+    buffered: list[pa.Table | _Packed] = field(default_factory=list)
     buffered_rows: int = 0
     rows: int = 0
     ts_min: int | None = None
@@ -118,7 +139,10 @@ class TapeWriter:
         compression: str = "zstd",
         compression_level: int | None = 3,
         clock: dict[str, int] | None = None,
+        pack_below_rows: int = 0,
     ):
+        """`pack_below_rows`: appends of fewer rows are buffered packed (see _Packed), for
+        producers that append many tiny batches; 0 (default) keeps every append as is."""
         self.path = Path(path)
         self.node = check_node_name(node or socket.gethostname().split(".")[0])
         self.rotate_seconds = rotate_seconds
@@ -126,6 +150,7 @@ class TapeWriter:
         self.row_group_rows = row_group_rows
         self.compression = compression
         self.compression_level = compression_level
+        self.pack_below_rows = pack_below_rows
         self._lock = threading.RLock()  # producers (probes, k8s watcher) append from several threads
         self._parts: dict[tuple[str, str], _Part] = {}
         self._next_seq: dict[tuple[str, str], int] = {}
@@ -249,7 +274,12 @@ class TapeWriter:
         n = rows.num_rows
         if n:
             part = self._part(decl, node)
-            part.buffered.append(rows)
+            if n < self.pack_below_rows and all(c.num_chunks == 1 for c in rows.columns):
+                if not part.buffered or not isinstance(part.buffered[-1], _Packed):
+                    part.buffered.append(_Packed(rows.schema))
+                part.buffered[-1].add(rows)  # type: ignore[union-attr]
+            else:
+                part.buffered.append(rows)
             part.buffered_rows += n
             part.rows += n
             mm = pc.min_max(rows.column(decl.time_column).cast(pa.int64()))
@@ -289,8 +319,10 @@ class TapeWriter:
     def _flush_part(self, part: _Part) -> None:
         if not part.buffered:
             return
-        data = pa.concat_tables(part.buffered) if len(part.buffered) > 1 else part.buffered[0]
+        tables = [b.read() if isinstance(b, _Packed) else b for b in part.buffered]
         part.buffered, part.buffered_rows = [], 0
+        data = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        del tables
         try:
             if part.writer is None:
                 fd = os.open(part.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)

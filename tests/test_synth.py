@@ -197,3 +197,20 @@ def test_two_regions_put_zones_in_both(two_region):
     with flowtape.open(two_region) as t:
         assert {r[0] for r in t.sql("select distinct region from k8s_nodes").fetchall()} == {"eu-west-1", "eu-central-1"}
         assert one(t, "select count(distinct zone) from k8s_nodes")[0] == 4
+
+
+def test_packed_buffers_write_the_same_bytes(tmp_path):
+    """synth buffers its many tiny appends packed (memory flat in the tape's length): same parts."""
+    from flowtape.writer import TapeWriter
+
+    row = {"conn_id": "node-01-1", "ts_start": 1, "ts_end": 2, "role": "client", "pid": 7, "comm": "api", "client_ip": "10.0.0.1",
+           "client_port": 40000, "server_ip": "10.0.0.2", "server_port": 80, "bytes_sent": 1, "bytes_received": 2, "close_state": "closed"}
+    sums = []
+    for pack in (0, 4096):
+        out = tmp_path / f"pack{pack}.tape"
+        with TapeWriter(out, node="node-01", rotate_seconds=float("inf"), row_group_rows=1000, pack_below_rows=pack) as w:
+            for k in range(300):
+                w.append("connections", [dict(row, conn_id=f"node-01-{k}-{i}", ts_start=k * 10 + i, client_port=40000 + i) for i in range(k % 9 + 1)])
+            w.append("connections", [dict(row, ts_start=10**6 + i) for i in range(5000)])  # big appends stay as they are
+        sums.append({rel: f["sha256"] for rel, f in json.loads((out / "manifest.json").read_text())["files"].items()})
+    assert sums[0] == sums[1] and sums[0]

@@ -3,7 +3,8 @@
 Generates a tape of about --rows rows in a child process (so its peak RSS is its own), then, as
 the baseline measured in the same run, re-writes the same tables' rows with bare pyarrow
 (ParquetWriter, zstd) from the finished tape, and prints rows/s, peak RSS and the ratio.
-Memory flatness: the same is run at --rows/10 and the two peaks are compared.
+Memory flatness: the same is run at --rows/100 and --rows/10 (1e6 and 1e7 for --rows 1e8), each
+in its own child, and the peaks are compared size to size: streaming means a ratio near 1.
 """
 
 from __future__ import annotations
@@ -66,17 +67,28 @@ def main() -> None:
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-synth-"))
     try:
-        small = run(CHILD, str(a.rows / 10), str(tmp / "small.tape"))
+        sizes = []
+        for k, rows in enumerate((a.rows / 100, a.rows / 10)):
+            sizes.append(run(CHILD, str(rows), str(tmp / f"size{k}.tape")))
+            shutil.rmtree(tmp / f"size{k}.tape", ignore_errors=True)
         big = run(CHILD, str(a.rows), str(tmp / "big.tape"))
+        sizes.append(big)
         (tmp / "bare").mkdir()
         bare = run(BARE, str(tmp / "big.tape"), str(tmp / "bare"))
         size = sum(p.stat().st_size for p in (tmp / "big.tape").rglob("*") if p.is_file())
         print(f"synth   {big['rows']:>12,} rows in {big['seconds']:7.1f} s = {big['rows'] / big['seconds']:>10,.0f} rows/s, "
               f"peak RSS {big['peak_rss_mb']:6.0f} MiB, tape {size / 2**20:.0f} MiB ({big['duration_s']} s simulated at {big['rps']:g} rps)")
-        print(f"synth   {small['rows']:>12,} rows in {small['seconds']:7.1f} s = {small['rows'] / small['seconds']:>10,.0f} rows/s, peak RSS {small['peak_rss_mb']:6.0f} MiB (1/10 size)")
         print(f"pyarrow {bare['rows']:>12,} rows in {bare['seconds']:7.1f} s = {bare['rows'] / bare['seconds']:>10,.0f} rows/s, peak RSS {bare['peak_rss_mb']:6.0f} MiB (bare re-write of the same rows, baseline)")
         print(f"ratio   synth / bare pyarrow write = {(big['rows'] / big['seconds']) / (bare['rows'] / bare['seconds']):.2f}; "
-              f"peak RSS x{big['peak_rss_mb'] / small['peak_rss_mb']:.2f} for x{big['rows'] / small['rows']:.1f} rows")
+              f"peak RSS synth / bare = {big['peak_rss_mb'] / bare['peak_rss_mb']:.2f}")
+        print("flatness (peak RSS by tape size; each size in its own process):")
+        prev = None
+        for r in sizes:
+            step = f"  x{r['peak_rss_mb'] / prev['peak_rss_mb']:.2f} peak for x{r['rows'] / prev['rows']:.1f} rows" if prev else ""
+            print(f"  {r['rows']:>12,} rows in {r['seconds']:7.1f} s = {r['rows'] / r['seconds']:>10,.0f} rows/s, peak RSS {r['peak_rss_mb']:6.0f} MiB{step}")
+            prev = r
+        first = sizes[0]
+        print(f"  peak RSS x{big['peak_rss_mb'] / first['peak_rss_mb']:.2f} over x{big['rows'] / first['rows']:.0f} rows")
     finally:
         if not a.keep:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -516,7 +516,11 @@ class L7Decoder:
             if now - flow.last_ts > IDLE_NS:
                 self._end_flow(flow, now)
         for key, st in list(self.ssl.items()):
-            conns = self.by_sk.get(st.skaddr, []) if st.skaddr else []
+            # The stream's own endpoint: the one alive at its first call. A socket address is
+            # reused by later sockets, and the connections probe reports an endpoint only at its
+            # CLOSE (or when the open ones are read), so by_sk may hold nothing but endpoints that
+            # closed before this stream began; they must not end it.
+            conns = self._alive_at(self.by_sk.get(st.skaddr, []), st.first_ts) if st.skaddr else []
             ended = conns and all(c.ts_end is not None and now - c.ts_end > ROW_GRACE_NS for c in conns)
             if ended or now - st.last_ts > IDLE_NS:
                 self._end_ssl(key, st, now)

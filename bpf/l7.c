@@ -38,7 +38,7 @@
 #define FT_TC_ACT_OK 0
 #define FT_TCP_FIN 0x01
 #define FT_TCP_RST 0x04
-#define FT_L7_HTTP_CAP 512
+#define FT_L7_HTTP_CAP 2048  /* a whole segment at MTU 1500: a head may start anywhere in a segment after a body */
 #define FT_L7_DNS_CAP 512
 #define FT_L7_SSL_CAP 512
 #define FT_L7_HDR_LEN __builtin_offsetof(struct l7_event, data)

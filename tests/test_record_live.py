@@ -152,14 +152,21 @@ def _rows(tape, query: str) -> list[dict]:
     return tape.sql(query).pl().to_dicts()
 
 
-def _tcp_bytes(pcap: Path) -> dict[tuple, list[int]]:
-    """(client_port) -> [payload bytes client->server, server->client] from tshark."""
-    out: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-    for src_port, dst_port, length in tshark_fields(pcap, ["tcp.srcport", "tcp.dstport", "tcp.len"], "tcp"):
+def _tcp_bytes(pcap: Path) -> dict[int, list[tuple[int, int]]]:
+    """client port -> [(payload bytes client->server, server->client) of each TCP stream] from
+    tshark. A list: an ephemeral port can be reused by a later connection in the same run."""
+    streams: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for stream, src_port, dst_port, length in tshark_fields(pcap, ["tcp.stream", "tcp.srcport", "tcp.dstport", "tcp.len"], "tcp"):
+        st = streams[int(stream)]
         if dst_port in ("80", "81"):
-            out[int(src_port)][0] += int(length)
+            st[0] = int(src_port)
+            st[1] += int(length)
         else:
-            out[int(dst_port)][1] += int(length)
+            st[0] = int(dst_port)
+            st[2] += int(length)
+    out: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for port, c2s, s2c in streams.values():
+        out[port].append((c2s, s2c))
     return dict(out)
 
 
@@ -180,12 +187,15 @@ def test_bytes_each_way_match_tshark(recording):
     truth = _tcp_bytes(r["pcaps"][r["cli"].host_if])
     rows = _rows(r["tape"], f"select * from connections where server_ip = '{r['srv'].ip}' and close_state = 'closed'")
     assert len(rows) == 2 * 22  # 12 curl + 10 python, both ends
+    for role in ("client", "server"):
+        # each endpoint's (client->server, server->client) payload bytes equal one of tshark's
+        # streams on that client port, one stream per endpoint (ports may be reused)
+        left = {port: list(v) for port, v in truth.items()}
+        for row in (x for x in rows if x["role"] == role):
+            got = (row["bytes_sent"], row["bytes_received"]) if role == "client" else (row["bytes_received"], row["bytes_sent"])
+            assert got in left.get(row["client_port"], []), (row, truth.get(row["client_port"]))
+            left[row["client_port"]].remove(got)
     for row in rows:
-        sent_by_client, sent_by_server = truth[row["client_port"]]
-        if row["role"] == "client":
-            assert (row["bytes_sent"], row["bytes_received"]) == (sent_by_client, sent_by_server), row
-        else:
-            assert (row["bytes_sent"], row["bytes_received"]) == (sent_by_server, sent_by_client), row
         assert row["ts_end"] is not None and row["segs_sent"] > 0 and row["retransmits"] == 0
     # the payloads are the ones we asked for (response = headers + body of known size)
     bodies = sorted(r2["bytes_received"] for r2 in rows if r2["role"] == "client" and r2["pid"] in r["curl_pids"])

@@ -342,17 +342,8 @@ class EventDecoder:
             self.names.append(name)
             pos = off + size
         self.struct = struct.Struct(fmt)
-        self._ips: dict[tuple[int, bytes], str] = {}
+        self._ip = ebpf.IpText()
         self._comms: dict[bytes, str] = {}
-
-    def _ip(self, family: int, raw: bytes) -> str:
-        k = (family, raw)
-        text = self._ips.get(k)
-        if text is None:
-            if len(self._ips) > 100_000:
-                self._ips.clear()
-            text = self._ips[k] = ebpf.ip_text(family, raw)
-        return text
 
     def __call__(self, raw: bytes) -> dict[str, Any]:
         ev = dict(zip(self.names, self.struct.unpack_from(raw)))

@@ -201,6 +201,41 @@ def ip_text(family: int, raw: bytes) -> str:
     return str(ipaddress.IPv6Address(bytes(raw[:16])))
 
 
+class IpText:
+    """ip_text with a bounded cache: events repeat the same few addresses."""
+
+    def __init__(self, limit: int = 100_000):
+        self._cache: dict[tuple[int, bytes], str] = {}
+        self._limit = limit
+
+    def __call__(self, family: int, raw: bytes) -> str:
+        k = (family, raw)
+        text = self._cache.get(k)
+        if text is None:
+            if len(self._cache) > self._limit:
+                self._cache.clear()
+            text = self._cache[k] = ip_text(family, raw)
+        return text
+
+
+def percpu_counters(table: Any, names: dict[int, str]) -> dict[str, int]:
+    """A per-CPU array of counters, summed over the CPUs and named."""
+    return {names[k.value]: int(sum(per_cpu)) for k, per_cpu in table.items()}
+
+
+def release(links: dict[int, list[int]], bpf: Any) -> None:
+    """Close every BPF link (the kernel detaches them) and free the bcc module."""
+    for fds in links.values():
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    links.clear()
+    if bpf is not None:
+        bpf.cleanup()
+
+
 def mac_text(raw: bytes) -> str:
     return ":".join(f"{b:02x}" for b in bytes(raw[:6]))
 

@@ -316,22 +316,11 @@ class FlowProbe:
         return flow_columns(parts, names, int(to_wall(0)))
 
     def counters(self) -> dict[str, int]:
-        out = {}
-        for k, per_cpu in self.bpf[b"ft_flow_ctr"].items():
-            out[COUNTERS[k.value]] = int(sum(per_cpu))
-        return out
+        return ebpf.percpu_counters(self.bpf[b"ft_flow_ctr"], COUNTERS)
 
     def programs(self) -> dict[str, int]:
         return {name: p.fd for name, p in self._progs.items()}
 
     def close(self) -> None:
-        for fds in self.links.values():
-            for fd in fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self.links.clear()
-        if self.bpf is not None:
-            self.bpf.cleanup()
-            self.bpf = None
+        ebpf.release(self.links, self.bpf)
+        self.bpf = None

@@ -250,7 +250,7 @@ class L7Decoder:
         self.counters = collections.Counter({"l7.http_no_endpoint": 0, "l7.tls_plaintext_no_connection": 0})
         self.events = 0
         self.last_ts = 0
-        self._ips: dict[tuple[int, bytes], str] = {}
+        self._ip = ebpf.IpText()
         h = self.header.index
         self._ix = tuple(h[n] for n in ("ts_ns", "skaddr", "ssl", "length", "seq", "pid", "cap_len", "family",
                                         "saddr", "daddr", "sport", "dport", "kind", "tcp_flags", "from_client", "comm"))
@@ -294,15 +294,6 @@ class L7Decoder:
         return (*local, *remote) if c.role == "client" else (*remote, *local)
 
     # --- input ----------------------------------------------------------------------------
-
-    def _ip(self, family: int, raw: bytes) -> str:
-        k = (family, raw)
-        text = self._ips.get(k)
-        if text is None:
-            if len(self._ips) > 100_000:
-                self._ips.clear()
-            text = self._ips[k] = ebpf.ip_text(family, raw)
-        return text
 
     def feed(self, raw: bytes) -> None:
         """One ring-buffer record."""
@@ -664,25 +655,14 @@ class L7Probe:
         self.bpf.ring_buffer_poll(timeout_ms)
 
     def counters(self) -> dict[str, int]:
-        out = {}
-        for k, per_cpu in self.bpf[b"ft_l7_ctr"].items():
-            out[KERNEL_COUNTERS[k.value]] = int(sum(per_cpu))
-        return out
+        return ebpf.percpu_counters(self.bpf[b"ft_l7_ctr"], KERNEL_COUNTERS)
 
     def programs(self) -> dict[str, int]:
         return {(name.decode() if isinstance(name, bytes) else name): fn.fd for name, fn in self.bpf.funcs.items()}
 
     def close(self) -> None:
-        for fds in self.links.values():
-            for fd in fds:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        self.links.clear()
-        if self.bpf is not None:
-            self.bpf.cleanup()
-            self.bpf = None
+        ebpf.release(self.links, self.bpf)
+        self.bpf = None
 
 
 def monotonic_ns() -> int:

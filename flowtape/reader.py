@@ -100,8 +100,8 @@ def scan_parts(path: Path, manifest: dict[str, Any]) -> tuple[list[Part], list[P
                     problems.append(Problem(rel, f"truncated or modified part ({size} bytes, manifest says {entry['bytes']}); not read"))
                     continue
                 try:
-                    meta = pq.read_metadata(f)
-                    stored = pq.read_schema(f)
+                    meta = pq.read_metadata(f)  # one footer read gives rows and schema
+                    stored = meta.schema.to_arrow_schema()
                 except (OSError, pa.ArrowException) as e:
                     why = "truncated part" if "magic" in str(e).lower() or "size" in str(e).lower() else "unreadable part"
                     problems.append(Problem(rel, f"{why} ({str(e).splitlines()[0][:120]}); not read"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
@@ -30,6 +31,24 @@ def run_cli(*args: str) -> Result:
     with redirect_stdout(out), redirect_stderr(err):
         code = main([str(a) for a in args])
     return Result(int(code), out.getvalue(), err.getvalue())
+
+
+def require_tool(names: tuple[str, ...], hint: str) -> str:
+    """Path of the first of `names` on PATH. Missing: skip with the reason printed, or fail
+    under CI=true, where scripts/setup-host.sh has installed it."""
+    for name in names:
+        exe = shutil.which(name)
+        if exe:
+            return exe
+    why = f"{names[0]} is not installed ({hint}; scripts/setup-host.sh installs it)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(why, pytrace=False)
+    pytest.skip(why)
+
+
+@pytest.fixture
+def need_dot() -> str:
+    return require_tool(("dot",), "apt-get install graphviz")
 
 
 @pytest.fixture

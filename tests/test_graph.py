@@ -4,7 +4,6 @@ through Graphviz, the one-line error without `dot`, and latency over time agains
 from __future__ import annotations
 
 import re
-import shutil
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -15,7 +14,7 @@ import flowtape
 from conftest import FIXTURES
 from flowtape.analyze import graph
 
-needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz `dot` not installed (scripts/setup-host.sh installs it)")
+needs_dot = pytest.mark.usefixtures("need_dot")
 
 
 def _edges() -> pl.DataFrame:

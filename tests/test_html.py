@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import html.parser
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -19,11 +17,10 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import FIXTURES, run_cli
+from conftest import FIXTURES, require_tool, run_cli
 
 INCIDENT = FIXTURES / "synth-incident.tape"
-needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="graphviz `dot` not installed (scripts/setup-host.sh installs it)")
-pytestmark = needs_dot
+pytestmark = pytest.mark.usefixtures("need_dot")
 
 
 @pytest.fixture(scope="module")
@@ -219,13 +216,8 @@ def test_tiny_tape_page(tmp_path):
 # --- Chromium ---------------------------------------------------------------------------------
 
 
-def _chromium() -> str | None:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    if exe is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("chromium is not installed (scripts/setup-host.sh installs it)")
-        pytest.skip("chromium is not installed (apt-get install chromium; scripts/setup-host.sh installs it)")
-    return exe
+def _chromium() -> str:
+    return require_tool(("chromium", "chromium-browser"), "apt-get install chromium")
 
 
 def _chromium_args(exe: str, profile: Path) -> list[str]:

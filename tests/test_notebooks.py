@@ -20,7 +20,7 @@ def test_there_are_notebooks():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, monkeypatch):
-    jupytext = pytest.importorskip("jupytext")
+    import jupytext  # a test dependency (pyproject [test]): missing is an error, not a skip
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from . import ebpf
+from . import ebpf, ringbuf
 
 # TCP states (include/net/tcp_states.h)
 ESTABLISHED, SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2, TIME_WAIT, CLOSE, CLOSE_WAIT, LAST_ACK, LISTEN, CLOSING = range(1, 12)
@@ -378,6 +378,8 @@ class ConnectionProbe:
     _defines: dict[str, Any] = field(default_factory=dict)
     _sockops: Any = None
     _link: int | None = None
+    _reader: Any = None  # ringbuf.RingReader, or None: bcc's callback reader
+    _on_batch: Any = None
     cgroup: Path | None = None
 
     def check(self) -> None:
@@ -414,14 +416,21 @@ class ConnectionProbe:
 
     def open(self, on_event: Callable[[dict[str, Any]], None]) -> None:
         table = self.bpf[b"ft_conn_events"]
-        decoder: list[EventDecoder] = []
+        if ringbuf.supported():
+            from bcc import table as bcc_table  # type: ignore[import-not-found]
 
-        def callback(_ctx: Any, data: Any, size: int) -> None:
-            if not decoder:
-                decoder.append(EventDecoder(type(table.event(data))))
-            on_event(decoder[0](ctypes.string_at(data, size)))
+            decode = EventDecoder(bcc_table._get_event_class(table))
+            self._reader = ringbuf.RingReader(table.map_fd, self.ringbuf_pages * ringbuf.PAGE)
+            self._on_batch = lambda raws: [on_event(decode(raw)) for raw in raws]
+        else:
+            decoder: list[EventDecoder] = []
 
-        table.open_ring_buffer(callback)
+            def callback(_ctx: Any, data: Any, size: int) -> None:
+                if not decoder:
+                    decoder.append(EventDecoder(type(table.event(data))))
+                on_event(decoder[0](ctypes.string_at(data, size)))
+
+            table.open_ring_buffer(callback)
         if self.tune_gc:
             # Each endpoint allocates a few short-lived objects and keeps one for GRACE_NS: with the
             # default thresholds the cyclic GC runs every 700 allocations and rescans the survivors,
@@ -465,7 +474,10 @@ class ConnectionProbe:
         sleep (the recorder's loop needs one anyway) and events are read in batches."""
         if timeout_ms > 0:
             time.sleep(timeout_ms / 1000)
-        self.bpf.ring_buffer_consume()
+        if self._reader is not None:
+            self._on_batch(self._reader.read())
+        else:
+            self.bpf.ring_buffer_consume()
 
     def lost(self) -> int:
         return int(sum(self.bpf[b"ft_conn_lost"][0]))
@@ -479,6 +491,9 @@ class ConnectionProbe:
         return {(name.decode() if isinstance(name, bytes) else name): fn.fd for name, fn in self.bpf.funcs.items()}
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._link is not None:
             os.close(self._link)
             self._link = None

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import ebpf
+from . import ebpf, ringbuf
 from .decode_http import looks_like_request, looks_like_response
 from .decode_stats import DecodeStats
 from .decode_tls import ClientHelloReader, tls_row
@@ -550,6 +550,8 @@ class L7Probe:
     _progs: dict[str, Any] = field(default_factory=dict)
     _defines: dict[str, Any] = field(default_factory=dict)
     _libs: list[str] = field(default_factory=list)
+    _reader: Any = None  # ringbuf.RingReader, or None: bcc's callback reader
+    _on_raw: Any = None
 
     def check(self) -> None:
         from ..errors import UsageError
@@ -638,21 +640,27 @@ class L7Probe:
 
     def open(self, on_raw: Callable[[bytes], None]) -> type:
         """Open the ring buffer; returns bcc's ctypes class of struct l7_event (for the decoder)."""
+        from bcc import table as bcc_table  # type: ignore[import-not-found]
+
         table = self.bpf[b"ft_l7_events"]
-        cls = table._event_class if hasattr(table, "_event_class") else None
+        if ringbuf.supported():
+            self._reader = ringbuf.RingReader(table.map_fd, self.ringbuf_pages * ringbuf.PAGE)
+            self._on_raw = on_raw
+        else:
+            def callback(_ctx: Any, data: Any, size: int) -> None:
+                on_raw(ctypes.string_at(data, size))
 
-        def callback(_ctx: Any, data: Any, size: int) -> None:
-            on_raw(ctypes.string_at(data, size))
-
-        table.open_ring_buffer(callback)
-        if cls is None:
-            from bcc import table as bcc_table  # type: ignore[import-not-found]
-
-            cls = bcc_table._get_event_class(table)
-        return cls
+            table.open_ring_buffer(callback)
+        return bcc_table._get_event_class(table)
 
     def poll(self, timeout_ms: int) -> None:
-        self.bpf.ring_buffer_poll(timeout_ms)
+        if self._reader is None:
+            self.bpf.ring_buffer_poll(timeout_ms)
+            return
+        self._reader.wait(timeout_ms)
+        on_raw = self._on_raw
+        for raw in self._reader.read():
+            on_raw(raw)
 
     def counters(self) -> dict[str, int]:
         return ebpf.percpu_counters(self.bpf[b"ft_l7_ctr"], KERNEL_COUNTERS)
@@ -661,6 +669,9 @@ class L7Probe:
         return {(name.decode() if isinstance(name, bytes) else name): fn.fd for name, fn in self.bpf.funcs.items()}
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         ebpf.release(self.links, self.bpf)
         self.bpf = None
 

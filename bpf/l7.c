@@ -41,6 +41,7 @@
 #define FT_L7_HTTP_CAP 2048  /* a whole segment at MTU 1500: a head may start anywhere in a segment after a body */
 #define FT_L7_DNS_CAP 512
 #define FT_L7_SSL_CAP 512
+#define FT_L7_RB_NO_WAKEUP 1  /* BPF_RB_NO_WAKEUP */
 #define FT_L7_HDR_LEN __builtin_offsetof(struct l7_event, data)
 
 BPF_RINGBUF_OUTPUT(ft_l7_events, FT_L7_RINGBUF_PAGES);
@@ -61,7 +62,9 @@ static __always_inline void l7_submit(struct l7_event *ev) {
     cap &= (FT_L7_DATA_MAX * 2 - 1);   /* cap_len <= FT_L7_DATA_MAX: bounds for the verifier */
     if (cap > FT_L7_DATA_MAX)
         cap = FT_L7_DATA_MAX;
-    if (ft_l7_events.ringbuf_output(ev, FT_L7_HDR_LEN + cap, 0) != 0)
+    /* No wakeup per record: user space drains the ring on its own clock, a batch at a time
+     * (a wakeup per record cost a context switch per HTTP segment). */
+    if (ft_l7_events.ringbuf_output(ev, FT_L7_HDR_LEN + cap, FT_L7_RB_NO_WAKEUP) != 0)
         l7_bump(FT_L7_CTR_RINGBUF_FULL);
 }
 

@@ -654,10 +654,11 @@ class L7Probe:
         return bcc_table._get_event_class(table)
 
     def poll(self, timeout_ms: int) -> None:
+        if timeout_ms > 0:  # the kernel writes without waking us (BPF_RB_NO_WAKEUP): read in batches
+            time.sleep(timeout_ms / 1000)
         if self._reader is None:
-            self.bpf.ring_buffer_poll(timeout_ms)
+            self.bpf.ring_buffer_consume()
             return
-        self._reader.wait(timeout_ms)
         on_raw = self._on_raw
         for raw in self._reader.read():
             on_raw(raw)

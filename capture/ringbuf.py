@@ -13,6 +13,8 @@ without a system call per record (Documentation/bpf/ringbuf.rst): the map fd mma
 and each record is an 8-byte header (u32 length with BUSY and DISCARD bits, u32 page offset)
 followed by the sample, the whole rounded up to 8 bytes. `RingReader.read()` copies out every
 committed record up to the producer position and then advances the consumer position once.
+Our programs submit with BPF_RB_NO_WAKEUP and the recorder reads on its own clock, so there is
+no epoll here.
 
 Positions are loaded and stored with single aligned 8-byte accesses (numpy scalars / ctypes),
 never byte by byte (struct's '<Q' assembles bytes): the kernel reads the consumer position
@@ -27,7 +29,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import platform
-import select
 
 import numpy as np
 
@@ -55,13 +56,6 @@ class RingReader:
         self._prod = np.frombuffer(self._data_map, dtype=np.uint64, count=1)
         self._words = np.frombuffer(self._data_map, dtype=np.uint32)  # record headers, read as whole words
         self._view = memoryview(self._data_map)
-        self._epoll = select.epoll()
-        self._epoll.register(map_fd, select.EPOLLIN)
-
-    def wait(self, timeout_ms: int) -> None:
-        """Sleep until the kernel signals data (records submitted without BPF_RB_NO_WAKEUP) or timeout."""
-        if timeout_ms > 0 and not self.pending():
-            self._epoll.poll(timeout_ms / 1000)
 
     def pending(self) -> bool:
         return int(self._prod[0]) != self._cons.value
@@ -88,7 +82,6 @@ class RingReader:
         return out
 
     def close(self) -> None:
-        self._epoll.close()
         del self._cons, self._prod, self._words
         self._view.release()
         self._cons_map.close()

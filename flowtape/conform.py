@@ -35,13 +35,44 @@ def _columns_from_rows(table: Table, rows: list[dict]) -> dict[str, list]:
     return cols
 
 
+def _rows_fast(table: Table, rows: list[dict]) -> pa.Table | None:
+    """Rows -> Arrow through Polars' Rust-side dict reader: ~2x faster than Python column lists
+    (the recorder writes tens of thousands of rows a second). None when a row has a key that is
+    not a column (or the partition key, checked below) or a value that does not fit, so the slow
+    path can name it."""
+    if not rows or (set().union(*rows) - set(table.arrow_schema.names)):
+        return None
+    import polars as pl
+
+    schema = _polars_schema(table)
+    try:
+        return pl.from_dicts(rows, schema=schema, strict=True).to_arrow().cast(table.arrow_schema)
+    except Exception:  # a value that does not fit, a null in a required column: the slow path says which, in our words
+        return None
+
+
+_POLARS_SCHEMAS: dict[str, Any] = {}
+
+
+def _polars_schema(table: Table) -> Any:
+    schema = _POLARS_SCHEMAS.get(table.name)
+    if schema is None:
+        import polars as pl
+
+        target = table.arrow_schema
+        schema = dict(pl.from_arrow(target.empty_table()).schema)
+        _POLARS_SCHEMAS[table.name] = schema
+    return schema
+
+
 def _as_arrow(table: Table, data: Data) -> pa.Table | dict[str, Any]:
     if isinstance(data, pa.RecordBatch):
         return pa.Table.from_batches([data])
     if isinstance(data, pa.Table):
         return data
     if isinstance(data, list):
-        return _columns_from_rows(table, data)
+        fast = _rows_fast(table, data)
+        return fast if fast is not None else _columns_from_rows(table, data)
     if isinstance(data, dict):
         return data
     to_arrow = getattr(data, "to_arrow", None)  # polars.DataFrame, duckdb relation

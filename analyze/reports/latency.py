@@ -2,6 +2,9 @@
 
 Routes template ID-like path segments (numbers, UUIDs, long hex) as `{id}` and drop the query
 string, so `/orders/1001` and `/orders/1002` are one route `/orders/{id}`.
+
+HTTP percentiles come from a log-bucketed latency histogram and are within 1 % of the exact
+value (analyze.sketch); max_ms is exact. DNS and TCP percentiles are exact.
 """
 
 from __future__ import annotations
@@ -10,24 +13,19 @@ import polars as pl
 
 from ...reader import Tape
 from ..enrich import create_views, name_sql, server_name_sql
+from ..sketch import percentile_sql, ranks_sql
+from ..sums import http_sums
 from .filters import Filters, check_by
 
-ROUTE = (
-    "array_to_string(list_transform(string_split(split_part({path}, '?', 1), '/'), lambda s: "
-    "CASE WHEN regexp_full_match(s, '[0-9]+|[0-9a-fA-F]{{8}}-[0-9a-fA-F]{{4}}-[0-9a-fA-F]{{4}}-[0-9a-fA-F]{{4}}-[0-9a-fA-F]{{12}}|[0-9a-fA-F]{{16,}}') "
-    "THEN '{{id}}' ELSE s END), '/')"
-)
-
 HTTP_SQL = """
-WITH routes AS (SELECT path, {route} AS route FROM (SELECT DISTINCT path FROM ft_http_x))  -- template each path once
-SELECT {client} AS client, {server} AS server{route_cols}, count(*) AS requests,
-       count(*) FILTER (WHERE status >= 500) AS errors_5xx,
-       quantile_cont(latency_ns, 0.50) / 1e6 AS p50_ms,
-       quantile_cont(latency_ns, 0.95) / 1e6 AS p95_ms,
-       quantile_cont(latency_ns, 0.99) / 1e6 AS p99_ms,
-       max(latency_ns) / 1e6 AS max_ms
-FROM enriched_http {route_join}
-WHERE latency_ns IS NOT NULL AND {where}
+SELECT client, server{route_cols}, sum(n)::BIGINT AS requests, sum(n_5xx)::BIGINT AS errors_5xx,
+       {p50} AS p50_ms, {p95} AS p95_ms, {p99} AS p99_ms, max(max_latency_ns) / 1e6 AS max_ms
+FROM (
+    SELECT *, {ranks} FROM (
+        SELECT {client} AS client, {server} AS server, method, route, lb, n, n_5xx, max_latency_ns
+        FROM {http} WHERE lb IS NOT NULL AND {ns}{route_where}
+    )
+)
 GROUP BY ALL
 ORDER BY requests DESC, client, server{route_order}
 """
@@ -59,10 +57,11 @@ def http_latency(tape: Tape, by: str = "workload", per_route: bool = False, filt
     """HTTP latency (time to first response byte) per edge, or per edge, method and route."""
     check_by(by)
     f = filters or Filters()
-    create_views(tape.con)
-    route_cols = ", method, routes.route" if per_route else ""
-    sql = HTTP_SQL.format(client=name_sql("client", by), server=server_name_sql(by), route_cols=route_cols, route_order=", method, route" if per_route else "", route=ROUTE.format(path="path"),
-        route_join="JOIN routes USING (path)" if per_route else "", where=f.where("ts", "client_namespace", "server_namespace"))
+    keys = "client, server, method, route" if per_route else "client, server"
+    sql = HTTP_SQL.format(client=name_sql("client", by), server=server_name_sql(by), route_cols=", method, route" if per_route else "",
+                          route_order=", method, route" if per_route else "", route_where=" AND route IS NOT NULL" if per_route else "",
+                          http=http_sums(tape.con, f.time_sql("ts")), ns=f.namespace_sql("client_namespace", "server_namespace"),
+                          ranks=ranks_sql(keys), p50=percentile_sql(0.50), p95=percentile_sql(0.95), p99=percentile_sql(0.99))
     return tape.sql(sql).pl()
 
 

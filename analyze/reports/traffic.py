@@ -4,7 +4,7 @@ Pair kinds: same_zone, cross_zone, cross_region, internet_egress (cluster -> int
 internet_ingress (free at the usual providers), unknown (an end whose zone the tape does not
 know: a ClusterIP of UDP traffic, an unowned address).
 
-Bytes are flow bytes (IP total length, headers included) from `enrich.flow_sums`: each packet
+Bytes are flow bytes (IP total length, headers included) from `sums.flow_sums`: each packet
 counted once, ClusterIPs replaced by the pod behind them where the tape knows it (so the zone of
 the real destination is used). Cost = GB (10^9 bytes) x the price of the pair's kind
 (analyze.prices); `cost_usd_month` scales the tape window to 30 days.
@@ -15,7 +15,8 @@ from __future__ import annotations
 import polars as pl
 
 from ...reader import Tape
-from ..enrich import flow_sums, name_sql
+from ..enrich import name_sql
+from ..sums import flow_sums
 from ..prices import Prices
 from .filters import Filters, check_by
 

@@ -1,0 +1,97 @@
+"""Shared aggregates: each big table is scanned once per tape and time filter, then named.
+
+Reports over HTTP exchanges and flows do not group millions of enriched rows each: they read
+small tables that were summed on the raw columns first (endpoint IPs, the key that names them
+exactly at that time, see enrich.keyed_sql, and the report dimensions), and named after.
+A tape does not change while it is open, so each table is computed once per DuckDB connection
+and time filter, and shared by every report of a set (`flowtape report` with several sections,
+`tape.report.*`, the HTML report).
+
+- http_sums: per (client, server and addressed server, each named at the time, method, route,
+  latency bucket): requests, 5xx, unanswered, max latency. Percentiles come from the latency
+  buckets (analyze.sketch: within 1 % of the exact value).
+- flow_sums: per (recording node, src, dst, each named at the time): bytes, packets, first start,
+  last end, rows; each packet counted once per cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import duckdb
+
+from .enrich import ENDPOINT_FIELDS, create_views, keyed_sql
+from .sketch import bucket_sql
+
+ROUTE = (
+    "array_to_string(list_transform(string_split(split_part({path}, '?', 1), '/'), lambda s: "
+    "CASE WHEN regexp_full_match(s, '[0-9]+|[0-9a-fA-F]{{8}}-[0-9a-fA-F]{{4}}-[0-9a-fA-F]{{4}}-[0-9a-fA-F]{{4}}-[0-9a-fA-F]{{12}}|[0-9a-fA-F]{{16,}}') "
+    "THEN '{{id}}' ELSE s END), '/')"
+)
+"""A path's route: the query string dropped, ID-like segments (numbers, UUIDs, long hex) as {id}."""
+
+# Every path is templated once (hundreds of distinct paths for millions of requests).
+_ROUTES = "CREATE TEMP TABLE IF NOT EXISTS ft_routes AS SELECT path, {route} AS route FROM (SELECT DISTINCT path FROM http WHERE path IS NOT NULL)"
+
+HTTP_AGGREGATES = ("count(*) AS n, count(*) FILTER (WHERE status >= 500) AS n_5xx, count(*) FILTER (WHERE status IS NULL) AS n_unanswered, "
+                   "max(latency_ns) AS max_latency_ns")
+HTTP_MERGE = {"n": "sum(n)::BIGINT", "n_5xx": "sum(n_5xx)::BIGINT", "n_unanswered": "sum(n_unanswered)::BIGINT", "max_latency_ns": "max(max_latency_ns)"}
+
+FLOW_AGGREGATES = "sum(bytes)::UBIGINT AS bytes, sum(packets)::UBIGINT AS packets, min(ts_start) AS ts_start, max(ts_end) AS ts_end, count(*) AS flow_rows"
+FLOW_MERGE = {"bytes": "sum(bytes)::UBIGINT", "packets": "sum(packets)::UBIGINT", "ts_start": "min(ts_start)", "ts_end": "max(ts_end)", "flow_rows": "sum(flow_rows)::BIGINT"}
+
+FIELDS = tuple(f for f in ENDPOINT_FIELDS if f != "labels")
+"""Resolved columns kept (reports do not group by labels; maps cost more to carry than the rest)."""
+
+
+def _merged(body: str, merge: dict[str, str]) -> str:
+    """The keyed rows of `body` (one per minute or change of naming) summed per name: most
+    endpoints keep their names for the whole tape, so this is a tenth of the rows or less."""
+    cols = ", ".join(f"{expr} AS {c}" for c, expr in merge.items())
+    return f"SELECT * EXCLUDE ({', '.join(merge)}), {cols} FROM ({body}) GROUP BY ALL"
+
+
+def _cached(con: duckdb.DuckDBPyConnection, kind: str, time_filter: str) -> tuple[str, bool]:
+    name = f"ft_{kind}_sums_" + hashlib.sha1(time_filter.encode()).hexdigest()[:12]
+    exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchall()[0][0] > 0
+    return name, exists
+
+
+def http_sums(con: duckdb.DuckDBPyConnection, time_filter: str = "true") -> str:
+    """Name of a temporary table of HTTP exchanges (each counted once, see enrich.ft_http_x)
+    summed per named client, server and addressed server (`client_*`, `server_*`, `seen_*`),
+    method, route and latency bucket `lb`: n, n_5xx, n_unanswered, max_latency_ns. Rows
+    without a latency have lb NULL. `time_filter` is a condition on `ts` (the request's)."""
+    create_views(con)
+    name, exists = _cached(con, "http", time_filter)
+    if exists:
+        return name
+    con.execute(_ROUTES.format(route=ROUTE.format(path="path")))
+    substitutions = con.execute("SELECT count(*) FROM ft_conn_subst").fetchall()[0][0] > 0
+    base = (f"(SELECT x.*, r.route, {bucket_sql('x.latency_ns')} AS lb FROM ft_http_x x LEFT JOIN ft_routes r ON r.path = x.path "
+            f"WHERE {time_filter})")
+    if substitutions:
+        ends = [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")]
+        body = _merged(keyed_sql(base, "ts", ends, group="method, route, lb", aggregates=HTTP_AGGREGATES, fields=FIELDS), HTTP_MERGE)
+    else:  # nobody addressed a ClusterIP: what the client saw is the server
+        seen = ", ".join(f"server_{f} AS seen_{f}" for f in FIELDS)
+        ends = [("client", "client_ip"), ("server", "server_ip")]
+        keyed = keyed_sql(base, "ts", ends, group="method, route, lb", aggregates=HTTP_AGGREGATES, fields=FIELDS)
+        body = f"SELECT *, server_ip AS seen_server_ip, {seen} FROM ({_merged(keyed, HTTP_MERGE)})"
+    con.execute(f"CREATE TEMP TABLE {name} AS {body}")
+    return name
+
+
+def flow_sums(con: duckdb.DuckDBPyConnection, time_filter: str = "true") -> str:
+    """Name of a temporary table of flow bytes and packets summed per node and resolved src/dst
+    (exact per-row resolution, see enrich.keyed_sql), each packet counted once per cluster.
+    `time_filter` is a condition on `ts_start`."""
+    create_views(con)
+    name, exists = _cached(con, "flow", time_filter)
+    if exists:
+        return name
+    body = keyed_sql(f"(SELECT * FROM ft_flow_real WHERE {time_filter})", "ts_start", [("src", "src_real"), ("dst", "dst_real")],
+                     group="node", aggregates=FLOW_AGGREGATES, fields=FIELDS)
+    con.execute(f"""CREATE TEMP TABLE {name} AS {_merged(body, FLOW_MERGE)}
+        HAVING node = src_node OR src_node IS NULL OR src_node NOT IN (SELECT node FROM ft_flow_nodes)""")
+    return name

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import collections
 import ctypes
-import gc
 import os
 import re
 import struct
@@ -369,10 +368,9 @@ class ConnectionProbe:
     unowned_entries: int = 65536
     sock_entries: int = 262144  # live TCP endpoints followed at once
     # Attribute server sockets accepted without asking for the peer address (libuv does this) to
-    # the first process that reads or writes them. Opt-in: its tracepoints run on every send and
-    # recv of every socket. FLOWTAPE_OWNER_FALLBACK=1 turns it on.
-    tune_gc: bool = True  # see open()
-    owner_fallback: bool = field(default_factory=lambda: os.environ.get("FLOWTAPE_OWNER_FALLBACK", "") in ("1", "true", "yes"))
+    # the first process that reads or writes them. Opt-in (`flowtape record --owner-fallback`):
+    # its tracepoints run on every send and recv of every socket.
+    owner_fallback: bool = False
     bpf: Any = None
     missing: dict[str, str] = field(default_factory=dict)  # what is missing -> what the tape lacks
     _defines: dict[str, Any] = field(default_factory=dict)
@@ -431,19 +429,6 @@ class ConnectionProbe:
                 on_event(decoder[0](ctypes.string_at(data, size)))
 
             table.open_ring_buffer(callback)
-        if self.tune_gc:
-            # Each endpoint allocates a few short-lived objects and keeps one for GRACE_NS: with the
-            # default thresholds the cyclic GC runs every 700 allocations and rescans the survivors,
-            # about 30% of the recorder's time at 20k endpoints/s. Objects alive now (modules, bcc,
-            # pyarrow) are frozen out of the scans. (Process-wide: the recorder is its own process.)
-            gc.freeze()
-            gc.set_threshold(max(gc.get_threshold()[0], 50_000), 20, 50)
-        # The recorder feeds a ConnectionTracker from on_event; let its final take_rows read the
-        # endpoints still open from the kernel map. (Interim wiring: the recorder should set
-        # `tracker.live_source = probe.open_endpoints` itself.)
-        tracker = getattr(getattr(on_event, "__self__", None), "tracker", None)
-        if isinstance(tracker, ConnectionTracker) and tracker.live_source is None:
-            tracker.live_source = self.open_endpoints
 
     def open_endpoints(self) -> list[dict[str, Any]]:
         """ESTABLISHED events for the endpoints the kernel follows that are established now."""

@@ -1,7 +1,7 @@
 """Who owns a server socket accepted without asking for the peer address (libuv does this).
 
 accept() with a sockaddr buffer is attributed in the kernel (ft_peers); accept(fd, NULL, NULL)
-only by the opt-in send/recv fallback (FLOWTAPE_OWNER_FALLBACK=1), which costs a program run
+only by the opt-in send/recv fallback (`flowtape record --owner-fallback`), which costs a program run
 on every send and recv. Root and bcc needed; loopback only.
 """
 
@@ -53,8 +53,8 @@ def _exchange(with_address: bool) -> tuple[int, int]:
 
 def _record(tmp_path: Path, fallback: bool) -> tuple[object, list[tuple[int, int, bool]]]:
     tape = tmp_path / f"owner-{int(fallback)}.tape"
-    env = {**os.environ, "FLOWTAPE_OWNER_FALLBACK": "1" if fallback else "0"}
-    rec = subprocess.Popen([FLOWTAPE, "record", "-o", str(tape), "--probes", "connections"], stderr=subprocess.PIPE, text=True, env=env)
+    argv = [FLOWTAPE, "record", "-o", str(tape), "--probes", "connections", *(["--owner-fallback"] if fallback else [])]
+    rec = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     try:
         while "recording to" not in (line := rec.stderr.readline()):
             assert line, rec.stderr.read()

@@ -69,27 +69,44 @@ SEQ_MOD = 1 << 32
 
 
 class HeaderDecoder:
-    """struct l7_event's header (everything before data[]) from the C declaration, via bcc's ctypes class."""
+    """struct l7_event's header (everything before data[]) from the C declaration, via bcc's
+    ctypes class: one struct.Struct that yields FIELDS in this order whatever the C order
+    (fields not listed are skipped as padding), so the hot path unpacks straight into locals."""
+
+    FIELDS = ("ts_ns", "skaddr", "ssl", "length", "seq", "pid", "cap_len", "family",
+              "saddr", "daddr", "sport", "dport", "kind", "tcp_flags", "from_client", "comm")
 
     def __init__(self, event_class: type):
-        fmt, pos, names = "<", 0, []
+        layout = []  # (offset, size, format code, name)
         for name, ctype in event_class._fields_:
             if name == "data":
                 break
             off, size = getattr(event_class, name).offset, ctypes.sizeof(ctype)
-            fmt += f"{off - pos}x" if off > pos else ""
             if issubclass(ctype, ctypes.Array):
-                fmt += f"{size}s"
+                code = f"{size}s"
             else:
                 code = {1: "b", 2: "h", 4: "i", 8: "q"}[size]
-                fmt += code if ctype._type_.islower() else code.upper()
-            names.append(name)
-            pos = off + size
+                code = code if ctype._type_.islower() else code.upper()
+            layout.append((off, size, code, name))
+        by_name = {name: (off, size, code) for off, size, code, name in layout}
+        missing = [n for n in self.FIELDS if n not in by_name]
+        if missing:
+            raise ValueError(f"struct l7_event has no field {missing[0]!r} (bpf/events.h and capture/l7.py disagree)")
+        # struct.Struct reads left to right: one Struct per field would be slow, so order the
+        # fields by offset when FIELDS is already in C order, else fall back to a permutation.
         self.data_offset = event_class.data.offset
-        fmt += f"{self.data_offset - pos}x" if self.data_offset > pos else ""
+        ordered = sorted(self.FIELDS, key=lambda n: by_name[n][0])
+        fmt, pos = "<", 0
+        for n in ordered:
+            off, size, code = by_name[n]
+            fmt += (f"{off - pos}x" if off > pos else "") + code
+            pos = off + size
         self.struct = struct.Struct(fmt)
-        self.names = names
-        self.index = {n: i for i, n in enumerate(names)}
+        self.permutation = None if tuple(ordered) == self.FIELDS else tuple(ordered.index(n) for n in self.FIELDS)
+
+    def unpack(self, raw: bytes) -> tuple:
+        f = self.struct.unpack_from(raw)
+        return f if self.permutation is None else tuple(f[i] for i in self.permutation)
 
 
 def c_header_class() -> type:
@@ -200,10 +217,11 @@ class Endpoint:
 
 
 class _TcpFlow:
-    __slots__ = ("key", "http", "dirs", "fins", "last_ts", "dns")
+    __slots__ = ("key", "raw_key", "http", "dirs", "fins", "last_ts", "dns")
 
     def __init__(self, key: tuple, http: HttpConnection | None, dns: bool = False) -> None:
         self.key = key  # (client_ip, client_port, server_ip, server_port)
+        self.raw_key: tuple | None = None  # the same with the addresses as the kernel sent them (L7Decoder.flows_raw)
         self.http = http
         self.dirs = (_Direction(), _Direction())  # [0] server->client, [1] client->server
         self.fins = 0
@@ -233,7 +251,8 @@ class L7Decoder:
         self.redaction = redaction or Redaction()
         self.dns = DnsPairer(self.stats) if dns_timeout_ns is None else DnsPairer(self.stats, dns_timeout_ns)
         self.header = HeaderDecoder(event_class or c_header_class())
-        self.flows: dict[tuple, _TcpFlow] = {}
+        self.flows: dict[tuple, _TcpFlow] = {}  # by (client_ip, client_port, server_ip, server_port)
+        self.flows_raw: dict[tuple, _TcpFlow] = {}  # the same flows by the kernel's 16-byte addresses
         self.hellos: dict[tuple, ClientHelloReader] = {}
         self.ssl: dict[tuple[int, int], _SslStream] = {}
         # connection endpoints (capture.connections.Conn) by client-first 4-tuple and by skaddr
@@ -251,9 +270,9 @@ class L7Decoder:
         self.events = 0
         self.last_ts = 0
         self._ip = ebpf.IpText()
-        h = self.header.index
-        self._ix = tuple(h[n] for n in ("ts_ns", "skaddr", "ssl", "length", "seq", "pid", "cap_len", "family",
-                                        "saddr", "daddr", "sport", "dport", "kind", "tcp_flags", "from_client", "comm"))
+        self._unpack = self.header.unpack if self.header.permutation is not None else self.header.struct.unpack_from
+        self._data_offset = self.header.data_offset
+        self._comms: dict[bytes, str] = {}
 
     # --- endpoints from the connections probe -------------------------------------------
 
@@ -296,59 +315,67 @@ class L7Decoder:
     # --- input ----------------------------------------------------------------------------
 
     def feed(self, raw: bytes) -> None:
-        """One ring-buffer record."""
+        """One ring-buffer record (the recorder's hottest path: locals, no per-event text for TCP)."""
         self.events += 1
-        f = self.header.struct.unpack_from(raw)
-        i = self._ix
-        ts, kind, cap = f[i[0]], f[i[12]], f[i[6]]
+        (ts, skaddr, ssl, length, seq, pid, cap, family, saddr, daddr, sport, dport, kind, tcp_flags, from_client,
+         comm) = self._unpack(raw)
         if ts > self.last_ts:
             self.last_ts = ts
-        off = self.header.data_offset
-        data = bytes(raw[off : off + cap])
+        off = self._data_offset
+        data = raw[off : off + cap]
+        if kind == HTTP or kind == TCP_END or kind == DNS_TCP:
+            # TCP flows are found by the raw addresses; their text is made once, with the flow
+            rkey = (saddr, sport, daddr, dport) if from_client else (daddr, dport, saddr, sport)
+            flow = self.flows_raw.get(rkey)
+            if flow is None:
+                if kind == TCP_END:
+                    return
+                src, dst = self._ip(family, saddr), self._ip(family, daddr)
+                key = (src, sport, dst, dport) if from_client else (dst, dport, src, sport)
+                flow = self.flows.get(key)
+                if flow is None:
+                    if kind == DNS_TCP:
+                        flow = _TcpFlow(key, None, dns=True)
+                    else:
+                        flow = _TcpFlow(key, HttpConnection(self.stats, self.redaction, {
+                            "client_ip": key[0], "client_port": key[1], "server_ip": key[2], "server_port": key[3], "tls": False}))
+                    self.flows[key] = flow
+                flow.raw_key = rkey
+                self.flows_raw[rkey] = flow
+            flow.last_ts = ts
+            if kind == TCP_END:
+                flow.fins |= 4 if tcp_flags & TCP_RST else (2 if from_client else 1)
+                if flow.fins & 4 or flow.fins == 3:
+                    self._end_flow(flow, ts)
+                return
+            segs: list = []
+            flow.dirs[from_client].push(ts + self.offset, seq, data, length, segs)
+            if segs:
+                self._segments(flow, bool(from_client), segs)
+            return
         if kind == SSL_FREE:
-            st = self.ssl.get((f[i[5]], f[i[2]]))
+            st = self.ssl.get((pid, ssl))
             if st is not None:
-                self._end_ssl((f[i[5]], f[i[2]]), st, ts)
+                self._end_ssl((pid, ssl), st, ts)
             return
         if kind >= SSL_WRITE:
-            comm = f[i[15]].split(b"\0", 1)[0].decode("utf-8", "replace")
-            self._ssl(ts, kind, f[i[1]], f[i[2]], f[i[5]], comm, data, f[i[3]])
+            name = self._comms.get(comm)
+            if name is None:
+                if len(self._comms) > 10_000:
+                    self._comms.clear()
+                name = self._comms[comm] = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
+            self._ssl(ts, kind, skaddr, ssl, pid, name, data, length)
             return
-        family = f[i[7]]
-        src, dst = self._ip(family, f[i[8]]), self._ip(family, f[i[9]])
-        sport, dport = f[i[10]], f[i[11]]
-        wall = ts + self.offset
+        src, dst = self._ip(family, saddr), self._ip(family, daddr)
         if kind == DNS_UDP:
-            self.rows["dns"] += self.dns.feed_udp(wall, data, src, sport, dst, dport)
-            return
-        if kind == TLS_HELLO:
-            self._hello(ts, (src, sport, dst, dport), data, f[i[3]])
-            return
-        from_client = bool(f[i[14]])
-        key = (src, sport, dst, dport) if from_client else (dst, dport, src, sport)
-        flow = self.flows.get(key)
-        if flow is None:
-            if kind == TCP_END:
-                return
-            if kind == DNS_TCP:
-                flow = _TcpFlow(key, None, dns=True)
-            else:
-                flow = _TcpFlow(key, HttpConnection(self.stats, self.redaction, {
-                    "client_ip": key[0], "client_port": key[1], "server_ip": key[2], "server_port": key[3], "tls": False}))
-            self.flows[key] = flow
-        flow.last_ts = ts
-        if kind == TCP_END:
-            flags = f[i[13]]
-            flow.fins |= 4 if flags & TCP_RST else (2 if from_client else 1)
-            if flow.fins & 4 or flow.fins == 3:
-                self._end_flow(flow, ts)
-            return
-        segs: list = []
-        flow.dirs[from_client].push(wall, f[i[4]], data, f[i[3]], segs)
-        self._segments(flow, from_client, segs, src, sport, dst, dport)
+            self.rows["dns"] += self.dns.feed_udp(ts + self.offset, data, src, sport, dst, dport)
+        elif kind == TLS_HELLO:
+            self._hello(ts, (src, sport, dst, dport), data, length)
 
-    def _segments(self, flow: _TcpFlow, from_client: bool, segs: list, src: str, sport: int, dst: str, dport: int) -> None:
+    def _segments(self, flow: _TcpFlow, from_client: bool, segs: list) -> None:
         if flow.dns:
+            c, s = flow.key[:2], flow.key[2:]
+            (src, sport), (dst, dport) = (c, s) if from_client else (s, c)
             for wall, data, length in segs:
                 self.rows["dns"] += self.dns.feed_tcp(wall, data, src, sport, dst, dport, length)
             return
@@ -360,13 +387,13 @@ class L7Decoder:
 
     def _end_flow(self, flow: _TcpFlow, ts: int) -> None:
         self.flows.pop(flow.key, None)
+        if flow.raw_key is not None:
+            self.flows_raw.pop(flow.raw_key, None)
         for d, dirn in enumerate(flow.dirs):
             if dirn.held:
                 segs: list = []
                 dirn.release(segs)
-                c, s = flow.key[:2], flow.key[2:]
-                src, dst = (c, s) if d else (s, c)
-                self._segments(flow, bool(d), segs, *src, *dst)
+                self._segments(flow, bool(d), segs)
         if flow.dns:
             self.dns.close_tcp(*flow.key)
         else:
@@ -501,9 +528,7 @@ class L7Decoder:
                 if dirn.held and now + self.offset - dirn.held_since > HOLD_NS:
                     segs: list = []
                     dirn.release(segs)
-                    c, s = flow.key[:2], flow.key[2:]
-                    src, dst = (c, s) if d else (s, c)
-                    self._segments(flow, bool(d), segs, *src, *dst)
+                    self._segments(flow, bool(d), segs)
             if now - flow.last_ts > IDLE_NS:
                 self._end_flow(flow, now)
         for key, st in list(self.ssl.items()):

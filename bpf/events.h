@@ -159,7 +159,7 @@ struct conn_event {
 #define FT_L7_SSL_READ 7     /* SSL_read/SSL_read_ex returned: plaintext the process received */
 #define FT_L7_SSL_FREE 8     /* SSL_free: the SSL* ends (its stream is over; the pointer may be reused) */
 
-#define FT_L7_DATA_MAX 2048  /* the largest prefix any event carries (TLS); DNS and HTTP: 512 */
+#define FT_L7_DATA_MAX 2048  /* the largest prefix any event carries (HTTP segments, TLS ClientHellos); DNS and SSL plaintext: 512 */
 
 /* One L7 event. Only the first cap_len bytes of data[] are sent (the ring buffer record is
  * offsetof(data) + cap_len bytes long). User space reads the header through bcc's parse of

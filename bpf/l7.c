@@ -9,7 +9,7 @@
  *  - DNS: every UDP datagram from or to port 53 (one datagram is one message: its first
  *    packet), every TCP segment with payload from or to port 53; first 512 bytes.
  *  - HTTP/1.x: a TCP flow whose payload starts with a request method is followed (both
- *    directions, in a map); every payload segment of a followed flow is sent, cut to 512
+ *    directions, in a map); every payload segment of a followed flow is sent, cut to 2048
  *    bytes, with its length and sequence number, so user space orders segments, skips
  *    retransmissions and knows the size of what it did not see (bodies). FIN and RST of a
  *    followed flow are sent so user space can end the connection.

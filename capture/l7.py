@@ -57,6 +57,10 @@ SSL_FUNCS = (  # (symbol, entry program, return program)
     ("SSL_read_ex", "ft_ssl_read_ex_enter", "ft_ssl_read_ex_return"),
 )
 
+# Bytes of each message bpf/l7.c sends (its FT_L7_*_CAP defines; ClientHellos: FT_L7_DATA_MAX in
+# events.h); written into the manifest. tests/test_l7_decoder.py checks they match the C.
+PREFIX_BYTES = {"dns": 512, "http": 2048, "tls_client_hello": 2048, "https_plaintext": 512}
+
 ROW_GRACE_NS = 1_000_000_000  # rows wait this long for their connection's events
 ENDPOINT_WAIT_NS = 120_000_000_000  # a row whose connection is still unknown waits at most this long
 LIVE_LOOKUP_NS = 1_000_000_000  # how often open endpoints are read from the kernel while rows wait

@@ -29,7 +29,7 @@ from . import ebpf
 from .connections import CLOSE, ESTABLISHED, EV_STATE, CgroupResolver, ConnectionProbe, ConnectionTracker
 from .flows import FlowProbe
 from .http_pairing import Redaction
-from .l7 import L7Decoder, L7Probe
+from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
 
 PROBES = ("flows", "connections", "l7")
 L7_ROWS_EVERY_S = 1.0  # how often decoded L7 rows are handed to the writer
@@ -205,7 +205,7 @@ class Recorder:
             w.set_probe("l7", {
                 "program": "bpf/l7.c (tcx ingress+egress, OpenSSL uprobes, sock:sock_{send,recv}_length)",
                 "tables": ["dns", "http", "tls"], "ringbuf_pages": probe.ringbuf_pages, "flow_entries": probe.flow_entries,
-                "prefix_bytes": {"dns": 512, "http": 512, "tls_client_hello": 2048, "https_plaintext": 512},
+                "prefix_bytes": dict(PREFIX_BYTES),
                 "ssl_libs": list(probe.ssl_attached), "missing": dict(probe.missing),
                 "taken": "once per node, as flows: ingress, or egress of packets that did not enter through a covered interface",
             })

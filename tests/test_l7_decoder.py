@@ -40,3 +40,16 @@ def test_ssl_stream_ends_once_its_own_endpoint_closed():
     dec.add_endpoint(Endpoint(sk, "server", 4 * S, "10.0.0.1", 443, "10.0.0.2", 40002, pid, "nginx", 8, ts_end=6 * S))
     dec.take_rows(7 * S + 1)
     assert dec.ssl == {}
+
+
+def test_prefix_bytes_in_the_manifest_match_the_c():
+    """The prefix sizes the recorder writes into the manifest are the ones bpf/l7.c uses."""
+    import re
+    from pathlib import Path
+
+    from flowtape.capture.l7 import PREFIX_BYTES
+
+    root = Path(__file__).resolve().parent.parent / "bpf"
+    defines = dict(re.findall(r"#define (FT_L7_\w+) (\d+)", (root / "l7.c").read_text() + (root / "events.h").read_text()))
+    assert PREFIX_BYTES == {"dns": int(defines["FT_L7_DNS_CAP"]), "http": int(defines["FT_L7_HTTP_CAP"]),
+                            "tls_client_hello": int(defines["FT_L7_DATA_MAX"]), "https_plaintext": int(defines["FT_L7_SSL_CAP"])}

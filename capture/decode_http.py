@@ -44,6 +44,11 @@ WANTED_HEADERS = ("content-length", "transfer-encoding", "host", "user-agent", "
 # may precede the colon, RFC 9112 5.1).
 _WANTED_RE = re.compile(rb"\r\n(" + b"|".join(n.encode() for n in WANTED_HEADERS) + rb"):([^\r\n]*)", re.IGNORECASE)
 _WANTED_NAMES: dict[bytes, str] = {n.encode(): n for n in WANTED_HEADERS}  # as sent -> lower-case name
+# Start-line tokens seen on nearly every message, decoded once (a method is a token, so every
+# KNOWN_METHODS member is valid; versions are what servers send).
+_METHODS: dict[bytes, str] = {m: m.decode() for m in KNOWN_METHODS}
+_VERSIONS: dict[bytes, str] = {v: v.decode() for v in (b"HTTP/1.1", b"HTTP/1.0")}
+_STATUSES: dict[bytes, int] = {str(n).encode(): n for n in range(100, 600)}
 _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 
 
@@ -225,16 +230,31 @@ class HttpParser:
         msg = HttpMessage(self.is_request, ts_ns)
         start = head[:eol].split(b" ", 2)
         if self.is_request:
-            if len(start) != 3 or not start[0] or not _TCHAR.issuperset(start[0]) or not start[2].startswith(b"HTTP/"):
+            if len(start) != 3:
                 return None
-            msg.method = start[0].decode("ascii")
-            msg.target = start[1].decode("latin-1")
-            msg.version = start[2].decode("latin-1")
+            method, version = _METHODS.get(start[0]), _VERSIONS.get(start[2])  # the usual ones, decoded once
+            if method is None:
+                if not start[0] or not _TCHAR.issuperset(start[0]):
+                    return None
+                method = start[0].decode("ascii")
+            if version is None:
+                if not start[2].startswith(b"HTTP/"):
+                    return None
+                version = start[2].decode("latin-1")
+            msg.method, msg.target, msg.version = method, start[1].decode("latin-1"), version
         else:
-            if len(start) < 2 or not start[0].startswith(b"HTTP/") or len(start[1]) != 3 or not start[1].isdigit():
+            if len(start) < 2:
                 return None
-            msg.version = start[0].decode("latin-1")
-            msg.status = int(start[1])
+            version, status = _VERSIONS.get(start[0]), _STATUSES.get(start[1])
+            if version is None:
+                if not start[0].startswith(b"HTTP/"):
+                    return None
+                version = start[0].decode("latin-1")
+            if status is None:
+                if len(start[1]) != 3 or not start[1].isdigit():
+                    return None
+                status = int(start[1])
+            msg.version, msg.status = version, status
         end = len(head) if complete else head.rfind(b"\r\n") + 2
         headers = msg.headers
         for raw_name, raw_value in _WANTED_RE.findall(head, eol, end):

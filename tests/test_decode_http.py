@@ -249,3 +249,24 @@ def test_parser_events_for_a_request_with_chunked_body():
     p = HttpParser(True)
     events = p.feed(1, b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
     assert [(kind, m.method, m.head_bytes, m.body_bytes) for kind, m in events] == [("head", "POST", 47, 13), ("end", "POST", 47, 13)]
+
+
+def test_start_lines_are_checked_field_by_field():
+    """The parser reads common methods, versions and statuses from lookup tables; a token valid in
+    one place must still be refused in another (a response line on the request side, a method as
+    a version, a status that is not three digits)."""
+    from flowtape.capture.decode_http import HttpParser
+
+    req, resp = HttpParser(True), HttpParser(False)
+    for bad in (b"HTTP/1.1 200 OK\r\n\r\n", b"GET / GET\r\n\r\n", b"G(T / HTTP/1.1\r\n\r\n", b"GET /\r\n\r\n"):
+        assert req._parse_head(1, bad) is None, bad
+    for bad in (b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 99x OK\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n", b"HTTPS 200 OK\r\n\r\n"):
+        assert resp._parse_head(1, bad) is None, bad
+    m = req._parse_head(1, b"PROPFIND /a HTTP/1.0\r\nHost: h\r\n\r\n")
+    assert (m.method, m.target, m.version, m.headers) == ("PROPFIND", "/a", "HTTP/1.0", {"host": "h"})
+    m = req._parse_head(1, b"BREW /pot HTTP/1.1\r\n\r\n")  # any token is a method
+    assert (m.method, m.version) == ("BREW", "HTTP/1.1")
+    m = resp._parse_head(1, b"HTTP/1.1 418 I'm a teapot\r\n\r\n")
+    assert (m.version, m.status) == ("HTTP/1.1", 418)
+    m = resp._parse_head(1, b"HTTP/2.0 799 X\r\n\r\n")  # outside the tables, still a valid line
+    assert (m.version, m.status) == ("HTTP/2.0", 799)

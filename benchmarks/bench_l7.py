@@ -11,8 +11,10 @@ Two kinds of load, because they answer different questions:
     two CPUs, so every µs the recorder spends is a µs nginx does not serve: the ratio there
     is the recorder's CPU share, and it is printed as such.
 Each recorded run also gives http rows written (two per exchange: the client and the server
-are both local, and each side is a row) and recorder CPU time (user+sys of the recorder
-process) per request.
+are both local, and each side is a row), recorder CPU time (user+sys of the recorder
+process) per request, and the nginx worker's CPU time per request with and without the
+recorder: what the probes cost inside the traced process (for TLS, the uprobe and uretprobe
+traps on SSL_read/SSL_write, which no recorder-side optimisation removes).
 
 Run as root:  .venv/bin/python benchmarks/bench_l7.py [--seconds 4] [--json out.json]
 """
@@ -81,12 +83,20 @@ def recorded(lab, run, workdir: Path, tag: str) -> dict:
     return result
 
 
-def measure(lab, run, workdir: Path, tag: str) -> dict:
-    before = run()
-    rec = recorded(lab, run, workdir, tag)
-    after = run()
+def measure(lab, run, workdir: Path, tag: str, workers: list[int]) -> dict:
+    def timed(fn):
+        c0 = sum(cpu_seconds(p) for p in workers)
+        out = fn()
+        out["nginx_cpu_s"] = sum(cpu_seconds(p) for p in workers) - c0
+        return out
+
+    before = timed(run)
+    rec = timed(lambda: recorded(lab, run, workdir, tag))
+    after = timed(run)
     base = (before["rps"] + after["rps"]) / 2
+    nginx_base = (before["nginx_cpu_s"] + after["nginx_cpu_s"]) / (before["requests"] + after["requests"])
     return {
+        "nginx_cpu_us_per_request": [round(1e6 * nginx_base, 2), round(1e6 * rec["nginx_cpu_s"] / rec["requests"], 2)],
         "baseline_rps": round(base, 1), "recorded_rps": rec["rps"], "ratio": round(rec["rps"] / base, 4),
         "requests": rec["requests"], "http_rows": rec["http_rows"], "lost_events": rec["lost_events"],
         "recorder_cpu_us_per_request": round(1e6 * rec["cpu_s"] / rec["requests"], 2),
@@ -101,10 +111,13 @@ def report(proto: str, kind: str, steps: list[dict], seconds: int) -> None:
     else:
         print(f"== {proto}, closed loop: wrk -t1 -cN -d{seconds}s keep-alive against nginx (1 worker): saturates both CPUs")
         label = "conns"
-    print(f"   {label:>9} {'baseline/s':>11} {'recorded/s':>11} {'ratio':>6} {'lost':>5} {'http rows':>10} {'2 x req':>9} {'CPU us/req':>10}")
+    print("   CPU us/req: the recorder process; nginx us/req: the nginx worker without -> with the recorder")
+    print(f"   {label:>9} {'baseline/s':>11} {'recorded/s':>11} {'ratio':>6} {'lost':>5} {'http rows':>10} {'2 x req':>9} {'CPU us/req':>10} "
+          f"{'nginx us/req':>14}")
     for s in steps:
+        nginx = s["nginx_cpu_us_per_request"]
         print(f"   {s['step']:>9} {s['baseline_rps']:>11.0f} {s['recorded_rps']:>11.0f} {s['ratio']:>6.3f} {s['lost_events']:>5} "
-              f"{s['http_rows']:>10} {2 * s['requests']:>9} {s['recorder_cpu_us_per_request']:>10}  {s['lost'] or ''}")
+              f"{s['http_rows']:>10} {2 * s['requests']:>9} {s['recorder_cpu_us_per_request']:>10} {nginx[0]:>6.1f} -> {nginx[1]:<6.1f} {s['lost'] or ''}")
     if kind == "open":
         ok = [s for s in steps if s["lost_events"] == 0 and s["ratio"] >= 0.97]
         if ok:
@@ -135,15 +148,15 @@ def main() -> int:
         www.mkdir()
         (www / "f100").write_bytes(b"b" * 100)
         srv, cli = lab.add_host("srv"), lab.add_host("cli")
-        master, _ = start_nginx_l7(srv, www, tls=make_cert(lab.workdir, ["bench.lab.test"]))
+        master, workers = start_nginx_l7(srv, www, tls=make_cert(lab.workdir, ["bench.lab.test"]))
         try:
             for proto, url in (("plain", f"http://{srv.ip}/f100"), ("tls", f"https://{srv.ip}/f100")):
                 wrk(cli, url, 1, 4)  # warm-up
                 for rate in RATES:
-                    r = measure(lab, lambda: h2load(cli, url, args.seconds, rate), workdir, f"{proto}-r{rate}")
+                    r = measure(lab, lambda: h2load(cli, url, args.seconds, rate), workdir, f"{proto}-r{rate}", workers)
                     results.setdefault(f"{proto}/open", []).append({"step": rate, **r})
                 for conns in CONNS:
-                    r = measure(lab, lambda: wrk(cli, url, args.seconds, conns), workdir, f"{proto}-c{conns}")
+                    r = measure(lab, lambda: wrk(cli, url, args.seconds, conns), workdir, f"{proto}-c{conns}", workers)
                     results.setdefault(f"{proto}/closed", []).append({"step": conns, **r})
         finally:
             master.terminate()

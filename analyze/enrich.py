@@ -20,6 +20,8 @@ All SQL of the enrichment lives in this file. Views created on a Tape's DuckDB c
 - `ft_flow_x`     flows with ClusterIPs replaced by the pod behind them where the connection
                   pairing knows it, each packet counted at one node only (the source's node
                   when it was recorded, else where it was seen).
+- `ft_cuts`       (ip, t): the instants at which an IP's name (NAME_FIELDS) really changes; the
+                  aggregates in analyze.sums key rows by them (keyed_sums_sql, segment_sums_sql).
 - `enriched_http`, `enriched_connections`, `enriched_flows`, `enriched_dns`: those rows with
                   `client_*`/`server_*` (or `src_*`/`dst_*`) columns: kind, namespace, pod,
                   workload_kind, workload, service, node, zone, region, dns, labels.
@@ -33,7 +35,9 @@ from __future__ import annotations
 
 import duckdb
 
-_MINUTE_NS = 60_000_000_000
+MINUTE_NS = 60_000_000_000
+
+_FAR = 9_000_000_000_000_000_000  # epoch ns in the year 2255: "no cut in this bucket"
 
 FOREVER = "TIMESTAMPTZ '2262-01-01 00:00:00+00'"  # the end of TIMESTAMP_NS: "still valid"
 
@@ -43,6 +47,9 @@ DEFAULT_LABELS = ("app", "app.kubernetes.io/name", "app.kubernetes.io/component"
 GRANULARITIES = ("pod", "workload", "service", "namespace", "node", "zone")
 
 ENDPOINT_FIELDS = ("kind", "namespace", "pod", "workload_kind", "workload", "service", "node", "zone", "region", "dns", "labels")
+
+NAME_FIELDS = ENDPOINT_FIELDS[:-1]
+"""The fields that name an endpoint in reports (labels aside)."""
 
 _PRIVATE_V4 = r"^(10\.|192\.168\.|172\.(1[6-9]|2[0-9]|3[01])\.|100\.(6[4-9]|[7-9][0-9]|1[01][0-9]|12[0-7])\.|198\.1[89]\.|169\.254\.|127\.)"
 _PRIVATE_V6 = r"^(f[cd][0-9a-f]{2}:|fe80:|::1$)"
@@ -150,8 +157,45 @@ def resolve_sql(source: str, ip: str, ts: str, prefix: str) -> tuple[str, str]:
     return joins, cols
 
 
-def keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str | None = None, aggregates: str | None = None,
-              fields: tuple[str, ...] = ENDPOINT_FIELDS) -> str:
+def _k_sql(src: str, endpoints: list[tuple[str, str]], changes: str = "ft_change_minutes") -> tuple[str, str]:
+    """(joins, columns) giving each endpoint's key `__k<i>` for rows of `src` with `__t` (epoch ns)
+    and `__m` (minute). `changes`: ft_change_minutes (every change point; node changes apart) or
+    ft_cut_minutes (the cuts, node changes included)."""
+    joins = "\n".join(f"    LEFT JOIN {changes} __c{i} ON __c{i}.ip = {src}.{ip} AND __c{i}.m = {src}.__m" for i, (_, ip) in enumerate(endpoints))
+    if changes == "ft_cut_minutes":  # no node term: a cut already is one for every IP a node change renames
+        cols = ", ".join(
+            f"CASE WHEN __c{i}.ip IS NULL THEN {src}.__m * {MINUTE_NS} ELSE greatest({src}.__m * {MINUTE_NS}, "
+            f"coalesce(list_max(list_filter(__c{i}.points, lambda x: x <= {src}.__t)), 0)) END AS __k{i}"
+            for i in range(len(endpoints))
+        )
+        return joins, cols
+    joins += f"\n    LEFT JOIN ft_node_change_minutes __nc ON __nc.m = {src}.__m"
+    # Keys are epoch nanoseconds and minutes integers: time_bucket() on a TIMESTAMPTZ goes through
+    # the ICU calendar and cost as much as the scan itself on 50M flows.
+    cols = ", ".join(
+        # the last change at or before ts within the minute (for this IP, or of any node), else the minute
+        f"CASE WHEN __c{i}.ip IS NULL AND __nc.m IS NULL THEN {src}.__m * {MINUTE_NS} ELSE greatest({src}.__m * {MINUTE_NS}, "
+        f"coalesce(list_max(list_filter(__c{i}.points, lambda x: x <= {src}.__t)), 0), "
+        f"coalesce(list_max(list_filter(__nc.points, lambda x: x <= {src}.__t)), 0)) END AS __k{i}"
+        for i in range(len(endpoints))
+    )
+    return joins, cols
+
+
+def _named_sql(src: str, endpoints: list[tuple[str, str]], fields: tuple[str, ...], exclude: str) -> str:
+    """CTEs keys/res and the final SELECT: each distinct (ip, key) of `src` resolved once, joined back."""
+    keys = " UNION ".join(f"SELECT DISTINCT {ip} AS ip, __k{i} AS k FROM {src}" for i, (_, ip) in enumerate(endpoints))
+    r_joins, r_cols = resolve_sql("keys", "ip", "kt", "r")
+    out_cols = ", ".join(f"r{i}.r_{f} AS {prefix}_{f}" for i, (prefix, _) in enumerate(endpoints) for f in fields)
+    back = "\n".join(f"LEFT JOIN res r{i} ON r{i}.ip = {src}.{ip} AND r{i}.k = {src}.__k{i}" for i, (_, ip) in enumerate(endpoints))
+    return f"""keys AS (SELECT ip, k, make_timestamp_ns(k)::TIMESTAMPTZ_NS AS kt FROM ({keys})),
+res AS (SELECT keys.ip, keys.k, {r_cols} FROM keys {r_joins})
+SELECT {src}.* EXCLUDE ({exclude}), {out_cols}
+FROM {src}
+{back}"""
+
+
+def keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]], fields: tuple[str, ...] = ENDPOINT_FIELDS) -> str:
     """SELECT every row of `base` with each endpoint `(prefix, ip column)` resolved at `ts`.
 
     Ownership changes rarely, so instead of joining every row against the versions, rows are
@@ -160,64 +204,103 @@ def keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str |
     starting or ending, a DNS name appearing or expiring, any node's zone changing), the last
     such change at or before the row's ts: nothing changes between k and ts, so the result is
     exactly the per-row time-aware join, with one key per change instead of one per row.
-
-    With `group` and `aggregates`, rows are first summed per (group, endpoint ips, keys): the
-    resolution is still exact, and a report over millions of flows resolves thousands of rows.
     `fields` picks the resolved columns (labels are maps: costly to carry when not needed).
     """
-    ks = [f"__k{i}" for i in range(len(endpoints))]
-    change_joins = "\n".join(
-        f"    LEFT JOIN ft_change_minutes __c{i} ON __c{i}.ip = b.{ip} AND __c{i}.m = b.__m" for i, (_, ip) in enumerate(endpoints)
-    )
-    # Keys are epoch nanoseconds and minutes integers: time_bucket() on a TIMESTAMPTZ goes through
-    # the ICU calendar and cost as much as the scan itself on 50M flows.
-    k_cols = ", ".join(
-        # the last change at or before ts within the minute (for this IP, or of any node), else the minute
-        f"CASE WHEN __c{i}.ip IS NULL AND __nc.m IS NULL THEN b.__m * {_MINUTE_NS} ELSE greatest(b.__m * {_MINUTE_NS}, "
-        f"coalesce(list_max(list_filter(__c{i}.points, lambda x: x <= b.__t)), 0), "
-        f"coalesce(list_max(list_filter(__nc.points, lambda x: x <= b.__t)), 0)) END AS {k}"
-        for i, k in enumerate(ks)
-    )
-    src = "b2"
-    summed = ""
-    if aggregates:
-        ips = ", ".join(ip for _, ip in endpoints)
-        summed = f"g AS (SELECT {group + ', ' if group else ''}{ips}, {', '.join(ks)}, {aggregates} FROM b2 GROUP BY ALL),"
-        src = "g"
-    keys = " UNION ".join(f"SELECT DISTINCT {ip} AS ip, {k} AS k FROM {src}" for (_, ip), k in zip(endpoints, ks))
-    r_joins, r_cols = resolve_sql("keys", "ip", "kt", "r")
-    out_cols = ", ".join(f"r{i}.r_{f} AS {prefix}_{f}" for i, (prefix, _) in enumerate(endpoints) for f in fields)
-    back = "\n".join(f"LEFT JOIN res r{i} ON r{i}.ip = {src}.{ip} AND r{i}.k = {src}.{k}" for i, ((_, ip), k) in enumerate(zip(endpoints, ks)))
+    joins, k_cols = _k_sql("b", endpoints)
+    ks = ", ".join(f"__k{i}" for i in range(len(endpoints)))
     return f"""
-WITH b AS (SELECT *, epoch_ns({ts}) AS __t, epoch_ns({ts}) // {_MINUTE_NS} AS __m FROM {base}),
+WITH b AS (SELECT *, epoch_ns({ts}) AS __t, epoch_ns({ts}) // {MINUTE_NS} AS __m FROM {base}),
 b2 AS (
     SELECT b.*, {k_cols}
     FROM b
-{change_joins}
-    LEFT JOIN ft_node_change_minutes __nc ON __nc.m = b.__m
+{joins}
 ),
-{summed}
-keys AS (SELECT ip, k, make_timestamp_ns(k)::TIMESTAMPTZ_NS AS kt FROM ({keys})),
-res AS (SELECT keys.ip, keys.k, {r_cols} FROM keys {r_joins})
-SELECT {src}.* EXCLUDE ({"__t, __m, " if src == "b2" else ""}{", ".join(ks)}), {out_cols}
-FROM {src}
-{back}"""
+{_named_sql("b2", endpoints, fields, "__t, __m, " + ks)}"""
+
+
+def keyed_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str) -> str:
+    """The rows of `base` summed per (`group`, endpoint ips, key of each ip) with `aggregates`, each
+    endpoint resolved (NAME_FIELDS, not labels): as exact as keyed_sql, in one pass over the rows.
+
+    Keys come from the cuts (ft_cuts: the instants a name really changes), not every change
+    point: the minute, or the last cut at or before ts in that minute. A row looks up whether its
+    minute holds a cut for its IP (a hash probe of a small table); a few in a thousand do, and only
+    those compute their key from the cut list. Each (ip, key) is then resolved once.
+    """
+    ips = ", ".join(ip for _, ip in endpoints)
+    joins, k_cols = _k_sql("b", endpoints, "ft_cut_minutes")
+    ks = ", ".join(f"__k{i}" for i in range(len(endpoints)))
+    return f"""
+WITH b AS (SELECT *, epoch_ns({ts}) AS __t, epoch_ns({ts}) // {MINUTE_NS} AS __m FROM {base}),
+g AS MATERIALIZED (
+    SELECT {group}, {ips}, {k_cols}, {aggregates}
+    FROM b
+{joins}
+    GROUP BY ALL
+),
+{_named_sql("g", endpoints, NAME_FIELDS, ks)}"""
+
+
+def cut_buckets(con: duckdb.DuckDBPyConnection, start_ns: int, end_ns: int) -> int:
+    """Create ft_cut_buckets over [start_ns, end_ns] and return its bucket width in ns.
+
+    One row per bucket b (its start is b * width): `p` the last cut (ft_cuts, any IP) at or
+    before the bucket's start (0 if none), `c` the one cut inside it (a far future if none),
+    or `cuts` when it holds several. Buckets are 10 ms (wider on long tapes: at most ~2M
+    buckets), so a bucket rarely holds more than one cut.
+    """
+    width = max(10_000_000, (end_ns - start_ns) // 2_000_000 + 1)
+    lo, hi = start_ns // width, end_ns // width
+    con.execute(f"""
+CREATE OR REPLACE TEMP TABLE ft_cut_buckets AS
+WITH cuts AS (SELECT DISTINCT t FROM ft_cuts),
+inside AS (SELECT t // {width} AS b, list(t ORDER BY t) AS cuts FROM cuts WHERE t // {width} BETWEEN {lo} AND {hi} GROUP BY ALL)
+SELECT r.b, coalesce(prev.t, 0) AS p,
+       CASE WHEN i.cuts IS NULL THEN {_FAR} WHEN len(i.cuts) = 1 THEN i.cuts[1] END AS c,
+       CASE WHEN len(i.cuts) > 1 THEN i.cuts END AS cuts
+FROM range({lo}, {hi} + 1) r(b)
+LEFT JOIN inside i ON i.b = r.b
+ASOF LEFT JOIN cuts prev ON r.b * {width} >= prev.t""")
+    return width
+
+
+def segment_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str, width: int) -> str:
+    """The rows of `base` summed per (`group`, endpoint ips, segment) with `aggregates`, each endpoint
+    resolved (NAME_FIELDS) at the segment's start: exact, with one hash probe per row.
+
+    A segment is an interval between two consecutive cuts of any IP (ft_cuts): no IP changes name
+    inside one, so every row in it is named as at its start. A row finds its segment's start in
+    its bucket of ft_cut_buckets (`width` from cut_buckets): the bucket's cut if the row is at or
+    after it, else the last cut before the bucket. Rows outside the buckets key by their own ts.
+    """
+    ips = ", ".join(ip for _, ip in endpoints)
+    ks = ", ".join(f"__k AS __k{i}" for i in range(len(endpoints)))
+    return f"""
+WITH b AS (SELECT *, epoch_ns({ts}) AS __t FROM {base}),
+g AS MATERIALIZED (
+    SELECT {group}, {ips},
+           CASE WHEN __cb.b IS NULL THEN b.__t
+                WHEN __cb.cuts IS NOT NULL THEN greatest(__cb.p, coalesce(list_max(list_filter(__cb.cuts, lambda x: x <= b.__t)), 0))
+                WHEN b.__t >= __cb.c THEN __cb.c ELSE __cb.p END AS __k,
+           {aggregates}
+    FROM b LEFT JOIN ft_cut_buckets __cb ON __cb.b = b.__t // {width}
+    GROUP BY ALL
+),
+g2 AS (SELECT *, {ks} FROM g),
+{_named_sql("g2", endpoints, NAME_FIELDS, "__k, " + ", ".join(f"__k{i}" for i in range(len(endpoints))))}"""
 
 
 _HTTP_X = """
--- The client row of an exchange when it was recorded, else the server row. The server-side rows
--- are dropped by a hash anti-join (a correlated NOT EXISTS cost 1.2 s on 5.6M rows); the client
--- side joins only the pairs that substitute a pod for a ClusterIP (or nothing, when none do).
+-- The client row of an exchange when it was recorded, else the server row: one scan, the
+-- server rows of paired connections dropped by a hash probe (a correlated NOT EXISTS cost 1.2 s
+-- on 5.6M rows, a second scan of the table for the server side 0.8 s). The client side looks
+-- up only the pairs that substitute a pod for a ClusterIP (nothing, when none do).
 CREATE OR REPLACE TEMP VIEW ft_http_x AS
 SELECT h.ts_request AS ts, h.client_ip, {server_ip} AS server_ip, h.server_ip AS seen_server_ip,
        h.server_port, h.method, h.host, h.path, h.status, h.latency_ns, h.request_bytes, h.response_bytes, h.side, h.tls, h.node
-FROM http h {subst_join}
-WHERE h.side = 'client'
-UNION ALL
-SELECT h.ts_request, h.client_ip, h.server_ip, h.server_ip, h.server_port, h.method, h.host, h.path, h.status, h.latency_ns,
-       h.request_bytes, h.response_bytes, h.side, h.tls, h.node
-FROM http h ANTI JOIN ft_conn_pairs p ON p.server_node = h.node AND p.server_conn_id = h.conn_id
-WHERE h.side = 'server';
+FROM http h
+LEFT JOIN ft_paired_servers sp ON sp.server_node = h.node AND sp.server_conn_id = h.conn_id {subst_join}
+WHERE h.side = 'client' OR (h.side = 'server' AND sp.server_conn_id IS NULL);
 """
 
 
@@ -255,7 +338,7 @@ def _enriched_views(substitutions: bool = True) -> str:
     dns = keyed_sql("ft_dns_x", "ts_query", [("client", "client_ip")])
     flows = keyed_sql("ft_flow_real", "ts_start", [("src", "src_real"), ("dst", "dst_real")])
     flow_real = _FLOW_REAL if substitutions else _FLOW_PLAIN
-    subst_join = "LEFT JOIN ft_conn_subst p ON h.node = p.client_node AND h.conn_id = p.client_conn_id" if substitutions else ""
+    subst_join = "LEFT JOIN ft_conn_subst p ON h.side = 'client' AND h.node = p.client_node AND h.conn_id = p.client_conn_id" if substitutions else ""
     server_ip = "coalesce(p.server_pod_ip, h.server_ip)" if substitutions else "h.server_ip"
     http_x = _HTTP_X.format(subst_join=subst_join, server_ip=server_ip)
     return f"""
@@ -289,8 +372,40 @@ SELECT epoch_ns(t) // {minute} AS m, list(DISTINCT epoch_ns(t)) AS points FROM (
 
 CREATE OR REPLACE TEMP TABLE ft_conn_subst AS SELECT * FROM ft_conn_pairs WHERE seen_server_ip <> server_pod_ip;
 
+CREATE OR REPLACE TEMP TABLE ft_paired_servers AS SELECT DISTINCT server_node, server_conn_id FROM ft_conn_pairs;
+
 CREATE OR REPLACE TEMP TABLE ft_flow_nodes AS SELECT DISTINCT node FROM flows;
 """
+
+def _cuts_sql() -> str:
+    """ft_cuts (ip, t epoch ns): the instants at which the name of an IP (NAME_FIELDS) changes.
+
+    Candidates are the IP's change points and every node change for every owned IP (a pod's zone
+    is its node's); a candidate is a cut when the IP resolves differently at t and at t - 1 ns.
+    Most change points are not cuts (a DNS answer for an IP that a pod or Service owns, a relabel),
+    and between two cuts every row of that IP is named alike: the aggregates in analyze.sums key
+    rows by cut instead of looking each row up.
+    """
+    j_at, c_at = resolve_sql("q", "ip", "at", "a")
+    j_before, c_before = resolve_sql("q", "ip", "before", "b")
+    differ = " OR ".join(f"a.a_{f} IS DISTINCT FROM b.b_{f}" for f in NAME_FIELDS)
+    return f"""
+CREATE OR REPLACE TEMP TABLE ft_cuts AS
+WITH p AS (
+    SELECT DISTINCT ip, t FROM (
+        SELECT ip, unnest(points) AS t FROM ft_change_minutes
+        UNION ALL
+        SELECT o.ip, unnest(n.points) AS t FROM (SELECT DISTINCT ip FROM ft_ip_owner) o CROSS JOIN ft_node_change_minutes n
+    )
+),
+q AS (SELECT ip, t, make_timestamp_ns(t)::TIMESTAMPTZ_NS AS at, make_timestamp_ns(t - 1)::TIMESTAMPTZ_NS AS before FROM p),
+a AS (SELECT q.ip, q.t, {c_at} FROM q {j_at}),
+b AS (SELECT q.ip, q.t, {c_before} FROM q {j_before})
+SELECT a.ip, a.t FROM a JOIN b ON a.ip = b.ip AND a.t = b.t WHERE {differ};
+
+CREATE OR REPLACE TEMP TABLE ft_cut_minutes AS
+SELECT ip, t // {MINUTE_NS} AS m, list(t) AS points FROM ft_cuts GROUP BY ALL"""
+
 
 _MATERIALISED = ("ft_ip_owner", "ft_nodes", "ft_dns_names", "ft_dns_names_x", "ft_conn_pairs")
 
@@ -310,7 +425,8 @@ def create_views(con: duckdb.DuckDBPyConnection, labels: tuple[str, ...] = DEFAU
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name}__m AS SELECT * FROM {name}")
         con.execute(f"DROP VIEW {name}")
         con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM {name}__m")
-    con.execute(_STATE.format(forever=FOREVER, minute=_MINUTE_NS))
+    con.execute(_STATE.format(forever=FOREVER, minute=MINUTE_NS))
+    con.execute(_cuts_sql())
     substitutions = con.execute("SELECT count(*) FROM ft_conn_subst").fetchall()[0][0] > 0
     con.execute(_enriched_views(substitutions))
     con.execute("CREATE OR REPLACE TEMP TABLE ft_ready AS SELECT ?::VARCHAR[] AS labels", [list(labels)])

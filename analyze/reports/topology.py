@@ -70,7 +70,7 @@ def topology(tape: Tape, by: str = "workload", filters: Filters | None = None, t
     check_by(by)
     f = filters or Filters()
     create_views(tape.con)
-    http = http_sums(tape.con, f.time_sql("ts"))
+    http = http_sums(tape, f.time_sql("ts"))
     sql = SQL.format(client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"), top=int(top) if top else "NULL",
                      http=http, ns=f.namespace_sql("client_namespace", "server_namespace"), ranks=ranks_sql("client, server"),
                      p50=percentile_sql(0.50), p95=percentile_sql(0.95), p99=percentile_sql(0.99))

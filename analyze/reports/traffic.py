@@ -79,7 +79,7 @@ def talkers(tape: Tape, by: str = "workload", top: int = 20, filters: Filters | 
     """Top `top` endpoints by bytes sent plus received."""
     check_by(by)
     f = filters or Filters()
-    flows = flow_sums(tape.con, f.time_sql("ts_start"))
+    flows = flow_sums(tape, f.time_sql("ts_start"))
     sql = TALKERS_SQL.format(src=name_sql("src", by, "src_real"), dst=name_sql("dst", by, "dst_real"), top=int(top), flows=flows, where=f.namespace_sql("src_namespace", "dst_namespace"))
     return tape.sql(sql).pl()
 
@@ -91,7 +91,7 @@ def zone_pairs(tape: Tape, level: str = "zone", prices: Prices | None = None, fi
 
         raise UsageError(f"level must be zone or region, not {level!r}")
     f = filters or Filters()
-    flows = flow_sums(tape.con, f.time_sql("ts_start"))
+    flows = flow_sums(tape, f.time_sql("ts_start"))
     a = f"CASE WHEN kind = 'internet_ingress' THEN 'internet' ELSE coalesce(src_{level}, '?') END"
     b = f"CASE WHEN kind = 'internet_egress' THEN 'internet' ELSE coalesce(dst_{level}, '?') END"
     sql = PAIRS_SQL.format(a=a, b=b, level=level, p=prices or Prices(), month_factor=_month_factor(tape), flows=flows, where=f.namespace_sql("src_namespace", "dst_namespace"))
@@ -102,6 +102,6 @@ def egress(tape: Tape, by: str = "workload", prices: Prices | None = None, filte
     """Internet egress by destination: the DNS name the cluster asked for, else the IP."""
     check_by(by)
     f = filters or Filters()
-    flows = flow_sums(tape.con, f.time_sql("ts_start"))
+    flows = flow_sums(tape, f.time_sql("ts_start"))
     sql = EGRESS_SQL.format(src=name_sql("src", by, "src_real"), price=(prices or Prices()).internet_egress, flows=flows, where=f.namespace_sql("src_namespace", "dst_namespace"))
     return tape.sql(sql).pl()

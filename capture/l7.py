@@ -39,11 +39,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import ebpf, ringbuf
-from .decode_http import looks_like_request, looks_like_response
+from .decode_http import BODY, looks_like_request, looks_like_response
 from .decode_stats import DecodeStats
 from .decode_tls import ClientHelloReader, tls_row
 from .dns_pairing import DnsPairer
 from .http_pairing import HttpConnection, Redaction
+from .l7_rows import HttpRows
 
 # struct l7_event kinds (bpf/events.h)
 DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE = 1, 2, 3, 4, 5, 6, 7, 8
@@ -66,6 +67,7 @@ ENDPOINT_WAIT_NS = 120_000_000_000  # a row whose connection is still unknown wa
 LIVE_LOOKUP_NS = 1_000_000_000  # how often open endpoints are read from the kernel while rows wait
 HOLD_NS = 200_000_000  # an out-of-order segment waits this long for the gap before it to fill
 MAX_HELD = 16  # segments held per direction before the gap is declared unseen
+SKIP_BODY_MIN = 64 * 1024  # a body with more bytes still to come is skipped in the kernel (one map update)
 IDLE_NS = 300_000_000_000  # a flow without events for 5 minutes is ended
 ENDPOINT_KEEP_NS = 30_000_000_000  # closed endpoints stay joinable this long
 HELLO_KEEP_NS = 10_000_000_000
@@ -135,19 +137,31 @@ def c_header_class() -> type:
 
 class _Direction:
     """Puts one direction's segments in sequence order; drops retransmitted bytes; turns bytes
-    never seen (a lost event, a segment dropped by the ring buffer) into an explicit gap."""
+    never seen (a lost event, a segment dropped by the ring buffer) into an explicit gap.
 
-    __slots__ = ("next", "held", "held_since")
+    `skip_to`: the kernel was asked not to send body bytes before this sequence number
+    (L7Decoder.skip_body); a segment arriving after such a gap follows it at once."""
+
+    __slots__ = ("next", "held", "held_since", "skip_to")
 
     def __init__(self) -> None:
         self.next: int | None = None
         self.held: dict[int, tuple[int, bytes, int]] = {}
         self.held_since = 0
+        self.skip_to: int | None = None
 
     def push(self, ts: int, seq: int, data: bytes, length: int, out: list) -> None:
         if self.next is None:
             self.next = seq
         delta = (seq - self.next) % SEQ_MOD
+        if self.skip_to is not None:
+            left = (self.skip_to - self.next) % SEQ_MOD  # body bytes the kernel may still skip
+            if left == 0 or left >= SEQ_MOD // 2:
+                self.skip_to = None  # the stream reached the body's end: gaps are losses again
+            elif 0 < delta <= left:
+                out.append((ts, b"", delta))  # body bytes the kernel skipped on our request: passed, not lost
+                self.next = seq
+                delta = 0
         if delta == 0:
             out.append((ts, data, length))
             self.next = (seq + length) % SEQ_MOD
@@ -221,11 +235,12 @@ class Endpoint:
 
 
 class _TcpFlow:
-    __slots__ = ("key", "raw_key", "http", "dirs", "fins", "last_ts", "dns")
+    __slots__ = ("key", "raw_key", "family", "http", "dirs", "fins", "last_ts", "dns")
 
     def __init__(self, key: tuple, http: HttpConnection | None, dns: bool = False) -> None:
         self.key = key  # (client_ip, client_port, server_ip, server_port)
         self.raw_key: tuple | None = None  # the same with the addresses as the kernel sent them (L7Decoder.flows_raw)
+        self.family = 0  # the kernel's family value (4 or 6) for raw_key
         self.http = http
         self.dirs = (_Direction(), _Direction())  # [0] server->client, [1] client->server
         self.fins = 0
@@ -269,7 +284,11 @@ class L7Decoder:
         # event dicts), for rows that wait on a connection the probe has not reported yet.
         self.live_source: Callable[[], list[dict[str, Any]]] | None = None
         self._live_read_at = 0
-        self.rows: dict[str, list[dict]] = {"dns": [], "http": [], "tls": []}
+        # Set by the recorder to L7Probe.skip_body: tells the kernel where a long body of one
+        # direction ends, so it stops sending that body's segments. Returns False if it could not.
+        self.skip_body: Callable[[int, tuple, bool, int], bool] | None = None
+        self.rows: dict[str, list[dict]] = {"dns": [], "tls": []}
+        self.http_rows = HttpRows()
         self.counters = collections.Counter({"l7.http_no_endpoint": 0, "l7.tls_plaintext_no_connection": 0})
         self.events = 0
         self.last_ts = 0
@@ -344,7 +363,7 @@ class L7Decoder:
                         flow = _TcpFlow(key, HttpConnection(self.stats, self.redaction, {
                             "client_ip": key[0], "client_port": key[1], "server_ip": key[2], "server_port": key[3], "tls": False}))
                     self.flows[key] = flow
-                flow.raw_key = rkey
+                flow.raw_key, flow.family = rkey, family
                 self.flows_raw[rkey] = flow
             flow.last_ts = ts
             if kind == TCP_END:
@@ -388,6 +407,15 @@ class L7Decoder:
         for wall, data, length in segs:
             for row in http.feed(wall, data, from_client, length):
                 self._pend("http", flow.key, row)
+        if self.skip_body is not None:
+            parser = http.requests if from_client else http.responses
+            dirn = flow.dirs[from_client]
+            if parser.state == BODY and parser.remaining > SKIP_BODY_MIN and dirn.skip_to is None and dirn.next is not None:
+                # A long Content-Length body follows: ask the kernel not to send its segments.
+                end = (dirn.next + parser.remaining) % SEQ_MOD
+                if self.skip_body(flow.family, flow.raw_key, from_client, end):
+                    dirn.skip_to = end
+                    self.stats.add("http_bodies_skipped_in_kernel")
 
     def _end_flow(self, flow: _TcpFlow, ts: int) -> None:
         self.flows.pop(flow.key, None)
@@ -473,8 +501,9 @@ class L7Decoder:
                 return False
             c = conns[-1]
             cip, cport, sip, sport = self._tuple(c)
-            row.update(conn_id=self.conn_id(c), client_ip=cip, client_port=cport, server_ip=sip, server_port=sport)
-            self.rows["http"].append(row)
+            row.update(client_ip=cip, client_port=cport, server_ip=sip, server_port=sport)
+            http = self.http_rows
+            http.add(http.exchange(row), self.conn_id(c), row.get("pid"), row.get("comm"), row["side"])
             return True
         conns = self._alive_at(self.endpoints.get(join, []), mono)
         if not conns:
@@ -482,14 +511,15 @@ class L7Decoder:
                 self.counters["l7.http_no_endpoint"] += 1
                 return True
             return False
+        http = self.http_rows
+        x = http.exchange(row)
         for c in conns:
-            out = dict(row)
-            out.update(conn_id=self.conn_id(c), pid=c.pid, comm=c.comm, side=c.role)
-            self.rows["http"].append(out)
+            http.add(x, self.conn_id(c), c.pid, c.comm, c.role)
         return True
 
-    def take_rows(self, now_mono: int | None = None, final: bool = False) -> dict[str, list[dict]]:
-        """Rows ready to be written: everything when final (after the last events were read)."""
+    def take_rows(self, now_mono: int | None = None, final: bool = False) -> dict[str, Any]:
+        """Rows ready to be written: everything when final (after the last events were read).
+        dns and tls: lists of row dicts; http: an l7_rows.HttpRows (iterates as row dicts)."""
         now = self.last_ts if now_mono is None else max(now_mono, self.last_ts)
         if final:
             for flow in list(self.flows.values()):
@@ -523,7 +553,8 @@ class L7Decoder:
             item = self.pending.popleft()
             if not self._expand(item[1], item[2], item[3], sure or live_read >= item[0]):
                 self.waiting.append(item)
-        out, self.rows = self.rows, {"dns": [], "http": [], "tls": []}
+        out: dict[str, Any] = {**self.rows, "http": self.http_rows}
+        self.rows, self.http_rows = {"dns": [], "tls": []}, HttpRows()
         return out
 
     def _housekeeping(self, now: int) -> None:
@@ -691,6 +722,24 @@ class L7Probe:
         on_raw = self._on_raw
         for raw in self._reader.read():
             on_raw(raw)
+
+    def skip_body(self, family: int, raw_key: tuple, from_client: bool, skip_end: int) -> bool:
+        """Tell the kernel that one direction of an HTTP flow is body up to `skip_end` (a TCP
+        sequence number): bpf/l7.c stops sending segments wholly before it."""
+        client, cport, server, sport = raw_key
+        table = self.bpf[b"ft_l7_flows"]
+        key = table.Key()
+        src, dst, key.sport, key.dport = (client, server, cport, sport) if from_client else (server, client, sport, cport)
+        ctypes.memmove(key.saddr, src, 16)
+        ctypes.memmove(key.daddr, dst, 16)
+        key.family = family
+        try:
+            value = table[key]
+        except KeyError:
+            return False  # the flow is no longer followed
+        value.skip_end, value.skipping = skip_end, 1
+        table[key] = value
+        return True
 
     def counters(self) -> dict[str, int]:
         return ebpf.percpu_counters(self.bpf[b"ft_l7_ctr"], KERNEL_COUNTERS)

@@ -53,3 +53,73 @@ def test_prefix_bytes_in_the_manifest_match_the_c():
     defines = dict(re.findall(r"#define (FT_L7_\w+) (\d+)", (root / "l7.c").read_text() + (root / "events.h").read_text()))
     assert PREFIX_BYTES == {"dns": int(defines["FT_L7_DNS_CAP"]), "http": int(defines["FT_L7_HTTP_CAP"]),
                             "tls_client_hello": int(defines["FT_L7_DATA_MAX"]), "https_plaintext": int(defines["FT_L7_SSL_CAP"])}
+
+
+def _tcp_record(ts: int, from_client: bool, seq: int, data: bytes, length: int | None = None) -> bytes:
+    from flowtape.capture.l7 import HTTP
+
+    ev = EVENT()
+    cli, srv = bytes([10, 0, 0, 2]) + bytes(12), bytes([10, 0, 0, 1]) + bytes(12)
+    src, dst, sport, dport = (cli, srv, 40000, 80) if from_client else (srv, cli, 80, 40000)
+    ev.ts_ns, ev.kind, ev.family, ev.seq, ev.from_client = ts, HTTP, 4, seq, int(from_client)
+    ev.saddr[:], ev.daddr[:], ev.sport, ev.dport = list(src), list(dst), sport, dport
+    ev.length, ev.cap_len = len(data) if length is None else length, len(data)
+    ev.data[: len(data)] = list(data)
+    return bytes(ev)
+
+
+def test_a_long_body_is_skipped_in_the_kernel_and_counted_exactly():
+    """After a head announcing 10 MB, the decoder asks the kernel (skip_body) to stop sending up
+    to the body's end; the next segment it receives starts at the body's last segment, and the
+    bytes between are passed as body at once (not held as a loss for HOLD_NS)."""
+    calls = []
+    dec = L7Decoder("n", 0)
+    dec.skip_body = lambda family, raw_key, from_client, end: calls.append((family, raw_key[1], raw_key[3], from_client, end)) or True
+    dec.add_endpoint(Endpoint(1, "server", 1 * S, "10.0.0.1", 80, "10.0.0.2", 40000, 7, "nginx", 9))
+    req = b"GET /big HTTP/1.1\r\nHost: lab\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n"
+    dec.feed(_tcp_record(2 * S, True, 1000, req))
+    dec.feed(_tcp_record(2 * S + 10, False, 5000, head + b"z" * 100, len(head) + 1400))  # head and the body's first 1400 bytes
+    body_end = 5000 + len(head) + 10_000_000
+    assert calls == [(4, 40000, 80, False, body_end)]
+    dec.feed(_tcp_record(3 * S, False, body_end - 1448, b"z" * 100, 1448))  # the last body segment: sent by the kernel
+    dec.feed(_tcp_record(3 * S + 5, True, 1000 + len(req), b"GET /next HTTP/1.1\r\nHost: lab\r\n\r\n"))
+    dec.feed(_tcp_record(3 * S + 9, False, body_end, b"HTTP/1.1 204 No Content\r\n\r\n"))
+    (flow,) = dec.flows_raw.values()
+    assert flow.dirs[0].skip_to is None  # past the body's end: a later gap is a loss again, not a skip
+    rows = dec.take_rows(3 * S + 10, final=True)["http"]
+    assert [(r["path"], r["status"], r["response_bytes"]) for r in rows] == [("/big", 200, len(head) + 10_000_000), ("/next", 204, 27)]
+    assert dec.stats["http_bodies_skipped_in_kernel"] == 1 and dec.stats["http_desync"] == 0
+
+
+def test_http_rows_build_the_same_table_as_row_dicts():
+    """HttpRows keeps an exchange once and its sides as columns; its Arrow table equals the one
+    built from the row dicts it iterates as, and a value that does not fit is named."""
+    import pytest
+
+    from flowtape.capture.l7_rows import HttpRows
+    from flowtape.conform import conform
+    from flowtape.errors import SchemaError
+    from flowtape.schema import table
+
+    def exchange(path, **extra):
+        return {"ts_request": 5 * S, "ts_response": 5 * S + 7, "latency_ns": 7, "client_ip": "10.0.0.2", "client_port": 40000,
+                "server_ip": "10.0.0.1", "server_port": 80, "tls": False, "http_version": "HTTP/1.1", "method": "GET",
+                "path": path, "status": 200, "request_bytes": 40, "response_bytes": 140, "traceparent": None,
+                "user_agent": "curl/8", "content_type": None, "host": "lab", **extra}
+
+    rows = HttpRows()
+    both = rows.exchange(exchange("/a"))
+    rows.add(both, "n-c1", 11, "curl", "client")
+    rows.add(both, "n-c2", 22, "nginx", "server")
+    ssl = rows.exchange(exchange("/b", tls=True, pid=33, comm="wrk", side="client"))
+    rows.add(ssl, "n-c3", 33, "wrk", "client")
+    dicts = list(rows)
+    assert [(r["path"], r["side"], r["pid"], r["conn_id"]) for r in dicts] == [
+        ("/a", "client", 11, "n-c1"), ("/a", "server", 22, "n-c2"), ("/b", "client", 33, "n-c3")]
+    fast = rows.to_arrow()
+    assert fast.equals(conform(table("http"), dicts)) and fast.num_rows == 3
+    bad = HttpRows()
+    bad.add(bad.exchange(exchange("/c", status=70000)), "n-c4", 1, "x", "server")
+    with pytest.raises(SchemaError, match="'status'"):
+        bad.to_arrow()

@@ -199,8 +199,11 @@ struct l7_flow_key {
 struct l7_flow {
     u8 kind;               /* FT_L7_HTTP or FT_L7_TLS_HELLO */
     u8 from_client;        /* this direction is client -> server */
-    u8 _pad0[2];
+    u8 skipping;           /* FT_L7_HTTP: user space asked to skip body bytes up to skip_end */
+    u8 _pad0;
     u32 budget;            /* FT_L7_TLS_HELLO: ClientHello bytes still to send */
+    u32 skip_end;          /* sequence number where that body ends (the next head may start there) */
+    u32 _pad1;
 };
 
 #define FT_L7_CTR_RINGBUF_FULL 0   /* events the ring buffer had no room for */

@@ -12,7 +12,10 @@
  *    directions, in a map); every payload segment of a followed flow is sent, cut to 2048
  *    bytes, with its length and sequence number, so user space orders segments, skips
  *    retransmissions and knows the size of what it did not see (bodies). FIN and RST of a
- *    followed flow are sent so user space can end the connection.
+ *    followed flow are sent so user space can end the connection. When user space has parsed
+ *    a head announcing a long body (Content-Length), it writes where that body ends into the
+ *    direction's map entry (skip_end) and the segments wholly inside the body are not sent:
+ *    a 200 MB download is a handful of events instead of ~65k (which overflowed the ring).
  *  - TLS: a client segment starting with a handshake record holding a ClientHello
  *    (16 03 xx .. .. 01): its first 2 KB, and the next client segments while the hello
  *    record is not complete (up to 2 KB in all).
@@ -244,6 +247,14 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
                 return FT_TC_ACT_OK;
         } else {
             limit = FT_L7_HTTP_CAP;
+            if (fl->skipping && !end) {
+                /* User space parsed a head whose body is long (Content-Length) and told us
+                 * where it ends: segments wholly inside it carry nothing it needs. */
+                u32 ahead = fl->skip_end - seq;   /* modulo 2^32 */
+                if (ahead < 0x80000000u && ahead > paylen)
+                    return FT_TC_ACT_OK;
+                fl->skipping = 0;   /* this segment reaches the body's end: sent (it ends the message; a head may follow) */
+            }
             if (flags & FT_TCP_RST) {
                 ft_l7_flows.delete(&key);
                 struct l7_flow_key rev = key;

@@ -196,6 +196,7 @@ class Recorder:
             event_class = probe.open(self._on_l7_event)
             self.l7 = probe
             self.l7dec = L7Decoder(w.node, self._offset, redaction=redaction, event_class=event_class)
+            self.l7dec.skip_body = probe.skip_body
             # endpoints still open, read from the kernel when rows wait for them (where the probe offers it)
             self.l7dec.live_source = getattr(self.conns, "open_endpoints", None)
             for what, effect in probe.missing.items():

@@ -221,7 +221,7 @@ def tshark_tcp_conversations(pcap: Path) -> int:
 
 # --- L7 peers: nginx with an access log and TLS, dnsmasq -----------------------------------
 
-ACCESS_FORMAT = "$remote_addr $remote_port $request_method $request_uri $status $request_time $msec $connection $connection_requests $https"
+ACCESS_FORMAT = "$remote_addr $remote_port $request_method $request_uri $status $request_time $msec $connection $connection_requests $https $bytes_sent $request_length"
 
 
 def make_cert(workdir: Path, names: Sequence[str]) -> tuple[Path, Path]:
@@ -236,7 +236,8 @@ def make_cert(workdir: Path, names: Sequence[str]) -> tuple[Path, Path]:
 def nginx_l7_conf(root: Path, workdir: Path, ip: str, tls: tuple[Path, Path] | None = None, workers: int = 1) -> Path:
     """nginx serving `root` on ip:80 (and ip:443 with TLS) with an access log per listener and a
     known set of responses: files (200, or 404 when missing), /moved (301), /boom (500),
-    /empty (204), /same (304). Keep-alive on; both logs in ACCESS_FORMAT."""
+    /empty (204), /same (304), /upload (200 after reading a request body of any size). Keep-alive
+    on; both logs in ACCESS_FORMAT."""
     conf = workdir / "nginx-l7.conf"
     common = f"""
         keepalive_timeout 65;
@@ -246,6 +247,7 @@ def nginx_l7_conf(root: Path, workdir: Path, ip: str, tls: tuple[Path, Path] | N
         location = /boom {{ return 500; }}
         location = /empty {{ return 204; }}
         location = /same {{ return 304; }}
+        location = /upload {{ client_max_body_size 0; return 200; }}
 """
     tls_server = ""
     if tls is not None:
@@ -314,6 +316,7 @@ def access_log(workdir: Path, tls: bool = False) -> list[dict]:
         d["status"] = int(d["status"])
         d["request_time"] = float(d["request_time"])
         d["connection_requests"] = int(d["connection_requests"])
+        d["bytes_sent"], d["request_length"] = int(d["bytes_sent"]), int(d["request_length"])
         out.append(d)
     return out
 

@@ -105,6 +105,9 @@ class HttpConnection:
         self.requests = HttpParser(True, self.stats, self._on_request)
         self.responses = HttpParser(False, self.stats, self._on_response)
         self.closed = False
+        # which header columns this redaction keeps, decided once rather than per row
+        self._header_columns = tuple((c, h, w == "request") for c, h, w in _HEADER_COLUMNS if self.redaction.allows(h))
+        self._redacted_columns = tuple(c for c, h, _ in _HEADER_COLUMNS if not self.redaction.allows(h))
 
     # --- input ---------------------------------------------------------------------------
 
@@ -180,8 +183,9 @@ class HttpConnection:
         row["request_bytes"] = req.size if req.done else None
         size = None if resp is None or not resp.done else resp.size
         row["response_bytes"] = None if size is None or x.interim_bytes is None else size + x.interim_bytes
-        for column, header, where in _HEADER_COLUMNS:
-            msg = req if where == "request" else resp
-            allowed = msg is not None and self.redaction.allows(header)
-            row[column] = msg.headers.get(header) if allowed else None  # type: ignore[union-attr]
+        req_headers, resp_headers = req.headers, (resp.headers if resp is not None else {})
+        for column, header, from_request in self._header_columns:
+            row[column] = (req_headers if from_request else resp_headers).get(header)
+        for column in self._redacted_columns:
+            row[column] = None
         return row

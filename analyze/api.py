@@ -41,11 +41,13 @@ class Reports:
         self._tape = tape
 
     def topology(self, by: str = "workload", since: Time = None, until: Time = None, namespace: str | None = None, top: int | None = None) -> pl.DataFrame:
-        """Edges: connections, bytes each way, requests, 5xx, p50/p95/p99 ms."""
+        """Edges: connections, bytes each way, requests, 5xx, p50/p95/p99 ms (from a latency
+        histogram: within 1 % of the exact percentile, see analyze.sketch)."""
         return topo_r.topology(self._tape, by, _filters(since, until, namespace), top)
 
     def http_latency(self, by: str = "workload", routes: bool = False, since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
-        """HTTP time to first response byte per edge (and per method and route)."""
+        """HTTP time to first response byte per edge (and per method and route); percentiles within
+        1 % of exact (analyze.sketch), max_ms exact."""
         return lat_r.http_latency(self._tape, by, routes, _filters(since, until, namespace))
 
     def dns_latency(self, since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:

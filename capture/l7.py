@@ -371,8 +371,14 @@ class L7Decoder:
                 if flow.fins & 4 or flow.fins == 3:
                     self._end_flow(flow, ts)
                 return
+            dirn = flow.dirs[from_client]
+            if dirn.next == seq and not dirn.held and dirn.skip_to is None:
+                # the common case, in order with nothing held: _Direction.push's first branch, inline
+                dirn.next = (seq + length) % SEQ_MOD
+                self._segments(flow, bool(from_client), ((ts + self.offset, data, length),))
+                return
             segs: list = []
-            flow.dirs[from_client].push(ts + self.offset, seq, data, length, segs)
+            dirn.push(ts + self.offset, seq, data, length, segs)
             if segs:
                 self._segments(flow, bool(from_client), segs)
             return
@@ -395,7 +401,7 @@ class L7Decoder:
         elif kind == TLS_HELLO:
             self._hello(ts, (src, sport, dst, dport), data, length)
 
-    def _segments(self, flow: _TcpFlow, from_client: bool, segs: list) -> None:
+    def _segments(self, flow: _TcpFlow, from_client: bool, segs: list | tuple) -> None:
         if flow.dns:
             c, s = flow.key[:2], flow.key[2:]
             (src, sport), (dst, dport) = (c, s) if from_client else (s, c)

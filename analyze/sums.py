@@ -11,8 +11,9 @@ instants at which a name changes (enrich.ft_cuts), never by a plain IP lookup.
 - http_sums: per (client, server and addressed server, each named at the time, method, route,
   latency bucket): requests, 5xx, unanswered, max latency. Percentiles come from the latency
   buckets (analyze.sketch: within 1 % of the exact value).
-- flow_sums: per (recording node, src, dst, each named at the time): bytes, packets, first start,
-  last end, rows; each packet counted once per cluster.
+- flow_sums: per (recording node, src, dst, each named at the time): bytes, packets, rows; each
+  packet counted once per cluster. flow_seen: first start and last end of the flows to external
+  destinations, per the same keys (egress only).
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ HTTP_AGGREGATES = ("count(*) AS n, count(*) FILTER (WHERE status >= 500) AS n_5x
 HTTP_MERGE = {"n": "sum(n)::BIGINT", "n_5xx": "sum(n_5xx)::BIGINT", "n_unanswered": "sum(n_unanswered)::BIGINT", "max_latency_ns": "max(max_latency_ns)"}
 
 # BIGINT sums: a UBIGINT sum accumulates in 128 bits (5 % slower on 50M flows); no flow row nears 2^63
-FLOW_AGGREGATES = "sum(bytes::BIGINT)::UBIGINT AS bytes, sum(packets::BIGINT)::UBIGINT AS packets, min(ts_start) AS ts_start, max(ts_end) AS ts_end, count(*) AS flow_rows"
-FLOW_MERGE = {"bytes": "sum(bytes)::UBIGINT", "packets": "sum(packets)::UBIGINT", "ts_start": "min(ts_start)", "ts_end": "max(ts_end)", "flow_rows": "sum(flow_rows)::BIGINT"}
+FLOW_AGGREGATES = "sum(bytes::BIGINT)::UBIGINT AS bytes, sum(packets::BIGINT)::UBIGINT AS packets, count(*) AS flow_rows"
+FLOW_MERGE = {"bytes": "sum(bytes)::UBIGINT", "packets": "sum(packets)::UBIGINT", "flow_rows": "sum(flow_rows)::BIGINT"}
+
+SEEN_AGGREGATES = "min(ts_start) AS ts_start, max(ts_end) AS ts_end"
+SEEN_MERGE = {"ts_start": "min(ts_start)", "ts_end": "max(ts_end)"}
 
 def _merged(body: str, merge: dict[str, str]) -> str:
     """The rows of `body` (one per naming key: a minute, a cut, a segment) summed per name: most
@@ -84,22 +88,42 @@ def http_sums(tape: Tape, time_filter: str = "true") -> str:
 
 
 def flow_sums(tape: Tape, time_filter: str = "true") -> str:
-    """Name of a temporary table of flow bytes and packets summed per node and named src/dst
+    """Name of a temporary table of flow bytes, packets and rows summed per node and named src/dst
     (`src_*`, `dst_*`; exactly as a per-row lookup names them, see enrich.segment_sums_sql), each
     packet counted once per cluster. `time_filter` is a condition on `ts_start`."""
     con = tape.con
     create_views(con)
     name, exists = _cached(con, "flow", time_filter)
-    if exists:
-        return name
-    base = f"(SELECT * FROM ft_flow_real WHERE {time_filter})"
+    if not exists:
+        _flow_table(tape, name, f"(SELECT * FROM ft_flow_real WHERE {time_filter})", FLOW_AGGREGATES, FLOW_MERGE)
+    return name
+
+
+def flow_seen(tape: Tape, time_filter: str = "true") -> str:
+    """Name of a temporary table of the first start (`ts_start`) and last end (`ts_end`) of the
+    flows to the IPs that flow_sums names external, per the same node, src and dst names.
+
+    Kept apart from flow_sums: two timestamps per row cost a quarter of that pass over every flow,
+    and only egress needs them; here a scan of dst_ip picks the few flows to those IPs first."""
+    con = tape.con
+    sums_table = flow_sums(tape, time_filter)
+    name, exists = _cached(con, "seen", time_filter)
+    if not exists:
+        ips = [r[0] for r in con.execute(f"SELECT DISTINCT dst_real FROM {sums_table} WHERE dst_kind = 'external' ORDER BY 1").fetchall()]
+        listed = "(" + ", ".join("'" + ip.replace("'", "''") + "'" for ip in ips) + ")"
+        base = f"(SELECT * FROM ft_flow_real WHERE ({time_filter}) AND {'dst_real IN ' + listed if ips else 'false'})"
+        _flow_table(tape, name, base, SEEN_AGGREGATES, SEEN_MERGE)
+    return name
+
+
+def _flow_table(tape: Tape, name: str, base: str, aggregates: str, merge: dict[str, str]) -> None:
+    con = tape.con
     ends = [("src", "src_real"), ("dst", "dst_real")]
     start, end = tape.window
     if start is not None and end is not None and end >= start:
         # one probe per row of a bucket table instead of one per IP: on 50M flows, 1 s less
-        body = segment_sums_sql(base, "ts_start", ends, "node", FLOW_AGGREGATES, cut_buckets(con, start, end))
+        body = segment_sums_sql(base, "ts_start", ends, "node", aggregates, cut_buckets(con, start, end))
     else:
-        body = ip_sums_sql(base, "ts_start", ends, "node", FLOW_AGGREGATES)
-    con.execute(f"""CREATE TEMP TABLE {name} AS {_merged(body, FLOW_MERGE)}
+        body = ip_sums_sql(base, "ts_start", ends, "node", aggregates)
+    con.execute(f"""CREATE TEMP TABLE {name} AS {_merged(body, merge)}
         HAVING node = src_node OR src_node IS NULL OR src_node NOT IN (SELECT node FROM ft_flow_nodes)""")
-    return name

@@ -16,7 +16,7 @@ import polars as pl
 
 from ...reader import Tape
 from ..enrich import name_sql
-from ..sums import flow_sums
+from ..sums import flow_seen, flow_sums
 from ..prices import Prices
 from .filters import Filters, check_by
 
@@ -57,14 +57,24 @@ GROUP BY ALL ORDER BY bytes DESC, 1, 2
 """
 
 EGRESS_SQL = """
-SELECT coalesce(dst_dns, dst_real) AS destination, dst_dns IS NOT NULL AS named,
-       sum(bytes)::UBIGINT AS bytes_out, count(DISTINCT src_real) AS sources,
-       list(DISTINCT {src} ORDER BY {src})[1:5] AS top_sources,
-       min(ts_start) AS first_seen, max(ts_end) AS last_seen,
-       sum(bytes) / 1e9 * {price} AS cost_usd
-FROM {flows}
-WHERE dst_kind = 'external' AND src_kind IN ('pod', 'node') AND {where}
-GROUP BY ALL ORDER BY bytes_out DESC, destination
+WITH seen AS (
+    SELECT coalesce(dst_dns, dst_real) AS destination, dst_dns IS NOT NULL AS named, min(ts_start) AS first_seen, max(ts_end) AS last_seen
+    FROM {seen}
+    WHERE dst_kind = 'external' AND src_kind IN ('pod', 'node') AND {where}
+    GROUP BY ALL
+),
+out AS (
+    SELECT coalesce(dst_dns, dst_real) AS destination, dst_dns IS NOT NULL AS named,
+           sum(bytes)::UBIGINT AS bytes_out, count(DISTINCT src_real) AS sources,
+           list(DISTINCT {src} ORDER BY {src})[1:5] AS top_sources,
+           sum(bytes) / 1e9 * {price} AS cost_usd
+    FROM {flows}
+    WHERE dst_kind = 'external' AND src_kind IN ('pod', 'node') AND {where}
+    GROUP BY ALL
+)
+SELECT o.destination, o.named, o.bytes_out, o.sources, o.top_sources, s.first_seen, s.last_seen, o.cost_usd
+FROM out o JOIN seen s ON s.destination = o.destination AND s.named = o.named
+ORDER BY bytes_out DESC, destination
 """
 
 
@@ -102,6 +112,7 @@ def egress(tape: Tape, by: str = "workload", prices: Prices | None = None, filte
     """Internet egress by destination: the DNS name the cluster asked for, else the IP."""
     check_by(by)
     f = filters or Filters()
-    flows = flow_sums(tape, f.time_sql("ts_start"))
-    sql = EGRESS_SQL.format(src=name_sql("src", by, "src_real"), price=(prices or Prices()).internet_egress, flows=flows, where=f.namespace_sql("src_namespace", "dst_namespace"))
+    flows, seen = flow_sums(tape, f.time_sql("ts_start")), flow_seen(tape, f.time_sql("ts_start"))
+    sql = EGRESS_SQL.format(src=name_sql("src", by, "src_real"), price=(prices or Prices()).internet_egress, flows=flows, seen=seen,
+                            where=f.namespace_sql("src_namespace", "dst_namespace"))
     return tape.sql(sql).pl()

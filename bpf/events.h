@@ -210,6 +210,7 @@ struct l7_flow {
 #define FT_L7_CTR_TRACK_FULL 1     /* flows not followed: the flow map was full */
 #define FT_L7_CTR_TRUNCATED 2      /* IP/TCP header unreadable */
 #define FT_L7_CTR_SSL_NO_SOCKET 3  /* SSL calls whose socket was never seen (sent with skaddr 0) */
-#define FT_L7_CTR_N 4
+#define FT_L7_CTR_SHED 4           /* HTTP segments not starting a head, sent without their bytes: the ring was over half full */
+#define FT_L7_CTR_N 5
 
 #endif

@@ -45,9 +45,15 @@
 #define FT_L7_DNS_CAP 512
 #define FT_L7_SSL_CAP 512
 #define FT_L7_RB_NO_WAKEUP 1  /* BPF_RB_NO_WAKEUP */
+#define FT_RB_AVAIL_DATA 0    /* BPF_RB_AVAIL_DATA: bytes written and not yet read */
+#define FT_L7_SHED_ABOVE (FT_L7_RINGBUF_PAGES * 4096 / 2)
 #define FT_L7_HDR_LEN __builtin_offsetof(struct l7_event, data)
 
-BPF_RINGBUF_OUTPUT(ft_l7_events, FT_L7_RINGBUF_PAGES);
+BPF_RINGBUF_OUTPUT(ft_l7_events, FT_L7_RINGBUF_PAGES);   /* keep it the first map declared: see FT_L7_EVENTS_MAP */
+/* bcc turns map.method() calls into helper calls on the map's fd, but has no ringbuf_query();
+ * bpf_pseudo_fd(1, -1) is the fd bcc gives the first map declared in this file. Were it another
+ * map, the verifier would refuse to load the program (ringbuf_query takes a ring buffer only). */
+#define FT_L7_EVENTS_MAP ((void *)bpf_pseudo_fd(1, -1))
 BPF_PERCPU_ARRAY(ft_l7_scratch, struct l7_event, 1);
 BPF_PERCPU_ARRAY(ft_l7_ctr, u64, FT_L7_CTR_N);
 BPF_TABLE("lru_hash", struct l7_flow_key, struct l7_flow, ft_l7_flows, FT_L7_FLOW_ENTRIES);
@@ -254,6 +260,17 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
                 if (ahead < 0x80000000u && ahead > paylen)
                     return FT_TC_ACT_OK;
                 fl->skipping = 0;   /* this segment reaches the body's end: sent (it ends the message; a head may follow) */
+            }
+            if (paylen > 0 && bpf_ringbuf_query(FT_L7_EVENTS_MAP, FT_RB_AVAIL_DATA) > FT_L7_SHED_ABOVE) {
+                /* Under pressure (user space has not yet told us to skip a long body, or is
+                 * behind), shed body bytes before whole events are lost: a segment that does not
+                 * start a head goes out with its length and sequence number only. */
+                u8 h[4] = {};
+                if (bpf_skb_load_bytes(skb, poff, h, 4) == 0 && paylen >= 4 &&
+                    !(from_client ? is_method(h) : (h[0] == 'H' && h[1] == 'T' && h[2] == 'T' && h[3] == 'P'))) {
+                    limit = 0;
+                    l7_bump(FT_L7_CTR_SHED);
+                }
             }
             if (flags & FT_TCP_RST) {
                 ft_l7_flows.delete(&key);

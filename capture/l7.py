@@ -49,7 +49,7 @@ from .l7_rows import HttpRows
 # struct l7_event kinds (bpf/events.h)
 DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE = 1, 2, 3, 4, 5, 6, 7, 8
 TCP_FIN, TCP_RST = 0x01, 0x04
-KERNEL_COUNTERS = {0: "l7.ringbuf_full", 1: "l7.flow_map_full", 2: "l7.truncated", 3: "l7.ssl_no_socket"}
+KERNEL_COUNTERS = {0: "l7.ringbuf_full", 1: "l7.flow_map_full", 2: "l7.truncated", 3: "l7.ssl_no_socket", 4: "l7.http_segments_shed"}
 DEFAULT_SSL_LIBS = ("/usr/lib/x86_64-linux-gnu/libssl.so.3",)
 SSL_FUNCS = (  # (symbol, entry program, return program)
     ("SSL_write", "ft_ssl_write_enter", "ft_ssl_write_return"),

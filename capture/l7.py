@@ -459,14 +459,20 @@ class L7Decoder:
             self._end_ssl(key, st, ts)
             st = None
         if st is None:
+            # The stream's side from what it starts with; the endpoint at its socket address only
+            # when the bytes cannot tell (a stream joined mid-way). Not the other way round: the
+            # endpoint list may still hold an earlier socket at the same address, closed but with
+            # its CLOSE event not read yet (it is in the other ring buffer), whose role can be
+            # the opposite one — that made a server stream "client" and lost it.
             side = None
-            conns = self._alive_at(self.by_sk.get(skaddr, []), ts) if skaddr else []
-            if conns:
-                side = conns[-1].role
-            elif looks_like_request(data):
+            if looks_like_request(data):
                 side = "client" if kind == SSL_WRITE else "server"
             elif looks_like_response(data):
                 side = "server" if kind == SSL_WRITE else "client"
+            else:
+                conns = self._alive_at(self.by_sk.get(skaddr, []), ts) if skaddr else []
+                if conns:
+                    side = conns[-1].role
             if side is None:
                 return  # not HTTP/1.x (or the middle of a stream whose start we missed)
             st = self.ssl[key] = _SslStream(skaddr, side, pid, comm, HttpConnection(self.stats, self.redaction, {

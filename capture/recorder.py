@@ -385,8 +385,10 @@ class Recorder:
             if opts.duration is not None and now - t0 >= opts.duration:
                 break
             if self.conns is not None and self.l7 is not None:
-                self.conns.poll(0)  # connection events first: L7 rows join them
-                self.l7.poll(20)
+                # Connection events first, read right before the L7 ones: an L7 event must not be
+                # decoded before the connection events written ahead of it (L7 rows join them).
+                self.conns.poll(20)
+                self.l7.poll(0)
                 self.conns.poll(0)
             elif self.conns is not None:
                 self.conns.poll(100)

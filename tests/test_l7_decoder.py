@@ -123,3 +123,19 @@ def test_http_rows_build_the_same_table_as_row_dicts():
     bad.add(bad.exchange(exchange("/c", status=70000)), "n-c4", 1, "x", "server")
     with pytest.raises(SchemaError, match="'status'"):
         bad.to_arrow()
+
+
+def test_ssl_stream_side_comes_from_its_first_bytes_not_a_stale_endpoint():
+    """A socket address is reused: the endpoint list can still hold an earlier *client* socket at
+    this address, closed but with its CLOSE not read yet. A server stream starting there (nginx's
+    SSL_read of a request) is still the server side, and its rows join the real endpoint."""
+    dec = L7Decoder("n", 0)
+    sk, ssl, pid = 0xFFFF888100C1CA00, 0x5000, 42
+    dec.add_endpoint(Endpoint(sk, "client", 1 * S, "10.0.0.1", 40100, "10.0.0.9", 443, 99, "curl", 5))  # stale: no ts_end yet
+    dec.feed(_ssl_record(SSL_READ, 5 * S, sk, ssl, pid, b"GET /a HTTP/1.1\r\nHost: lab\r\n\r\n"))
+    dec.feed(_ssl_record(SSL_WRITE, 5 * S + 1000, sk, ssl, pid, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+    dec.add_endpoint(Endpoint(sk, "client", 1 * S, "10.0.0.1", 40100, "10.0.0.9", 443, 99, "curl", 5, ts_end=4 * S))  # its CLOSE
+    dec.add_endpoint(Endpoint(sk, "server", 4 * S + 10, "10.0.0.1", 443, "10.0.0.2", 40002, pid, "nginx", 8, ts_end=6 * S))
+    rows = list(dec.take_rows(7 * S, final=True)["http"])
+    assert [(r["side"], r["method"], r["status"], r["client_port"]) for r in rows] == [("server", "GET", 200, 40002)]
+    assert dec.stats["http_malformed"] == 0

@@ -511,7 +511,7 @@ class L7Decoder:
                     self.counters["l7.tls_plaintext_no_connection"] += 1
                     return True
                 return False
-            c = conns[-1]
+            c = max(conns, key=lambda e: e.ts_start)  # the newest socket at that address (an older one may not be known closed yet)
             cip, cport, sip, sport = self._tuple(c)
             row.update(client_ip=cip, client_port=cport, server_ip=sip, server_port=sport)
             http = self.http_rows

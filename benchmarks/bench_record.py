@@ -9,6 +9,8 @@ One run measures, side by side on the same lab:
   - recorder CPU time (user+sys of the recorder process, steady state) per 1k requests;
   - in-kernel time per program run (kernel.bpf_stats_enabled=1: run_time_ns / run_cnt, summed
     over the recorded runs);
+  - a CPU ratio: wrk's and nginx's CPU time per request without the recorder, over theirs with
+    it plus the recorder's (catches costs paid inside the traced processes);
   - a cost model, far less noisy than the rate ratio: wrk and nginx saturate every CPU, so the
     recorder's CPU time plus its programs' run time per request, over the CPU time per request
     of the baseline (CPUs / baseline rate), predicts the ratio: 1 - (recorder + kernel) / machine.
@@ -31,6 +33,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -49,15 +52,24 @@ PACKAGE_DIRS = {"flowtape": "flowtape", "flowtape/capture": "capture", "flowtape
 WORKLOADS = {"keepalive": False, "conn_per_request": True}
 
 
+NGINX_WORKER: list[int] = []  # set by main: the worker whose CPU time is counted per request
+
+
 def wrk(host, url: str, seconds: int, close: bool) -> dict:
+    """One wrk run; also the CPU time wrk (a child: RUSAGE_CHILDREN) and the nginx worker used."""
     argv = ["wrk", "-t2", "-c32", f"-d{seconds}s", url]
     if close:
         argv[1:1] = ["-H", "Connection: close"]
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    nginx0 = sum(cpu_seconds(p) for p in NGINX_WORKER)
     out = host.run(argv, timeout=seconds + 60).stdout.decode()
+    nginx1 = sum(cpu_seconds(p) for p in NGINX_WORKER)
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, "requests": total, "non2xx": int(errors.group(1)) if errors else 0}
+    load_cpu = (children1.ru_utime + children1.ru_stime - children0.ru_utime - children0.ru_stime) + (nginx1 - nginx0)
+    return {"rps": rps, "requests": total, "non2xx": int(errors.group(1)) if errors else 0, "load_cpu_s": load_cpu}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -139,11 +151,19 @@ def summarize(pairs: list) -> dict:
     cpu_us = 1e6 * sum(r["cpu_s"] for _, r in pairs) / requests
     kernel_us = kernel_ns / 1e3 / requests
     machine_us = statistics.median(os.cpu_count() * 1e6 / b["rps"] for b, _ in pairs)  # CPU time per request, saturated
+    # CPU accounting, the steadiest of the three: wrk's and nginx's CPU time per request without
+    # the recorder, over theirs with it plus the recorder's. Hidden costs inside the traced
+    # processes (slower syscalls, softirq work charged to them) show up here; steal time and
+    # other guests' load, which move the rates, do not.
+    base_load = statistics.median(1e6 * b["load_cpu_s"] / b["requests"] for b, _ in pairs)
+    rec_load = statistics.median(1e6 * r["load_cpu_s"] / r["requests"] for _, r in pairs)
     return {
         # Cost model, much less noisy than the rate ratio on a saturated machine: every CPU-µs
         # the recorder spends (its process + its programs) is taken from wrk and nginx.
         "recorder_us_per_request": round(cpu_us, 2), "kernel_us_per_request": round(kernel_us, 2),
         "machine_us_per_request": round(machine_us, 2), "cost_model_ratio": round(1 - (cpu_us + kernel_us) / machine_us, 4),
+        "load_cpu_us_per_request": [round(base_load, 2), round(rec_load, 2)],
+        "cpu_ratio": round(base_load / (rec_load + cpu_us), 4),
         "baseline_rps": [b["rps"] for b, _ in pairs],
         "recorded_rps": [r["rps"] for _, r in pairs],
         "ratio": [r["rps"] / b["rps"] for b, r in pairs],
@@ -181,7 +201,8 @@ def main() -> int:
             srv, cli = lab.add_host("srv"), lab.add_host("cli")
             for h in (srv, cli):
                 h.run(["sysctl", "-qw", "net.ipv4.tcp_max_tw_buckets=0"])  # see the docstring
-            master, _ = start_nginx(srv, www)
+            master, worker = start_nginx(srv, www)
+            NGINX_WORKER[:] = [worker]
             url = f"http://{srv.ip}/f100"
             trees = {str(t): snapshot(t.resolve(), workdir / f"tree{i}") for i, t in enumerate(args.tree)} or {"": [FLOWTAPE]}
             try:
@@ -203,6 +224,8 @@ def main() -> int:
         print(f"   recorder CPU {spread(r['cpu_ms_per_1k_requests'], '{:.2f}')} ms per 1k requests;  rows (last run) {r['rows'][-1]}")
         print(f"   cost model   recorder {r['recorder_us_per_request']} µs + in-kernel {r['kernel_us_per_request']} µs per request, of "
               f"{r['machine_us_per_request']} CPU-µs per request (baseline, {os.cpu_count()} CPUs saturated): ratio ~{r['cost_model_ratio']:.3f}")
+        print(f"   CPU ratio    wrk+nginx {r['load_cpu_us_per_request'][0]} CPU-µs per request without, {r['load_cpu_us_per_request'][1]} with, "
+              f"+ recorder {r['recorder_us_per_request']}: ratio ~{r['cpu_ratio']:.3f} (medians over the pairs)")
         for prog, p in sorted(r["programs"].items()):
             if p["runs"]:
                 print(f"   {prog:<45} {p['runs']:>10} runs  {p['ns_per_run']:>8} ns/run")

@@ -45,22 +45,6 @@ static __always_inline int bump(u32 which) {
     return FT_TC_ACT_OK;
 }
 
-/* Copy n header bytes at off: straight from the linear part (direct packet access) when they
- * are there, which is nearly always; else with bpf_skb_load_bytes (no change to the skb: a
- * bpf_skb_pull_data would un-clone TCP's clones and copy heads of sendfile'd packets). */
-static __always_inline int hdr(struct __sk_buff *skb, u32 off, void *to, u32 n) {
-    u8 *data = (u8 *)(long)skb->data;
-    u8 *end = (u8 *)(long)skb->data_end;
-    if (off > 0xff)
-        return -1;   /* headers are within the first 255 bytes; bounds the offset for the verifier */
-    u8 *p = data + off;
-    if (p + n <= end) {
-        __builtin_memcpy(to, p, n);
-        return 0;
-    }
-    return bpf_skb_load_bytes(skb, off, to, n);
-}
-
 /* Add one packet to this CPU's copy of the flow's counters (insert the flow if new). */
 static __always_inline int add(void *flows, void *key, u64 packets, u64 bytes, u16 tcp_flags) {
     u64 now = bpf_ktime_get_ns();

@@ -133,13 +133,13 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
     u16 proto = skb->protocol;   /* network order */
     if (cfg->l2_len == 14) {
         u8 eth[4];
-        if (bpf_skb_load_bytes(skb, 12, eth, 4) != 0)
+        if (hdr(skb, 12, eth, 4) != 0)
             return FT_TC_ACT_OK;
         u16 ethertype = ((u16)eth[0] << 8) | eth[1];
         off = 14;
         if (ethertype == FT_ETH_P_8021Q || ethertype == FT_ETH_P_8021AD) {
             u8 inner[2];   /* eth[2..3] is the tag's TCI; the inner type follows it */
-            if (bpf_skb_load_bytes(skb, 16, inner, 2) != 0)
+            if (hdr(skb, 16, inner, 2) != 0)
                 return FT_TC_ACT_OK;
             ethertype = ((u16)inner[0] << 8) | inner[1];
             off = 18;
@@ -153,7 +153,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
     u8 l4proto = 0;
     if (proto == bpf_htons(FT_ETH_P_IP)) {
         u8 ip[20];
-        if (bpf_skb_load_bytes(skb, off, ip, 20) != 0) {
+        if (hdr(skb, off, ip, 20) != 0) {
             l7_bump(FT_L7_CTR_TRUNCATED);
             return FT_TC_ACT_OK;
         }
@@ -167,7 +167,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
         __builtin_memcpy(key.daddr, ip + 16, 4);
     } else if (proto == bpf_htons(FT_ETH_P_IPV6)) {
         u8 ip6[40];
-        if (bpf_skb_load_bytes(skb, off, ip6, 40) != 0) {
+        if (hdr(skb, off, ip6, 40) != 0) {
             l7_bump(FT_L7_CTR_TRUNCATED);
             return FT_TC_ACT_OK;
         }
@@ -190,7 +190,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
 
     if (l4proto == 17) {
         u8 udp[4];
-        if (bpf_skb_load_bytes(skb, l4off, udp, 4) != 0)
+        if (hdr(skb, l4off, udp, 4) != 0)
             return FT_TC_ACT_OK;
         u16 sport = ((u16)udp[0] << 8) | udp[1], dport = ((u16)udp[2] << 8) | udp[3];
         if (sport != 53 && dport != 53)
@@ -216,7 +216,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
     }
 
     u8 th[14];   /* ports, seq, ack, data offset, flags */
-    if (bpf_skb_load_bytes(skb, l4off, th, 14) != 0) {
+    if (hdr(skb, l4off, th, 14) != 0) {
         l7_bump(FT_L7_CTR_TRUNCATED);
         return FT_TC_ACT_OK;
     }
@@ -266,7 +266,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
                  * behind), shed body bytes before whole events are lost: a segment that does not
                  * start a head goes out with its length and sequence number only. */
                 u8 h[4] = {};
-                if (bpf_skb_load_bytes(skb, poff, h, 4) == 0 && paylen >= 4 &&
+                if (hdr(skb, poff, h, 4) == 0 && paylen >= 4 &&
                     !(from_client ? is_method(h) : (h[0] == 'H' && h[1] == 'T' && h[2] == 'T' && h[3] == 'P'))) {
                     limit = 0;
                     l7_bump(FT_L7_CTR_SHED);

@@ -1,4 +1,5 @@
-/* Event and map structs shared by the flowtape eBPF programs and decoded by Python.
+/* Event and map structs shared by the flowtape eBPF programs and decoded by Python, and
+ * hdr(), the packet-header read both TC programs use.
  *
  * Declared once, here. The Python side reads these layouts through bcc (which parses the
  * C), so there is no hand-kept ctypes twin. Units are in the names. Padding is explicit so

@@ -342,7 +342,7 @@ class EventDecoder:
             pos = off + size
         self.struct = struct.Struct(fmt)
         self._ip = ebpf.IpText()
-        self._comms: dict[bytes, str] = {}
+        self._comm = ebpf.CommText()
 
     def __call__(self, raw: bytes) -> dict[str, Any]:
         ev = dict(zip(self.names, self.struct.unpack_from(raw)))
@@ -350,13 +350,7 @@ class EventDecoder:
         ev["family"] = family
         ev["saddr"] = self._ip(family, ev["saddr"]) if family else ""
         ev["daddr"] = self._ip(family, ev["daddr"]) if family else ""
-        raw = ev["comm"]
-        comm = self._comms.get(raw)
-        if comm is None:
-            if len(self._comms) > 10_000:
-                self._comms.clear()
-            comm = self._comms[raw] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
-        ev["comm"] = comm
+        ev["comm"] = self._comm(ev["comm"])
         return ev
 
 
@@ -376,8 +370,8 @@ class ConnectionProbe:
     _defines: dict[str, Any] = field(default_factory=dict)
     _sockops: Any = None
     _link: int | None = None
-    _reader: Any = None  # ringbuf.RingReader, or None: bcc's callback reader
-    _on_batch: Any = None
+    _ring: Any = None  # ringbuf.open_ring's reader
+    _on_event: Any = None  # raw record -> decoded -> the recorder's callback
     cgroup: Path | None = None
 
     def check(self) -> None:
@@ -413,22 +407,11 @@ class ConnectionProbe:
                 self.missing["cgroup v2 sock_ops"] = f"bytes, srtt and retransmits of connections ({e.strerror})"
 
     def open(self, on_event: Callable[[dict[str, Any]], None]) -> None:
-        table = self.bpf[b"ft_conn_events"]
-        if ringbuf.supported():
-            from bcc import table as bcc_table  # type: ignore[import-not-found]
+        from bcc import table as bcc_table  # type: ignore[import-not-found]
 
-            decode = EventDecoder(bcc_table._get_event_class(table))
-            self._reader = ringbuf.RingReader(table.map_fd, self.ringbuf_pages * ringbuf.PAGE)
-            self._on_batch = lambda raws: [on_event(decode(raw)) for raw in raws]
-        else:
-            decoder: list[EventDecoder] = []
-
-            def callback(_ctx: Any, data: Any, size: int) -> None:
-                if not decoder:
-                    decoder.append(EventDecoder(type(table.event(data))))
-                on_event(decoder[0](ctypes.string_at(data, size)))
-
-            table.open_ring_buffer(callback)
+        decode = EventDecoder(bcc_table._get_event_class(self.bpf[b"ft_conn_events"]))
+        self._ring = ringbuf.open_ring(self.bpf, b"ft_conn_events", self.ringbuf_pages)
+        self._on_event = lambda raw: on_event(decode(raw))
 
     def open_endpoints(self) -> list[dict[str, Any]]:
         """ESTABLISHED events for the endpoints the kernel follows that are established now."""
@@ -459,10 +442,9 @@ class ConnectionProbe:
         sleep (the recorder's loop needs one anyway) and events are read in batches."""
         if timeout_ms > 0:
             time.sleep(timeout_ms / 1000)
-        if self._reader is not None:
-            self._on_batch(self._reader.read())
-        else:
-            self.bpf.ring_buffer_consume()
+        on_event = self._on_event
+        for raw in self._ring.read():
+            on_event(raw)
 
     def lost(self) -> int:
         return int(sum(self.bpf[b"ft_conn_lost"][0]))
@@ -476,9 +458,9 @@ class ConnectionProbe:
         return {(name.decode() if isinstance(name, bytes) else name): fn.fd for name, fn in self.bpf.funcs.items()}
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         if self._link is not None:
             os.close(self._link)
             self._link = None

@@ -218,6 +218,23 @@ class IpText:
         return text
 
 
+class CommText:
+    """A task's comm (bpf_get_current_comm's 16 bytes) as text, with a bounded cache: events
+    repeat the same few process names."""
+
+    def __init__(self, limit: int = 10_000):
+        self._cache: dict[bytes, str] = {}
+        self._limit = limit
+
+    def __call__(self, raw: bytes) -> str:
+        text = self._cache.get(raw)
+        if text is None:
+            if len(self._cache) > self._limit:
+                self._cache.clear()
+            text = self._cache[raw] = raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+        return text
+
+
 def percpu_counters(table: Any, names: dict[int, str]) -> dict[str, int]:
     """A per-CPU array of counters, summed over the CPUs and named."""
     return {names[k.value]: int(sum(per_cpu)) for k, per_cpu in table.items()}

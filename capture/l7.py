@@ -76,8 +76,8 @@ SEQ_MOD = 1 << 32
 
 class HeaderDecoder:
     """struct l7_event's header (everything before data[]) from the C declaration, via bcc's
-    ctypes class: one struct.Struct that yields FIELDS in this order whatever the C order
-    (fields not listed are skipped as padding), so the hot path unpacks straight into locals."""
+    ctypes class: one struct.Struct that yields FIELDS (in C order; fields not listed are skipped
+    as padding), so the hot path unpacks straight into locals."""
 
     FIELDS = ("ts_ns", "skaddr", "ssl", "length", "seq", "pid", "cap_len", "family",
               "saddr", "daddr", "sport", "dport", "kind", "tcp_flags", "from_client", "comm")
@@ -98,21 +98,16 @@ class HeaderDecoder:
         missing = [n for n in self.FIELDS if n not in by_name]
         if missing:
             raise ValueError(f"struct l7_event has no field {missing[0]!r} (bpf/events.h and capture/l7.py disagree)")
-        # struct.Struct reads left to right: one Struct per field would be slow, so order the
-        # fields by offset when FIELDS is already in C order, else fall back to a permutation.
+        # struct.Struct reads left to right, so FIELDS must follow the C order
+        if sorted(self.FIELDS, key=lambda n: by_name[n][0]) != list(self.FIELDS):
+            raise ValueError("struct l7_event's fields are not in HeaderDecoder.FIELDS order (bpf/events.h and capture/l7.py disagree)")
         self.data_offset = event_class.data.offset
-        ordered = sorted(self.FIELDS, key=lambda n: by_name[n][0])
         fmt, pos = "<", 0
-        for n in ordered:
+        for n in self.FIELDS:
             off, size, code = by_name[n]
             fmt += (f"{off - pos}x" if off > pos else "") + code
             pos = off + size
         self.struct = struct.Struct(fmt)
-        self.permutation = None if tuple(ordered) == self.FIELDS else tuple(ordered.index(n) for n in self.FIELDS)
-
-    def unpack(self, raw: bytes) -> tuple:
-        f = self.struct.unpack_from(raw)
-        return f if self.permutation is None else tuple(f[i] for i in self.permutation)
 
 
 def c_header_class() -> type:
@@ -293,9 +288,9 @@ class L7Decoder:
         self.events = 0
         self.last_ts = 0
         self._ip = ebpf.IpText()
-        self._unpack = self.header.unpack if self.header.permutation is not None else self.header.struct.unpack_from
+        self._unpack = self.header.struct.unpack_from
         self._data_offset = self.header.data_offset
-        self._comms: dict[bytes, str] = {}
+        self._comm = ebpf.CommText()
 
     # --- endpoints from the connections probe -------------------------------------------
 
@@ -388,12 +383,7 @@ class L7Decoder:
                 self._end_ssl((pid, ssl), st, ts)
             return
         if kind >= SSL_WRITE:
-            name = self._comms.get(comm)
-            if name is None:
-                if len(self._comms) > 10_000:
-                    self._comms.clear()
-                name = self._comms[comm] = comm.split(b"\0", 1)[0].decode("utf-8", "replace")
-            self._ssl(ts, kind, skaddr, ssl, pid, name, data, length)
+            self._ssl(ts, kind, skaddr, ssl, pid, self._comm(comm), data, length)
             return
         src, dst = self._ip(family, saddr), self._ip(family, daddr)
         if kind == DNS_UDP:
@@ -622,7 +612,7 @@ class L7Probe:
     _progs: dict[str, Any] = field(default_factory=dict)
     _defines: dict[str, Any] = field(default_factory=dict)
     _libs: list[str] = field(default_factory=list)
-    _reader: Any = None  # ringbuf.RingReader, or None: bcc's callback reader
+    _ring: Any = None  # ringbuf.open_ring's reader
     _on_raw: Any = None
 
     def check(self) -> None:
@@ -714,25 +704,15 @@ class L7Probe:
         """Open the ring buffer; returns bcc's ctypes class of struct l7_event (for the decoder)."""
         from bcc import table as bcc_table  # type: ignore[import-not-found]
 
-        table = self.bpf[b"ft_l7_events"]
-        if ringbuf.supported():
-            self._reader = ringbuf.RingReader(table.map_fd, self.ringbuf_pages * ringbuf.PAGE)
-            self._on_raw = on_raw
-        else:
-            def callback(_ctx: Any, data: Any, size: int) -> None:
-                on_raw(ctypes.string_at(data, size))
-
-            table.open_ring_buffer(callback)
-        return bcc_table._get_event_class(table)
+        self._ring = ringbuf.open_ring(self.bpf, b"ft_l7_events", self.ringbuf_pages)
+        self._on_raw = on_raw
+        return bcc_table._get_event_class(self.bpf[b"ft_l7_events"])
 
     def poll(self, timeout_ms: int) -> None:
         if timeout_ms > 0:  # the kernel writes without waking us (BPF_RB_NO_WAKEUP): read in batches
             time.sleep(timeout_ms / 1000)
-        if self._reader is None:
-            self.bpf.ring_buffer_consume()
-            return
         on_raw = self._on_raw
-        for raw in self._reader.read():
+        for raw in self._ring.read():
             on_raw(raw)
 
     def skip_body(self, family: int, raw_key: tuple, from_client: bool, skip_end: int) -> bool:
@@ -760,9 +740,9 @@ class L7Probe:
         return {(name.decode() if isinstance(name, bytes) else name): fn.fd for name, fn in self.bpf.funcs.items()}
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
         ebpf.release(self.links, self.bpf)
         self.bpf = None
 

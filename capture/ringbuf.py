@@ -21,7 +21,7 @@ never byte by byte (struct's '<Q' assembles bytes): the kernel reads the consume
 concurrently to compute free space, and a torn value could let it overwrite records not yet
 read. Plain aligned loads and stores are acquire/release on x86-64 (TSO), which is what the
 kernel's smp_load_acquire/smp_store_release pairs need; elsewhere `supported()` is False and
-the probes keep bcc's callback reader.
+`open_ring` returns bcc's callback reader behind the same `read()`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import platform
+from typing import Any
 
 import numpy as np
 
@@ -86,3 +87,28 @@ class RingReader:
         self._view.release()
         self._cons_map.close()
         self._data_map.close()
+
+
+class BccRing:
+    """bcc's reader (one ctypes callback per record), where RingReader is not used: same read()."""
+
+    def __init__(self, bpf: Any, table: Any):
+        self._bpf = bpf
+        self._got: list[bytes] = []
+        table.open_ring_buffer(lambda _ctx, data, size: self._got.append(ctypes.string_at(data, size)))
+
+    def read(self) -> list[bytes]:
+        self._bpf.ring_buffer_consume()
+        out, self._got = self._got, []
+        return out
+
+    def close(self) -> None:
+        pass  # bcc frees its reader with the BPF object
+
+
+def open_ring(bpf: Any, name: bytes, pages: int) -> RingReader | BccRing:
+    """The reader of ring buffer map `name` (BPF_RINGBUF_OUTPUT(name, pages)) of a bcc BPF object."""
+    table = bpf[name]
+    if supported():
+        return RingReader(table.map_fd, pages * PAGE)
+    return BccRing(bpf, table)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-import os
 import shutil
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from ebpf_support import in_ci
 
 from flowtape.capture.tiny import write_tiny_tape
 from flowtape.cli import main
@@ -41,7 +41,7 @@ def require_tool(names: tuple[str, ...], hint: str) -> str:
         if exe:
             return exe
     why = f"{names[0]} is not installed ({hint}; scripts/setup-host.sh installs it)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if in_ci():
         pytest.fail(why, pytrace=False)
     pytest.skip(why)
 

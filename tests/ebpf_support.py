@@ -39,14 +39,18 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def check_or_skip() -> None:
-    """Call at the start of an eBPF test/fixture: skip (or fail under CI=true) when unsupported."""
-    problem = host_problem()
-    if problem is None:
-        return
+def skip_or_fail(problem: str) -> None:
+    """Skip an eBPF test with the reason printed, or fail under CI=true."""
     if in_ci():
         pytest.fail(f"eBPF test cannot run on this CI host: {problem}", pytrace=False)
     pytest.skip(f"eBPF test skipped: {problem}")
+
+
+def check_or_skip() -> None:
+    """Call at the start of an eBPF test/fixture: skip (or fail under CI=true) when unsupported."""
+    problem = host_problem()
+    if problem is not None:
+        skip_or_fail(problem)
 
 
 @pytest.fixture(scope="session")

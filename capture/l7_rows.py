@@ -20,17 +20,13 @@ from ..schema import table
 
 SIDE_COLUMNS = ("conn_id", "pid", "comm", "side")
 _SCHEMA = table("http").arrow_schema
-_POLARS_BASE: dict[str, Any] | None = None
 
 
 def _polars_base_schema() -> dict[str, Any]:
-    global _POLARS_BASE
-    if _POLARS_BASE is None:
-        import polars as pl
+    """The Polars schema of the exchange columns: the http table's, less SIDE_COLUMNS."""
+    from ..conform import polars_schema
 
-        base = pa.schema([f for f in _SCHEMA if f.name not in SIDE_COLUMNS])
-        _POLARS_BASE = dict(pl.from_arrow(base.empty_table()).schema)
-    return _POLARS_BASE
+    return {k: v for k, v in polars_schema(table("http")).items() if k not in SIDE_COLUMNS}
 
 
 class HttpRows:

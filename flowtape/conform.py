@@ -44,7 +44,7 @@ def _rows_fast(table: Table, rows: list[dict]) -> pa.Table | None:
         return None
     import polars as pl
 
-    schema = _polars_schema(table)
+    schema = polars_schema(table)
     try:
         return pl.from_dicts(rows, schema=schema, strict=True).to_arrow().cast(table.arrow_schema)
     except Exception:  # a value that does not fit, a null in a required column: the slow path says which, in our words
@@ -54,7 +54,8 @@ def _rows_fast(table: Table, rows: list[dict]) -> pa.Table | None:
 _POLARS_SCHEMAS: dict[str, Any] = {}
 
 
-def _polars_schema(table: Table) -> Any:
+def polars_schema(table: Table) -> Any:
+    """`table`'s Arrow schema as a Polars schema (dict), made once per table."""
     schema = _POLARS_SCHEMAS.get(table.name)
     if schema is None:
         import polars as pl

@@ -12,6 +12,11 @@
 #ifndef FLOWTAPE_EVENTS_H
 #define FLOWTAPE_EVENTS_H
 
+/* What both TC programs return: TCX_NEXT (TC_ACT_UNSPEC), "not my decision, run the next
+ * program on this hook". TCX_PASS (0) would end the chain there: the programs attached after
+ * ours (flows' then l7's, or another tool's) would never see the packet. */
+#define FT_TCX_NEXT -1
+
 /* ---- flows (bpf/flows.c) ------------------------------------------------------------- */
 
 #define FT_DIR_INGRESS 0

@@ -24,7 +24,6 @@
 #define FT_ETH_P_IPV6 0x86DD
 #define FT_ETH_P_8021Q 0x8100
 #define FT_ETH_P_8021AD 0x88A8
-#define FT_TC_ACT_OK 0
 
 BPF_PERCPU_HASH(ft_flows4_a, struct flow_key4, struct flow_val, FT_FLOW_ENTRIES);
 BPF_PERCPU_HASH(ft_flows4_b, struct flow_key4, struct flow_val, FT_FLOW_ENTRIES);
@@ -42,7 +41,7 @@ static __always_inline int bump(u32 which) {
     u64 *c = ft_flow_ctr.lookup(&which);
     if (c)
         *c += 1;   /* per-CPU: no other writer */
-    return FT_TC_ACT_OK;
+    return FT_TCX_NEXT;
 }
 
 /* Add one packet to this CPU's copy of the flow's counters (insert the flow if new). */
@@ -58,7 +57,7 @@ static __always_inline int add(void *flows, void *key, u64 packets, u64 bytes, u
         init.tcp_flags = tcp_flags;
         /* From a program, a per-CPU insert sets this CPU's copy and zeroes the others. */
         if (bpf_map_update_elem(flows, key, &init, BPF_NOEXIST) == 0)
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
         v = bpf_map_lookup_elem(flows, key);   /* another CPU inserted it meanwhile */
         if (!v)
             return bump(FT_FLOW_CTR_INSERT_FAILED);
@@ -69,7 +68,7 @@ static __always_inline int add(void *flows, void *key, u64 packets, u64 bytes, u
     v->bytes += bytes;
     v->last_ns = now;
     v->tcp_flags |= tcp_flags;
-    return FT_TC_ACT_OK;
+    return FT_TCX_NEXT;
 }
 
 static __always_inline struct iface_cfg *iface(u32 ifindex) {
@@ -84,16 +83,16 @@ static __always_inline int count_packet(struct __sk_buff *skb, u8 direction) {
     u32 ifindex = skb->ifindex;
     struct iface_cfg *cfg = iface(ifindex);
     if (!cfg)
-        return FT_TC_ACT_OK;
+        return FT_TCX_NEXT;
     if (direction == FT_DIR_INGRESS) {
         if (!cfg->count_ingress)
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
     } else {
         if (!cfg->count_egress)
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
         u32 iif = skb->ingress_ifindex;
         if (iif != 0 && iface(iif))
-            return FT_TC_ACT_OK;   /* counted where it entered the node */
+            return FT_TCX_NEXT;   /* counted where it entered the node */
     }
     u32 l2_len = cfg->l2_len;
     u32 len = skb->len;
@@ -181,7 +180,7 @@ static __always_inline int count_packet(struct __sk_buff *skb, u8 direction) {
         __builtin_memcpy(k4.src_mac, eth + 6, 6);
         void *flows = ft_flow_active4.lookup(&zero);
         if (!flows)
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
         return add(flows, &k4, packets, bytes, tcp_flags);
     }
     k6.ifindex = ifindex;
@@ -194,7 +193,7 @@ static __always_inline int count_packet(struct __sk_buff *skb, u8 direction) {
     __builtin_memcpy(k6.src_mac, eth + 6, 6);
     void *flows = ft_flow_active6.lookup(&zero);
     if (!flows)
-        return FT_TC_ACT_OK;
+        return FT_TCX_NEXT;
     return add(flows, &k6, packets, bytes, tcp_flags);
 }
 

@@ -38,7 +38,6 @@
 #define FT_ETH_P_IPV6 0x86DD
 #define FT_ETH_P_8021Q 0x8100
 #define FT_ETH_P_8021AD 0x88A8
-#define FT_TC_ACT_OK 0
 #define FT_TCP_FIN 0x01
 #define FT_TCP_RST 0x04
 #define FT_L7_HTTP_CAP 2048  /* a whole segment at MTU 1500: a head may start anywhere in a segment after a body */
@@ -117,16 +116,16 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
     u32 ifindex = skb->ifindex;
     struct iface_cfg *cfg = ft_l7_ifaces.lookup(&ifindex);
     if (!cfg)
-        return FT_TC_ACT_OK;
+        return FT_TCX_NEXT;
     if (direction == FT_DIR_INGRESS) {
         if (!cfg->count_ingress)
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
     } else {
         if (!cfg->count_egress)
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
         u32 iif = skb->ingress_ifindex;
         if (iif != 0 && ft_l7_ifaces.lookup(&iif))
-            return FT_TC_ACT_OK;   /* taken where it entered the node */
+            return FT_TCX_NEXT;   /* taken where it entered the node */
     }
 
     u32 off = 0;
@@ -134,13 +133,13 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
     if (cfg->l2_len == 14) {
         u8 eth[4];
         if (hdr(skb, 12, eth, 4) != 0)
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
         u16 ethertype = ((u16)eth[0] << 8) | eth[1];
         off = 14;
         if (ethertype == FT_ETH_P_8021Q || ethertype == FT_ETH_P_8021AD) {
             u8 inner[2];   /* eth[2..3] is the tag's TCI; the inner type follows it */
             if (hdr(skb, 16, inner, 2) != 0)
-                return FT_TC_ACT_OK;
+                return FT_TCX_NEXT;
             ethertype = ((u16)inner[0] << 8) | inner[1];
             off = 18;
         }
@@ -155,10 +154,10 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
         u8 ip[20];
         if (hdr(skb, off, ip, 20) != 0) {
             l7_bump(FT_L7_CTR_TRUNCATED);
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
         }
         if (((((u16)ip[6] & 0x1f) << 8) | ip[7]) != 0)
-            return FT_TC_ACT_OK;   /* a later fragment: no L4 header */
+            return FT_TCX_NEXT;   /* a later fragment: no L4 header */
         key.family = 4;
         ip_hlen = (ip[0] & 0x0f) * 4;
         ip_len = ((u32)ip[2] << 8) | ip[3];
@@ -169,7 +168,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
         u8 ip6[40];
         if (hdr(skb, off, ip6, 40) != 0) {
             l7_bump(FT_L7_CTR_TRUNCATED);
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
         }
         key.family = 6;
         ip_hlen = 40;
@@ -178,10 +177,10 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
         __builtin_memcpy(key.saddr, ip6 + 8, 16);
         __builtin_memcpy(key.daddr, ip6 + 24, 16);
     } else {
-        return FT_TC_ACT_OK;
+        return FT_TCX_NEXT;
     }
     if (l4proto != 6 && l4proto != 17)
-        return FT_TC_ACT_OK;
+        return FT_TCX_NEXT;
     u32 l4off = off + ip_hlen;
     u32 l3_end = off + ip_len;   /* frames can be padded: payload ends at the IP length */
     u32 segs = skb->gso_segs;
@@ -191,16 +190,16 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
     if (l4proto == 17) {
         u8 udp[4];
         if (hdr(skb, l4off, udp, 4) != 0)
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
         u16 sport = ((u16)udp[0] << 8) | udp[1], dport = ((u16)udp[2] << 8) | udp[3];
         if (sport != 53 && dport != 53)
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
         u32 poff = l4off + 8;
         if (l3_end <= poff)
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
         struct l7_event *ev = l7_scratch();
         if (!ev)
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
         ev->ts_ns = bpf_ktime_get_ns();
         ev->kind = FT_L7_DNS_UDP;
         ev->skaddr = 0; ev->ssl = 0; ev->seq = 0; ev->pid = 0; ev->tcp_flags = 0; ev->from_client = 0;
@@ -212,13 +211,13 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
         ev->length = l3_end - poff;
         l7_copy(skb, ev, poff, l3_end - poff, FT_L7_DNS_CAP);
         l7_submit(ev);
-        return FT_TC_ACT_OK;
+        return FT_TCX_NEXT;
     }
 
     u8 th[14];   /* ports, seq, ack, data offset, flags */
     if (hdr(skb, l4off, th, 14) != 0) {
         l7_bump(FT_L7_CTR_TRUNCATED);
-        return FT_TC_ACT_OK;
+        return FT_TCX_NEXT;
     }
     key.sport = ((u16)th[0] << 8) | th[1];
     key.dport = ((u16)th[2] << 8) | th[3];
@@ -229,7 +228,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
     u32 paylen = l3_end > poff ? l3_end - poff : 0;
     u8 end = flags & (FT_TCP_FIN | FT_TCP_RST);
     if (paylen == 0 && !end)
-        return FT_TC_ACT_OK;   /* pure ACKs and SYNs: the common case, nothing to look at */
+        return FT_TCX_NEXT;   /* pure ACKs and SYNs: the common case, nothing to look at */
 
     u8 kind = 0, from_client = 0;
     u32 limit = 0;
@@ -250,7 +249,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
                 fl->budget = limit - paylen;
             }
             if (end)
-                return FT_TC_ACT_OK;
+                return FT_TCX_NEXT;
         } else {
             limit = FT_L7_HTTP_CAP;
             if (fl->skipping && !end) {
@@ -258,7 +257,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
                  * where it ends: segments wholly inside it carry nothing it needs. */
                 u32 ahead = fl->skip_end - seq;   /* modulo 2^32 */
                 if (ahead < 0x80000000u && ahead > paylen)
-                    return FT_TC_ACT_OK;
+                    return FT_TCX_NEXT;
                 fl->skipping = 0;   /* this segment reaches the body's end: sent (it ends the message; a head may follow) */
             }
             if (paylen > 0 && bpf_ringbuf_query(FT_L7_EVENTS_MAP, FT_RB_AVAIL_DATA) > FT_L7_SHED_ABOVE) {
@@ -284,10 +283,10 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
         }
     } else {
         if (paylen == 0)
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
         u8 head[6] = {};
         if (bpf_skb_load_bytes(skb, poff, head, paylen >= 6 ? 6 : 4) != 0)
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
         if (paylen >= 6 && head[0] == 0x16 && head[1] == 0x03 && head[5] == 0x01) {
             kind = FT_L7_TLS_HELLO;
             from_client = 1;
@@ -321,13 +320,13 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
             if (ft_l7_flows.update(&rev, &nf) != 0)
                 l7_bump(FT_L7_CTR_TRACK_FULL);
         } else {
-            return FT_TC_ACT_OK;
+            return FT_TCX_NEXT;
         }
     }
 
     struct l7_event *ev = l7_scratch();
     if (!ev)
-        return FT_TC_ACT_OK;
+        return FT_TCX_NEXT;
     ev->ts_ns = bpf_ktime_get_ns();
     ev->skaddr = 0; ev->ssl = 0; ev->pid = 0;
     ev->family = key.family;
@@ -353,7 +352,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
             ev->from_client = from_client;
         l7_submit(ev);
     }
-    return FT_TC_ACT_OK;
+    return FT_TCX_NEXT;
 }
 
 int ft_l7_ingress(struct __sk_buff *skb) { return l7_packet(skb, FT_DIR_INGRESS); }

@@ -34,6 +34,7 @@ BPF_LINK_CREATE = 28
 BPF_CGROUP_SOCK_OPS = 3
 BPF_TCX_INGRESS = 46
 BPF_TCX_EGRESS = 47
+BPF_F_BEFORE = 1 << 3  # with no relative program: attach first
 
 _CAP_NET_ADMIN, _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 12, 21, 38, 39
 
@@ -150,9 +151,9 @@ def compile_bpf(text: str) -> Any:
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
+def link_create(prog_fd: int, target_fd: int, attach_type: int, flags: int = 0) -> int:
     """bpf(BPF_LINK_CREATE): returns a link fd; closing it (or dying) detaches the program."""
-    attr = struct.pack("<IIII", prog_fd, target_fd, attach_type, 0) + bytes(48)
+    attr = struct.pack("<IIII", prog_fd, target_fd, attach_type, flags) + bytes(48)
     buf = ctypes.create_string_buffer(attr, len(attr))
     fd = _libc.syscall(_SYS_BPF, BPF_LINK_CREATE, buf, len(attr))
     if fd < 0:
@@ -163,7 +164,9 @@ def link_create(prog_fd: int, target_fd: int, attach_type: int) -> int:
 
 def attach_tcx(prog_fd: int, ifindex: int, egress: bool) -> int:
     try:
-        return link_create(prog_fd, ifindex, BPF_TCX_EGRESS if egress else BPF_TCX_INGRESS)
+        # At the front of the hook's chain: a program before ours (Cilium's, say) may redirect or
+        # drop a packet, and then we would never see it. Ours only look (they return TCX_NEXT).
+        return link_create(prog_fd, ifindex, BPF_TCX_EGRESS if egress else BPF_TCX_INGRESS, BPF_F_BEFORE)
     except OSError as e:
         if e.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
             raise Unsupported(f"this kernel cannot attach TC programs with tcx links ({e.strerror}; needs Linux 6.6+): the flows table will be missing") from None

@@ -21,12 +21,13 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 _SEQ = [0]
 
@@ -62,6 +63,63 @@ class Host:
     def run(self, argv: Sequence[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
         kw.setdefault("capture_output", True)
         return subprocess.run(self.cmd(argv), check=check, **kw)
+
+
+    def random_drops(self, one_in: int, egress: bool, min_len: int = 200) -> AbstractContextManager[Callable[[], int]]:
+        """Drop about one in `one_in` packets of at least `min_len` bytes on this host's eth0
+        (egress: before any capture point; ingress: after the bridge ports' captures), with a
+        TC program in the namespace (the kernel has no netem). Yields a function that returns
+        how many packets were dropped so far; the program goes with the block."""
+        return tc_program(self.cmd([]), "eth0", egress, one_in, min_len)
+
+
+@contextmanager
+def tc_program(prefix: Sequence[str], ifname: str, egress: bool, one_in: int, min_len: int = 200) -> Iterator[Callable[[], int]]:
+    """A foreign TC program (tcx, appended to the hook's chain) on `ifname`, run in a helper
+    process started with `prefix` (e.g. `ip netns exec NS`, or nothing for the root
+    namespace): it drops about one in `one_in` packets of at least `min_len` bytes and lets
+    the others pass with TCX_PASS, which ends the chain there, as Cilium's programs do.
+    one_in=0 drops none. Yields a function returning the number dropped so far."""
+    p = subprocess.Popen([*prefix, sys.executable, "-c", _DROPPER, ifname, "egress" if egress else "ingress", str(one_in), str(min_len)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        if line.strip() != "attached":
+            raise RuntimeError(f"the TC program on {ifname} did not start: {line!r}")
+
+        def dropped() -> int:
+            p.stdin.write("count\n")
+            p.stdin.flush()
+            return int(p.stdout.readline())
+
+        yield dropped
+    finally:
+        p.kill()
+        p.wait()
+
+
+_DROPPER = r"""
+import socket, sys
+import bcc
+from flowtape.capture import ebpf
+ifname, egress, one_in, min_len = sys.argv[1], sys.argv[2] == "egress", int(sys.argv[3]), int(sys.argv[4])
+b = bcc.BPF(text='''
+BPF_ARRAY(dropped, u64, 1);
+int drop(struct __sk_buff *skb) {
+    if (ONE_IN == 0 || skb->len < MIN_LEN || bpf_get_prandom_u32() % (ONE_IN ? ONE_IN : 1) != 0)
+        return 0;   /* TCX_PASS: ends the chain */
+    int zero = 0;
+    u64 *n = dropped.lookup(&zero);
+    if (n)
+        __sync_fetch_and_add(n, 1);
+    return 2;       /* TCX_DROP */
+}''', cflags=[f"-DMIN_LEN={min_len}", f"-DONE_IN={one_in}"])
+fn = b.load_func(b"drop", bcc.BPF.SCHED_CLS)
+link = ebpf.link_create(fn.fd, socket.if_nametoindex(ifname), ebpf.BPF_TCX_EGRESS if egress else ebpf.BPF_TCX_INGRESS)
+print("attached", flush=True)
+for _ in sys.stdin:
+    print(b["dropped"][0].value, flush=True)
+"""
 
 
 @dataclass

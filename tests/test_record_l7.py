@@ -167,7 +167,8 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
         dns = start_dnsmasq(srv, ["--local-ttl=300", "--local=/lab.test/", f"--host-record=a.lab.test,{srv.ip},2001:db8::5",
                                   f"--host-record=b.lab.test,{srv.ip}", "--cname=c1.lab.test,c2.lab.test", "--cname=c2.lab.test,a.lab.test"])
         tape = work / "l7.tape"
-        rec = subprocess.Popen([FLOWTAPE, "record", "-o", str(tape), "--interfaces", lab.bridge, "--probes", "connections,l7",
+        # the default probes (flows too): the TC programs of flows and l7 share each hook
+        rec = subprocess.Popen([FLOWTAPE, "record", "-o", str(tape), "--interfaces", lab.bridge,
                                 "--node", "lab-node", "--no-k8s"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         status: list[str] = []
         try:

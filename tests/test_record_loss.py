@@ -1,0 +1,142 @@
+"""The recorder under packet loss (root + bcc): retransmissions neither inflate nor lose bytes.
+
+An SRE opens a tape because something went wrong, and lossy links are the usual suspect. Here
+a TC program in the namespaces drops about one in 40 data packets, in two places: on the
+server's eth0 egress (before every capture point: the bridge never sees the first copy) and
+on the client's eth0 ingress (after them: the bridge and tcpdump see both copies). nginx
+serves known files to curl over keep-alive connections. And, as on a node running Cilium,
+another tool's TC programs sit on the bridge ports before the recorder starts, each ending the
+chain with TCX_PASS: the recorder's programs must run anyway (they attach first).
+
+Oracles: tshark on the client's bridge port, counting payload in sequence space (a byte range
+sent twice is one range), its retransmission marks; nginx's access log for the http rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from ebpf_support import ebpf_host, require_ebpf  # noqa: F401  (fixture)
+from netlab import Lab, access_log, start_nginx_l7, tc_program, tshark_fields
+
+import flowtape
+
+pytestmark = [pytest.mark.ebpf, pytest.mark.slow, require_ebpf()]
+
+SIZES = {"f300k": 300_000, "f1m": 1 << 20, "f7": 7}
+
+
+@pytest.fixture(scope="module")
+def recording(ebpf_host, tmp_path_factory):  # noqa: F811
+    flowtape_bin = str(Path(sys.executable).with_name("flowtape"))
+    work = tmp_path_factory.mktemp("loss")
+    with Lab() as lab:
+        srv, cli = lab.add_host("srv"), lab.add_host("cli")
+        www = lab.workdir / "www"
+        www.mkdir()
+        for name, n in SIZES.items():
+            (www / name).write_bytes(os.urandom(n))
+        master, _ = start_nginx_l7(srv, www)
+        foreign = contextlib.ExitStack()
+        for ifname in (cli.host_if, srv.host_if):
+            for egress in (False, True):
+                foreign.enter_context(tc_program([], ifname, egress, one_in=0))
+        tape = work / "loss.tape"
+        rec = subprocess.Popen([flowtape_bin, "record", "-o", str(tape), "--interfaces", lab.bridge, "--probes", "flows,connections,l7",
+                                "--no-k8s", "--flow-interval", "1"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        try:
+            while "recording to" not in (line := rec.stderr.readline()):
+                assert line, rec.stderr.read()
+            base = f"http://{srv.ip}"
+            with lab.capture([cli.host_if]) as pcaps, srv.random_drops(40, egress=True) as srv_dropped, \
+                    cli.random_drops(40, egress=False) as cli_dropped:
+                for _ in range(4):  # keep-alive: three downloads and a small one per connection
+                    urls = [f"{base}/f1m", f"{base}/f7", f"{base}/f300k", f"{base}/f1m"]
+                    cli.run(["curl", "-sf", *(["-o", "/dev/null"] * len(urls)), *urls], timeout=120)
+                dropped = (srv_dropped(), cli_dropped())
+                time.sleep(1.0)  # the last FIN/ACKs are in the capture
+            time.sleep(1.5)  # past the recorder's grace period for rows
+            rec.send_signal(signal.SIGINT)
+            rec.stderr.read()
+            assert rec.wait(timeout=60) == 0
+        finally:
+            if rec.poll() is None:
+                rec.kill()
+            master.terminate()
+            master.wait()
+            foreign.close()
+        yield {"tape": flowtape.open(str(tape)), "manifest": json.loads((tape / "manifest.json").read_text()), "log": access_log(lab.workdir),
+               "pcap": pcaps[cli.host_if], "srv": srv, "dropped": dropped}
+
+
+def _streams(pcap: Path) -> dict[int, dict[str, int]]:
+    """client port -> payload bytes each way (highest relative seq + len - 1, data packets only)
+    and the packets tshark marked as retransmissions each way."""
+    out: dict[int, dict[str, int]] = defaultdict(lambda: {"c2s": 0, "s2c": 0, "re_c2s": 0, "re_s2c": 0})
+    fields = ["tcp.srcport", "tcp.dstport", "tcp.seq", "tcp.len", "tcp.analysis.retransmission"]
+    for src, dst, seq, length, retrans in tshark_fields(pcap, fields, "tcp"):
+        to_server = dst == "80"
+        st = out[int(src) if to_server else int(dst)]
+        d = "c2s" if to_server else "s2c"
+        if int(length):
+            st[d] = max(st[d], int(seq) + int(length) - 1)
+        if retrans:
+            st["re_" + d] += 1
+    return dict(out)
+
+
+def test_packets_were_dropped_on_both_sides(recording):
+    srv_dropped, cli_dropped = recording["dropped"]
+    assert srv_dropped > 10 and cli_dropped > 10, recording["dropped"]
+
+
+def test_connection_bytes_are_payload_not_retransmissions(recording):
+    truth = _streams(recording["pcap"])
+    rows = recording["tape"].sql(f"select * from connections where server_ip = '{recording['srv'].ip}' and server_port = 80").pl().to_dicts()
+    assert len(rows) == 8 and {r["close_state"] for r in rows} == {"closed"}
+    for r in rows:
+        t = truth[r["client_port"]]
+        sent, received = (t["c2s"], t["s2c"]) if r["role"] == "client" else (t["s2c"], t["c2s"])
+        assert (r["bytes_sent"], r["bytes_received"]) == (sent, received), (r, t)
+    # every downloaded byte: the heads plus 2 x 1 MiB + 300 kB + 7 per connection
+    servers = [r for r in rows if r["role"] == "server"]
+    assert all(r["bytes_sent"] > 2 * (1 << 20) + 300_007 for r in servers)
+    # the server resent what was dropped on either side; tshark saw the copies of the drops
+    # after the bridge (one mark per packet) and the server counted at least those
+    assert sum(r["retransmits"] for r in servers) >= sum(recording["dropped"]) // 2
+    for r in servers:
+        assert r["retransmits"] >= truth[r["client_port"]]["re_s2c"] > 0, (r, truth[r["client_port"]])
+
+
+def test_http_rows_equal_the_access_log(recording):
+    log = sorted(recording["log"], key=lambda x: (x["connection"], x["connection_requests"]))
+    assert len(log) == 16
+    want = sorted((x["remote_port"], x["request_uri"], x["status"], x["bytes_sent"]) for x in log)
+    for side in ("client", "server"):
+        rows = recording["tape"].sql(f"select client_port, path, status, response_bytes from http where side = '{side}'").pl().rows()
+        assert sorted(rows) == want, side
+    lost = recording["manifest"]["lost"]
+    lost = lost[next(iter(lost))]
+    assert lost["l7.ringbuf_full"] == 0 and lost["http_desync"] == 0 and lost["http_orphan_responses"] == 0, lost
+
+
+def test_flows_count_every_copy_that_crossed_the_bridge(recording):
+    """The flows table counts packets on the wire, retransmissions included: per direction it
+    equals tshark's packet and byte counts on the client's bridge port."""
+    srv_ip = recording["srv"].ip
+    wire: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for src, length in tshark_fields(recording["pcap"], ["ip.src", "ip.len"], "tcp"):
+        wire[src][0] += 1
+        wire[src][1] += int(length)
+    rows = recording["tape"].sql(f"select src_ip, sum(packets)::bigint p, sum(bytes)::bigint b from flows where ip_proto = 6 and "
+                                 f"(src_ip = '{srv_ip}' or dst_ip = '{srv_ip}') group by src_ip").pl().rows()
+    assert {src: [p, b] for src, p, b in rows} == dict(wire)

@@ -14,9 +14,14 @@
  *                                 needs. At CLOSE->SYN_SENT it runs inside connect(): pid/comm/
  *                                 cgroup of the client are the caller's. Endpoints still open at
  *                                 the end are read from ft_socks by user space.
- *  syscalls:sys_*_accept[4]      the server's owner: the process that accept()s, found by the
- *                                 peer address it was given (read from its own buffer) in
- *                                 ft_peers, and written into ft_socks (no event).
+ *  cgroup getpeername4/6         the server's owner: accept() asks for the peer's address
+ *                                 (getname with peer=2), which runs these hooks in the
+ *                                 accepting process, with that address; the socket is found by
+ *                                 it in ft_peers and the owner written into ft_socks (no event).
+ *  syscalls:sys_*_accept[4]      the same from the syscall's exit, where the cgroup hooks are
+ *                                 not available (before Linux 5.8, no cgroup v2). Avoided when
+ *                                 possible: a syscall tracepoint sends every syscall of every
+ *                                 process through the slow path (+58 ns each, measured).
  *  sock:sock_{send,recv}_length  opt-in (FT_OWNER_FALLBACK) fallback owner for server sockets
  *                                 accepted without a peer address: the first process that reads
  *                                 or writes them. Off by default: it runs on every send and recv.
@@ -360,6 +365,52 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
 }
 
 /* ---- accept: the server side's owner ------------------------------------------------- */
+
+/* The process running now accepted the server socket of `peer`: it owns it. */
+static __always_inline void accepted(struct peer_key *peer) {
+    u64 *sk = ft_peers.lookup(peer);
+    if (!sk)
+        return;   /* not ours, already owned, or a later getpeername() */
+    u64 key = *sk;
+    ft_peers.delete(peer);
+    struct sock_info *info = ft_socks.lookup(&key);
+    if (info) {
+        info->flags |= FT_F_ACCEPTED;
+        if (!info->pid)
+            own(info);
+    }
+#ifdef FT_OWNER_FALLBACK
+    ft_unowned.delete(&key);
+#endif
+}
+
+#ifdef FT_HAVE_GETPEERNAME
+/* cgroup/getpeername4 and 6: must return 1 (let the call go on unchanged). */
+int ft_getpeername4(struct bpf_sock_addr *ctx) {
+    struct peer_key peer = {};
+    u32 ip = ctx->user_ip4;
+    __builtin_memcpy(peer.addr, &ip, 4);
+    peer.port = bpf_ntohs((u16)ctx->user_port);   /* network order in the low half */
+    peer.family = FT_AF_INET;
+    accepted(&peer);
+    return 1;
+}
+
+int ft_getpeername6(struct bpf_sock_addr *ctx) {
+    struct peer_key peer = {};
+    u32 ip[4];
+    ip[0] = ctx->user_ip6[0];
+    ip[1] = ctx->user_ip6[1];
+    ip[2] = ctx->user_ip6[2];
+    ip[3] = ctx->user_ip6[3];
+    __builtin_memcpy(peer.addr, ip, 16);
+    peer.port = bpf_ntohs((u16)ctx->user_port);
+    peer.family = FT_AF_INET6;
+    accepted(&peer);
+    return 1;
+}
+#endif
+
 #ifdef FT_HAVE_ACCEPT
 BPF_HASH(ft_accepting, u64, u64, 10240);   /* thread id -> user sockaddr pointer */
 
@@ -372,8 +423,8 @@ static __always_inline int accept_enter(const void *uaddr) {
     return 0;
 }
 
-/* The process that accept()ed owns the server socket of the peer it was handed: found by the
- * peer's address in ft_peers, and filled into ft_socks (no event). */
+/* The process that accept()ed owns the server socket of the peer it was handed (read from its
+ * own buffer). */
 static __always_inline int accept_exit(long ret) {
     u64 tid = bpf_get_current_pid_tgid();
     u64 *ptr = ft_accepting.lookup(&tid);
@@ -398,20 +449,7 @@ static __always_inline int accept_exit(long ret) {
     }
     peer.family = head[0];
     peer.port = bpf_ntohs(head[1]);
-    u64 *sk = ft_peers.lookup(&peer);
-    if (!sk)
-        return 0;
-    u64 key = *sk;
-    ft_peers.delete(&peer);
-    struct sock_info *info = ft_socks.lookup(&key);
-    if (info) {
-        info->flags |= FT_F_ACCEPTED;
-        if (!info->pid)
-            own(info);
-    }
-#ifdef FT_OWNER_FALLBACK
-    ft_unowned.delete(&key);
-#endif
+    accepted(&peer);
     return 0;
 }
 

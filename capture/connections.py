@@ -369,7 +369,8 @@ class ConnectionProbe:
     missing: dict[str, str] = field(default_factory=dict)  # what is missing -> what the tape lacks
     _defines: dict[str, Any] = field(default_factory=dict)
     _sockops: Any = None
-    _link: int | None = None
+    _links: list[int] = field(default_factory=list)
+    server_owner: str = ""  # how server sockets get their process, for the manifest
     _ring: Any = None  # ringbuf.open_ring's reader
     _on_event: Any = None  # raw record -> decoded -> the recorder's callback
     cgroup: Path | None = None
@@ -390,6 +391,14 @@ class ConnectionProbe:
         self.cgroup = ebpf.cgroup2_root()
         if self.cgroup is None:
             self.missing["cgroup v2"] = "bytes, segments, srtt and retransmits of connections (sock_ops needs cgroup v2), and container ids"
+        # The accepting process from the cgroup getpeername hooks (Linux 5.8+) rather than from
+        # accept's syscall tracepoints, whose mere presence slows every syscall on the node.
+        self.server_owner = "accept syscall tracepoints" if self._defines["FT_HAVE_ACCEPT"] else "none"
+        if self.cgroup is not None and ebpf.kernel_at_least(5, 8):
+            self._defines["FT_HAVE_GETPEERNAME"] = 1
+            self._defines["FT_HAVE_ACCEPT"] = None
+            self.missing.pop("tracepoint syscalls:sys_enter_accept4", None)
+            self.server_owner = "cgroup getpeername hooks (accept)"
 
     def source(self) -> str:
         if not self._defines:
@@ -402,9 +411,17 @@ class ConnectionProbe:
         self._sockops = self.bpf.load_func(b"ft_sockops", bcc.BPF.SOCK_OPS)
         if self.cgroup is not None:
             try:
-                self._link = ebpf.attach_cgroup_sock_ops(self._sockops.fd, self.cgroup)
+                self._links.append(ebpf.attach_cgroup(self._sockops.fd, self.cgroup, ebpf.BPF_CGROUP_SOCK_OPS))
             except OSError as e:
                 self.missing["cgroup v2 sock_ops"] = f"bytes, srtt and retransmits of connections ({e.strerror})"
+        if self._defines.get("FT_HAVE_GETPEERNAME"):
+            try:
+                for name, attach_type in ((b"ft_getpeername4", ebpf.BPF_CGROUP_INET4_GETPEERNAME), (b"ft_getpeername6", ebpf.BPF_CGROUP_INET6_GETPEERNAME)):
+                    fn = self.bpf.load_func(name, bcc.BPF.CGROUP_SOCK_ADDR, attach_type=attach_type)
+                    self._links.append(ebpf.attach_cgroup(fn.fd, self.cgroup, attach_type))
+            except Exception as e:  # noqa: BLE001  (bcc raises plain Exception when the verifier refuses)
+                self.missing["cgroup getpeername hooks"] = f"{MISSING_EFFECT['FT_HAVE_ACCEPT']} ({str(e).splitlines()[0]})"
+                self.server_owner = "none"
 
     def open(self, on_event: Callable[[dict[str, Any]], None]) -> None:
         from bcc import table as bcc_table  # type: ignore[import-not-found]
@@ -461,9 +478,9 @@ class ConnectionProbe:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
-        if self._link is not None:
-            os.close(self._link)
-            self._link = None
+        for link in self._links:
+            os.close(link)
+        self._links.clear()
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None

@@ -32,6 +32,8 @@ INSTALL_HINT = "sudo apt-get install -y bpfcc-tools python3-bpfcc libbpfcc linux
 _SYS_BPF = 321  # x86_64
 BPF_LINK_CREATE = 28
 BPF_CGROUP_SOCK_OPS = 3
+BPF_CGROUP_INET4_GETPEERNAME = 29
+BPF_CGROUP_INET6_GETPEERNAME = 30
 BPF_TCX_INGRESS = 46
 BPF_TCX_EGRESS = 47
 BPF_F_BEFORE = 1 << 3  # with no relative program: attach first
@@ -173,12 +175,19 @@ def attach_tcx(prog_fd: int, ifindex: int, egress: bool) -> int:
         raise
 
 
-def attach_cgroup_sock_ops(prog_fd: int, cgroup: Path) -> int:
+def attach_cgroup(prog_fd: int, cgroup: Path, attach_type: int) -> int:
+    """A link attaching a cgroup program (sock_ops, sock_addr hooks) to `cgroup` and below."""
     fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return link_create(prog_fd, fd, BPF_CGROUP_SOCK_OPS)
+        return link_create(prog_fd, fd, attach_type)
     finally:
         os.close(fd)
+
+
+def kernel_at_least(major: int, minor: int) -> bool:
+    """The running kernel's version (uname release, e.g. 6.18.44-...) is major.minor or later."""
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= (major, minor)
 
 
 def prog_stats(prog_fd: int) -> dict[str, int]:

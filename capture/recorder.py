@@ -171,7 +171,8 @@ class Recorder:
                 for what, effect in probe.missing.items():
                     self._warn(f"{what} is not available on this host: {effect} will be missing from the tape")
                 w.set_probe("connections", {
-                    "program": "bpf/connections.c (sock_ops on cgroup v2 + tracepoints)", "cgroup": str(probe.cgroup) if probe.cgroup else None,
+                    "program": "bpf/connections.c (sock_ops and getpeername hooks on cgroup v2 + tracepoints)", "cgroup": str(probe.cgroup) if probe.cgroup else None,
+                    "server_owner": probe.server_owner,
                     "missing": dict(probe.missing), "ringbuf_pages": probe.ringbuf_pages, "owner_fallback": probe.owner_fallback,
                 })
             except Unsupported as e:

@@ -8,6 +8,7 @@ on every send and recv. Root and bcc needed; loopback only.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -85,3 +86,9 @@ def test_server_owner_with_and_without_peer_address(tmp_path, fallback):
             assert pid == os.getpid()
         else:
             assert pid is None  # documented: only the opt-in fallback attributes these
+    # the owner comes from the cgroup getpeername hooks that accept() runs, with no syscall
+    # tracepoint (those would slow every syscall on the node)
+    manifest = json.loads((Path(tape.path) / "manifest.json").read_text())
+    assert manifest["probes"]["connections"]["server_owner"] == "cgroup getpeername hooks (accept)"
+    programs = manifest["extra"]["bpf_programs"]
+    assert {"ft_getpeername4", "ft_getpeername6"} <= set(programs) and not any("syscalls" in p for p in programs), programs

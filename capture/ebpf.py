@@ -175,6 +175,21 @@ def attach_tcx(prog_fd: int, ifindex: int, egress: bool) -> int:
         raise
 
 
+def attach_tc_pair(ingress_fd: int, egress_fd: int, iface: Any) -> list[int]:
+    """Links for the hooks an interface of the plan counts on (flows.Iface): none, one or both."""
+    links = []
+    try:
+        if iface.count_ingress:
+            links.append(attach_tcx(ingress_fd, iface.ifindex, egress=False))
+        if iface.count_egress:
+            links.append(attach_tcx(egress_fd, iface.ifindex, egress=True))
+    except BaseException:
+        for fd in links:
+            os.close(fd)
+        raise
+    return links
+
+
 def attach_cgroup(prog_fd: int, cgroup: Path, attach_type: int) -> int:
     """A link attaching a cgroup program (sock_ops, sock_addr hooks) to `cgroup` and below."""
     fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)

@@ -38,10 +38,20 @@ class Iface:
     l2_len: int
     count_ingress: bool
     count_egress: bool
+    role: str = "interface"  # or "bridge", "bridge port", "loopback"
 
     @property
     def attach(self) -> bool:
         return self.count_ingress or self.count_egress
+
+
+def coverage(i: Iface) -> str:
+    """What an interface of the plan counts, in words (for the manifest)."""
+    return {
+        "bridge": "egress from the host (its ports count what enters them)",
+        "bridge port": "ingress (the bridge counts what the host sends)",
+        "loopback": "egress only (loopback)",
+    }.get(i.role, "ingress + local egress")
 
 
 def _read(path: Path, default: str = "") -> str:
@@ -54,9 +64,13 @@ def _read(path: Path, default: str = "") -> str:
 def plan_interfaces(requested: Iterable[str] | None, sys_net: Path = SYS_NET) -> list[Iface]:
     """Interfaces to cover and how, so that each packet is counted once on this node.
 
-    None means every interface of the recorder's network namespace. A bridge is represented by
-    its ports: it is covered but never counts, and selecting it selects its ports. Loopback
-    counts only on egress (every lo ingress is the same packet again).
+    None means every interface of the recorder's network namespace. Selecting a bridge selects
+    its ports. Its ports count what enters them (ingress) and it counts what the host sends into
+    it (its egress): every frame leaving a port came from another port, counted there, or from
+    the bridge, so no port needs an egress program (one program run less per bridged packet,
+    and a broadcast from the host counts once, not once per port). A port selected without its
+    bridge counts both ways, like any interface. Loopback counts only on egress (every lo
+    ingress is the same packet again).
     """
     present = sorted(p.name for p in sys_net.iterdir()) if sys_net.is_dir() else []
     names = list(present) if requested is None else list(dict.fromkeys(requested))
@@ -64,10 +78,13 @@ def plan_interfaces(requested: Iterable[str] | None, sys_net: Path = SYS_NET) ->
         if n not in present:
             raise UsageError(f"--interfaces: no interface named {n!r} here (have: {', '.join(present)})")
     # Selecting a bridge selects its ports.
+    bridged: set[str] = set()
     for n in list(names):
         brif = sys_net / n / "brif"
         if brif.is_dir():
-            names += [p.name for p in sorted(brif.iterdir()) if p.name not in names]
+            ports = [p.name for p in sorted(brif.iterdir())]
+            bridged.update(ports)
+            names += [p for p in ports if p not in names]
     plan = []
     for n in names:
         d = sys_net / n
@@ -75,9 +92,11 @@ def plan_interfaces(requested: Iterable[str] | None, sys_net: Path = SYS_NET) ->
         hwtype = int(_read(d / "type", "0"))
         l2 = 14 if hwtype in (ARPHRD_ETHER, ARPHRD_LOOPBACK) else 0
         if (d / "bridge").is_dir():
-            plan.append(Iface(n, ifindex, l2, False, False))
+            plan.append(Iface(n, ifindex, l2, False, True, "bridge"))
+        elif n in bridged:
+            plan.append(Iface(n, ifindex, l2, True, False, "bridge port"))
         elif hwtype == ARPHRD_LOOPBACK:
-            plan.append(Iface(n, ifindex, l2, False, True))
+            plan.append(Iface(n, ifindex, l2, False, True, "loopback"))
         else:
             plan.append(Iface(n, ifindex, l2, True, True))
     return plan
@@ -261,14 +280,10 @@ class FlowProbe:
             table = self.bpf[b"ft_ifaces_arr" if i.ifindex < self.iface_array else b"ft_ifaces"]
             table[ctypes.c_uint(i.ifindex)] = table.Leaf(i.l2_len, int(i.count_ingress), int(i.count_egress), 1)
             self.plan[i.ifindex] = i
-            if i.attach:
-                try:
-                    self.links[i.ifindex] = [
-                        ebpf.attach_tcx(self._progs["ft_tc_ingress"].fd, i.ifindex, egress=False),
-                        ebpf.attach_tcx(self._progs["ft_tc_egress"].fd, i.ifindex, egress=True),
-                    ]
-                except FileNotFoundError:
-                    continue  # the interface vanished meanwhile
+            try:
+                self.links[i.ifindex] = ebpf.attach_tc_pair(self._progs["ft_tc_ingress"].fd, self._progs["ft_tc_egress"].fd, i)
+            except FileNotFoundError:
+                continue  # the interface vanished meanwhile
         return new
 
     def refresh(self) -> list[Iface]:

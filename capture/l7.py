@@ -652,14 +652,10 @@ class L7Probe:
         for i in new:
             table[ctypes.c_uint(i.ifindex)] = table.Leaf(i.l2_len, int(i.count_ingress), int(i.count_egress), 0)
             self.plan[i.ifindex] = i
-            if i.attach:
-                try:
-                    self.links[i.ifindex] = [
-                        ebpf.attach_tcx(self._progs["ft_l7_ingress"].fd, i.ifindex, egress=False),
-                        ebpf.attach_tcx(self._progs["ft_l7_egress"].fd, i.ifindex, egress=True),
-                    ]
-                except FileNotFoundError:
-                    continue
+            try:
+                self.links[i.ifindex] = ebpf.attach_tc_pair(self._progs["ft_l7_ingress"].fd, self._progs["ft_l7_egress"].fd, i)
+            except FileNotFoundError:
+                continue
         if self._libs and not self.ssl_attached:
             self._attach_ssl()
         return new

@@ -27,7 +27,7 @@ from ..errors import DiskFull, FlowtapeError, Unsupported, UsageError
 from ..writer import TapeWriter, clock_sample
 from . import ebpf
 from .connections import CLOSE, ESTABLISHED, EV_STATE, CgroupResolver, ConnectionProbe, ConnectionTracker
-from .flows import FlowProbe
+from .flows import FlowProbe, coverage
 from .http_pairing import Redaction
 from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
 
@@ -149,7 +149,7 @@ class Recorder:
                 w.set_probe("flows", {
                     "program": "bpf/flows.c (tcx ingress+egress)", "interval_s": self.opts.flow_interval,
                     "map_entries": probe.map_entries, "interfaces": None if self.opts.interfaces is None else list(self.opts.interfaces),
-                    "covered": {i.name: ("bridge: counted on its ports" if not i.attach else "egress only (loopback)" if not i.count_ingress else "ingress + local egress") for i in covered},
+                    "covered": {i.name: coverage(i) for i in covered},
                     "counting": "once per node: ingress, or egress of packets that did not enter through a covered interface",
                 })
             except Unsupported as e:

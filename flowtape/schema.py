@@ -91,9 +91,9 @@ FLOWS = Table(
     "One direction of an L3/L4 flow over one export interval, aggregated in the kernel. "
     "A packet is counted once per node, at the first covered interface it meets (`iface`): on "
     "ingress, or on egress when it did not enter the node through a covered interface "
-    "(locally sent; `__sk_buff.ingress_ifindex`). Bridges are covered by their ports and never "
-    "count; loopback counts on egress only. So a packet crossing pod veth -> bridge -> veth or "
-    "NIC is one packet. Packets are wire packets: a GSO super-packet counts as its segments. "
+    "(locally sent; `__sk_buff.ingress_ifindex`). A bridge's ports count what enters them and the "
+    "bridge counts what the host sends into it (`iface` is then the bridge); loopback counts on "
+    "egress only. So a packet crossing pod veth -> bridge -> veth or NIC is one packet. Packets are wire packets: a GSO super-packet counts as its segments. "
     "See docs/recorder.md.",
     (
         C("ts_start", TS, "Time the first packet of this flow was seen in this interval.", False),

@@ -173,12 +173,16 @@ def _fake_net(tmp_path, spec):
     return tmp_path
 
 
-def test_plan_counts_bridges_on_their_ports_and_loopback_on_egress(tmp_path):
+def test_plan_counts_bridges_on_their_ports_and_egress_and_loopback_on_egress(tmp_path):
     net = _fake_net(tmp_path, {"lo": (1, 772, None), "eth0": (2, 1, None), "br0": (3, 1, ["veth1"]), "veth1": (4, 1, None), "wg0": (5, 65534, None)})
     plan = {i.name: i for i in plan_interfaces(None, net)}
     assert (plan["lo"].count_ingress, plan["lo"].count_egress) == (False, True)
-    assert (plan["br0"].count_ingress, plan["br0"].count_egress, plan["br0"].attach) == (False, False, False)
-    assert (plan["veth1"].count_ingress, plan["veth1"].count_egress) == (True, True)
+    # the bridge counts what the host sends into it, its ports what enters them
+    assert (plan["br0"].count_ingress, plan["br0"].count_egress) == (False, True)
+    assert (plan["veth1"].count_ingress, plan["veth1"].count_egress) == (True, False)
+    assert (plan["eth0"].count_ingress, plan["eth0"].count_egress) == (True, True)
+    # a port selected without its bridge counts both ways
+    assert [(i.name, i.count_ingress, i.count_egress) for i in plan_interfaces(["veth1"], net)] == [("veth1", True, True)]
     assert plan["wg0"].l2_len == 0 and plan["eth0"].l2_len == 14
     assert [i.name for i in plan_interfaces(["br0"], net)] == ["br0", "veth1"]
     with pytest.raises(UsageError, match="no interface named 'nope'"):

@@ -28,6 +28,7 @@ NOTES = (
     "dns_duplicate_queries",  # a query repeated with the same txid before its answer (kept the first)
     "http_truncated_heads",  # a head cut at the capture prefix: fields after the cut are null
     "tls_truncated",  # a ClientHello cut before its end: fields after the cut are null/legacy
+    "http2_connections",  # connections speaking HTTP/2 (preface or first SETTINGS frame): not decoded, no http rows
     "http_bodies_skipped_in_kernel",  # long Content-Length bodies whose segments the kernel was told not to send (sizes still exact)
 )
 

@@ -28,6 +28,7 @@ from .decode_stats import DecodeStats
 
 DEFAULT_HEADER_ALLOW_LIST = ("host", "user-agent", "content-type", "traceparent")
 MAX_PENDING = 256  # exchanges waiting on one connection; beyond this the oldest is emitted unanswered
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 3.4: a client's first bytes over HTTP/2
 
 # Row columns filled from a header: column -> (header name, which message carries it).
 _HEADER_COLUMNS = (
@@ -88,6 +89,16 @@ class _Exchange:
         self.interim_bytes: int | None = 0  # 1xx heads before the final response
 
 
+def is_http2(first: bytes, from_client: bool) -> bool:
+    """Whether the first bytes of a connection's direction are HTTP/2: the client's preface, or
+    the SETTINGS frame (type 4, stream 0, no flag but ACK) a server must send first. A prefix
+    of the preface counts too (a segment may end inside it)."""
+    if from_client:
+        n = min(len(first), len(H2_PREFACE))
+        return n >= 4 and first[:n] == H2_PREFACE[:n]
+    return len(first) >= 9 and first[3] == 4 and first[4] & 0xFE == 0 and first[5:9] == b"\0\0\0\0"
+
+
 class HttpConnection:
     """Both directions of one connection, as seen by one local endpoint.
 
@@ -105,6 +116,7 @@ class HttpConnection:
         self.requests = HttpParser(True, self.stats, self._on_request)
         self.responses = HttpParser(False, self.stats, self._on_response)
         self.closed = False
+        self.fresh = True  # no byte seen yet in either direction
         # which header columns this redaction keeps, decided once rather than per row
         self._header_columns = tuple((c, h, w == "request") for c, h, w in _HEADER_COLUMNS if self.redaction.allows(h))
         self._redacted_columns = tuple(c for c, h, _ in _HEADER_COLUMNS if not self.redaction.allows(h))
@@ -113,6 +125,14 @@ class HttpConnection:
 
     def feed(self, ts_ns: int, data: bytes, from_client: bool, length: int | None = None) -> list[dict[str, Any]]:
         """One segment (its first bytes `data` of `length`) of one direction, in stream order."""
+        if self.fresh and data:
+            self.fresh = False
+            if is_http2(data, from_client):
+                # HTTP/2 (ALPN h2, or prior knowledge): not decoded. A note, not a loss.
+                self.requests.enter_tunnel()
+                self.responses.enter_tunnel()
+                self.stats.add("http2_connections")
+                return []
         # Heads reach the pairing through the parsers' on_head callbacks, as they are parsed.
         (self.requests if from_client else self.responses).feed(ts_ns, data, length)
         return self._ready()

@@ -279,6 +279,7 @@ def tshark_tcp_conversations(pcap: Path) -> int:
 
 # --- L7 peers: nginx with an access log and TLS, dnsmasq -----------------------------------
 
+H2_PORT = 8443  # nginx_l7_conf's HTTP/2 (ALPN h2) listener, beside HTTP/1.1 on 443
 ACCESS_FORMAT = "$remote_addr $remote_port $request_method $request_uri $status $request_time $msec $connection $connection_requests $https $bytes_sent $request_length"
 
 
@@ -295,7 +296,7 @@ def nginx_l7_conf(root: Path, workdir: Path, ip: str, tls: tuple[Path, Path] | N
     """nginx serving `root` on ip:80 (and ip:443 with TLS) with an access log per listener and a
     known set of responses: files (200, or 404 when missing), /moved (301), /boom (500),
     /empty (204), /same (304), /upload (200 after reading a request body of any size). Keep-alive
-    on; both logs in ACCESS_FORMAT."""
+    on; both logs in ACCESS_FORMAT. With TLS, H2_PORT serves the same over HTTP/2 (own log)."""
     conf = workdir / "nginx-l7.conf"
     common = f"""
         keepalive_timeout 65;
@@ -315,6 +316,13 @@ def nginx_l7_conf(root: Path, workdir: Path, ip: str, tls: tuple[Path, Path] | N
         ssl_certificate {tls[0]};
         ssl_certificate_key {tls[1]};
         access_log {workdir}/access-tls.log lab;
+        {common}
+    }}
+    server {{
+        listen {ip}:{H2_PORT} ssl http2;
+        ssl_certificate {tls[0]};
+        ssl_certificate_key {tls[1]};
+        access_log {workdir}/access-h2.log lab;
         {common}
     }}"""
     conf.write_text(f"""
@@ -363,10 +371,10 @@ def start_nginx_l7(host: Host, root: Path, tls: tuple[Path, Path] | None = None,
     raise RuntimeError("nginx did not start")
 
 
-def access_log(workdir: Path, tls: bool = False) -> list[dict]:
-    """Lines of the lab nginx's access log as dicts (fields of ACCESS_FORMAT)."""
+def access_log(workdir: Path, tls: bool = False, name: str | None = None) -> list[dict]:
+    """Lines of the lab nginx's access log (`name`, else the plain or TLS one) as dicts (fields of ACCESS_FORMAT)."""
     names = [f.lstrip("$") for f in ACCESS_FORMAT.split()]
-    path = workdir / ("access-tls.log" if tls else "access.log")
+    path = workdir / (name or ("access-tls.log" if tls else "access.log"))
     out = []
     for line in path.read_text().splitlines():
         d = dict(zip(names, line.split(" ")))

@@ -270,3 +270,31 @@ def test_start_lines_are_checked_field_by_field():
     assert (m.version, m.status) == ("HTTP/1.1", 418)
     m = resp._parse_head(1, b"HTTP/2.0 799 X\r\n\r\n")  # outside the tables, still a valid line
     assert (m.version, m.status) == ("HTTP/2.0", 799)
+
+
+SETTINGS = bytes.fromhex("000012040000000000000300000064000400a00000000200000000")  # a server's first HTTP/2 frame
+
+
+@pytest.mark.parametrize("client_first", [True, False])
+def test_http2_connections_are_a_note_not_a_loss(client_first):
+    """curl and browsers negotiate HTTP/2 over TLS (ALPN h2): its bytes are not HTTP/1.x and are
+    not decoded, but they are not malformed input either. Either side may speak first."""
+    stats = DecodeStats()
+    conn = HttpConnection(stats)
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    segments = [(True, preface[:10]), (True, preface[10:] + SETTINGS), (False, SETTINGS), (True, bytes(9)), (False, b"HTTP/1.1 200 OK\r\n\r\n")]
+    if not client_first:
+        segments.insert(0, segments.pop(2))
+    rows = [r for from_client, data in segments for r in conn.feed(1, data, from_client)] + conn.close(2)
+    assert rows == []
+    assert stats.notes()["http2_connections"] == 1
+    assert sum(stats.lost_counters().values()) == 0
+
+
+def test_http1_is_not_taken_for_http2():
+    stats = DecodeStats()
+    conn = HttpConnection(stats)
+    conn.feed(1, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", True)
+    rows = conn.feed(2, b"HTTP/1.1 204 No Content\r\n\r\n", False)
+    assert [(r["method"], r["status"]) for r in rows] == [("GET", 204)]
+    assert stats.notes()["http2_connections"] == 0 and sum(stats.lost_counters().values()) == 0

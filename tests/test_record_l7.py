@@ -34,7 +34,7 @@ import pytest
 import flowtape
 from ebpf_support import ebpf_host, require_ebpf  # noqa: F401  (fixture)
 from flowtape.capture.http_pairing import redact_query
-from netlab import Lab, access_log, make_cert, start_dnsmasq, start_nginx_l7
+from netlab import H2_PORT, Lab, access_log, make_cert, start_dnsmasq, start_nginx_l7
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.slow, require_ebpf()]
 
@@ -184,6 +184,8 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
                 ["-k", *resolve, f"{tls_base}/f100", f"{tls_base}/moved", f"{tls_base}/nope", f"{tls_base}/boom", f"{tls_base}/big"],
                 ["-k", "--http1.1", *resolve, "https://b.lab.test/f100?token=secret", "https://b.lab.test/empty", "https://b.lab.test/same"],
                 ["-k", "-I", *resolve, f"{tls_base}/f100"],
+                # HTTP/2 (ALPN h2): not decoded, a note on both ends, never a loss
+                ["-k", "--http2", "--resolve", f"{NAMES[0]}:{H2_PORT}:{srv.ip}", f"https://{NAMES[0]}:{H2_PORT}/f100", f"https://{NAMES[0]}:{H2_PORT}/nope"],
             ]
             curl_pids = []
             for args in curl_runs:
@@ -213,6 +215,7 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
         yield {
             "tape": flowtape.open(str(tape)), "tape_path": tape, "srv": srv, "cli": cli, "workers": workers,
             "plain_log": access_log(lab.workdir), "tls_log": access_log(lab.workdir, tls=True), "digs": digs,
+            "h2_log": access_log(lab.workdir, name="access-h2.log"),
             "curl_pids": curl_pids, "wrk": (wrk_plain, wrk_tls), "status": "".join(status),
         }
 
@@ -353,13 +356,25 @@ def test_every_dns_query_once_with_the_answers_dig_printed(recording):
 
 def test_tls_table_has_every_connection_and_its_sni(recording):
     r = recording
-    rows = _rows(r["tape"], f"select * from tls where server_ip = '{r['srv'].ip}'")
+    rows = _rows(r["tape"], f"select * from tls where server_ip = '{r['srv'].ip}' and server_port = 443")
     conns = {x["remote_port"] for x in r["tls_log"]}
     assert {x["client_port"] for x in rows} == conns and len(rows) == len(conns)
     snis = {x["sni"] for x in rows}
     assert set(NAMES) <= snis
     assert all(x["version"] == "TLS 1.3" for x in rows)
     assert {x["comm"] for x in rows} == {"curl", "ftpipe", "wrk"}
+
+
+def test_http2_is_a_note_not_a_loss_and_makes_no_rows(recording):
+    r = recording
+    h2_log = r["h2_log"]
+    assert [(x["request_uri"], x["status"]) for x in h2_log] == [("/f100", 200), ("/nope", 404)]
+    assert _rows(r["tape"], f"select * from http where server_port = {H2_PORT}") == []
+    (hello,) = _rows(r["tape"], f"select * from tls where server_port = {H2_PORT}")
+    assert hello["sni"] == NAMES[0] and "h2" in hello["alpn"] and hello["comm"] == "curl"
+    m = json.loads((r["tape_path"] / "manifest.json").read_text())
+    # curl's and nginx's plaintext (OpenSSL uprobes): one HTTP/2 stream seen from each end
+    assert m["extra"]["l7_decode_notes"]["http2_connections"] == 2, m["extra"]["l7_decode_notes"]
 
 
 def test_malformed_packets_are_counted_and_the_recorder_kept_going(recording):

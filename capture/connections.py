@@ -365,6 +365,9 @@ class ConnectionProbe:
     # the first process that reads or writes them. Opt-in (`flowtape record --owner-fallback`):
     # its tracepoints run on every send and recv of every socket.
     owner_fallback: bool = False
+    # How a server socket's owner is found: "auto" (the getpeername hooks where the kernel has
+    # them), or "accept-tracepoints" (the older way, kept for kernels before 5.8 and tested).
+    server_owner_via: str = "auto"
     bpf: Any = None
     missing: dict[str, str] = field(default_factory=dict)  # what is missing -> what the tape lacks
     _defines: dict[str, Any] = field(default_factory=dict)
@@ -394,7 +397,7 @@ class ConnectionProbe:
         # The accepting process from the cgroup getpeername hooks (Linux 5.8+) rather than from
         # accept's syscall tracepoints, whose mere presence slows every syscall on the node.
         self.server_owner = "accept syscall tracepoints" if self._defines["FT_HAVE_ACCEPT"] else "none"
-        if self.cgroup is not None and ebpf.kernel_at_least(5, 8):
+        if self.server_owner_via == "auto" and self.cgroup is not None and ebpf.kernel_at_least(5, 8):
             self._defines["FT_HAVE_GETPEERNAME"] = 1
             self._defines["FT_HAVE_ACCEPT"] = None
             self.missing.pop("tracepoint syscalls:sys_enter_accept4", None)

@@ -15,6 +15,8 @@ instants at which a name changes (enrich.ft_cuts), never by a plain IP lookup.
 - flow_sums: per (recording node, src, dst, each named at the time): bytes, packets, rows; each
   packet counted once per cluster. flow_seen: first start and last end of the flows to external
   destinations, per the same keys (egress only).
+- materialised: the named rows of the smaller tables (DNS exchanges, connections), which several
+  reports read whole: named once instead of once per report (DNS alone was three times).
 """
 
 from __future__ import annotations
@@ -127,3 +129,20 @@ def _flow_table(tape: Tape, name: str, base: str, aggregates: str, merge: dict[s
         body = ip_sums_sql(base, "ts_start", ends, "node", aggregates)
     con.execute(f"""CREATE TEMP TABLE {name} AS {_merged(body, merge)}
         HAVING node = src_node OR src_node IS NULL OR src_node NOT IN (SELECT node FROM ft_flow_nodes)""")
+
+
+MATERIALISABLE = ("ft_dns_x", "enriched_dns", "enriched_connections")
+
+
+def materialised(tape: Tape, view: str) -> str:
+    """Name of a temporary table holding the rows of `view` (one of MATERIALISABLE), created on
+    first use and shared by every report of the open tape."""
+    if view not in MATERIALISABLE:
+        raise ValueError(f"not a view to materialise: {view!r}")
+    con = tape.con
+    create_views(con)
+    labels = con.execute("SELECT labels FROM ft_ready").fetchall()[0][0]  # the views' label allow-list
+    name, exists = _cached(con, "rows", f"{view} {labels}")
+    if not exists:
+        con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {view}")
+    return name

@@ -150,7 +150,8 @@ def read_columns(path: Path) -> dict[str, list[str]]:
 
 def bare_queries(path: Path, read: dict[str, list[str]]) -> list[str]:
     """One query per table touching every value of the columns the reports read, at the least
-    cost that still reads them: sum() of numbers, of epoch_ns() of times, of length() of text."""
+    cost that still reads them: sum() of numbers, of epoch_ns() of times, of length() of text and
+    of len() of lists."""
     tape = flowtape.open(path)
     queries = []
     for table, cols in read.items():
@@ -159,7 +160,8 @@ def bare_queries(path: Path, read: dict[str, list[str]]) -> list[str]:
         for c in cols:
             t = types[c]
             terms.append(f"sum(epoch_ns({c}))" if t.startswith("TIMESTAMP") else f"sum(length({c}))" if t == "VARCHAR"
-                         else f"count_if({c})" if t == "BOOLEAN" else f"sum({c})")
+                         else f"count_if({c})" if t == "BOOLEAN" else f"sum(len({c}))" if t.endswith("[]")
+                         else f"count({c})" if t.startswith(("STRUCT", "MAP")) else f"sum({c})")
         queries.append(f"SELECT {', '.join(terms)} FROM {table}")
     tape.close()
     return queries

@@ -16,18 +16,19 @@ import polars as pl
 
 from ...reader import Tape
 from ..enrich import create_views, name_sql
+from ..sums import materialised
 from .filters import Filters, check_by
 
 FAILURES_SQL = """
 WITH failed AS (
     SELECT q.*, {client} AS client,
            q.rcode_name = 'NXDOMAIN' AND q.base IS NOT NULL AND EXISTS (
-               SELECT 1 FROM ft_dns_x b
+               SELECT 1 FROM {dns_x} b
                WHERE b.client_ip = q.client_ip AND b.rcode = 0 AND b.qname <> q.qname
                  AND (b.qname = q.base OR starts_with(b.qname, q.base || '.'))
                  AND b.ts_query >= q.ts_query - INTERVAL 10 SECOND AND b.ts_query <= q.ts_query + INTERVAL 10 SECOND) AS search_path
     FROM (SELECT *, nullif(regexp_extract(qname, '^(.+?)\\.((?:[a-z0-9-]+\\.)?svc\\.cluster\\.local|cluster\\.local|[a-z0-9.-]+\\.internal)$', 1), '') AS base
-          FROM enriched_dns) q
+          FROM {dns}) q
     WHERE (q.rcode IS NULL OR q.rcode <> 0) AND {where}
 )
 SELECT qname, coalesce(rcode_name, 'NO ANSWER') AS rcode_name, search_path, count(*) AS failures,
@@ -41,7 +42,7 @@ SLOW_SQL = """
 SELECT qname, server_ip, count(*) AS slow_lookups,
        quantile_cont(latency_ns, 0.50) / 1e6 AS p50_ms, max(latency_ns) / 1e6 AS max_ms,
        min(ts_query) AS first_seen, max(ts_query) AS last_seen
-FROM enriched_dns
+FROM {dns}
 WHERE latency_ns >= {threshold_ns} AND {where}
 GROUP BY ALL ORDER BY slow_lookups DESC, qname, server_ip
 """
@@ -53,7 +54,8 @@ def dns_failures(tape: Tape, by: str = "workload", filters: Filters | None = Non
     check_by(by)
     f = filters or Filters()
     create_views(tape.con)
-    df = tape.sql(FAILURES_SQL.format(client=name_sql("client", by), where=f.where("q.ts_query", "q.client_namespace"))).pl()
+    df = tape.sql(FAILURES_SQL.format(client=name_sql("client", by), where=f.where("q.ts_query", "q.client_namespace"),
+                                      dns=materialised(tape, "enriched_dns"), dns_x=materialised(tape, "ft_dns_x"))).pl()
     return df if search_path else df.filter(~pl.col("search_path"))
 
 
@@ -61,4 +63,5 @@ def slow_lookups(tape: Tape, threshold_ms: float = 100.0, filters: Filters | Non
     """Lookups slower than `threshold_ms`, per name and server."""
     f = filters or Filters()
     create_views(tape.con)
-    return tape.sql(SLOW_SQL.format(threshold_ns=int(threshold_ms * 1e6), where=f.where("ts_query", "client_namespace"))).pl()
+    return tape.sql(SLOW_SQL.format(threshold_ns=int(threshold_ms * 1e6), where=f.where("ts_query", "client_namespace"),
+                                    dns=materialised(tape, "enriched_dns"))).pl()

@@ -14,7 +14,7 @@ import polars as pl
 from ...reader import Tape
 from ..enrich import create_views, name_sql, server_name_sql
 from ..sketch import percentile_sql, ranks_sql
-from ..sums import http_sums
+from ..sums import http_sums, materialised
 from .filters import Filters, check_by
 
 HTTP_SQL = """
@@ -37,7 +37,7 @@ SELECT qname, server_ip, count(*) AS lookups,
        quantile_cont(latency_ns, 0.95) / 1e6 AS p95_ms,
        quantile_cont(latency_ns, 0.99) / 1e6 AS p99_ms,
        max(latency_ns) / 1e6 AS max_ms
-FROM enriched_dns WHERE {where}
+FROM {dns} WHERE {where}
 GROUP BY ALL ORDER BY lookups DESC, qname, server_ip
 """
 
@@ -48,7 +48,7 @@ SELECT {client} AS client, {server} AS server, count(*) AS connections,
        quantile_cont(srtt_us, 0.50) / 1e3 AS srtt_p50_ms,
        quantile_cont(srtt_us, 0.99) / 1e3 AS srtt_p99_ms,
        sum(retransmits)::UBIGINT AS retransmits
-FROM enriched_connections WHERE {where}
+FROM {conns} WHERE {where}
 GROUP BY ALL ORDER BY connections DESC, client, server
 """
 
@@ -69,7 +69,7 @@ def dns_latency(tape: Tape, filters: Filters | None = None) -> pl.DataFrame:
     """DNS lookup latency per name asked and server."""
     f = filters or Filters()
     create_views(tape.con)
-    return tape.sql(DNS_SQL.format(where=f.where("ts_query", "client_namespace"))).pl()
+    return tape.sql(DNS_SQL.format(where=f.where("ts_query", "client_namespace"), dns=materialised(tape, "enriched_dns"))).pl()
 
 
 def tcp_latency(tape: Tape, by: str = "workload", filters: Filters | None = None) -> pl.DataFrame:
@@ -77,5 +77,6 @@ def tcp_latency(tape: Tape, by: str = "workload", filters: Filters | None = None
     check_by(by)
     f = filters or Filters()
     create_views(tape.con)
-    sql = TCP_SQL.format(client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"))
+    sql = TCP_SQL.format(client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"),
+                         conns=materialised(tape, "enriched_connections"))
     return tape.sql(sql).pl()

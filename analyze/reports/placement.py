@@ -14,7 +14,7 @@ import polars as pl
 from ...errors import UsageError
 from ...reader import Tape
 from ..enrich import create_views, name_sql, server_name_sql
-from ..sums import http_sums
+from ..sums import http_sums, materialised
 from .filters import Filters, check_by
 
 GROUP_BYS = ("namespace", "zone")
@@ -25,9 +25,9 @@ WITH ends AS (
     UNION ALL
     SELECT {server}, server_kind, server_namespace, server_zone FROM {http} WHERE {ns}
     UNION ALL
-    SELECT {client}, client_kind, client_namespace, client_zone FROM enriched_connections WHERE {where}
+    SELECT {client}, client_kind, client_namespace, client_zone FROM {conns} WHERE {where}
     UNION ALL
-    SELECT {server}, server_kind, server_namespace, server_zone FROM enriched_connections WHERE {where}
+    SELECT {server}, server_kind, server_namespace, server_zone FROM {conns} WHERE {where}
 )
 SELECT name,
        CASE WHEN count(DISTINCT g) = 1 THEN min(g) ELSE {several} END AS "group"
@@ -52,6 +52,6 @@ def endpoint_groups(tape: Tape, by: str = "workload", group_by: str = "namespace
     else:
         pod, node, svc, several = "coalesce(zone, 'zone?')", "coalesce(zone, 'zone?')", "'services'", "'several zones'"
     sql = SQL.format(client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"),
-                     http=http_sums(tape, f.time_sql("ts")), ns=f.namespace_sql("client_namespace", "server_namespace"),
+                     http=http_sums(tape, f.time_sql("ts")), conns=materialised(tape, "enriched_connections"), ns=f.namespace_sql("client_namespace", "server_namespace"),
                      pod=pod, node=node, svc=svc, several=several)
     return tape.sql(sql).pl()

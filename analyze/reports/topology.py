@@ -14,13 +14,13 @@ import polars as pl
 from ...reader import Tape
 from ..enrich import create_views, name_sql, server_name_sql
 from ..sketch import percentile_sql, ranks_sql
-from ..sums import http_sums
+from ..sums import http_sums, materialised
 from .filters import Filters, check_by
 
 SQL = """
 WITH
 http_n AS (SELECT {client} AS client, {server} AS server, lb, n, n_5xx, n_unanswered FROM {http} WHERE {ns}),
-conn_n AS (SELECT {client} AS client, {server} AS server, close_state, bytes_c2s, bytes_s2c FROM enriched_connections WHERE {where}),
+conn_n AS (SELECT {client} AS client, {server} AS server, close_state, bytes_c2s, bytes_s2c FROM {conns} WHERE {where}),
 -- bound cardinality: the `top` busiest endpoints keep their names, the rest become 'other'
 weights AS (
     SELECT e, sum(w) AS w FROM (
@@ -72,6 +72,6 @@ def topology(tape: Tape, by: str = "workload", filters: Filters | None = None, t
     create_views(tape.con)
     http = http_sums(tape, f.time_sql("ts"))
     sql = SQL.format(client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"), top=int(top) if top else "NULL",
-                     http=http, ns=f.namespace_sql("client_namespace", "server_namespace"), ranks=ranks_sql("client, server"),
+                     http=http, conns=materialised(tape, "enriched_connections"), ns=f.namespace_sql("client_namespace", "server_namespace"), ranks=ranks_sql("client, server"),
                      p50=percentile_sql(0.50), p95=percentile_sql(0.95), p99=percentile_sql(0.99))
     return tape.sql(sql).pl()

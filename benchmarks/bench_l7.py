@@ -14,7 +14,9 @@ Each recorded run also gives http rows written (two per exchange: the client and
 are both local, and each side is a row), recorder CPU time (user+sys of the recorder
 process) per request, and the nginx worker's CPU time per request with and without the
 recorder: what the probes cost inside the traced process (for TLS, the uprobe and uretprobe
-traps on SSL_read/SSL_write, which no recorder-side optimisation removes).
+traps on SSL_read/SSL_write, which no recorder-side optimisation removes). One more recorded
+run per protocol, with kernel.bpf_stats_enabled, gives each program's runs per request and
+ns per run.
 
 Run as root:  .venv/bin/python benchmarks/bench_l7.py [--seconds 4] [--json out.json]
 """
@@ -31,14 +33,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from netlab import Lab, make_cert, start_nginx_l7  # noqa: E402
 
+from flowtape.capture import ebpf  # noqa: E402
+
 FLOWTAPE = str(Path(sys.executable).with_name("flowtape"))
 RATES = (10_000, 20_000, 30_000)  # offered requests/s (open loop)
 CONNS = (1, 4, 16)  # wrk connections (closed loop)
+STATS_RATE = 8_000  # offered requests/s of the run that measures the programs' run times
 H2LOAD_CLIENTS = 16
 
 
@@ -79,7 +85,8 @@ def recorded(lab, run, workdir: Path, tag: str) -> dict:
     m = json.loads((tape / "manifest.json").read_text())
     lost = {k: v for counters in m["lost"].values() for k, v in counters.items()}
     result.update(cpu_s=cpu1 - cpu0, lost_events=lost.get("l7.ringbuf_full", 0) + lost.get("connections.ringbuf_full", 0),
-                  lost=lost, http_rows=m["tables"].get("http", {}).get("rows", 0))
+                  lost=lost, http_rows=m["tables"].get("http", {}).get("rows", 0),
+                  programs={n: (p["run_cnt"], p["run_time_ns"]) for n, p in m["extra"].get("bpf_programs", {}).items() if p["run_cnt"]})
     return result
 
 
@@ -141,7 +148,8 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_l7: needs root", file=sys.stderr)
         return 2
-    results: dict[str, list[dict]] = {}
+    results: dict[str, Any] = {}
+    programs: dict[str, dict[str, tuple[float, float]]] = {}
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="flowtape-bench-l7-") as tmp:
         workdir = Path(tmp)
         www = lab.workdir / "www"
@@ -158,12 +166,22 @@ def main() -> int:
                 for conns in CONNS:
                     r = measure(lab, lambda: wrk(cli, url, args.seconds, conns), workdir, f"{proto}-c{conns}", workers)
                     results.setdefault(f"{proto}/closed", []).append({"step": conns, **r})
+                # the programs' run times, in a run of their own (the statistics cost two clock reads per run)
+                with ebpf.run_time_stats():
+                    r = recorded(lab, lambda: h2load(cli, url, args.seconds, STATS_RATE), workdir, f"{proto}-stats")
+                programs[proto] = {n: (cnt / r["requests"], ns / cnt) for n, (cnt, ns) in r["programs"].items()}
         finally:
             master.terminate()
             master.wait()
     for key, steps in results.items():
         proto, kind = key.split("/")
         report(proto, kind, steps, args.seconds)
+    for proto, progs in programs.items():
+        print(f"== {proto}: eBPF programs at {STATS_RATE} req/s offered (kernel.bpf_stats_enabled, a run of its own)")
+        for name, (per_request, ns) in sorted(progs.items()):
+            print(f"   {name:<45} {per_request:6.2f} runs/request  {ns:8.0f} ns/run")
+        print(f"   in-kernel total {sum(r * ns for r, ns in progs.values()) / 1e3:.2f} µs/request (uprobe traps themselves not included)")
+        results[f"{proto}/programs"] = progs
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

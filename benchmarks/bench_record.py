@@ -31,7 +31,6 @@ Run as root:  .venv/bin/python benchmarks/bench_record.py [--seconds 5] [--reps 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -43,12 +42,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from netlab import Lab, start_nginx  # noqa: E402
+
+from flowtape.capture import ebpf  # noqa: E402
 
 FLOWTAPE = str(Path(sys.executable).with_name("flowtape"))
 PACKAGE_DIRS = {"flowtape": "flowtape", "flowtape/capture": "capture", "flowtape/analyze": "analyze", "flowtape/bpf": "bpf"}
@@ -137,20 +137,9 @@ def run_workload(lab, cli, url: str, name: str, close: bool, args, workdir: Path
                   f"  ratio {rec['rps'] / base['rps']:.3f}  cpu {1e6 * rec['cpu_s'] / rec['requests']:.2f} ms/1k", file=sys.stderr, flush=True)
     stats_runs = {}
     for label, cmd in trees.items():  # program run times, measured apart (see the docstring)
-        with bpf_stats():
+        with ebpf.run_time_stats():
             stats_runs[label] = recorded(lab, cli, url, args.seconds, close, workdir, f"{name}-stats", extra, cmd)
     return {label: summarize(p, stats_runs[label]) for label, p in pairs.items()}
-
-
-@contextlib.contextmanager
-def bpf_stats() -> Iterator[None]:
-    path = Path("/proc/sys/kernel/bpf_stats_enabled")
-    before = path.read_text().strip()
-    path.write_text("1")
-    try:
-        yield
-    finally:
-        path.write_text(before)
 
 
 def summarize(pairs: list, stats_run: dict) -> dict:
@@ -201,7 +190,7 @@ def main() -> int:
         print("bench_record: needs root", file=sys.stderr)
         return 2
     results = {}
-    with bpf_stats():
+    with ebpf.run_time_stats():
         pass  # fails here, before any work, where the statistics cannot be switched on
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="flowtape-bench-") as tmp:
         workdir = Path(tmp)

@@ -1,6 +1,6 @@
 """The full report set on a large tape, against a bare DuckDB scan of the same columns.
 
-    .venv/bin/python benchmarks/bench_reports.py [--tape /tmp/flowtape-bench.tape] [--flows 50000000]
+    .venv/bin/python benchmarks/bench_reports.py [--tape /tmp/flowtape-bench.tape] [--flows 50000000] [--runs 3] [--steps]
 
 Builds (once, cached at --tape) a synthetic tape with >= 10M http rows (`flowtape synth`: 40
 services on 30 nodes at 200 req/s for 18 minutes) and appends >= 50M flow rows (synth alone
@@ -181,6 +181,28 @@ def run_reports(tape) -> None:
     r.slow_lookups()
 
 
+def steps(path: Path) -> list[tuple[str, float, float]]:
+    """The report set again on a fresh tape, one step at a time: the shared tables first (views,
+    HTTP and flow sums, egress first/last times), then each report over them. Wall and CPU s."""
+    from flowtape.analyze import enrich, sums
+
+    tape = flowtape.open(path)
+    r = tape.report
+    parts = [("views", lambda: enrich.create_views(tape.con)), ("http_sums", lambda: sums.http_sums(tape)),
+             ("flow_sums", lambda: sums.flow_sums(tape)), ("flow_seen", lambda: sums.flow_seen(tape)),
+             ("topology", lambda: r.topology(by="workload")), ("http_latency", lambda: r.http_latency(routes=True)),
+             ("dns_latency", r.dns_latency), ("tcp_latency", r.tcp_latency), ("talkers", r.talkers), ("zone_pairs", r.zone_pairs),
+             ("region_pairs", lambda: r.zone_pairs(level="region")), ("egress", r.egress), ("dns_failures", r.dns_failures),
+             ("slow_lookups", r.slow_lookups)]
+    out = []
+    for name, fn in parts:
+        c, t = time.process_time(), time.perf_counter()
+        fn()
+        out.append((name, time.perf_counter() - t, time.process_time() - c))
+    tape.close()
+    return out
+
+
 def one_run(path: Path, bare_sql: list[str]) -> tuple[float, float, float, float]:
     """Bare scan then the report set, on a freshly opened tape (the shared aggregates are cached
     per open tape: a second set on the same tape would measure the cache). Returns wall and CPU
@@ -202,6 +224,7 @@ def main() -> None:
     ap.add_argument("--tape", type=Path, default=Path("/tmp/flowtape-bench.tape"))
     ap.add_argument("--flows", type=int, default=50_000_000)
     ap.add_argument("--runs", type=int, default=3, help="bare/report pairs; medians are printed (the machine is shared)")
+    ap.add_argument("--steps", action="store_true", help="also time the report set step by step (shared tables, then each report)")
     args = ap.parse_args()
     build(args.tape, args.flows)
     tape = flowtape.open(args.tape)
@@ -224,6 +247,9 @@ def main() -> None:
     print(f"CPU time, reports / bare        {full_cpu:5.1f} s / {bare_cpu:.1f} s = {full_cpu / bare_cpu:.2f}   (less sensitive to other load)")
     print(f"rows/s per core                 {total / full_cpu:,.0f}   ({total:,} rows, {full_cpu:.1f} CPU s on {os.cpu_count()} cores)")
     print(f"peak memory (RSS)               {peak:,.0f} MiB")
+    if args.steps:
+        for name, wall, cpu in steps(args.tape):
+            print(f"   step {name:<14} {wall:6.2f} s  {cpu:6.2f} CPU s")
 
 
 if __name__ == "__main__":

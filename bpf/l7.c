@@ -372,6 +372,18 @@ struct ssl_key {
     u32 _pad0;
 };
 BPF_HASH(ft_ssl_calls, u64, struct ssl_call, 16384);                         /* thread id -> call */
+/* SSL calls in progress on the node (entered, not returned). sock:sock_*_length runs on every
+ * send and receive of every socket; while no SSL call is in progress it has nothing to do and
+ * returns after this one inlined lookup instead of a hash lookup. A call whose return is never
+ * seen (its process killed inside it) leaves it above 0: slower, never wrong. */
+BPF_ARRAY(ft_ssl_inflight, s64, 1);
+
+static __always_inline void ssl_inflight(s64 delta) {
+    u32 zero = 0;
+    s64 *n = ft_ssl_inflight.lookup(&zero);
+    if (n)
+        __sync_fetch_and_add(n, delta);
+}
 BPF_TABLE("lru_hash", struct ssl_key, u64, ft_ssl_socks, FT_SSL_SOCK_ENTRIES);  /* SSL* -> skaddr */
 
 static __always_inline int ssl_enter(struct pt_regs *ctx, int ex) {
@@ -380,7 +392,10 @@ static __always_inline int ssl_enter(struct pt_regs *ctx, int ex) {
     call.ssl = PT_REGS_PARM1(ctx);
     call.buf = PT_REGS_PARM2(ctx);
     call.out_len = ex ? PT_REGS_PARM4(ctx) : 0;
-    ft_ssl_calls.update(&tid, &call);
+    if (ft_ssl_calls.insert(&tid, &call) == 0)
+        ssl_inflight(1);
+    else
+        ft_ssl_calls.update(&tid, &call);   /* an unreturned call of this thread: replaced, counted once */
     return 0;
 }
 
@@ -391,6 +406,7 @@ static __always_inline int ssl_return(struct pt_regs *ctx, u8 kind, int ex) {
         return 0;
     struct ssl_call c = *call;
     ft_ssl_calls.delete(&tid);
+    ssl_inflight(-1);
     long ret = PT_REGS_RC(ctx);
     u64 n = 0;
     if (ex) {
@@ -486,6 +502,10 @@ int ft_ssl_free_enter(struct pt_regs *ctx) {
 }
 
 static __always_inline int ssl_socket_io(const void *sk) {
+    u32 zero = 0;
+    s64 *inflight = ft_ssl_inflight.lookup(&zero);
+    if (!inflight || *inflight <= 0)
+        return 0;
     u64 tid = bpf_get_current_pid_tgid();
     struct ssl_call *call = ft_ssl_calls.lookup(&tid);
     if (call)

@@ -382,7 +382,7 @@ def test_malformed_packets_are_counted_and_the_recorder_kept_going(recording):
     m = json.loads((r["tape_path"] / "manifest.json").read_text())
     lost = m["lost"]["lab-node"]
     assert (lost["dns_malformed"], lost["http_malformed"], lost["tls_malformed"]) == (N_BAD_DNS, N_BAD_HTTP, N_BAD_TLS)
-    for name in ("l7.ringbuf_full", "l7.flow_map_full", "l7.truncated", "l7.tls_plaintext_no_connection", "l7.http_no_endpoint",
+    for name in ("l7.ringbuf_full", "l7.flow_map_full", "l7.truncated", "l7.tls_plaintext_no_connection", "l7.http_no_endpoint", "l7.ssl_no_socket",
                  "http_orphan_responses", "dns_unmatched_answers", "dns_tcp_desync"):
         assert lost[name] == 0, (name, lost)
     assert m["complete"] is True

@@ -43,7 +43,7 @@ from .decode_http import BODY, looks_like_request, looks_like_response
 from .decode_stats import DecodeStats
 from .decode_tls import ClientHelloReader, tls_row
 from .dns_pairing import DnsPairer
-from .http_pairing import HttpConnection, Redaction
+from .http_pairing import HttpConnection, Redaction, is_http2
 from .l7_rows import HttpRows
 
 # struct l7_event kinds (bpf/events.h)
@@ -458,6 +458,10 @@ class L7Decoder:
             if looks_like_request(data):
                 side = "client" if kind == SSL_WRITE else "server"
             elif looks_like_response(data):
+                side = "server" if kind == SSL_WRITE else "client"
+            elif is_http2(data, True):  # the HTTP/2 client preface
+                side = "client" if kind == SSL_WRITE else "server"
+            elif is_http2(data, False):  # the SETTINGS frame an HTTP/2 server sends first
                 side = "server" if kind == SSL_WRITE else "client"
             else:
                 conns = self._alive_at(self.by_sk.get(skaddr, []), ts) if skaddr else []

@@ -139,3 +139,19 @@ def test_ssl_stream_side_comes_from_its_first_bytes_not_a_stale_endpoint():
     rows = list(dec.take_rows(7 * S, final=True)["http"])
     assert [(r["side"], r["method"], r["status"], r["client_port"]) for r in rows] == [("server", "GET", 200, 40002)]
     assert dec.stats["http_malformed"] == 0
+
+
+def test_http2_over_tls_is_noted_without_knowing_the_endpoint():
+    """An HTTP/2 stream's side comes from its first bytes too (the client preface, or the
+    SETTINGS frame a server sends first), so it is noted even before its endpoint is known:
+    short h2 connections are often over before the recorder reads the kernel's socket map."""
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    settings = bytes.fromhex("000000040000000000")
+    dec = L7Decoder("n", 0)
+    # curl: writes the preface; nginx: writes SETTINGS first, then reads the preface
+    dec.feed(_ssl_record(SSL_WRITE, 5 * S, 0xA0, 0x5000, 7, preface + settings))
+    dec.feed(_ssl_record(SSL_WRITE, 5 * S + 10, 0xB0, 0x6000, 8, settings))
+    dec.feed(_ssl_record(SSL_READ, 5 * S + 20, 0xB0, 0x6000, 8, preface))
+    assert dec.stats["http2_connections"] == 2
+    assert sum(dec.stats.lost_counters().values()) == 0
+    assert list(dec.take_rows(7 * S, final=True)["http"]) == []

@@ -3,7 +3,8 @@
 The cgroup getpeername hooks (Linux 5.8+, the default) and the accept syscall tracepoints (the
 fallback for older kernels, or without cgroup v2) must attribute an accepted socket to the
 process that accepted it, not to whatever task the softirq that completed the handshake
-interrupted. Loopback only; the probe is driven in-process, as the recorder drives it.
+interrupted. Over IPv4, IPv6 and an IPv4 client of a dual-stack listener (the peer address is
+then IPv4-mapped). Loopback only; the probe is driven in-process, as the recorder drives it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ pytestmark = [pytest.mark.ebpf, require_ebpf()]
 
 
 @pytest.mark.parametrize("via", ["auto", "accept-tracepoints"])
-def test_accepting_thread_owns_the_server_socket(ebpf_host, via):  # noqa: F811
+@pytest.mark.parametrize("family, host", [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1"), (socket.AF_INET6, "::ffff:127.0.0.1")],
+                         ids=["ipv4", "ipv6", "ipv4-mapped"])
+def test_accepting_thread_owns_the_server_socket(ebpf_host, via, family, host):  # noqa: F811
     probe = ConnectionProbe(server_owner_via=via, ringbuf_pages=64, sock_entries=4096, unowned_entries=4096)
     probe.check()
     probe.load()
@@ -36,8 +39,10 @@ def test_accepting_thread_owns_the_server_socket(ebpf_host, via):  # noqa: F811
             assert "tracepoint__syscalls__sys_exit_accept4" in names and "ft_getpeername4" not in names
         tracker = ConnectionTracker("t", lambda t: t)
         probe.open(tracker.feed)
-        srv = socket.socket()
-        srv.bind(("127.0.0.1", 0))
+        srv = socket.socket(family)
+        if host.startswith("::ffff:"):
+            srv.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # a dual-stack listener
+        srv.bind(("::" if host.startswith("::ffff:") else host, 0))
         srv.listen()
         port = srv.getsockname()[1]
 
@@ -48,7 +53,7 @@ def test_accepting_thread_owns_the_server_socket(ebpf_host, via):  # noqa: F811
 
         t = threading.Thread(target=serve)
         t.start()
-        cli = socket.create_connection(("127.0.0.1", port))
+        cli = socket.create_connection((host.removeprefix("::ffff:"), port))
         cli.sendall(b"ping")
         assert cli.recv(4) == b"ping"
         cli.close()

@@ -262,6 +262,26 @@ def start_nginx(host: Host, root: Path, port: int = 80) -> tuple[subprocess.Pope
     raise RuntimeError("nginx did not start")
 
 
+@contextmanager
+def recorder(argv: Sequence[str]) -> Iterator[subprocess.Popen]:
+    """`flowtape record ARGV` for the block: yields once it is recording; at the end of the
+    block it is stopped with SIGINT and must exit 0 (killed instead if the block failed)."""
+    flowtape = str(Path(sys.executable).with_name("flowtape"))
+    rec = subprocess.Popen([flowtape, "record", *argv], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        while "recording to" not in (line := rec.stderr.readline()):
+            if not line:
+                raise AssertionError(f"the recorder did not start: {rec.stderr.read()}")
+        yield rec
+        rec.send_signal(signal.SIGINT)
+        rec.stderr.read()
+        assert rec.wait(timeout=60) == 0
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+            rec.wait()
+
+
 def tshark_fields(pcap: Path, fields: Sequence[str], display_filter: str = "ip") -> list[list[str]]:
     """One list of field values per packet (empty string when a field is absent)."""
     argv = ["tshark", "-n", "-r", str(pcap), "-Y", display_filter, "-T", "fields", "-E", "separator=\t", "-E", "occurrence=f"]

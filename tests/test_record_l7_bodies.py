@@ -14,13 +14,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 from ebpf_support import ebpf_host, require_ebpf  # noqa: F401  (fixture)
-from netlab import Lab, access_log, start_nginx_l7
+from netlab import Lab, access_log, recorder, start_nginx_l7
 
 import flowtape
 
@@ -31,9 +29,6 @@ BIG = 48 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def recording(ebpf_host, tmp_path_factory):  # noqa: F811
-    import sys
-
-    flowtape_bin = str(Path(sys.executable).with_name("flowtape"))
     work = tmp_path_factory.mktemp("bodies")
     with Lab() as lab:
         srv, cli = lab.add_host("srv"), lab.add_host("cli")
@@ -45,32 +40,24 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
         upload.write_bytes(os.urandom(1 << 20) * (BIG >> 20))
         master, _ = start_nginx_l7(srv, www)
         tape = work / "bodies.tape"
-        rec = subprocess.Popen([flowtape_bin, "record", "-o", str(tape), "--interfaces", lab.bridge, "--probes", "connections,l7", "--no-k8s"],
-                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         try:
-            while "recording to" not in (line := rec.stderr.readline()):
-                assert line, rec.stderr.read()
-            base = f"http://{srv.ip}"
-            # one connection: a long body, a short one, a long one again (keep-alive reuses it)
-            cli.run(["curl", "-sf", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null", f"{base}/big", f"{base}/f100", f"{base}/big"], timeout=120)
-            # a long request body, then a short request on the same connection
-            sent = cli.run(["curl", "-sf", "-o", "/dev/null", "-w", "%{size_request} %{size_upload}\\n", "--data-binary", f"@{upload}", f"{base}/upload",
-                            "--next", "-sf", "-o", "/dev/null", "-w", "%{size_request} %{size_upload}\\n", f"{base}/f100"], timeout=120).stdout.decode()
-            # the recorder frozen (as if far behind) during a long download on a new connection:
-            # nobody tells the kernel to skip, the ring fills past half, body segments go out
-            # without their bytes (shed), and nothing is lost
-            rec.send_signal(signal.SIGSTOP)
-            try:
-                cli.run(["curl", "-sf", "-o", "/dev/null", f"{base}/big"], timeout=120)
-            finally:
-                rec.send_signal(signal.SIGCONT)
-            time.sleep(1.5)  # past the recorder's grace period for rows
-            rec.send_signal(signal.SIGINT)
-            rec.stderr.read()
-            assert rec.wait(timeout=60) == 0
+            with recorder(["-o", str(tape), "--interfaces", lab.bridge, "--probes", "connections,l7", "--no-k8s"]) as rec:
+                base = f"http://{srv.ip}"
+                # one connection: a long body, a short one, a long one again (keep-alive reuses it)
+                cli.run(["curl", "-sf", "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null", f"{base}/big", f"{base}/f100", f"{base}/big"], timeout=120)
+                # a long request body, then a short request on the same connection
+                sent = cli.run(["curl", "-sf", "-o", "/dev/null", "-w", "%{size_request} %{size_upload}\\n", "--data-binary", f"@{upload}", f"{base}/upload",
+                                "--next", "-sf", "-o", "/dev/null", "-w", "%{size_request} %{size_upload}\\n", f"{base}/f100"], timeout=120).stdout.decode()
+                # the recorder frozen (as if far behind) during a long download on a new connection:
+                # nobody tells the kernel to skip, the ring fills past half, body segments go out
+                # without their bytes (shed), and nothing is lost
+                rec.send_signal(signal.SIGSTOP)
+                try:
+                    cli.run(["curl", "-sf", "-o", "/dev/null", f"{base}/big"], timeout=120)
+                finally:
+                    rec.send_signal(signal.SIGCONT)
+                time.sleep(1.5)  # past the recorder's grace period for rows
         finally:
-            if rec.poll() is None:
-                rec.kill()
             master.terminate()
             master.wait()
         yield {"tape": flowtape.open(str(tape)), "manifest": json.loads((tape / "manifest.json").read_text()), "log": access_log(lab.workdir),

@@ -21,16 +21,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 from ebpf_support import ebpf_host, require_ebpf  # noqa: F401  (fixture)
-from netlab import Lab, access_log, start_nginx_l7, tc_program, tshark_fields
+from netlab import Lab, access_log, recorder, start_nginx_l7, tc_program, tshark_fields
 
 import flowtape
 
@@ -41,7 +38,6 @@ SIZES = {"f300k": 300_000, "f1m": 1 << 20, "f7": 7}
 
 @pytest.fixture(scope="module")
 def recording(ebpf_host, tmp_path_factory):  # noqa: F811
-    flowtape_bin = str(Path(sys.executable).with_name("flowtape"))
     work = tmp_path_factory.mktemp("loss")
     with Lab() as lab:
         srv, cli = lab.add_host("srv"), lab.add_host("cli")
@@ -55,26 +51,18 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
         for ifname, egress in ((srv.host_if, True), (cli.host_if, False), (cli.host_if, True)):
             foreign.enter_context(tc_program([], ifname, egress, one_in=0))
         tape = work / "loss.tape"
-        rec = subprocess.Popen([flowtape_bin, "record", "-o", str(tape), "--interfaces", lab.bridge, "--probes", "flows,connections,l7",
-                                "--no-k8s", "--flow-interval", "1"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         try:
-            while "recording to" not in (line := rec.stderr.readline()):
-                assert line, rec.stderr.read()
-            base = f"http://{srv.ip}"
-            with lab.capture([cli.host_if, srv.host_if]) as pcaps, cli.random_drops(40, egress=False) as cli_dropped:
-                before = srv_dropped()
-                for _ in range(4):  # keep-alive: three downloads and a small one per connection
-                    urls = [f"{base}/f1m", f"{base}/f7", f"{base}/f300k", f"{base}/f1m"]
-                    cli.run(["curl", "-sf", *(["-o", "/dev/null"] * len(urls)), *urls], timeout=120)
-                dropped = (srv_dropped() - before, cli_dropped())
-                time.sleep(1.0)  # the last FIN/ACKs are in the capture
-            time.sleep(1.5)  # past the recorder's grace period for rows
-            rec.send_signal(signal.SIGINT)
-            rec.stderr.read()
-            assert rec.wait(timeout=60) == 0
+            with recorder(["-o", str(tape), "--interfaces", lab.bridge, "--probes", "flows,connections,l7", "--no-k8s", "--flow-interval", "1"]):
+                base = f"http://{srv.ip}"
+                with lab.capture([cli.host_if, srv.host_if]) as pcaps, cli.random_drops(40, egress=False) as cli_dropped:
+                    before = srv_dropped()
+                    for _ in range(4):  # keep-alive: three downloads and a small one per connection
+                        urls = [f"{base}/f1m", f"{base}/f7", f"{base}/f300k", f"{base}/f1m"]
+                        cli.run(["curl", "-sf", *(["-o", "/dev/null"] * len(urls)), *urls], timeout=120)
+                    dropped = (srv_dropped() - before, cli_dropped())
+                    time.sleep(1.0)  # the last FIN/ACKs are in the capture
+                time.sleep(1.5)  # past the recorder's grace period for rows
         finally:
-            if rec.poll() is None:
-                rec.kill()
             master.terminate()
             master.wait()
             foreign.close()

@@ -323,15 +323,24 @@ _FLOW_PLAIN = """
 CREATE OR REPLACE TEMP VIEW ft_flow_real AS SELECT f.*, f.dst_ip AS dst_real, f.src_ip AS src_real FROM flows f;"""
 
 
-def _enriched_views(substitutions: bool = True) -> str:
+def named_exchanges_sql(base: str, substitutions: bool) -> str:
+    """Every row of `base` (rows shaped like ft_http_x or ft_conn_x, by `ts`) with its client,
+    server and addressed server (`seen_*`) resolved at that time: what enriched_http and
+    enriched_connections hold. Without `substitutions` (nobody addressed a ClusterIP) what the
+    client saw is the server."""
     if substitutions:
-        ends = [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")]
-        http, conns = keyed_sql("ft_http_x", "ts", ends), keyed_sql("ft_conn_x", "ts", ends)
-    else:  # nobody addressed a ClusterIP: what the client saw is the server
-        seen = ", ".join(f"server_{f} AS seen_{f}" for f in ENDPOINT_FIELDS)
-        ends = [("client", "client_ip"), ("server", "server_ip")]
-        http = f"SELECT *, {seen} FROM ({keyed_sql('ft_http_x', 'ts', ends)})"
-        conns = f"SELECT *, {seen} FROM ({keyed_sql('ft_conn_x', 'ts', ends)})"
+        return keyed_sql(base, "ts", [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")])
+    seen = ", ".join(f"server_{f} AS seen_{f}" for f in ENDPOINT_FIELDS)
+    return f"SELECT *, {seen} FROM ({keyed_sql(base, 'ts', [('client', 'client_ip'), ('server', 'server_ip')])})"
+
+
+def has_substitutions(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether any connection of the tape addressed a ClusterIP and was paired to its pod."""
+    return con.execute("SELECT count(*) FROM ft_conn_subst").fetchall()[0][0] > 0
+
+
+def _enriched_views(substitutions: bool = True) -> str:
+    http, conns = named_exchanges_sql("ft_http_x", substitutions), named_exchanges_sql("ft_conn_x", substitutions)
     dns = keyed_sql("ft_dns_x", "ts_query", [("client", "client_ip")])
     flows = keyed_sql("ft_flow_real", "ts_start", [("src", "src_real"), ("dst", "dst_real")])
     flow_real = _FLOW_REAL if substitutions else _FLOW_PLAIN
@@ -424,7 +433,7 @@ def create_views(con: duckdb.DuckDBPyConnection, labels: tuple[str, ...] = DEFAU
         con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM {name}__m")
     con.execute(_STATE.format(forever=FOREVER, minute=MINUTE_NS))
     con.execute(_cuts_sql())
-    substitutions = con.execute("SELECT count(*) FROM ft_conn_subst").fetchall()[0][0] > 0
+    substitutions = has_substitutions(con)
     con.execute(_enriched_views(substitutions))
     con.execute("CREATE OR REPLACE TEMP TABLE ft_ready AS SELECT ?::VARCHAR[] AS labels", [list(labels)])
 

@@ -4,6 +4,9 @@ Buckets are 10 s for tapes up to 30 minutes long and 1 minute otherwise (or `buc
 aligned to the clock (a 10 s bucket starts at :00, :10, ...); a bucket's `ts` is its start.
 Edges are named as topology names them (granularity `by`); `top` keeps the edges with the most
 requests over the whole filtered window, `edges` picks (client, server) pairs instead.
+The edges are chosen from analyze.sums' exact per-edge counts; then only the HTTP exchanges
+between IPs that were one of those edges at some time are named, each at its own time, and
+their percentiles are exact.
 """
 
 from __future__ import annotations
@@ -12,15 +15,22 @@ import polars as pl
 
 from ...errors import UsageError
 from ...reader import Tape
-from ..enrich import create_views, name_sql, server_name_sql
+from ..enrich import create_views, has_substitutions, name_sql, named_exchanges_sql, server_name_sql
+from ..sums import http_sums
 from .filters import Filters, check_by
 
 SQL = """
-WITH h AS (
+WITH
+-- the chosen edges, and every (client, server, addressed server) IP triple that was one of them at
+-- some time: only those rows are named one by one (still each at its own time)
+named_sums AS (SELECT {client} AS client, {server} AS server, client_ip, server_ip, seen_server_ip, n FROM {http} WHERE lb IS NOT NULL AND {ns}),
+chosen AS ({chosen}),
+triples AS (SELECT DISTINCT s.client_ip, s.server_ip, s.seen_server_ip FROM named_sums s JOIN chosen c ON s.client = c.client AND s.server = c.server),
+rows AS ({rows}),
+h AS (
     SELECT time_bucket(INTERVAL '{bucket_s} seconds', ts) AS ts, {client} AS client, {server} AS server, status, latency_ns
-    FROM enriched_http WHERE latency_ns IS NOT NULL AND {where}
-),
-chosen AS ({chosen})
+    FROM rows WHERE latency_ns IS NOT NULL AND {where}
+)
 SELECT h.ts, h.client, h.server, count(*) AS requests,
        count(*) FILTER (WHERE status >= 500) AS errors_5xx,
        quantile_cont(latency_ns, 0.50) / 1e6 AS p50_ms,
@@ -30,7 +40,13 @@ FROM h JOIN chosen c ON h.client = c.client AND h.server = c.server
 GROUP BY h.ts, h.client, h.server, c.rank ORDER BY c.rank, h.ts
 """
 
-TOP = "SELECT client, server, row_number() OVER (ORDER BY count(*) DESC, client, server) AS rank FROM h GROUP BY client, server ORDER BY rank LIMIT {top}"
+# the busiest edges over the whole filtered window, from the exact per-edge counts of analyze.sums
+TOP = ("SELECT client, server, row_number() OVER (ORDER BY sum(n) DESC, client, server) AS rank FROM named_sums "
+       "GROUP BY client, server ORDER BY rank LIMIT {top}")
+
+# HTTP exchanges (enrich.ft_http_x) of the chosen edges' IP triples
+CHOSEN_ROWS = ("SELECT x.* FROM ft_http_x x SEMI JOIN triples t ON x.client_ip = t.client_ip AND x.server_ip = t.server_ip "
+               "AND x.seen_server_ip = t.seen_server_ip")
 
 
 def default_bucket_s(tape: Tape) -> int:
@@ -57,7 +73,9 @@ def latency_over_time(tape: Tape, by: str = "workload", bucket_s: int | None = N
         if top <= 0:
             raise UsageError(f"top must be positive, not {top}")
         chosen = TOP.format(top=int(top))
-    sql = SQL.format(bucket_s=bucket, client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"), chosen=chosen)
+    rows = named_exchanges_sql(f"({CHOSEN_ROWS})", has_substitutions(tape.con))
+    sql = SQL.format(bucket_s=bucket, client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"),
+                     chosen=chosen, http=http_sums(tape, f.time_sql("ts")), ns=f.namespace_sql("client_namespace", "server_namespace"), rows=rows)
     return tape.sql(sql).pl()
 
 

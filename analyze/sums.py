@@ -26,7 +26,7 @@ import hashlib
 import duckdb
 
 from ..reader import Tape
-from .enrich import NAME_FIELDS, create_views, cut_buckets, ip_sums_sql, segment_sums_sql
+from .enrich import NAME_FIELDS, create_views, cut_buckets, has_substitutions, ip_sums_sql, segment_sums_sql
 from .sketch import bucket_sql
 
 ROUTE = (
@@ -74,7 +74,7 @@ def http_sums(tape: Tape, time_filter: str = "true") -> str:
     if exists:
         return name
     con.execute(_ROUTES.format(route=ROUTE.format(path="path")))
-    substitutions = con.execute("SELECT count(*) FROM ft_conn_subst").fetchall()[0][0] > 0
+    substitutions = has_substitutions(con)
     base = (f"(SELECT x.*, r.route, {bucket_sql('x.latency_ns')} AS lb FROM ft_http_x x LEFT JOIN ft_routes r ON r.path = x.path "
             f"WHERE {time_filter})")
     if substitutions:

@@ -192,7 +192,6 @@ struct l7_event {
     u8 data[FT_L7_DATA_MAX];
 };
 
-/* A TCP flow followed for L7 (one entry per direction). */
 /* ---- shared by the TC programs (flows.c, l7.c) ---------------------------------------- */
 
 /* Copy n header bytes at off: straight from the linear part (direct packet access) when they
@@ -211,6 +210,7 @@ static __always_inline int hdr(struct __sk_buff *skb, u32 off, void *to, u32 n) 
     return bpf_skb_load_bytes(skb, off, to, n);
 }
 
+/* A TCP flow followed for L7 (one entry per direction). */
 struct l7_flow_key {
     u8 saddr[16];
     u8 daddr[16];

@@ -385,23 +385,24 @@ class ConnectionProbe:
         if not ebpf.tracepoint_exists("sock", "inet_sock_set_state"):
             raise Unsupported("tracepoint sock:inet_sock_set_state is missing from this kernel: the connections table will be missing")
         self._defines = {"FT_RINGBUF_PAGES": self.ringbuf_pages, "FT_UNOWNED_ENTRIES": self.unowned_entries, "FT_SOCK_ENTRIES": self.sock_entries}
-        for define, tps in OPTIONAL_TRACEPOINTS.items():
-            ok = all(ebpf.tracepoint_exists(c, e) for c, e in tps)
-            self._defines[define] = 1 if ok else None
-            if not ok:
-                self.missing[f"tracepoint {tps[0][0]}:{tps[0][1]}"] = MISSING_EFFECT[define]
-        self._defines["FT_OWNER_FALLBACK"] = 1 if self.owner_fallback and self._defines["FT_HAVE_SOCK_LENGTH"] else None
         self.cgroup = ebpf.cgroup2_root()
         if self.cgroup is None:
             self.missing["cgroup v2"] = "bytes, segments, srtt and retransmits of connections (sock_ops needs cgroup v2), and container ids"
         # The accepting process from the cgroup getpeername hooks (Linux 5.8+) rather than from
         # accept's syscall tracepoints, whose mere presence slows every syscall on the node.
-        self.server_owner = "accept syscall tracepoints" if self._defines["FT_HAVE_ACCEPT"] else "none"
-        if self.server_owner_via == "auto" and self.cgroup is not None and ebpf.kernel_at_least(5, 8):
-            self._defines["FT_HAVE_GETPEERNAME"] = 1
-            self._defines["FT_HAVE_ACCEPT"] = None
-            self.missing.pop("tracepoint syscalls:sys_enter_accept4", None)
-            self.server_owner = "cgroup getpeername hooks (accept)"
+        getpeername = self.server_owner_via == "auto" and self.cgroup is not None and ebpf.kernel_at_least(5, 8)
+        self._defines["FT_HAVE_GETPEERNAME"] = 1 if getpeername else None
+        for define, tps in OPTIONAL_TRACEPOINTS.items():
+            if define == "FT_HAVE_ACCEPT" and getpeername:
+                self._defines[define] = None
+                continue
+            ok = all(ebpf.tracepoint_exists(c, e) for c, e in tps)
+            self._defines[define] = 1 if ok else None
+            if not ok:
+                self.missing[f"tracepoint {tps[0][0]}:{tps[0][1]}"] = MISSING_EFFECT[define]
+        self._defines["FT_OWNER_FALLBACK"] = 1 if self.owner_fallback and self._defines["FT_HAVE_SOCK_LENGTH"] else None
+        self.server_owner = ("cgroup getpeername hooks (accept)" if getpeername
+                             else "accept syscall tracepoints" if self._defines["FT_HAVE_ACCEPT"] else "none")
 
     def source(self) -> str:
         if not self._defines:

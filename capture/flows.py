@@ -40,10 +40,6 @@ class Iface:
     count_egress: bool
     role: str = "interface"  # or "bridge", "bridge port", "loopback"
 
-    @property
-    def attach(self) -> bool:
-        return self.count_ingress or self.count_egress
-
 
 def coverage(i: Iface) -> str:
     """What an interface of the plan counts, in words (for the manifest)."""

@@ -158,12 +158,7 @@ class HttpConnection:
         return None
 
     def _on_request(self, msg: HttpMessage) -> None:
-        self.exchanges.append(_Exchange(msg))
-        if msg.method == "PRI" and msg.target == "*":
-            # HTTP/2 prior-knowledge preface: not HTTP/1.x from here on, in both directions.
-            self.requests.enter_tunnel()
-            self.responses.enter_tunnel()
-            self.exchanges.pop()
+        self.exchanges.append(_Exchange(msg))  # (an HTTP/2 preface never gets here: see feed)
 
     def _on_response(self, msg: HttpMessage) -> str | None:
         """Attach a response head to the request it answers; return that request's method."""

@@ -237,6 +237,38 @@ g AS MATERIALIZED (
 {_named_sql("g", endpoints, NAME_FIELDS, ks)}"""
 
 
+TREE_CUTS = 2048
+"""Up to this many cuts in the window, a row finds its segment by comparisons (segment_start_sql)."""
+
+
+def segment_start_sql(con: duckdb.DuckDBPyConnection, start_ns: int, end_ns: int) -> tuple[str, str]:
+    """(join, expression) giving `__k`, the start of the segment of a row of `b` with epoch-ns
+    `b.__t`: the last cut (ft_cuts, any IP) at or before it, 0 if none. Rows outside
+    [start_ns, end_ns] key by their own ts (exact, if costly: a tape's rows are inside its window).
+
+    With up to TREE_CUTS cuts in the window the expression is a binary search written as nested
+    CASEs over constants, no join: on 50M flows with 140 cuts, 0.3 s less than probing a bucket
+    table per row. With more, rows probe the buckets of cut_buckets."""
+    inside = [r[0] for r in con.execute(
+        f"SELECT DISTINCT t FROM ft_cuts WHERE t > {start_ns} AND t <= {end_ns} ORDER BY t").fetchall()]
+    if len(inside) > TREE_CUTS:
+        width = cut_buckets(con, start_ns, end_ns)
+        join = f"LEFT JOIN ft_cut_buckets __cb ON __cb.b = b.__t // {width}"
+        key = ("CASE WHEN __cb.b IS NULL THEN b.__t "
+               "WHEN __cb.cuts IS NOT NULL THEN greatest(__cb.p, coalesce(list_max(list_filter(__cb.cuts, lambda x: x <= b.__t)), 0)) "
+               "WHEN b.__t >= __cb.c THEN __cb.c ELSE __cb.p END")
+        return join, key
+    first = con.execute(f"SELECT coalesce(max(t), 0) FROM ft_cuts WHERE t <= {start_ns}").fetchall()[0][0]
+
+    def search(lo: int, hi: int, before: int) -> str:  # the key of rows in [inside[lo-1], inside[hi])
+        if lo >= hi:
+            return str(before)
+        mid = (lo + hi) // 2
+        return f"CASE WHEN b.__t < {inside[mid]} THEN {search(lo, mid, before)} ELSE {search(mid + 1, hi, inside[mid])} END"
+
+    return "", f"CASE WHEN b.__t < {start_ns} OR b.__t > {end_ns} THEN b.__t ELSE {search(0, len(inside), first)} END"
+
+
 def cut_buckets(con: duckdb.DuckDBPyConnection, start_ns: int, end_ns: int) -> int:
     """Create ft_cut_buckets over [start_ns, end_ns] and return its bucket width in ns.
 
@@ -261,26 +293,22 @@ ASOF LEFT JOIN cuts prev ON r.b * {width} >= prev.t""")
     return width
 
 
-def segment_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str, width: int) -> str:
+def segment_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str, segment: tuple[str, str]) -> str:
     """The rows of `base` summed per (`group`, endpoint ips, segment) with `aggregates`, each endpoint
-    resolved (NAME_FIELDS) at the segment's start: exact, with one hash probe per row.
+    resolved (NAME_FIELDS) at the segment's start: exact, with no per-IP lookup per row.
 
     A segment is an interval between two consecutive cuts of any IP (ft_cuts): no IP changes name
-    inside one, so every row in it is named as at its start. A row finds its segment's start in
-    its bucket of ft_cut_buckets (`width` from cut_buckets): the bucket's cut if the row is at or
-    after it, else the last cut before the bucket. Rows outside the buckets key by their own ts.
+    inside one, so every row in it is named as at its start. `segment` is segment_start_sql's
+    (join, key expression).
     """
     ips = ", ".join(ip for _, ip in endpoints)
     ks = ", ".join(f"__k AS __k{i}" for i in range(len(endpoints)))
+    join, key = segment
     return f"""
 WITH b AS (SELECT *, epoch_ns({ts}) AS __t FROM {base}),
 g AS MATERIALIZED (
-    SELECT {group}, {ips},
-           CASE WHEN __cb.b IS NULL THEN b.__t
-                WHEN __cb.cuts IS NOT NULL THEN greatest(__cb.p, coalesce(list_max(list_filter(__cb.cuts, lambda x: x <= b.__t)), 0))
-                WHEN b.__t >= __cb.c THEN __cb.c ELSE __cb.p END AS __k,
-           {aggregates}
-    FROM b LEFT JOIN ft_cut_buckets __cb ON __cb.b = b.__t // {width}
+    SELECT {group}, {ips}, {key} AS __k, {aggregates}
+    FROM b {join}
     GROUP BY ALL
 ),
 g2 AS (SELECT *, {ks} FROM g),

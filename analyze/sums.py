@@ -26,7 +26,7 @@ import hashlib
 import duckdb
 
 from ..reader import Tape
-from .enrich import NAME_FIELDS, create_views, cut_buckets, has_substitutions, ip_sums_sql, segment_sums_sql
+from .enrich import NAME_FIELDS, create_views, has_substitutions, ip_sums_sql, segment_start_sql, segment_sums_sql
 from .sketch import bucket_sql
 
 ROUTE = (
@@ -123,8 +123,8 @@ def _flow_table(tape: Tape, name: str, base: str, aggregates: str, merge: dict[s
     ends = [("src", "src_real"), ("dst", "dst_real")]
     start, end = tape.window
     if start is not None and end is not None and end >= start:
-        # one probe per row of a bucket table instead of one per IP: on 50M flows, 1 s less
-        body = segment_sums_sql(base, "ts_start", ends, "node", aggregates, cut_buckets(con, start, end))
+        # a segment per row instead of a lookup per row and IP: on 50M flows, 1 s less
+        body = segment_sums_sql(base, "ts_start", ends, "node", aggregates, segment_start_sql(con, start, end))
     else:
         body = ip_sums_sql(base, "ts_start", ends, "node", aggregates)
     con.execute(f"""CREATE TEMP TABLE {name} AS {_merged(body, merge)}

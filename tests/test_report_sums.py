@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import flowtape
+from flowtape.analyze import enrich
 from flowtape.analyze.enrich import NAME_FIELDS
 from flowtape.analyze.sums import flow_seen, flow_sums, http_sums
 from flowtape.writer import TapeWriter
@@ -14,6 +15,15 @@ from conftest import FIXTURES
 S = 1_000_000_000
 T0 = 1_767_225_600_000_000_000
 IP, PEER = "10.0.9.9", "10.0.8.8"
+
+
+@pytest.fixture(params=["search", "buckets"])
+def segment_path(request, monkeypatch):
+    """Both ways a flow row finds its segment (enrich.segment_start_sql): the comparisons of a
+    binary search over the window's cuts, and the bucket table used when there are many cuts."""
+    if request.param == "buckets":
+        monkeypatch.setattr(enrich, "TREE_CUTS", 0)
+    return request.param
 
 
 def _names(p: str) -> str:
@@ -40,7 +50,7 @@ def per_row_equals_sums(tape) -> int:
     return len(per_row)
 
 
-def test_reuse_and_zone_change_inside_one_minute(tmp_path):
+def test_reuse_and_zone_change_inside_one_minute(tmp_path, segment_path):
     """IP belongs to pod a-1 until ~10 s, to nobody for ~1 s, then to pod b-1 of another workload; the
     node moves from zone z1 to z2 at ~15 s. Rows sit on each side of every change, 1 ns apart (the
     changes are off any round time, as real ones are)."""
@@ -69,7 +79,7 @@ def test_reuse_and_zone_change_inside_one_minute(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["tiny", "synth-baseline", "synth-incident"])
-def test_fixture_tapes(name):
+def test_fixture_tapes(name, segment_path):
     tape = flowtape.open(FIXTURES / f"{name}.tape")
     assert per_row_equals_sums(tape) > 0
     assert tape.sql(f"SELECT count(*) FROM {flow_seen(tape)} WHERE dst_kind = 'external'").fetchall()[0][0] > 0  # egress is exercised

@@ -9,8 +9,9 @@ and time filter, and shared by every report of a set (`flowtape report` with sev
 `tape.report.*`, the HTML report). Naming stays exact across IP reuse: rows are keyed by the
 instants at which a name changes (enrich.ft_cuts), never by a plain IP lookup.
 
-- http_sums: per (client, server and addressed server, each named at the time, method, route,
-  latency bucket): requests, 5xx, unanswered, max latency. Percentiles come from the latency
+- http_sums: per (client, server and addressed server IP, each with the key that names it at the
+  time, method, route, latency bucket): requests, 5xx, unanswered, max latency; a name can
+  span several rows (an IP renamed back), so readers sum. Percentiles come from the latency
   buckets (analyze.sketch: within 1 % of the exact value).
 - flow_sums: per (recording node, src, dst, each named at the time): bytes, packets, rows; each
   packet counted once per cluster. flow_seen: first start and last end of the flows to external
@@ -36,12 +37,17 @@ ROUTE = (
 )
 """A path's route: the query string dropped, ID-like segments (numbers, UUIDs, long hex) as {id}."""
 
-# Every path is templated once (hundreds of distinct paths for millions of requests).
-_ROUTES = "CREATE TEMP TABLE IF NOT EXISTS ft_routes AS SELECT path, {route} AS route FROM (SELECT DISTINCT path FROM http WHERE path IS NOT NULL)"
+# Every path is templated once (hundreds of distinct paths for millions of requests). Rows are
+# summed per route number `rid`, named after: grouping 5.6M exchanges by an integer instead of
+# the route's text is 10 % faster.
+_ROUTES = """
+CREATE TEMP TABLE IF NOT EXISTS ft_routes AS
+SELECT path, route, dense_rank() OVER (ORDER BY route)::INTEGER AS rid
+FROM (SELECT path, {route} AS route FROM (SELECT DISTINCT path FROM http WHERE path IS NOT NULL));
+CREATE TEMP TABLE IF NOT EXISTS ft_route_ids AS SELECT DISTINCT rid, route FROM ft_routes"""
 
 HTTP_AGGREGATES = ("count(*) AS n, count(*) FILTER (WHERE status >= 500) AS n_5xx, count(*) FILTER (WHERE status IS NULL) AS n_unanswered, "
                    "max(latency_ns) AS max_latency_ns")
-HTTP_MERGE = {"n": "sum(n)::BIGINT", "n_5xx": "sum(n_5xx)::BIGINT", "n_unanswered": "sum(n_unanswered)::BIGINT", "max_latency_ns": "max(max_latency_ns)"}
 
 # BIGINT sums: a UBIGINT sum accumulates in 128 bits (5 % slower on 50M flows); no flow row nears 2^63
 FLOW_AGGREGATES = "sum(bytes::BIGINT)::UBIGINT AS bytes, sum(packets::BIGINT)::UBIGINT AS packets, count(*) AS flow_rows"
@@ -65,9 +71,10 @@ def _cached(con: duckdb.DuckDBPyConnection, kind: str, time_filter: str) -> tupl
 
 def http_sums(tape: Tape, time_filter: str = "true") -> str:
     """Name of a temporary table of HTTP exchanges (each counted once, see enrich.ft_http_x)
-    summed per named client, server and addressed server (`client_*`, `server_*`, `seen_*`),
-    method, route and latency bucket `lb`: n, n_5xx, n_unanswered, max_latency_ns. Rows
-    without a latency have lb NULL. `time_filter` is a condition on `ts` (the request's)."""
+    summed per client, server and addressed server IP, each named at the time (`client_*`,
+    `server_*`, `seen_*`), method, route and latency bucket `lb`: n, n_5xx, n_unanswered,
+    max_latency_ns. One name can span rows (an IP's name changing and changing back): readers
+    sum. Rows without a latency have lb NULL. `time_filter` is a condition on `ts` (the request's)."""
     con = tape.con
     create_views(con)
     name, exists = _cached(con, "http", time_filter)
@@ -75,16 +82,18 @@ def http_sums(tape: Tape, time_filter: str = "true") -> str:
         return name
     con.execute(_ROUTES.format(route=ROUTE.format(path="path")))
     substitutions = has_substitutions(con)
-    base = (f"(SELECT x.*, r.route, {bucket_sql('x.latency_ns')} AS lb FROM ft_http_x x LEFT JOIN ft_routes r ON r.path = x.path "
+    base = (f"(SELECT x.*, r.rid, {bucket_sql('x.latency_ns')} AS lb FROM ft_http_x x LEFT JOIN ft_routes r ON r.path = x.path "
             f"WHERE {time_filter})")
+    # Not merged per name as flows are: an IP's keys here are its own cuts, so two keys of one IP
+    # almost always name it differently (86k rows -> 78k on the bench tape, for 0.07 s).
     if substitutions:
         ends = [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")]
-        body = _merged(ip_sums_sql(base, "ts", ends, "method, route, lb", HTTP_AGGREGATES), HTTP_MERGE)
+        body = ip_sums_sql(base, "ts", ends, "method, rid, lb", HTTP_AGGREGATES)
     else:  # nobody addressed a ClusterIP: what the client saw is the server
         seen = ", ".join(f"server_{f} AS seen_{f}" for f in NAME_FIELDS)
         ends = [("client", "client_ip"), ("server", "server_ip")]
-        keyed = ip_sums_sql(base, "ts", ends, "method, route, lb", HTTP_AGGREGATES)
-        body = f"SELECT *, server_ip AS seen_server_ip, {seen} FROM ({_merged(keyed, HTTP_MERGE)})"
+        body = f"SELECT *, server_ip AS seen_server_ip, {seen} FROM ({ip_sums_sql(base, 'ts', ends, 'method, rid, lb', HTTP_AGGREGATES)})"
+    body = f"SELECT s.* EXCLUDE (rid), ri.route FROM ({body}) s LEFT JOIN ft_route_ids ri ON ri.rid = s.rid"
     con.execute(f"CREATE TEMP TABLE {name} AS {body}")
     return name
 

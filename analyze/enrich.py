@@ -367,9 +367,15 @@ def has_substitutions(con: duckdb.DuckDBPyConnection) -> bool:
     return con.execute("SELECT count(*) FROM ft_conn_subst").fetchall()[0][0] > 0
 
 
+def enriched_dns_sql(base: str = "ft_dns_x") -> str:
+    """The rows of enriched_dns from `base`, rows shaped like ft_dns_x (analyze.sums passes its
+    materialised copy: ft_dns_x reads the dns table twice to pair each exchange's two sightings)."""
+    return keyed_sql(base, "ts_query", [("client", "client_ip")])
+
+
 def _enriched_views(substitutions: bool = True) -> str:
     http, conns = named_exchanges_sql("ft_http_x", substitutions), named_exchanges_sql("ft_conn_x", substitutions)
-    dns = keyed_sql("ft_dns_x", "ts_query", [("client", "client_ip")])
+    dns = enriched_dns_sql()
     flows = keyed_sql("ft_flow_real", "ts_start", [("src", "src_real"), ("dst", "dst_real")])
     flow_real = _FLOW_REAL if substitutions else _FLOW_PLAIN
     subst_join = "LEFT JOIN ft_conn_subst p ON h.side = 'client' AND h.node = p.client_node AND h.conn_id = p.client_conn_id" if substitutions else ""

@@ -27,7 +27,7 @@ import hashlib
 import duckdb
 
 from ..reader import Tape
-from .enrich import NAME_FIELDS, create_views, has_substitutions, ip_sums_sql, segment_start_sql, segment_sums_sql
+from .enrich import NAME_FIELDS, create_views, enriched_dns_sql, has_substitutions, ip_sums_sql, segment_start_sql, segment_sums_sql
 from .sketch import bucket_sql
 
 ROUTE = (
@@ -153,5 +153,6 @@ def materialised(tape: Tape, view: str) -> str:
     labels = con.execute("SELECT labels FROM ft_ready").fetchall()[0][0]  # the views' label allow-list
     name, exists = _cached(con, "rows", f"{view} {labels}")
     if not exists:
-        con.execute(f"CREATE TEMP TABLE {name} AS SELECT * FROM {view}")
+        rows = enriched_dns_sql(materialised(tape, "ft_dns_x")) if view == "enriched_dns" else f"SELECT * FROM {view}"
+        con.execute(f"CREATE TEMP TABLE {name} AS {rows}")
     return name

@@ -22,8 +22,10 @@ SELECT client, server{route_cols}, sum(n)::BIGINT AS requests, sum(n_5xx)::BIGIN
        {p50} AS p50_ms, {p95} AS p95_ms, {p99} AS p99_ms, max(max_latency_ns) / 1e6 AS max_ms
 FROM (
     SELECT *, {ranks} FROM (
-        SELECT {client} AS client, {server} AS server, method, route, lb, n, n_5xx, max_latency_ns
+        -- one histogram row per edge (and route) and bucket before the window
+        SELECT {client} AS client, {server} AS server, method, route, lb, sum(n) AS n, sum(n_5xx) AS n_5xx, max(max_latency_ns) AS max_latency_ns
         FROM {http} WHERE lb IS NOT NULL AND {ns}{route_where}
+        GROUP BY ALL
     )
 )
 GROUP BY ALL

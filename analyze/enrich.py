@@ -420,8 +420,8 @@ CREATE OR REPLACE TEMP TABLE ft_flow_nodes AS SELECT DISTINCT node FROM flows;
 def _cuts_sql() -> str:
     """ft_cuts (ip, t epoch ns): the instants at which the name of an IP (NAME_FIELDS) changes.
 
-    Candidates are the IP's change points and every node change for every owned IP (a pod's zone
-    is its node's); a candidate is a cut when the IP resolves differently at t and at t - 1 ns.
+    Candidates are the IP's change points and the changes of every node that one of its owners
+    ran on (a pod's zone is its node's); a candidate is a cut when the IP resolves differently at t and at t - 1 ns.
     Most change points are not cuts (a DNS answer for an IP that a pod or Service owns, a relabel),
     and between two cuts every row of that IP is named alike: the aggregates in analyze.sums key
     rows by cut instead of looking each row up.
@@ -435,7 +435,10 @@ WITH p AS (
     SELECT DISTINCT ip, t FROM (
         SELECT ip, unnest(points) AS t FROM ft_change_minutes
         UNION ALL
-        SELECT o.ip, unnest(n.points) AS t FROM (SELECT DISTINCT ip FROM ft_ip_owner) o CROSS JOIN ft_node_change_minutes n
+        -- an IP's zone and region are those of its owner's node: only those nodes' changes
+        SELECT o.ip, epoch_ns(n.t) AS t FROM (SELECT DISTINCT ip, node FROM ft_ip_owner WHERE node IS NOT NULL) o
+        JOIN (SELECT node, valid_from AS t FROM ft_nodes UNION ALL SELECT node, valid_to FROM ft_nodes) n ON n.node = o.node
+        WHERE n.t < {FOREVER}
     )
 ),
 q AS (SELECT ip, t, make_timestamp_ns(t)::TIMESTAMPTZ_NS AS at, make_timestamp_ns(t - 1)::TIMESTAMPTZ_NS AS before FROM p),

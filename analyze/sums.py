@@ -65,12 +65,13 @@ def _merged(body: str, merge: dict[str, str]) -> str:
 
 def _cached(con: duckdb.DuckDBPyConnection, kind: str, time_filter: str) -> tuple[str, bool]:
     name = f"ft_{kind}_sums_" + hashlib.sha1(time_filter.encode()).hexdigest()[:12]
-    exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchall()[0][0] > 0
+    exists = con.execute("SELECT count(*) FROM (SELECT view_name FROM duckdb_views() UNION ALL SELECT table_name FROM duckdb_tables()) "
+                         "WHERE view_name = ?", [name]).fetchall()[0][0] > 0
     return name, exists
 
 
 def http_sums(tape: Tape, time_filter: str = "true") -> str:
-    """Name of a temporary table of HTTP exchanges (each counted once, see enrich.ft_http_x)
+    """Name of a temporary view of HTTP exchanges (each counted once, see enrich.ft_http_x)
     summed per client, server and addressed server IP, each named at the time (`client_*`,
     `server_*`, `seen_*`), method, route and latency bucket `lb`: n, n_5xx, n_unanswered,
     max_latency_ns. One name can span rows (an IP's name changing and changing back): readers
@@ -86,15 +87,12 @@ def http_sums(tape: Tape, time_filter: str = "true") -> str:
             f"WHERE {time_filter})")
     # Not merged per name as flows are: an IP's keys here are its own cuts, so two keys of one IP
     # almost always name it differently (86k rows -> 78k on the bench tape, for 0.07 s).
-    if substitutions:
-        ends = [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")]
-        body = ip_sums_sql(base, "ts", ends, "method, rid, lb", HTTP_AGGREGATES)
-    else:  # nobody addressed a ClusterIP: what the client saw is the server
-        seen = ", ".join(f"server_{f} AS seen_{f}" for f in NAME_FIELDS)
-        ends = [("client", "client_ip"), ("server", "server_ip")]
-        body = f"SELECT *, server_ip AS seen_server_ip, {seen} FROM ({ip_sums_sql(base, 'ts', ends, 'method, rid, lb', HTTP_AGGREGATES)})"
-    body = f"SELECT s.* EXCLUDE (rid), ri.route FROM ({body}) s LEFT JOIN ft_route_ids ri ON ri.rid = s.rid"
-    con.execute(f"CREATE TEMP TABLE {name} AS {body}")
+    ends = [("client", "client_ip"), ("server", "server_ip")] + ([("seen", "seen_server_ip")] if substitutions else [])
+    con.execute(f"CREATE TEMP TABLE {name}_rows AS {ip_sums_sql(base, 'ts', ends, 'method, rid, lb', HTTP_AGGREGATES)}")
+    # The route's text and, when nobody addressed a ClusterIP, the addressed server (the server
+    # itself) are added by a view: storing a third of the columns again cost more than joining.
+    seen = "" if substitutions else ", server_ip AS seen_server_ip, " + ", ".join(f"server_{f} AS seen_{f}" for f in NAME_FIELDS)
+    con.execute(f"CREATE TEMP VIEW {name} AS SELECT s.* EXCLUDE (rid), ri.route{seen} FROM {name}_rows s LEFT JOIN ft_route_ids ri ON ri.rid = s.rid")
     return name
 
 

@@ -210,13 +210,13 @@ b2 AS (
 {_named_sql("b2", endpoints, fields, "__t, __m, " + ks)}"""
 
 
-def ip_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str) -> str:
-    """The rows of `base` summed per (`group`, endpoint ips, key of each ip) with `aggregates`, each
-    endpoint resolved (NAME_FIELDS) at its key: exact, with one hash probe per row and endpoint.
+def ip_keyed_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str) -> str:
+    """The rows of `base` summed per (`group`, endpoint ips, key `__k<i>` of each ip) with
+    `aggregates`: one hash probe per row and endpoint. key_names_sql names the keys.
 
     An IP's key is its last cut (ft_cuts: an instant its name changed) at or before ts, 0 when it
     has none: nothing renames it between its key and ts. Rows after the IP's last cut (most: pods
-    outlive a tape) take it without searching its cut list. Each (ip, key) is resolved once.
+    outlive a tape) take it without searching its cut list.
     """
     ips = ", ".join(ip for _, ip in endpoints)
     joins = "\n".join(f"    LEFT JOIN ft_ip_cuts __c{i} ON __c{i}.ip = b.{ip}" for i, (_, ip) in enumerate(endpoints))
@@ -225,16 +225,41 @@ def ip_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str
         f"ELSE coalesce(list_max(list_filter(__c{i}.cuts, lambda x: x <= b.__t)), 0) END AS __k{i}"
         for i in range(len(endpoints))
     )
-    ks = ", ".join(f"__k{i}" for i in range(len(endpoints)))
     return f"""
-WITH b AS (SELECT *, epoch_ns({ts}) AS __t FROM {base}),
-g AS MATERIALIZED (
-    SELECT {group}, {ips}, {k_cols}, {aggregates}
-    FROM b
+WITH b AS (SELECT *, epoch_ns({ts}) AS __t FROM {base})
+SELECT {group}, {ips}, {k_cols}, {aggregates}
+FROM b
 {joins}
-    GROUP BY ALL
-),
-{_named_sql("g", endpoints, NAME_FIELDS, ks)}"""
+GROUP BY ALL"""
+
+
+def key_names_sql(src: str, endpoints: list[tuple[str, str]]) -> str:
+    """(ip, k, r_<field> for NAME_FIELDS): each distinct (ip, key) of `src` (rows of
+    ip_keyed_sums_sql) resolved once."""
+    keys = " UNION ".join(f"SELECT DISTINCT {ip} AS ip, __k{i} AS k FROM {src}" for i, (_, ip) in enumerate(endpoints))
+    r_joins, r_cols = resolve_sql("keys", "ip", "kt", "r")
+    named = ", ".join(f"r_{f}" for f in NAME_FIELDS)
+    return f"""SELECT ip, k, {named} FROM (
+WITH keys AS (SELECT ip, k, make_timestamp_ns(k)::TIMESTAMPTZ_NS AS kt FROM ({keys}))
+SELECT keys.ip, keys.k, {r_cols} FROM keys {r_joins})"""
+
+
+def with_names_sql(src: str, names: str, endpoints: list[tuple[str, str]]) -> str:
+    """The rows of `src` (ip_keyed_sums_sql) with each endpoint's `<prefix>_<field>` columns
+    (NAME_FIELDS) from `names` (key_names_sql), the keys dropped."""
+    cols = ", ".join(f"n{i}.r_{f} AS {prefix}_{f}" for i, (prefix, _) in enumerate(endpoints) for f in NAME_FIELDS)
+    ks = ", ".join(f"__k{i}" for i in range(len(endpoints)))
+    joins = "\n".join(f"LEFT JOIN {names} n{i} ON n{i}.ip = s.{ip} AND n{i}.k = s.__k{i}" for i, (_, ip) in enumerate(endpoints))
+    return f"SELECT s.* EXCLUDE ({ks}), {cols}\nFROM {src} s\n{joins}"
+
+
+def ip_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str) -> str:
+    """ip_keyed_sums_sql's rows with their names, in one statement (see analyze.sums for the
+    stored form)."""
+    return f"""
+WITH g AS MATERIALIZED ({ip_keyed_sums_sql(base, ts, endpoints, group, aggregates)}),
+res AS ({key_names_sql("g", endpoints)})
+{with_names_sql("g", "res", endpoints)}"""
 
 
 TREE_CUTS = 2048

@@ -136,6 +136,9 @@ class Tape:
         self.con = duckdb.connect(":memory:")
         # Reports must not depend on the reader's local time zone (date_trunc, display, .pl()).
         self.con.execute("SET TimeZone = 'UTC'")
+        # DuckDB draws its own progress bar on a terminal for queries over 2 s, into the middle of
+        # our output (`flowtape report html` on a big tape): progress is ours to report.
+        self.con.execute("SET enable_progress_bar = false")
         self._files: dict[str, list[str]] = {name: [] for name in TABLES}
         for p in self.parts:
             self._files[p.table].append(str(p.path))

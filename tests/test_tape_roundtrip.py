@@ -89,6 +89,13 @@ def test_timestamps_are_utc_nanoseconds(tmp_path):
     assert lf["ts"].cast(int).to_list() == [T0]
 
 
+def test_session_is_utc_and_draws_no_progress_bar(tmp_path):
+    # DuckDB's own progress bar would print into report output on a terminal (queries over 2 s)
+    TapeWriter(tmp_path / "t.tape", node="n").close()
+    tape = flowtape.open(tmp_path / "t.tape")
+    assert tape.sql("select current_setting('TimeZone'), current_setting('enable_progress_bar')").fetchall() == [("UTC", False)]
+
+
 def test_empty_tables_have_their_schema(tmp_path):
     TapeWriter(tmp_path / "t.tape", node="n").close()
     tape = flowtape.open(tmp_path / "t.tape")

@@ -175,16 +175,9 @@ def _k_sql(src: str, endpoints: list[tuple[str, str]]) -> tuple[str, str]:
 
 
 def _named_sql(src: str, endpoints: list[tuple[str, str]], fields: tuple[str, ...], exclude: str) -> str:
-    """CTEs keys/res and the final SELECT: each distinct (ip, key) of `src` resolved once, joined back."""
-    keys = " UNION ".join(f"SELECT DISTINCT {ip} AS ip, __k{i} AS k FROM {src}" for i, (_, ip) in enumerate(endpoints))
-    r_joins, r_cols = resolve_sql("keys", "ip", "kt", "r")
-    out_cols = ", ".join(f"r{i}.r_{f} AS {prefix}_{f}" for i, (prefix, _) in enumerate(endpoints) for f in fields)
-    back = "\n".join(f"LEFT JOIN res r{i} ON r{i}.ip = {src}.{ip} AND r{i}.k = {src}.__k{i}" for i, (_, ip) in enumerate(endpoints))
-    return f"""keys AS (SELECT ip, k, make_timestamp_ns(k)::TIMESTAMPTZ_NS AS kt FROM ({keys})),
-res AS (SELECT keys.ip, keys.k, {r_cols} FROM keys {r_joins})
-SELECT {src}.* EXCLUDE ({exclude}), {out_cols}
-FROM {src}
-{back}"""
+    """CTE res and the final SELECT: each distinct (ip, key) of `src` resolved once, joined back."""
+    return f"""res AS ({key_names_sql(src, endpoints, fields)})
+{with_names_sql(src, "res", endpoints, fields, exclude)}"""
 
 
 def keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]], fields: tuple[str, ...] = ENDPOINT_FIELDS) -> str:
@@ -233,24 +226,25 @@ FROM b
 GROUP BY ALL"""
 
 
-def key_names_sql(src: str, endpoints: list[tuple[str, str]]) -> str:
-    """(ip, k, r_<field> for NAME_FIELDS): each distinct (ip, key) of `src` (rows of
-    ip_keyed_sums_sql) resolved once."""
+def key_names_sql(src: str, endpoints: list[tuple[str, str]], fields: tuple[str, ...] = NAME_FIELDS) -> str:
+    """(ip, k, r_<field> for `fields`): each distinct (ip, key) of `src` (an endpoint's ip column
+    and its key `__k<i>`, as ip_keyed_sums_sql gives) resolved once."""
     keys = " UNION ".join(f"SELECT DISTINCT {ip} AS ip, __k{i} AS k FROM {src}" for i, (_, ip) in enumerate(endpoints))
     r_joins, r_cols = resolve_sql("keys", "ip", "kt", "r")
-    named = ", ".join(f"r_{f}" for f in NAME_FIELDS)
+    named = ", ".join(f"r_{f}" for f in fields)
     return f"""SELECT ip, k, {named} FROM (
 WITH keys AS (SELECT ip, k, make_timestamp_ns(k)::TIMESTAMPTZ_NS AS kt FROM ({keys}))
 SELECT keys.ip, keys.k, {r_cols} FROM keys {r_joins})"""
 
 
-def with_names_sql(src: str, names: str, endpoints: list[tuple[str, str]]) -> str:
-    """The rows of `src` (ip_keyed_sums_sql) with each endpoint's `<prefix>_<field>` columns
-    (NAME_FIELDS) from `names` (key_names_sql), the keys dropped."""
-    cols = ", ".join(f"n{i}.r_{f} AS {prefix}_{f}" for i, (prefix, _) in enumerate(endpoints) for f in NAME_FIELDS)
-    ks = ", ".join(f"__k{i}" for i in range(len(endpoints)))
+def with_names_sql(src: str, names: str, endpoints: list[tuple[str, str]], fields: tuple[str, ...] = NAME_FIELDS,
+                   exclude: str | None = None) -> str:
+    """The rows of `src` with each endpoint's `<prefix>_<field>` columns from `names`
+    (key_names_sql), less `exclude` (default: the keys)."""
+    cols = ", ".join(f"n{i}.r_{f} AS {prefix}_{f}" for i, (prefix, _) in enumerate(endpoints) for f in fields)
+    exclude = exclude or ", ".join(f"__k{i}" for i in range(len(endpoints)))
     joins = "\n".join(f"LEFT JOIN {names} n{i} ON n{i}.ip = s.{ip} AND n{i}.k = s.__k{i}" for i, (_, ip) in enumerate(endpoints))
-    return f"SELECT s.* EXCLUDE ({ks}), {cols}\nFROM {src} s\n{joins}"
+    return f"SELECT s.* EXCLUDE ({exclude}), {cols}\nFROM {src} s\n{joins}"
 
 
 def ip_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str) -> str:

@@ -138,7 +138,10 @@ class Tape:
         self.con.execute("SET TimeZone = 'UTC'")
         # DuckDB draws its own progress bar on a terminal for queries over 2 s, into the middle of
         # our output (`flowtape report html` on a big tape): progress is ours to report.
-        self.con.execute("SET enable_progress_bar = false")
+        try:
+            self.con.execute("SET enable_progress_bar = false")
+        except duckdb.Error:  # in Jupyter, DuckDB wants ipywidgets to change it (its bar is a widget there)
+            pass
         self._files: dict[str, list[str]] = {name: [] for name in TABLES}
         for p in self.parts:
             self._files[p.table].append(str(p.path))

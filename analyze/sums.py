@@ -2,7 +2,7 @@
 
 Reports over HTTP exchanges and flows do not group millions of enriched rows each: they read
 small tables that were summed on the raw columns first (endpoint IPs, the key that names them
-exactly at that time, see enrich.ip_sums_sql and segment_sums_sql, and the report dimensions),
+exactly at that time, see enrich.ip_keyed_sums_sql and segment_sums_sql, and the report dimensions),
 and named after.
 A tape does not change while it is open, so each table is computed once per DuckDB connection
 and time filter, and shared by every report of a set (`flowtape report` with several sections,

@@ -438,7 +438,8 @@ def _cuts_sql() -> str:
     """ft_cuts (ip, t epoch ns): the instants at which the name of an IP (NAME_FIELDS) changes.
 
     Candidates are the IP's change points and the changes of every node that one of its owners
-    ran on (a pod's zone is its node's); a candidate is a cut when the IP resolves differently at t and at t - 1 ns.
+    ran on (a pod's zone is its node's); a candidate is a cut when the IP resolves differently at
+    t and at t - 1 ns.
     Most change points are not cuts (a DNS answer for an IP that a pod or Service owns, a relabel),
     and between two cuts every row of that IP is named alike: the aggregates in analyze.sums key
     rows by cut instead of looking each row up.

@@ -152,9 +152,7 @@ def main() -> int:
     programs: dict[str, dict[str, tuple[float, float]]] = {}
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="flowtape-bench-l7-") as tmp:
         workdir = Path(tmp)
-        www = lab.workdir / "www"
-        www.mkdir()
-        (www / "f100").write_bytes(b"b" * 100)
+        www = lab.www({"f100": b"b" * 100})
         srv, cli = lab.add_host("srv"), lab.add_host("cli")
         master, workers = start_nginx_l7(srv, www, tls=make_cert(lab.workdir, ["bench.lab.test"]))
         try:

@@ -59,9 +59,7 @@ def capture(tls: bool, seconds: int, rate: int) -> dict:
             super()._on_l7_event(raw)
 
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="flowtape-replay-") as tmp:
-        www = lab.workdir / "www"
-        www.mkdir()
-        (www / "f100").write_bytes(b"b" * 100)
+        www = lab.www({"f100": b"b" * 100})
         srv, cli = lab.add_host("srv"), lab.add_host("cli")
         master, _ = start_nginx_l7(srv, www, tls=make_cert(lab.workdir, ["bench.lab.test"]))
         url = f"{'https' if tls else 'http'}://{srv.ip}/f100"

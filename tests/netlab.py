@@ -143,6 +143,14 @@ class Lab:
         sh("ip", "addr", "add", f"{self.net}.1/24", "dev", self.bridge)
         sh("ip", "link", "set", self.bridge, "up")
 
+    def www(self, files: dict[str, bytes]) -> Path:
+        """A document root for start_nginx_l7 (workdir/www) holding `files` (name -> content)."""
+        root = self.workdir / "www"
+        root.mkdir()
+        for name, content in files.items():
+            (root / name).write_bytes(content)
+        return root
+
     @property
     def gateway_ip(self) -> str:
         """The root namespace's own address on the lab bridge."""

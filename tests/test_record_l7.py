@@ -158,10 +158,7 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
     work = tmp_path_factory.mktemp("l7")
     with Lab() as lab:
         srv, cli = lab.add_host("srv"), lab.add_host("cli")
-        www = lab.workdir / "www"
-        www.mkdir()
-        (www / "f100").write_bytes(b"x" * 100)
-        (www / "big").write_bytes(b"y" * 100_000)  # a body of many segments
+        www = lab.www({"f100": b"x" * 100, "big": b"y" * 100_000})  # big: a body of many segments
         cert = make_cert(lab.workdir, NAMES)
         master, workers = start_nginx_l7(srv, www, tls=cert)
         dns = start_dnsmasq(srv, ["--local-ttl=300", "--local=/lab.test/", f"--host-record=a.lab.test,{srv.ip},2001:db8::5",

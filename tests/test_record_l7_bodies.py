@@ -32,10 +32,7 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
     work = tmp_path_factory.mktemp("bodies")
     with Lab() as lab:
         srv, cli = lab.add_host("srv"), lab.add_host("cli")
-        www = lab.workdir / "www"
-        www.mkdir()
-        (www / "f100").write_bytes(b"x" * 100)
-        (www / "big").write_bytes(os.urandom(1 << 20) * (BIG >> 20))
+        www = lab.www({"f100": b"x" * 100, "big": os.urandom(1 << 20) * (BIG >> 20)})
         upload = lab.workdir / "upload.bin"
         upload.write_bytes(os.urandom(1 << 20) * (BIG >> 20))
         master, _ = start_nginx_l7(srv, www)

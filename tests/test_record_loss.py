@@ -41,10 +41,7 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
     work = tmp_path_factory.mktemp("loss")
     with Lab() as lab:
         srv, cli = lab.add_host("srv"), lab.add_host("cli")
-        www = lab.workdir / "www"
-        www.mkdir()
-        for name, n in SIZES.items():
-            (www / name).write_bytes(os.urandom(n))
+        www = lab.www({name: os.urandom(n) for name, n in SIZES.items()})
         master, _ = start_nginx_l7(srv, www)
         foreign = contextlib.ExitStack()
         srv_dropped = foreign.enter_context(tc_program([], srv.host_if, False, one_in=40))

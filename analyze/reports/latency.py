@@ -23,7 +23,7 @@ SELECT client, server{route_cols}, sum(n)::BIGINT AS requests, sum(n_5xx)::BIGIN
 FROM (
     SELECT *, {ranks} FROM (
         -- one histogram row per edge (and route) and bucket before the window
-        SELECT {client} AS client, {server} AS server, method, route, lb, sum(n) AS n, sum(n_5xx) AS n_5xx, max(max_latency_ns) AS max_latency_ns
+        SELECT {client} AS client, {server} AS server{route_cols}, lb, sum(n) AS n, sum(n_5xx) AS n_5xx, max(max_latency_ns) AS max_latency_ns
         FROM {http} WHERE lb IS NOT NULL AND {ns}{route_where}
         GROUP BY ALL
     )

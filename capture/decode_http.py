@@ -92,6 +92,28 @@ END_EVENT = "end"
 Event = tuple[str, HttpMessage]
 
 
+MAX_DIGITS = 18  # a longer Content-Length is malformed (it would not fit capture/_http1.c's int64)
+MAX_HEX = 15  # likewise a chunk size
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def content_length(value: str) -> int:
+    """The body length a (joined) Content-Length value declares, or -1 if it is malformed.
+    Repeated identical values are allowed (RFC 9110 8.6); digits are ASCII only (str.isdigit
+    also takes '²', which int() then refuses)."""
+    values = {v.strip() for v in value.split(",")}
+    if len(values) != 1:
+        return -1
+    v = values.pop()
+    return int(v) if 0 < len(v) <= MAX_DIGITS and v.isascii() and v.isdigit() else -1
+
+
+def chunk_size(text: bytes) -> int:
+    """A chunk-size line's number: 1*HEXDIG (RFC 9112 7.1), or -1. Not int(text, 16), which
+    also takes signs, underscores and a 0x prefix."""
+    return int(text, 16) if 0 < len(text) <= MAX_HEX and _HEX.issuperset(text) else -1
+
+
 def looks_like_request(data: bytes) -> bool:
     sp = data.find(b" ", 0, 12)
     return sp > 0 and data[:sp] in KNOWN_METHODS
@@ -287,8 +309,7 @@ class HttpParser:
             return
         cl = headers.get("content-length")
         if cl is not None:
-            values = {v.strip() for v in cl.split(",")}  # repeated identical values are allowed
-            n = int(values.pop()) if len(values) == 1 and next(iter(values)).isdigit() else -1
+            n = content_length(cl)
             if n < 0:
                 msg.body_bytes = None
                 self._end(events)
@@ -332,10 +353,8 @@ class HttpParser:
             if not line:
                 self._end(events)
             return i + 1
-        size_text = line.split(b";", 1)[0].strip()  # chunk extensions follow ';'
-        try:
-            size = int(size_text, 16)
-        except ValueError:
+        size = chunk_size(line.split(b";", 1)[0].strip())  # chunk extensions follow ';'
+        if size < 0:
             self._malformed(events)
             return len(data)
         if size == 0:

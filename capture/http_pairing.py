@@ -19,12 +19,18 @@ header is on the allow-list are written; bodies are never read beyond their leng
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .decode_http import HttpMessage, HttpParser
+from .decode_http import BODY, HttpMessage, HttpParser
 from .decode_stats import DecodeStats
+
+try:
+    from . import _http1  # type: ignore[attr-defined]  # capture/_http1.c, built at install when a C compiler is present
+except ImportError:  # no compiler at install time: the Python decoder does the same work, slower
+    _http1 = None
 
 DEFAULT_HEADER_ALLOW_LIST = ("host", "user-agent", "content-type", "traceparent")
 MAX_PENDING = 256  # exchanges waiting on one connection; beyond this the oldest is emitted unanswered
@@ -99,12 +105,25 @@ def is_http2(first: bytes, from_client: bool) -> bool:
     return len(first) >= 9 and first[3] == 4 and first[4] & 0xFE == 0 and first[5:9] == b"\0\0\0\0"
 
 
+EXCHANGE_FIELDS = ("ts_request", "ts_response", "latency_ns", "http_version", "method", "path", "status",
+                   "request_bytes", "response_bytes", "host", "traceparent", "user_agent", "content_type")
+
+
+def header_mask(redaction: Redaction) -> int:
+    """Bit i set: the header of _HEADER_COLUMNS[i] is written (capture/_http1.c's `allow`)."""
+    return sum(1 << i for i, (_, h, _) in enumerate(_HEADER_COLUMNS) if redaction.allows(h))
+
+
 class HttpConnection:
     """Both directions of one connection, as seen by one local endpoint.
 
-    feed() each segment with `from_client` saying its direction. `row_base` holds the
-    columns the caller knows (conn_id, client_ip, client_port, server_ip, server_port, pid,
-    comm, side, tls); they are copied into every row.
+    feed_tuples() each segment with `from_client` saying its direction; it returns the
+    exchanges that ended, as tuples in EXCHANGE_FIELDS order (the recorder's path: the
+    connection's own columns are added by the caller). feed() and close() return the same
+    as row dicts, with `row_base` (conn_id, client_ip, ..., tls) copied into each.
+
+    capture/_http1.c is this class compiled (`new_connection` picks it); this one is the
+    reference that tests/test_http1_differential.py holds it to.
     """
 
     def __init__(self, stats: DecodeStats | None = None, redaction: Redaction | None = None,
@@ -118,12 +137,11 @@ class HttpConnection:
         self.closed = False
         self.fresh = True  # no byte seen yet in either direction
         # which header columns this redaction keeps, decided once rather than per row
-        self._header_columns = tuple((c, h, w == "request") for c, h, w in _HEADER_COLUMNS if self.redaction.allows(h))
-        self._redacted_columns = tuple(c for c, h, _ in _HEADER_COLUMNS if not self.redaction.allows(h))
+        self._allowed = tuple(self.redaction.allows(h) for _, h, _ in _HEADER_COLUMNS)
 
     # --- input ---------------------------------------------------------------------------
 
-    def feed(self, ts_ns: int, data: bytes, from_client: bool, length: int | None = None) -> list[dict[str, Any]]:
+    def feed_tuples(self, ts_ns: int, data: bytes, from_client: bool, length: int | None = None) -> list[tuple]:
         """One segment (its first bytes `data` of `length`) of one direction, in stream order."""
         if self.fresh and data:
             self.fresh = False
@@ -137,7 +155,7 @@ class HttpConnection:
         (self.requests if from_client else self.responses).feed(ts_ns, data, length)
         return self._ready()
 
-    def close(self, ts_ns: int) -> list[dict[str, Any]]:
+    def close_tuples(self, ts_ns: int) -> list[tuple]:
         """The connection ended: finish close-delimited bodies and emit every pending exchange."""
         if self.closed:
             return []
@@ -147,6 +165,20 @@ class HttpConnection:
         rows = [self._row(x) for x in self.exchanges]
         self.exchanges.clear()
         return rows
+
+    def body_remaining(self, from_client: bool) -> int:
+        """Bytes of a Content-Length body this direction still has to pass (0 outside one)."""
+        parser = self.requests if from_client else self.responses
+        return parser.remaining if parser.state == BODY else 0
+
+    def feed(self, ts_ns: int, data: bytes, from_client: bool, length: int | None = None) -> list[dict[str, Any]]:
+        return [self.as_dict(t) for t in self.feed_tuples(ts_ns, data, from_client, length)]
+
+    def close(self, ts_ns: int) -> list[dict[str, Any]]:
+        return [self.as_dict(t) for t in self.close_tuples(ts_ns)]
+
+    def as_dict(self, exchange: tuple) -> dict[str, Any]:
+        return {**self.row_base, **dict(zip(EXCHANGE_FIELDS, exchange))}
 
     # --- pairing -------------------------------------------------------------------------
 
@@ -175,7 +207,7 @@ class HttpConnection:
             self.requests.enter_tunnel()  # the response parser enters its own tunnel in its framing
         return method
 
-    def _ready(self) -> list[dict[str, Any]]:
+    def _ready(self) -> list[tuple]:
         rows = []
         while self.exchanges:
             x = self.exchanges[0]
@@ -185,22 +217,44 @@ class HttpConnection:
             rows.append(self._row(self.exchanges.popleft()))
         return rows
 
-    def _row(self, x: _Exchange) -> dict[str, Any]:
+    def _row(self, x: _Exchange) -> tuple:
         req, resp = x.request, x.response
-        row = dict(self.row_base)
-        row["ts_request"] = req.ts_ns
-        row["ts_response"] = None if resp is None else resp.ts_ns
-        row["latency_ns"] = None if resp is None else resp.ts_ns - req.ts_ns
-        row["http_version"] = req.version
-        row["method"] = req.method
-        row["path"] = self.redaction.path(req.target or "")
-        row["status"] = None if resp is None else resp.status
-        row["request_bytes"] = req.size if req.done else None
         size = None if resp is None or not resp.done else resp.size
-        row["response_bytes"] = None if size is None or x.interim_bytes is None else size + x.interim_bytes
-        req_headers, resp_headers = req.headers, (resp.headers if resp is not None else {})
-        for column, header, from_request in self._header_columns:
-            row[column] = (req_headers if from_request else resp_headers).get(header)
-        for column in self._redacted_columns:
-            row[column] = None
-        return row
+        qh, rh = req.headers, (resp.headers if resp is not None else {})
+        host, trace, agent, ctype = self._allowed
+        return (
+            req.ts_ns,
+            None if resp is None else resp.ts_ns,
+            None if resp is None else resp.ts_ns - req.ts_ns,
+            req.version,
+            req.method,
+            self.redaction.path(req.target or ""),
+            None if resp is None else resp.status,
+            req.size if req.done else None,
+            None if size is None or x.interim_bytes is None else size + x.interim_bytes,
+            qh.get("host") if host else None,
+            qh.get("traceparent") if trace else None,
+            qh.get("user-agent") if agent else None,
+            rh.get("content-type") if ctype else None,
+        )
+
+
+def compiled_available() -> bool:
+    return _http1 is not None
+
+
+def decoder_in_use() -> str:
+    """'c' when new_connection() returns the compiled decoder, else 'python' (and why)."""
+    if _http1 is None:
+        return "python (capture/_http1.c was not built: install gcc and python3-dev, then reinstall flowtape)"
+    if os.environ.get("FLOWTAPE_HTTP_DECODER", "").lower() == "python":
+        return "python (FLOWTAPE_HTTP_DECODER=python)"
+    return "c"
+
+
+def new_connection(stats: DecodeStats, redaction: Redaction) -> Any:
+    """An HTTP/1.x connection decoder with feed_tuples/close_tuples/body_remaining: the
+    compiled one (capture/_http1.c) unless it is missing or FLOWTAPE_HTTP_DECODER=python."""
+    if decoder_in_use() == "c":
+        return _http1.Http1Connection(stats, redaction.enabled, header_mask(redaction))
+    return HttpConnection(stats, redaction)

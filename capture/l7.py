@@ -39,11 +39,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import ebpf, ringbuf
-from .decode_http import BODY, looks_like_request, looks_like_response
+from .decode_http import looks_like_request, looks_like_response
 from .decode_stats import DecodeStats
 from .decode_tls import ClientHelloReader, tls_row
 from .dns_pairing import DnsPairer
-from .http_pairing import HttpConnection, Redaction, is_http2
+from .http_pairing import Redaction, is_http2, new_connection
 from .l7_rows import HttpRows
 
 # struct l7_event kinds (bpf/events.h)
@@ -232,7 +232,7 @@ class Endpoint:
 class _TcpFlow:
     __slots__ = ("key", "raw_key", "family", "http", "dirs", "fins", "last_ts", "dns")
 
-    def __init__(self, key: tuple, http: HttpConnection | None, dns: bool = False) -> None:
+    def __init__(self, key: tuple, http: Any, dns: bool = False) -> None:
         self.key = key  # (client_ip, client_port, server_ip, server_port)
         self.raw_key: tuple | None = None  # the same with the addresses as the kernel sent them (L7Decoder.flows_raw)
         self.family = 0  # the kernel's family value (4 or 6) for raw_key
@@ -246,7 +246,7 @@ class _TcpFlow:
 class _SslStream:
     __slots__ = ("http", "skaddr", "side", "pid", "comm", "last_ts", "first_ts")
 
-    def __init__(self, skaddr: int, side: str, pid: int, comm: str, http: HttpConnection, ts: int) -> None:
+    def __init__(self, skaddr: int, side: str, pid: int, comm: str, http: Any, ts: int) -> None:
         self.skaddr, self.side, self.pid, self.comm, self.http = skaddr, side, pid, comm, http
         self.last_ts = self.first_ts = ts
 
@@ -272,8 +272,8 @@ class L7Decoder:
         # connection endpoints (capture.connections.Conn) by client-first 4-tuple and by skaddr
         self.endpoints: dict[tuple, list[Any]] = {}
         self.by_sk: dict[int, list[Any]] = {}
-        self.pending: collections.deque[tuple[int, str, Any, dict]] = collections.deque()  # (ready_mono, table, join, row)
-        self.waiting: list[tuple[int, str, Any, dict]] = []  # rows whose connection is not known yet
+        self.pending: collections.deque[tuple[int, str, Any, Any]] = collections.deque()  # (ready_mono, table, join, row)
+        self.waiting: list[tuple[int, str, Any, Any]] = []  # rows whose connection is not known yet
         self.known: dict[tuple[int, int], Any] = {}  # (skaddr, ts_start) -> endpoint registered
         # Endpoints still open, from the kernel (ConnectionProbe.open_endpoints: ESTABLISHED-like
         # event dicts), for rows that wait on a connection the probe has not reported yet.
@@ -355,8 +355,7 @@ class L7Decoder:
                     if kind == DNS_TCP:
                         flow = _TcpFlow(key, None, dns=True)
                     else:
-                        flow = _TcpFlow(key, HttpConnection(self.stats, self.redaction, {
-                            "client_ip": key[0], "client_port": key[1], "server_ip": key[2], "server_port": key[3], "tls": False}))
+                        flow = _TcpFlow(key, new_connection(self.stats, self.redaction))
                     self.flows[key] = flow
                 flow.raw_key, flow.family = rkey, family
                 self.flows_raw[rkey] = flow
@@ -399,16 +398,15 @@ class L7Decoder:
                 self.rows["dns"] += self.dns.feed_tcp(wall, data, src, sport, dst, dport, length)
             return
         http = flow.http
-        assert http is not None
         for wall, data, length in segs:
-            for row in http.feed(wall, data, from_client, length):
+            for row in http.feed_tuples(wall, data, from_client, length):
                 self._pend("http", flow.key, row)
         if self.skip_body is not None:
-            parser = http.requests if from_client else http.responses
+            remaining = http.body_remaining(from_client)
             dirn = flow.dirs[from_client]
-            if parser.state == BODY and parser.remaining > SKIP_BODY_MIN and dirn.skip_to is None and dirn.next is not None:
+            if remaining > SKIP_BODY_MIN and dirn.skip_to is None and dirn.next is not None:
                 # A long Content-Length body follows: ask the kernel not to send its segments.
-                end = (dirn.next + parser.remaining) % SEQ_MOD
+                end = (dirn.next + remaining) % SEQ_MOD
                 if self.skip_body(flow.family, flow.raw_key, from_client, end):
                     dirn.skip_to = end
                     self.stats.add("http_bodies_skipped_in_kernel")
@@ -425,11 +423,10 @@ class L7Decoder:
         if flow.dns:
             self.dns.close_tcp(*flow.key)
         else:
-            assert flow.http is not None
-            for row in flow.http.close(ts + self.offset):
+            for row in flow.http.close_tuples(ts + self.offset):
                 self._pend("http", flow.key, row)
 
-    def _pend(self, table: str, join: Any, row: dict) -> None:
+    def _pend(self, table: str, join: Any, row: Any) -> None:
         self.pending.append((self.last_ts + ROW_GRACE_NS, table, join, row))
 
     def _hello(self, ts: int, key: tuple, data: bytes, length: int) -> None:
@@ -469,25 +466,25 @@ class L7Decoder:
                     side = conns[-1].role
             if side is None:
                 return  # not HTTP/1.x (or the middle of a stream whose start we missed)
-            st = self.ssl[key] = _SslStream(skaddr, side, pid, comm, HttpConnection(self.stats, self.redaction, {
-                "pid": pid, "comm": comm, "side": side, "tls": True}), ts)
+            st = self.ssl[key] = _SslStream(skaddr, side, pid, comm, new_connection(self.stats, self.redaction), ts)
         elif skaddr and not st.skaddr:
             st.skaddr = skaddr
         st.last_ts = ts
         from_client = (kind == SSL_WRITE) == (st.side == "client")
-        for row in st.http.feed(ts + self.offset, data, from_client, length):
+        for row in st.http.feed_tuples(ts + self.offset, data, from_client, length):
             self._pend("http", st, row)
 
     def _end_ssl(self, key: tuple, st: _SslStream, ts: int) -> None:
         self.ssl.pop(key, None)
-        for row in st.http.close(ts + self.offset):
+        for row in st.http.close_tuples(ts + self.offset):
             self._pend("http", st, row)
 
     # --- rows ------------------------------------------------------------------------------
 
-    def _expand(self, table: str, join: Any, row: dict, give_up: bool) -> bool:
+    def _expand(self, table: str, join: Any, row: Any, give_up: bool) -> bool:
         """Write `row` joined to its connection's endpoints; False when they are not known yet
-        (unless give_up: then it is counted as lost)."""
+        (unless give_up: then it is counted as lost). tls rows are dicts; http rows are
+        exchange tuples (http_pairing.EXCHANGE_FIELDS) joined by a flow's 4-tuple or an SSL stream."""
         if table == "tls":
             mono = row["ts"] - self.offset
             conns = [c for c in self._alive_at(self.endpoints.get(join, []), mono) if c.role == "client"]
@@ -497,7 +494,7 @@ class L7Decoder:
                 return False  # the client may be local and not reported yet
             self.rows["tls"].append(row)
             return True
-        mono = row["ts_request"] - self.offset
+        mono = row[0] - self.offset  # ts_request
         if isinstance(join, _SslStream):
             conns = self._alive_at(self.by_sk.get(join.skaddr, []), mono) if join.skaddr else []
             if not conns:
@@ -506,10 +503,8 @@ class L7Decoder:
                     return True
                 return False
             c = max(conns, key=lambda e: e.ts_start)  # the newest socket at that address (an older one may not be known closed yet)
-            cip, cport, sip, sport = self._tuple(c)
-            row.update(client_ip=cip, client_port=cport, server_ip=sip, server_port=sport)
             http = self.http_rows
-            http.add(http.exchange(row), self.conn_id(c), row.get("pid"), row.get("comm"), row["side"])
+            http.add(http.exchange(row, (*self._tuple(c), True)), self.conn_id(c), join.pid, join.comm, join.side)
             return True
         conns = self._alive_at(self.endpoints.get(join, []), mono)
         if not conns:
@@ -518,7 +513,7 @@ class L7Decoder:
                 return True
             return False
         http = self.http_rows
-        x = http.exchange(row)
+        x = http.exchange(row, (*join, False))
         for c in conns:
             http.add(x, self.conn_id(c), c.pid, c.comm, c.role)
         return True

@@ -1,11 +1,11 @@
-"""The http rows of one hand-over to the writer, kept column-friendly.
+"""The http rows of one hand-over to the writer, kept as columns.
 
 A plain HTTP exchange between two processes of this node is two rows (client side, server
-side) that differ only in conn_id, pid, comm and side. Building a dict per row and turning
-each into Arrow cost ~4 µs per row, a third of the recorder's time per request: here each
-exchange's columns are kept once (the dict HttpConnection made), the side columns per row in
-lists, and `to_arrow` builds the exchange columns once (Polars' Rust-side dict reader), repeats
-them with a take and adds the side columns.
+side) that differ only in conn_id, pid, comm and side. Here each exchange is kept once: the
+decoder's tuple (http_pairing.EXCHANGE_FIELDS) and its connection's columns (BASE_FIELDS);
+the side columns per row in lists. `to_arrow` builds each exchange column once, straight from
+the tuples (one pa.array per column: no dict per row), repeats them with a take and adds the
+side columns.
 
 Iterating yields ordinary row dicts (tests, debugging); the writer calls `to_arrow`.
 """
@@ -17,32 +17,29 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from ..schema import table
+from .http_pairing import EXCHANGE_FIELDS
 
+BASE_FIELDS = ("client_ip", "client_port", "server_ip", "server_port", "tls")
 SIDE_COLUMNS = ("conn_id", "pid", "comm", "side")
 _SCHEMA = table("http").arrow_schema
 
 
-def _polars_base_schema() -> dict[str, Any]:
-    """The Polars schema of the exchange columns: the http table's, less SIDE_COLUMNS."""
-    from ..conform import polars_schema
-
-    return {k: v for k, v in polars_schema(table("http")).items() if k not in SIDE_COLUMNS}
-
-
 class HttpRows:
-    """Rows of the http table: exchanges (dicts of every column but SIDE_COLUMNS) and, per row,
-    the exchange it repeats and its side columns."""
+    """Rows of the http table: exchanges (tuples of EXCHANGE_FIELDS and of BASE_FIELDS) and, per
+    row, the exchange it repeats and its side columns."""
 
     def __init__(self) -> None:
-        self.exchanges: list[dict[str, Any]] = []
+        self.exchanges: list[tuple] = []
+        self.bases: list[tuple] = []
         self.of: list[int] = []  # per row: index into exchanges
         self.conn_id: list[str | None] = []
         self.pid: list[int | None] = []
         self.comm: list[str | None] = []
         self.side: list[str] = []
 
-    def exchange(self, row: dict[str, Any]) -> int:
+    def exchange(self, row: tuple, base: tuple) -> int:
         self.exchanges.append(row)
+        self.bases.append(base)
         return len(self.exchanges) - 1
 
     def add(self, exchange: int, conn_id: str | None, pid: int | None, comm: str | None, side: str) -> None:
@@ -60,22 +57,26 @@ class HttpRows:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for i, x in enumerate(self.of):
-            row = dict(self.exchanges[x])
+            row = dict(zip(EXCHANGE_FIELDS, self.exchanges[x]))
+            row.update(zip(BASE_FIELDS, self.bases[x]))
             row.update(conn_id=self.conn_id[i], pid=self.pid[i], comm=self.comm[i], side=self.side[i])
             yield row
 
     def to_arrow(self) -> pa.Table:
-        import polars as pl
-
         from ..conform import conform
 
+        if not self.of:
+            return _SCHEMA.empty_table()
         try:
-            base = pl.from_dicts(self.exchanges, schema=_polars_base_schema(), strict=True).to_arrow()
+            columns: dict[str, Any] = {}
+            for names, rows in ((EXCHANGE_FIELDS, self.exchanges), (BASE_FIELDS, self.bases)):
+                for name, values in zip(names, zip(*rows)):
+                    columns[name] = pa.array(values, _SCHEMA.field(name).type)
             if self.of != list(range(len(self.exchanges))):
-                base = base.take(pa.array(self.of, pa.int64()))
-            columns = {name: base.column(name) for name in base.column_names}
+                index = pa.array(self.of, pa.int64())
+                columns = {name: col.take(index) for name, col in columns.items()}
             for name in SIDE_COLUMNS:
                 columns[name] = pa.array(getattr(self, name), _SCHEMA.field(name).type)
             return pa.Table.from_arrays([columns[f.name] for f in _SCHEMA], schema=_SCHEMA)
-        except Exception:  # a value that does not fit: the row path names the column
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # a value that does not fit: the row path names the column
             return conform(table("http"), list(self))

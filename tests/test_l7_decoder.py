@@ -102,25 +102,30 @@ def test_http_rows_build_the_same_table_as_row_dicts():
     from flowtape.errors import SchemaError
     from flowtape.schema import table
 
+    from flowtape.capture.http_pairing import EXCHANGE_FIELDS
+    from flowtape.capture.l7_rows import BASE_FIELDS
+
     def exchange(path, **extra):
-        return {"ts_request": 5 * S, "ts_response": 5 * S + 7, "latency_ns": 7, "client_ip": "10.0.0.2", "client_port": 40000,
-                "server_ip": "10.0.0.1", "server_port": 80, "tls": False, "http_version": "HTTP/1.1", "method": "GET",
-                "path": path, "status": 200, "request_bytes": 40, "response_bytes": 140, "traceparent": None,
-                "user_agent": "curl/8", "content_type": None, "host": "lab", **extra}
+        row = {"ts_request": 5 * S, "ts_response": 5 * S + 7, "latency_ns": 7, "client_ip": "10.0.0.2", "client_port": 40000,
+               "server_ip": "10.0.0.1", "server_port": 80, "tls": False, "http_version": "HTTP/1.1", "method": "GET",
+               "path": path, "status": 200, "request_bytes": 40, "response_bytes": 140, "traceparent": None,
+               "user_agent": "curl/8", "content_type": None, "host": "lab", **extra}
+        return tuple(row[f] for f in EXCHANGE_FIELDS), tuple(row[f] for f in BASE_FIELDS)
 
     rows = HttpRows()
-    both = rows.exchange(exchange("/a"))
+    both = rows.exchange(*exchange("/a"))
     rows.add(both, "n-c1", 11, "curl", "client")
     rows.add(both, "n-c2", 22, "nginx", "server")
-    ssl = rows.exchange(exchange("/b", tls=True, pid=33, comm="wrk", side="client"))
+    ssl = rows.exchange(*exchange("/b", tls=True))
     rows.add(ssl, "n-c3", 33, "wrk", "client")
     dicts = list(rows)
-    assert [(r["path"], r["side"], r["pid"], r["conn_id"]) for r in dicts] == [
-        ("/a", "client", 11, "n-c1"), ("/a", "server", 22, "n-c2"), ("/b", "client", 33, "n-c3")]
+    assert [(r["path"], r["side"], r["pid"], r["conn_id"], r["tls"]) for r in dicts] == [
+        ("/a", "client", 11, "n-c1", False), ("/a", "server", 22, "n-c2", False), ("/b", "client", 33, "n-c3", True)]
     fast = rows.to_arrow()
     assert fast.equals(conform(table("http"), dicts)) and fast.num_rows == 3
+    assert HttpRows().to_arrow().num_rows == 0
     bad = HttpRows()
-    bad.add(bad.exchange(exchange("/c", status=70000)), "n-c4", 1, "x", "server")
+    bad.add(bad.exchange(*exchange("/c", status=70000)), "n-c4", 1, "x", "server")
     with pytest.raises(SchemaError, match="'status'"):
         bad.to_arrow()
 

@@ -1,0 +1,981 @@
+/* The HTTP/1.x connection decoder of capture/http_pairing.py + capture/decode_http.py, compiled.
+ *
+ * Why: the recorder's per-request budget is 10 µs of CPU, and the Python decoder alone costs
+ * about 10 µs per exchange (its time is spent in C-API calls — bytes.find, a regex, dicts — so
+ * Cython gains nothing). This file is the same state machine, state for state, producing the
+ * same row tuples (http_pairing.EXCHANGE_FIELDS) and the same DecodeStats counts. The Python
+ * classes stay the reference: tests/test_http1_differential.py feeds both the same streams
+ * (real captures, cuts, mutations, random bytes) and requires identical output, and runs the
+ * same corpus under AddressSanitizer. Keep the two in step: a change to either is a change
+ * to both.
+ *
+ * Input is untrusted (any process's traffic, read as root): every index is checked against
+ * the length of the buffer it reads, buffers grow only to MAX_HEAD (+ one segment), and
+ * numbers are parsed with explicit digit limits.
+ */
+#define PY_SSIZE_T_CLEAN
+#define _GNU_SOURCE
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define MAX_HEAD (64 * 1024)
+#define MAX_LINE 4096
+#define MAX_PENDING 256
+#define MAX_DIGITS 18 /* longer Content-Length values are malformed (both implementations) */
+#define MAX_HEX 15    /* likewise chunk sizes */
+
+enum { HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILERS, UNTIL_CLOSE, TUNNEL, DESYNC };
+enum { H_HOST, H_TRACEPARENT, H_USER_AGENT, H_CONTENT_TYPE, N_OUT_HEADERS }; /* row columns */
+enum { M_OTHER, M_HEAD, M_CONNECT };
+
+/* --- module state: interned strings --------------------------------------------------------- */
+
+static const char *KNOWN_METHODS[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
+                                      "PATCH", "PROPFIND", "PROPPATCH", "MKCOL", "COPY", "MOVE", "LOCK", "UNLOCK"};
+#define N_METHODS (sizeof(KNOWN_METHODS) / sizeof(KNOWN_METHODS[0]))
+static PyObject *method_str[N_METHODS];
+static PyObject *http11, *http10, *empty_str, *comma_sp;
+static PyObject *s_add, *s_malformed, *s_desync, *s_truncated, *s_orphan, *s_http2;
+
+/* --- byte helpers --------------------------------------------------------------------------- */
+
+static int is_tchar(unsigned char c) {
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')) return 1;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* bytes.strip(): ASCII whitespace */
+static int ascii_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+
+/* str.isspace() of a Latin-1 character (the decoded header values are stripped with str.strip) */
+static int latin1_space(unsigned char c) {
+    return ascii_space(c) || (c >= 0x1c && c <= 0x1f) || c == 0x85 || c == 0xa0;
+}
+
+static int lower(int c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
+
+static const char *find(const char *hay, Py_ssize_t n, const char *needle, Py_ssize_t m) {
+    if (n < m) return NULL;
+    return memmem(hay, (size_t)n, needle, (size_t)m);
+}
+
+static int known_method(const char *p, Py_ssize_t n) {
+    for (size_t i = 0; i < N_METHODS; i++)
+        if ((Py_ssize_t)strlen(KNOWN_METHODS[i]) == n && memcmp(KNOWN_METHODS[i], p, n) == 0) return (int)i;
+    return -1;
+}
+
+static int looks_like_request(const char *d, Py_ssize_t n) {
+    Py_ssize_t lim = n < 12 ? n : 12;
+    const char *sp = memchr(d, ' ', lim);
+    return sp != NULL && sp > d && known_method(d, sp - d) >= 0;
+}
+
+static int looks_like_response(const char *d, Py_ssize_t n) { return n >= 7 && memcmp(d, "HTTP/1.", 7) == 0; }
+
+static const char H2_PREFACE[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"; /* 24 bytes */
+
+static int is_http2(const unsigned char *d, Py_ssize_t n, int from_client) {
+    if (from_client) {
+        Py_ssize_t m = n < 24 ? n : 24;
+        return m >= 4 && memcmp(d, H2_PREFACE, m) == 0;
+    }
+    return n >= 9 && d[3] == 4 && (d[4] & 0xFE) == 0 && d[5] == 0 && d[6] == 0 && d[7] == 0 && d[8] == 0;
+}
+
+/* --- messages ------------------------------------------------------------------------------- */
+
+typedef struct {
+    int refs;
+    char is_request, truncated, done, method_kind;
+    int64_t ts;
+    PyObject *method, *path, *version; /* path: the request target, redacted if asked */
+    int status;                        /* -1: none */
+    PyObject *hdr[N_OUT_HEADERS];      /* str or NULL */
+    char te_present, te_chunked, cl_present;
+    int64_t cl;         /* -1: malformed */
+    int64_t head_bytes; /* -1: unknown (None) */
+    int64_t body_bytes; /* -1: unknown (None) */
+} Msg;
+
+static Msg *msg_new(int is_request, int64_t ts) {
+    Msg *m = PyMem_Calloc(1, sizeof(Msg));
+    if (m == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    m->refs = 1;
+    m->is_request = (char)is_request;
+    m->ts = ts;
+    m->status = -1;
+    return m;
+}
+
+static void msg_unref(Msg *m) {
+    if (m == NULL || --m->refs > 0) return;
+    Py_XDECREF(m->method);
+    Py_XDECREF(m->path);
+    Py_XDECREF(m->version);
+    for (int i = 0; i < N_OUT_HEADERS; i++) Py_XDECREF(m->hdr[i]);
+    PyMem_Free(m);
+}
+
+static int msg_interim(const Msg *m) { return m->status >= 100 && m->status < 200; }
+
+static int64_t msg_size(const Msg *m) {
+    return (m->head_bytes < 0 || m->body_bytes < 0) ? -1 : m->head_bytes + m->body_bytes;
+}
+
+/* --- parser (one direction) ----------------------------------------------------------------- */
+
+typedef struct {
+    char *data;
+    Py_ssize_t len, cap;
+} Buf;
+
+static int buf_add(Buf *b, const char *p, Py_ssize_t n) {
+    if (n <= 0) return 0;
+    if (b->len + n > b->cap) {
+        Py_ssize_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n) cap *= 2;
+        char *d = PyMem_Realloc(b->data, cap);
+        if (d == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+static void buf_clear(Buf *b) {
+    b->len = 0;
+    if (b->cap > 4 * MAX_LINE) { /* a long head passed: give its memory back */
+        PyMem_Free(b->data);
+        b->data = NULL;
+        b->cap = 0;
+    }
+}
+
+struct Conn;
+
+typedef struct {
+    char is_request;
+    int state;
+    Buf buf;
+    int64_t buf_ts, remaining;
+    Msg *msg; /* owned reference: the message whose body is being passed */
+    struct Conn *conn;
+} Parser;
+
+typedef struct {
+    Msg *request, *response; /* owned */
+    int64_t interim_bytes;   /* -1: unknown */
+} Exchange;
+
+typedef struct Conn {
+    PyObject_HEAD
+    Parser req, resp;
+    Exchange *xs;
+    Py_ssize_t x0, xn, xcap; /* live exchanges are xs[x0 .. x0+xn) */
+    char closed, fresh, redact;
+    int allow; /* bit i: output header i is on the allow-list */
+    PyObject *stats;
+} Conn;
+
+static int count(Conn *c, PyObject *name) {
+    if (c->stats == Py_None) return 0;
+    PyObject *r = PyObject_CallMethodOneArg(c->stats, s_add, name);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static void set_msg(Parser *p, Msg *m) { /* p->msg = m, taking a new reference */
+    if (m) m->refs++;
+    msg_unref(p->msg);
+    p->msg = m;
+}
+
+static void p_end(Parser *p) {
+    if (p->msg != NULL && !p->msg->done) p->msg->done = 1;
+    set_msg(p, NULL);
+    p->state = HEAD;
+}
+
+static int p_desync(Parser *p) {
+    if (p->msg != NULL && !p->msg->done) {
+        p->msg->body_bytes = -1;
+        p_end(p);
+    }
+    buf_clear(&p->buf);
+    set_msg(p, NULL);
+    p->state = DESYNC;
+    return count(p->conn, s_desync);
+}
+
+static int p_malformed(Parser *p) {
+    if (p->msg != NULL && !p->msg->done) {
+        p->msg->body_bytes = -1;
+        p_end(p);
+    }
+    buf_clear(&p->buf);
+    set_msg(p, NULL);
+    p->state = DESYNC;
+    return count(p->conn, s_malformed);
+}
+
+static void p_enter_tunnel(Parser *p) {
+    p->state = TUNNEL;
+    buf_clear(&p->buf);
+}
+
+/* A header value as Python has it: bytes.strip(), then decoded as Latin-1. */
+static PyObject *header_value(const char *v, Py_ssize_t n) {
+    while (n > 0 && ascii_space((unsigned char)v[0])) v++, n--;
+    while (n > 0 && ascii_space((unsigned char)v[n - 1])) n--;
+    return PyUnicode_DecodeLatin1(v, n, NULL);
+}
+
+/* Content-Length: every comma-separated part of every occurrence, str.strip()ped, must be the
+ * same string of ASCII digits (repeated identical values are allowed, RFC 9110 8.6). */
+static void content_length(Msg *m, const char *v, Py_ssize_t n, const char **first, Py_ssize_t *first_n) {
+    Py_ssize_t i = 0;
+    for (;;) {
+        Py_ssize_t j = i;
+        while (j < n && v[j] != ',') j++;
+        const char *a = v + i;
+        Py_ssize_t len = j - i;
+        while (len > 0 && latin1_space((unsigned char)a[0])) a++, len--;
+        while (len > 0 && latin1_space((unsigned char)a[len - 1])) len--;
+        if (*first == NULL) {
+            *first = a;
+            *first_n = len;
+        } else if (len != *first_n || memcmp(a, *first, len) != 0) {
+            m->cl = -1;
+        }
+        if (j >= n) break;
+        i = j + 1;
+    }
+}
+
+/* The value as bytes.strip()/decode/str.rstrip().lower() would leave it: does it end with "chunked"? */
+static int ends_chunked(const char *v, Py_ssize_t n) {
+    while (n > 0 && latin1_space((unsigned char)v[n - 1])) n--;
+    if (n < 7) return 0;
+    for (int i = 0; i < 7; i++)
+        if (lower((unsigned char)v[n - 7 + i]) != "chunked"[i]) return 0;
+    return 1;
+}
+
+static const struct {
+    const char *name;
+    int len, out; /* out: row column, or -1 (framing), -2 content-length, -3 transfer-encoding */
+} WANTED[] = {
+    {"content-length", 14, -2}, {"transfer-encoding", 17, -3}, {"host", 4, H_HOST},
+    {"user-agent", 10, H_USER_AGENT}, {"content-type", 12, H_CONTENT_TYPE}, {"traceparent", 11, H_TRACEPARENT},
+};
+
+static int wanted_at(const char *p, Py_ssize_t n, Py_ssize_t *name_len) {
+    for (size_t w = 0; w < sizeof(WANTED) / sizeof(WANTED[0]); w++) {
+        int len = WANTED[w].len;
+        if (n < len + 1 || p[len] != ':') continue;
+        int i = 0;
+        while (i < len && lower((unsigned char)p[i]) == WANTED[w].name[i]) i++;
+        if (i == len) {
+            *name_len = len;
+            return (int)w;
+        }
+    }
+    return -1;
+}
+
+static PyObject *redacted_path(const char *t, Py_ssize_t n, int redact) {
+    const char *q = redact ? memchr(t, '?', n) : NULL;
+    if (q == NULL) return PyUnicode_DecodeLatin1(t, n, NULL);
+    char small[512];
+    char *out = n <= (Py_ssize_t)sizeof(small) ? small : PyMem_Malloc(n);
+    if (out == NULL) return PyErr_NoMemory();
+    Py_ssize_t o = q - t + 1;
+    memcpy(out, t, o);
+    int in_value = 0;
+    for (Py_ssize_t i = o; i < n; i++) {
+        char c = t[i];
+        if (c == '&') in_value = 0;
+        else if (in_value) continue;
+        else if (c == '=') in_value = 1;
+        out[o++] = c;
+    }
+    PyObject *r = PyUnicode_DecodeLatin1(out, o, NULL);
+    if (out != small) PyMem_Free(out);
+    return r;
+}
+
+/* Start line and wanted headers of head[0:n]; *out = NULL when the start line is not HTTP.
+ * complete=0: the head was cut; only lines ending before the cut are read. Returns -1 on error. */
+static int parse_head(Parser *p, int64_t ts, const char *head, Py_ssize_t n, int complete, Msg **out) {
+    *out = NULL;
+    const char *eolp = find(head, n, "\r\n", 2);
+    if (eolp == NULL) return 0;
+    Py_ssize_t eol = eolp - head;
+    /* head[:eol].split(b" ", 2) */
+    const char *part[3];
+    Py_ssize_t plen[3];
+    int parts = 0;
+    Py_ssize_t i = 0;
+    while (parts < 2) {
+        const char *sp = memchr(head + i, ' ', eol - i);
+        if (sp == NULL) break;
+        part[parts] = head + i;
+        plen[parts++] = sp - (head + i);
+        i = sp - head + 1;
+    }
+    part[parts] = head + i;
+    plen[parts++] = eol - i;
+
+    Msg *m = msg_new(p->is_request, ts);
+    if (m == NULL) return -1;
+    if (p->is_request) {
+        if (parts != 3) goto not_http;
+        int k = known_method(part[0], plen[0]);
+        if (k >= 0) {
+            m->method = Py_NewRef(method_str[k]);
+            m->method_kind = (k == 1) ? M_HEAD : (k == 5) ? M_CONNECT : M_OTHER;
+        } else {
+            if (plen[0] == 0) goto not_http;
+            for (Py_ssize_t j = 0; j < plen[0]; j++)
+                if (!is_tchar((unsigned char)part[0][j])) goto not_http;
+            m->method = PyUnicode_DecodeASCII(part[0], plen[0], NULL);
+            if (m->method == NULL) goto fail;
+        }
+        const char *v = part[2];
+        Py_ssize_t vn = plen[2];
+        if (vn == 8 && memcmp(v, "HTTP/1.1", 8) == 0) m->version = Py_NewRef(http11);
+        else if (vn == 8 && memcmp(v, "HTTP/1.0", 8) == 0) m->version = Py_NewRef(http10);
+        else if (vn >= 5 && memcmp(v, "HTTP/", 5) == 0) {
+            if ((m->version = PyUnicode_DecodeLatin1(v, vn, NULL)) == NULL) goto fail;
+        } else goto not_http;
+        if ((m->path = redacted_path(part[1], plen[1], p->conn->redact)) == NULL) goto fail;
+    } else {
+        if (parts < 2) goto not_http;
+        const char *v = part[0];
+        Py_ssize_t vn = plen[0];
+        if (vn == 8 && memcmp(v, "HTTP/1.1", 8) == 0) m->version = Py_NewRef(http11);
+        else if (vn == 8 && memcmp(v, "HTTP/1.0", 8) == 0) m->version = Py_NewRef(http10);
+        else if (vn >= 5 && memcmp(v, "HTTP/", 5) == 0) {
+            if ((m->version = PyUnicode_DecodeLatin1(v, vn, NULL)) == NULL) goto fail;
+        } else goto not_http;
+        if (plen[1] != 3) goto not_http;
+        int status = 0;
+        for (int j = 0; j < 3; j++) {
+            unsigned char c = (unsigned char)part[1][j];
+            if (c < '0' || c > '9') goto not_http;
+            status = status * 10 + (c - '0');
+        }
+        m->status = status;
+    }
+    Py_ssize_t end = n;
+    if (!complete) {
+        const char *last = NULL;
+        for (const char *s = head; (s = find(s, n - (s - head), "\r\n", 2)) != NULL; s += 2) last = s;
+        end = last - head + 2;
+    }
+    /* Every "\r\n<wanted name>:<value>" in head[eol:end], left to right without overlap, as
+     * re.findall does. */
+    const char *cl_first = NULL;
+    Py_ssize_t cl_first_n = 0;
+    Py_ssize_t at = eol;
+    while (at + 1 < end) {
+        const char *crlf = find(head + at, end - at, "\r\n", 2);
+        if (crlf == NULL) break;
+        Py_ssize_t name = crlf - head + 2, name_len;
+        int w = wanted_at(head + name, end - name, &name_len);
+        if (w < 0) {
+            at = crlf - head + 1;
+            continue;
+        }
+        Py_ssize_t vs = name + name_len + 1, ve = vs;
+        while (ve < end && head[ve] != '\r' && head[ve] != '\n') ve++;
+        at = ve;
+        int o = WANTED[w].out;
+        if (o == -2) {
+            if (!m->cl_present) m->cl_present = 1;
+            content_length(m, head + vs, ve - vs, &cl_first, &cl_first_n);
+        } else if (o == -3) {
+            m->te_present = 1;
+            m->te_chunked = (char)ends_chunked(head + vs, ve - vs);
+            const char *s = head + vs;
+            Py_ssize_t sn = ve - vs;
+            while (sn > 0 && ascii_space((unsigned char)s[0])) s++, sn--;
+            while (sn > 0 && ascii_space((unsigned char)s[sn - 1])) sn--;
+            if (sn == 0) m->te_chunked = 0; /* joined value ends with ", ": not chunked */
+        } else {
+            PyObject *val = header_value(head + vs, ve - vs);
+            if (val == NULL) goto fail;
+            if (m->hdr[o] == NULL) m->hdr[o] = val;
+            else { /* repeats joined with ", ", as RFC 9110 5.3 allows */
+                PyObject *a = PyUnicode_Concat(m->hdr[o], comma_sp);
+                PyObject *b = a ? PyUnicode_Concat(a, val) : NULL;
+                Py_XDECREF(a);
+                Py_DECREF(val);
+                if (b == NULL) goto fail;
+                Py_SETREF(m->hdr[o], b);
+            }
+        }
+    }
+    if (m->cl_present && m->cl >= 0) {
+        if (cl_first_n == 0 || cl_first_n > MAX_DIGITS) m->cl = -1;
+        else {
+            int64_t v = 0;
+            for (Py_ssize_t j = 0; j < cl_first_n; j++) {
+                unsigned char c = (unsigned char)cl_first[j];
+                if (c < '0' || c > '9') {
+                    v = -1;
+                    break;
+                }
+                v = v * 10 + (c - '0');
+            }
+            m->cl = v;
+        }
+    }
+    *out = m;
+    return 0;
+not_http:
+    msg_unref(m);
+    return 0;
+fail:
+    msg_unref(m);
+    return -1;
+}
+
+static int on_request(Conn *c, Msg *m);
+static int on_response(Conn *c, Msg *m, int *method_kind, int *known);
+
+static int p_on_head(Parser *p, Msg *m, int *method_kind, int *known) {
+    *method_kind = M_OTHER;
+    *known = 0;
+    if (p->is_request) return on_request(p->conn, m);
+    return on_response(p->conn, m, method_kind, known);
+}
+
+/* RFC 9112 6.3: how this message's body ends. */
+static int p_frame(Parser *p, Msg *m, int method_kind) {
+    if (!m->is_request) {
+        int status = m->status < 0 ? 0 : m->status;
+        if (status == 101 || (method_kind == M_CONNECT && status >= 200 && status < 300)) {
+            p_end(p);
+            p->state = TUNNEL;
+            return 0;
+        }
+        if (method_kind == M_HEAD || status < 200 || status == 204 || status == 304) {
+            p_end(p);
+            return 0;
+        }
+    }
+    if (m->te_present && m->te_chunked) {
+        p->state = CHUNK_SIZE;
+        return 0;
+    }
+    if (m->cl_present) {
+        if (m->cl < 0) {
+            m->body_bytes = -1;
+            p_end(p);
+            return p_malformed(p);
+        }
+        if (m->cl == 0) {
+            p_end(p);
+            return 0;
+        }
+        p->remaining = m->cl;
+        p->state = BODY;
+        return 0;
+    }
+    if (m->is_request) {
+        p_end(p);
+        return 0;
+    }
+    p->state = UNTIL_CLOSE;
+    return 0;
+}
+
+static int p_start(Parser *p, int64_t ts, const char *head, Py_ssize_t n) {
+    Msg *m;
+    if (parse_head(p, ts, head, n, 1, &m) < 0) return -1;
+    if (m == NULL) return p_malformed(p);
+    m->head_bytes = n;
+    set_msg(p, m);
+    int kind, known, r = p_on_head(p, m, &kind, &known);
+    if (r == 0) r = p_frame(p, m, kind);
+    msg_unref(m);
+    return r;
+}
+
+/* HEAD state; returns the new position or -1 on error. */
+static Py_ssize_t p_head(Parser *p, int64_t ts, const char *d, Py_ssize_t pos, Py_ssize_t end) {
+    if (p->buf.len == 0) {
+        while (pos + 1 < end && d[pos] == '\r' && d[pos + 1] == '\n') pos += 2; /* RFC 9112 2.2 */
+        if (pos >= end) return end;
+        const char *i = find(d + pos, end - pos, "\r\n\r\n", 4);
+        if (i != NULL) {
+            Py_ssize_t stop = i - d + 4;
+            if (p_start(p, ts, d + pos, stop - pos) < 0) return -1;
+            return stop;
+        }
+        p->buf_ts = ts;
+        if (buf_add(&p->buf, d + pos, end - pos) < 0) return -1;
+        if (p->buf.len > MAX_HEAD && p_malformed(p) < 0) return -1;
+        return end;
+    }
+    Py_ssize_t old = p->buf.len;
+    if (buf_add(&p->buf, d + pos, end - pos) < 0) return -1;
+    Py_ssize_t from = old > 3 ? old - 3 : 0;
+    const char *i = find(p->buf.data + from, p->buf.len - from, "\r\n\r\n", 4);
+    if (i == NULL) {
+        if (p->buf.len > MAX_HEAD && p_malformed(p) < 0) return -1;
+        return end;
+    }
+    Py_ssize_t hl = i - p->buf.data + 4;
+    /* the head leaves buf before it is parsed (parsing may clear buf) */
+    char *head = PyMem_Malloc(hl);
+    if (head == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(head, p->buf.data, hl);
+    buf_clear(&p->buf);
+    int r = p_start(p, p->buf_ts, head, hl);
+    PyMem_Free(head);
+    if (r < 0) return -1;
+    return pos + (hl - old);
+}
+
+static int p_pass(Parser *p, int64_t n) {
+    p->remaining -= n;
+    p->msg->body_bytes += n;
+    if (p->remaining == 0) {
+        if (p->state == BODY) p_end(p);
+        else p->state = CHUNK_SIZE;
+    }
+    return 0;
+}
+
+/* strict chunk-size: 1*HEXDIG (RFC 9112 7.1), at most MAX_HEX digits */
+static int64_t parse_hex(const char *s, Py_ssize_t n) {
+    if (n == 0 || n > MAX_HEX) return -1;
+    int64_t v = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int c = lower((unsigned char)s[i]), d;
+        if (c >= '0' && c <= '9') d = c - '0';
+        else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
+        else return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* CHUNK_SIZE / TRAILERS: gather one line, then act on it. */
+static Py_ssize_t p_line(Parser *p, const char *d, Py_ssize_t pos, Py_ssize_t end) {
+    const char *nl = memchr(d + pos, '\n', end - pos);
+    if (nl == NULL) {
+        if (buf_add(&p->buf, d + pos, end - pos) < 0) return -1;
+        p->msg->body_bytes += end - pos;
+        if (p->buf.len > MAX_LINE && p_desync(p) < 0) return -1;
+        return end;
+    }
+    Py_ssize_t i = nl - d;
+    if (buf_add(&p->buf, d + pos, i + 1 - pos) < 0) return -1;
+    p->msg->body_bytes += i + 1 - pos;
+    const char *s = p->buf.data;
+    Py_ssize_t n = p->buf.len;
+    while (n > 0 && ascii_space((unsigned char)s[0])) s++, n--;
+    while (n > 0 && ascii_space((unsigned char)s[n - 1])) n--;
+    if (p->state == TRAILERS) {
+        buf_clear(&p->buf);
+        if (n == 0) p_end(p);
+        return i + 1;
+    }
+    const char *semi = memchr(s, ';', n); /* chunk extensions follow ';' */
+    if (semi != NULL) n = semi - s;
+    while (n > 0 && ascii_space((unsigned char)s[0])) s++, n--;
+    while (n > 0 && ascii_space((unsigned char)s[n - 1])) n--;
+    int64_t size = parse_hex(s, n);
+    buf_clear(&p->buf);
+    if (size < 0) {
+        if (p_malformed(p) < 0) return -1;
+        return end;
+    }
+    if (size == 0) p->state = TRAILERS;
+    else {
+        p->remaining = size + 2; /* the chunk's data and its CRLF */
+        p->state = CHUNK_DATA;
+    }
+    return i + 1;
+}
+
+static int p_cut_head(Parser *p) {
+    Msg *m;
+    Py_ssize_t n = p->buf.len;
+    char *head = PyMem_Malloc(n ? n : 1);
+    if (head == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(head, p->buf.data, n);
+    int r = parse_head(p, p->buf_ts, head, n, 0, &m);
+    PyMem_Free(head);
+    if (r < 0) return -1;
+    buf_clear(&p->buf);
+    if (m == NULL) return p_desync(p);
+    if (count(p->conn, s_truncated) < 0) {
+        msg_unref(m);
+        return -1;
+    }
+    m->truncated = 1;
+    m->head_bytes = -1;
+    m->body_bytes = -1;
+    set_msg(p, m);
+    int kind, known;
+    r = p_on_head(p, m, &kind, &known);
+    int no_body = !p->is_request && (msg_interim(m) || m->status == 204 || m->status == 304 || kind == M_HEAD);
+    msg_unref(m);
+    if (r < 0) return -1;
+    if (no_body) { /* the next head follows the cut one in stream order */
+        p_end(p);
+        p->state = DESYNC;
+        return 0;
+    }
+    return p_desync(p);
+}
+
+/* n bytes passed that we did not see */
+static int p_skip(Parser *p, int64_t n) {
+    while (n > 0) {
+        int s = p->state;
+        if (s == BODY || s == CHUNK_DATA) {
+            int64_t take = p->remaining < n ? p->remaining : n;
+            p_pass(p, take);
+            n -= take;
+        } else if (s == UNTIL_CLOSE) {
+            p->msg->body_bytes += n;
+            return 0;
+        } else if (s == TUNNEL || s == DESYNC) {
+            return 0;
+        } else if (s == HEAD && p->buf.len) {
+            return p_cut_head(p);
+        } else {
+            return p_desync(p);
+        }
+    }
+    return 0;
+}
+
+static int p_feed(Parser *p, int64_t ts, const char *d, Py_ssize_t end, int64_t length) {
+    if (p->state == DESYNC) {
+        int ok = p->is_request ? looks_like_request(d, end) : looks_like_response(d, end);
+        if (end && ok) p->state = HEAD;
+        else return 0;
+    }
+    Py_ssize_t pos = 0;
+    while (pos < end) {
+        int s = p->state;
+        if (s == HEAD) pos = p_head(p, ts, d, pos, end);
+        else if (s == BODY || s == CHUNK_DATA) {
+            int64_t take = p->remaining < end - pos ? p->remaining : end - pos;
+            p_pass(p, take);
+            pos += take;
+        } else if (s == CHUNK_SIZE || s == TRAILERS) pos = p_line(p, d, pos, end);
+        else if (s == UNTIL_CLOSE) {
+            p->msg->body_bytes += end - pos;
+            pos = end;
+        } else break;
+        if (pos < 0) return -1;
+    }
+    if (length > end) return p_skip(p, length - end);
+    return 0;
+}
+
+static int p_close(Parser *p) {
+    int r = 0;
+    if (p->state == UNTIL_CLOSE && p->msg != NULL) p_end(p);
+    else if (p->msg != NULL && !p->msg->done) {
+        p->msg->body_bytes = -1;
+        p_end(p);
+    } else if (p->state == HEAD) {
+        Py_ssize_t i = 0;
+        while (i < p->buf.len && ascii_space((unsigned char)p->buf.data[i])) i++;
+        if (i < p->buf.len) r = p_cut_head(p);
+    }
+    p->state = TUNNEL;
+    return r;
+}
+
+/* --- pairing -------------------------------------------------------------------------------- */
+
+static int on_request(Conn *c, Msg *m) {
+    if (c->x0 + c->xn == c->xcap) {
+        if (c->x0 > 0) { /* slide the live exchanges to the front */
+            memmove(c->xs, c->xs + c->x0, c->xn * sizeof(Exchange));
+            c->x0 = 0;
+        }
+        if (c->xn == c->xcap) {
+            Py_ssize_t cap = c->xcap ? c->xcap * 2 : 4;
+            Exchange *xs = PyMem_Realloc(c->xs, cap * sizeof(Exchange));
+            if (xs == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            c->xs = xs;
+            c->xcap = cap;
+        }
+    }
+    Exchange *x = &c->xs[c->x0 + c->xn++];
+    x->request = m;
+    m->refs++;
+    x->response = NULL;
+    x->interim_bytes = 0;
+    return 0;
+}
+
+static int on_response(Conn *c, Msg *m, int *method_kind, int *known) {
+    Exchange *x = NULL;
+    for (Py_ssize_t i = 0; i < c->xn; i++)
+        if (c->xs[c->x0 + i].response == NULL) {
+            x = &c->xs[c->x0 + i];
+            break;
+        }
+    if (x == NULL) return count(c, s_orphan); /* recording started mid-connection, or a lost request */
+    *known = 1;
+    *method_kind = x->request->method_kind;
+    if (msg_interim(m) && m->status != 101) { /* 101 is final: the tunnel follows */
+        x->interim_bytes = (x->interim_bytes < 0 || m->head_bytes < 0) ? -1 : x->interim_bytes + m->head_bytes;
+        return 0;
+    }
+    x->response = m;
+    m->refs++;
+    if (m->status == 101 || (*method_kind == M_CONNECT && m->status >= 200 && m->status < 300))
+        p_enter_tunnel(&c->req);
+    return 0;
+}
+
+static PyObject *int_or_none(int64_t v) { return v < 0 ? Py_NewRef(Py_None) : PyLong_FromLongLong(v); }
+
+static PyObject *obj_or_none(PyObject *o) { return Py_NewRef(o ? o : Py_None); }
+
+/* One row tuple in http_pairing.EXCHANGE_FIELDS order. */
+static PyObject *row(Conn *c, Exchange *x) {
+    Msg *q = x->request, *r = x->response;
+    PyObject *t = PyTuple_New(13);
+    if (t == NULL) return NULL;
+    int64_t size = (r == NULL || !r->done) ? -1 : msg_size(r);
+    int64_t resp_bytes = (size < 0 || x->interim_bytes < 0) ? -1 : size + x->interim_bytes;
+    PyObject *v[13];
+    v[0] = PyLong_FromLongLong(q->ts);
+    v[1] = r ? PyLong_FromLongLong(r->ts) : Py_NewRef(Py_None);
+    v[2] = r ? PyLong_FromLongLong(r->ts - q->ts) : Py_NewRef(Py_None);
+    v[3] = obj_or_none(q->version);
+    v[4] = obj_or_none(q->method);
+    v[5] = obj_or_none(q->path ? q->path : empty_str);
+    v[6] = (r && r->status >= 0) ? PyLong_FromLong(r->status) : Py_NewRef(Py_None);
+    v[7] = q->done ? int_or_none(msg_size(q)) : Py_NewRef(Py_None);
+    v[8] = int_or_none(resp_bytes);
+    v[9] = obj_or_none((c->allow & (1 << H_HOST)) ? q->hdr[H_HOST] : NULL);
+    v[10] = obj_or_none((c->allow & (1 << H_TRACEPARENT)) ? q->hdr[H_TRACEPARENT] : NULL);
+    v[11] = obj_or_none((c->allow & (1 << H_USER_AGENT)) ? q->hdr[H_USER_AGENT] : NULL);
+    v[12] = obj_or_none((r && (c->allow & (1 << H_CONTENT_TYPE))) ? r->hdr[H_CONTENT_TYPE] : NULL);
+    int bad = 0;
+    for (int i = 0; i < 13; i++) {
+        if (v[i] == NULL) bad = 1;
+        PyTuple_SET_ITEM(t, i, v[i] ? v[i] : Py_NewRef(Py_None));
+    }
+    if (bad) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    return t;
+}
+
+static void drop_front(Conn *c) {
+    Exchange *x = &c->xs[c->x0];
+    msg_unref(x->request);
+    msg_unref(x->response);
+    c->x0++;
+    c->xn--;
+    if (c->xn == 0) c->x0 = 0;
+}
+
+static int ready(Conn *c, PyObject *rows) {
+    while (c->xn) {
+        Exchange *x = &c->xs[c->x0];
+        if (!(x->request->done && x->response != NULL && x->response->done) && c->xn <= MAX_PENDING) break;
+        PyObject *t = row(c, x);
+        if (t == NULL) return -1;
+        int r = PyList_Append(rows, t);
+        Py_DECREF(t);
+        if (r < 0) return -1;
+        drop_front(c);
+    }
+    return 0;
+}
+
+/* --- the Python type ------------------------------------------------------------------------ */
+
+static int Conn_init(Conn *c, PyObject *args, PyObject *kw) {
+    static char *names[] = {"stats", "redact", "allow", NULL};
+    PyObject *stats = Py_None;
+    int redact = 1, allow = (1 << N_OUT_HEADERS) - 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "|Opi", names, &stats, &redact, &allow)) return -1;
+    Py_XSETREF(c->stats, Py_NewRef(stats));
+    c->redact = (char)redact;
+    c->allow = allow;
+    return 0;
+}
+
+static void Conn_dealloc(Conn *c) {
+    for (Py_ssize_t i = 0; i < c->xn; i++) {
+        msg_unref(c->xs[c->x0 + i].request);
+        msg_unref(c->xs[c->x0 + i].response);
+    }
+    PyMem_Free(c->xs);
+    Parser *ps[2] = {&c->req, &c->resp};
+    for (int i = 0; i < 2; i++) {
+        msg_unref(ps[i]->msg);
+        PyMem_Free(ps[i]->buf.data);
+    }
+    Py_XDECREF(c->stats);
+    Py_TYPE(c)->tp_free((PyObject *)c);
+}
+
+/* feed_tuples(ts_ns, data, from_client, length=None) -> list of row tuples */
+static PyObject *Conn_feed(Conn *c, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs < 3 || nargs > 4) {
+        PyErr_SetString(PyExc_TypeError, "feed_tuples(ts_ns, data, from_client, length=None)");
+        return NULL;
+    }
+    int64_t ts = PyLong_AsLongLong(args[0]);
+    if (ts == -1 && PyErr_Occurred()) return NULL;
+    int from_client = PyObject_IsTrue(args[2]);
+    if (from_client < 0) return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0) return NULL;
+    int64_t length = view.len;
+    if (nargs == 4 && args[3] != Py_None) {
+        length = PyLong_AsLongLong(args[3]);
+        if (length == -1 && PyErr_Occurred()) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+    }
+    PyObject *rows = PyList_New(0);
+    if (rows == NULL) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    const unsigned char *d = view.buf;
+    if (c->fresh && view.len) {
+        c->fresh = 0;
+        if (is_http2(d, view.len, from_client)) { /* ALPN h2 or prior knowledge: a note, not a loss */
+            p_enter_tunnel(&c->req);
+            p_enter_tunnel(&c->resp);
+            PyBuffer_Release(&view);
+            if (count(c, s_http2) < 0) {
+                Py_DECREF(rows);
+                return NULL;
+            }
+            return rows;
+        }
+    }
+    int r = p_feed(from_client ? &c->req : &c->resp, ts, (const char *)d, view.len, length);
+    PyBuffer_Release(&view);
+    if (r < 0 || ready(c, rows) < 0) {
+        Py_DECREF(rows);
+        return NULL;
+    }
+    return rows;
+}
+
+/* close_tuples(ts_ns) -> every pending exchange as a row tuple */
+static PyObject *Conn_close(Conn *c, PyObject *arg) {
+    PyObject *rows = PyList_New(0);
+    if (rows == NULL || c->closed) return rows;
+    c->closed = 1;
+    if (p_close(&c->req) < 0 || p_close(&c->resp) < 0) goto fail;
+    while (c->xn) {
+        PyObject *t = row(c, &c->xs[c->x0]);
+        if (t == NULL || PyList_Append(rows, t) < 0) {
+            Py_XDECREF(t);
+            goto fail;
+        }
+        Py_DECREF(t);
+        drop_front(c);
+    }
+    return rows;
+fail:
+    Py_DECREF(rows);
+    return NULL;
+}
+
+/* body_remaining(from_client) -> bytes of a Content-Length body still to pass, else 0 */
+static PyObject *Conn_body_remaining(Conn *c, PyObject *arg) {
+    int from_client = PyObject_IsTrue(arg);
+    if (from_client < 0) return NULL;
+    Parser *p = from_client ? &c->req : &c->resp;
+    return PyLong_FromLongLong(p->state == BODY ? p->remaining : 0);
+}
+
+static PyMethodDef Conn_methods[] = {
+    {"feed_tuples", (PyCFunction)(void (*)(void))Conn_feed, METH_FASTCALL, "One segment of one direction, in stream order."},
+    {"close_tuples", (PyCFunction)Conn_close, METH_O, "The connection ended: every pending exchange."},
+    {"body_remaining", (PyCFunction)Conn_body_remaining, METH_O, "Bytes of a Content-Length body still to pass."},
+    {NULL},
+};
+
+static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
+    Conn *c = (Conn *)type->tp_alloc(type, 0); /* zeroed: a usable connection even before __init__ */
+    if (c == NULL) return NULL;
+    c->stats = Py_NewRef(Py_None);
+    c->redact = 1;
+    c->allow = (1 << N_OUT_HEADERS) - 1;
+    c->fresh = 1;
+    c->req.is_request = 1;
+    c->req.conn = c->resp.conn = c;
+    return (PyObject *)c;
+}
+
+static PyTypeObject ConnType = {
+    .ob_base = PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "flowtape.capture._http1.Http1Connection",
+    .tp_basicsize = sizeof(Conn),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Both directions of one HTTP/1.x connection (compiled twin of http_pairing.HttpConnection).",
+    .tp_new = Conn_new,
+    .tp_init = (initproc)Conn_init,
+    .tp_dealloc = (destructor)Conn_dealloc,
+    .tp_methods = Conn_methods,
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_http1", "Compiled HTTP/1.x connection decoder.", -1, NULL};
+
+static PyObject *intern(const char *s) { return PyUnicode_InternFromString(s); }
+
+PyMODINIT_FUNC PyInit__http1(void) {
+    if (PyType_Ready(&ConnType) < 0) return NULL;
+    for (size_t i = 0; i < N_METHODS; i++)
+        if ((method_str[i] = intern(KNOWN_METHODS[i])) == NULL) return NULL;
+    if (!(http11 = intern("HTTP/1.1")) || !(http10 = intern("HTTP/1.0")) || !(empty_str = intern("")) ||
+        !(comma_sp = intern(", ")) || !(s_add = intern("add")) || !(s_malformed = intern("http_malformed")) ||
+        !(s_desync = intern("http_desync")) || !(s_truncated = intern("http_truncated_heads")) ||
+        !(s_orphan = intern("http_orphan_responses")) || !(s_http2 = intern("http2_connections")))
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Http1Connection", (PyObject *)&ConnType) < 0 ||
+        PyModule_AddIntConstant(m, "MAX_PENDING", MAX_PENDING) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -849,6 +849,20 @@ static void Conn_dealloc(Conn *c) {
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
+/* One segment of one direction; the exchanges it ended are appended to rows. */
+static int conn_feed(Conn *c, int64_t ts, const unsigned char *d, Py_ssize_t n, int from_client, int64_t length, PyObject *rows) {
+    if (c->fresh && n) {
+        c->fresh = 0;
+        if (is_http2(d, n, from_client)) { /* ALPN h2 or prior knowledge: a note, not a loss */
+            p_enter_tunnel(&c->req);
+            p_enter_tunnel(&c->resp);
+            return count(c, s_http2);
+        }
+    }
+    if (p_feed(from_client ? &c->req : &c->resp, ts, (const char *)d, n, length) < 0) return -1;
+    return ready(c, rows);
+}
+
 /* feed_tuples(ts_ns, data, from_client, length=None) -> list of row tuples */
 static PyObject *Conn_feed(Conn *c, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 3 || nargs > 4) {
@@ -870,30 +884,8 @@ static PyObject *Conn_feed(Conn *c, PyObject *const *args, Py_ssize_t nargs) {
         }
     }
     PyObject *rows = PyList_New(0);
-    if (rows == NULL) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    const unsigned char *d = view.buf;
-    if (c->fresh && view.len) {
-        c->fresh = 0;
-        if (is_http2(d, view.len, from_client)) { /* ALPN h2 or prior knowledge: a note, not a loss */
-            p_enter_tunnel(&c->req);
-            p_enter_tunnel(&c->resp);
-            PyBuffer_Release(&view);
-            if (count(c, s_http2) < 0) {
-                Py_DECREF(rows);
-                return NULL;
-            }
-            return rows;
-        }
-    }
-    int r = p_feed(from_client ? &c->req : &c->resp, ts, (const char *)d, view.len, length);
+    if (rows != NULL && conn_feed(c, ts, view.buf, view.len, from_client, length, rows) < 0) Py_CLEAR(rows);
     PyBuffer_Release(&view);
-    if (r < 0 || ready(c, rows) < 0) {
-        Py_DECREF(rows);
-        return NULL;
-    }
     return rows;
 }
 
@@ -957,7 +949,193 @@ static PyTypeObject ConnType = {
     .tp_methods = Conn_methods,
 };
 
-static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_http1", "Compiled HTTP/1.x connection decoder.", -1, NULL};
+/* --- the recorder's loop over ring-buffer records (capture/l7.py L7Decoder.feed_batch) -------- */
+
+static PyObject *a_dns, *a_dirs, *a_next, *a_held, *a_skip_to, *a_http, *a_key, *a_last_ts, *s_http_table;
+
+#define SEQ_MASK 0xFFFFFFFFull
+
+typedef struct {
+    Py_ssize_t kind, ts, length, seq, cap, saddr, daddr, sport, dport, from_client, data;
+    int http_kind;
+} Layout;
+
+static int read_layout(PyObject *t, Layout *l) {
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 12) {
+        PyErr_SetString(PyExc_TypeError, "layout: a tuple of 12 ints");
+        return -1;
+    }
+    Py_ssize_t v[12];
+    for (int i = 0; i < 12; i++) {
+        v[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, i));
+        if (v[i] < 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "layout: negative offset");
+            return -1;
+        }
+    }
+    *l = (Layout){v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], (int)v[11]};
+    return 0;
+}
+
+static uint64_t rd64(const char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+static uint32_t rd32(const char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint16_t rd16(const char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+
+/* 1: fast path taken; 0: not for us (Python's _feed_one takes the record); -1: error.
+ * *skip_flow is set (new ref) when a long Content-Length body now follows in this direction. */
+static int fast_record(PyObject *raw, const Layout *l, PyObject *flows, int64_t offset, int64_t *last_ts,
+                       PyObject *append, int64_t grace, int64_t skip_min, PyObject **skip_flow, int *skip_dir) {
+    if (!PyBytes_CheckExact(raw)) return 0;
+    const char *b = PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    if (n < l->data || (unsigned char)b[l->kind] != l->http_kind) return 0;
+    int64_t ts = (int64_t)rd64(b + l->ts);
+    uint32_t length = rd32(b + l->length), seq = rd32(b + l->seq);
+    Py_ssize_t cap = rd16(b + l->cap);
+    unsigned char side = (unsigned char)b[l->from_client];
+    int from_client = side == 1;
+    if (cap > n - l->data || side > 1) return 0; /* not as the kernel writes them: the Python path decides */
+    uint16_t sport = rd16(b + l->sport), dport = rd16(b + l->dport);
+    PyObject *src = PyBytes_FromStringAndSize(b + l->saddr, 16), *dst = PyBytes_FromStringAndSize(b + l->daddr, 16);
+    PyObject *sp = PyLong_FromLong(sport), *dp = PyLong_FromLong(dport);
+    PyObject *key = (src && dst && sp && dp) ? (from_client ? PyTuple_Pack(4, src, sp, dst, dp) : PyTuple_Pack(4, dst, dp, src, sp)) : NULL;
+    Py_XDECREF(src);
+    Py_XDECREF(dst);
+    Py_XDECREF(sp);
+    Py_XDECREF(dp);
+    if (key == NULL) return -1;
+    PyObject *flow = PyDict_GetItemWithError(flows, key); /* borrowed */
+    Py_DECREF(key);
+    if (flow == NULL) return PyErr_Occurred() ? -1 : 0;
+    Py_INCREF(flow);
+    int r = 0;
+    PyObject *dns = NULL, *dirs = NULL, *dirn = NULL, *next = NULL, *held = NULL, *skip_to = NULL, *http = NULL, *fkey = NULL, *rows = NULL;
+    if ((dns = PyObject_GetAttr(flow, a_dns)) == NULL) goto error;
+    if (dns != Py_False) goto out; /* a DNS-over-TCP flow */
+    if ((dirs = PyObject_GetAttr(flow, a_dirs)) == NULL) goto error;
+    if (!PyTuple_Check(dirs) || PyTuple_GET_SIZE(dirs) != 2) goto out;
+    dirn = Py_NewRef(PyTuple_GET_ITEM(dirs, from_client));
+    if ((next = PyObject_GetAttr(dirn, a_next)) == NULL) goto error;
+    if (!PyLong_Check(next) || PyLong_AsUnsignedLongLongMask(next) != seq) goto out;
+    if ((held = PyObject_GetAttr(dirn, a_held)) == NULL) goto error;
+    if (!PyDict_Check(held) || PyDict_GET_SIZE(held) != 0) goto out;
+    if ((skip_to = PyObject_GetAttr(dirn, a_skip_to)) == NULL) goto error;
+    if (skip_to != Py_None) goto out;
+    if ((http = PyObject_GetAttr(flow, a_http)) == NULL) goto error;
+    if (!PyObject_TypeCheck(http, &ConnType)) goto out; /* the Python decoder: the Python path */
+    /* the in-order case of _Direction.push */
+    if (ts > *last_ts) *last_ts = ts;
+    PyObject *v = PyLong_FromLongLong(ts);
+    if (v == NULL || PyObject_SetAttr(flow, a_last_ts, v) < 0) {
+        Py_XDECREF(v);
+        goto error;
+    }
+    Py_DECREF(v);
+    v = PyLong_FromUnsignedLongLong(((uint64_t)seq + length) & SEQ_MASK);
+    if (v == NULL || PyObject_SetAttr(dirn, a_next, v) < 0) {
+        Py_XDECREF(v);
+        goto error;
+    }
+    Py_DECREF(v);
+    Conn *c = (Conn *)http;
+    r = 1;
+    if ((rows = PyList_New(0)) == NULL) goto error;
+    if (conn_feed(c, ts + offset, (const unsigned char *)b + l->data, cap, from_client, length, rows) < 0) goto error;
+    if (PyList_GET_SIZE(rows)) {
+        if ((fkey = PyObject_GetAttr(flow, a_key)) == NULL) goto error;
+        PyObject *when = PyLong_FromLongLong(*last_ts + grace);
+        if (when == NULL) goto error;
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rows); i++) {
+            PyObject *item = PyTuple_Pack(4, when, s_http_table, fkey, PyList_GET_ITEM(rows, i));
+            PyObject *res = item ? PyObject_CallOneArg(append, item) : NULL;
+            Py_XDECREF(item);
+            if (res == NULL) {
+                Py_DECREF(when);
+                goto error;
+            }
+            Py_DECREF(res);
+        }
+        Py_DECREF(when);
+    }
+    Parser *p = from_client ? &c->req : &c->resp;
+    if (skip_min >= 0 && p->state == BODY && p->remaining > skip_min) {
+        *skip_flow = Py_NewRef(flow);
+        *skip_dir = from_client;
+    }
+    goto out;
+error:
+    r = -1;
+out:
+    Py_XDECREF(dns);
+    Py_XDECREF(dirs);
+    Py_XDECREF(dirn);
+    Py_XDECREF(next);
+    Py_XDECREF(held);
+    Py_XDECREF(skip_to);
+    Py_XDECREF(http);
+    Py_XDECREF(fkey);
+    Py_XDECREF(rows);
+    Py_DECREF(flow);
+    return r;
+}
+
+/* feed_http(raws, start, layout, flows, offset_ns, last_ts, pending_append, grace_ns, skip_min)
+ *   -> (index, last_ts, skip_flow, skip_from_client)
+ * Takes raws[start:] while they are HTTP segments continuing, in order with nothing held, a
+ * flow of `flows` whose decoder is an Http1Connection: exactly what L7Decoder._feed_one does
+ * for them, without a Python call per record. Stops at the first other record (index: it is
+ * the caller's), or after a record that starts a long body (skip_flow: the caller asks the
+ * kernel to skip it, then calls again from index). skip_min < 0: no body skipping. */
+static PyObject *feed_http(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "feed_http takes 9 arguments");
+        return NULL;
+    }
+    PyObject *raws = args[0], *flows = args[3], *append = args[6];
+    if (!PyList_Check(raws) && !PyTuple_Check(raws)) {
+        PyErr_SetString(PyExc_TypeError, "feed_http: raws must be a list or tuple");
+        return NULL;
+    }
+    if (!PyDict_Check(flows)) {
+        PyErr_SetString(PyExc_TypeError, "feed_http: flows must be a dict");
+        return NULL;
+    }
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
+    if (i == -1 && PyErr_Occurred()) return NULL;
+    Layout l;
+    if (read_layout(args[2], &l) < 0) return NULL;
+    int64_t offset = PyLong_AsLongLong(args[4]), last_ts = PyLong_AsLongLong(args[5]);
+    int64_t grace = PyLong_AsLongLong(args[7]), skip_min = PyLong_AsLongLong(args[8]);
+    if (PyErr_Occurred()) return NULL;
+    PyObject *seq = PySequence_Fast(raws, "raws");
+    if (seq == NULL) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *skip_flow = NULL;
+    int skip_dir = 0;
+    for (; i < n; i++) {
+        int r = fast_record(PySequence_Fast_GET_ITEM(seq, i), &l, flows, offset, &last_ts, append, grace, skip_min, &skip_flow, &skip_dir);
+        if (r < 0) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+        if (r == 0) break;
+        if (skip_flow != NULL) {
+            i++;
+            break;
+        }
+    }
+    Py_DECREF(seq);
+    PyObject *out = Py_BuildValue("(nLOO)", i, (long long)last_ts, skip_flow ? skip_flow : Py_None, skip_dir ? Py_True : Py_False);
+    Py_XDECREF(skip_flow);
+    return out;
+}
+
+static PyMethodDef module_methods[] = {
+    {"feed_http", (PyCFunction)(void (*)(void))feed_http, METH_FASTCALL, "L7Decoder.feed_batch's loop over in-order HTTP segments."},
+    {NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_http1", "Compiled HTTP/1.x connection decoder.", -1, module_methods};
 
 static PyObject *intern(const char *s) { return PyUnicode_InternFromString(s); }
 
@@ -968,7 +1146,10 @@ PyMODINIT_FUNC PyInit__http1(void) {
     if (!(http11 = intern("HTTP/1.1")) || !(http10 = intern("HTTP/1.0")) || !(empty_str = intern("")) ||
         !(comma_sp = intern(", ")) || !(s_add = intern("add")) || !(s_malformed = intern("http_malformed")) ||
         !(s_desync = intern("http_desync")) || !(s_truncated = intern("http_truncated_heads")) ||
-        !(s_orphan = intern("http_orphan_responses")) || !(s_http2 = intern("http2_connections")))
+        !(s_orphan = intern("http_orphan_responses")) || !(s_http2 = intern("http2_connections")) ||
+        !(a_dns = intern("dns")) || !(a_dirs = intern("dirs")) || !(a_next = intern("next")) || !(a_held = intern("held")) ||
+        !(a_skip_to = intern("skip_to")) || !(a_http = intern("http")) || !(a_key = intern("key")) ||
+        !(a_last_ts = intern("last_ts")) || !(s_http_table = intern("http")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

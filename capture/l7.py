@@ -1,10 +1,13 @@
 """The L7 probe: DNS, HTTP/1.x (plain and TLS plaintext) and TLS ClientHellos from bpf/l7.c.
 
-    bpf/l7.c (tcx + OpenSSL uprobes) --ring buffer--> L7Decoder.feed(raw)
+    bpf/l7.c (tcx + OpenSSL uprobes) --ring buffer--> L7Decoder.feed_batch(records)
         DNS  -> DnsPairer                      -> dns rows
-        HTTP -> per-flow segment ordering -> HttpConnection -> http rows (one per local side)
+        HTTP -> per-flow segment ordering -> HTTP/1 decoder -> http rows (one per local side)
         TLS  -> ClientHelloReader               -> tls rows
-        SSL  -> per (pid, SSL*) stream    -> HttpConnection -> http rows (tls=true)
+        SSL  -> per (pid, SSL*) stream    -> HTTP/1 decoder -> http rows (tls=true)
+
+The HTTP/1 decoder is capture/_http1.c when it was built, else http_pairing.HttpConnection
+(the same, in Python: see http_pairing.new_connection).
 
 `L7Decoder` is the pure part: it takes raw event records (bytes laid out as struct l7_event)
 and the connections probe's endpoints (`capture.connections.Conn`), so it is tested with
@@ -43,7 +46,7 @@ from .decode_http import looks_like_request, looks_like_response
 from .decode_stats import DecodeStats
 from .decode_tls import ClientHelloReader, tls_row
 from .dns_pairing import DnsPairer
-from .http_pairing import Redaction, is_http2, new_connection
+from .http_pairing import _http1, Redaction, decoder_in_use, is_http2, new_connection
 from .l7_rows import HttpRows
 
 # struct l7_event kinds (bpf/events.h)
@@ -76,14 +79,16 @@ SEQ_MOD = 1 << 32
 
 class HeaderDecoder:
     """struct l7_event's header (everything before data[]) from the C declaration, via bcc's
-    ctypes class: one struct.Struct that yields FIELDS (in C order; fields not listed are skipped
-    as padding), so the hot path unpacks straight into locals."""
+    ctypes class: one struct.Struct that yields FIELDS (in C order; fields not listed are
+    skipped as padding), so the hot path unpacks straight into locals; and `layout`, where
+    capture/_http1.c's feed_http finds TCP_FIELDS (None if their sizes are not the expected)."""
 
     FIELDS = ("ts_ns", "skaddr", "ssl", "length", "seq", "pid", "cap_len", "family",
               "saddr", "daddr", "sport", "dport", "kind", "tcp_flags", "from_client", "comm")
+    TCP_FIELDS = ("ts_ns", "length", "seq", "cap_len", "saddr", "daddr", "sport", "dport", "from_client")
 
     def __init__(self, event_class: type):
-        layout = []  # (offset, size, format code, name)
+        by_name = {}  # name -> (offset, size, format code)
         for name, ctype in event_class._fields_:
             if name == "data":
                 break
@@ -93,21 +98,29 @@ class HeaderDecoder:
             else:
                 code = {1: "b", 2: "h", 4: "i", 8: "q"}[size]
                 code = code if ctype._type_.islower() else code.upper()
-            layout.append((off, size, code, name))
-        by_name = {name: (off, size, code) for off, size, code, name in layout}
+            by_name[name] = (off, size, code)
         missing = [n for n in self.FIELDS if n not in by_name]
         if missing:
             raise ValueError(f"struct l7_event has no field {missing[0]!r} (bpf/events.h and capture/l7.py disagree)")
-        # struct.Struct reads left to right, so FIELDS must follow the C order
-        if sorted(self.FIELDS, key=lambda n: by_name[n][0]) != list(self.FIELDS):
-            raise ValueError("struct l7_event's fields are not in HeaderDecoder.FIELDS order (bpf/events.h and capture/l7.py disagree)")
         self.data_offset = event_class.data.offset
+        self.kind_offset = by_name["kind"][0]
+        self.struct = self._struct(by_name, self.FIELDS)
+        # capture/_http1.c's feed_http reads these fields itself, at these offsets and sizes
+        sizes = {n: by_name[n][1] for n in self.TCP_FIELDS}
+        self.layout = (self.kind_offset, *(by_name[n][0] for n in self.TCP_FIELDS), self.data_offset, HTTP) \
+            if sizes == dict(zip(self.TCP_FIELDS, (8, 4, 4, 2, 16, 16, 2, 2, 1))) and by_name["kind"][1] == 1 else None
+
+    @staticmethod
+    def _struct(by_name: dict[str, tuple[int, int, str]], fields: tuple[str, ...]) -> struct.Struct:
+        # struct.Struct reads left to right, so the fields must follow the C order
+        if sorted(fields, key=lambda n: by_name[n][0]) != list(fields):
+            raise ValueError("struct l7_event's fields are not in HeaderDecoder's order (bpf/events.h and capture/l7.py disagree)")
         fmt, pos = "<", 0
-        for n in self.FIELDS:
+        for n in fields:
             off, size, code = by_name[n]
             fmt += (f"{off - pos}x" if off > pos else "") + code
             pos = off + size
-        self.struct = struct.Struct(fmt)
+        return struct.Struct(fmt)
 
 
 def c_header_class() -> type:
@@ -290,6 +303,8 @@ class L7Decoder:
         self._ip = ebpf.IpText()
         self._unpack = self.header.struct.unpack_from
         self._data_offset = self.header.data_offset
+        self._layout = self.header.layout
+        self._fast_http = _http1.feed_http if decoder_in_use() == "c" and self._layout is not None else None
         self._comm = ebpf.CommText()
 
     # --- endpoints from the connections probe -------------------------------------------
@@ -333,8 +348,33 @@ class L7Decoder:
     # --- input ----------------------------------------------------------------------------
 
     def feed(self, raw: bytes) -> None:
-        """One ring-buffer record (the recorder's hottest path: locals, no per-event text for TCP)."""
-        self.events += 1
+        """One ring-buffer record."""
+        self.feed_batch((raw,))
+
+    def feed_batch(self, raws: list[bytes] | tuple[bytes, ...]) -> None:
+        """Ring-buffer records in arrival order: the recorder's hottest loop.
+
+        HTTP segments that continue their direction of a followed flow, in order with nothing
+        held (nearly all of them), are taken by capture/_http1.c's feed_http: the same steps as
+        _feed_one's in-order branch, without a Python call per record. It reads and sets
+        _TcpFlow.{dns,dirs,http,key,last_ts} and _Direction.{next,held,skip_to} by name (keep
+        them). It stops at the first record it does not take, which _feed_one does."""
+        self.events += len(raws)
+        fast = self._fast_http
+        i, n = 0, len(raws)
+        while i < n:
+            if fast is not None:
+                i, self.last_ts, flow, from_client = fast(raws, i, self._layout, self.flows_raw, self.offset, self.last_ts,
+                                                          self.pending.append, ROW_GRACE_NS, SKIP_BODY_MIN if self.skip_body else -1)
+                if flow is not None:  # the record before i started a long body
+                    self._skip_long_body(flow, from_client)
+                    continue
+                if i >= n:
+                    break
+            self._feed_one(raws[i])
+            i += 1
+
+    def _feed_one(self, raw: bytes) -> None:
         (ts, skaddr, ssl, length, seq, pid, cap, family, saddr, daddr, sport, dport, kind, tcp_flags, from_client,
          comm) = self._unpack(raw)
         if ts > self.last_ts:
@@ -402,14 +442,19 @@ class L7Decoder:
             for row in http.feed_tuples(wall, data, from_client, length):
                 self._pend("http", flow.key, row)
         if self.skip_body is not None:
-            remaining = http.body_remaining(from_client)
-            dirn = flow.dirs[from_client]
-            if remaining > SKIP_BODY_MIN and dirn.skip_to is None and dirn.next is not None:
-                # A long Content-Length body follows: ask the kernel not to send its segments.
-                end = (dirn.next + remaining) % SEQ_MOD
-                if self.skip_body(flow.family, flow.raw_key, from_client, end):
-                    dirn.skip_to = end
-                    self.stats.add("http_bodies_skipped_in_kernel")
+            self._skip_long_body(flow, from_client)
+
+    def _skip_long_body(self, flow: _TcpFlow, from_client: bool) -> None:
+        """A long Content-Length body follows in this direction: ask the kernel not to send its segments."""
+        remaining = flow.http.body_remaining(from_client)
+        if remaining <= SKIP_BODY_MIN:
+            return
+        dirn = flow.dirs[from_client]
+        if dirn.skip_to is None and dirn.next is not None:
+            end = (dirn.next + remaining) % SEQ_MOD
+            if self.skip_body is not None and self.skip_body(flow.family, flow.raw_key, from_client, end):
+                dirn.skip_to = end
+                self.stats.add("http_bodies_skipped_in_kernel")
 
     def _end_flow(self, flow: _TcpFlow, ts: int) -> None:
         self.flows.pop(flow.key, None)
@@ -612,7 +657,7 @@ class L7Probe:
     _defines: dict[str, Any] = field(default_factory=dict)
     _libs: list[str] = field(default_factory=list)
     _ring: Any = None  # ringbuf.open_ring's reader
-    _on_raw: Any = None
+    _on_batch: Any = None
 
     def check(self) -> None:
         from ..errors import UsageError
@@ -695,20 +740,21 @@ class L7Probe:
                 pass
         return self.attach()
 
-    def open(self, on_raw: Callable[[bytes], None]) -> type:
-        """Open the ring buffer; returns bcc's ctypes class of struct l7_event (for the decoder)."""
+    def open(self, on_batch: Callable[[list[bytes]], None]) -> type:
+        """Open the ring buffer; records reach `on_batch` a read at a time. Returns bcc's ctypes
+        class of struct l7_event (for the decoder)."""
         from bcc import table as bcc_table  # type: ignore[import-not-found]
 
         self._ring = ringbuf.open_ring(self.bpf, b"ft_l7_events", self.ringbuf_pages)
-        self._on_raw = on_raw
+        self._on_batch = on_batch
         return bcc_table._get_event_class(self.bpf[b"ft_l7_events"])
 
     def poll(self, timeout_ms: int) -> None:
         if timeout_ms > 0:  # the kernel writes without waking us (BPF_RB_NO_WAKEUP): read in batches
             time.sleep(timeout_ms / 1000)
-        on_raw = self._on_raw
-        for raw in self._ring.read():
-            on_raw(raw)
+        batch = self._ring.read()
+        if batch:
+            self._on_batch(batch)
 
     def skip_body(self, family: int, raw_key: tuple, from_client: bool, skip_end: int) -> bool:
         """Tell the kernel that one direction of an HTTP flow is body up to `skip_end` (a TCP

@@ -194,7 +194,7 @@ class Recorder:
             probe.check()
             probe.load()
             probe.attach()
-            event_class = probe.open(self._on_l7_event)
+            event_class = probe.open(self._on_l7_batch)
             self.l7 = probe
             self.l7dec = L7Decoder(w.node, self._offset, redaction=redaction, event_class=event_class)
             self.l7dec.skip_body = probe.skip_body
@@ -240,10 +240,10 @@ class Recorder:
             if c is not None and c.local_port:
                 self.l7dec.add_endpoint(c)
 
-    def _on_l7_event(self, raw: bytes) -> None:
-        self.events += 1
+    def _on_l7_batch(self, raws: list[bytes]) -> None:
+        self.events += len(raws)
         if self.l7dec is not None:
-            self.l7dec.feed(raw)
+            self.l7dec.feed_batch(raws)
 
     def _l7_rows(self, final: bool = False) -> None:
         w = self.writer

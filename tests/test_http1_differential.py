@@ -146,6 +146,30 @@ for i in range({n}):
     if py != c or +ps.counts != +cs.counts:
         print("MISMATCH", i, steps)
         sys.exit(3)
+# the compiled record loop (feed_http) too, through L7Decoder
+import flowtape.capture.http_pairing as hp, flowtape.capture.l7 as l7m
+hp._http1 = l7m._http1 = _http1_asan
+from test_l7_fast_path import flows_records
+from flowtape.capture.l7 import L7Decoder
+def decode(records, endpoints, fast):
+    dec = L7Decoder("n", 0)
+    assert dec._fast_http is _http1_asan.feed_http
+    if not fast:
+        dec._fast_http = None
+    dec.skip_body = lambda *a: True
+    for e in endpoints:
+        dec.add_endpoint(e)
+    rows = []
+    for j in range(0, len(records), 20):
+        dec.feed_batch(records[j : j + 20])
+        rows += list(dec.take_rows(dec.last_ts)["http"])
+    rows += list(dec.take_rows(dec.last_ts + 10**10, final=True)["http"])
+    return rows, +dec.stats.counts
+for i in range({n} // 10):
+    records, endpoints = flows_records(rng, 4)
+    if decode(records, endpoints, True) != decode(records, endpoints, False):
+        print("MISMATCH in feed_http", i)
+        sys.exit(3)
 print("ok", {n})
 """
 

@@ -122,6 +122,7 @@ def replay(inputs: dict) -> dict:
             rec.tracker = ConnectionTracker("replay", lambda t: t + offset)
             rec.l7dec = L7Decoder("replay", offset, redaction=Redaction.from_settings(False, None))
             rec.l7dec.live_source = open_endpoints
+            recorder_module.tune_gc()  # as Recorder._start_probes does
             on_conn, on_l7 = rec._on_conn_event, rec._on_l7_batch
             decode = rows = 0.0
             next_rows = None

@@ -288,6 +288,7 @@ class L7Decoder:
         self.pending: collections.deque[tuple[int, str, Any, Any]] = collections.deque()  # (ready_mono, table, join, row)
         self.waiting: list[tuple[int, str, Any, Any]] = []  # rows whose connection is not known yet
         self.known: dict[tuple[int, int], Any] = {}  # (skaddr, ts_start) -> endpoint registered
+        self._conn_ids: dict[int, tuple[Any, int, str]] = {}  # id(endpoint) -> (endpoint, its cookie, conn_id)
         # Endpoints still open, from the kernel (ConnectionProbe.open_endpoints: ESTABLISHED-like
         # event dicts), for rows that wait on a connection the probe has not reported yet.
         self.live_source: Callable[[], list[dict[str, Any]]] | None = None
@@ -338,7 +339,14 @@ class L7Decoder:
         return [c for c in conns if c.ts_start <= ts and (c.ts_end is None or ts <= c.ts_end)]
 
     def conn_id(self, c: Any) -> str:
-        return f"{self.node}-c{c.cookie:x}" if c.cookie else f"{self.node}-s{c.skaddr:x}-{c.ts_start:x}"
+        # Made once per endpoint, not per row (two rows per request on the hot path). The cache
+        # holds the endpoint itself, so its id() cannot be reused while cached.
+        hit = self._conn_ids.get(id(c))
+        if hit is not None and hit[0] is c and hit[1] == c.cookie:
+            return hit[2]
+        cid = f"{self.node}-c{c.cookie:x}" if c.cookie else f"{self.node}-s{c.skaddr:x}-{c.ts_start:x}"
+        self._conn_ids[id(c)] = (c, c.cookie, cid)
+        return cid
 
     @staticmethod
     def _tuple(c: Any) -> tuple:
@@ -631,6 +639,9 @@ class L7Decoder:
         for index in (self.endpoints, self.by_sk):
             for k in [k for k, conns in index.items() if all(c.ts_end is not None and now - c.ts_end > ENDPOINT_KEEP_NS for c in conns)]:
                 del index[k]
+        if self._conn_ids:
+            joinable = {id(c) for conns in self.by_sk.values() for c in conns}
+            self._conn_ids = {k: v for k, v in self._conn_ids.items() if k in joinable}
 
     def lost_counters(self) -> dict[str, int]:
         return {**self.stats.lost_counters(), **self.counters}

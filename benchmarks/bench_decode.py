@@ -4,9 +4,10 @@
 
 Prints, for each decoder, items/s and µs per item, and the ratio to a baseline that does
 the least work on the same bytes:
-- HTTP: one full request/response exchange through HttpConnection (both heads parsed,
-  bodies skipped by length, row built with redaction), each segment cut to --prefix bytes
-  as the recorder sends them; baseline: `bytes.find(b"\\r\\n\\r\\n")` on the same segments.
+- HTTP: one full request/response exchange through the compiled decoder (capture/_http1.c;
+  both heads parsed, bodies skipped by length, row built with redaction), each segment cut to
+  --prefix bytes as the recorder sends them; baselines: the Python decoder it was made from
+  (http_pairing.HttpConnection) and `bytes.find(b"\\r\\n\\r\\n")` on the same segments.
   The issue's budget is <= 10 µs of recorder CPU per HTTP request in total.
 - DNS: decode_dns per message; baseline: dnslib's own `DNSRecord.parse` on the same messages.
 - TLS: decode_client_hello per ClientHello; baseline: dpkt.ssl.TLS record parsing (if installed).
@@ -28,7 +29,7 @@ import dnslib  # noqa: E402
 from flowtape.capture.decode_dns import decode_dns  # noqa: E402
 from flowtape.capture.decode_stats import DecodeStats  # noqa: E402
 from flowtape.capture.decode_tls import decode_client_hello  # noqa: E402
-from flowtape.capture.http_pairing import HttpConnection  # noqa: E402
+from flowtape.capture.http_pairing import HttpConnection, Redaction, decoder_in_use, new_connection  # noqa: E402
 from pcap_seeds import segments  # noqa: E402
 
 
@@ -60,15 +61,21 @@ def main() -> None:
     args = ap.parse_args()
 
     streams = http_streams(args.prefix)
-    def http() -> int:
-        stats = DecodeStats()
-        rows = 0
-        for st in streams:
-            conn = HttpConnection(stats)
-            for ts, data, from_client, length in st:
-                rows += len(conn.feed(ts, data, from_client, length))
-            rows += len(conn.close(0))
-        return rows
+
+    def http_with(make: Callable[[DecodeStats], object]) -> Callable[[], int]:
+        def run() -> int:
+            stats = DecodeStats()
+            rows = 0
+            for st in streams:
+                conn = make(stats)
+                for ts, data, from_client, length in st:
+                    rows += len(conn.feed_tuples(ts, data, from_client, length))  # type: ignore[attr-defined]
+                rows += len(conn.close_tuples(0))  # type: ignore[attr-defined]
+            return rows
+        return run
+
+    http = http_with(lambda stats: new_connection(stats, Redaction()))
+    http_python = http_with(lambda stats: HttpConnection(stats))
 
     all_segs = [seg[1] for st in streams for seg in st]
 
@@ -117,8 +124,9 @@ def main() -> None:
     except ImportError:  # pragma: no cover
         tls_base = None
 
-    print(f"decoder throughput, segments cut to {args.prefix} bytes ({args.seconds:.1f} s per measure)")
+    print(f"decoder throughput, segments cut to {args.prefix} bytes ({args.seconds:.1f} s per measure); HTTP decoder: {decoder_in_use()}")
     for name, fn, base, what in (
+        ("HTTP exchanges", http, http_python, "the Python decoder, http_pairing.HttpConnection"),
         ("HTTP exchanges", http, http_base, 'bytes.find(b"\\r\\n\\r\\n") per segment'),
         ("DNS messages", dns, dns_base, "dnslib DNSRecord.parse"),
         ("TLS ClientHellos", tls, tls_base, "dpkt.ssl.tls_multi_factory"),

@@ -1113,7 +1113,9 @@ static PyObject *feed_http(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     PyObject *skip_flow = NULL;
     int skip_dir = 0;
     for (; i < n; i++) {
-        int r = fast_record(PySequence_Fast_GET_ITEM(seq, i), &l, flows, offset, &last_ts, append, grace, skip_min, &skip_flow, &skip_dir);
+        PyObject *raw = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i)); /* its bytes are read while Python code may run */
+        int r = fast_record(raw, &l, flows, offset, &last_ts, append, grace, skip_min, &skip_flow, &skip_dir);
+        Py_DECREF(raw);
         if (r < 0) {
             Py_DECREF(seq);
             return NULL;

@@ -33,6 +33,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    from . import _ring  # type: ignore[attr-defined]  # capture/_ring.c: the same loop, compiled
+except ImportError:  # built without a C compiler: the Python loop below
+    _ring = None
+
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER = 8
@@ -44,9 +49,12 @@ def supported() -> bool:
 
 
 class RingReader:
-    """Consumer side of one BPF_MAP_TYPE_RINGBUF map of `size` bytes (a power of two)."""
+    """Consumer side of one BPF_MAP_TYPE_RINGBUF map of `size` bytes (a power of two).
 
-    def __init__(self, map_fd: int, size: int):
+    `read` is capture/_ring.c's loop when it was built (`compiled`; a record costs ~0.05 µs
+    there and ~0.8 µs in the Python loop, three records per plain HTTP request), else Python's."""
+
+    def __init__(self, map_fd: int, size: int, compiled: bool | None = None):
         if size <= 0 or size & (size - 1):
             raise ValueError(f"ring buffer size {size} is not a power of two")
         self.size = size
@@ -57,12 +65,17 @@ class RingReader:
         self._prod = np.frombuffer(self._data_map, dtype=np.uint64, count=1)
         self._words = np.frombuffer(self._data_map, dtype=np.uint32)  # record headers, read as whole words
         self._view = memoryview(self._data_map)
+        self.compiled = _ring is not None if compiled is None else compiled
+        if self.compiled and _ring is None:
+            raise ValueError("capture/_ring.c was not built")
 
     def pending(self) -> bool:
         return int(self._prod[0]) != self._cons.value
 
     def read(self) -> list[bytes]:
         """Every committed record, oldest first; stops at the first record still being written."""
+        if self.compiled:
+            return _ring.read(self._data_map, self._cons_map, self.size, PAGE)
         cons = self._cons.value
         prod = int(self._prod[0])
         out: list[bytes] = []

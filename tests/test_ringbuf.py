@@ -52,17 +52,24 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
 """
 
 
-@pytest.fixture(params=["mmap", "bcc"])
+@pytest.fixture(params=["mmap-compiled", "mmap-python", "bcc"])
 def ring(request):
-    """Both readers ringbuf.open_ring can return: ours through mmap, and bcc's fallback."""
+    """Every reader ringbuf.open_ring can return: ours through mmap (its loop in capture/_ring.c,
+    or in Python where that was not built), and bcc's fallback."""
     from bcc import BPF
 
     from flowtape.capture import ringbuf
 
-    if request.param == "mmap" and not ringbuf.supported():
+    if request.param.startswith("mmap") and not ringbuf.supported():
         skip_or_fail("the mmap ring reader is used on x86-64 only")
+    if request.param == "mmap-compiled" and ringbuf._ring is None:
+        skip_or_fail("capture/_ring.c was not built (no C compiler when flowtape was installed)")
     bpf = BPF(text=PROG, cflags=[f"-DTEST_PID={os.getpid()}"])
-    reader = ringbuf.RingReader(bpf[b"ring"].map_fd, ringbuf.PAGE) if request.param == "mmap" else ringbuf.BccRing(bpf, bpf[b"ring"])
+    if request.param.startswith("mmap"):
+        reader = ringbuf.RingReader(bpf[b"ring"].map_fd, ringbuf.PAGE, compiled=request.param == "mmap-compiled")
+        assert reader.compiled == (request.param == "mmap-compiled")
+    else:
+        reader = ringbuf.BccRing(bpf, bpf[b"ring"])
     yield bpf, reader
     reader.close()
     bpf.cleanup()

@@ -1,0 +1,97 @@
+"""RingReader's two loops (capture/_ring.c and Python) on a ring laid out in memory as the
+kernel lays it out: same records, same consumer position, through wraps, discarded records
+and a record still being written. (tests/test_ringbuf.py runs both against a real BPF ring.)"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import random
+
+import numpy as np
+import pytest
+from ebpf_support import in_ci
+
+from flowtape.capture import ringbuf
+from flowtape.capture.ringbuf import BUSY_BIT, DISCARD_BIT, PAGE, RingReader
+
+SIZE = 4 * PAGE
+
+if ringbuf._ring is None:
+    reason = "capture/_ring.c was not built (no C compiler when flowtape was installed)"
+    if in_ci():
+        pytest.fail(f"CI host: {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+class FakeRing:
+    """The consumer page and the data mapping (producer page + the data area twice) in memory."""
+
+    def __init__(self) -> None:
+        self.cons_map = mmap.mmap(-1, PAGE)
+        self.data_map = mmap.mmap(-1, PAGE + 2 * SIZE)
+        self.prod = 0
+
+    def write(self, payload: bytes, flags: int = 0) -> None:
+        rec = (len(payload) | flags).to_bytes(4, "little") + bytes(4) + payload
+        rec += bytes(-len(rec) % 8)
+        k = self.prod % SIZE
+        first = min(len(rec), SIZE - k)
+        for area in (PAGE, PAGE + SIZE):  # the kernel maps the data area twice in a row
+            self.data_map[area + k : area + k + first] = rec[:first]
+            if first < len(rec):  # wraps to the area's start
+                self.data_map[area : area + len(rec) - first] = rec[first:]
+        self.prod += len(rec)
+        self.data_map[0:8] = self.prod.to_bytes(8, "little")
+
+    def reader(self, compiled: bool) -> RingReader:
+        r = object.__new__(RingReader)
+        r.size, r.mask, r.compiled = SIZE, SIZE - 1, compiled
+        r._cons_map, r._data_map = self.cons_map, self.data_map
+        r._cons = ctypes.c_uint64.from_buffer(self.cons_map)
+        r._prod = np.frombuffer(self.data_map, dtype=np.uint64, count=1)
+        r._words = np.frombuffer(self.data_map, dtype=np.uint32)
+        r._view = memoryview(self.data_map)
+        return r
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_both_loops_read_the_same(seed):
+    rng = random.Random(seed)
+    rings = [FakeRing(), FakeRing()]
+    readers = [rings[0].reader(True), rings[1].reader(False)]
+    sent: list[bytes] = []
+    got: list[list[bytes]] = [[], []]
+    for _ in range(300):  # ~40 wraps of the 16 KiB area
+        for _ in range(rng.randint(0, 12)):
+            payload = bytes(rng.randint(0, 255) for _ in range(rng.randint(0, 300)))
+            discard = rng.random() < 0.2
+            for ring in rings:
+                ring.write(payload, DISCARD_BIT if discard else 0)
+            if not discard:
+                sent.append(payload)
+        for i, reader in enumerate(readers):
+            got[i] += reader.read()
+        assert readers[0]._cons.value == readers[1]._cons.value == rings[0].prod
+    assert got[0] == got[1] == sent
+
+
+def test_a_busy_record_stops_the_read():
+    ring = FakeRing()
+    ring.write(b"first")
+    ring.write(b"being written", BUSY_BIT)
+    reader = ring.reader(True)
+    assert reader.read() == [b"first"]
+    assert reader._cons.value == 16  # past the first record only
+    ring.data_map[PAGE + 16 : PAGE + 20] = len(b"being written").to_bytes(4, "little")  # committed now
+    assert reader.read() == [b"being written"]
+    assert reader._cons.value == ring.prod
+
+
+def test_a_corrupt_length_is_an_error_not_a_read_past_the_ring():
+    ring = FakeRing()
+    ring.data_map[PAGE : PAGE + 4] = (SIZE + 8).to_bytes(4, "little")
+    ring.prod = SIZE + 16
+    ring.data_map[0:8] = ring.prod.to_bytes(8, "little")
+    with pytest.raises(ValueError, match="corrupt"):
+        ring.reader(True).read()

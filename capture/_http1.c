@@ -955,25 +955,29 @@ static PyObject *a_dns, *a_dirs, *a_next, *a_held, *a_skip_to, *a_http, *a_key, 
 
 #define SEQ_MASK 0xFFFFFFFFull
 
+/* Offsets of struct l7_event's fields (capture/l7.py HeaderDecoder.layout) and its kinds. */
 typedef struct {
-    Py_ssize_t kind, ts, length, seq, cap, saddr, daddr, sport, dport, from_client, data;
-    int http_kind;
+    Py_ssize_t kind, ts, length, seq, cap, saddr, daddr, sport, dport, from_client, data, skaddr, ssl, pid;
+    int http_kind, ssl_write_kind, ssl_read_kind;
 } Layout;
 
+#define LAYOUT_LEN 17
+
 static int read_layout(PyObject *t, Layout *l) {
-    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 12) {
-        PyErr_SetString(PyExc_TypeError, "layout: a tuple of 12 ints");
+    if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != LAYOUT_LEN) {
+        PyErr_SetString(PyExc_TypeError, "layout: a tuple of 17 ints");
         return -1;
     }
-    Py_ssize_t v[12];
-    for (int i = 0; i < 12; i++) {
+    Py_ssize_t v[LAYOUT_LEN];
+    for (int i = 0; i < LAYOUT_LEN; i++) {
         v[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, i));
         if (v[i] < 0) {
             if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "layout: negative offset");
             return -1;
         }
     }
-    *l = (Layout){v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], (int)v[11]};
+    *l = (Layout){v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13],
+                  (int)v[14], (int)v[15], (int)v[16]};
     return 0;
 }
 
@@ -981,14 +985,31 @@ static uint64_t rd64(const char *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 static uint32_t rd32(const char *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static uint16_t rd16(const char *p) { uint16_t v; memcpy(&v, p, 2); return v; }
 
+/* pending_append((ready, "http", join, row)) for each row, as L7Decoder._pend does */
+static int pend_rows(PyObject *rows, int64_t ready_ns, PyObject *join, PyObject *append) {
+    if (PyList_GET_SIZE(rows) == 0) return 0;
+    PyObject *when = PyLong_FromLongLong(ready_ns);
+    if (when == NULL) return -1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rows); i++) {
+        PyObject *item = PyTuple_Pack(4, when, s_http_table, join, PyList_GET_ITEM(rows, i));
+        PyObject *res = item ? PyObject_CallOneArg(append, item) : NULL;
+        Py_XDECREF(item);
+        if (res == NULL) {
+            Py_DECREF(when);
+            return -1;
+        }
+        Py_DECREF(res);
+    }
+    Py_DECREF(when);
+    return 0;
+}
+
 /* 1: fast path taken; 0: not for us (Python's _feed_one takes the record); -1: error.
  * *skip_flow is set (new ref) when a long Content-Length body now follows in this direction. */
 static int fast_record(PyObject *raw, const Layout *l, PyObject *flows, int64_t offset, int64_t *last_ts,
                        PyObject *append, int64_t grace, int64_t skip_min, PyObject **skip_flow, int *skip_dir) {
-    if (!PyBytes_CheckExact(raw)) return 0;
     const char *b = PyBytes_AS_STRING(raw);
     Py_ssize_t n = PyBytes_GET_SIZE(raw);
-    if (n < l->data || (unsigned char)b[l->kind] != l->http_kind) return 0;
     int64_t ts = (int64_t)rd64(b + l->ts);
     uint32_t length = rd32(b + l->length), seq = rd32(b + l->seq);
     Py_ssize_t cap = rd16(b + l->cap);
@@ -1042,20 +1063,7 @@ static int fast_record(PyObject *raw, const Layout *l, PyObject *flows, int64_t 
     if ((rows = PyList_New(0)) == NULL) goto error;
     if (conn_feed(c, ts + offset, (const unsigned char *)b + l->data, cap, from_client, length, rows) < 0) goto error;
     if (PyList_GET_SIZE(rows)) {
-        if ((fkey = PyObject_GetAttr(flow, a_key)) == NULL) goto error;
-        PyObject *when = PyLong_FromLongLong(*last_ts + grace);
-        if (when == NULL) goto error;
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(rows); i++) {
-            PyObject *item = PyTuple_Pack(4, when, s_http_table, fkey, PyList_GET_ITEM(rows, i));
-            PyObject *res = item ? PyObject_CallOneArg(append, item) : NULL;
-            Py_XDECREF(item);
-            if (res == NULL) {
-                Py_DECREF(when);
-                goto error;
-            }
-            Py_DECREF(res);
-        }
-        Py_DECREF(when);
+        if ((fkey = PyObject_GetAttr(flow, a_key)) == NULL || pend_rows(rows, *last_ts + grace, fkey, append) < 0) goto error;
     }
     Parser *p = from_client ? &c->req : &c->resp;
     if (skip_min >= 0 && p->state == BODY && p->remaining > skip_min) {
@@ -1079,33 +1087,93 @@ out:
     return r;
 }
 
-/* feed_http(raws, start, layout, flows, offset_ns, last_ts, pending_append, grace_ns, skip_min)
+static PyObject *a_skaddr, *a_side, *s_client;
+
+/* An SSL_read/SSL_write record of a stream already followed: L7Decoder._ssl for a known
+ * stream whose SSL* was not reused. 1: taken; 0: Python's; -1: error. */
+static int fast_ssl(PyObject *raw, const Layout *l, PyObject *streams, int64_t offset, int64_t *last_ts,
+                    PyObject *append, int64_t grace) {
+    const char *b = PyBytes_AS_STRING(raw);
+    Py_ssize_t n = PyBytes_GET_SIZE(raw);
+    int kind = (unsigned char)b[l->kind];
+    int64_t ts = (int64_t)rd64(b + l->ts);
+    uint64_t skaddr = rd64(b + l->skaddr), ssl = rd64(b + l->ssl);
+    uint32_t length = rd32(b + l->length), pid = rd32(b + l->pid);
+    Py_ssize_t cap = rd16(b + l->cap);
+    if (cap > n - l->data) return 0;
+    PyObject *k1 = PyLong_FromUnsignedLong(pid), *k2 = PyLong_FromUnsignedLongLong(ssl);
+    PyObject *key = (k1 && k2) ? PyTuple_Pack(2, k1, k2) : NULL;
+    Py_XDECREF(k1);
+    Py_XDECREF(k2);
+    if (key == NULL) return -1;
+    PyObject *st = PyDict_GetItemWithError(streams, key); /* borrowed */
+    Py_DECREF(key);
+    if (st == NULL) return PyErr_Occurred() ? -1 : 0;
+    Py_INCREF(st);
+    int r = 0;
+    PyObject *sk = NULL, *http = NULL, *side = NULL, *rows = NULL, *v = NULL;
+    if ((sk = PyObject_GetAttr(st, a_skaddr)) == NULL) goto error;
+    if (!PyLong_Check(sk)) goto out;
+    uint64_t st_sk = PyLong_AsUnsignedLongLongMask(sk);
+    if (skaddr && st_sk && skaddr != st_sk) goto out; /* the SSL* was freed and reused */
+    if ((http = PyObject_GetAttr(st, a_http)) == NULL) goto error;
+    if (!PyObject_TypeCheck(http, &ConnType)) goto out;
+    if ((side = PyObject_GetAttr(st, a_side)) == NULL) goto error;
+    int client = PyUnicode_Check(side) && PyUnicode_Compare(side, s_client) == 0;
+    if (PyErr_Occurred()) goto error;
+    if (ts > *last_ts) *last_ts = ts;
+    if (skaddr && !st_sk) {
+        if ((v = PyLong_FromUnsignedLongLong(skaddr)) == NULL || PyObject_SetAttr(st, a_skaddr, v) < 0) goto error;
+        Py_CLEAR(v);
+    }
+    if ((v = PyLong_FromLongLong(ts)) == NULL || PyObject_SetAttr(st, a_last_ts, v) < 0) goto error;
+    Py_CLEAR(v);
+    r = 1;
+    int from_client = (kind == l->ssl_write_kind) == client;
+    if ((rows = PyList_New(0)) == NULL) goto error;
+    if (conn_feed((Conn *)http, ts + offset, (const unsigned char *)b + l->data, cap, from_client, length, rows) < 0) goto error;
+    if (pend_rows(rows, *last_ts + grace, st, append) < 0) goto error;
+    goto out;
+error:
+    r = -1;
+out:
+    Py_XDECREF(v);
+    Py_XDECREF(sk);
+    Py_XDECREF(http);
+    Py_XDECREF(side);
+    Py_XDECREF(rows);
+    Py_DECREF(st);
+    return r;
+}
+
+/* feed_http(raws, start, layout, flows, ssl_streams, offset_ns, last_ts, pending_append, grace_ns, skip_min)
  *   -> (index, last_ts, skip_flow, skip_from_client)
  * Takes raws[start:] while they are HTTP segments continuing, in order with nothing held, a
- * flow of `flows` whose decoder is an Http1Connection: exactly what L7Decoder._feed_one does
- * for them, without a Python call per record. Stops at the first other record (index: it is
+ * flow of `flows` whose decoder is an Http1Connection, or SSL_read/SSL_write plaintext of a
+ * stream of `ssl_streams` (same SSL*, same socket): exactly what L7Decoder._feed_one does for
+ * them, without a Python call per record. Stops at the first other record (index: it is
  * the caller's), or after a record that starts a long body (skip_flow: the caller asks the
  * kernel to skip it, then calls again from index). skip_min < 0: no body skipping. */
 static PyObject *feed_http(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 9) {
-        PyErr_SetString(PyExc_TypeError, "feed_http takes 9 arguments");
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "feed_http takes 10 arguments");
         return NULL;
     }
-    PyObject *raws = args[0], *flows = args[3], *append = args[6];
+    PyObject *raws = args[0], *flows = args[3], *streams = args[4], *append = args[7];
     if (!PyList_Check(raws) && !PyTuple_Check(raws)) {
         PyErr_SetString(PyExc_TypeError, "feed_http: raws must be a list or tuple");
         return NULL;
     }
-    if (!PyDict_Check(flows)) {
-        PyErr_SetString(PyExc_TypeError, "feed_http: flows must be a dict");
+    if (!PyDict_Check(flows) || !PyDict_Check(streams)) {
+        PyErr_SetString(PyExc_TypeError, "feed_http: flows and ssl_streams must be dicts");
         return NULL;
     }
     Py_ssize_t i = PyLong_AsSsize_t(args[1]);
     if (i == -1 && PyErr_Occurred()) return NULL;
     Layout l;
     if (read_layout(args[2], &l) < 0) return NULL;
-    int64_t offset = PyLong_AsLongLong(args[4]), last_ts = PyLong_AsLongLong(args[5]);
-    int64_t grace = PyLong_AsLongLong(args[7]), skip_min = PyLong_AsLongLong(args[8]);
+    int64_t offset = PyLong_AsLongLong(args[5]), last_ts = PyLong_AsLongLong(args[6]);
+    int64_t grace = PyLong_AsLongLong(args[8]), skip_min = PyLong_AsLongLong(args[9]);
     if (PyErr_Occurred()) return NULL;
     PyObject *seq = PySequence_Fast(raws, "raws");
     if (seq == NULL) return NULL;
@@ -1113,9 +1181,17 @@ static PyObject *feed_http(PyObject *mod, PyObject *const *args, Py_ssize_t narg
     PyObject *skip_flow = NULL;
     int skip_dir = 0;
     for (; i < n; i++) {
-        PyObject *raw = Py_NewRef(PySequence_Fast_GET_ITEM(seq, i)); /* its bytes are read while Python code may run */
-        int r = fast_record(raw, &l, flows, offset, &last_ts, append, grace, skip_min, &skip_flow, &skip_dir);
-        Py_DECREF(raw);
+        PyObject *raw = PySequence_Fast_GET_ITEM(seq, i);
+        int r = 0;
+        if (PyBytes_CheckExact(raw) && PyBytes_GET_SIZE(raw) >= l.data) {
+            Py_INCREF(raw); /* its bytes are read while Python code may run */
+            int kind = (unsigned char)PyBytes_AS_STRING(raw)[l.kind];
+            if (kind == l.http_kind)
+                r = fast_record(raw, &l, flows, offset, &last_ts, append, grace, skip_min, &skip_flow, &skip_dir);
+            else if (kind == l.ssl_write_kind || kind == l.ssl_read_kind)
+                r = fast_ssl(raw, &l, streams, offset, &last_ts, append, grace);
+            Py_DECREF(raw);
+        }
         if (r < 0) {
             Py_DECREF(seq);
             return NULL;
@@ -1151,7 +1227,8 @@ PyMODINIT_FUNC PyInit__http1(void) {
         !(s_orphan = intern("http_orphan_responses")) || !(s_http2 = intern("http2_connections")) ||
         !(a_dns = intern("dns")) || !(a_dirs = intern("dirs")) || !(a_next = intern("next")) || !(a_held = intern("held")) ||
         !(a_skip_to = intern("skip_to")) || !(a_http = intern("http")) || !(a_key = intern("key")) ||
-        !(a_last_ts = intern("last_ts")) || !(s_http_table = intern("http")))
+        !(a_last_ts = intern("last_ts")) || !(s_http_table = intern("http")) || !(a_skaddr = intern("skaddr")) ||
+        !(a_side = intern("side")) || !(s_client = intern("client")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

@@ -86,6 +86,7 @@ class HeaderDecoder:
     FIELDS = ("ts_ns", "skaddr", "ssl", "length", "seq", "pid", "cap_len", "family",
               "saddr", "daddr", "sport", "dport", "kind", "tcp_flags", "from_client", "comm")
     TCP_FIELDS = ("ts_ns", "length", "seq", "cap_len", "saddr", "daddr", "sport", "dport", "from_client")
+    SSL_FIELDS = ("skaddr", "ssl", "pid")
 
     def __init__(self, event_class: type):
         by_name = {}  # name -> (offset, size, format code)
@@ -106,9 +107,11 @@ class HeaderDecoder:
         self.kind_offset = by_name["kind"][0]
         self.struct = self._struct(by_name, self.FIELDS)
         # capture/_http1.c's feed_http reads these fields itself, at these offsets and sizes
-        sizes = {n: by_name[n][1] for n in self.TCP_FIELDS}
-        self.layout = (self.kind_offset, *(by_name[n][0] for n in self.TCP_FIELDS), self.data_offset, HTTP) \
-            if sizes == dict(zip(self.TCP_FIELDS, (8, 4, 4, 2, 16, 16, 2, 2, 1))) and by_name["kind"][1] == 1 else None
+        fields = self.TCP_FIELDS + self.SSL_FIELDS
+        sizes = {n: by_name[n][1] for n in fields}
+        self.layout = (self.kind_offset, *(by_name[n][0] for n in self.TCP_FIELDS), self.data_offset,
+                       *(by_name[n][0] for n in self.SSL_FIELDS), HTTP, SSL_WRITE, SSL_READ) \
+            if sizes == dict(zip(fields, (8, 4, 4, 2, 16, 16, 2, 2, 1, 8, 8, 4))) and by_name["kind"][1] == 1 else None
 
     @staticmethod
     def _struct(by_name: dict[str, tuple[int, int, str]], fields: tuple[str, ...]) -> struct.Struct:
@@ -363,16 +366,17 @@ class L7Decoder:
         """Ring-buffer records in arrival order: the recorder's hottest loop.
 
         HTTP segments that continue their direction of a followed flow, in order with nothing
-        held (nearly all of them), are taken by capture/_http1.c's feed_http: the same steps as
-        _feed_one's in-order branch, without a Python call per record. It reads and sets
-        _TcpFlow.{dns,dirs,http,key,last_ts} and _Direction.{next,held,skip_to} by name (keep
+        held, and SSL plaintext of a stream already followed (nearly all records) are taken by
+        capture/_http1.c's feed_http: the same steps as _feed_one's, without a Python call per
+        record. It reads and sets _TcpFlow.{dns,dirs,http,key,last_ts},
+        _Direction.{next,held,skip_to} and _SslStream.{skaddr,http,side,last_ts} by name (keep
         them). It stops at the first record it does not take, which _feed_one does."""
         self.events += len(raws)
         fast = self._fast_http
         i, n = 0, len(raws)
         while i < n:
             if fast is not None:
-                i, self.last_ts, flow, from_client = fast(raws, i, self._layout, self.flows_raw, self.offset, self.last_ts,
+                i, self.last_ts, flow, from_client = fast(raws, i, self._layout, self.flows_raw, self.ssl, self.offset, self.last_ts,
                                                           self.pending.append, ROW_GRACE_NS, SKIP_BODY_MIN if self.skip_body else -1)
                 if flow is not None:  # the record before i started a long body
                     self._skip_long_body(flow, from_client)

@@ -978,6 +978,14 @@ static int read_layout(PyObject *t, Layout *l) {
     }
     *l = (Layout){v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13],
                   (int)v[14], (int)v[15], (int)v[16]};
+    /* every header field lies before data[]: records are checked to be at least that long */
+    const Py_ssize_t ends[] = {l->kind + 1, l->ts + 8, l->length + 4, l->seq + 4, l->cap + 2, l->saddr + 16, l->daddr + 16,
+                               l->sport + 2, l->dport + 2, l->from_client + 1, l->skaddr + 8, l->ssl + 8, l->pid + 4};
+    for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++)
+        if (ends[i] > l->data) {
+            PyErr_SetString(PyExc_ValueError, "layout: a header field ends past the data offset");
+            return -1;
+        }
     return 0;
 }
 

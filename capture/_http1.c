@@ -207,7 +207,9 @@ static void p_end(Parser *p) {
     p->state = HEAD;
 }
 
-static int p_desync(Parser *p) {
+/* The direction lost its place: the message in progress ends with an unknown size, and bytes
+ * are ignored until a segment starts with a head (HttpParser._desync / _malformed). */
+static int p_lose(Parser *p, PyObject *counter) {
     if (p->msg != NULL && !p->msg->done) {
         p->msg->body_bytes = -1;
         p_end(p);
@@ -215,19 +217,12 @@ static int p_desync(Parser *p) {
     buf_clear(&p->buf);
     set_msg(p, NULL);
     p->state = DESYNC;
-    return count(p->conn, s_desync);
+    return count(p->conn, counter);
 }
 
-static int p_malformed(Parser *p) {
-    if (p->msg != NULL && !p->msg->done) {
-        p->msg->body_bytes = -1;
-        p_end(p);
-    }
-    buf_clear(&p->buf);
-    set_msg(p, NULL);
-    p->state = DESYNC;
-    return count(p->conn, s_malformed);
-}
+static int p_desync(Parser *p) { return p_lose(p, s_desync); }
+
+static int p_malformed(Parser *p) { return p_lose(p, s_malformed); }
 
 static void p_enter_tunnel(Parser *p) {
     p->state = TUNNEL;
@@ -315,6 +310,15 @@ static PyObject *redacted_path(const char *t, Py_ssize_t n, int redact) {
     return r;
 }
 
+/* The HTTP-version token: 1 set, 0 not "HTTP/...", -1 error. */
+static int set_version(Msg *m, const char *v, Py_ssize_t n) {
+    if (n == 8 && memcmp(v, "HTTP/1.1", 8) == 0) m->version = Py_NewRef(http11);
+    else if (n == 8 && memcmp(v, "HTTP/1.0", 8) == 0) m->version = Py_NewRef(http10);
+    else if (n >= 5 && memcmp(v, "HTTP/", 5) == 0) return (m->version = PyUnicode_DecodeLatin1(v, n, NULL)) == NULL ? -1 : 1;
+    else return 0;
+    return 1;
+}
+
 /* Start line and wanted headers of head[0:n]; *out = NULL when the start line is not HTTP.
  * complete=0: the head was cut; only lines ending before the cut are read. Returns -1 on error. */
 static int parse_head(Parser *p, int64_t ts, const char *head, Py_ssize_t n, int complete, Msg **out) {
@@ -352,24 +356,15 @@ static int parse_head(Parser *p, int64_t ts, const char *head, Py_ssize_t n, int
             m->method = PyUnicode_DecodeASCII(part[0], plen[0], NULL);
             if (m->method == NULL) goto fail;
         }
-        const char *v = part[2];
-        Py_ssize_t vn = plen[2];
-        if (vn == 8 && memcmp(v, "HTTP/1.1", 8) == 0) m->version = Py_NewRef(http11);
-        else if (vn == 8 && memcmp(v, "HTTP/1.0", 8) == 0) m->version = Py_NewRef(http10);
-        else if (vn >= 5 && memcmp(v, "HTTP/", 5) == 0) {
-            if ((m->version = PyUnicode_DecodeLatin1(v, vn, NULL)) == NULL) goto fail;
-        } else goto not_http;
+        int ok = set_version(m, part[2], plen[2]);
+        if (ok < 0) goto fail;
+        if (ok == 0) goto not_http;
         if ((m->path = redacted_path(part[1], plen[1], p->conn->redact)) == NULL) goto fail;
     } else {
         if (parts < 2) goto not_http;
-        const char *v = part[0];
-        Py_ssize_t vn = plen[0];
-        if (vn == 8 && memcmp(v, "HTTP/1.1", 8) == 0) m->version = Py_NewRef(http11);
-        else if (vn == 8 && memcmp(v, "HTTP/1.0", 8) == 0) m->version = Py_NewRef(http10);
-        else if (vn >= 5 && memcmp(v, "HTTP/", 5) == 0) {
-            if ((m->version = PyUnicode_DecodeLatin1(v, vn, NULL)) == NULL) goto fail;
-        } else goto not_http;
-        if (plen[1] != 3) goto not_http;
+        int ok = set_version(m, part[0], plen[0]);
+        if (ok < 0) goto fail;
+        if (ok == 0 || plen[1] != 3) goto not_http;
         int status = 0;
         for (int j = 0; j < 3; j++) {
             unsigned char c = (unsigned char)part[1][j];

@@ -1,8 +1,9 @@
 /* Consumer side of a BPF ring buffer map, compiled: capture/ringbuf.py RingReader.read's loop.
  *
  * Why: reading a record in Python (a numpy scalar load for its header, a memoryview slice,
- * tobytes) costs ~0.8 µs; a plain HTTP request is three records, so the read alone was a
- * quarter of the L7 recorder's 10 µs budget. Here it is one bytes object per record.
+ * tobytes) costs ~0.7 µs; a plain HTTP request is three records, so the read alone was a fifth
+ * of the L7 recorder's 10 µs budget. Here it is one bytes object per record, ~0.2 µs
+ * (benchmarks/bench_ring.py).
  *
  * The layout (Documentation/bpf/ringbuf.rst) is described in capture/ringbuf.py. Positions
  * and record headers are read with acquire loads and the consumer position is published with

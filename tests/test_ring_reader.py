@@ -4,55 +4,20 @@ and a record still being written. (tests/test_ringbuf.py runs both against a rea
 
 from __future__ import annotations
 
-import ctypes
-import mmap
 import random
 
-import numpy as np
 import pytest
 from ebpf_support import in_ci
+from ring_fake import SIZE, FakeRing
 
 from flowtape.capture import ringbuf
-from flowtape.capture.ringbuf import BUSY_BIT, DISCARD_BIT, PAGE, RingReader
-
-SIZE = 4 * PAGE
+from flowtape.capture.ringbuf import BUSY_BIT, DISCARD_BIT, PAGE
 
 if ringbuf._ring is None:
     reason = "capture/_ring.c was not built (no C compiler when flowtape was installed)"
     if in_ci():
         pytest.fail(f"CI host: {reason}", pytrace=False)
     pytest.skip(reason, allow_module_level=True)
-
-
-class FakeRing:
-    """The consumer page and the data mapping (producer page + the data area twice) in memory."""
-
-    def __init__(self) -> None:
-        self.cons_map = mmap.mmap(-1, PAGE)
-        self.data_map = mmap.mmap(-1, PAGE + 2 * SIZE)
-        self.prod = 0
-
-    def write(self, payload: bytes, flags: int = 0) -> None:
-        rec = (len(payload) | flags).to_bytes(4, "little") + bytes(4) + payload
-        rec += bytes(-len(rec) % 8)
-        k = self.prod % SIZE
-        first = min(len(rec), SIZE - k)
-        for area in (PAGE, PAGE + SIZE):  # the kernel maps the data area twice in a row
-            self.data_map[area + k : area + k + first] = rec[:first]
-            if first < len(rec):  # wraps to the area's start
-                self.data_map[area : area + len(rec) - first] = rec[first:]
-        self.prod += len(rec)
-        self.data_map[0:8] = self.prod.to_bytes(8, "little")
-
-    def reader(self, compiled: bool) -> RingReader:
-        r = object.__new__(RingReader)
-        r.size, r.mask, r.compiled = SIZE, SIZE - 1, compiled
-        r._cons_map, r._data_map = self.cons_map, self.data_map
-        r._cons = ctypes.c_uint64.from_buffer(self.cons_map)
-        r._prod = np.frombuffer(self.data_map, dtype=np.uint64, count=1)
-        r._words = np.frombuffer(self.data_map, dtype=np.uint32)
-        r._view = memoryview(self.data_map)
-        return r
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import operator
 import os
 import struct
 import time
@@ -75,6 +76,7 @@ IDLE_NS = 300_000_000_000  # a flow without events for 5 minutes is ended
 ENDPOINT_KEEP_NS = 30_000_000_000  # closed endpoints stay joinable this long
 HELLO_KEEP_NS = 10_000_000_000
 SEQ_MOD = 1 << 32
+_TS_START = operator.attrgetter("ts_start")
 
 
 class HeaderDecoder:
@@ -291,7 +293,7 @@ class L7Decoder:
         self.pending: collections.deque[tuple[int, str, Any, Any]] = collections.deque()  # (ready_mono, table, join, row)
         self.waiting: list[tuple[int, str, Any, Any]] = []  # rows whose connection is not known yet
         self.known: dict[tuple[int, int], Any] = {}  # (skaddr, ts_start) -> endpoint registered
-        self._conn_ids: dict[int, tuple[Any, int, str]] = {}  # id(endpoint) -> (endpoint, its cookie, conn_id)
+        self._endpoint_cols: dict[int, tuple[Any, int, tuple]] = {}  # id(endpoint) -> (endpoint, its cookie, columns)
         # Endpoints still open, from the kernel (ConnectionProbe.open_endpoints: ESTABLISHED-like
         # event dicts), for rows that wait on a connection the probe has not reported yet.
         self.live_source: Callable[[], list[dict[str, Any]]] | None = None
@@ -342,14 +344,20 @@ class L7Decoder:
         return [c for c in conns if c.ts_start <= ts and (c.ts_end is None or ts <= c.ts_end)]
 
     def conn_id(self, c: Any) -> str:
-        # Made once per endpoint, not per row (two rows per request on the hot path). The cache
-        # holds the endpoint itself, so its id() cannot be reused while cached.
-        hit = self._conn_ids.get(id(c))
+        return self._endpoint_columns(c)[0]
+
+    def _endpoint_columns(self, c: Any) -> tuple[str, tuple]:
+        """An endpoint's conn_id and, for HTTPS rows, its connection columns (HttpRows.BASE_FIELDS):
+        made once per endpoint, not per row. Its addresses are set when it is created; its cookie
+        may come later, so a cached entry is checked against it. The cache holds the endpoint
+        itself, so its id() cannot be reused while cached."""
+        hit = self._endpoint_cols.get(id(c))
         if hit is not None and hit[0] is c and hit[1] == c.cookie:
             return hit[2]
         cid = f"{self.node}-c{c.cookie:x}" if c.cookie else f"{self.node}-s{c.skaddr:x}-{c.ts_start:x}"
-        self._conn_ids[id(c)] = (c, c.cookie, cid)
-        return cid
+        cols = (cid, (*self._tuple(c), True))
+        self._endpoint_cols[id(c)] = (c, c.cookie, cols)
+        return cols
 
     @staticmethod
     def _tuple(c: Any) -> tuple:
@@ -559,9 +567,11 @@ class L7Decoder:
                     self.counters["l7.tls_plaintext_no_connection"] += 1
                     return True
                 return False
-            c = max(conns, key=lambda e: e.ts_start)  # the newest socket at that address (an older one may not be known closed yet)
+            # the newest socket at that address (an older one may not be known closed yet)
+            c = conns[0] if len(conns) == 1 else max(conns, key=_TS_START)
+            cid, base = self._endpoint_columns(c)
             http = self.http_rows
-            http.add(http.exchange(row, (*self._tuple(c), True)), self.conn_id(c), join.pid, join.comm, join.side)
+            http.add(http.exchange(row, base), cid, join.pid, join.comm, join.side)
             return True
         conns = self._alive_at(self.endpoints.get(join, []), mono)
         if not conns:
@@ -643,9 +653,9 @@ class L7Decoder:
         for index in (self.endpoints, self.by_sk):
             for k in [k for k, conns in index.items() if all(c.ts_end is not None and now - c.ts_end > ENDPOINT_KEEP_NS for c in conns)]:
                 del index[k]
-        if self._conn_ids:
+        if self._endpoint_cols:
             joinable = {id(c) for conns in self.by_sk.values() for c in conns}
-            self._conn_ids = {k: v for k, v in self._conn_ids.items() if k in joinable}
+            self._endpoint_cols = {k: v for k, v in self._endpoint_cols.items() if k in joinable}
 
     def lost_counters(self) -> dict[str, int]:
         return {**self.stats.lost_counters(), **self.counters}

@@ -215,7 +215,7 @@ class Recorder:
                 "http_decoder": decoder_in_use(),
             })
             if decoder_in_use() != "c":
-                self._warn(f"HTTP is decoded by {decoder_in_use()}: about twice the recorder CPU per request")
+                self._warn(f"HTTP is decoded by {decoder_in_use()}: about three times the recorder CPU per request")
             w.update("redaction", redaction.manifest())
             w.update("settings", {"no_redact": self.opts.no_redact, "header_allow_list": sorted(redaction.header_allow_list)})
         except Unsupported as e:

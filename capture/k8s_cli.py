@@ -3,9 +3,7 @@ capture.kubectl_import."""
 
 from __future__ import annotations
 
-import re
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +12,6 @@ from typing import Annotated, Optional
 import typer
 
 from flowtape.durations import parse_seconds
-from flowtape.errors import UsageError
 
 from .k8s import ContextOpt, InClusterOpt, KubeconfigOpt
 

@@ -32,7 +32,6 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
 
 def test_readme_command_line_examples_run(tmp_path):
     """Every command in the README's "The command line" block works as printed."""
-    import os
     import subprocess
     import sys
     from pathlib import Path

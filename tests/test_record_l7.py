@@ -20,8 +20,6 @@ import ipaddress
 import json
 import re
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import threading

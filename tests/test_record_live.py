@@ -228,7 +228,7 @@ def test_pid_and_comm_are_the_real_processes(recording):
 
 def test_refused_connect_is_recorded_as_failed(recording):
     r = recording
-    rows = _rows(r["tape"], f"select * from connections where server_port = 81")
+    rows = _rows(r["tape"], "select * from connections where server_port = 81")
     assert len(rows) == 1
     (row,) = rows
     assert (row["role"], row["close_state"], row["pid"], row["comm"]) == ("client", "refused", r["refused_pid"], "curl")

@@ -7,7 +7,6 @@ cover both the published data and the generator at other settings.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest

@@ -9,10 +9,9 @@ not yet drained are held, so memory stays flat however long the tape is.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
-import pyarrow as pa
 
 from . import k8s
 from .cluster import Cluster, Pod
@@ -21,7 +20,7 @@ from .dns import DnsBatch, Resolver
 from .flows import FlowAggregator
 from .incidents import Incident
 from .params import SLICE_NS, Params
-from .requests import TS, PathTable, generate, http_tables
+from .requests import PathTable, generate, http_tables
 from .traffic import EXTERNALS, UNEXPECTED, Edge, add_unexpected_egress, build_edges
 
 MS = 1_000_000

@@ -83,7 +83,8 @@ class HeaderDecoder:
     """struct l7_event's header (everything before data[]) from the C declaration, via bcc's
     ctypes class: one struct.Struct that yields FIELDS (in C order; fields not listed are
     skipped as padding), so the hot path unpacks straight into locals; and `layout`, where
-    capture/_http1.c's feed_http finds TCP_FIELDS (None if their sizes are not the expected)."""
+    capture/_http1.c's feed_http finds TCP_FIELDS and SSL_FIELDS (None if their sizes are not
+    the ones it reads)."""
 
     FIELDS = ("ts_ns", "skaddr", "ssl", "length", "seq", "pid", "cap_len", "family",
               "saddr", "daddr", "sport", "dport", "kind", "tcp_flags", "from_client", "comm")
@@ -312,6 +313,14 @@ class L7Decoder:
         self._layout = self.header.layout
         self._fast_http = _http1.feed_http if decoder_in_use() == "c" and self._layout is not None else None
         self._comm = ebpf.CommText()
+
+    @property
+    def http_decoder(self) -> str:
+        """Which HTTP decoder and record loop run (the manifest's probes.l7.http_decoder): 'c' or why not."""
+        used = decoder_in_use()
+        if used == "c" and self._fast_http is None:
+            return "c, records read in Python (struct l7_event's fields are not the sizes capture/_http1.c reads)"
+        return used
 
     # --- endpoints from the connections probe -------------------------------------------
 

@@ -28,7 +28,7 @@ from ..writer import TapeWriter, clock_sample
 from . import ebpf
 from .connections import CLOSE, ESTABLISHED, EV_STATE, CgroupResolver, ConnectionProbe, ConnectionTracker
 from .flows import FlowProbe, coverage
-from .http_pairing import Redaction, decoder_in_use
+from .http_pairing import Redaction
 from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
 
 PROBES = ("flows", "connections", "l7")
@@ -212,10 +212,10 @@ class Recorder:
                 "prefix_bytes": dict(PREFIX_BYTES),
                 "ssl_libs": list(probe.ssl_attached), "missing": dict(probe.missing),
                 "taken": "once per node, as flows: ingress, or egress of packets that did not enter through a covered interface",
-                "http_decoder": decoder_in_use(),
+                "http_decoder": self.l7dec.http_decoder,
             })
-            if decoder_in_use() != "c":
-                self._warn(f"HTTP is decoded by {decoder_in_use()}: about three times the recorder CPU per request")
+            if self.l7dec.http_decoder != "c":
+                self._warn(f"HTTP is decoded by {self.l7dec.http_decoder}: up to three times the recorder CPU per request")
             w.update("redaction", redaction.manifest())
             w.update("settings", {"no_redact": self.opts.no_redact, "header_allow_list": sorted(redaction.header_allow_list)})
         except Unsupported as e:

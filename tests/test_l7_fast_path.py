@@ -126,6 +126,7 @@ def decode(records: list[bytes], endpoints: list[Endpoint], mode: str, monkeypat
         dec._fast_http = None
     else:
         assert (dec._fast_http is None) == (mode == "python")
+        assert dec.http_decoder == ("c" if mode == "compiled" else "python (FLOWTAPE_HTTP_DECODER=python)")
     skips: list = []
     dec.skip_body = lambda family, key, from_client, end: skips.append((key[1], from_client, end)) or len(skips) % 3 != 0
     for e in endpoints:

@@ -88,12 +88,12 @@ static int is_http2(const unsigned char *d, Py_ssize_t n, int from_client) {
 
 typedef struct {
     int refs;
-    char is_request, truncated, done, method_kind;
+    char is_request, done, method_kind;
     int64_t ts;
     PyObject *method, *path, *version; /* path: the request target, redacted if asked */
     int status;                        /* -1: none */
     PyObject *hdr[N_OUT_HEADERS];      /* str or NULL */
-    char te_present, te_chunked, cl_present;
+    char te_chunked, cl_present; /* te_chunked: Transfer-Encoding present and ending in "chunked" */
     int64_t cl;         /* -1: malformed */
     int64_t head_bytes; /* -1: unknown (None) */
     int64_t body_bytes; /* -1: unknown (None) */
@@ -398,16 +398,11 @@ static int parse_head(Parser *p, int64_t ts, const char *head, Py_ssize_t n, int
         at = ve;
         int o = WANTED[w].out;
         if (o == -2) {
-            if (!m->cl_present) m->cl_present = 1;
+            m->cl_present = 1;
             content_length(m, head + vs, ve - vs, &cl_first, &cl_first_n);
         } else if (o == -3) {
-            m->te_present = 1;
+            /* the joined value ends with the last one (an empty last one leaves ", ": not chunked) */
             m->te_chunked = (char)ends_chunked(head + vs, ve - vs);
-            const char *s = head + vs;
-            Py_ssize_t sn = ve - vs;
-            while (sn > 0 && ascii_space((unsigned char)s[0])) s++, sn--;
-            while (sn > 0 && ascii_space((unsigned char)s[sn - 1])) sn--;
-            if (sn == 0) m->te_chunked = 0; /* joined value ends with ", ": not chunked */
         } else {
             PyObject *val = header_value(head + vs, ve - vs);
             if (val == NULL) goto fail;
@@ -448,13 +443,13 @@ fail:
 }
 
 static int on_request(Conn *c, Msg *m);
-static int on_response(Conn *c, Msg *m, int *method_kind, int *known);
+static int on_response(Conn *c, Msg *m, int *method_kind);
 
-static int p_on_head(Parser *p, Msg *m, int *method_kind, int *known) {
+/* HttpParser.on_head: *method_kind is the method of the request a response answers */
+static int p_on_head(Parser *p, Msg *m, int *method_kind) {
     *method_kind = M_OTHER;
-    *known = 0;
     if (p->is_request) return on_request(p->conn, m);
-    return on_response(p->conn, m, method_kind, known);
+    return on_response(p->conn, m, method_kind);
 }
 
 /* RFC 9112 6.3: how this message's body ends. */
@@ -471,7 +466,7 @@ static int p_frame(Parser *p, Msg *m, int method_kind) {
             return 0;
         }
     }
-    if (m->te_present && m->te_chunked) {
+    if (m->te_chunked) {
         p->state = CHUNK_SIZE;
         return 0;
     }
@@ -503,7 +498,7 @@ static int p_start(Parser *p, int64_t ts, const char *head, Py_ssize_t n) {
     if (m == NULL) return p_malformed(p);
     m->head_bytes = n;
     set_msg(p, m);
-    int kind, known, r = p_on_head(p, m, &kind, &known);
+    int kind, r = p_on_head(p, m, &kind);
     if (r == 0) r = p_frame(p, m, kind);
     msg_unref(m);
     return r;
@@ -629,12 +624,11 @@ static int p_cut_head(Parser *p) {
         msg_unref(m);
         return -1;
     }
-    m->truncated = 1;
     m->head_bytes = -1;
     m->body_bytes = -1;
     set_msg(p, m);
-    int kind, known;
-    r = p_on_head(p, m, &kind, &known);
+    int kind;
+    r = p_on_head(p, m, &kind);
     int no_body = !p->is_request && (msg_interim(m) || m->status == 204 || m->status == 304 || kind == M_HEAD);
     msg_unref(m);
     if (r < 0) return -1;
@@ -735,7 +729,7 @@ static int on_request(Conn *c, Msg *m) {
     return 0;
 }
 
-static int on_response(Conn *c, Msg *m, int *method_kind, int *known) {
+static int on_response(Conn *c, Msg *m, int *method_kind) {
     Exchange *x = NULL;
     for (Py_ssize_t i = 0; i < c->xn; i++)
         if (c->xs[c->x0 + i].response == NULL) {
@@ -743,7 +737,6 @@ static int on_response(Conn *c, Msg *m, int *method_kind, int *known) {
             break;
         }
     if (x == NULL) return count(c, s_orphan); /* recording started mid-connection, or a lost request */
-    *known = 1;
     *method_kind = x->request->method_kind;
     if (msg_interim(m) && m->status != 101) { /* 101 is final: the tunnel follows */
         x->interim_bytes = (x->interim_bytes < 0 || m->head_bytes < 0) ? -1 : x->interim_bytes + m->head_bytes;

@@ -19,10 +19,11 @@ header is on the allow-list are written; bodies are never read beyond their leng
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .decode_http import BODY, HttpMessage, HttpParser
 from .decode_stats import DecodeStats
@@ -122,7 +123,7 @@ class HttpConnection:
     connection's own columns are added by the caller). feed() and close() return the same
     as row dicts, with `row_base` (conn_id, client_ip, ..., tls) copied into each.
 
-    capture/_http1.c is this class compiled (`new_connection` picks it); this one is the
+    capture/_http1.c is this class compiled (`connection_factory` picks it); this one is the
     reference that tests/test_http1_differential.py holds it to.
     """
 
@@ -239,12 +240,8 @@ class HttpConnection:
         )
 
 
-def compiled_available() -> bool:
-    return _http1 is not None
-
-
 def decoder_in_use() -> str:
-    """'c' when new_connection() returns the compiled decoder, else 'python' (and why)."""
+    """'c' when connection_factory() makes compiled decoders, else 'python' (and why)."""
     if _http1 is None:
         return "python (capture/_http1.c was not built: install gcc and python3-dev, then reinstall flowtape)"
     if os.environ.get("FLOWTAPE_HTTP_DECODER", "").lower() == "python":
@@ -252,9 +249,15 @@ def decoder_in_use() -> str:
     return "c"
 
 
-def new_connection(stats: DecodeStats, redaction: Redaction) -> Any:
-    """An HTTP/1.x connection decoder with feed_tuples/close_tuples/body_remaining: the
-    compiled one (capture/_http1.c) unless it is missing or FLOWTAPE_HTTP_DECODER=python."""
+def connection_factory(stats: DecodeStats, redaction: Redaction) -> Callable[[], Any]:
+    """Makes HTTP/1.x connection decoders (feed_tuples/close_tuples/body_remaining): the compiled
+    one (capture/_http1.c) unless it is missing or FLOWTAPE_HTTP_DECODER=python. Decided once,
+    here, not per connection."""
     if decoder_in_use() == "c":
-        return _http1.Http1Connection(stats, redaction.enabled, header_mask(redaction))
-    return HttpConnection(stats, redaction)
+        return functools.partial(_http1.Http1Connection, stats, redaction.enabled, header_mask(redaction))
+    return functools.partial(HttpConnection, stats, redaction)
+
+
+def new_connection(stats: DecodeStats, redaction: Redaction) -> Any:
+    """One connection decoder, as connection_factory makes them."""
+    return connection_factory(stats, redaction)()

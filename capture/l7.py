@@ -7,7 +7,7 @@
         SSL  -> per (pid, SSL*) stream    -> HTTP/1 decoder -> http rows (tls=true)
 
 The HTTP/1 decoder is capture/_http1.c when it was built, else http_pairing.HttpConnection
-(the same, in Python: see http_pairing.new_connection).
+(the same, in Python: see http_pairing.connection_factory).
 
 `L7Decoder` is the pure part: it takes raw event records (bytes laid out as struct l7_event)
 and the connections probe's endpoints (`capture.connections.Conn`), so it is tested with
@@ -47,7 +47,7 @@ from .decode_http import looks_like_request, looks_like_response
 from .decode_stats import DecodeStats
 from .decode_tls import ClientHelloReader, tls_row
 from .dns_pairing import DnsPairer
-from .http_pairing import _http1, Redaction, decoder_in_use, is_http2, new_connection
+from .http_pairing import _http1, Redaction, connection_factory, decoder_in_use, is_http2
 from .l7_rows import HttpRows
 
 # struct l7_event kinds (bpf/events.h)
@@ -311,16 +311,18 @@ class L7Decoder:
         self._unpack = self.header.struct.unpack_from
         self._data_offset = self.header.data_offset
         self._layout = self.header.layout
-        self._fast_http = _http1.feed_http if decoder_in_use() == "c" and self._layout is not None else None
+        # which decoder runs is decided once per L7Decoder (and written into the manifest)
+        self._decoder = decoder_in_use()
+        self._new_http = connection_factory(self.stats, self.redaction)
+        self._fast_http = _http1.feed_http if self._decoder == "c" and self._layout is not None else None
         self._comm = ebpf.CommText()
 
     @property
     def http_decoder(self) -> str:
         """Which HTTP decoder and record loop run (the manifest's probes.l7.http_decoder): 'c' or why not."""
-        used = decoder_in_use()
-        if used == "c" and self._fast_http is None:
+        if self._decoder == "c" and self._fast_http is None:
             return "c, records read in Python (struct l7_event's fields are not the sizes capture/_http1.c reads)"
-        return used
+        return self._decoder
 
     # --- endpoints from the connections probe -------------------------------------------
 
@@ -424,7 +426,7 @@ class L7Decoder:
                     if kind == DNS_TCP:
                         flow = _TcpFlow(key, None, dns=True)
                     else:
-                        flow = _TcpFlow(key, new_connection(self.stats, self.redaction))
+                        flow = _TcpFlow(key, self._new_http())
                     self.flows[key] = flow
                 flow.raw_key, flow.family = rkey, family
                 self.flows_raw[rkey] = flow
@@ -540,7 +542,7 @@ class L7Decoder:
                     side = conns[-1].role
             if side is None:
                 return  # not HTTP/1.x (or the middle of a stream whose start we missed)
-            st = self.ssl[key] = _SslStream(skaddr, side, pid, comm, new_connection(self.stats, self.redaction), ts)
+            st = self.ssl[key] = _SslStream(skaddr, side, pid, comm, self._new_http(), ts)
         elif skaddr and not st.skaddr:
             st.skaddr = skaddr
         st.last_ts = ts

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 .PHONY: demo test gate setup host docs bench clean
 
 # A virtualenv with flowtape installed editable, plus test tools.
-$(VENV)/.installed: pyproject.toml capture/_http1.c capture/_ring.c
+$(VENV)/.installed: pyproject.toml capture/decode/_http1.c capture/live/_ring.c
 	bash scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
 	touch $@
 

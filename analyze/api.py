@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from .prices import Prices
+from .reports.prices import Prices
 from .reports import dns as dns_r
 from .reports import latency as lat_r
 from .reports import timeseries as ts_r

@@ -11,7 +11,7 @@ import typer
 
 from ..reader import Tape
 from .enrich import GRANULARITIES
-from .render import Format, render_frame
+from .render.formats import Format, render_frame
 from .reports.filters import Filters, parse_time
 
 report_app = typer.Typer(help="Reports computed from a tape: topology, latency, traffic, dns.", no_args_is_help=True)
@@ -65,7 +65,7 @@ def topology_cmd(
 
     Example: flowtape report topology fixtures/tiny.tape --by workload -f svg --group-by zone -o topology.svg
     """
-    from .graph import dot, mermaid, render
+    from .render.graph import dot, mermaid, render
     from .reports.placement import endpoint_groups
     from .reports.topology import topology
 
@@ -118,7 +118,7 @@ def latency_cmd(
 def _sections(sections: dict, titles: dict, format: Format) -> None:
     import json
 
-    from .render import records
+    from .render.formats import records
 
     if format is Format.json:
         json.dump({k: records(v) for k, v in sections.items()}, sys.stdout, indent=1)
@@ -173,7 +173,7 @@ def traffic_cmd(
 
     Example: flowtape report traffic fixtures/tiny.tape --by zone
     """
-    from .prices import load_prices
+    from .reports.prices import load_prices
     from .reports.traffic import egress, talkers, zone_pairs
 
     p = load_prices(prices)
@@ -234,8 +234,8 @@ def html_cmd(
 
     Example: flowtape report html fixtures/synth-incident.tape -o report.html
     """
-    from .html import build_html
-    from .prices import load_prices
+    from .render.html import build_html
+    from .reports.prices import load_prices
 
     p = load_prices(prices)
     t = _open(tape)

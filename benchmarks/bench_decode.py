@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import dnslib  # noqa: E402
 
-from flowtape.capture.decode_dns import decode_dns  # noqa: E402
-from flowtape.capture.decode_stats import DecodeStats  # noqa: E402
-from flowtape.capture.decode_tls import decode_client_hello  # noqa: E402
-from flowtape.capture.http_pairing import HttpConnection, Redaction, decoder_in_use, new_connection  # noqa: E402
+from flowtape.capture.decode.dns import decode_dns  # noqa: E402
+from flowtape.capture.decode.stats import DecodeStats  # noqa: E402
+from flowtape.capture.decode.tls import decode_client_hello  # noqa: E402
+from flowtape.capture.decode.http_pairing import HttpConnection, Redaction, decoder_in_use, new_connection  # noqa: E402
 from pcap_seeds import segments  # noqa: E402
 
 

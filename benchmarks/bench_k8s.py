@@ -21,7 +21,7 @@ from pathlib import Path
 
 import kubernetes
 
-from flowtape.capture.k8s import RESOURCES, KubeConfig, KubeWatcher
+from flowtape.capture.k8s.watcher import RESOURCES, KubeConfig, KubeWatcher
 from flowtape.writer import TapeWriter
 
 

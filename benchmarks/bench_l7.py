@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from netlab import Lab, make_cert, start_nginx_l7  # noqa: E402
 
-from flowtape.capture import ebpf  # noqa: E402
+from flowtape.capture.live import ebpf  # noqa: E402
 
 FLOWTAPE = str(Path(sys.executable).with_name("flowtape"))
 RATES = (10_000, 20_000, 30_000)  # offered requests/s (open loop)

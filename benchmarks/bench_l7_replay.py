@@ -36,11 +36,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from flowtape.capture import recorder as recorder_module  # noqa: E402
-from flowtape.capture.connections import CLOSE, ESTABLISHED, EV_STATE, ConnectionTracker  # noqa: E402
-from flowtape.capture.http_pairing import Redaction, decoder_in_use  # noqa: E402
-from flowtape.capture.l7 import L7Decoder  # noqa: E402
-from flowtape.capture.recorder import Recorder, RecordOptions  # noqa: E402
+from flowtape.capture.live import recorder as recorder_module  # noqa: E402
+from flowtape.capture.live.connections import CLOSE, ESTABLISHED, EV_STATE, ConnectionTracker  # noqa: E402
+from flowtape.capture.decode.http_pairing import Redaction, decoder_in_use  # noqa: E402
+from flowtape.capture.live.l7 import L7Decoder  # noqa: E402
+from flowtape.capture.live.recorder import Recorder, RecordOptions  # noqa: E402
 from flowtape.writer import TapeWriter  # noqa: E402
 
 EVERY_NS = int(recorder_module.L7_ROWS_EVERY_S * 1e9)

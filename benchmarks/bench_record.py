@@ -48,7 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from netlab import Lab, start_nginx  # noqa: E402
 
-from flowtape.capture import ebpf  # noqa: E402
+from flowtape.capture.live import ebpf  # noqa: E402
 
 FLOWTAPE = str(Path(sys.executable).with_name("flowtape"))
 PACKAGE_DIRS = {"flowtape": "flowtape", "flowtape/capture": "capture", "flowtape/analyze": "analyze", "flowtape/bpf": "bpf"}

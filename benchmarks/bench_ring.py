@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from ring_fake import FakeRing  # noqa: E402
 
-from flowtape.capture import ringbuf  # noqa: E402
+from flowtape.capture.live import ringbuf  # noqa: E402
 
 
 def main() -> int:

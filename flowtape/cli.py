@@ -28,12 +28,12 @@ app = typer.Typer(
 
 # Commands that live beside the code they drive register themselves here (module.register(app)).
 COMMAND_MODULES: list[str] = [
-    "flowtape.capture.record_cli",
-    "flowtape.capture.tiny",
+    "flowtape.capture.live.cli",
+    "flowtape.capture.synth.tiny",
     "flowtape.analyze.report_cli",
-    "flowtape.capture.synth_cli",
-    "flowtape.capture.k8s_cli",
-    "flowtape.analyze.diff_cli",
+    "flowtape.capture.synth.cli",
+    "flowtape.capture.k8s.cli",
+    "flowtape.analyze.ci.cli",
 ]
 
 
@@ -53,7 +53,7 @@ def root(
 
 # --- shared option sets (defined once, reused by every command) ---------------------------
 
-from .analyze.render import Format  # noqa: E402
+from .analyze.render.formats import Format  # noqa: E402
 
 TapeArg = Annotated[Path, typer.Argument(help="Path of a tape (a NAME.tape folder).", show_default=False)]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.", case_sensitive=False)]
@@ -117,7 +117,7 @@ def info(tape: TapeArg, format: FormatOpt = Format.table) -> None:
         "size_bytes": size,
     }
     if format is Format.json:
-        from .analyze.render import render_kv
+        from .analyze.render.formats import render_kv
 
         render_kv(data, format, out())
         return
@@ -154,7 +154,7 @@ def verify(tape: TapeArg, format: FormatOpt = Format.table) -> None:
     t, problems = run(tape)
     errors = [p for p in problems if p.severity == "error"]
     if format is Format.json:
-        from .analyze.render import render_kv
+        from .analyze.render.formats import render_kv
 
         render_kv({"tape": str(t.path), "ok": not errors, "parts": len(t.parts), "problems": [{"path": p.path, "severity": p.severity, "message": p.message} for p in problems]}, format, out())
     else:
@@ -179,7 +179,7 @@ def sql(
 
     Example: flowtape sql fixtures/tiny.tape "select l4, sum(bytes) from flows group by l4"
     """
-    from .analyze.render import render_frame
+    from .analyze.render.formats import render_frame
 
     from .tape import Tape
 

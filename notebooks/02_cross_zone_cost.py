@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 import flowtape
-from flowtape.analyze.prices import Prices
+from flowtape.analyze.reports.prices import Prices
 
 pl.Config.set_tbl_width_chars(160)
 pl.Config.set_tbl_rows(20)

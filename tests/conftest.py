@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from ebpf_support import in_ci
 
-from flowtape.capture.tiny import write_tiny_tape
+from flowtape.capture.synth.tiny import write_tiny_tape
 from flowtape.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,7 +19,7 @@ import pytest
 
 def host_problem() -> str | None:
     """Why this host cannot run the recorder's eBPF tests, or None when it can."""
-    from flowtape.capture import ebpf
+    from flowtape.capture.live import ebpf
     from flowtape.errors import FlowtapeError
 
     try:

@@ -8,7 +8,7 @@ import mmap
 
 import numpy as np
 
-from flowtape.capture.ringbuf import PAGE, RingReader
+from flowtape.capture.live.ringbuf import PAGE, RingReader
 
 SIZE = 4 * PAGE
 

@@ -8,8 +8,8 @@ import pytest
 
 import flowtape
 from conftest import FIXTURES, run_cli
-from flowtape.analyze.check import check
-from flowtape.analyze.rules import RulesError, parse_rules
+from flowtape.analyze.ci.check import check
+from flowtape.analyze.ci.rules import RulesError, parse_rules
 
 BASE = FIXTURES / "synth-baseline.tape"
 INC = FIXTURES / "synth-incident.tape"

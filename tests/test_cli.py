@@ -8,7 +8,7 @@ import json
 import re
 
 import flowtape
-from flowtape.capture.tiny import T0
+from flowtape.capture.synth.tiny import T0
 from flowtape.cli import COMMAND_MODULES, app
 from flowtape.writer import TapeWriter
 

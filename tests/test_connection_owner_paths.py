@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from ebpf_support import ebpf_host, require_ebpf  # noqa: F401  (fixture)
 
-from flowtape.capture.connections import ConnectionProbe, ConnectionTracker
+from flowtape.capture.live.connections import ConnectionProbe, ConnectionTracker
 
 pytestmark = [pytest.mark.ebpf, require_ebpf()]
 

@@ -8,9 +8,9 @@ import dnslib
 import pyarrow as pa
 import pytest
 
-from flowtape.capture.decode_dns import DnsTcpSplitter, decode_dns, parse_dns
-from flowtape.capture.decode_stats import DecodeStats
-from flowtape.capture.dns_pairing import DnsPairer
+from flowtape.capture.decode.dns import DnsTcpSplitter, decode_dns, parse_dns
+from flowtape.capture.decode.stats import DecodeStats
+from flowtape.capture.decode.dns_pairing import DnsPairer
 from flowtape.conform import conform
 from flowtape.schema import table
 from pcap_seeds import segments

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from flowtape.capture.decode_dns import DnsTcpSplitter, decode_dns
-from flowtape.capture.decode_stats import LOST, NOTES, DecodeStats
-from flowtape.capture.decode_tls import ClientHelloReader, decode_client_hello
-from flowtape.capture.dns_pairing import DnsPairer
-from flowtape.capture.http_pairing import HttpConnection
+from flowtape.capture.decode.dns import DnsTcpSplitter, decode_dns
+from flowtape.capture.decode.stats import LOST, NOTES, DecodeStats
+from flowtape.capture.decode.tls import ClientHelloReader, decode_client_hello
+from flowtape.capture.decode.dns_pairing import DnsPairer
+from flowtape.capture.decode.http_pairing import HttpConnection
 from pcap_seeds import segments
 
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,9 +6,9 @@ from collections import defaultdict
 
 import pytest
 
-from flowtape.capture.decode_http import HttpParser
-from flowtape.capture.decode_stats import DecodeStats
-from flowtape.capture.http_pairing import HttpConnection, Redaction, redact_query
+from flowtape.capture.decode.http1 import HttpParser
+from flowtape.capture.decode.stats import DecodeStats
+from flowtape.capture.decode.http_pairing import HttpConnection, Redaction, redact_query
 from flowtape.conform import conform
 from flowtape.schema import table
 from pcap_seeds import segments
@@ -255,7 +255,7 @@ def test_start_lines_are_checked_field_by_field():
     """The parser reads common methods, versions and statuses from lookup tables; a token valid in
     one place must still be refused in another (a response line on the request side, a method as
     a version, a status that is not three digits)."""
-    from flowtape.capture.decode_http import HttpParser
+    from flowtape.capture.decode.http1 import HttpParser
 
     req, resp = HttpParser(True), HttpParser(False)
     for bad in (b"HTTP/1.1 200 OK\r\n\r\n", b"GET / GET\r\n\r\n", b"G(T / HTTP/1.1\r\n\r\n", b"GET /\r\n\r\n"):

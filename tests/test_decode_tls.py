@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flowtape.capture.decode_stats import DecodeStats
-from flowtape.capture.decode_tls import ClientHello, ClientHelloReader, decode_client_hello, tls_row
+from flowtape.capture.decode.stats import DecodeStats
+from flowtape.capture.decode.tls import ClientHello, ClientHelloReader, decode_client_hello, tls_row
 from flowtape.conform import conform
 from flowtape.schema import table
 from pcap_seeds import segments

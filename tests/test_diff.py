@@ -11,7 +11,7 @@ import pytest
 
 import flowtape
 from conftest import FIXTURES, ROOT, run_cli
-from flowtape.analyze.diff import Thresholds, _z_rates, _z_two_prop, compare, load_config
+from flowtape.analyze.ci.diff import Thresholds, _z_rates, _z_two_prop, compare, load_config
 
 BASE = FIXTURES / "synth-baseline.tape"
 INC = FIXTURES / "synth-incident.tape"

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from flowtape.capture import connections as c
-from flowtape.capture.flows import flow_rows, plan_interfaces
+from flowtape.capture.live import connections as c
+from flowtape.capture.live.flows import flow_rows, plan_interfaces
 from flowtape.errors import UsageError
 
 CLI, SRV = "198.18.0.3", "198.18.0.2"

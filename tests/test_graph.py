@@ -12,7 +12,7 @@ import pytest
 
 import flowtape
 from conftest import FIXTURES
-from flowtape.analyze import graph
+from flowtape.analyze.render import graph
 
 needs_dot = pytest.mark.usefixtures("need_dot")
 

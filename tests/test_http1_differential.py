@@ -20,9 +20,9 @@ import pytest
 from ebpf_support import in_ci
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from flowtape.capture import http_pairing
-from flowtape.capture.decode_stats import DecodeStats
-from flowtape.capture.http_pairing import HttpConnection, Redaction, header_mask
+from flowtape.capture.decode import http_pairing
+from flowtape.capture.decode.stats import DecodeStats
+from flowtape.capture.decode.http_pairing import HttpConnection, Redaction, header_mask
 from http1_corpus import SEEDS, random_stream, run
 from pcap_seeds import segments
 
@@ -132,8 +132,8 @@ ASAN_SCRIPT = """
 import random, sys
 sys.path.insert(0, {tests!r})
 import _http1_asan
-from flowtape.capture.decode_stats import DecodeStats
-from flowtape.capture.http_pairing import HttpConnection, Redaction, header_mask
+from flowtape.capture.decode.stats import DecodeStats
+from flowtape.capture.decode.http_pairing import HttpConnection, Redaction, header_mask
 from http1_corpus import random_stream, run
 rng = random.Random(20261126)
 redactions = [Redaction(), Redaction(enabled=False), Redaction.from_settings(False, [])]
@@ -147,10 +147,10 @@ for i in range({n}):
         print("MISMATCH", i, steps)
         sys.exit(3)
 # the compiled record loop (feed_http) too, through L7Decoder
-import flowtape.capture.http_pairing as hp, flowtape.capture.l7 as l7m
+import flowtape.capture.decode.http_pairing as hp, flowtape.capture.live.l7 as l7m
 hp._http1 = l7m._http1 = _http1_asan
 from test_l7_fast_path import flows_records
-from flowtape.capture.l7 import L7Decoder
+from flowtape.capture.live.l7 import L7Decoder
 def decode(records, endpoints, fast):
     dec = L7Decoder("n", 0)
     assert dec._fast_http is _http1_asan.feed_http
@@ -177,7 +177,7 @@ print("ok", {n})
 def _sanitized_build(tmp_path: Path, name: str, plant_bug: bool = False) -> Path:
     """capture/_http1.c built with ASan and UBSan as module `name`; plant_bug adds a read past
     the end of every segment (the harness must catch it, or it proves nothing)."""
-    src = (ROOT / "capture" / "_http1.c").read_text().replace("PyInit__http1", f"PyInit_{name}").replace('"_http1"', f'"{name}"')
+    src = (ROOT / "capture" / "decode" / "_http1.c").read_text().replace("PyInit__http1", f"PyInit_{name}").replace('"_http1"', f'"{name}"')
     if plant_bug:
         anchor = "static int is_http2(const unsigned char *d, Py_ssize_t n, int from_client) {"
         assert anchor in src

@@ -101,7 +101,7 @@ def test_import_kubectl_malformed_dumps_write_nothing(tmp_path, cli):
 def test_k8s_record_command_and_config_errors(tmp_path, cli):
     from kube_lab import KubeLab
 
-    from flowtape.capture.k8s_cli import record
+    from flowtape.capture.k8s.cli import record
 
     lab = KubeLab()
     try:

@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 import flowtape
-from flowtape.capture.k8s import KubeConfig, KubeWatcher, Timing
+from flowtape.capture.k8s.watcher import KubeConfig, KubeWatcher, Timing
 from flowtape.writer import TapeWriter
 
 from kube_lab import KubeLab, ManualClock
@@ -253,7 +253,7 @@ def test_slow_api_times_out_backs_off_and_recovers(lab, tmp_path):
 def test_unreachable_cluster_at_start_is_one_line_error(tmp_path):
     import kubernetes
 
-    from flowtape.capture.k8s import KubeError
+    from flowtape.capture.k8s.watcher import KubeError
 
     cfg = kubernetes.client.Configuration()
     cfg.host = "http://127.0.0.1:9"  # discard port: nothing listens

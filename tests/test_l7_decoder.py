@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flowtape.capture.l7 import SSL_READ, SSL_WRITE, Endpoint, L7Decoder, c_header_class
+from flowtape.capture.live.l7 import SSL_READ, SSL_WRITE, Endpoint, L7Decoder, c_header_class
 
 EVENT = c_header_class()
 S = 10**9
@@ -47,7 +47,7 @@ def test_prefix_bytes_in_the_manifest_match_the_c():
     import re
     from pathlib import Path
 
-    from flowtape.capture.l7 import PREFIX_BYTES
+    from flowtape.capture.live.l7 import PREFIX_BYTES
 
     root = Path(__file__).resolve().parent.parent / "bpf"
     defines = dict(re.findall(r"#define (FT_L7_\w+) (\d+)", (root / "l7.c").read_text() + (root / "events.h").read_text()))
@@ -56,7 +56,7 @@ def test_prefix_bytes_in_the_manifest_match_the_c():
 
 
 def _tcp_record(ts: int, from_client: bool, seq: int, data: bytes, length: int | None = None) -> bytes:
-    from flowtape.capture.l7 import HTTP
+    from flowtape.capture.live.l7 import HTTP
 
     ev = EVENT()
     cli, srv = bytes([10, 0, 0, 2]) + bytes(12), bytes([10, 0, 0, 1]) + bytes(12)
@@ -97,13 +97,13 @@ def test_http_rows_build_the_same_table_as_row_dicts():
     built from the row dicts it iterates as, and a value that does not fit is named."""
     import pytest
 
-    from flowtape.capture.l7_rows import HttpRows
+    from flowtape.capture.decode.http_rows import HttpRows
     from flowtape.conform import conform
     from flowtape.errors import SchemaError
     from flowtape.schema import table
 
-    from flowtape.capture.http_pairing import EXCHANGE_FIELDS
-    from flowtape.capture.l7_rows import BASE_FIELDS
+    from flowtape.capture.decode.http_pairing import EXCHANGE_FIELDS
+    from flowtape.capture.decode.http_rows import BASE_FIELDS
 
     def exchange(path, **extra):
         row = {"ts_request": 5 * S, "ts_response": 5 * S + 7, "latency_ns": 7, "client_ip": "10.0.0.2", "client_port": 40000,

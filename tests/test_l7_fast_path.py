@@ -17,9 +17,8 @@ import pytest
 from ebpf_support import in_ci
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from flowtape.capture import http_pairing
-from flowtape.capture.l7 import (DNS_TCP, HTTP, SSL_FREE, SSL_READ, SSL_WRITE, TCP_END, TCP_FIN, TCP_RST, Endpoint, L7Decoder,
-                                 c_header_class)
+from flowtape.capture.decode import http_pairing
+from flowtape.capture.live.l7 import (DNS_TCP, HTTP, SSL_FREE, SSL_READ, SSL_WRITE, TCP_END, TCP_FIN, TCP_RST, Endpoint, L7Decoder, c_header_class)
 from http1_corpus import generated_stream
 
 if http_pairing._http1 is None:

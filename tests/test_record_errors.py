@@ -16,7 +16,7 @@ import pytest
 
 import flowtape
 from ebpf_support import ebpf_host, require_ebpf  # noqa: F401  (fixture)
-from flowtape.capture import ebpf, recorder
+from flowtape.capture.live import ebpf, recorder
 from flowtape.errors import Exit
 
 pytestmark = [pytest.mark.ebpf, require_ebpf()]

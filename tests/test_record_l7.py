@@ -31,7 +31,7 @@ import pytest
 
 import flowtape
 from ebpf_support import ebpf_host, require_ebpf  # noqa: F401  (fixture)
-from flowtape.capture.http_pairing import redact_query
+from flowtape.capture.decode.http_pairing import redact_query
 from netlab import H2_PORT, Lab, access_log, make_cert, start_dnsmasq, start_nginx_l7
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.slow, require_ebpf()]

@@ -1,7 +1,7 @@
 """Long HTTP bodies are skipped in the kernel, and sizes stay exact (root, real nginx and curl).
 
 Once user space has parsed a head announcing a long Content-Length body, it tells bpf/l7.c
-where that body ends and the kernel stops sending the body's segments (capture/l7.py,
+where that body ends and the kernel stops sending the body's segments (capture/live/l7.py,
 L7Decoder.skip_body). Until it has (user space behind), the kernel sheds body bytes when the
 ring is over half full: segments that do not start a head go out with their length only.
 Before both, a 200 MB download was ~65k ring-buffer events and overflowed the ring, losing

@@ -15,7 +15,7 @@ import os
 import pytest
 
 import flowtape
-from flowtape.analyze.render import records
+from flowtape.analyze.render.formats import records
 from conftest import FIXTURES
 
 GOLDEN = FIXTURES / "golden"

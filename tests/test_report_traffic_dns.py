@@ -8,8 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 import flowtape
-from flowtape.analyze.prices import Prices
-from flowtape.capture.tiny import API_VIP, EXT_IP, FRONTEND_IP
+from flowtape.analyze.reports.prices import Prices
+from flowtape.capture.synth.tiny import API_VIP, EXT_IP, FRONTEND_IP
 
 
 def raw_flows(tape_path, node):

@@ -10,8 +10,8 @@ import pytest
 from ebpf_support import in_ci
 from ring_fake import SIZE, FakeRing
 
-from flowtape.capture import ringbuf
-from flowtape.capture.ringbuf import BUSY_BIT, DISCARD_BIT, PAGE
+from flowtape.capture.live import ringbuf
+from flowtape.capture.live.ringbuf import BUSY_BIT, DISCARD_BIT, PAGE
 
 if ringbuf._ring is None:
     reason = "capture/_ring.c was not built (no C compiler when flowtape was installed)"

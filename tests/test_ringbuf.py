@@ -58,7 +58,7 @@ def ring(request):
     or in Python where that was not built), and bcc's fallback."""
     from bcc import BPF
 
-    from flowtape.capture import ringbuf
+    from flowtape.capture.live import ringbuf
 
     if request.param.startswith("mmap") and not ringbuf.supported():
         skip_or_fail("the mmap ring reader is used on x86-64 only")

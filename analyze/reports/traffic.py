@@ -7,7 +7,7 @@ know: a ClusterIP of UDP traffic, an unowned address).
 Bytes are flow bytes (IP total length, headers included) from `sums.flow_sums`: each packet
 counted once, ClusterIPs replaced by the pod behind them where the tape knows it (so the zone of
 the real destination is used). Cost = GB (10^9 bytes) x the price of the pair's kind
-(analyze.prices); `cost_usd_month` scales the tape window to 30 days.
+(analyze.reports.prices); `cost_usd_month` scales the tape window to 30 days.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import polars as pl
 from ...reader import Tape
 from ..enrich import name_sql
 from ..sums import flow_seen, flow_sums
-from ..prices import Prices
+from .prices import Prices
 from .filters import Filters, check_by
 
 TALKERS_SQL = """

@@ -301,7 +301,7 @@ class Cluster:
         if bad is not None:
             key, t, zone = bad
             if key not in self.workloads or self.workloads[key].kind != "Deployment":
-                from flowtape.errors import UsageError
+                from ...errors import UsageError
 
                 raise UsageError(f"--incident cross-zone: no Deployment named {key!r} (e.g. shop/api)")
             plan = [x for x in plan if abs(x[0] - t) > 5 * ROLLOUT_STEP]  # keep rollouts apart

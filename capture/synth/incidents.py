@@ -19,7 +19,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowtape.errors import UsageError
+from ...errors import UsageError
 
 from .params import SLICE_NS, Params, parse_duration
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from flowtape.durations import parse_duration  # noqa: F401  (part of synth's API)
-from flowtape.errors import UsageError
+from ...durations import parse_duration  # noqa: F401  (part of synth's API)
+from ...errors import UsageError
 
 SLICE_NS = 5_000_000_000
 """Generation step and flow export interval (the recorder drains its flow map every 5 s)."""

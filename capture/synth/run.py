@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from flowtape.manifest import write_atomic
-from flowtape.writer import TapeWriter
+from ...manifest import write_atomic
+from ...writer import TapeWriter
 
 from .incidents import Incident, parse_incidents
 from .params import SLICE_NS, Params

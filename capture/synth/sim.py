@@ -45,7 +45,7 @@ class Simulation:
             key = name if "/" in name else f"shop/{name}"
             zone = int(cz.knob)
             if not 0 <= zone < p.zones:
-                from flowtape.errors import UsageError
+                from ...errors import UsageError
 
                 raise UsageError(f"--incident cross-zone: zone must be 0..{p.zones - 1}, got {zone}")
             bad = (key, cz.start, zone)
@@ -70,7 +70,7 @@ class Simulation:
     # --- incidents -----------------------------------------------------------------------
 
     def _setup_incidents(self) -> None:
-        from flowtape.errors import UsageError
+        from ...errors import UsageError
 
         W = self.cluster.workloads
         backends = [w.name for k, w in W.items() if w.namespace == "shop" and w.name not in ("loadgen", "frontend", "api")]

@@ -19,7 +19,7 @@ import subprocess
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import PermissionDenied, Unsupported
+from ...errors import PermissionDenied, Unsupported
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 if not (BPF_DIR / "events.h").exists():  # installed (non-editable): flowtape/bpf is package data

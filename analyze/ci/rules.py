@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import FlowtapeError
-from .enrich import GRANULARITIES
+from ...errors import FlowtapeError
+from ..enrich import GRANULARITIES
 
 HTTP_METRICS = ("p50_ms", "p95_ms", "p99_ms", "error_rate", "requests_per_s")
 FLOW_METRICS = ("bytes_per_min", "cross_zone_bytes_per_min")

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from ..schema import table
+from ...schema import table
 from .http_pairing import EXCHANGE_FIELDS
 
 BASE_FIELDS = ("client_ip", "client_port", "server_ip", "server_port", "tls")
@@ -63,7 +63,7 @@ class HttpRows:
             yield row
 
     def to_arrow(self) -> pa.Table:
-        from ..conform import conform
+        from ...conform import conform
 
         if not self.of:
             return _SCHEMA.empty_table()

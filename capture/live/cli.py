@@ -1,4 +1,4 @@
-"""`flowtape record`: the live recorder's command (a thin layer over capture.recorder)."""
+"""`flowtape record`: the live recorder's command (a thin layer over capture.live.recorder)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..durations import parse_seconds
-from ..errors import UsageError
-from .k8s import ContextOpt, InClusterOpt, KubeconfigOpt, NoK8sOpt
+from ...durations import parse_seconds
+from ...errors import UsageError
+from ..k8s.watcher import ContextOpt, InClusterOpt, KubeconfigOpt, NoK8sOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
 
         Example: sudo flowtape record -o incident.tape --duration 5m
         """
-        from .k8s import discover_kube_config
+        from ..k8s.watcher import discover_kube_config
         from .recorder import RecordOptions, Recorder, render_sources
 
         if no_k8s and (kubeconfig or context or in_cluster):

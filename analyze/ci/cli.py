@@ -1,6 +1,6 @@
 """`flowtape diff` and `flowtape check`: CI gates over recorded tapes (exit 5 on a regression).
 
-Computing lives in analyze.diff and analyze.check; this module parses options and renders.
+Computing lives in analyze.ci.diff and analyze.ci.check; this module parses options and renders.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Annotated, Optional, TextIO
 import polars as pl
 import typer
 
-from ..errors import Exit
-from ..reader import Tape
-from .render import Format, records, render_frame
-from .report_cli import By, TapeArg
+from ...errors import Exit
+from ...reader import Tape
+from ..render.formats import Format, records, render_frame
+from ..report_cli import By, TapeArg
 
 
 def _open(path: Path) -> Tape:
@@ -33,7 +33,7 @@ def _rounded(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(pl.col(c).round(4) for c, t in df.schema.items() if t == pl.Float64)
 
 
-def render_diff(r, fmt: Format, out: TextIO, show_all: bool = False) -> None:  # r: analyze.diff.DiffResult
+def render_diff(r, fmt: Format, out: TextIO, show_all: bool = False) -> None:  # r: analyze.ci.diff.DiffResult
     """The findings of a diff (and with `show_all` every compared row) as table, CSV, JSON or Markdown."""
     if fmt is Format.json:
         doc = {

@@ -18,13 +18,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flowtape.errors import TapeError
-from flowtape.manifest import read_manifest
-from flowtape.writer import TapeWriter
+from ...errors import TapeError
+from ...manifest import read_manifest
+from ...writer import TapeWriter
 
-from .k8s import KubeError, Owners
-from .k8s_rows import CONVERTERS, parse_time_ns
-from .k8s_store import VersionStore
+from ..k8s.watcher import KubeError, Owners
+from ..k8s.rows import CONVERTERS, parse_time_ns
+from ..k8s.store import VersionStore
 
 TABLE_OF_KIND = {"Pod": "k8s_pods", "Service": "k8s_services", "Node": "k8s_nodes", "EndpointSlice": "k8s_endpoints"}
 OWNER_KINDS = ("ReplicaSet", "Job")

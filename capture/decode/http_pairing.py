@@ -25,8 +25,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from .decode_http import BODY, HttpMessage, HttpParser
-from .decode_stats import DecodeStats
+from .http1 import BODY, HttpMessage, HttpParser
+from .stats import DecodeStats
 
 try:
     from . import _http1  # type: ignore[attr-defined]  # capture/_http1.c, built at install when a C compiler is present

@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .decode_dns import DnsMessage, DnsTcpSplitter, decode_dns
-from .decode_stats import DecodeStats
+from .dns import DnsMessage, DnsTcpSplitter, decode_dns
+from .stats import DecodeStats
 
 DEFAULT_TIMEOUT_NS = 10_000_000_000
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-from flowtape.schema import TABLES
+from ...schema import TABLES
 
 # Identity of one versioned thing within a table (besides node and valid_from): schema.Table.key.
 VERSION_KEYS: dict[str, tuple[str, ...]] = {name: t.key for name, t in TABLES.items() if t.key}

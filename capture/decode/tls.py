@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .decode_stats import DecodeStats
+from .stats import DecodeStats
 
 CONTENT_HANDSHAKE = 22
 HANDSHAKE_CLIENT_HELLO = 1

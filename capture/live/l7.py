@@ -10,7 +10,7 @@ The HTTP/1 decoder is capture/_http1.c when it was built, else http_pairing.Http
 (the same, in Python: see http_pairing.connection_factory).
 
 `L7Decoder` is the pure part: it takes raw event records (bytes laid out as struct l7_event)
-and the connections probe's endpoints (`capture.connections.Conn`), so it is tested with
+and the connections probe's endpoints (`capture.live.connections.Conn`), so it is tested with
 synthetic records and no kernel. `L7Probe` loads and attaches the C.
 
 Sides (DESIGN.md): a plain HTTP exchange is seen once on the wire per node (bpf/l7.c takes a
@@ -43,12 +43,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import ebpf, ringbuf
-from .decode_http import looks_like_request, looks_like_response
-from .decode_stats import DecodeStats
-from .decode_tls import ClientHelloReader, tls_row
-from .dns_pairing import DnsPairer
-from .http_pairing import _http1, Redaction, connection_factory, decoder_in_use, is_http2
-from .l7_rows import HttpRows
+from ..decode.http1 import looks_like_request, looks_like_response
+from ..decode.stats import DecodeStats
+from ..decode.tls import ClientHelloReader, tls_row
+from ..decode.dns_pairing import DnsPairer
+from ..decode.http_pairing import _http1, Redaction, connection_factory, decoder_in_use, is_http2
+from ..decode.http_rows import HttpRows
 
 # struct l7_event kinds (bpf/events.h)
 DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE = 1, 2, 3, 4, 5, 6, 7, 8
@@ -105,7 +105,7 @@ class HeaderDecoder:
             by_name[name] = (off, size, code)
         missing = [n for n in self.FIELDS if n not in by_name]
         if missing:
-            raise ValueError(f"struct l7_event has no field {missing[0]!r} (bpf/events.h and capture/l7.py disagree)")
+            raise ValueError(f"struct l7_event has no field {missing[0]!r} (bpf/events.h and capture/live/l7.py disagree)")
         self.data_offset = event_class.data.offset
         self.kind_offset = by_name["kind"][0]
         self.struct = self._struct(by_name, self.FIELDS)
@@ -120,7 +120,7 @@ class HeaderDecoder:
     def _struct(by_name: dict[str, tuple[int, int, str]], fields: tuple[str, ...]) -> struct.Struct:
         # struct.Struct reads left to right, so the fields must follow the C order
         if sorted(fields, key=lambda n: by_name[n][0]) != list(fields):
-            raise ValueError("struct l7_event's fields are not in HeaderDecoder's order (bpf/events.h and capture/l7.py disagree)")
+            raise ValueError("struct l7_event's fields are not in HeaderDecoder's order (bpf/events.h and capture/live/l7.py disagree)")
         fmt, pos = "<", 0
         for n in fields:
             off, size, code = by_name[n]
@@ -226,7 +226,7 @@ class _Direction:
 
 @dataclass(eq=False)
 class Endpoint:
-    """A local TCP endpoint (the attributes of capture.connections.Conn that L7 rows need)."""
+    """A local TCP endpoint (the attributes of capture.live.connections.Conn that L7 rows need)."""
 
     skaddr: int
     role: str
@@ -288,7 +288,7 @@ class L7Decoder:
         self.flows_raw: dict[tuple, _TcpFlow] = {}  # the same flows by the kernel's 16-byte addresses
         self.hellos: dict[tuple, ClientHelloReader] = {}
         self.ssl: dict[tuple[int, int], _SslStream] = {}
-        # connection endpoints (capture.connections.Conn) by client-first 4-tuple and by skaddr
+        # connection endpoints (capture.live.connections.Conn) by client-first 4-tuple and by skaddr
         self.endpoints: dict[tuple, list[Any]] = {}
         self.by_sk: dict[int, list[Any]] = {}
         self.pending: collections.deque[tuple[int, str, Any, Any]] = collections.deque()  # (ready_mono, table, join, row)
@@ -696,7 +696,7 @@ class L7Probe:
     _on_batch: Any = None
 
     def check(self) -> None:
-        from ..errors import UsageError
+        from ...errors import UsageError
 
         libs = [str(p) for p in DEFAULT_SSL_LIBS if Path(p).exists()] if self.ssl_libs is None else list(self.ssl_libs)
         for lib in libs:
@@ -741,7 +741,7 @@ class L7Probe:
         return new
 
     def _attach_ssl(self) -> None:
-        from ..errors import Unsupported
+        from ...errors import Unsupported
 
         for lib in self._libs:
             found = 0

@@ -32,7 +32,7 @@ def synth(
 
     Example: flowtape synth -o incident.tape --seed 7 --duration 5m --incident latency --incident dns
     """
-    from .synth import Params, parse_duration, synthesize
+    from . import Params, parse_duration, synthesize
 
     p = Params(seed=seed, services=services, nodes=nodes, zones=zones, regions=regions, duration_ns=parse_duration(duration),
                rps=rps, rollouts=rollouts, incidents=tuple(incident or ()))

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..errors import DiskFull, FlowtapeError, Unsupported, UsageError
-from ..writer import TapeWriter, clock_sample
+from ...errors import DiskFull, FlowtapeError, Unsupported, UsageError
+from ...writer import TapeWriter, clock_sample
 from . import ebpf
 from .connections import CLOSE, ESTABLISHED, EV_STATE, CgroupResolver, ConnectionProbe, ConnectionTracker
 from .flows import FlowProbe, coverage
-from .http_pairing import Redaction
+from ..decode.http_pairing import Redaction
 from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
 
 PROBES = ("flows", "connections", "l7")
@@ -354,7 +354,7 @@ class Recorder:
         cfg = self.opts.kube
         if cfg is None:
             return
-        from .k8s import KubeError, KubeWatcher
+        from ..k8s.watcher import KubeError, KubeWatcher
 
         w = self.writer
         assert w is not None

@@ -312,7 +312,7 @@ class Rows:
         return f"Rows({list(self)!r})"
 
     def to_arrow(self) -> pa.Table:
-        from ..schema import table
+        from ...schema import table
 
         schema = table("connections").arrow_schema
         cols = dict(zip(COLUMNS, zip(*self._values))) if self._values else dict.fromkeys(COLUMNS, ())
@@ -380,7 +380,7 @@ class ConnectionProbe:
 
     def check(self) -> None:
         """Decide what can be compiled here; required parts raise Unsupported."""
-        from ..errors import Unsupported
+        from ...errors import Unsupported
 
         if not ebpf.tracepoint_exists("sock", "inet_sock_set_state"):
             raise Unsupported("tracepoint sock:inet_sock_set_state is missing from this kernel: the connections table will be missing")

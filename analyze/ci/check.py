@@ -1,4 +1,4 @@
-"""`flowtape check`: evaluate written rules (analyze.rules) on one tape.
+"""`flowtape check`: evaluate written rules (analyze.ci.rules) on one tape.
 
 One result row per rule: the measured value, the limit and a status:
 - `ok`        the rule holds;
@@ -20,7 +20,7 @@ import fnmatch
 import polars as pl
 
 from .diff import IPNAMES, _canon, ip_names, use_ip_names, window_s
-from .enrich import create_views, name_sql, server_name_sql
+from ..enrich import create_views, name_sql, server_name_sql
 from .rules import Rule
 
 FAILING = ("violated", "no_data")

@@ -16,7 +16,7 @@ From the moment a watch breaks until it is watching again, the resource is blind
 is written to the manifest's `gaps` (source `k8s/<resource>`), opened as soon as the break is
 seen (end null) and closed when the watch is back, so a crash leaves an open-ended gap.
 
-Versions (`valid_from`, `valid_to`): see `flowtape.capture.k8s_store` for the open-row +
+Versions (`valid_from`, `valid_to`): see `flowtape.capture.k8s.store` for the open-row +
 closing-row crash-safety scheme and the rule readers apply. Objects present at start get
 `valid_from` = creationTimestamp (the start time when unknown) and `observed_at_start` true.
 Times are the recorder's wall clock when the change was observed.
@@ -39,10 +39,10 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from flowtape.errors import Exit, FlowtapeError
+from ...errors import Exit, FlowtapeError
 
-from .k8s_rows import CONVERTERS, controller_of, parse_time_ns
-from .k8s_store import VersionStore
+from .rows import CONVERTERS, controller_of, parse_time_ns
+from .store import VersionStore
 
 SOURCE_PREFIX = "k8s/"
 

@@ -17,16 +17,16 @@ from typing import Any, Iterable
 
 import polars as pl
 
-from .. import __version__
-from ..reader import Tape
+from ... import __version__
+from ...reader import Tape
 from . import graph
-from .prices import Prices
-from .reports.dns import dns_failures
-from .reports.filters import Filters
-from .reports.placement import endpoint_groups
-from .reports.timeseries import default_bucket_s, latency_over_time
-from .reports.topology import topology
-from .reports.traffic import egress, zone_pairs
+from ..reports.prices import Prices
+from ..reports.dns import dns_failures
+from ..reports.filters import Filters
+from ..reports.placement import endpoint_groups
+from ..reports.timeseries import default_bucket_s, latency_over_time
+from ..reports.topology import topology
+from ..reports.traffic import egress, zone_pairs
 
 CSS = """
 :root { --fg:#1d2330; --muted:#5f6b7d; --line:#dde2ea; --bg:#ffffff; --panel:#f6f8fb; --accent:#2f5fb3; --bad:#c0392b; --warn:#d68910; }

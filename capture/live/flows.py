@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import UsageError
+from ...errors import UsageError
 from . import ebpf
 
 SYS_NET = Path("/sys/class/net")

@@ -1,5 +1,5 @@
 """`flowtape k8s record` and `flowtape import kubectl`: thin commands over capture.k8s and
-capture.kubectl_import."""
+capture.importers.kubectl."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from flowtape.durations import parse_seconds
+from ...durations import parse_seconds
 
-from .k8s import ContextOpt, InClusterOpt, KubeconfigOpt
+from .watcher import ContextOpt, InClusterOpt, KubeconfigOpt
 
 def record(output: Path, duration: float | None, kubeconfig: Path | None, context: str | None, in_cluster: bool,
            node: str | None, stop: threading.Event | None = None) -> dict:
     """Record Kubernetes state alone into a new tape; returns the watcher's summary."""
-    from flowtape.writer import TapeWriter
+    from ...writer import TapeWriter
 
-    from .k8s import KubeWatcher, load_kube_config
+    from .watcher import KubeWatcher, load_kube_config
 
     cfg = load_kube_config(kubeconfig, context, in_cluster)  # fails before any tape exists
     existed = output.exists()
@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
         Example: kubectl get pods,svc,endpointslices,nodes,rs,deploy,jobs -A -o json > k8s.json
                  flowtape import kubectl k8s.json --into incident.tape
         """
-        from .kubectl_import import import_kubectl
+        from ..importers.kubectl import import_kubectl
 
         out = import_kubectl(list(dumps), into, node)
         rows = ", ".join(f"{n:,} {t}" for t, n in out["rows"].items()) or "no rows"

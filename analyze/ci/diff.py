@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from ..errors import FlowtapeError, UsageError
-from .enrich import create_views, keyed_sql, name_sql, server_name_sql
-from .reports.filters import check_by
+from ...errors import FlowtapeError, UsageError
+from ..enrich import create_views, keyed_sql, name_sql, server_name_sql
+from ..reports.filters import check_by
 
 if TYPE_CHECKING:
-    from ..reader import Tape
+    from ...reader import Tape
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from dnslib import QTYPE, RCODE, DNSBuffer, DNSHeader, DNSQuestion, RR
 
-from .decode_stats import DecodeStats
+from .stats import DecodeStats
 
 # rdata types whose data is a domain name: normalised like qname (lower-case, no trailing
 # dot) so that a CNAME's data equals the next record's name and chains can be followed.

@@ -18,7 +18,7 @@ import subprocess
 
 import polars as pl
 
-from ..errors import Unsupported
+from ...errors import Unsupported
 
 ERROR_COLOURS = ((0.05, "red"), (0.01, "orange"), (0.005, "goldenrod"))
 """(lower bound of the error rate, colour), highest first; an edge below the last is gray40."""

@@ -19,7 +19,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from ..errors import FlowtapeError
+from ...errors import FlowtapeError
 
 
 @dataclass(frozen=True)

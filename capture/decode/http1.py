@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from .decode_stats import DecodeStats
+from .stats import DecodeStats
 
 MAX_HEAD = 64 * 1024  # a head larger than this is not HTTP we can read (servers cap at 8-64 kB)
 

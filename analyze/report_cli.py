@@ -69,12 +69,12 @@ def topology_cmd(
     from .reports.placement import endpoint_groups
     from .reports.topology import topology
 
-    t = _open(tape)
+    a = _open(tape).analysis
     f = filters(since, until, namespace)
-    df = topology(t, by=by.value, filters=f, top=top)
+    df = topology(a, by=by.value, filters=f, top=top)
     if format in (GraphFormat.dot, GraphFormat.svg, GraphFormat.png):
         grouping = group_by or (GroupBy.namespace if format is not GraphFormat.dot else GroupBy.none)
-        groups = dict(endpoint_groups(t, by.value, grouping.value, f).iter_rows()) if grouping is not GroupBy.none else None
+        groups = dict(endpoint_groups(a, by.value, grouping.value, f).iter_rows()) if grouping is not GroupBy.none else None
         text = dot(df, groups, grouping.value if groups else "")
         if format is GraphFormat.dot:
             _emit(text.encode(), output, binary=False)
@@ -108,9 +108,9 @@ def latency_cmd(
     """
     from .reports.latency import dns_latency, http_latency, tcp_latency
 
-    t = _open(tape)
+    a = _open(tape).analysis
     f = filters(since, until, namespace)
-    sections = {"http": http_latency(t, by=by.value, per_route=routes, filters=f), "dns": dns_latency(t, filters=f), "tcp": tcp_latency(t, by=by.value, filters=f)}
+    sections = {"http": http_latency(a, by=by.value, per_route=routes, filters=f), "dns": dns_latency(a, filters=f), "tcp": tcp_latency(a, by=by.value, filters=f)}
     titles = {"http": "HTTP latency (time to first response byte)", "dns": "DNS lookup latency", "tcp": "TCP connect time and srtt"}
     _sections(sections, titles, format)
 
@@ -177,13 +177,13 @@ def traffic_cmd(
     from .reports.traffic import egress, talkers, zone_pairs
 
     p = load_prices(prices)
-    t = _open(tape)
+    a = _open(tape).analysis
     f = filters(since, until, namespace)
     sections = {
-        "talkers": talkers(t, by=by.value, top=top, filters=f),
-        "zone_pairs": zone_pairs(t, "zone", p, f),
-        "region_pairs": zone_pairs(t, "region", p, f),
-        "egress": egress(t, by=by.value, prices=p, filters=f),
+        "talkers": talkers(a, by=by.value, top=top, filters=f),
+        "zone_pairs": zone_pairs(a, "zone", p, f),
+        "region_pairs": zone_pairs(a, "region", p, f),
+        "egress": egress(a, by=by.value, prices=p, filters=f),
     }
     titles = {"talkers": f"Top talkers by {by.value} (flow bytes)", "zone_pairs": "Bytes per zone pair (cost in USD)", "region_pairs": "Bytes per region pair (cost in USD)", "egress": "Internet egress by destination"}
     _sections(sections, titles, format)
@@ -206,13 +206,13 @@ def dns_cmd(
     """
     from .reports.dns import dns_failures, slow_lookups
 
-    t = _open(tape)
+    a = _open(tape).analysis
     f = filters(since, until, namespace)
-    failures = dns_failures(t, by=by.value, filters=f)
+    failures = dns_failures(a, by=by.value, filters=f)
     shown = failures if search_path else failures.filter(~failures["search_path"])
     noise = len(failures) - len(shown)
     title = "DNS failures" + ("" if search_path else f" ({noise} names of search-path noise hidden; --search-path shows them)")
-    sections = {"failures": shown, "slow": slow_lookups(t, slow_ms, f)}
+    sections = {"failures": shown, "slow": slow_lookups(a, slow_ms, f)}
     _sections(sections, {"failures": title, "slow": f"DNS lookups slower than {slow_ms:g} ms"}, format)
 
 

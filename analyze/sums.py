@@ -4,30 +4,27 @@ Reports over HTTP exchanges and flows do not group millions of enriched rows eac
 small tables that were summed on the raw columns first (endpoint IPs, the key that names them
 exactly at that time, see enrich.ip_keyed_sums_sql and segment_sums_sql, and the report dimensions),
 and named after.
-A tape does not change while it is open, so each table is computed once per DuckDB connection
-and time filter, and shared by every report of a set (`flowtape report` with several sections,
-`tape.report.*`, the HTML report). Naming stays exact across IP reuse: rows are keyed by the
+A tape does not change while it is open, so each table is computed once per open tape and time
+filter (analyze.analysis.Analysis owns them: `a.http_sums(...)`), and shared by every report of
+a set (`flowtape report` with several sections, `tape.report.*`, the HTML report). Naming stays exact across IP reuse: rows are keyed by the
 instants at which a name changes (enrich.ft_cuts), never by a plain IP lookup.
 
-- http_sums: per (client, server and addressed server IP, each with the key that names it at the
-  time, method, route, latency bucket): requests, 5xx, unanswered, max latency; a name can
+- http_sums (build_http_sums): per (client, server and addressed server IP, each with the key
+  that names it at the time, method, route, latency bucket): requests, 5xx, unanswered, max latency; a name can
   span several rows (an IP renamed back), so readers sum. Percentiles come from the latency
   buckets (analyze.sketch: within 1 % of the exact value).
-- flow_sums: per (recording node, src, dst, each named at the time): bytes, packets, rows; each
-  packet counted once per cluster. flow_seen: first start and last end of the flows to external
-  destinations, per the same keys (egress only).
-- materialised: the named rows of the smaller tables (DNS exchanges, connections), which several
-  reports read whole: named once instead of once per report (DNS alone was three times).
+- flow_sums (build_flow_sums): per (recording node, src, dst, each named at the time): bytes,
+  packets, rows; each packet counted once per cluster. flow_seen (build_flow_seen): first start
+  and last end of the flows to external destinations, per the same keys (egress only).
+- materialised (build_materialised): the named rows of the smaller tables (DNS exchanges,
+  connections), which several reports read whole: named once instead of once per report (DNS alone was three times).
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import duckdb
 
-from ..reader import Tape
-from .enrich import (NAME_FIELDS, create_views, enriched_dns_sql, has_substitutions, ip_keyed_sums_sql, ip_sums_sql, key_names_sql,
+from .enrich import (NAME_FIELDS, enriched_dns_sql, has_substitutions, ip_keyed_sums_sql, ip_sums_sql, key_names_sql,
                      segment_start_sql, segment_sums_sql, with_names_sql)
 from .sketch import bucket_sql
 
@@ -64,24 +61,12 @@ def _merged(body: str, merge: dict[str, str]) -> str:
     return f"SELECT * EXCLUDE ({', '.join(merge)}), {cols} FROM ({body}) GROUP BY ALL"
 
 
-def _cached(con: duckdb.DuckDBPyConnection, kind: str, time_filter: str) -> tuple[str, bool]:
-    name = f"ft_{kind}_sums_" + hashlib.sha1(time_filter.encode()).hexdigest()[:12]
-    exists = con.execute("SELECT count(*) FROM (SELECT view_name FROM duckdb_views() UNION ALL SELECT table_name FROM duckdb_tables()) "
-                         "WHERE view_name = ?", [name]).fetchall()[0][0] > 0
-    return name, exists
-
-
-def http_sums(tape: Tape, time_filter: str = "true") -> str:
-    """Name of a temporary view of HTTP exchanges (each counted once, see enrich.ft_http_x)
+def build_http_sums(con: duckdb.DuckDBPyConnection, name: str, time_filter: str) -> None:
+    """Create `name`: a temporary view of HTTP exchanges (each counted once, see enrich.ft_http_x)
     summed per client, server and addressed server IP, each named at the time (`client_*`,
     `server_*`, `seen_*`), method, route and latency bucket `lb`: n, n_5xx, n_unanswered,
     max_latency_ns. One name can span rows (an IP's name changing and changing back): readers
     sum. Rows without a latency have lb NULL. `time_filter` is a condition on `ts` (the request's)."""
-    con = tape.con
-    create_views(con)
-    name, exists = _cached(con, "http", time_filter)
-    if exists:
-        return name
     con.execute(_ROUTES.format(route=ROUTE.format(path="path")))
     substitutions = has_substitutions(con)
     base = (f"(SELECT x.*, r.rid, {bucket_sql('x.latency_ns')} AS lb FROM ft_http_x x LEFT JOIN ft_routes r ON r.path = x.path "
@@ -97,42 +82,34 @@ def http_sums(tape: Tape, time_filter: str = "true") -> str:
     seen = "" if substitutions else ", server_ip AS seen_server_ip, " + ", ".join(f"server_{f} AS seen_{f}" for f in NAME_FIELDS)
     named = with_names_sql(f"{name}_rows", f"{name}_names", ends)
     con.execute(f"CREATE TEMP VIEW {name} AS SELECT s.* EXCLUDE (rid), ri.route{seen} FROM ({named}) s LEFT JOIN ft_route_ids ri ON ri.rid = s.rid")
-    return name
 
 
-def flow_sums(tape: Tape, time_filter: str = "true") -> str:
-    """Name of a temporary table of flow bytes, packets and rows summed per node and named src/dst
-    (`src_*`, `dst_*`; exactly as a per-row lookup names them, see enrich.segment_sums_sql), each
-    packet counted once per cluster. `time_filter` is a condition on `ts_start`."""
-    con = tape.con
-    create_views(con)
-    name, exists = _cached(con, "flow", time_filter)
-    if not exists:
-        _flow_table(tape, name, f"(SELECT * FROM ft_flow_real WHERE {time_filter})", FLOW_AGGREGATES, FLOW_MERGE)
-    return name
+Window = tuple[int | None, int | None]
 
 
-def flow_seen(tape: Tape, time_filter: str = "true") -> str:
-    """Name of a temporary table of the first start (`ts_start`) and last end (`ts_end`) of the
-    flows to the IPs that flow_sums names external, per the same node, src and dst names.
+def build_flow_sums(con: duckdb.DuckDBPyConnection, name: str, time_filter: str, window: Window) -> None:
+    """Create `name`: a temporary table of flow bytes, packets and rows summed per node and named
+    src/dst (`src_*`, `dst_*`; exactly as a per-row lookup names them, see enrich.segment_sums_sql),
+    each packet counted once per cluster. `time_filter` is a condition on `ts_start`."""
+    _flow_table(con, name, f"(SELECT * FROM ft_flow_real WHERE {time_filter})", FLOW_AGGREGATES, FLOW_MERGE, window)
+
+
+def build_flow_seen(con: duckdb.DuckDBPyConnection, name: str, sums_table: str, time_filter: str, window: Window) -> None:
+    """Create `name`: a temporary table of the first start (`ts_start`) and last end (`ts_end`) of
+    the flows to the IPs that `sums_table` (build_flow_sums) names external, per the same node, src
+    and dst names.
 
     Kept apart from flow_sums: two timestamps per row cost a quarter of that pass over every flow,
     and only egress needs them; here a scan of dst_ip picks the few flows to those IPs first."""
-    con = tape.con
-    sums_table = flow_sums(tape, time_filter)
-    name, exists = _cached(con, "seen", time_filter)
-    if not exists:
-        ips = [r[0] for r in con.execute(f"SELECT DISTINCT dst_real FROM {sums_table} WHERE dst_kind = 'external' ORDER BY 1").fetchall()]
-        listed = "(" + ", ".join("'" + ip.replace("'", "''") + "'" for ip in ips) + ")"
-        base = f"(SELECT * FROM ft_flow_real WHERE ({time_filter}) AND {'dst_real IN ' + listed if ips else 'false'})"
-        _flow_table(tape, name, base, SEEN_AGGREGATES, SEEN_MERGE)
-    return name
+    ips = [r[0] for r in con.execute(f"SELECT DISTINCT dst_real FROM {sums_table} WHERE dst_kind = 'external' ORDER BY 1").fetchall()]
+    listed = "(" + ", ".join("'" + ip.replace("'", "''") + "'" for ip in ips) + ")"
+    base = f"(SELECT * FROM ft_flow_real WHERE ({time_filter}) AND {'dst_real IN ' + listed if ips else 'false'})"
+    _flow_table(con, name, base, SEEN_AGGREGATES, SEEN_MERGE, window)
 
 
-def _flow_table(tape: Tape, name: str, base: str, aggregates: str, merge: dict[str, str]) -> None:
-    con = tape.con
+def _flow_table(con: duckdb.DuckDBPyConnection, name: str, base: str, aggregates: str, merge: dict[str, str], window: Window) -> None:
     ends = [("src", "src_real"), ("dst", "dst_real")]
-    start, end = tape.window
+    start, end = window
     if start is not None and end is not None and end >= start:
         # a segment per row instead of a lookup per row and IP: on 50M flows, 1 s less
         body = segment_sums_sql(base, "ts_start", ends, "node", aggregates, segment_start_sql(con, start, end))
@@ -145,16 +122,8 @@ def _flow_table(tape: Tape, name: str, base: str, aggregates: str, merge: dict[s
 MATERIALISABLE = ("ft_dns_x", "enriched_dns", "enriched_connections")
 
 
-def materialised(tape: Tape, view: str) -> str:
-    """Name of a temporary table holding the rows of `view` (one of MATERIALISABLE), created on
-    first use and shared by every report of the open tape."""
-    if view not in MATERIALISABLE:
-        raise ValueError(f"not a view to materialise: {view!r}")
-    con = tape.con
-    create_views(con)
-    labels = con.execute("SELECT labels FROM ft_ready").fetchall()[0][0]  # the views' label allow-list
-    name, exists = _cached(con, "rows", f"{view} {labels}")
-    if not exists:
-        rows = enriched_dns_sql(materialised(tape, "ft_dns_x")) if view == "enriched_dns" else f"SELECT * FROM {view}"
-        con.execute(f"CREATE TEMP TABLE {name} AS {rows}")
-    return name
+def build_materialised(con: duckdb.DuckDBPyConnection, name: str, view: str, source: str) -> None:
+    """Create `name`: a temporary table holding the rows of `view` (one of MATERIALISABLE), read
+    from `source` (for enriched_dns: the materialised ft_dns_x, named once instead of per report)."""
+    rows = enriched_dns_sql(source) if view == "enriched_dns" else f"SELECT * FROM {view}"
+    con.execute(f"CREATE TEMP TABLE {name} AS {rows}")

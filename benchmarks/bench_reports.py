@@ -184,16 +184,14 @@ def run_reports(tape) -> None:
 def steps(path: Path) -> list[tuple[str, float, float]]:
     """The report set again on a fresh tape, one step at a time: the shared tables first (views,
     HTTP and flow sums, egress first/last times), then each report over them. Wall and CPU s."""
-    from flowtape.analyze import enrich, sums
-
     tape = flowtape.open(path)
-    r = tape.report
-    parts = [("views", lambda: enrich.create_views(tape.con)), ("http_sums", lambda: sums.http_sums(tape)),
-             ("flow_sums", lambda: sums.flow_sums(tape)), ("flow_seen", lambda: sums.flow_seen(tape)),
-             ("topology", lambda: r.topology(by="workload")), ("http_latency", lambda: r.http_latency(routes=True)),
-             ("dns_latency", r.dns_latency), ("tcp_latency", r.tcp_latency), ("talkers", r.talkers), ("zone_pairs", r.zone_pairs),
-             ("region_pairs", lambda: r.zone_pairs(level="region")), ("egress", r.egress), ("dns_failures", r.dns_failures),
-             ("slow_lookups", r.slow_lookups)]
+    r = lambda: tape.report  # noqa: E731 - tape.analysis is made by the "views" step, not before
+    parts = [("views", lambda: tape.analysis), ("http_sums", lambda: tape.analysis.http_sums()),
+             ("flow_sums", lambda: tape.analysis.flow_sums()), ("flow_seen", lambda: tape.analysis.flow_seen()),
+             ("topology", lambda: r().topology(by="workload")), ("http_latency", lambda: r().http_latency(routes=True)),
+             ("dns_latency", lambda: r().dns_latency()), ("tcp_latency", lambda: r().tcp_latency()), ("talkers", lambda: r().talkers()),
+             ("zone_pairs", lambda: r().zone_pairs()), ("region_pairs", lambda: r().zone_pairs(level="region")),
+             ("egress", lambda: r().egress()), ("dns_failures", lambda: r().dns_failures()), ("slow_lookups", lambda: r().slow_lookups())]
     out = []
     for name, fn in parts:
         c, t = time.process_time(), time.perf_counter()

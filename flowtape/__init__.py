@@ -12,7 +12,18 @@ __version__ = "0.1.0"
 
 from .errors import Exit, FlowtapeError  # noqa: E402
 from .schema import FORMAT, TABLES  # noqa: E402
+from . import reader  # noqa: E402
 from .tape import Problem, Tape, TapeWriter  # noqa: E402
+
+
+def _analysis(tape: Tape):
+    """Every open tape's analysis state: the one place where the core meets flowtape.analyze."""
+    from .analyze.analysis import Analysis
+
+    return Analysis(tape)
+
+
+reader.ANALYSIS = _analysis
 
 
 def open(path: str) -> Tape:  # noqa: A001 - the public API is flowtape.open

@@ -192,9 +192,8 @@ def sql(
         df = rel.pl()
     except Exception as e:  # duckdb raises at execution time for some errors
         from .errors import QueryError
-        from .reader import _first_line
 
-        raise QueryError(f"query failed: {_first_line(e)}") from None
+        raise QueryError.failed(e) from None
     render_frame(df, format, out(), max_rows=max_rows if format is Format.table else None)
     t.close()
 

@@ -48,6 +48,12 @@ class SchemaError(FlowtapeError):
 class QueryError(FlowtapeError):
     """A SQL query failed."""
 
+    @classmethod
+    def failed(cls, e: Exception) -> "QueryError":
+        """The engine's error as one line: its first two non-empty lines, at most 300 characters."""
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        return cls(f"query failed: {' '.join(lines[:2])[:300] if lines else type(e).__name__}")
+
 
 class UsageError(FlowtapeError):
     exit_code = Exit.USAGE

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 import polars as pl
@@ -21,6 +21,10 @@ from .errors import QueryError, TapeError
 from .manifest import read_manifest
 from .schema import PARTITION_KEY, TABLES, Table
 from .writer import PART_RE
+
+# Made by flowtape/__init__.py, which wires the analysis half to the core without the core
+# importing it: Tape -> flowtape.analyze.analysis.Analysis (see Tape.analysis).
+ANALYSIS: Callable[["Tape"], Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ class Tape:
         self.manifest = read_manifest(self.path)
         self.parts, self.problems = scan_parts(self.path, self.manifest)
         self.con = duckdb.connect(":memory:")
+        self._analysis: Any = None
         # Reports must not depend on the reader's local time zone (date_trunc, display, .pl()).
         self.con.execute("SET TimeZone = 'UTC'")
         # DuckDB draws its own progress bar on a terminal for queries over 2 s, into the middle of
@@ -211,24 +216,27 @@ class Tape:
         try:
             return self.con.sql(query, params=params) if params is not None else self.con.sql(query)
         except duckdb.Error as e:
-            raise QueryError(f"query failed: {_first_line(e)}") from None
+            raise QueryError.failed(e) from None
 
     @property
-    def report(self) -> "Reports":  # noqa: F821
-        """Every report as a method returning a Polars DataFrame: `tape.report.topology(by="zone")`."""
-        from .analyze.api import Reports
+    def analysis(self) -> Any:
+        """The tape's analysis state (flowtape.analyze.analysis.Analysis: enrichment views and shared
+        sums), made on first use and kept while the tape is open."""
+        if self._analysis is None:
+            if ANALYSIS is None:
+                raise TapeError("flowtape.analyze is not available in this installation")
+            self._analysis = ANALYSIS(self)
+        return self._analysis
 
-        return Reports(self)
+    @property
+    def report(self) -> Any:
+        """Every report as a method returning a Polars DataFrame: `tape.report.topology(by="zone")`."""
+        return self.analysis.report
 
     def enriched(self, name: str) -> duckdb.DuckDBPyRelation:
         """`http`, `connections`, `flows` or `dns` with every endpoint named as it was at that time
         (`client_*`/`server_*` or `src_*`/`dst_*` columns); `.pl(lazy=True)` for a LazyFrame."""
-        from .analyze.enrich import create_views
-
-        if name not in ("http", "connections", "flows", "dns"):
-            raise TapeError(f"no enriched view of {name!r} (enriched: http, connections, flows, dns)")
-        create_views(self.con)
-        return self.con.table(f"enriched_{name}")
+        return self.analysis.enriched(name)
 
     def close(self) -> None:
         self.con.close()
@@ -261,11 +269,6 @@ def _known(name: str) -> str:
 
 def _sql_list(items: list[str]) -> str:
     return "[" + ", ".join("'" + s.replace("'", "''") + "'" for s in items) + "]"
-
-
-def _first_line(e: Exception) -> str:
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return " ".join(lines[:2])[:300] if lines else type(e).__name__
 
 
 def open_tape(path: str | os.PathLike) -> Tape:

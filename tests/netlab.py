@@ -101,7 +101,7 @@ def tc_program(prefix: Sequence[str], ifname: str, egress: bool, one_in: int, mi
 _DROPPER = r"""
 import socket, sys
 import bcc
-from flowtape.capture import ebpf
+from flowtape.capture.live import ebpf
 ifname, egress, one_in, min_len = sys.argv[1], sys.argv[2] == "egress", int(sys.argv[3]), int(sys.argv[4])
 b = bcc.BPF(text='''
 BPF_ARRAY(dropped, u64, 1);

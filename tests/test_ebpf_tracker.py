@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 
 from flowtape.capture.live import connections as c
-from flowtape.capture.live.flows import flow_rows, plan_interfaces
+from flowtape.capture.live.flows import flow_rows
+from flowtape.capture.live.interfaces import plan_interfaces
 from flowtape.errors import UsageError
 
 CLI, SRV = "198.18.0.3", "198.18.0.2"

@@ -8,7 +8,6 @@ import pytest
 import flowtape
 from flowtape.analyze import enrich
 from flowtape.analyze.enrich import NAME_FIELDS
-from flowtape.analyze.sums import flow_seen, flow_sums, http_sums
 from flowtape.writer import TapeWriter
 from conftest import FIXTURES
 
@@ -31,17 +30,17 @@ def _names(p: str) -> str:
 
 
 def per_row_equals_sums(tape) -> int:
-    fs = flow_sums(tape)
+    fs = tape.analysis.flow_sums()
     keys = f"node, src_real, dst_real, {_names('src')}, {_names('dst')}"
     summed = tape.sql(f"SELECT {keys}, sum(bytes)::HUGEINT, sum(packets)::HUGEINT, sum(flow_rows)::HUGEINT "
                       f"FROM {fs} GROUP BY ALL ORDER BY ALL").fetchall()
     per_row = tape.sql(f"SELECT {keys}, sum(bytes)::HUGEINT, sum(packets)::HUGEINT, count(*)::HUGEINT "
                        f"FROM enriched_flows GROUP BY ALL ORDER BY ALL").fetchall()
     assert summed == per_row
-    seen = tape.sql(f"SELECT {keys}, ts_start, ts_end FROM {flow_seen(tape)} WHERE dst_kind = 'external' ORDER BY ALL").fetchall()
+    seen = tape.sql(f"SELECT {keys}, ts_start, ts_end FROM {tape.analysis.flow_seen()} WHERE dst_kind = 'external' ORDER BY ALL").fetchall()
     per_row = tape.sql(f"SELECT {keys}, min(ts_start), max(ts_end) FROM enriched_flows WHERE dst_kind = 'external' GROUP BY ALL ORDER BY ALL").fetchall()
     assert seen == per_row
-    hs = http_sums(tape)
+    hs = tape.analysis.http_sums()
     keys = f"client_ip, server_ip, seen_server_ip, {_names('client')}, {_names('server')}, {_names('seen')}"
     summed = tape.sql(f"SELECT {keys}, sum(n)::HUGEINT, sum(n_5xx)::HUGEINT, max(max_latency_ns) FROM {hs} GROUP BY ALL ORDER BY ALL").fetchall()
     per_row = tape.sql(f"SELECT {keys}, count(*)::HUGEINT, count(*) FILTER (WHERE status >= 500)::HUGEINT, max(latency_ns) "
@@ -74,7 +73,7 @@ def test_reuse_and_zone_change_inside_one_minute(tmp_path, segment_path):
                            "tls": False, "method": "GET", "path": "/", "status": 200, "latency_ns": 1000 + i, "conn_id": f"c{i}"} for i, t in enumerate(edges)])
     tape = flowtape.open(tmp_path / "t.tape")
     assert per_row_equals_sums(tape) == 4  # a-1 in z1; nobody; b-1 in z1; b-1 in z2 (its client p-1 moved to z2 too)
-    got = {(r["dst_pod"], r["dst_zone"]): r["bytes"] for r in tape.sql(f"SELECT * FROM {flow_sums(tape)}").pl().iter_rows(named=True)}
+    got = {(r["dst_pod"], r["dst_zone"]): r["bytes"] for r in tape.sql(f"SELECT * FROM {tape.analysis.flow_sums()}").pl().iter_rows(named=True)}
     assert got == {("a-1", "z1"): 100 + 101, (None, None): 102 + 103 + 104, ("b-1", "z1"): 105 + 106, ("b-1", "z2"): 107 + 108}
 
 
@@ -82,4 +81,4 @@ def test_reuse_and_zone_change_inside_one_minute(tmp_path, segment_path):
 def test_fixture_tapes(name, segment_path):
     tape = flowtape.open(FIXTURES / f"{name}.tape")
     assert per_row_equals_sums(tape) > 0
-    assert tape.sql(f"SELECT count(*) FROM {flow_seen(tape)} WHERE dst_kind = 'external'").fetchall()[0][0] > 0  # egress is exercised
+    assert tape.sql(f"SELECT count(*) FROM {tape.analysis.flow_seen()} WHERE dst_kind = 'external'").fetchall()[0][0] > 0  # egress is exercised

@@ -29,7 +29,7 @@ def test_tiny_edges_against_raw_rows(tiny_tape):
     lat_ms = np.array([r["latency_ns"] for r in http]) / 1e6
     conns = [r for r in pq.read_table(tiny_tape / "connections/node=node-a").to_pylist() if r["server_port"] == 80]
 
-    df = topology(flowtape.open(tiny_tape), by="workload")
+    df = topology(flowtape.open(tiny_tape).analysis, by="workload")
     e = edge(df, "shop/frontend", "shop/api")  # the client saw a ClusterIP; the server row names the pod
     assert e["requests"] == len(http) == 4  # server-side rows of the same exchanges are not counted again
     assert e["errors_5xx"] == sum(r["status"] >= 500 for r in http) == 1
@@ -47,19 +47,19 @@ def test_tiny_edges_against_raw_rows(tiny_tape):
 
 def test_granularities(tiny_tape):
     tape = flowtape.open(tiny_tape)
-    assert edge(topology(tape, by="service"), "shop/frontend", "svc:shop/api")["requests"] == 4
-    assert edge(topology(tape, by="pod"), "shop/frontend-7d9f-abcde", "shop/api-5c6b-xk2p9")["requests"] == 4
-    assert edge(topology(tape, by="zone"), "eu-west-1a", "eu-west-1b")["bytes_s2c"] == 24000
-    assert edge(topology(tape, by="node"), "node-a", "node-b")["connections"] == 1
-    assert edge(topology(tape, by="namespace"), "shop", "shop")["requests"] == 4
+    assert edge(topology(tape.analysis, by="service"), "shop/frontend", "svc:shop/api")["requests"] == 4
+    assert edge(topology(tape.analysis, by="pod"), "shop/frontend-7d9f-abcde", "shop/api-5c6b-xk2p9")["requests"] == 4
+    assert edge(topology(tape.analysis, by="zone"), "eu-west-1a", "eu-west-1b")["bytes_s2c"] == 24000
+    assert edge(topology(tape.analysis, by="node"), "node-a", "node-b")["connections"] == 1
+    assert edge(topology(tape.analysis, by="namespace"), "shop", "shop")["requests"] == 4
 
 
 def test_filters(tiny_tape):
     tape = flowtape.open(tiny_tape)
-    late = topology(tape, filters=Filters(since=parse_time("2026-01-01T00:00:02Z", "--since")))
+    late = topology(tape.analysis, filters=Filters(since=parse_time("2026-01-01T00:00:02Z", "--since")))
     assert edge(late, "shop/frontend", "shop/api")["requests"] == 3  # requests at 2.1, 3.1 and 4.1 s
-    assert topology(tape, filters=Filters(namespace="batch")).is_empty()
-    assert len(topology(tape, filters=Filters(namespace="shop"))) == 3
+    assert topology(tape.analysis, filters=Filters(namespace="batch")).is_empty()
+    assert len(topology(tape.analysis, filters=Filters(namespace="shop"))) == 3
 
 
 def test_ip_reuse_is_attributed_by_time(tmp_path):
@@ -78,7 +78,7 @@ def test_ip_reuse_is_attributed_by_time(tmp_path):
             {**http, "ts_request": T0 + 20 * S, "client_port": 3, "conn_id": "c3"},
             {**http, "ts_request": T0 + 21 * S, "client_port": 4, "conn_id": "c4"},
         ])
-    df = topology(flowtape.open(tmp_path / "t.tape"), by="pod")
+    df = topology(flowtape.open(tmp_path / "t.tape").analysis, by="pod")
     assert edge(df, "external:203.0.113.5", "x/a-1")["requests"] == 1
     assert edge(df, "external:203.0.113.5", "unknown:10.0.9.9")["requests"] == 1
     assert edge(df, "external:203.0.113.5", "x/b-1")["requests"] == 2
@@ -100,18 +100,18 @@ def test_latency_report_against_raw_rows(tiny_tape, cli):
 
     tape = flowtape.open(tiny_tape)
     http = pq.read_table(tiny_tape / "http/node=node-a").to_pylist()
-    routes = http_latency(tape, per_route=True)
+    routes = http_latency(tape.analysis, per_route=True)
     orders = [r["latency_ns"] / 1e6 for r in http if r["method"] == "GET" and r["path"].startswith("/orders/")]
     row = routes.filter((routes["route"] == "/orders/{id}") & (routes["method"] == "GET")).row(0, named=True)
     assert row["requests"] == len(orders) == 2
     assert row["p95_ms"] == pytest.approx(np.percentile(orders, 95), rel=BOUND)
     assert row["max_ms"] == max(orders)  # exact
     assert set(routes["route"]) == {"/orders/{id}", "/orders", "/health"}  # query string dropped, ids templated
-    dns = dns_latency(tape)
+    dns = dns_latency(tape.analysis)
     g = dns.filter(dns["qname"] == "golang.org").row(0, named=True)
     assert (g["lookups"], g["p50_ms"]) == (1, 21.0)
     assert dns.filter(dns["qname"] == "unanswered.example")["unanswered"].to_list() == [1]
-    tcp = tcp_latency(tape)
+    tcp = tcp_latency(tape.analysis)
     assert edge(tcp, "shop/frontend", "shop/api")["connect_p50_ms"] == pytest.approx(0.6)
     r = cli("report", "latency", tiny_tape, "--routes", "-f", "json")
     assert r.code == 0, r.err

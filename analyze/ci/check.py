@@ -16,12 +16,16 @@ by the tape's DNS answers (an IP used while its lookup failed keeps the name it 
 from __future__ import annotations
 
 import fnmatch
+from typing import TYPE_CHECKING
 
 import polars as pl
 
-from .diff import IPNAMES, _canon, ip_names, use_ip_names, window_s
-from ..enrich import create_views, name_sql, server_name_sql
+from .diff import IPNAMES, canon_name, ip_names, use_ip_names, window_s
+from ..enrich import name_sql, server_name_sql
 from .rules import Rule
+
+if TYPE_CHECKING:
+    from ..analysis import Analysis
 
 FAILING = ("violated", "no_data")
 """Statuses that fail `flowtape check` (exit 5)."""
@@ -86,18 +90,17 @@ FLOW_COLS = {"src": "src", "dst": "dst", "src_zone": "src_zone", "dst_zone": "ds
 
 def check(tape, rules: list[Rule]) -> pl.DataFrame:
     """Evaluate `rules` on `tape`; one row per rule (see the module docstring for statuses)."""
-    create_views(tape.con)
     use_ip_names(tape, ip_names(tape))
     secs = window_s(tape)
-    rows = [_one(tape, r, secs) for r in rules]
+    rows = [_one(tape.analysis, r, secs) for r in rules]
     return pl.DataFrame(rows, schema=RESULT_SCHEMA)
 
 
 def _names(by: str) -> tuple[str, str]:
-    return _canon("client", name_sql("client", by), "mc"), _canon("server", server_name_sql(by), "ms")
+    return canon_name("client", name_sql("client", by), "mc"), canon_name("server", server_name_sql(by), "ms")
 
 
-def _one(tape, r: Rule, secs: float) -> dict:
+def _one(an: "Analysis", r: Rule, secs: float) -> dict:
     subject = r.describe()
     out = {"rule": r.name, "subject": subject}
     if r.kind == "metric" and r.metric in ("bytes_per_min", "cross_zone_bytes_per_min"):
@@ -105,14 +108,14 @@ def _one(tape, r: Rule, secs: float) -> dict:
         if r.metric == "cross_zone_bytes_per_min":
             where += " AND src_zone IS NOT NULL AND dst_zone IS NOT NULL AND src_zone <> dst_zone"
         sql = FLOWS_SQL.format(src=name_sql("src", r.by, "src_real"), dst=name_sql("dst", r.by, "dst_real"), where=where)
-        v = tape.sql(sql, params).fetchall()[0][0] / (secs / 60)
+        v = an.sql(sql, params).fetchall()[0][0] / (secs / 60)
         ok = v < r.below
         return out | {"check": r.metric, "value": v, "limit": r.below, "status": "ok" if ok else "violated",
                       "detail": f"flow bytes per minute over {secs:g} s"}
     if r.kind == "metric":
         client, server = _names(r.by)
         where, params = _where(r.selectors, EDGE_COLS)
-        n, errors, p50, p95, p99, edges = tape.sql(HTTP_SQL.format(client=client, server=server, ipnames=IPNAMES, where=where), params).fetchall()[0]
+        n, errors, p50, p95, p99, edges = an.sql(HTTP_SQL.format(client=client, server=server, ipnames=IPNAMES, where=where), params).fetchall()[0]
         base = out | {"check": r.metric, "limit": r.below}
         if n == 0:
             st = "no_data" if r.missing == "fail" else "ok"
@@ -127,7 +130,7 @@ def _one(tape, r: Rule, secs: float) -> dict:
     if r.kind == "no_calls":
         client, server = _names(r.by)
         where, params = _where(r.selectors, EDGE_COLS)
-        df = tape.sql(CALLS_SQL.format(client=client, server=server, ipnames=IPNAMES, where=where), params).pl()
+        df = an.sql(CALLS_SQL.format(client=client, server=server, ipnames=IPNAMES, where=where), params).pl()
         calls = int(df["requests"].sum() + df["connections"].sum()) if len(df) else 0
         detail = "none" if not calls else "; ".join(f"{a} -> {b}: {q} requests, {c} connections" for a, b, q, c in df.head(3).iter_rows())
         if len(df) > 3:
@@ -135,7 +138,7 @@ def _one(tape, r: Rule, secs: float) -> dict:
         return out | {"check": "no_calls", "value": float(calls), "limit": 0.0, "status": "ok" if calls == 0 else "violated", "detail": detail}
     # egress_only
     where, params = _where(r.selectors, EDGE_COLS)
-    df = tape.sql(EGRESS_SQL.format(src=name_sql("src", r.by, "src_real"), ipnames=IPNAMES, where=where), params).pl()
+    df = an.sql(EGRESS_SQL.format(src=name_sql("src", r.by, "src_real"), ipnames=IPNAMES, where=where), params).pl()
     bad = df.filter(~pl.col("destination").map_elements(lambda d: any(fnmatch.fnmatchcase(d.lower(), a.lower()) for a in r.allow), return_dtype=pl.Boolean))
     allow = ", ".join(r.allow)
     if bad.is_empty():

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ...errors import FlowtapeError, UsageError
-from ..enrich import create_views, keyed_sql, name_sql, server_name_sql
+from ..enrich import keyed_sql, name_sql, server_name_sql
 from ..reports.filters import check_by
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> tuple[Threshold
 IPNAMES = "ft_diff_ipnames"
 
 
-def _canon(prefix: str, expr: str, alias: str) -> str:
+def canon_name(prefix: str, expr: str, alias: str) -> str:
     """An external endpoint without a DNS name at that moment takes the name its IP had elsewhere."""
     return f"CASE WHEN {prefix}_kind = 'external' AND {prefix}_dns IS NULL AND {alias}.name IS NOT NULL THEN 'external:' || {alias}.name ELSE {expr} END"
 
@@ -240,8 +240,7 @@ def ip_names(*tapes: "Tape") -> pl.DataFrame:
     """ip -> the DNS name most often answered for it in these tapes (ties: the first name)."""
     frames = []
     for t in tapes:
-        create_views(t.con)
-        frames.append(t.sql("SELECT ip, name, count(*) AS n FROM ft_dns_names GROUP BY ALL").pl())
+        frames.append(t.analysis.sql("SELECT ip, name, count(*) AS n FROM ft_dns_names GROUP BY ALL").pl())
     df = pl.concat(frames) if frames else pl.DataFrame(schema={"ip": pl.Utf8, "name": pl.Utf8, "n": pl.Int64})
     return (
         df.group_by("ip", "name").agg(pl.col("n").sum())
@@ -257,27 +256,24 @@ def use_ip_names(tape: "Tape", names: pl.DataFrame) -> None:
 def edges(tape: "Tape", by: str, z: float) -> pl.DataFrame:
     """Per edge: requests, 5xx, connections, bytes, cross-zone bytes and pairs, p50/p99 with CIs."""
     check_by(by)
-    create_views(tape.con)
     sql = EDGES_SQL.format(
-        client=_canon("client", name_sql("client", by), "mc"), server=_canon("server", server_name_sql(by), "ms"), ipnames=IPNAMES,
+        client=canon_name("client", name_sql("client", by), "mc"), server=canon_name("server", server_name_sql(by), "ms"), ipnames=IPNAMES,
         lo50=_lo(0.5, z), hi50=_hi(0.5, z), lo99=_lo(0.99, z), hi99=_hi(0.99, z),
     )
-    return tape.sql(sql).pl()
+    return tape.analysis.sql(sql).pl()
 
 
 def egress(tape: "Tape", by: str) -> pl.DataFrame:
     """Per external destination (DNS name, else IP) and source: flow bytes."""
-    create_views(tape.con)
     dst = "CASE WHEN e.dst_dns IS NOT NULL THEN e.dst_dns WHEN md.name IS NOT NULL THEN md.name ELSE e.dst_real END"
-    return tape.sql(EGRESS_SQL.format(dst=dst, src=name_sql("src", by, "src_real"), ipnames=IPNAMES)).pl()
+    return tape.analysis.sql(EGRESS_SQL.format(dst=dst, src=name_sql("src", by, "src_real"), ipnames=IPNAMES)).pl()
 
 
 def dns_failures(tape: "Tape", by: str) -> pl.DataFrame:
     """The DNS report's failures with the resolvers that answered them."""
-    create_views(tape.con)
     f = tape.report.dns_failures(by=by).select("qname", "rcode_name", "search_path", "failures", "top_clients")
     keyed = keyed_sql("ft_dns_x", "ts_query", [("client", "client_ip"), ("server", "server_ip")])
-    servers = tape.sql(DNS_SERVERS_SQL.format(server=name_sql("server", by), keyed=keyed)).pl()
+    servers = tape.analysis.sql(DNS_SERVERS_SQL.format(server=name_sql("server", by), keyed=keyed)).pl()
     return f.join(servers, on=["qname", "rcode_name"], how="left")
 
 

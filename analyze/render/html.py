@@ -88,15 +88,16 @@ def compute(tape: Tape, by: str = "workload", group_by: str = "namespace", top_e
             filters: Filters | None = None) -> Page:
     """Run every report the page shows."""
     f = filters or Filters()
-    bucket = default_bucket_s(tape)
-    groups = dict(endpoint_groups(tape, by, group_by, f).iter_rows()) if group_by != "none" else {}
+    a = tape.analysis
+    bucket = default_bucket_s(a)
+    groups = dict(endpoint_groups(a, by, group_by, f).iter_rows()) if group_by != "none" else {}
     nodes = tape.lazy("k8s_nodes").group_by("name").agg(pl.col("zone").drop_nulls().last(), pl.col("region").drop_nulls().last()).sort("name").collect()
     return Page(
         tape=tape, by=by, group_by=group_by, filters=f,
-        edges=topology(tape, by, f), groups=groups,
-        series=latency_over_time(tape, by, bucket, top_edges, None, f), bucket_s=bucket,
-        zones=zone_pairs(tape, "zone", prices, f), regions=zone_pairs(tape, "region", prices, f),
-        dns=dns_failures(tape, by, f), egress=egress(tape, by, prices, f), nodes=nodes,
+        edges=topology(a, by, f), groups=groups,
+        series=latency_over_time(a, by, bucket, top_edges, None, f), bucket_s=bucket,
+        zones=zone_pairs(a, "zone", prices, f), regions=zone_pairs(a, "region", prices, f),
+        dns=dns_failures(a, by, f), egress=egress(a, by, prices, f), nodes=nodes,
     )
 
 

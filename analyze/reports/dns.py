@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from ...reader import Tape
-from ..enrich import create_views, name_sql
-from ..sums import materialised
+from ..analysis import Analysis
+from ..enrich import name_sql
 from .filters import Filters, check_by
 
 FAILURES_SQL = """
@@ -48,20 +47,18 @@ GROUP BY ALL ORDER BY slow_lookups DESC, qname, server_ip
 """
 
 
-def dns_failures(tape: Tape, by: str = "workload", filters: Filters | None = None, search_path: bool = True) -> pl.DataFrame:
+def dns_failures(a: Analysis, by: str = "workload", filters: Filters | None = None, search_path: bool = True) -> pl.DataFrame:
     """Failed lookups (rcode other than NOERROR, or unanswered) per name and rcode; without
     `search_path`, the expected NXDOMAINs of search-path expansion are left out."""
     check_by(by)
     f = filters or Filters()
-    create_views(tape.con)
-    df = tape.sql(FAILURES_SQL.format(client=name_sql("client", by), where=f.where("q.ts_query", "q.client_namespace"),
-                                      dns=materialised(tape, "enriched_dns"), dns_x=materialised(tape, "ft_dns_x"))).pl()
+    df = a.sql(FAILURES_SQL.format(client=name_sql("client", by), where=f.where("q.ts_query", "q.client_namespace"),
+                                      dns=a.materialised("enriched_dns"), dns_x=a.materialised("ft_dns_x"))).pl()
     return df if search_path else df.filter(~pl.col("search_path"))
 
 
-def slow_lookups(tape: Tape, threshold_ms: float = 100.0, filters: Filters | None = None) -> pl.DataFrame:
+def slow_lookups(a: Analysis, threshold_ms: float = 100.0, filters: Filters | None = None) -> pl.DataFrame:
     """Lookups slower than `threshold_ms`, per name and server."""
     f = filters or Filters()
-    create_views(tape.con)
-    return tape.sql(SLOW_SQL.format(threshold_ns=int(threshold_ms * 1e6), where=f.where("ts_query", "client_namespace"),
-                                    dns=materialised(tape, "enriched_dns"))).pl()
+    return a.sql(SLOW_SQL.format(threshold_ns=int(threshold_ms * 1e6), where=f.where("ts_query", "client_namespace"),
+                                    dns=a.materialised("enriched_dns"))).pl()

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from ...reader import Tape
-from ..enrich import create_views, name_sql, server_name_sql
+from ..analysis import Analysis
+from ..enrich import name_sql, server_name_sql
 from ..sketch import percentile_sql, ranks_sql
-from ..sums import http_sums, materialised
 from .filters import Filters, check_by
 
 HTTP_SQL = """
@@ -55,30 +54,28 @@ GROUP BY ALL ORDER BY connections DESC, client, server
 """
 
 
-def http_latency(tape: Tape, by: str = "workload", per_route: bool = False, filters: Filters | None = None) -> pl.DataFrame:
+def http_latency(a: Analysis, by: str = "workload", per_route: bool = False, filters: Filters | None = None) -> pl.DataFrame:
     """HTTP latency (time to first response byte) per edge, or per edge, method and route."""
     check_by(by)
     f = filters or Filters()
     keys = "client, server, method, route" if per_route else "client, server"
     sql = HTTP_SQL.format(client=name_sql("client", by), server=server_name_sql(by), route_cols=", method, route" if per_route else "",
                           route_order=", method, route" if per_route else "", route_where=" AND route IS NOT NULL" if per_route else "",
-                          http=http_sums(tape, f.time_sql("ts")), ns=f.namespace_sql("client_namespace", "server_namespace"),
+                          http=a.http_sums(f.time_sql("ts")), ns=f.namespace_sql("client_namespace", "server_namespace"),
                           ranks=ranks_sql(keys), p50=percentile_sql(0.50), p95=percentile_sql(0.95), p99=percentile_sql(0.99))
-    return tape.sql(sql).pl()
+    return a.sql(sql).pl()
 
 
-def dns_latency(tape: Tape, filters: Filters | None = None) -> pl.DataFrame:
+def dns_latency(a: Analysis, filters: Filters | None = None) -> pl.DataFrame:
     """DNS lookup latency per name asked and server."""
     f = filters or Filters()
-    create_views(tape.con)
-    return tape.sql(DNS_SQL.format(where=f.where("ts_query", "client_namespace"), dns=materialised(tape, "enriched_dns"))).pl()
+    return a.sql(DNS_SQL.format(where=f.where("ts_query", "client_namespace"), dns=a.materialised("enriched_dns"))).pl()
 
 
-def tcp_latency(tape: Tape, by: str = "workload", filters: Filters | None = None) -> pl.DataFrame:
+def tcp_latency(a: Analysis, by: str = "workload", filters: Filters | None = None) -> pl.DataFrame:
     """TCP connect time (client side) and smoothed RTT per edge."""
     check_by(by)
     f = filters or Filters()
-    create_views(tape.con)
     sql = TCP_SQL.format(client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"),
-                         conns=materialised(tape, "enriched_connections"))
-    return tape.sql(sql).pl()
+                         conns=a.materialised("enriched_connections"))
+    return a.sql(sql).pl()

@@ -12,9 +12,8 @@ from __future__ import annotations
 import polars as pl
 
 from ...errors import UsageError
-from ...reader import Tape
-from ..enrich import create_views, name_sql, server_name_sql
-from ..sums import http_sums, materialised
+from ..analysis import Analysis
+from ..enrich import name_sql, server_name_sql
 from .filters import Filters, check_by
 
 GROUP_BYS = ("namespace", "zone")
@@ -40,18 +39,17 @@ GROUP BY name ORDER BY name
 """
 
 
-def endpoint_groups(tape: Tape, by: str = "workload", group_by: str = "namespace", filters: Filters | None = None) -> pl.DataFrame:
+def endpoint_groups(a: Analysis, by: str = "workload", group_by: str = "namespace", filters: Filters | None = None) -> pl.DataFrame:
     """Columns name, group: where each endpoint (named at granularity `by`) was placed."""
     check_by(by)
     if group_by not in GROUP_BYS:
         raise UsageError(f"--group-by must be one of {', '.join(GROUP_BYS)}, not {group_by!r}")
     f = filters or Filters()
-    create_views(tape.con)
     if group_by == "namespace":
         pod, node, svc, several = "namespace", "'nodes'", "namespace", "'several namespaces'"
     else:
         pod, node, svc, several = "coalesce(zone, 'zone?')", "coalesce(zone, 'zone?')", "'services'", "'several zones'"
     sql = SQL.format(client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"),
-                     http=http_sums(tape, f.time_sql("ts")), conns=materialised(tape, "enriched_connections"), ns=f.namespace_sql("client_namespace", "server_namespace"),
+                     http=a.http_sums(f.time_sql("ts")), conns=a.materialised("enriched_connections"), ns=f.namespace_sql("client_namespace", "server_namespace"),
                      pod=pod, node=node, svc=svc, several=several)
-    return tape.sql(sql).pl()
+    return a.sql(sql).pl()

@@ -14,9 +14,8 @@ from __future__ import annotations
 import polars as pl
 
 from ...errors import UsageError
-from ...reader import Tape
-from ..enrich import create_views, has_substitutions, name_sql, named_exchanges_sql, server_name_sql
-from ..sums import http_sums
+from ..analysis import Analysis
+from ..enrich import has_substitutions, name_sql, named_exchanges_sql, server_name_sql
 from .filters import Filters, check_by
 
 SQL = """
@@ -49,23 +48,22 @@ CHOSEN_ROWS = ("SELECT x.* FROM ft_http_x x SEMI JOIN triples t ON x.client_ip =
                "AND x.seen_server_ip = t.seen_server_ip")
 
 
-def default_bucket_s(tape: Tape) -> int:
+def default_bucket_s(a: Analysis) -> int:
     """10 s for a tape up to 30 minutes long, else 60 s."""
-    start, end = tape.window
+    start, end = a.window
     if start is None or end is None:
         return 60
     return 10 if end - start <= 30 * 60 * 10**9 else 60
 
 
-def latency_over_time(tape: Tape, by: str = "workload", bucket_s: int | None = None, top: int = 5, edges: list[tuple[str, str]] | None = None,
+def latency_over_time(a: Analysis, by: str = "workload", bucket_s: int | None = None, top: int = 5, edges: list[tuple[str, str]] | None = None,
                       filters: Filters | None = None) -> pl.DataFrame:
     """Columns ts (bucket start), client, server, requests, errors_5xx, p50_ms, p95_ms, p99_ms."""
     check_by(by)
-    bucket = int(bucket_s) if bucket_s is not None else default_bucket_s(tape)
+    bucket = int(bucket_s) if bucket_s is not None else default_bucket_s(a)
     if bucket <= 0:
         raise UsageError(f"bucket must be a positive number of seconds, not {bucket_s!r}")
     f = filters or Filters()
-    create_views(tape.con)
     if edges:
         values = ", ".join(f"({_lit(c)}, {_lit(s)}, {i})" for i, (c, s) in enumerate(edges))
         chosen = f"SELECT * FROM (VALUES {values}) AS v(client, server, rank)"
@@ -73,10 +71,10 @@ def latency_over_time(tape: Tape, by: str = "workload", bucket_s: int | None = N
         if top <= 0:
             raise UsageError(f"top must be positive, not {top}")
         chosen = TOP.format(top=int(top))
-    rows = named_exchanges_sql(f"({CHOSEN_ROWS})", has_substitutions(tape.con))
+    rows = named_exchanges_sql(f"({CHOSEN_ROWS})", has_substitutions(a.con))
     sql = SQL.format(bucket_s=bucket, client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"),
-                     chosen=chosen, http=http_sums(tape, f.time_sql("ts")), ns=f.namespace_sql("client_namespace", "server_namespace"), rows=rows)
-    return tape.sql(sql).pl()
+                     chosen=chosen, http=a.http_sums(f.time_sql("ts")), ns=f.namespace_sql("client_namespace", "server_namespace"), rows=rows)
+    return a.sql(sql).pl()
 
 
 def _lit(s: str) -> str:

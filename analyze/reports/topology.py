@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from ...reader import Tape
-from ..enrich import create_views, name_sql, server_name_sql
+from ..analysis import Analysis
+from ..enrich import name_sql, server_name_sql
 from ..sketch import percentile_sql, ranks_sql
-from ..sums import http_sums, materialised
 from .filters import Filters, check_by
 
 SQL = """
@@ -63,7 +62,7 @@ ORDER BY requests DESC, bytes_c2s + bytes_s2c DESC, client, server
 """
 
 
-def topology(tape: Tape, by: str = "workload", filters: Filters | None = None, top: int | None = None) -> pl.DataFrame:
+def topology(a: Analysis, by: str = "workload", filters: Filters | None = None, top: int | None = None) -> pl.DataFrame:
     """Edges between endpoints named at granularity `by`, one row per (client, server).
 
     With `top`, only the `top` busiest endpoints keep their names; the others are merged
@@ -71,9 +70,8 @@ def topology(tape: Tape, by: str = "workload", filters: Filters | None = None, t
     """
     check_by(by)
     f = filters or Filters()
-    create_views(tape.con)
-    http = http_sums(tape, f.time_sql("ts"))
+    http = a.http_sums(f.time_sql("ts"))
     sql = SQL.format(client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"), top=int(top) if top else "NULL",
-                     http=http, conns=materialised(tape, "enriched_connections"), ns=f.namespace_sql("client_namespace", "server_namespace"), ranks=ranks_sql("client, server"),
+                     http=http, conns=a.materialised("enriched_connections"), ns=f.namespace_sql("client_namespace", "server_namespace"), ranks=ranks_sql("client, server"),
                      p50=percentile_sql(0.50), p95=percentile_sql(0.95), p99=percentile_sql(0.99))
-    return tape.sql(sql).pl()
+    return a.sql(sql).pl()

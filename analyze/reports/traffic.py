@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from ...reader import Tape
+from ..analysis import Analysis
 from ..enrich import name_sql
-from ..sums import flow_seen, flow_sums
 from .prices import Prices
 from .filters import Filters, check_by
 
@@ -78,41 +77,41 @@ ORDER BY bytes_out DESC, destination
 """
 
 
-def _month_factor(tape: Tape) -> float:
-    start, end = tape.window
+def _month_factor(a: Analysis) -> float:
+    start, end = a.window
     if start is None or end is None or end <= start:
         return float("nan")
     return 30 * 86400e9 / (end - start)
 
 
-def talkers(tape: Tape, by: str = "workload", top: int = 20, filters: Filters | None = None) -> pl.DataFrame:
+def talkers(a: Analysis, by: str = "workload", top: int = 20, filters: Filters | None = None) -> pl.DataFrame:
     """Top `top` endpoints by bytes sent plus received."""
     check_by(by)
     f = filters or Filters()
-    flows = flow_sums(tape, f.time_sql("ts_start"))
+    flows = a.flow_sums(f.time_sql("ts_start"))
     sql = TALKERS_SQL.format(src=name_sql("src", by, "src_real"), dst=name_sql("dst", by, "dst_real"), top=int(top), flows=flows, where=f.namespace_sql("src_namespace", "dst_namespace"))
-    return tape.sql(sql).pl()
+    return a.sql(sql).pl()
 
 
-def zone_pairs(tape: Tape, level: str = "zone", prices: Prices | None = None, filters: Filters | None = None) -> pl.DataFrame:
+def zone_pairs(a: Analysis, level: str = "zone", prices: Prices | None = None, filters: Filters | None = None) -> pl.DataFrame:
     """Bytes per (src, dst) zone or region pair, the pair's kind and its cost."""
     if level not in ("zone", "region"):
         from ...errors import UsageError
 
         raise UsageError(f"level must be zone or region, not {level!r}")
     f = filters or Filters()
-    flows = flow_sums(tape, f.time_sql("ts_start"))
-    a = f"CASE WHEN kind = 'internet_ingress' THEN 'internet' ELSE coalesce(src_{level}, '?') END"
-    b = f"CASE WHEN kind = 'internet_egress' THEN 'internet' ELSE coalesce(dst_{level}, '?') END"
-    sql = PAIRS_SQL.format(a=a, b=b, level=level, p=prices or Prices(), month_factor=_month_factor(tape), flows=flows, where=f.namespace_sql("src_namespace", "dst_namespace"))
-    return tape.sql(sql).pl()
+    flows = a.flow_sums(f.time_sql("ts_start"))
+    src = f"CASE WHEN kind = 'internet_ingress' THEN 'internet' ELSE coalesce(src_{level}, '?') END"
+    dst = f"CASE WHEN kind = 'internet_egress' THEN 'internet' ELSE coalesce(dst_{level}, '?') END"
+    sql = PAIRS_SQL.format(a=src, b=dst, level=level, p=prices or Prices(), month_factor=_month_factor(a), flows=flows, where=f.namespace_sql("src_namespace", "dst_namespace"))
+    return a.sql(sql).pl()
 
 
-def egress(tape: Tape, by: str = "workload", prices: Prices | None = None, filters: Filters | None = None) -> pl.DataFrame:
+def egress(a: Analysis, by: str = "workload", prices: Prices | None = None, filters: Filters | None = None) -> pl.DataFrame:
     """Internet egress by destination: the DNS name the cluster asked for, else the IP."""
     check_by(by)
     f = filters or Filters()
-    flows, seen = flow_sums(tape, f.time_sql("ts_start")), flow_seen(tape, f.time_sql("ts_start"))
+    flows, seen = a.flow_sums(f.time_sql("ts_start")), a.flow_seen(f.time_sql("ts_start"))
     sql = EGRESS_SQL.format(src=name_sql("src", by, "src_real"), price=(prices or Prices()).internet_egress, flows=flows, seen=seen,
                             where=f.namespace_sql("src_namespace", "dst_namespace"))
-    return tape.sql(sql).pl()
+    return a.sql(sql).pl()

@@ -11,91 +11,19 @@ import errno
 import ipaddress
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ...errors import UsageError
 from . import ebpf
+from .interfaces import Iface, TcAttachments
 
-SYS_NET = Path("/sys/class/net")
-ARPHRD_ETHER, ARPHRD_LOOPBACK = 1, 772
 L4_NAMES = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 PORTED = {6, 17, 132}
 DIRECTIONS = {0: "ingress", 1: "egress"}
 COUNTERS = {0: "flows.insert_failed", 1: "flows.not_ip", 2: "flows.truncated"}
-
-
-@dataclass(frozen=True)
-class Iface:
-    """How the flows program treats one interface (mirrors struct iface_cfg)."""
-
-    name: str
-    ifindex: int
-    l2_len: int
-    count_ingress: bool
-    count_egress: bool
-    role: str = "interface"  # or "bridge", "bridge port", "loopback"
-
-
-def coverage(i: Iface) -> str:
-    """What an interface of the plan counts, in words (for the manifest)."""
-    return {
-        "bridge": "egress from the host (its ports count what enters them)",
-        "bridge port": "ingress (the bridge counts what the host sends)",
-        "loopback": "egress only (loopback)",
-    }.get(i.role, "ingress + local egress")
-
-
-def _read(path: Path, default: str = "") -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return default
-
-
-def plan_interfaces(requested: Iterable[str] | None, sys_net: Path = SYS_NET) -> list[Iface]:
-    """Interfaces to cover and how, so that each packet is counted once on this node.
-
-    None means every interface of the recorder's network namespace. Selecting a bridge selects
-    its ports. Its ports count what enters them (ingress) and it counts what the host sends into
-    it (its egress): every frame leaving a port came from another port, counted there, or from
-    the bridge, so no port needs an egress program (one program run less per bridged packet,
-    and a broadcast from the host counts once, not once per port). A port selected without its
-    bridge counts both ways, like any interface. Loopback counts only on egress (every lo
-    ingress is the same packet again).
-    """
-    present = sorted(p.name for p in sys_net.iterdir()) if sys_net.is_dir() else []
-    names = list(present) if requested is None else list(dict.fromkeys(requested))
-    for n in names:
-        if n not in present:
-            raise UsageError(f"--interfaces: no interface named {n!r} here (have: {', '.join(present)})")
-    # Selecting a bridge selects its ports.
-    bridged: set[str] = set()
-    for n in list(names):
-        brif = sys_net / n / "brif"
-        if brif.is_dir():
-            ports = [p.name for p in sorted(brif.iterdir())]
-            bridged.update(ports)
-            names += [p for p in ports if p not in names]
-    plan = []
-    for n in names:
-        d = sys_net / n
-        ifindex = int(_read(d / "ifindex", "0"))
-        hwtype = int(_read(d / "type", "0"))
-        l2 = 14 if hwtype in (ARPHRD_ETHER, ARPHRD_LOOPBACK) else 0
-        if (d / "bridge").is_dir():
-            plan.append(Iface(n, ifindex, l2, False, True, "bridge"))
-        elif n in bridged:
-            plan.append(Iface(n, ifindex, l2, True, False, "bridge port"))
-        elif hwtype == ARPHRD_LOOPBACK:
-            plan.append(Iface(n, ifindex, l2, False, True, "loopback"))
-        else:
-            plan.append(Iface(n, ifindex, l2, True, True))
-    return plan
 
 
 def flow_rows(items: Iterable[tuple[Any, Any]], ifnames: dict[int, str], to_wall: Callable[[int], int]) -> dict[str, list]:
@@ -252,8 +180,7 @@ class FlowProbe:
     map_entries6: int = 16384  # IPv6 flow directions per interval
     iface_array: int = 16384  # interfaces with a smaller ifindex are looked up in an array
     bpf: Any = None
-    plan: dict[int, Iface] = field(default_factory=dict)
-    links: dict[int, list[int]] = field(default_factory=dict)
+    tc: TcAttachments | None = None
     _active_b: bool = False
     _progs: dict[str, Any] = field(default_factory=dict)
     _drains: dict[str, _BatchDrain] = field(default_factory=dict)
@@ -271,31 +198,32 @@ class FlowProbe:
 
     def attach(self) -> list[Iface]:
         """Attach to every planned interface not attached yet; returns those newly covered."""
-        new = [i for i in plan_interfaces(self.interfaces) if i.ifindex not in self.plan]
-        for i in new:
-            table = self.bpf[b"ft_ifaces_arr" if i.ifindex < self.iface_array else b"ft_ifaces"]
-            table[ctypes.c_uint(i.ifindex)] = table.Leaf(i.l2_len, int(i.count_ingress), int(i.count_egress), 1)
-            self.plan[i.ifindex] = i
-            try:
-                self.links[i.ifindex] = ebpf.attach_tc_pair(self._progs["ft_tc_ingress"].fd, self._progs["ft_tc_egress"].fd, i)
-            except FileNotFoundError:
-                continue  # the interface vanished meanwhile
-        return new
+        if self.tc is None:
+            self.tc = TcAttachments(self.interfaces, self._progs["ft_tc_ingress"].fd, self._progs["ft_tc_egress"].fd,
+                                    self._configure, self._forget)
+        return self.tc.attach()
 
     def refresh(self) -> list[Iface]:
         """With no explicit --interfaces, cover interfaces created since the start (new pods)."""
-        if self.interfaces is not None:
-            return []
-        present = {int(_read(p / "ifindex", "0")) for p in SYS_NET.iterdir()}
-        for gone in [ix for ix in self.plan if ix not in present]:
-            for fd in self.links.pop(gone, []):
-                os.close(fd)
-            table = self.bpf[b"ft_ifaces_arr" if gone < self.iface_array else b"ft_ifaces"]
-            if gone < self.iface_array:
-                table[ctypes.c_uint(gone)] = table.Leaf(0, 0, 0, 0)
-            else:
-                del table[ctypes.c_uint(gone)]
-        return self.attach()
+        return self.tc.refresh() if self.tc is not None else []
+
+    @property
+    def plan(self) -> dict[int, Iface]:
+        return self.tc.plan if self.tc is not None else {}
+
+    def _table(self, ifindex: int) -> Any:
+        return self.bpf[b"ft_ifaces_arr" if ifindex < self.iface_array else b"ft_ifaces"]
+
+    def _configure(self, i: Iface) -> None:
+        table = self._table(i.ifindex)
+        table[ctypes.c_uint(i.ifindex)] = table.Leaf(i.l2_len, int(i.count_ingress), int(i.count_egress), 1)
+
+    def _forget(self, ifindex: int) -> None:
+        table = self._table(ifindex)
+        if ifindex < self.iface_array:
+            table[ctypes.c_uint(ifindex)] = table.Leaf(0, 0, 0, 0)
+        else:
+            del table[ctypes.c_uint(ifindex)]
 
     def drain(self, to_wall: Callable[[int], int]) -> dict[str, Any]:
         """Switch the kernel to the other flow maps, then read and clear the idle ones.
@@ -333,5 +261,5 @@ class FlowProbe:
         return {name: p.fd for name, p in self._progs.items()}
 
     def close(self) -> None:
-        ebpf.release(self.links, self.bpf)
+        ebpf.release(self.tc.links if self.tc is not None else {}, self.bpf)
         self.bpf = None

@@ -35,7 +35,6 @@ from __future__ import annotations
 import collections
 import ctypes
 import operator
-import os
 import struct
 import time
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import ebpf, ringbuf
+from .interfaces import TcAttachments
 from ..decode.http1 import looks_like_request, looks_like_response
 from ..decode.stats import DecodeStats
 from ..decode.tls import ClientHelloReader, tls_row
@@ -686,8 +686,7 @@ class L7Probe:
     ssl_sock_entries: int = 65536
     bpf: Any = None
     missing: dict[str, str] = field(default_factory=dict)
-    plan: dict[int, Any] = field(default_factory=dict)
-    links: dict[int, list[int]] = field(default_factory=dict)
+    tc: TcAttachments | None = None
     ssl_attached: list[str] = field(default_factory=list)
     _progs: dict[str, Any] = field(default_factory=dict)
     _defines: dict[str, Any] = field(default_factory=dict)
@@ -725,20 +724,23 @@ class L7Probe:
 
     def attach(self) -> list[Any]:
         """TC on every planned interface not attached yet (same plan as flows), uprobes once."""
-        from .flows import plan_interfaces
-
-        new = [i for i in plan_interfaces(self.interfaces) if i.ifindex not in self.plan]
-        table = self.bpf[b"ft_l7_ifaces"]
-        for i in new:
-            table[ctypes.c_uint(i.ifindex)] = table.Leaf(i.l2_len, int(i.count_ingress), int(i.count_egress), 0)
-            self.plan[i.ifindex] = i
-            try:
-                self.links[i.ifindex] = ebpf.attach_tc_pair(self._progs["ft_l7_ingress"].fd, self._progs["ft_l7_egress"].fd, i)
-            except FileNotFoundError:
-                continue
+        if self.tc is None:
+            self.tc = TcAttachments(self.interfaces, self._progs["ft_l7_ingress"].fd, self._progs["ft_l7_egress"].fd,
+                                    self._configure, self._forget)
+        new = self.tc.attach()
         if self._libs and not self.ssl_attached:
             self._attach_ssl()
         return new
+
+    def _configure(self, i: Any) -> None:
+        table = self.bpf[b"ft_l7_ifaces"]
+        table[ctypes.c_uint(i.ifindex)] = table.Leaf(i.l2_len, int(i.count_ingress), int(i.count_egress), 0)
+
+    def _forget(self, ifindex: int) -> None:
+        try:
+            del self.bpf[b"ft_l7_ifaces"][ctypes.c_uint(ifindex)]
+        except KeyError:
+            pass
 
     def _attach_ssl(self) -> None:
         from ...errors import Unsupported
@@ -761,20 +763,7 @@ class L7Probe:
             self.ssl_attached.append(lib)
 
     def refresh(self) -> list[Any]:
-        if self.interfaces is not None:
-            return []
-        from .flows import SYS_NET, _read
-
-        present = {int(_read(p / "ifindex", "0")) for p in SYS_NET.iterdir()}
-        for gone in [ix for ix in self.plan if ix not in present]:
-            for fd in self.links.pop(gone, []):
-                os.close(fd)
-            del self.plan[gone]
-            try:
-                del self.bpf[b"ft_l7_ifaces"][ctypes.c_uint(gone)]
-            except KeyError:
-                pass
-        return self.attach()
+        return self.tc.refresh() if self.tc is not None else []
 
     def open(self, on_batch: Callable[[list[bytes]], None]) -> type:
         """Open the ring buffer; records reach `on_batch` a read at a time. Returns bcc's ctypes
@@ -820,7 +809,7 @@ class L7Probe:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
-        ebpf.release(self.links, self.bpf)
+        ebpf.release(self.tc.links if self.tc is not None else {}, self.bpf)
         self.bpf = None
 
 

@@ -27,7 +27,8 @@ from ...errors import DiskFull, FlowtapeError, Unsupported, UsageError
 from ...writer import TapeWriter, clock_sample
 from . import ebpf
 from .connections import CLOSE, ESTABLISHED, EV_STATE, CgroupResolver, ConnectionProbe, ConnectionTracker
-from .flows import FlowProbe, coverage
+from .flows import FlowProbe
+from .interfaces import coverage
 from ..decode.http_pairing import Redaction
 from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
 

@@ -7,7 +7,8 @@ Modules, one concept each: params (arguments), cluster (nodes, workloads, pods o
 traffic (the call graph), incidents (what goes wrong and the truth), dns (resolver behaviour),
 wire (bytes -> packets), conns (connections and pools), requests (vectorised requests and http
 rows), flows (kernel-style flow aggregation), k8s (state tables), sim (the slice loop),
-run (writer, truth.json).
+run (writer, truth.json); cli (`flowtape synth`) and tiny (the hand-written example tape, `flowtape tiny`).
+Writes through flowtape's TapeWriter; imports nothing of capture.live.
 """
 
 from .params import Params, parse_duration

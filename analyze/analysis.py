@@ -1,0 +1,89 @@
+"""The analysis state of one open tape, owned in one place.
+
+A tape does not change while it is open, so its enrichment views are created once and each
+shared sum (analyze.sums) is computed once per time filter. `tape.analysis` is made on first use
+and handed to every report: a report says what it computes, never how the views get set up.
+
+    >>> import flowtape
+    >>> a = flowtape.open("fixtures/tiny.tape").analysis
+    >>> a.sql(f"SELECT sum(n) FROM {a.http_sums()}").fetchall()
+    [(6,)]
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any, Callable
+
+import duckdb
+
+from . import sums
+from .enrich import DEFAULT_LABELS, create_views
+
+if TYPE_CHECKING:
+    from ..reader import Tape
+    from .api import Reports
+
+ENRICHED = ("http", "connections", "flows", "dns")
+
+
+class Analysis:
+    """Enrichment views and shared sums of one open tape (see the module docstring)."""
+
+    def __init__(self, tape: "Tape", labels: tuple[str, ...] = DEFAULT_LABELS) -> None:
+        self.tape = tape
+        self.con = tape.con
+        self.labels = labels
+        create_views(self.con, labels)
+        self._made: set[str] = set()
+        self._report: "Reports | None" = None
+
+    @property
+    def window(self) -> tuple[int | None, int | None]:
+        return self.tape.window
+
+    def sql(self, query: str, params: Any = None) -> duckdb.DuckDBPyRelation:
+        return self.tape.sql(query, params)
+
+    @property
+    def report(self) -> "Reports":
+        if self._report is None:
+            from .api import Reports
+
+            self._report = Reports(self)
+        return self._report
+
+    def enriched(self, name: str) -> duckdb.DuckDBPyRelation:
+        from ..errors import TapeError
+
+        if name not in ENRICHED:
+            raise TapeError(f"no enriched view of {name!r} (enriched: {', '.join(ENRICHED)})")
+        return self.con.table(f"enriched_{name}")
+
+    def _once(self, kind: str, key: str, build: Callable[[str], None]) -> str:
+        """The name of a temporary table or view `build(name)` creates, built on first use."""
+        name = f"ft_{kind}_sums_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+        if name not in self._made:
+            build(name)
+            self._made.add(name)
+        return name
+
+    def http_sums(self, time_filter: str = "true") -> str:
+        """See sums.build_http_sums; `time_filter` is a condition on the request's `ts`."""
+        return self._once("http", time_filter, lambda name: sums.build_http_sums(self.con, name, time_filter))
+
+    def flow_sums(self, time_filter: str = "true") -> str:
+        """See sums.build_flow_sums; `time_filter` is a condition on `ts_start`."""
+        return self._once("flow", time_filter, lambda name: sums.build_flow_sums(self.con, name, time_filter, self.window))
+
+    def flow_seen(self, time_filter: str = "true") -> str:
+        """See sums.build_flow_seen."""
+        flows = self.flow_sums(time_filter)
+        return self._once("seen", time_filter, lambda name: sums.build_flow_seen(self.con, name, flows, time_filter, self.window))
+
+    def materialised(self, view: str) -> str:
+        """The rows of `view` (one of sums.MATERIALISABLE) in a table shared by every report."""
+        if view not in sums.MATERIALISABLE:
+            raise ValueError(f"not a view to materialise: {view!r}")
+        source = self.materialised("ft_dns_x") if view == "enriched_dns" else view
+        return self._once("rows", view, lambda name: sums.build_materialised(self.con, name, view, source))

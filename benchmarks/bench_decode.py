@@ -4,7 +4,7 @@
 
 Prints, for each decoder, items/s and µs per item, and the ratio to a baseline that does
 the least work on the same bytes:
-- HTTP: one full request/response exchange through the compiled decoder (capture/_http1.c;
+- HTTP: one full request/response exchange through the compiled decoder (capture/decode/_http1.c;
   both heads parsed, bodies skipped by length, row built with redaction), each segment cut to
   --prefix bytes as the recorder sends them; baselines: the Python decoder it was made from
   (http_pairing.HttpConnection) and `bytes.find(b"\\r\\n\\r\\n")` on the same segments.

@@ -14,7 +14,7 @@ request: client and server are both local). Use it to compare versions of the de
 the issue's budget is 10 µs per request in all.
 
 The baseline, replayed in the same run: the same inputs through the pure-Python HTTP decoder
-(what the recorder does where capture/_http1.c was not built).
+(what the recorder does where capture/decode/_http1.c was not built).
 
 Run as root:  .venv/bin/python benchmarks/bench_l7_replay.py [--tls] [--seconds 4] [--rate 10000] [--repeat 3]
               .venv/bin/python benchmarks/bench_l7_replay.py --inputs saved.pkl   (replay only; no root)

@@ -1,4 +1,4 @@
-"""RingReader.read per record: capture/_ring.c's loop against the Python loop it replaced, same run.
+"""RingReader.read per record: capture/live/_ring.c's loop against the Python loop it replaced, same run.
 
     .venv/bin/python benchmarks/bench_ring.py [--records 60000] [--repeat 5]
 
@@ -28,7 +28,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     if ringbuf._ring is None:
-        print("bench_ring: capture/_ring.c was not built (install gcc and python3-dev, then reinstall flowtape)", file=sys.stderr)
+        print("bench_ring: capture/live/_ring.c was not built (install gcc and python3-dev, then reinstall flowtape)", file=sys.stderr)
         return 2
     sizes = [96 + 77, 96 + 252, 96 + 100]
     records = [bytes([i % 251]) * sizes[i % 3] for i in range(args.records)]
@@ -47,7 +47,7 @@ def main() -> int:
         assert got == records, f"{name} loop read other records"
         us[name] = 1e6 * best / len(records)
     print(f"RingReader.read, {len(records)} records of {'/'.join(map(str, sizes))} bytes, fastest of {args.repeat}:")
-    print(f"   compiled (capture/_ring.c) {us['compiled']:.3f} us/record   python loop {us['python']:.3f} us/record   "
+    print(f"   compiled (capture/live/_ring.c) {us['compiled']:.3f} us/record   python loop {us['python']:.3f} us/record   "
           f"ratio {us['compiled'] / us['python']:.3f}; per plain HTTP request (3 records): {3 * us['compiled']:.2f} vs {3 * us['python']:.2f} us")
     return 0
 

@@ -1,5 +1,5 @@
 /* Event and map structs shared by the flowtape eBPF programs and decoded by Python, and
- * hdr(), the packet-header read both TC programs use.
+ * hdr() and ft_parse_packet(), the packet-header reads both TC programs use.
  *
  * Declared once, here. The Python side reads these layouts through bcc (which parses the
  * C), so there is no hand-kept ctypes twin. Units are in the names. Padding is explicit so
@@ -74,6 +74,14 @@ struct iface_cfg {
     u8 count_egress;       /* 0 for bridges (their ports see the same frames) */
     u8 covered;            /* 1 (an entry of ft_ifaces_arr that is 0 is an interface not covered) */
 };
+
+/* Whether a TC program on an interface with config `cfg` takes a packet in `direction`: only in
+ * the directions the plan gives the interface, and a packet leaving the node that entered it
+ * through a covered interface (`covered(ifindex)` non-null) was taken there: once per node.
+ * A macro so the ingress path does no lookup of the entering interface. */
+#define FT_TAKES(cfg, direction, skb, covered)                                                      \
+    ((direction) == FT_DIR_INGRESS ? (cfg)->count_ingress                                           \
+                                   : ((cfg)->count_egress && !((skb)->ingress_ifindex != 0 && covered((skb)->ingress_ifindex))))
 
 #define FT_FLOW_CTR_INSERT_FAILED 0   /* flow map full: packets not counted */
 #define FT_FLOW_CTR_NOT_IP 1          /* non-IP frames (ARP, LLDP...): not a flow, not lost */
@@ -208,6 +216,76 @@ static __always_inline int hdr(struct __sk_buff *skb, u32 off, void *to, u32 n) 
         return 0;
     }
     return bpf_skb_load_bytes(skb, off, to, n);
+}
+
+#define FT_ETH_P_IP 0x0800
+#define FT_ETH_P_IPV6 0x86DD
+#define FT_ETH_P_8021Q 0x8100
+#define FT_ETH_P_8021AD 0x88A8
+
+/* The link and network headers of a packet, as both TC programs read them. */
+struct ft_packet {
+    u8 eth[14];            /* the Ethernet header (zero where the interface has none) */
+    u8 family;             /* 4 or 6 */
+    u8 l4proto;            /* IPv4 protocol / IPv6 next header (extension headers are not walked) */
+    u8 first_fragment;     /* 0 for a later IPv4 fragment: it carries no L4 header */
+    u8 _pad0;
+    u32 off;               /* where the IP header starts (after Ethernet and one VLAN tag) */
+    u32 ip_hlen;           /* IP header bytes (40 for IPv6) */
+    u32 ip_len;            /* IP total length, headers included */
+    u8 saddr[16];          /* IPv4 in the first 4 bytes */
+    u8 daddr[16];
+};
+
+#define FT_PKT_OK 0
+#define FT_PKT_L2_TRUNCATED 1   /* the Ethernet header or VLAN tag could not be read */
+#define FT_PKT_L3_TRUNCATED 2   /* the IP header could not be read */
+#define FT_PKT_NOT_IP 3         /* neither IPv4 nor IPv6 */
+
+/* Parse Ethernet (with one 802.1Q/802.1ad tag) when l2_len is 14, then the IPv4 or IPv6 header. */
+static __always_inline int ft_parse_packet(struct __sk_buff *skb, u32 l2_len, struct ft_packet *p) {
+    u16 proto = skb->protocol;   /* network order */
+    p->off = 0;
+    if (l2_len == 14) {
+        if (hdr(skb, 0, p->eth, 14) != 0)
+            return FT_PKT_L2_TRUNCATED;
+        proto = *(u16 *)(p->eth + 12);
+        p->off = 14;
+        if (proto == bpf_htons(FT_ETH_P_8021Q) || proto == bpf_htons(FT_ETH_P_8021AD)) {
+            u8 tag[4];   /* the tag's TCI, then the inner type */
+            if (hdr(skb, 14, tag, 4) != 0)
+                return FT_PKT_L2_TRUNCATED;
+            proto = *(u16 *)(tag + 2);
+            p->off = 18;
+        }
+    }
+    if (proto == bpf_htons(FT_ETH_P_IP)) {
+        u8 ip[20];
+        if (hdr(skb, p->off, ip, 20) != 0)
+            return FT_PKT_L3_TRUNCATED;
+        p->family = 4;
+        p->ip_hlen = (ip[0] & 0x0f) * 4;
+        p->ip_len = ((u32)ip[2] << 8) | ip[3];
+        p->first_fragment = (((u32)(ip[6] & 0x1f) << 8) | ip[7]) == 0;
+        p->l4proto = ip[9];
+        __builtin_memcpy(p->saddr, ip + 12, 4);
+        __builtin_memcpy(p->daddr, ip + 16, 4);
+        return FT_PKT_OK;
+    }
+    if (proto == bpf_htons(FT_ETH_P_IPV6)) {
+        u8 ip6[40];
+        if (hdr(skb, p->off, ip6, 40) != 0)
+            return FT_PKT_L3_TRUNCATED;
+        p->family = 6;
+        p->ip_hlen = 40;
+        p->ip_len = 40 + (((u32)ip6[4] << 8) | ip6[5]);
+        p->first_fragment = 1;
+        p->l4proto = ip6[6];
+        __builtin_memcpy(p->saddr, ip6 + 8, 16);
+        __builtin_memcpy(p->daddr, ip6 + 24, 16);
+        return FT_PKT_OK;
+    }
+    return FT_PKT_NOT_IP;
 }
 
 /* A TCP flow followed for L7 (one entry per direction). */

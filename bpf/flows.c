@@ -20,10 +20,6 @@
  */
 #include "events.h"
 
-#define FT_ETH_P_IP 0x0800
-#define FT_ETH_P_IPV6 0x86DD
-#define FT_ETH_P_8021Q 0x8100
-#define FT_ETH_P_8021AD 0x88A8
 
 BPF_PERCPU_HASH(ft_flows4_a, struct flow_key4, struct flow_val, FT_FLOW_ENTRIES);
 BPF_PERCPU_HASH(ft_flows4_b, struct flow_key4, struct flow_val, FT_FLOW_ENTRIES);
@@ -82,65 +78,28 @@ static __always_inline struct iface_cfg *iface(u32 ifindex) {
 static __always_inline int count_packet(struct __sk_buff *skb, u8 direction) {
     u32 ifindex = skb->ifindex;
     struct iface_cfg *cfg = iface(ifindex);
-    if (!cfg)
+    if (!cfg || !FT_TAKES(cfg, direction, skb, iface))
         return FT_TCX_NEXT;
-    if (direction == FT_DIR_INGRESS) {
-        if (!cfg->count_ingress)
-            return FT_TCX_NEXT;
-    } else {
-        if (!cfg->count_egress)
-            return FT_TCX_NEXT;
-        u32 iif = skb->ingress_ifindex;
-        if (iif != 0 && iface(iif))
-            return FT_TCX_NEXT;   /* counted where it entered the node */
-    }
     u32 l2_len = cfg->l2_len;
     u32 len = skb->len;
 
-    u32 off = 0;
-    u16 proto = skb->protocol;   /* network order */
     struct flow_key4 k4 = {};
     struct flow_key k6 = {};
-    u8 eth[14] = {};
-    if (l2_len == 14) {
-        if (hdr(skb, 0, eth, 14) != 0)
-            return bump(FT_FLOW_CTR_TRUNCATED);
-        proto = *(u16 *)(eth + 12);
-        off = 14;
-        if (proto == bpf_htons(FT_ETH_P_8021Q) || proto == bpf_htons(FT_ETH_P_8021AD)) {
-            u8 tag[4];
-            if (hdr(skb, 14, tag, 4) != 0)
-                return bump(FT_FLOW_CTR_TRUNCATED);
-            proto = *(u16 *)(tag + 2);
-            off = 18;
-        }
-    }
-
-    u32 ip_hlen, ip_len;
-    u8 l4proto;
-    int first_fragment = 1, v4 = 0;
-    if (proto == bpf_htons(FT_ETH_P_IP)) {
-        u8 ip[20];
-        if (hdr(skb, off, ip, 20) != 0)
-            return bump(FT_FLOW_CTR_TRUNCATED);
-        v4 = 1;
-        ip_hlen = (ip[0] & 0x0f) * 4;
-        ip_len = ((u32)ip[2] << 8) | ip[3];
-        first_fragment = (((u32)(ip[6] & 0x1f) << 8) | ip[7]) == 0;
-        l4proto = ip[9];
-        __builtin_memcpy(k4.src_ip, ip + 12, 4);
-        __builtin_memcpy(k4.dst_ip, ip + 16, 4);
-    } else if (proto == bpf_htons(FT_ETH_P_IPV6)) {
-        u8 ip6[40];
-        if (hdr(skb, off, ip6, 40) != 0)
-            return bump(FT_FLOW_CTR_TRUNCATED);
-        ip_hlen = 40;
-        ip_len = 40 + (((u32)ip6[4] << 8) | ip6[5]);
-        l4proto = ip6[6];   /* extension headers are not walked: such packets keep no ports */
-        __builtin_memcpy(k6.src_ip, ip6 + 8, 16);
-        __builtin_memcpy(k6.dst_ip, ip6 + 24, 16);
-    } else {
+    struct ft_packet pkt = {};
+    int st = ft_parse_packet(skb, l2_len, &pkt);
+    if (st == FT_PKT_NOT_IP)
         return bump(FT_FLOW_CTR_NOT_IP);
+    if (st != FT_PKT_OK)
+        return bump(FT_FLOW_CTR_TRUNCATED);
+    u32 off = pkt.off, ip_hlen = pkt.ip_hlen, ip_len = pkt.ip_len;
+    u8 l4proto = pkt.l4proto;
+    int first_fragment = pkt.first_fragment, v4 = pkt.family == 4;
+    if (v4) {
+        __builtin_memcpy(k4.src_ip, pkt.saddr, 4);
+        __builtin_memcpy(k4.dst_ip, pkt.daddr, 4);
+    } else {
+        __builtin_memcpy(k6.src_ip, pkt.saddr, 16);
+        __builtin_memcpy(k6.dst_ip, pkt.daddr, 16);
     }
 
     u16 src_port = 0, dst_port = 0, tcp_flags = 0;
@@ -176,8 +135,8 @@ static __always_inline int count_packet(struct __sk_buff *skb, u8 direction) {
         k4.ip_proto = l4proto;
         k4.src_port = src_port;
         k4.dst_port = dst_port;
-        __builtin_memcpy(k4.dst_mac, eth, 6);
-        __builtin_memcpy(k4.src_mac, eth + 6, 6);
+        __builtin_memcpy(k4.dst_mac, pkt.eth, 6);
+        __builtin_memcpy(k4.src_mac, pkt.eth + 6, 6);
         void *flows = ft_flow_active4.lookup(&zero);
         if (!flows)
             return FT_TCX_NEXT;
@@ -189,8 +148,8 @@ static __always_inline int count_packet(struct __sk_buff *skb, u8 direction) {
     k6.ip_proto = l4proto;
     k6.src_port = src_port;
     k6.dst_port = dst_port;
-    __builtin_memcpy(k6.dst_mac, eth, 6);
-    __builtin_memcpy(k6.src_mac, eth + 6, 6);
+    __builtin_memcpy(k6.dst_mac, pkt.eth, 6);
+    __builtin_memcpy(k6.src_mac, pkt.eth + 6, 6);
     void *flows = ft_flow_active6.lookup(&zero);
     if (!flows)
         return FT_TCX_NEXT;

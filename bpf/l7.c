@@ -34,10 +34,6 @@
 #include <uapi/linux/ptrace.h>   /* struct pt_regs for the uprobes */
 #include "events.h"
 
-#define FT_ETH_P_IP 0x0800
-#define FT_ETH_P_IPV6 0x86DD
-#define FT_ETH_P_8021Q 0x8100
-#define FT_ETH_P_8021AD 0x88A8
 #define FT_TCP_FIN 0x01
 #define FT_TCP_RST 0x04
 #define FT_L7_HTTP_CAP 2048  /* a whole segment at MTU 1500: a head may start anywhere in a segment after a body */
@@ -98,6 +94,17 @@ static __always_inline void l7_copy(struct __sk_buff *skb, struct l7_event *ev, 
         ev->cap_len = want;
 }
 
+/* SSL events come from a process, not a packet: the packet fields are zero (the ring's
+ * reserved memory is not). */
+static __always_inline void no_packet_fields(struct l7_event *ev) {
+    ev->seq = 0;
+    ev->family = 0;
+    ev->sport = 0;
+    ev->dport = 0;
+    ev->tcp_flags = 0;
+    ev->from_client = 0;
+}
+
 static __always_inline int is_method(const u8 *p) {
     /* the request methods of RFC 9110 and PATCH; PRI (the HTTP/2 preface) ends the parse in user space */
     if (p[0] == 'G' && p[1] == 'E' && p[2] == 'T' && p[3] == ' ') return 1;
@@ -112,73 +119,29 @@ static __always_inline int is_method(const u8 *p) {
     return 0;
 }
 
+static __always_inline struct iface_cfg *l7_iface(u32 ifindex) {
+    return ft_l7_ifaces.lookup(&ifindex);
+}
+
 static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
-    u32 ifindex = skb->ifindex;
-    struct iface_cfg *cfg = ft_l7_ifaces.lookup(&ifindex);
-    if (!cfg)
+    struct iface_cfg *cfg = l7_iface(skb->ifindex);
+    if (!cfg || !FT_TAKES(cfg, direction, skb, l7_iface))
         return FT_TCX_NEXT;
-    if (direction == FT_DIR_INGRESS) {
-        if (!cfg->count_ingress)
-            return FT_TCX_NEXT;
-    } else {
-        if (!cfg->count_egress)
-            return FT_TCX_NEXT;
-        u32 iif = skb->ingress_ifindex;
-        if (iif != 0 && ft_l7_ifaces.lookup(&iif))
-            return FT_TCX_NEXT;   /* taken where it entered the node */
-    }
 
-    u32 off = 0;
-    u16 proto = skb->protocol;   /* network order */
-    if (cfg->l2_len == 14) {
-        u8 eth[4];
-        if (hdr(skb, 12, eth, 4) != 0)
-            return FT_TCX_NEXT;
-        u16 ethertype = ((u16)eth[0] << 8) | eth[1];
-        off = 14;
-        if (ethertype == FT_ETH_P_8021Q || ethertype == FT_ETH_P_8021AD) {
-            u8 inner[2];   /* eth[2..3] is the tag's TCI; the inner type follows it */
-            if (hdr(skb, 16, inner, 2) != 0)
-                return FT_TCX_NEXT;
-            ethertype = ((u16)inner[0] << 8) | inner[1];
-            off = 18;
-        }
-        proto = bpf_htons(ethertype);
-    }
-
+    struct ft_packet pkt;
+    __builtin_memset(&pkt, 0, sizeof(pkt));
+    int st = ft_parse_packet(skb, cfg->l2_len, &pkt);
+    if (st == FT_PKT_L3_TRUNCATED)
+        l7_bump(FT_L7_CTR_TRUNCATED);
+    if (st != FT_PKT_OK || !pkt.first_fragment)
+        return FT_TCX_NEXT;   /* not IP, unreadable, or a later fragment (no L4 header) */
     struct l7_flow_key key;
     __builtin_memset(&key, 0, sizeof(key));
-    u32 ip_hlen = 0, ip_len = 0;
-    u8 l4proto = 0;
-    if (proto == bpf_htons(FT_ETH_P_IP)) {
-        u8 ip[20];
-        if (hdr(skb, off, ip, 20) != 0) {
-            l7_bump(FT_L7_CTR_TRUNCATED);
-            return FT_TCX_NEXT;
-        }
-        if (((((u16)ip[6] & 0x1f) << 8) | ip[7]) != 0)
-            return FT_TCX_NEXT;   /* a later fragment: no L4 header */
-        key.family = 4;
-        ip_hlen = (ip[0] & 0x0f) * 4;
-        ip_len = ((u32)ip[2] << 8) | ip[3];
-        l4proto = ip[9];
-        __builtin_memcpy(key.saddr, ip + 12, 4);
-        __builtin_memcpy(key.daddr, ip + 16, 4);
-    } else if (proto == bpf_htons(FT_ETH_P_IPV6)) {
-        u8 ip6[40];
-        if (hdr(skb, off, ip6, 40) != 0) {
-            l7_bump(FT_L7_CTR_TRUNCATED);
-            return FT_TCX_NEXT;
-        }
-        key.family = 6;
-        ip_hlen = 40;
-        ip_len = 40 + (((u32)ip6[4] << 8) | ip6[5]);
-        l4proto = ip6[6];   /* extension headers are not walked (as in flows.c) */
-        __builtin_memcpy(key.saddr, ip6 + 8, 16);
-        __builtin_memcpy(key.daddr, ip6 + 24, 16);
-    } else {
-        return FT_TCX_NEXT;
-    }
+    key.family = pkt.family;
+    __builtin_memcpy(key.saddr, pkt.saddr, 16);
+    __builtin_memcpy(key.daddr, pkt.daddr, 16);
+    u32 off = pkt.off, ip_hlen = pkt.ip_hlen, ip_len = pkt.ip_len;
+    u8 l4proto = pkt.l4proto;
     if (l4proto != 6 && l4proto != 17)
         return FT_TCX_NEXT;
     u32 l4off = off + ip_hlen;
@@ -442,12 +405,7 @@ static __always_inline int ssl_return(struct pt_regs *ctx, u8 kind, int ex) {
     ev->ssl = c.ssl;
     ev->pid = tid >> 32;
     ev->length = n > 0xffffffff ? 0xffffffff : (u32)n;
-    ev->seq = 0;
-    ev->family = 0;
-    ev->sport = 0;
-    ev->dport = 0;
-    ev->tcp_flags = 0;
-    ev->from_client = 0;
+    no_packet_fields(ev);
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
     u32 want = n > FT_L7_SSL_CAP ? FT_L7_SSL_CAP : (u32)n;
     ev->cap_len = 0;
@@ -490,12 +448,7 @@ int ft_ssl_free_enter(struct pt_regs *ctx) {
     ev->pid = sk.tgid;
     ev->length = 0;
     ev->cap_len = 0;
-    ev->seq = 0;
-    ev->family = 0;
-    ev->sport = 0;
-    ev->dport = 0;
-    ev->tcp_flags = 0;
-    ev->from_client = 0;
+    no_packet_fields(ev);
     ft_ssl_socks.delete(&sk);
     l7_submit(ev);
     return 0;

@@ -1,4 +1,4 @@
-"""HTTP/1.x streams for differential testing of capture/_http1.c against the Python decoder.
+"""HTTP/1.x streams for differential testing of capture/decode/_http1.c against the Python decoder.
 
 A stream is a list of steps (from_client, data, length): one direction's segment, in stream
 order per direction, of which the decoder sees the first `len(data)` of `length` bytes — the

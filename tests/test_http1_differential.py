@@ -1,4 +1,4 @@
-"""capture/_http1.c (the compiled HTTP/1.x decoder) against its reference, http_pairing.HttpConnection.
+"""capture/decode/_http1.c (the compiled HTTP/1.x decoder) against its reference, http_pairing.HttpConnection.
 
 Both get the same streams — the real capture at every prefix, generated exchanges covering
 every framing rule, mutations, random bytes — and must return identical row tuples after
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 
 if http_pairing._http1 is None:
-    reason = "capture/_http1.c is not built (no C compiler when flowtape was installed; scripts/bootstrap.sh installs gcc and python3-dev)"
+    reason = "capture/decode/_http1.c is not built (no C compiler when flowtape was installed; scripts/bootstrap.sh installs gcc and python3-dev)"
     if in_ci():
         pytest.fail(f"CI host: {reason}", pytrace=False)
     pytest.skip(reason, allow_module_level=True)
@@ -175,7 +175,7 @@ print("ok", {n})
 
 
 def _sanitized_build(tmp_path: Path, name: str, plant_bug: bool = False) -> Path:
-    """capture/_http1.c built with ASan and UBSan as module `name`; plant_bug adds a read past
+    """capture/decode/_http1.c built with ASan and UBSan as module `name`; plant_bug adds a read past
     the end of every segment (the harness must catch it, or it proves nothing)."""
     src = (ROOT / "capture" / "decode" / "_http1.c").read_text().replace("PyInit__http1", f"PyInit_{name}").replace('"_http1"', f'"{name}"')
     if plant_bug:
@@ -204,7 +204,7 @@ def test_under_address_sanitizer(tmp_path):
     if shutil.which("gcc") is None:
         if in_ci():
             pytest.fail("gcc is missing on a CI host (scripts/bootstrap.sh installs it)", pytrace=False)
-        pytest.skip("gcc is missing: cannot build the sanitizer copy of capture/_http1.c")
+        pytest.skip("gcc is missing: cannot build the sanitizer copy of capture/decode/_http1.c")
     _sanitized_build(tmp_path, "_http1_planted", plant_bug=True)
     planted = _sanitized_run(tmp_path, "import _http1_planted; _http1_planted.Http1Connection(None).feed_tuples(1, b'GET / HTTP/1.1', True)")
     assert planted.returncode == 86 and "heap-buffer-overflow" in planted.stderr, planted.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""L7Decoder.feed_batch's compiled loop (capture/_http1.c feed_http) against the Python path.
+"""L7Decoder.feed_batch's compiled loop (capture/decode/_http1.c feed_http) against the Python path.
 
 The same ring-buffer records — HTTP streams from tests/http1_corpus.py on several flows at
 once, their segments reordered, retransmitted, lost and cut, with FIN/RST records, DNS over
@@ -22,7 +22,7 @@ from flowtape.capture.live.l7 import (DNS_TCP, HTTP, SSL_FREE, SSL_READ, SSL_WRI
 from http1_corpus import generated_stream
 
 if http_pairing._http1 is None:
-    reason = "capture/_http1.c is not built (no C compiler when flowtape was installed)"
+    reason = "capture/decode/_http1.c is not built (no C compiler when flowtape was installed)"
     if in_ci():
         pytest.fail(f"CI host: {reason}", pytrace=False)
     pytest.skip(reason, allow_module_level=True)

@@ -383,6 +383,6 @@ def test_malformed_packets_are_counted_and_the_recorder_kept_going(recording):
     assert m["complete"] is True
     assert m["redaction"]["query_strings"] == "values removed" and "host" in m["redaction"]["header_allow_list"]
     assert "l7" in m["probes"] and m["probes"]["l7"]["ssl_libs"]
-    # everything above was decoded by capture/_http1.c (the CI host builds it); the Python twin is
+    # everything above was decoded by capture/decode/_http1.c (the CI host builds it); the Python twin is
     # held to the same output by test_http1_differential and test_l7_fast_path
     assert m["probes"]["l7"]["http_decoder"] == "c"

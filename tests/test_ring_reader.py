@@ -1,4 +1,4 @@
-"""RingReader's two loops (capture/_ring.c and Python) on a ring laid out in memory as the
+"""RingReader's two loops (capture/live/_ring.c and Python) on a ring laid out in memory as the
 kernel lays it out: same records, same consumer position, through wraps, discarded records
 and a record still being written. (tests/test_ringbuf.py runs both against a real BPF ring.)"""
 
@@ -14,7 +14,7 @@ from flowtape.capture.live import ringbuf
 from flowtape.capture.live.ringbuf import BUSY_BIT, DISCARD_BIT, PAGE
 
 if ringbuf._ring is None:
-    reason = "capture/_ring.c was not built (no C compiler when flowtape was installed)"
+    reason = "capture/live/_ring.c was not built (no C compiler when flowtape was installed)"
     if in_ci():
         pytest.fail(f"CI host: {reason}", pytrace=False)
     pytest.skip(reason, allow_module_level=True)

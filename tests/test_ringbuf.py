@@ -54,7 +54,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_getppid) {
 
 @pytest.fixture(params=["mmap-compiled", "mmap-python", "bcc"])
 def ring(request):
-    """Every reader ringbuf.open_ring can return: ours through mmap (its loop in capture/_ring.c,
+    """Every reader ringbuf.open_ring can return: ours through mmap (its loop in capture/live/_ring.c,
     or in Python where that was not built), and bcc's fallback."""
     from bcc import BPF
 
@@ -63,7 +63,7 @@ def ring(request):
     if request.param.startswith("mmap") and not ringbuf.supported():
         skip_or_fail("the mmap ring reader is used on x86-64 only")
     if request.param == "mmap-compiled" and ringbuf._ring is None:
-        skip_or_fail("capture/_ring.c was not built (no C compiler when flowtape was installed)")
+        skip_or_fail("capture/live/_ring.c was not built (no C compiler when flowtape was installed)")
     bpf = BPF(text=PROG, cflags=[f"-DTEST_PID={os.getpid()}"])
     if request.param.startswith("mmap"):
         reader = ringbuf.RingReader(bpf[b"ring"].map_fd, ringbuf.PAGE, compiled=request.param == "mmap-compiled")

@@ -1040,7 +1040,7 @@ static int fast_record(PyObject *raw, const Layout *l, PyObject *flows, int64_t 
     if (skip_to != Py_None) goto out;
     if ((http = PyObject_GetAttr(flow, a_http)) == NULL) goto error;
     if (!PyObject_TypeCheck(http, &ConnType)) goto out; /* the Python decoder: the Python path */
-    /* the in-order case of _Direction.push */
+    /* the in-order case of SegmentOrder.push (capture/decode/tcp_order.py) */
     if (ts > *last_ts) *last_ts = ts;
     PyObject *v = PyLong_FromLongLong(ts);
     if (v == NULL || PyObject_SetAttr(flow, a_last_ts, v) < 0) {

@@ -92,7 +92,7 @@ END_EVENT = "end"
 Event = tuple[str, HttpMessage]
 
 
-MAX_DIGITS = 18  # a longer Content-Length is malformed (it would not fit capture/_http1.c's int64)
+MAX_DIGITS = 18  # a longer Content-Length is malformed (it would not fit capture/decode/_http1.c's int64)
 MAX_HEX = 15  # likewise a chunk size
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 

@@ -29,7 +29,7 @@ from .http1 import BODY, HttpMessage, HttpParser
 from .stats import DecodeStats
 
 try:
-    from . import _http1  # type: ignore[attr-defined]  # capture/_http1.c, built at install when a C compiler is present
+    from . import _http1  # type: ignore[attr-defined]  # capture/decode/_http1.c, built at install when a C compiler is present
 except ImportError:  # no compiler at install time: the Python decoder does the same work, slower
     _http1 = None
 
@@ -111,7 +111,7 @@ EXCHANGE_FIELDS = ("ts_request", "ts_response", "latency_ns", "http_version", "m
 
 
 def header_mask(redaction: Redaction) -> int:
-    """Bit i set: the header of _HEADER_COLUMNS[i] is written (capture/_http1.c's `allow`)."""
+    """Bit i set: the header of _HEADER_COLUMNS[i] is written (capture/decode/_http1.c's `allow`)."""
     return sum(1 << i for i, (_, h, _) in enumerate(_HEADER_COLUMNS) if redaction.allows(h))
 
 
@@ -123,7 +123,7 @@ class HttpConnection:
     connection's own columns are added by the caller). feed() and close() return the same
     as row dicts, with `row_base` (conn_id, client_ip, ..., tls) copied into each.
 
-    capture/_http1.c is this class compiled (`connection_factory` picks it); this one is the
+    capture/decode/_http1.c is this class compiled (`connection_factory` picks it); this one is the
     reference that tests/test_http1_differential.py holds it to.
     """
 
@@ -243,7 +243,7 @@ class HttpConnection:
 def decoder_in_use() -> str:
     """'c' when connection_factory() makes compiled decoders, else 'python' (and why)."""
     if _http1 is None:
-        return "python (capture/_http1.c was not built: install gcc and python3-dev, then reinstall flowtape)"
+        return "python (capture/decode/_http1.c was not built: install gcc and python3-dev, then reinstall flowtape)"
     if os.environ.get("FLOWTAPE_HTTP_DECODER", "").lower() == "python":
         return "python (FLOWTAPE_HTTP_DECODER=python)"
     return "c"
@@ -251,7 +251,7 @@ def decoder_in_use() -> str:
 
 def connection_factory(stats: DecodeStats, redaction: Redaction) -> Callable[[], Any]:
     """Makes HTTP/1.x connection decoders (feed_tuples/close_tuples/body_remaining): the compiled
-    one (capture/_http1.c) unless it is missing or FLOWTAPE_HTTP_DECODER=python. Decided once,
+    one (capture/decode/_http1.c) unless it is missing or FLOWTAPE_HTTP_DECODER=python. Decided once,
     here, not per connection."""
     if decoder_in_use() == "c":
         return functools.partial(_http1.Http1Connection, stats, redaction.enabled, header_mask(redaction))

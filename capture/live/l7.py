@@ -6,7 +6,7 @@
         TLS  -> ClientHelloReader               -> tls rows
         SSL  -> per (pid, SSL*) stream    -> HTTP/1 decoder -> http rows (tls=true)
 
-The HTTP/1 decoder is capture/_http1.c when it was built, else http_pairing.HttpConnection
+The HTTP/1 decoder is capture/decode/_http1.c when it was built, else http_pairing.HttpConnection
 (the same, in Python: see http_pairing.connection_factory).
 
 `L7Decoder` is the pure part: it takes raw event records (bytes laid out as struct l7_event)
@@ -49,6 +49,7 @@ from ..decode.tls import ClientHelloReader, tls_row
 from ..decode.dns_pairing import DnsPairer
 from ..decode.http_pairing import _http1, Redaction, connection_factory, decoder_in_use, is_http2
 from ..decode.http_rows import HttpRows
+from ..decode.tcp_order import HOLD_NS, SEQ_MOD, SegmentOrder
 
 # struct l7_event kinds (bpf/events.h)
 DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE = 1, 2, 3, 4, 5, 6, 7, 8
@@ -69,13 +70,10 @@ PREFIX_BYTES = {"dns": 512, "http": 2048, "tls_client_hello": 2048, "https_plain
 ROW_GRACE_NS = 1_000_000_000  # rows wait this long for their connection's events
 ENDPOINT_WAIT_NS = 120_000_000_000  # a row whose connection is still unknown waits at most this long
 LIVE_LOOKUP_NS = 1_000_000_000  # how often open endpoints are read from the kernel while rows wait
-HOLD_NS = 200_000_000  # an out-of-order segment waits this long for the gap before it to fill
-MAX_HELD = 16  # segments held per direction before the gap is declared unseen
 SKIP_BODY_MIN = 64 * 1024  # a body with more bytes still to come is skipped in the kernel (one map update)
 IDLE_NS = 300_000_000_000  # a flow without events for 5 minutes is ended
 ENDPOINT_KEEP_NS = 30_000_000_000  # closed endpoints stay joinable this long
 HELLO_KEEP_NS = 10_000_000_000
-SEQ_MOD = 1 << 32
 _TS_START = operator.attrgetter("ts_start")
 
 
@@ -83,7 +81,7 @@ class HeaderDecoder:
     """struct l7_event's header (everything before data[]) from the C declaration, via bcc's
     ctypes class: one struct.Struct that yields FIELDS (in C order; fields not listed are
     skipped as padding), so the hot path unpacks straight into locals; and `layout`, where
-    capture/_http1.c's feed_http finds TCP_FIELDS and SSL_FIELDS (None if their sizes are not
+    capture/decode/_http1.c's feed_http finds TCP_FIELDS and SSL_FIELDS (None if their sizes are not
     the ones it reads)."""
 
     FIELDS = ("ts_ns", "skaddr", "ssl", "length", "seq", "pid", "cap_len", "family",
@@ -109,7 +107,7 @@ class HeaderDecoder:
         self.data_offset = event_class.data.offset
         self.kind_offset = by_name["kind"][0]
         self.struct = self._struct(by_name, self.FIELDS)
-        # capture/_http1.c's feed_http reads these fields itself, at these offsets and sizes
+        # capture/decode/_http1.c's feed_http reads these fields itself, at these offsets and sizes
         fields = self.TCP_FIELDS + self.SSL_FIELDS
         sizes = {n: by_name[n][1] for n in fields}
         self.layout = (self.kind_offset, *(by_name[n][0] for n in self.TCP_FIELDS), self.data_offset,
@@ -146,84 +144,6 @@ def c_header_class() -> type:
     return L7Event
 
 
-# --- per-direction TCP segment ordering ----------------------------------------------------
-
-
-class _Direction:
-    """Puts one direction's segments in sequence order; drops retransmitted bytes; turns bytes
-    never seen (a lost event, a segment dropped by the ring buffer) into an explicit gap.
-
-    `skip_to`: the kernel was asked not to send body bytes before this sequence number
-    (L7Decoder.skip_body); a segment arriving after such a gap follows it at once."""
-
-    __slots__ = ("next", "held", "held_since", "skip_to")
-
-    def __init__(self) -> None:
-        self.next: int | None = None
-        self.held: dict[int, tuple[int, bytes, int]] = {}
-        self.held_since = 0
-        self.skip_to: int | None = None
-
-    def push(self, ts: int, seq: int, data: bytes, length: int, out: list) -> None:
-        if self.next is None:
-            self.next = seq
-        delta = (seq - self.next) % SEQ_MOD
-        if self.skip_to is not None:
-            left = (self.skip_to - self.next) % SEQ_MOD  # body bytes the kernel may still skip
-            if left == 0 or left >= SEQ_MOD // 2:
-                self.skip_to = None  # the stream reached the body's end: gaps are losses again
-            elif 0 < delta <= left:
-                out.append((ts, b"", delta))  # body bytes the kernel skipped on our request: passed, not lost
-                self.next = seq
-                delta = 0
-        if delta == 0:
-            out.append((ts, data, length))
-            self.next = (seq + length) % SEQ_MOD
-            if self.held:
-                self._drain(out)
-        elif delta < SEQ_MOD // 2:  # ahead: an earlier segment is missing (reordered or lost)
-            if not self.held:
-                self.held_since = ts
-            self.held[seq] = (ts, data, length)
-            if len(self.held) > MAX_HELD:
-                self.release(out)
-        else:  # behind: a retransmission, maybe partly new
-            back = SEQ_MOD - delta
-            if back < length:
-                out.append((ts, data[back:], length - back))
-                self.next = (seq + length) % SEQ_MOD
-                if self.held:
-                    self._drain(out)
-
-    def _drain(self, out: list) -> None:
-        while self.held:
-            nxt = self.next
-            hit = self.held.pop(nxt, None) if nxt is not None else None
-            if hit is None:
-                # a held segment now behind (overlap) is cut, one still ahead waits
-                behind = [s for s in self.held if (s - nxt) % SEQ_MOD >= SEQ_MOD // 2]
-                if not behind:
-                    return
-                for s in behind:
-                    ts, data, length = self.held.pop(s)
-                    self.push(ts, s, data, length, out)
-                continue
-            ts, data, length = hit
-            out.append((ts, data, length))
-            self.next = (nxt + length) % SEQ_MOD
-
-    def release(self, out: list) -> None:
-        """Give up waiting: the bytes before the first held segment are an unseen gap."""
-        while self.held:
-            first = min(self.held, key=lambda s: (s - self.next) % SEQ_MOD)
-            gap = (first - self.next) % SEQ_MOD
-            ts = self.held[first][0]
-            if gap:
-                out.append((ts, b"", gap))
-            self.next = first
-            self._drain(out)
-
-
 @dataclass(eq=False)
 class Endpoint:
     """A local TCP endpoint (the attributes of capture.live.connections.Conn that L7 rows need)."""
@@ -256,7 +176,7 @@ class _TcpFlow:
         self.raw_key: tuple | None = None  # the same with the addresses as the kernel sent them (L7Decoder.flows_raw)
         self.family = 0  # the kernel's family value (4 or 6) for raw_key
         self.http = http
-        self.dirs = (_Direction(), _Direction())  # [0] server->client, [1] client->server
+        self.dirs = (SegmentOrder(), SegmentOrder())  # [0] server->client, [1] client->server
         self.fins = 0
         self.last_ts = 0
         self.dns = dns
@@ -321,7 +241,7 @@ class L7Decoder:
     def http_decoder(self) -> str:
         """Which HTTP decoder and record loop run (the manifest's probes.l7.http_decoder): 'c' or why not."""
         if self._decoder == "c" and self._fast_http is None:
-            return "c, records read in Python (struct l7_event's fields are not the sizes capture/_http1.c reads)"
+            return "c, records read in Python (struct l7_event's fields are not the sizes capture/decode/_http1.c reads)"
         return self._decoder
 
     # --- endpoints from the connections probe -------------------------------------------
@@ -386,9 +306,9 @@ class L7Decoder:
 
         HTTP segments that continue their direction of a followed flow, in order with nothing
         held, and SSL plaintext of a stream already followed (nearly all records) are taken by
-        capture/_http1.c's feed_http: the same steps as _feed_one's, without a Python call per
+        capture/decode/_http1.c's feed_http: the same steps as _feed_one's, without a Python call per
         record. It reads and sets _TcpFlow.{dns,dirs,http,key,last_ts},
-        _Direction.{next,held,skip_to} and _SslStream.{skaddr,http,side,last_ts} by name (keep
+        SegmentOrder.{next,held,skip_to} and _SslStream.{skaddr,http,side,last_ts} by name (keep
         them). It stops at the first record it does not take, which _feed_one does."""
         self.events += len(raws)
         fast = self._fast_http
@@ -438,7 +358,7 @@ class L7Decoder:
                 return
             dirn = flow.dirs[from_client]
             if dirn.next == seq and not dirn.held and dirn.skip_to is None:
-                # the common case, in order with nothing held: _Direction.push's first branch, inline
+                # the common case, in order with nothing held: SegmentOrder.push's first branch, inline
                 dirn.next = (seq + length) % SEQ_MOD
                 self._segments(flow, bool(from_client), ((ts + self.offset, data, length),))
                 return

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 try:
-    from . import _ring  # type: ignore[attr-defined]  # capture/_ring.c: the same loop, compiled
+    from . import _ring  # type: ignore[attr-defined]  # capture/live/_ring.c: the same loop, compiled
 except ImportError:  # built without a C compiler: the Python loop below
     _ring = None
 
@@ -51,7 +51,7 @@ def supported() -> bool:
 class RingReader:
     """Consumer side of one BPF_MAP_TYPE_RINGBUF map of `size` bytes (a power of two).
 
-    `read` is capture/_ring.c's loop when it was built (`compiled`; a record costs ~0.2 µs
+    `read` is capture/live/_ring.c's loop when it was built (`compiled`; a record costs ~0.2 µs
     there and ~0.7 µs in the Python loop, three records per plain HTTP request), else Python's."""
 
     def __init__(self, map_fd: int, size: int, compiled: bool | None = None):
@@ -67,7 +67,7 @@ class RingReader:
         self._view = memoryview(self._data_map)
         self.compiled = _ring is not None if compiled is None else compiled
         if self.compiled and _ring is None:
-            raise ValueError("capture/_ring.c was not built")
+            raise ValueError("capture/live/_ring.c was not built")
 
     def pending(self) -> bool:
         return int(self._prod[0]) != self._cons.value

@@ -15,7 +15,7 @@ import polars as pl
 
 from ...errors import UsageError
 from ..analysis import Analysis
-from ..enrich import has_substitutions, name_sql, named_exchanges_sql, server_name_sql
+from ..enrich import has_processes, has_substitutions, name_sql, named_exchanges_sql, server_name_sql
 from .filters import Filters, check_by
 
 SQL = """
@@ -71,7 +71,7 @@ def latency_over_time(a: Analysis, by: str = "workload", bucket_s: int | None = 
         if top <= 0:
             raise UsageError(f"top must be positive, not {top}")
         chosen = TOP.format(top=int(top))
-    rows = named_exchanges_sql(f"({CHOSEN_ROWS})", has_substitutions(a.con))
+    rows = named_exchanges_sql(f"({CHOSEN_ROWS})", has_substitutions(a.con), has_processes(a.con))
     sql = SQL.format(bucket_s=bucket, client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"),
                      chosen=chosen, http=a.http_sums(f.time_sql("ts")), ns=f.namespace_sql("client_namespace", "server_namespace"), rows=rows)
     return a.sql(sql).pl()

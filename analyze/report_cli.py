@@ -37,7 +37,7 @@ class GroupBy(str, Enum):
 By = Enum("By", {g: g for g in GRANULARITIES}, type=str)  # type: ignore[misc]
 
 TapeArg = Annotated[Path, typer.Argument(help="Path of a tape.", show_default=False)]
-ByOpt = Annotated[By, typer.Option("--by", help="Name endpoints by pod, workload, service, namespace, node or zone.")]
+ByOpt = Annotated[By, typer.Option("--by", help="Name endpoints by pod, workload, service, namespace, node or zone; without Kubernetes by process or host.")]
 SinceOpt = Annotated[Optional[str], typer.Option("--since", help="Only what started at or after this time (ISO 8601, UTC).")]
 UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Only what started before this time (ISO 8601, UTC).")]
 NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="Only edges with an endpoint in this namespace.")]

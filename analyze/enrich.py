@@ -7,9 +7,9 @@ All SQL of the enrichment lives in this file. Views created on a Tape's DuckDB c
                   ClusterIP. Pod labels are kept only for the label allow-list.
 - `ft_nodes`      node name -> zone, region over time.
 - `ft_host_own`, `ft_local_addrs`, `ft_etc_hosts`  names without Kubernetes, from the manifest's
-                  host facts (capture.live.host) and the rows: a recorded host's own addresses,
-                  the addresses seen as local endpoints of a node's connections, and each host's
-                  /etc/hosts; an address two hosts claim names neither.
+                  host facts (capture.live.host) and the rows: a recorded host's own addresses;
+                  the addresses on a host (its other network namespaces', and the local ends of
+                  its connections); each host's /etc/hosts. An address two hosts claim names neither.
 - `ft_proc_keys`  the local processes (node, comm, cgroup -> container, runtime, systemd unit)
                   seen at addresses Kubernetes never owned in the tape, numbered `pkey`;
                   `ft_conn_pkeys` gives each connection row (node, conn_id) the pkey of its
@@ -582,6 +582,7 @@ def _host_tables(con: duckdb.DuckDBPyConnection, hosts: HostFacts) -> None:
     """ft_host_own, ft_etc_hosts and ft_cgroups from the manifest's host facts; ft_local_addrs
     from the connections. Tapes written before these facts existed give empty tables."""
     own: dict[str, set[str]] = {}
+    local: list[tuple[str, str]] = []
     named: dict[str, str] = {}
     cgroups = []
     for node in sorted(hosts):
@@ -589,6 +590,9 @@ def _host_tables(con: duckdb.DuckDBPyConnection, hosts: HostFacts) -> None:
         for a in facts.get("addresses") or []:
             if isinstance(a, dict) and isinstance(a.get("ip"), str):
                 own.setdefault(a["ip"], set()).add(node)
+        for a in facts.get("namespace_addresses") or []:
+            if isinstance(a, dict) and isinstance(a.get("ip"), str):
+                local.append((node, a["ip"]))
         for e in facts.get("etc_hosts") or []:
             # the first name of the first line for an address, as the resolver's reverse lookup gives;
             # hosts disagreeing: the first node's, in name order
@@ -608,10 +612,15 @@ def _host_tables(con: duckdb.DuckDBPyConnection, hosts: HostFacts) -> None:
     con.execute("CREATE OR REPLACE TEMP TABLE ft_cgroups (node VARCHAR, cgroup_id UBIGINT, container VARCHAR, runtime VARCHAR, unit VARCHAR, path VARCHAR)")
     if cgroups:
         con.executemany("INSERT INTO ft_cgroups VALUES (?, ?, ?, ?, ?, ?)", cgroups)
+    con.execute("CREATE OR REPLACE TEMP TABLE ft_ns_addrs (node VARCHAR, ip VARCHAR)")
+    if local:
+        con.executemany("INSERT INTO ft_ns_addrs VALUES (?, ?)", local)
+    # on a host: an address of one of its other network namespaces, or a local end of its connections
     con.execute("""
 CREATE OR REPLACE TEMP TABLE ft_local_addrs AS
 SELECT ip, min(node) AS host FROM (
     SELECT DISTINCT node, CASE role WHEN 'client' THEN client_ip ELSE server_ip END AS ip FROM connections
+    UNION SELECT node, ip FROM ft_ns_addrs
 ) WHERE ip IS NOT NULL GROUP BY ip HAVING count(*) = 1""")
 
 

@@ -7,95 +7,18 @@ Priority (analyze.enrich): Kubernetes ownership > a local process > the DNS name
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 import flowtape
-from flowtape.capture.live.host import cgroup_facts, container_names, describe_cgroup, own_addresses, parse_etc_hosts
+from flowtape.capture.live.host import NamespaceAddresses, cgroup_facts, container_names, describe_cgroup, own_addresses, parse_etc_hosts
 from flowtape.analyze.enrich import GRANULARITIES
 from flowtape.merge import merge
 from flowtape.writer import TapeWriter
-
-T0 = 1_767_225_600_000_000_000
-S, MS = 1_000_000_000, 1_000_000
-LAPTOP_IP, CONTAINER_IP, NAS_IP, API_IP, EXT_IP, REMOTE_IP, POD_IP = (
-    "192.168.1.20", "172.17.0.2", "192.168.1.50", "10.9.9.9", "93.184.215.14", "192.168.1.77", "10.244.0.5")
-CID = "c0ffee" + "0" * 58
-
-
-def _conn(conn_id, role, cip, cport, sip, sport, comm, t, cgroup_id=1, container_id=None, close="closed", sent=100, received=1000, pid=None):
-    return {"conn_id": conn_id, "ts_start": t, "ts_end": t + 1 * S, "role": role, "client_ip": cip, "client_port": cport, "server_ip": sip,
-            "server_port": sport, "pid": pid or 100 + int(conn_id[1:]), "comm": comm, "cgroup_id": cgroup_id, "container_id": container_id,
-            "bytes_sent": sent, "bytes_received": received, "srtt_us": 100, "retransmits": 0, "connect_latency_ns": MS if role == "client" else None,
-            "close_state": close}
-
-
-def _http(conn_id, side, cip, cport, sip, sport, comm, t, status=200, ms=5):
-    return {"ts_request": t, "ts_response": t + ms * MS, "latency_ns": ms * MS, "conn_id": conn_id, "client_ip": cip, "client_port": cport,
-            "server_ip": sip, "server_port": sport, "pid": 100, "comm": comm, "side": side, "tls": False, "http_version": "HTTP/1.1",
-            "method": "GET", "host": "h", "path": "/", "status": status, "request_bytes": 100, "response_bytes": 1000}
-
-
-def _dns(t, qname, answers, client_ip=LAPTOP_IP, comm="curl", pid=201):
-    return {"ts_query": t, "ts_answer": t + MS, "latency_ns": MS, "client_ip": client_ip, "client_port": 40000, "server_ip": "192.168.1.1",
-            "server_port": 53, "transport": "udp", "pid": pid, "comm": comm, "txid": 1, "qname": qname, "qtype": 1, "qtype_name": "A",
-            "rcode": 0, "rcode_name": "NOERROR", "answers": [{"name": qname, "type": "A", "ttl": ttl, "data": ip} for ip, ttl in answers]}
-
-
-def _flow(t, src, sport, dst, dport, l4="tcp", nbytes=500):
-    return {"ts_start": t, "ts_end": t + S, "iface": "eth0", "ifindex": 2, "direction": "egress", "src_mac": None, "dst_mac": None,
-            "src_ip": src, "dst_ip": dst, "src_port": sport, "dst_port": dport, "l4": l4, "ip_proto": 6 if l4 == "tcp" else 17,
-            "packets": 5, "bytes": nbytes, "tcp_flags": None}
-
-
-HOST_FACTS = {
-    "addresses": [{"ip": "127.0.0.1", "iface": None}, {"ip": LAPTOP_IP, "iface": None}],
-    "etc_hosts": [{"ip": "127.0.0.1", "names": ["localhost"]}, {"ip": NAS_IP, "names": ["nas", "nas.home"]}],
-    "cgroups": {"4001": {"path": f"/system.slice/docker-{CID}.scope", "runtime": "docker", "container": "web-1", "unit": f"docker-{CID}.scope"},
-                "4002": {"path": "/system.slice/nginx.service", "runtime": "systemd", "container": None, "unit": "nginx.service"}},
-}
-
-
-def write_laptop_tape(path: Path) -> Path:
-    """One host ("laptop"), no Kubernetes but one pod row (the priority check): curl -> nginx
-    (a systemd service) over loopback, a container's python -> example.com (DNS), curl -> the
-    NAS (/etc/hosts), curl -> api.internal (DNS, TTL 0), a remote client -> nginx, a pod's own
-    process (Kubernetes wins), and flows of the first two plus a UDP lookup from the container."""
-    t = T0 + S
-    w = TapeWriter(path, node="laptop", rotate_seconds=3600)
-    w.set_window(T0, T0 + 60 * S)
-    w.set_host(HOST_FACTS)
-    w.append("k8s_pods", [{"valid_from": T0 - S, "valid_to": None, "observed_at_start": True, "deleted": False, "resource_version": "1", "uid": "p1",
-                           "namespace": "dev", "name": "job-1", "node_name": "laptop", "ips": [POD_IP], "host_network": False, "phase": "Running",
-                           "labels": {}, "owner_kind": None, "owner_name": None, "workload_kind": "Pod", "workload_name": "job-1", "containers": []}])
-    w.append("dns", [
-        _dns(t, "example.com", [(EXT_IP, 300)], client_ip=CONTAINER_IP, comm="python3", pid=301),
-        _dns(t + 4 * S, "api.internal", [(API_IP, 0)]),  # a local resolver's TTL 0: still names the connection right after it
-    ])
-    w.append("connections", [
-        _conn("c1", "client", "127.0.0.1", 50001, "127.0.0.1", 8080, "curl", t),
-        _conn("s1", "server", "127.0.0.1", 50001, "127.0.0.1", 8080, "nginx", t + 100_000, cgroup_id=4002, sent=1000, received=100),
-        _conn("c2", "client", CONTAINER_IP, 50002, EXT_IP, 443, "python3", t + 2 * S, cgroup_id=4001, container_id=CID, pid=301),
-        _conn("c3", "client", LAPTOP_IP, 50003, NAS_IP, 445, "curl", t + 3 * S),
-        _conn("c4", "client", LAPTOP_IP, 50004, API_IP, 80, "curl", t + 4 * S + 5 * MS),
-        _conn("s5", "server", REMOTE_IP, 60000, LAPTOP_IP, 8080, "nginx", t + 5 * S, cgroup_id=4002, sent=1000, received=100),
-        _conn("c6", "client", POD_IP, 50006, LAPTOP_IP, 8080, "worker", t + 6 * S),
-    ])
-    w.append("http", [
-        _http("c1", "client", "127.0.0.1", 50001, "127.0.0.1", 8080, "curl", t + MS),
-        _http("s1", "server", "127.0.0.1", 50001, "127.0.0.1", 8080, "nginx", t + MS),
-        _http("c2", "client", CONTAINER_IP, 50002, EXT_IP, 443, "python3", t + 2 * S + MS, status=503),
-        _http("s5", "server", REMOTE_IP, 60000, LAPTOP_IP, 8080, "nginx", t + 5 * S + MS),
-    ])
-    w.append("flows", [
-        _flow(t, "127.0.0.1", 50001, "127.0.0.1", 8080),
-        _flow(t, "127.0.0.1", 8080, "127.0.0.1", 50001, nbytes=1500),
-        _flow(t + 2 * S, CONTAINER_IP, 50002, EXT_IP, 443, nbytes=700),
-        _flow(t + 2 * S - MS, CONTAINER_IP, 40000, "192.168.1.1", 53, l4="udp", nbytes=60),
-    ])
-    w.close()
-    return path
+from laptop_tape import (API_IP, CID, CONTAINER_IP, EXT_IP, LAPTOP_IP, MS, NAS_IP, POD_IP, REMOTE_IP, RESOLVER_IP, S, T0, conn_row, flow_row,
+                         http_row, write_laptop_tape)
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +60,7 @@ def test_host_names(laptop):
 
 
 def test_no_local_process_is_unknown_at_any_granularity(laptop):
-    local = {"127.0.0.1", LAPTOP_IP, CONTAINER_IP}
+    local = {"127.0.0.1", LAPTOP_IP, CONTAINER_IP, RESOLVER_IP}
     for by in GRANULARITIES:
         names = {n for pair in edges(laptop, by) for n in pair}
         names |= set(laptop.report.talkers(by=by)["endpoint"])
@@ -149,8 +72,9 @@ def test_flows_take_the_process_of_their_connection(laptop):
     assert t["curl"]["bytes_out"] == 500 and t["curl"]["bytes_in"] == 1500
     assert t["nginx"]["bytes_out"] == 1500
     assert t["docker:web-1/python3"]["bytes_out"] == 700
-    # a UDP flow has no connection: the container's address is the laptop's
-    assert t["host:laptop"]["bytes_out"] == 60
+    # a UDP flow has no connection: the container's address is on the laptop, so is the resolver's
+    # (another network namespace's), and the laptop's own address is the laptop
+    assert t["host:laptop"]["bytes_out"] == 60 + 70 and t["host:laptop"]["bytes_in"] == 70
     assert t["external:example.com"]["bytes_in"] == 700
 
 
@@ -202,13 +126,13 @@ def test_merged_tapes_of_two_hosts(tmp_path):
     both hosts' address and names neither: the rows of its two ends name the processes."""
     a_ip, b_ip, t = "10.1.0.1", "10.1.0.2", T0 + S
     a = _host_tape(tmp_path / "a.tape", "a", a_ip, {
-        "connections": [_conn("c1", "client", a_ip, 50001, b_ip, 80, "curl", t), _conn("c2", "client", "127.0.0.1", 50002, "127.0.0.1", 6379, "curl", t),
-                        _conn("s2", "server", "127.0.0.1", 50002, "127.0.0.1", 6379, "redis-server", t)],
-        "http": [_http("c1", "client", a_ip, 50001, b_ip, 80, "curl", t + MS)],
-        "flows": [_flow(t, b_ip, 80, a_ip, 50001, nbytes=900)]})
+        "connections": [conn_row("c1", "client", a_ip, 50001, b_ip, 80, "curl", t), conn_row("c2", "client", "127.0.0.1", 50002, "127.0.0.1", 6379, "curl", t),
+                        conn_row("s2", "server", "127.0.0.1", 50002, "127.0.0.1", 6379, "redis-server", t)],
+        "http": [http_row("c1", "client", a_ip, 50001, b_ip, 80, "curl", t + MS)],
+        "flows": [flow_row(t, b_ip, 80, a_ip, 50001, nbytes=900)]})
     b = _host_tape(tmp_path / "b.tape", "b", b_ip, {
-        "connections": [_conn("s1", "server", a_ip, 50001, b_ip, 80, "nginx", t + 100_000, sent=1000, received=100)],
-        "http": [_http("s1", "server", a_ip, 50001, b_ip, 80, "nginx", t + MS)]})
+        "connections": [conn_row("s1", "server", a_ip, 50001, b_ip, 80, "nginx", t + 100_000, sent=1000, received=100)],
+        "http": [http_row("s1", "server", a_ip, 50001, b_ip, 80, "nginx", t + MS)]})
     merge([a, b], tmp_path / "ab.tape")
     tape = flowtape.open(tmp_path / "ab.tape")
     e = edges(tape, "process")
@@ -248,6 +172,29 @@ Local:
     assert own_addresses(fib, inet6) == [{"ip": "127.0.0.1", "iface": None}, {"ip": "192.168.1.20", "iface": None},
                                           {"ip": "::1", "iface": "lo"}, {"ip": "fe80::1", "iface": "eth0"}]
     assert own_addresses(tmp_path / "missing", tmp_path / "missing") == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creates a network namespace (root)")
+def test_namespace_addresses_are_read_inside_each_namespace(monkeypatch):
+    """The addresses of another network namespace (a lab host), read by a thread that joins it;
+    a second scan reads only namespaces it has not seen."""
+    from netlab import Lab
+
+    from flowtape.capture.live import host as host_mod
+
+    scanner = NamespaceAddresses()
+    scanner.scan()
+    with Lab() as lab:
+        h = lab.add_host("ns")
+        assert scanner.scan() is True
+        got = {a["ip"]: a for a in scanner.listed()}
+        assert h.ip in got and got[h.ip]["netns"] == os.stat(f"/run/netns/{h.netns}").st_ino
+        assert "127.0.0.1" not in got and lab.gateway_ip not in got  # loopback; the host's own bridge address
+        read = []
+        monkeypatch.setattr(host_mod, "_addresses_in", lambda handle: read.append(os.stat(handle).st_ino) or [])
+        scanner.scan()  # other namespaces may appear meanwhile (the machine is shared): not this one
+        assert got[h.ip]["netns"] not in read
+    assert own_addresses() and all(a["ip"] != h.ip for a in own_addresses())
 
 
 def test_etc_hosts_parsing():

@@ -4,9 +4,10 @@ A tape is read elsewhere and later, where this machine's `/etc/hosts`, its addre
 cgroup tree are not at hand; the analysis names endpoints without Kubernetes from these facts
 (analyze.enrich): `nodes.<node>.host` gets
 
-- `addresses`: the host's own addresses (root network namespace), `[{"ip", "iface"}]`; a
-  container's or another namespace's address is not one of them (it is named by the process
-  seen there, or by DNS);
+- `addresses`: the host's own addresses (its network namespace), `[{"ip", "iface"}]`;
+- `namespace_addresses`: the addresses of the host's other network namespaces (containers,
+  `ip netns`), `[{"ip", "iface", "netns"}]` (netns: the namespace's inode), loopback left out:
+  on the host but not its own (named by the process seen there, by DNS, then by the host);
 - `etc_hosts`: `/etc/hosts` as `[{"ip", "names"}]`, in file order;
 - `cgroups`: for each cgroup v2 id seen in `connections` rows, what its path says: `path`,
   `runtime` (docker, podman, containerd, cri-o, lxc, machine for systemd-nspawn, or systemd
@@ -19,9 +20,12 @@ without /etc/hosts or a runtime's state simply has fewer names.
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import json
+import os
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +70,95 @@ def own_addresses(fib_trie: Path = FIB_TRIE, if_inet6: Path = IF_INET6) -> list[
     except (OSError, ValueError):
         pass
     return sorted(out.values(), key=lambda a: (ipaddress.ip_address(a["ip"]).version, ipaddress.ip_address(a["ip"])))
+
+
+CLONE_NEWNET = 0x40000000
+NETNS_FILES = (Path("/run/netns"), Path("/var/run/docker/netns"))  # `ip netns` and Docker keep handles there
+
+
+def _netns_handles(proc: Path, skip: set[int]) -> dict[int, str]:
+    """Network namespace inode -> a path that opens it: every process's, and the named handles
+    of `ip netns` and Docker (a namespace may have no process yet)."""
+    found: dict[int, str] = {}
+    for folder in NETNS_FILES:
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError:
+            entries = []
+        for f in entries:
+            try:
+                ino = os.stat(f).st_ino
+            except OSError:
+                continue
+            if ino not in skip:
+                found.setdefault(ino, str(f))
+    try:
+        pids = [d for d in os.listdir(proc) if d.isdigit()]
+    except OSError:
+        pids = []
+    for pid in pids:
+        path = f"{proc}/{pid}/ns/net"
+        try:
+            ino = os.stat(path).st_ino
+        except OSError:
+            continue
+        if ino not in skip:
+            found.setdefault(ino, path)
+    return found
+
+
+def _addresses_in(handle: str) -> list[dict[str, Any]]:
+    """own_addresses() of the network namespace at `handle`, read by a thread that joins it
+    (setns moves only the calling thread; the recorder's other threads stay where they are)."""
+    result: list[dict[str, Any]] = []
+
+    def run() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            fd = os.open(handle, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                return
+        finally:
+            os.close(fd)
+        result.extend(own_addresses(Path("/proc/thread-self/net/fib_trie"), Path("/proc/thread-self/net/if_inet6")))
+
+    t = threading.Thread(target=run, name="flowtape-netns", daemon=True)
+    t.start()
+    t.join(5)
+    return result
+
+
+class NamespaceAddresses:
+    """Addresses of the host's other network namespaces (containers, `ip netns`): not the host's
+    own, but on it. scan() looks at namespaces it has not seen before, so it is cheap to repeat
+    (a container started during the recording is found at the next scan)."""
+
+    def __init__(self, proc: Path = Path("/proc")):
+        self.proc = proc
+        try:
+            self._seen = {os.stat("/proc/self/ns/net").st_ino}
+        except OSError:
+            self._seen = set()
+        self.addresses: dict[str, dict[str, Any]] = {}
+
+    def scan(self) -> bool:
+        """Read the namespaces new since the last scan; True when an address was added."""
+        added = False
+        for ino, handle in _netns_handles(self.proc, self._seen).items():
+            self._seen.add(ino)
+            for a in _addresses_in(handle):
+                ip = ipaddress.ip_address(a["ip"])
+                if ip.is_loopback or a["ip"] in self.addresses:  # every namespace has its own loopback
+                    continue
+                self.addresses[a["ip"]] = {"ip": a["ip"], "iface": a["iface"], "netns": ino}
+                added = True
+        return added
+
+    def listed(self) -> list[dict[str, Any]]:
+        return sorted(self.addresses.values(), key=lambda a: (ipaddress.ip_address(a["ip"]).version, ipaddress.ip_address(a["ip"])))
 
 
 def parse_etc_hosts(text: str) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ from ...writer import TapeWriter, clock_sample
 from . import ebpf
 from .connections import CLOSE, ESTABLISHED, EV_STATE, CgroupResolver, ConnectionProbe, ConnectionTracker
 from .flows import FlowProbe
-from .host import cgroup_facts, etc_hosts, own_addresses
+from .host import NamespaceAddresses, cgroup_facts, etc_hosts, own_addresses
 from .interfaces import coverage
 from ..decode.http_pairing import Redaction
 from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
@@ -133,6 +133,7 @@ class Recorder:
         self.summary = RecordSummary(opts.out)
         self.events = 0
         self.cgroups: CgroupResolver | None = None
+        self.namespaces: NamespaceAddresses | None = None
         self._cgroups_noted: set[int] = set()
         self._cgroup_facts: dict[str, dict[str, Any]] = {}
 
@@ -305,6 +306,13 @@ class Recorder:
                 self.summary.lost[name] = count
             self.started_before = ctr["started_before_recording"]
         self._l7_rows(final=final)
+        self._note_namespaces()
+
+    def _note_namespaces(self) -> None:
+        """The addresses of the host's other network namespaces (containers come and go: each
+        flush looks for new ones)."""
+        if self.namespaces is not None and self.namespaces.scan() and self.writer is not None:
+            self.writer.set_host({"namespace_addresses": self.namespaces.listed()})
 
     def _note_cgroups(self, ids: set[int | None]) -> None:
         """Describe the cgroups that rows name (runtime, container, unit) in the manifest while
@@ -335,6 +343,8 @@ class Recorder:
         self.writer = TapeWriter(opts.out, node=opts.node, rotate_seconds=opts.rotate, clock=clock)
         # read now: the tape is analysed elsewhere, where this host's names are not at hand
         self.writer.set_host({"addresses": own_addresses(), "etc_hosts": etc_hosts()})
+        self.namespaces = NamespaceAddresses()
+        self._note_namespaces()
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         start_wall = time.time_ns()
         try:

@@ -118,18 +118,22 @@ UNITS = (
 )
 """Units read from column names (the reports' naming convention: bytes, *_ms, *_rate, cost_usd)."""
 
-def _named(pattern: str) -> Callable[[str, list[str]], bool]:
+Droppable = Callable[[str, list[str], bool], bool]
+"""(column name, every column's name, whether it is numeric) -> whether this step leaves it out."""
+
+
+def _named(pattern: str) -> Droppable:
     rx = re.compile(pattern)
-    return lambda name, _columns: bool(rx.search(name))
+    return lambda name, _columns, _numeric: bool(rx.search(name))
 
 
-def _split_of_total(name: str, columns: list[str]) -> bool:
+def _split_of_total(name: str, columns: list[str], _numeric: bool) -> bool:
     """bytes_in/bytes_out beside their bytes_total, or a connection's bytes each way."""
     return bool(re.search(r"_(c2s|s2c)$|^(request|response)_bytes$", name)) or (
         bool(re.fullmatch(r"(bytes|packets)_(in|out)", name)) and f"{name.split('_')[0]}_total" in columns)
 
 
-DROP_ORDER: tuple[tuple[str, Callable[[str, list[str]], bool]], ...] = (
+DROP_ORDER: tuple[tuple[str, Droppable], ...] = (
     ("p95", _named(r"(^|_)p9[05](_|$)")),                    # p50 and p99 bracket it
     ("packet counts", _named(r"packets")),                   # bytes say the volume
     ("byte splits", _split_of_total),                        # their total stays
@@ -138,13 +142,13 @@ DROP_ORDER: tuple[tuple[str, Callable[[str, list[str]], bool]], ...] = (
     ("failure details", _named(r"failed|unanswered|retransmit|errors_5xx")),  # the rate stays
     ("connect time and srtt", _named(r"^(connect|srtt)_p99|^srtt_")),
     ("max", _named(r"(^|_)max(_|$)")),
-    ("other columns", lambda name, _columns: not MAIN.search(name) and not re.search(r"(^|_)p(50|99)(_|$)", name)),
+    ("other numbers", lambda name, _columns, numeric: numeric and not MAIN.search(name) and not re.search(r"(^|_)p(50|99)(_|$)", name)),
     ("p50", _named(r"(^|_)p50(_|$)")),
     ("p99", _named(r"(^|_)p99(_|$)")),
 )
 """Which columns a table too wide for the terminal leaves out first, in this order (within a
-step, from the right); the main columns (MAIN) last. The first column is always shown and no
-value is ever cut."""
+step, from the right); then the main numbers (MAIN) and the names and other text, from the
+right. The first column is always shown and no value is ever cut."""
 
 MAIN = re.compile(r"^(requests|error_rate|bytes|bytes_total|bytes_out|failures|lookups|slow_lookups|cost_usd.*)$")
 """What a report is about: requests and their error rate, bytes, failures, lookups, cost."""
@@ -248,7 +252,7 @@ def _table(df: pl.DataFrame, out: TextIO, title: str | None, human: bool, width:
     heads = [human_header(c) if human and u else c for c, u in zip(df.columns, units)]
     cells = [[human_cell(v, u) if human else _cell(v) for v, u in zip(row, units)] for row in df.iter_rows()]
     need = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(heads)]
-    keep = _fit(df.columns, need, width)
+    keep = _fit(df.columns, [d.is_numeric() for d in df.dtypes], need, width)
     dropped = [heads[i] for i in range(len(heads)) if i not in keep]
     t = Table(title=title, show_lines=False, header_style="bold")
     for i in keep:
@@ -261,7 +265,7 @@ def _table(df: pl.DataFrame, out: TextIO, title: str | None, human: bool, width:
         out.write(f"(not shown in {width} columns: {', '.join(dropped)}; -f csv has them)\n")
 
 
-def _fit(columns: list[str], need: list[int], width: int) -> list[int]:
+def _fit(columns: list[str], numeric: list[bool], need: list[int], width: int) -> list[int]:
     """Indexes of the columns shown in `width` characters (a rich table spends 3 per column
     and 1 more): DROP_ORDER first, then from the right; never the first column."""
     keep = list(range(len(columns)))
@@ -271,7 +275,7 @@ def _fit(columns: list[str], need: list[int], width: int) -> list[int]:
 
     order: list[int] = []
     for _, droppable in DROP_ORDER:
-        order += [i for i in reversed(range(len(columns))) if i not in order and droppable(columns[i], columns)]
+        order += [i for i in reversed(range(len(columns))) if i not in order and droppable(columns[i], columns, numeric[i])]
     order += [i for i in reversed(range(len(columns))) if i not in order]
     for i in order:
         if total() <= width:

@@ -221,3 +221,31 @@ def test_html_latency_lines_are_drawn(recording, tmp_path):
 
     assert near((0x1D, 0x23, 0x30)) > 150, "no p50 line (nor axis text) drawn"
     assert near((0x2F, 0x5F, 0xB3)) > 150, "no p99 line drawn"
+
+
+def test_readme_first_recording_works_as_printed(ebpf_host, tmp_path):
+    """The README's "A first recording" block, run as printed (30 s made 3 s; `sudo` dropped
+    when we already are root and it is not installed): every command succeeds and the page is
+    written. What it records is whatever this machine does meanwhile; no traffic is made here."""
+    from conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"## A first recording\n.*?```sh\n(.*?)```", readme, re.S).group(1)
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    ran = []
+    for line in block.splitlines():
+        cmd = re.sub(r"\s+#\s.*$", "", line).strip()
+        if not cmd:
+            continue
+        cmd = cmd.replace("--duration 30s", "--duration 3s")
+        if os.geteuid() == 0 and shutil.which("sudo") is None:
+            cmd = re.sub(r"^sudo ", "", cmd)
+        p = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, f"README command failed: {cmd}\n{p.stderr[-2000:]}"
+        ran.append(cmd.split()[1] if cmd.startswith(".venv") else cmd.split()[0])
+    assert ran == ["record", "chown", "info", "report", "report", "report", "report"]
+    page = (tmp_path / "first.html").read_text()
+    assert all(f'<section id="{s}">' in page for s in ("topology", "latency", "zones", "dns", "egress", "metadata"))
+    host = flowtape.open(tmp_path / "first.tape").manifest["nodes"]
+    assert all(h["host"]["addresses"] for h in host.values())  # what names this machine later, elsewhere

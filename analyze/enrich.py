@@ -633,13 +633,19 @@ SELECT e.node, e.conn_id, e.comm, e.cgroup_id, e.container_id FROM (
     FROM connections WHERE comm IS NOT NULL
 ) e WHERE NOT EXISTS (SELECT 1 FROM ft_ip_owner o WHERE o.ip = e.ip);
 
+CREATE OR REPLACE TEMP TABLE ft_dns_clients AS
+SELECT DISTINCT d.node, d.pid, d.comm FROM (SELECT DISTINCT node, pid, comm, client_ip FROM dns WHERE comm IS NOT NULL AND pid IS NOT NULL) d
+WHERE NOT EXISTS (SELECT 1 FROM ft_ip_owner o WHERE o.ip = d.client_ip);
+"""
+
+_PROCESS_KEYS = """
 -- DNS clients: their cgroup from a connection of the same process (dns rows carry no cgroup)
 CREATE OR REPLACE TEMP TABLE ft_dns_ends AS
 SELECT d.node, d.pid, d.comm, any_value(c.cgroup_id) AS cgroup_id, any_value(c.container_id) AS container_id
-FROM (SELECT DISTINCT node, pid, comm, client_ip FROM dns WHERE comm IS NOT NULL AND pid IS NOT NULL) d
+FROM ft_dns_clients d
 LEFT JOIN (SELECT DISTINCT node, pid, comm, cgroup_id, container_id FROM connections WHERE pid IS NOT NULL) c
   ON c.node = d.node AND c.pid = d.pid AND c.comm = d.comm
-WHERE NOT EXISTS (SELECT 1 FROM ft_ip_owner o WHERE o.ip = d.client_ip)
+{none}
 GROUP BY d.node, d.pid, d.comm;
 
 CREATE OR REPLACE TEMP TABLE ft_proc_keys AS
@@ -667,13 +673,13 @@ r AS (
     FROM connections c LEFT JOIN own o ON o.node = c.node AND o.conn_id = c.conn_id
     LEFT JOIN ft_conn_pairs p ON p.client_node = c.node AND p.client_conn_id = c.conn_id
     LEFT JOIN own so ON so.node = p.server_node AND so.conn_id = p.server_conn_id
-    WHERE c.role = 'client'
+    WHERE c.role = 'client' {and_none}
     UNION ALL
     SELECT s.node, s.conn_id, co.pkey, o.pkey
     FROM connections s LEFT JOIN own o ON o.node = s.node AND o.conn_id = s.conn_id
     LEFT JOIN ft_conn_pairs p ON p.server_node = s.node AND p.server_conn_id = s.conn_id
     LEFT JOIN own co ON co.node = p.client_node AND co.conn_id = p.client_conn_id
-    WHERE s.role = 'server'
+    WHERE s.role = 'server' {and_none}
 )
 SELECT node, conn_id, max(client_pkey) AS client_pkey, max(server_pkey) AS server_pkey FROM r
 WHERE client_pkey IS NOT NULL OR server_pkey IS NOT NULL GROUP BY node, conn_id;
@@ -683,7 +689,7 @@ CREATE OR REPLACE TEMP TABLE ft_conn_pkeys4 AS
 SELECT 'tcp' AS l4, c.client_ip, c.client_port, c.server_ip, c.server_port, c.ts_start, coalesce(c.ts_end, {forever}) AS ts_end,
        k.client_pkey, k.server_pkey
 FROM connections c JOIN ft_conn_pkeys k ON k.node = c.node AND k.conn_id = c.conn_id
-WHERE c.role = 'client' OR NOT EXISTS (SELECT 1 FROM ft_paired_servers sp WHERE sp.server_node = c.node AND sp.server_conn_id = c.conn_id);
+WHERE (c.role = 'client' OR NOT EXISTS (SELECT 1 FROM ft_paired_servers sp WHERE sp.server_node = c.node AND sp.server_conn_id = c.conn_id)) {and_none};
 """
 
 
@@ -705,7 +711,10 @@ def create_views(con: duckdb.DuckDBPyConnection, labels: tuple[str, ...] = DEFAU
         con.execute(f"DROP VIEW {name}")
         con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM {name}__m")
     con.execute(_STATE.format(forever=FOREVER, minute=MINUTE_NS))
-    con.execute(_PROCESSES.format(forever=FOREVER))
+    con.execute(_PROCESSES)
+    ends = con.execute("SELECT (SELECT count(*) FROM ft_proc_ends) + (SELECT count(*) FROM ft_dns_clients)").fetchall()[0][0]
+    # a cluster's tape has no process outside Kubernetes: its tables are made empty, with no scan
+    con.execute(_PROCESS_KEYS.format(forever=FOREVER, none="" if ends else "WHERE false", and_none="" if ends else "AND false"))
     con.execute(_cuts_sql())
     substitutions = has_substitutions(con)
     con.execute(_enriched_views(substitutions, has_processes(con)))

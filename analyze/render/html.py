@@ -93,6 +93,9 @@ def compute(tape: Tape, by: str = "workload", group_by: str = "namespace", top_e
     f = filters or Filters()
     a = tape.analysis
     bucket = default_bucket_s(a)
+    lim = limits(a)
+    if group_by == "zone" and ZONES in lim:
+        group_by = "none"  # one cluster of unknown zones says nothing: the map is drawn ungrouped
     groups = dict(endpoint_groups(a, by, group_by, f).iter_rows()) if group_by != "none" else {}
     nodes = tape.lazy("k8s_nodes").group_by("name").agg(pl.col("zone").drop_nulls().last(), pl.col("region").drop_nulls().last()).sort("name").collect()
     return Page(
@@ -100,7 +103,7 @@ def compute(tape: Tape, by: str = "workload", group_by: str = "namespace", top_e
         edges=topology(a, by, f), groups=groups,
         series=latency_over_time(a, by, bucket, top_edges, None, f), bucket_s=bucket,
         zones=zone_pairs(a, "zone", prices, f), regions=zone_pairs(a, "region", prices, f),
-        dns=dns_failures(a, by, f), egress=egress(a, by, prices, f), nodes=nodes, limits=limits(a),
+        dns=dns_failures(a, by, f), egress=egress(a, by, prices, f), nodes=nodes, limits=lim,
     )
 
 
@@ -176,7 +179,7 @@ def _topology_section(p: Page) -> str:
     table = _table(["client", "server", "requests", "5xx", "5xx rate", "p50", "p99", "connections", "bytes"], rows, numeric={2, 3, 4, 5, 6, 7, 8}, row_attr="edge")
     more = f'<p class="note">{len(p.edges) - 25} more edges: <code>flowtape report topology</code> lists them all.</p>' if len(p.edges) > 25 else ""
     return (f'<section id="topology"><h2>Service map</h2>'
-            f'<p class="note">Who called whom{", grouped by " + _e(p.group_by) if p.groups else ""}. Edge width grows with the bytes carried; colour is the 5xx rate '
+            f'<p class="note">Who called whom{", grouped by " + _e("host" if KUBERNETES in p.limits and p.group_by == "namespace" else p.group_by) if p.groups else ""}. Edge width grows with the bytes carried; colour is the 5xx rate '
             f'(a refused or failed connection counts as an error). Labels: requests, error rate, p99 time to first response byte, connections.</p>'
             f'{_limit_note(p, KUBERNETES)}'
             f'<figure id="fig-topology">{svg}<figcaption class="legend">{legend}</figcaption></figure>'

@@ -158,10 +158,7 @@ class Recorder:
                     "counting": "once per node: ingress, or egress of packets that did not enter through a covered interface",
                 })
             except Unsupported as e:
-                probe.close()
-                failures.append(e)
-                self._warn(f"{e.message}; recording the rest")
-                w.add_gap("flows", start_wall, None, e.message)
+                self._probe_failed("flows", probe, e, start_wall, failures)
         if "connections" in self.opts.probes:
             probe = ConnectionProbe(owner_fallback=self.opts.owner_fallback)
             try:
@@ -180,16 +177,21 @@ class Recorder:
                     "missing": dict(probe.missing), "ringbuf_pages": probe.ringbuf_pages, "owner_fallback": probe.owner_fallback,
                 })
             except Unsupported as e:
-                probe.close()
-                failures.append(e)
-                self._warn(f"{e.message}; recording the rest")
-                w.add_gap("connections", start_wall, None, e.message)
+                self._probe_failed("connections", probe, e, start_wall, failures)
         if "l7" in self.opts.probes:
             self._start_l7(start_wall, failures)
         if failures and len(failures) == len([p for p in self.opts.probes if p != "gotls"]):
             raise failures[0]
         if self.conns is not None or self.l7 is not None:
             tune_gc()
+
+    def _probe_failed(self, name: str, probe: Any, e: Unsupported, start_wall: int, failures: list) -> None:
+        """A probe this host cannot run: said once, a gap in the tape, and the others go on."""
+        probe.close()
+        failures.append(e)
+        self._warn(f"{e.message}; recording the rest")
+        assert self.writer is not None
+        self.writer.add_gap(name, start_wall, None, e.message)
 
     def _start_l7(self, start_wall: int, failures: list) -> None:
         w = self.writer
@@ -225,11 +227,8 @@ class Recorder:
             w.update("redaction", redaction.manifest())
             w.update("settings", {"no_redact": self.opts.no_redact, "header_allow_list": sorted(redaction.header_allow_list)})
         except Unsupported as e:
-            probe.close()
             self.l7 = None
-            failures.append(e)
-            self._warn(f"{e.message}; recording the rest")
-            w.add_gap("l7", start_wall, None, e.message)
+            self._probe_failed("l7", probe, e, start_wall, failures)
         except FlowtapeError:
             probe.close()
             raise

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from flowtape.capture.live.gobin import FUNCS, NotProbeable, inspect
-from flowtape.capture.live.gotls import defines_openssl
+from flowtape.capture.live.gotls import PROGRAMS, GoTlsAttacher, defines_openssl
 from gobuild import go_build, go_version
 
 
@@ -89,3 +89,63 @@ def test_static_openssl_is_told_from_an_imported_one(bins):
     node = shutil.which("node")
     if node is not None and subprocess.run(["nm", "-D", node], capture_output=True, text=True).stdout.count(" T SSL_write\n"):
         assert defines_openssl(node)  # Node.js with OpenSSL linked in
+
+
+class FakeBpf:
+    """Records attach_uprobe calls; `fail_on` makes the attach of that binary raise, as the kernel
+    does when the process's /proc/PID/exe vanished meanwhile."""
+
+    def __init__(self, fail_on: str | None = None):
+        self.calls: list[tuple[str, int, str]] = []
+        self.fail_on = fail_on
+
+    def attach_uprobe(self, name: bytes, addr: int, fn_name: bytes) -> None:
+        if self.fail_on and self.fail_on in name.decode():
+            raise Exception("Failed to attach BPF to uprobe")
+        self.calls.append((name.decode(), addr, fn_name.decode()))
+
+
+def _proc(root, pid: int, exe) -> None:
+    d = root / str(pid)
+    d.mkdir(parents=True, exist_ok=True)
+    if (d / "exe").is_symlink():
+        (d / "exe").unlink()
+    (d / "exe").symlink_to(exe)
+
+
+def test_the_process_scan_attaches_each_binary_once_and_counts_the_rest(bins, tmp_path):
+    proc = tmp_path / "proc"
+    _proc(proc, 101, bins["stripped"])
+    _proc(proc, 102, bins["stripped"])  # a second process of the same binary: no new uprobes
+    _proc(proc, 103, bins["hello"])
+    _proc(proc, 104, "/bin/ls")
+    logged: list[str] = []
+    bpf = FakeBpf()
+    a = GoTlsAttacher(bpf, logged.append, proc=proc)
+    new = a.scan()
+    b = inspect(bins["stripped"])
+    expected = [(str(proc / "101" / "exe"), b.funcs[name].entry, enter) for name, (enter, _) in PROGRAMS.items()]
+    assert new == [str(bins["stripped"])]
+    assert [c for c in bpf.calls if c[2].endswith("_enter")] == expected
+    assert len(bpf.calls) == 2 + sum(len(f.returns) for f in b.funcs.values()) == a.uprobes
+    assert a.skipped == {"no_crypto_tls": 1, "not_go": 1}
+    assert len(logged) == 1 and "no_crypto_tls" not in logged[0] and "without crypto/tls" in logged[0]
+    assert a.scan() == []  # nothing new: nothing looked at again
+    # the binary replaced on disk (a new file at the same path) is looked at again
+    replaced = tmp_path / "gosrv"
+    replaced.write_bytes(bins["server"].read_bytes())
+    replaced.chmod(0o755)
+    _proc(proc, 105, replaced)
+    assert a.scan() == [str(replaced)]
+    assert a.manifest()["binaries"] == {str(bins["stripped"]): go_version(), str(replaced): go_version()}
+
+
+def test_a_process_gone_while_its_probes_attach_is_counted_and_the_scan_goes_on(bins, tmp_path):
+    proc = tmp_path / "proc"
+    _proc(proc, 201, bins["stripped"])
+    _proc(proc, 202, bins["server"])
+    logged: list[str] = []
+    a = GoTlsAttacher(FakeBpf(fail_on="/201/"), logged.append, proc=proc)
+    assert a.scan() == [str(bins["server"])]
+    assert a.skipped == {"attach_failed": 1}
+    assert any("uprobes not attached" in m for m in logged)

@@ -62,7 +62,7 @@ class GoTlsAttacher:
         """Look at processes not seen before; returns the binaries newly attached."""
         new = []
         try:
-            pids = [int(d.name) for d in self.proc.iterdir() if d.name.isdigit()]
+            pids = sorted(int(d.name) for d in self.proc.iterdir() if d.name.isdigit())
         except OSError:
             return new
         self._pids &= set(pids)  # forget exited pids (pids are reused)

@@ -45,6 +45,7 @@ from hpack.hpack import HPACKDecodingError, decode_huffman, decode_integer
 from hpack.table import HeaderTable
 
 from .http_pairing import H2_PREFACE, Redaction
+from .http_rows import H2_FIELDS  # the row columns after EXCHANGE_FIELDS, in this order
 from .stats import DecodeStats
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
@@ -64,7 +65,6 @@ ERROR_CODES = ("NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERR
                "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL", "COMPRESSION_ERROR", "CONNECT_ERROR", "ENHANCE_YOUR_CALM",
                "INADEQUATE_SECURITY", "HTTP_1_1_REQUIRED")
 
-H2_FIELDS = ("stream_id", "grpc_service", "grpc_method", "grpc_status", "grpc_message", "stream_error", "headers_partial")
 
 _STATIC = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in HeaderTable.STATIC_TABLE)  # as http1.py, text is latin-1
 _NSTATIC = len(_STATIC)

@@ -69,6 +69,8 @@ ERROR_CODES = ("NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERR
 _STATIC = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in HeaderTable.STATIC_TABLE)  # as http1.py, text is latin-1
 _NSTATIC = len(_STATIC)
 _HDR = struct.Struct(">BHBBI")  # 24-bit length as a byte + 16 bits, type, flags, stream id
+HUFFMAN_CACHE = 4096  # decoded Huffman strings kept (values repeat: paths, dates, user agents, content types)
+_huffman: dict[bytes, str] = {}
 UNKNOWN = None  # a field whose name or value indexes a dynamic-table entry never seen
 # request/response fields the rows use (others are decoded only as far as the table needs)
 _WANTED = frozenset((":method", ":path", ":authority", ":scheme", ":status", "host", "content-type", "user-agent",
@@ -150,8 +152,12 @@ class HpackReader:
             while pos < n:
                 b = block[pos]
                 if b & 0x80:  # indexed field
-                    index, used = decode_integer(mv[pos:], 7)
-                    pos += used
+                    index = b & 0x7F
+                    if index < 0x7F:
+                        pos += 1
+                    else:
+                        index, used = decode_integer(mv[pos:], 7)
+                        pos += used
                     hit = self._lookup(index)
                     if hit is None or hit[0] is None:
                         unknown = True
@@ -172,8 +178,13 @@ class HpackReader:
                     continue
                 else:
                     indexing = b & 0xC0 == 0x40
-                    index, used = decode_integer(mv[pos:], 6 if indexing else 4)
-                    pos += used
+                    mask = 0x3F if indexing else 0x0F
+                    index = b & mask
+                    if index < mask:
+                        pos += 1
+                    else:
+                        index, used = decode_integer(mv[pos:], 6 if indexing else 4)
+                        pos += used
                     if index:
                         hit = self._lookup(index)
                         name = hit[0] if hit is not None else UNKNOWN
@@ -198,16 +209,28 @@ class HpackReader:
 
     @staticmethod
     def _string(block: bytes, mv: memoryview, pos: int, want: bool) -> tuple[str, int]:
-        huff = block[pos] & 0x80
-        length, used = decode_integer(mv[pos:], 7)
-        pos += used
+        b = block[pos]
+        length = b & 0x7F
+        if length < 0x7F:  # the common case, one byte: without hpack's decode_integer call
+            pos += 1
+        else:
+            length, used = decode_integer(mv[pos:], 7)
+            pos += used
         end = pos + length
         if end > len(block):
             raise HpackError("string past the end of the block")
         if not want:
             return "", end
-        raw = decode_huffman(mv[pos:end]) if huff else block[pos:end]
-        return raw.decode("latin-1"), end
+        raw = block[pos:end]
+        if not b & 0x80:
+            return raw.decode("latin-1"), end
+        text = _huffman.get(raw)
+        if text is None:
+            text = decode_huffman(raw).decode("latin-1")
+            if len(_huffman) >= HUFFMAN_CACHE:
+                _huffman.clear()  # bounded: start again rather than track ages
+            _huffman[raw] = text
+        return text, end
 
 
 class _Stream:

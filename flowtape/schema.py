@@ -43,6 +43,9 @@ class Column:
     # A column added to a table after tapes were written without it (still format flowtape/1):
     # readers take such parts and show the column as null there. Its value names the release.
     added: str | None = None
+    # A column that became nullable in a later release: parts without a null in it are still
+    # written with it required, byte for byte as before (and as older readers expect).
+    nullable_since: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,8 +84,9 @@ class Table:
         return [c.name for c in self.columns]
 
 
-def C(name: str, type_: pa.DataType, doc: str, nullable: bool = True, added: str | None = None) -> Column:
-    return Column(name, type_, doc, nullable, added)
+def C(name: str, type_: pa.DataType, doc: str, nullable: bool = True, added: str | None = None,
+      nullable_since: str | None = None) -> Column:
+    return Column(name, type_, doc, nullable, added, nullable_since)
 
 
 NODE = C("node", pa.string(), "Name of the node whose recorder wrote the row (the Hive partition key).", False)
@@ -211,9 +215,9 @@ HTTP = Table(
         C("side", pa.string(), "'client' or 'server': which local endpoint observed the exchange.", False),
         C("tls", pa.bool_(), "True when the exchange was read as TLS plaintext (OpenSSL uprobes).", False),
         C("http_version", pa.string(), "'HTTP/1.0' or 'HTTP/1.1' from the request line; 'HTTP/2' for an HTTP/2 stream."),
-        C("method", pa.string(), "Request method (GET, POST, HEAD, ...; HTTP/2: `:method`). Null only for an HTTP/2 stream whose request headers could not be decoded (headers_partial)."),
+        C("method", pa.string(), "Request method (GET, POST, HEAD, ...; HTTP/2: `:method`). Null only for an HTTP/2 stream whose request headers could not be decoded (headers_partial).", nullable_since="0.2"),
         C("host", pa.string(), "Host header value (HTTP/2: `:authority`, else `host`); null if absent, not on the redaction allow-list, or past the cut of a head longer than the capture prefix."),
-        C("path", pa.string(), "Request target path (HTTP/2: `:path`). The query string's values are redacted to `?k=` unless recorded with --no-redact. Null only for an HTTP/2 stream whose `:path` could not be decoded (headers_partial)."),
+        C("path", pa.string(), "Request target path (HTTP/2: `:path`). The query string's values are redacted to `?k=` unless recorded with --no-redact. Null only for an HTTP/2 stream whose `:path` could not be decoded (headers_partial).", nullable_since="0.2"),
         C("status", pa.uint16(), "Response status code (final, after any 1xx); null without a response."),
         C("request_bytes", pa.int64(), "Request size on the wire in bytes: head plus body (Content-Length, or chunked body with its framing); HTTP/2: the stream's HEADERS, CONTINUATION and DATA frames from the client, 9-byte frame headers and padding included (flow-control and RST_STREAM frames not). Null if unknown (head cut at the capture prefix, framing lost, or connection ended early)."),
         C("response_bytes", pa.int64(), "Response size on the wire in bytes: any 1xx interim heads, the final head, and its body (chunk framing included; to connection close when unframed); HTTP/2: the stream's HEADERS (trailers too), CONTINUATION and DATA frames from the server, counted as request_bytes. Null if unknown, as request_bytes."),

@@ -40,3 +40,20 @@ def test_a_tape_mixing_old_and_new_parts_reads_both(tmp_path):
     assert tape.sql("select count(*), count(stream_id), sum(stream_id) from http").fetchall() == [(8 + n, n, 7 * n)]
     lf = tape.lazy("http").collect()
     assert lf.shape[0] == 8 + n and lf["stream_id"].drop_nulls().to_list() == [7] * n
+
+
+def test_writer_keeps_http1_parts_as_before_and_starts_a_part_for_http2_rows(tmp_path):
+    from flowtape.writer import TapeWriter
+
+    base = {"client_ip": "198.18.0.2", "client_port": 1, "server_ip": "198.18.0.1", "server_port": 80, "side": "server",
+            "tls": False, "method": "GET", "path": "/", "status": 200}
+    with TapeWriter(tmp_path / "t.tape", node="n1") as w:
+        w.append("http", [{**base, "ts_request": 1}])
+        w.append("http", [{**base, "ts_request": 2, "client_port": 2}])  # the same part
+        w.append("http", [{**base, "ts_request": 3, "method": None, "path": None, "stream_id": 5, "headers_partial": True}])
+    tape = flowtape.open(tmp_path / "t.tape")
+    first, second = sorted(tape.files("http"))
+    s1, s2 = pq.read_schema(first), pq.read_schema(second)
+    assert not set(ADDED) & set(s1.names) and not s1.field("method").nullable  # as written before the HTTP/2 columns
+    assert {"stream_id", "headers_partial"} <= set(s2.names) and "grpc_status" not in s2.names and s2.field("method").nullable
+    assert tape.sql("select ts_request::BIGINT, method, stream_id, headers_partial from http order by 1").fetchall()[2][1:] == (None, 5, True)

@@ -12,6 +12,7 @@ and h2load link libssl.so.3).
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -71,7 +72,8 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
             tls = f"https://{NAME}:{H2_PORT}"
             resolve = ["--resolve", f"{NAME}:{H2_PORT}:{srv.ip}"]
             pcap = work / "h2c.pcap"  # whole packets (netlab's capture keeps 256 bytes: too few for HPACK)
-            dump = subprocess.Popen(["tcpdump", "-i", srv.host_if, "-U", "-n", "-s", "0", "-w", str(pcap), "tcp"], stderr=subprocess.PIPE, text=True)
+            dump = subprocess.Popen(["tcpdump", "-i", srv.host_if, "-U", "-n", "-s", "0", "-B", "32768", "-w", str(pcap), "tcp"],
+                                    stderr=subprocess.PIPE, text=True)
             assert "listening" in dump.stderr.readline()
             try:
                 for path in ("/f100", "/nope", "/moved", "/big"):  # one connection each (curl 7.88 fails reusing h2c for a second URL)
@@ -79,10 +81,10 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
                 cli.run(["h2load", "-n", "60", "-c", "2", "-m", "5", f"{h2c}/f100"], timeout=60)
                 out = cli.run([sys.executable, PEER, "call", f"{srv.ip}:{GRPC_PORT}", str(ROUNDS)], timeout=60, check=False)
                 assert out.returncode == 0, out.stdout + out.stderr
-                time.sleep(0.5)
+                time.sleep(1)  # tcpdump writes what it received before the stop
             finally:
                 dump.send_signal(signal.SIGINT)
-                dump.wait(timeout=10)
+                dump_err = dump.communicate(timeout=10)[1]
             cli.run(["curl", "-sk", "-o", "/dev/null", "-o", "/dev/null", "--http2", *resolve, f"{tls}/f100", f"{tls}/nope"], timeout=30)
             cli.run(["curl", "-sk", "-o", "/dev/null", "--http2", *resolve, f"{tls}/big"], timeout=30)
             cli.run(["h2load", "-n", "40", "-c", "2", "-m", "5", f"https://{srv.ip}:{H2_PORT}/f100"], timeout=60)
@@ -99,7 +101,7 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
             "tape": flowtape.open(str(tape)), "tape_path": tape, "srv": srv,
             "h2c_log": access_log(lab.workdir, name="access-h2c.log"), "h2_log": access_log(lab.workdir, name="access-h2.log"),
             "grpc_log": [json.loads(line) for line in grpc_log.read_text().splitlines()],
-            "pcap": pcap, "status": "".join(status),
+            "pcap": pcap, "dump_err": dump_err, "status": "".join(status),
         }
 
 
@@ -155,18 +157,28 @@ def test_grpc_rows_equal_the_servers_call_log(recording):
 
 def test_tshark_sees_the_same_h2c_streams(recording):
     r = recording
+    # an oracle that missed packets is no oracle (tcpdump says how many the kernel dropped)
+    counts = dict((what, int(n)) for n, what in re.findall(r"^(\d+) packets? (captured|received by filter|dropped by kernel)", r["dump_err"], re.M))
+    assert counts["dropped by kernel"] == 0 and counts["captured"] == counts["received by filter"], r["dump_err"]
     out = subprocess.run(["tshark", "-n", "-r", str(r["pcap"]), "-d", f"tcp.port=={H2C_PORT},http2", "-d", f"tcp.port=={GRPC_PORT},http2",
-                          "-Y", "http2.headers.status", "-T", "fields", "-e", "tcp.dstport", "-e", "http2.streamid", "-e", "http2.headers.status"],
+                          "-Y", "http2.headers.status", "-T", "json", "--no-duplicate-keys", "-J", "tcp http2"],
                          check=True, capture_output=True, text=True).stdout
     seen = Counter()
-    for line in out.splitlines():
-        port, sids, statuses = line.split("\t")
-        for sid, st in zip(sids.split(","), statuses.split(",")):
-            seen[(int(port), int(sid), int(st))] += 1
+    for pkt in json.loads(out):
+        layers = pkt["_source"]["layers"]
+        h2 = layers["http2"]
+        for item in (h2 if isinstance(h2, list) else [h2]):
+            frames = item["http2.stream"]
+            for f in (frames if isinstance(frames, list) else [frames]):
+                hs = f.get("http2.header", [])
+                for h in (hs if isinstance(hs, list) else [hs]):
+                    if h.get("http2.header.name") == ":status":
+                        seen[(int(layers["tcp"]["tcp.dstport"]), int(f["http2.streamid"]), int(h["http2.header.value"]))] += 1
     rows = _rows(r["tape"], f"select client_port, stream_id, status from http where side = 'server' and server_port in ({H2C_PORT}, {GRPC_PORT}) and status is not null")
     # (a set: tshark shows a HEADERS frame again in each packet of a PDU it reassembled)
     assert Counter((x["client_port"], x["stream_id"], x["status"]) for x in rows) == Counter(set(seen))
-    assert len(rows) == 4 + 60 + 5 * ROUNDS - ROUNDS  # every h2c stream but the gRPC deadline ones (reset before a response)
+    # every h2c stream has a status but the gRPC deadline ones, whose server may or may not answer before the client's reset
+    assert 4 + 60 + 4 * ROUNDS <= len(rows) <= 4 + 60 + 5 * ROUNDS
 
 
 def test_nothing_lost_and_http2_counted(recording):

@@ -8,7 +8,8 @@
  * the pcap importer uses):
  *  - DNS: every UDP datagram from or to port 53 (one datagram is one message: its first
  *    packet), every TCP segment with payload from or to port 53; first 512 bytes.
- *  - HTTP/1.x: a TCP flow whose payload starts with a request method is followed (both
+ *  - HTTP/1.x and h2c: a TCP flow whose payload starts with a request method or the HTTP/2
+ *    preface ("PRI ") is followed (both
  *    directions, in a map); every payload segment of a followed flow is sent, cut to 2048
  *    bytes, with its length and sequence number, so user space orders segments, skips
  *    retransmissions and knows the size of what it did not see (bodies). FIN and RST of a
@@ -24,7 +25,8 @@
  *    in sock:sock_{send,recv}_length on the same thread (its `sk` is the skaddr the
  *    connections probe follows). At return the first 512 bytes of the plaintext are sent
  *    with that skaddr; SSL* -> skaddr is cached for calls that do no socket I/O (data
- *    already buffered inside OpenSSL).
+ *    already buffered inside OpenSSL). Streams that start with the HTTP/2 preface are sent
+ *    whole (up to 16 KiB a call, in 2 KiB records): HTTP/2 needs every frame header.
  *  - HTTPS plaintext of Go programs (FT_HAVE_GOTLS): uprobes on crypto/tls.(*Conn).Write and
  *    Read at entry and at each RET (see the section's comment); the same events and socket join.
  *
@@ -108,7 +110,8 @@ static __always_inline void no_packet_fields(struct l7_event *ev) {
 }
 
 static __always_inline int is_method(const u8 *p) {
-    /* the request methods of RFC 9110 and PATCH; PRI (the HTTP/2 preface) ends the parse in user space */
+    /* the request methods of RFC 9110 and PATCH; "PRI " starts the HTTP/2 client preface (h2c with
+     * prior knowledge): followed the same way, decoded as HTTP/2 in user space */
     if (p[0] == 'G' && p[1] == 'E' && p[2] == 'T' && p[3] == ' ') return 1;
     if (p[0] == 'P' && p[1] == 'O' && p[2] == 'S' && p[3] == 'T') return 1;
     if (p[0] == 'P' && p[1] == 'U' && p[2] == 'T' && p[3] == ' ') return 1;
@@ -118,6 +121,7 @@ static __always_inline int is_method(const u8 *p) {
     if (p[0] == 'P' && p[1] == 'A' && p[2] == 'T' && p[3] == 'C') return 1;
     if (p[0] == 'C' && p[1] == 'O' && p[2] == 'N' && p[3] == 'N') return 1;
     if (p[0] == 'T' && p[1] == 'R' && p[2] == 'A' && p[3] == 'C') return 1;
+    if (p[0] == 'P' && p[1] == 'R' && p[2] == 'I' && p[3] == ' ') return 1;
     return 0;
 }
 
@@ -343,6 +347,12 @@ static __always_inline void ssl_inflight(s64 delta) {
         __sync_fetch_and_add(n, delta);
 }
 BPF_TABLE("lru_hash", struct ssl_key, u64, ft_ssl_socks, FT_SSL_SOCK_ENTRIES);  /* SSL* or Conn -> skaddr */
+/* Streams that began with the HTTP/2 client preface (written by a client, read by a server).
+ * Their calls are sent whole, in FT_L7_DATA_MAX chunks up to FT_L7_SSL_H2_CHUNKS of them, not as
+ * a 512-byte prefix: one TLS record holds the frames of many streams, and a frame header past a
+ * prefix would lose the frame boundaries (and with them every later stream). */
+#define FT_L7_SSL_H2_CHUNKS 8
+BPF_TABLE("lru_hash", struct ssl_key, u8, ft_ssl_h2, FT_SSL_SOCK_ENTRIES);
 
 /* n plaintext bytes at buf, read or written by connection `conn` of process tgid: sent with the
  * socket seen during the call (`sk`, which then becomes the connection's), else the one the
@@ -373,6 +383,34 @@ static __always_inline int plaintext_event(u8 kind, u64 tid, u64 conn, u64 sk, u
     ev->length = n > 0xffffffff ? 0xffffffff : (u32)n;
     no_packet_fields(ev);
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+    int h2 = ft_ssl_h2.lookup(&key) != 0;
+    if (!h2 && n >= 24) {
+        u8 head[4] = {};
+        if (bpf_probe_read_user(head, 4, (void *)buf) == 0 && head[0] == 'P' && head[1] == 'R' && head[2] == 'I' && head[3] == ' ') {
+            u8 one = 1;
+            ft_ssl_h2.update(&key, &one);
+            h2 = 1;
+        }
+    }
+    if (h2) {
+        /* consecutive chunks of the call's plaintext, each its own record; the last one's length
+         * covers what is past the chunks (user space counts it as bytes not captured) */
+        for (int i = 0; i < FT_L7_SSL_H2_CHUNKS; i++) {
+            u64 off = (u64)i * FT_L7_DATA_MAX;
+            if (off >= n)
+                break;
+            u64 rest = n - off;
+            u32 part = rest > FT_L7_DATA_MAX ? FT_L7_DATA_MAX : (u32)rest;
+            ev->length = i == FT_L7_SSL_H2_CHUNKS - 1 ? (rest > 0xffffffff ? 0xffffffff : (u32)rest) : part;
+            ev->cap_len = 0;
+            asm volatile("" : "+r"(part));
+            part = ((part - 1) & (FT_L7_DATA_MAX - 1)) + 1;
+            if (bpf_probe_read_user(ev->data, part, (void *)(buf + off)) == 0)
+                ev->cap_len = part;
+            l7_submit(ev);
+        }
+        return 0;
+    }
     u32 want = n > FT_L7_SSL_CAP ? FT_L7_SSL_CAP : (u32)n;
     ev->cap_len = 0;
     if (want > 0) {
@@ -474,6 +512,7 @@ int ft_ssl_free_enter(struct pt_regs *ctx) {
     ev->cap_len = 0;
     no_packet_fields(ev);
     ft_ssl_socks.delete(&sk);
+    ft_ssl_h2.delete(&sk);
     l7_submit(ev);
     return 0;
 }

@@ -1,10 +1,14 @@
-"""The L7 probe: DNS, HTTP/1.x (plain and TLS plaintext) and TLS ClientHellos from bpf/l7.c.
+"""The L7 probe: DNS, HTTP/1.x and HTTP/2 (plain and TLS plaintext) and TLS ClientHellos from bpf/l7.c.
 
     bpf/l7.c (tcx + OpenSSL uprobes) --ring buffer--> L7Decoder.feed_batch(records)
         DNS  -> DnsPairer                      -> dns rows
-        HTTP -> per-flow segment ordering -> HTTP/1 decoder -> http rows (one per local side)
+        HTTP -> per-flow segment ordering -> HTTP/1 or HTTP/2 decoder -> http rows (one per local side)
         TLS  -> ClientHelloReader               -> tls rows
-        SSL  -> per (pid, SSL*) stream    -> HTTP/1 decoder -> http rows (tls=true)
+        SSL  -> per (pid, SSL*) stream    -> HTTP/1 or HTTP/2 decoder -> http rows (tls=true)
+
+A flow or SSL stream whose first bytes are the HTTP/2 client preface (or, for TLS plaintext, the
+server's first SETTINGS frame, or frames of a stream joined mid-way) is decoded by
+capture/decode/http2.py's H2Connection (one row per stream), the others by the HTTP/1 decoder.
 
 The HTTP/1 decoder is capture/decode/_http1.c when it was built, else http_pairing.HttpConnection
 (the same, in Python: see http_pairing.connection_factory).
@@ -51,6 +55,7 @@ from ..decode.dns_pairing import DnsPairer
 from ..decode.http_pairing import _http1, Redaction, connection_factory, decoder_in_use, is_http2
 from ..decode.http_rows import HttpRows
 from ..decode.tcp_order import HOLD_NS, SEQ_MOD, SegmentOrder
+from ..decode.http2 import H2Connection, looks_like_frames
 
 # struct l7_event kinds (bpf/events.h)
 DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE = 1, 2, 3, 4, 5, 6, 7, 8
@@ -346,6 +351,8 @@ class L7Decoder:
                 if flow is None:
                     if kind == DNS_TCP:
                         flow = _TcpFlow(key, None, dns=True)
+                    elif is_http2(data, bool(from_client)):  # h2c with prior knowledge: the kernel follows "PRI " too
+                        flow = _TcpFlow(key, H2Connection(self.stats, self.redaction))
                     else:
                         flow = _TcpFlow(key, self._new_http())
                     self.flows[key] = flow
@@ -449,21 +456,26 @@ class L7Decoder:
             # its CLOSE event not read yet (it is in the other ring buffer), whose role can be
             # the opposite one — that made a server stream "client" and lost it.
             side = None
+            h2: H2Connection | None = None
             if looks_like_request(data):
                 side = "client" if kind == SSL_WRITE else "server"
             elif looks_like_response(data):
                 side = "server" if kind == SSL_WRITE else "client"
             elif is_http2(data, True):  # the HTTP/2 client preface
                 side = "client" if kind == SSL_WRITE else "server"
+                h2 = H2Connection(self.stats, self.redaction)
             elif is_http2(data, False):  # the SETTINGS frame an HTTP/2 server sends first
                 side = "server" if kind == SSL_WRITE else "client"
+                h2 = H2Connection(self.stats, self.redaction)
             else:
                 conns = self._alive_at(self.by_sk.get(skaddr, []), ts) if skaddr else []
                 if conns:
                     side = conns[-1].role
+                    if looks_like_frames(data):  # HTTP/2 joined mid-way: HPACK state unknown, rows marked
+                        h2 = H2Connection(self.stats, self.redaction, at_start=False)
             if side is None:
                 return  # not HTTP/1.x (or the middle of a stream whose start we missed)
-            st = self.ssl[key] = _SslStream(skaddr, side, pid, comm, self._new_http(), ts)
+            st = self.ssl[key] = _SslStream(skaddr, side, pid, comm, h2 if h2 is not None else self._new_http(), ts)
         elif skaddr and not st.skaddr:
             st.skaddr = skaddr
         st.last_ts = ts

@@ -398,6 +398,10 @@ def start_nginx_l7(host: Host, root: Path, tls: tuple[Path, Path] | None = None,
         children = Path(f"/proc/{master.pid}/task/{master.pid}/children")
         kids = children.read_text().split() if children.exists() else []
         if len(kids) >= workers and host.run(["curl", "-s", "-o", "/dev/null", f"http://{host.ip}/__ready"], check=False).returncode == 0:
+            # nginx logs after it has answered: truncate once the probe's line is there, not before
+            ready_by = time.monotonic() + 5
+            while "/__ready" not in (workdir / "access.log").read_text() and time.monotonic() < ready_by:
+                time.sleep(0.01)
             for log in ("access.log", "access-tls.log"):
                 (workdir / log).write_text("")
             return master, [int(k) for k in kids]

@@ -27,7 +27,7 @@ from netlab import Lab, make_cert, recorder
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.slow, require_ebpf()]
 
-GO_PORT, NODE_PORT = 8443, 7443
+GO_PORT, GO_H2_PORT, NODE_PORT = 8443, 9443, 7443
 PATHS = ["/a", "/status/404", "/bytes/5000", "/status/503"]
 ROUNDS = 5
 NODE_SERVER = r"""
@@ -60,6 +60,7 @@ def _start(host, argv, cwd: Path) -> subprocess.Popen:
 def recording(ebpf_host, tmp_path_factory):  # noqa: F811
     work = tmp_path_factory.mktemp("gotls")
     server = go_build("server.go", work / "gosrv-stripped", stripped=True)
+    server_h2 = go_build("server.go", work / "gosrv-h2")
     client = go_build("client.go", work / "goclient")
     hello = go_build("hello.go", work / "gohello")
     node = "/usr/bin/node"
@@ -70,6 +71,8 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
         cert, key = make_cert(lab.workdir, ["go.lab.test"])
         procs = [_start(srv, [str(server), "-addr", f"{srv.ip}:{GO_PORT}", "-cert", str(cert), "-key", str(key),
                               "-log", str(work / "go-served.jsonl"), "-http1"], work),
+                 _start(srv, [str(server_h2), "-addr", f"{srv.ip}:{GO_H2_PORT}", "-cert", str(cert), "-key", str(key),
+                              "-log", str(work / "go-h2-served.jsonl")], work),
                  _start(srv, [node, "-e", NODE_SERVER, srv.ip, str(NODE_PORT), str(cert), str(key), str(work / "node-served.jsonl")], work)]
         procs.append(subprocess.Popen([str(hello)], stdout=subprocess.DEVNULL))
         tape = work / "gotls.tape"
@@ -78,6 +81,9 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
                 # started after the recorder: found by its process scan (about every second)
                 cli.run([str(client), "-base", f"https://{srv.ip}:{GO_PORT}", "-n", str(ROUNDS), "-http1", "-wait", "2.5s",
                          "-log", str(work / "go-got.jsonl"), *PATHS], timeout=120)
+                # Go's default: HTTP/2 over TLS (ALPN h2) on both ends
+                cli.run([str(client), "-base", f"https://{srv.ip}:{GO_H2_PORT}", "-n", str(ROUNDS), "-wait", "1.5s",
+                         "-log", str(work / "go-h2-got.jsonl"), *PATHS], timeout=120)
                 for port in (GO_PORT, NODE_PORT):
                     cli.run(["curl", "-sk", "--http1.1", "-o", "/dev/null", *[f"https://{srv.ip}:{port}{p}" for p in PATHS]], timeout=60)
                 time.sleep(1.5)
@@ -85,7 +91,7 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
             for p in procs:
                 p.kill()
                 p.wait()
-        yield {"tape": flowtape.open(str(tape)), "work": work, "server_pid": procs[0].pid, "node_pid": procs[1].pid,
+        yield {"tape": flowtape.open(str(tape)), "work": work, "server_pid": procs[0].pid, "h2_pid": procs[1].pid, "node_pid": procs[2].pid,
                "paths": {"server": str(server), "client": str(client), "hello": str(hello)}}
 
 
@@ -107,8 +113,17 @@ def test_go_server_rows_equal_its_log(recording):
 def test_go_client_rows_equal_its_log(recording):
     got = _jsonl(recording["work"] / "go-got.jsonl")
     assert len(got) == ROUNDS * len(PATHS)
-    rows = _http(recording["tape"], "side = 'client' AND tls AND comm = 'goclient'")
+    rows = _http(recording["tape"], "side = 'client' AND tls AND comm = 'goclient' AND http_version = 'HTTP/1.1'")
     assert rows == _log(got)
+
+
+def test_go_http2_rows_equal_both_logs(recording):
+    served, got = _jsonl(recording["work"] / "go-h2-served.jsonl"), _jsonl(recording["work"] / "go-h2-got.jsonl")
+    assert len(served) == len(got) == ROUNDS * len(PATHS)
+    assert {r["proto"] for r in served} == {"HTTP/2.0"}  # really HTTP/2
+    t = recording["tape"]
+    assert _http(t, f"side = 'server' AND tls AND http_version = 'HTTP/2' AND pid = {recording['h2_pid']}") == _log(served)
+    assert _http(t, "side = 'client' AND tls AND http_version = 'HTTP/2' AND comm = 'goclient'") == _log(got)
 
 
 def test_go_rows_join_their_connections(recording):

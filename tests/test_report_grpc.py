@@ -44,10 +44,10 @@ def test_grpc_failures_inside_http_200_are_errors_in_topology_and_latency(tmp_pa
     write(tmp_path / "t.tape", {"Unary": 10, "Missing": 3, "Down": 4, "Slow": 2, "Stream": 5})
     tape = flowtape.open(tmp_path / "t.tape")
     assert tape.sql("select count(*) from http where status >= 500").fetchall() == [(0,)]  # every answer was an HTTP 200
-    (edge,) = topology(tape, by="pod").to_dicts()
+    (edge,) = topology(tape.analysis, by="pod").to_dicts()
     # UNAVAILABLE (4) and the deadline-cancelled calls (2) are server errors; NOT_FOUND (3) is not
     assert (edge["requests"], edge["errors_5xx"]) == (24, 6)
-    routes = http_latency(tape, by="pod", per_route=True)
+    routes = http_latency(tape.analysis, by="pod", per_route=True)
     # (Slow has no latency: the client reset it before any response)
     assert set(routes["route"]) == {f"/flowtape.test.Echo/{m}" for m in ("Unary", "Missing", "Down", "Stream")}
     by_route = dict(zip(routes["route"], routes["errors_5xx"]))

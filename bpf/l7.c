@@ -519,8 +519,8 @@ int ft_ssl_free_enter(struct pt_regs *ctx) {
 #endif
 
 #ifdef FT_HAVE_GOTLS
-/* Go crypto/tls.(*Conn).Write/Read: a uprobe at the entry and one at each RET (found in user
- * space by disassembly; uretprobes break Go's movable stacks). Go >= 1.17 register ABI: at entry
+/* Go crypto/tls.(*Conn).Read: a uprobe at the entry and one at each RET (found in user space by
+ * disassembly; uretprobes break Go's movable stacks); Write: at its entry only (below). Go >= 1.17 register ABI: at entry
  * RAX = the *tls.Conn, RBX = the buffer, RCX = its length; at a RET RAX = the byte count; R14 = the
  * goroutine (g) throughout. A call is keyed by (tgid, g), not by thread: a Read that blocks parks
  * its goroutine, which may resume on another thread. The socket is the first one this call's
@@ -578,9 +578,15 @@ static __always_inline int go_return(struct pt_regs *ctx, u8 kind) {
     return plaintext_event(kind, tid, c.conn, c.sk, c.buf, (u64)n);
 }
 
-int ft_go_write_enter(struct pt_regs *ctx) { return go_enter(ctx); }
+/* A Write is sent at its entry (RBX = the plaintext, RCX = its length), with the socket the
+ * connection last used: sent at return, a request could follow its own response into the ring
+ * when another goroutine reads the answer first (Go's HTTP/2 and HTTP/1 transports read and
+ * write on separate goroutines), and the decoder would pair them wrong. A Write that fails is
+ * still sent (its bytes were meant for the peer). */
+int ft_go_write_enter(struct pt_regs *ctx) {
+    return plaintext_event(FT_L7_SSL_WRITE, bpf_get_current_pid_tgid(), ctx->ax, 0, ctx->bx, ctx->cx);
+}
 int ft_go_read_enter(struct pt_regs *ctx) { return go_enter(ctx); }
-int ft_go_write_return(struct pt_regs *ctx) { return go_return(ctx, FT_L7_SSL_WRITE); }
 int ft_go_read_return(struct pt_regs *ctx) { return go_return(ctx, FT_L7_SSL_READ); }
 #endif
 

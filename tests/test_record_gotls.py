@@ -157,4 +157,4 @@ def test_manifest_names_the_go_binaries_and_what_was_skipped(recording):
     assert recording["paths"]["hello"] not in go["binaries"]
     assert go["skipped"]["no_crypto_tls"] >= 1
     assert "/usr/bin/node" in m["ssl_libs"]  # found by the scan: OpenSSL linked into node
-    assert go["uprobes"] >= 2 * (2 + 2)  # an entry and at least two RETs per function, per binary
+    assert go["uprobes"] >= 3 * (2 + 2)  # Write's entry, Read's entry and its RETs (at least two), per binary

@@ -26,8 +26,8 @@ from elftools.elf.elffile import ELFFile
 from .gobin import NotProbeable, inspect
 
 PROC = Path("/proc")
-PROGRAMS = {  # function -> (entry program, return program)
-    "crypto/tls.(*Conn).Write": ("ft_go_write_enter", "ft_go_write_return"),
+PROGRAMS = {  # function -> (entry program, return program or None: Write is sent at its entry, see bpf/l7.c)
+    "crypto/tls.(*Conn).Write": ("ft_go_write_enter", None),
     "crypto/tls.(*Conn).Read": ("ft_go_read_enter", "ft_go_read_return"),
 }
 
@@ -110,7 +110,7 @@ class GoTlsAttacher:
                 f = b.funcs[name]
                 self.bpf.attach_uprobe(name=exe.encode(), addr=f.entry, fn_name=enter.encode())
                 done += 1
-                for addr in f.returns:
+                for addr in f.returns if ret else ():
                     self.bpf.attach_uprobe(name=exe.encode(), addr=addr, fn_name=ret.encode())
                     done += 1
         except Exception as e:  # the process exited (its /proc/PID/exe is gone) or the kernel refused

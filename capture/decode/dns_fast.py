@@ -1,5 +1,5 @@
 """A fast path for the DNS messages nearly every node sees: struct-level parsing of regular
-messages whose answers are A, AAAA, CNAME, NS, PTR or OPT.
+messages whose answers are A, AAAA, CNAME, NS, PTR, MX, TXT or OPT.
 
 `fast_parse(data)` returns the DnsMessage that `dns.parse_dns` (dnslib, the reference) returns
 for the same bytes, or None when the message is anything but regular — another rdata type, a
@@ -16,15 +16,16 @@ from struct import Struct
 _HEADER = Struct("!HHHHHH")
 _RR = Struct("!HHIH")
 _Q = Struct("!HH")
-_A_TYPE, _NS, _CNAME, _PTR, _AAAA, _OPT = 1, 2, 5, 12, 28, 41
+_A_TYPE, _NS, _CNAME, _PTR, _MX, _TXT, _AAAA, _OPT = 1, 2, 5, 12, 15, 16, 28, 41
 _NAME_TYPES = {_NS: "NS", _CNAME: "CNAME", _PTR: "PTR"}  # DNAME: dnslib reads it as raw bytes
 _PRINTABLE = frozenset(range(33, 127))  # dnslib escapes any other byte of a label as \DDD
+_TXT_PRINTABLE = frozenset(range(32, 127))  # and of a TXT string (as \ooo)
 _MAX_JUMPS = 32
 
 
 def _name(data: bytes, pos: int, cache: dict[int, str]) -> tuple[str, int] | None:
-    """The name at pos as dnslib prints it, lower-cased, no trailing dot (the root: '.'), and
-    the position after it; None for anything dnslib would not read the same way."""
+    """The name at pos as dnslib prints it without the trailing dot (the root: '.'), case kept,
+    and the position after it; None for anything dnslib would not read the same way."""
     n = len(data)
     if pos + 1 < n and data[pos] >= 0xC0:  # most answer names: a pointer to a name read before
         ptr = ((data[pos] & 0x3F) << 8) | data[pos + 1]
@@ -66,7 +67,7 @@ def _name(data: bytes, pos: int, cache: dict[int, str]) -> tuple[str, int] | Non
         label = data[pos + 1: pos + 1 + ln]
         if len(label) != ln or not _PRINTABLE.issuperset(label):
             return None
-        labels.append(label.decode("ascii").lower())
+        labels.append(label.decode("ascii"))
         pos += 1 + ln
     text = ".".join(labels) if labels else "."
     cache[start] = text
@@ -113,6 +114,7 @@ def fast_parse(data: bytes, make_message, make_answer, qtype_name, rcode_name):
         if got is None or got[1] + 4 > n:
             return None
         qname, pos = got
+        qname = qname.lower()
         qtype, _qclass = _Q.unpack_from(data, pos)
         pos += 4
     qr = flags >> 15
@@ -123,6 +125,7 @@ def fast_parse(data: bytes, make_message, make_answer, qtype_name, rcode_name):
             if got is None or got[1] + 10 > n:
                 return None
             rname, pos = got
+            rname = rname.lower()
             rtype, _rclass, ttl, rdlen = _RR.unpack_from(data, pos)
             pos += 10
             end = pos + rdlen
@@ -141,7 +144,31 @@ def fast_parse(data: bytes, make_message, make_answer, qtype_name, rcode_name):
                 target = _name(data, pos, cache)
                 if target is None or target[1] != end:
                     return None
-                answers.append(make_answer(rname, _NAME_TYPES[rtype], ttl, target[0]))
+                answers.append(make_answer(rname, _NAME_TYPES[rtype], ttl, target[0].lower()))
+            elif rtype == _MX:
+                if rdlen < 3:
+                    return None
+                target = _name(data, pos + 2, cache)
+                if target is None or target[1] != end:
+                    return None
+                text = target[0]  # dnslib prints the exchange as it came, with the trailing dot
+                answers.append(make_answer(rname, "MX", ttl, f"{(data[pos] << 8) | data[pos + 1]} {text if text == '.' else text + '.'}"))
+            elif rtype == _TXT:
+                # dnslib's own reading: a string is taken while the lengths so far stay under rdlen
+                parts, p, total = [], pos, 0
+                while p < end:
+                    tl = data[p]
+                    if total + tl >= rdlen:
+                        return None
+                    total += tl
+                    chunk = data[p + 1: p + 1 + tl]
+                    if len(chunk) != tl or not _TXT_PRINTABLE.issuperset(chunk):
+                        return None
+                    parts.append('"' + chunk.decode("ascii") + '"')
+                    p += 1 + tl
+                if p != end:
+                    return None
+                answers.append(make_answer(rname, "TXT", ttl, ",".join(parts)))
             elif rtype == _OPT:
                 answers.append(make_answer(rname, "OPT", ttl, ""))
             else:

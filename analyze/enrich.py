@@ -400,6 +400,17 @@ g2 AS (SELECT *, {ks} FROM g),
 {_named_sql("g2", endpoints, NAME_FIELDS, "__k, " + ", ".join(f"__k{i}" for i in range(len(endpoints))), pkeys)}"""
 
 
+# A server error (the `errors_5xx` columns of the reports, diff's and check's error rate; docs/reports.md):
+# an HTTP status >= 500; a gRPC call ending with a status that blames the server (the OpenTelemetry
+# semantic conventions' server-side error codes: 2 UNKNOWN, 4 DEADLINE_EXCEEDED, 12 UNIMPLEMENTED,
+# 13 INTERNAL, 14 UNAVAILABLE, 15 DATA_LOSS), usually inside an HTTP 200; a gRPC call reset without
+# a status (a client deadline cancels the stream before the trailers); an HTTP/2 stream reset with
+# an error code other than NO_ERROR and CANCEL. NOT_FOUND, INVALID_ARGUMENT, ... are like 4xx: not counted.
+GRPC_ERROR_CODES = (2, 4, 12, 13, 14, 15)
+SERVER_ERROR_SQL = (f"(h.status >= 500 OR h.grpc_status IN {GRPC_ERROR_CODES} "
+                    "OR (h.grpc_service IS NOT NULL AND h.grpc_status IS NULL AND h.stream_error IS NOT NULL) "
+                    "OR h.stream_error NOT IN ('NO_ERROR', 'CANCEL')) IS TRUE")
+
 _HTTP_X = """
 -- The client row of an exchange when it was recorded, else the server row: one scan, the
 -- server rows of paired connections dropped by a hash probe (a correlated NOT EXISTS cost 1.2 s
@@ -409,6 +420,7 @@ _HTTP_X = """
 CREATE OR REPLACE TEMP VIEW ft_http_x AS
 SELECT h.ts_request AS ts, h.client_ip, {server_ip} AS server_ip, h.server_ip AS seen_server_ip,
        h.server_port, h.method, h.host, h.path, h.status, h.latency_ns, h.request_bytes, h.response_bytes, h.side, h.tls, h.node,
+       h.http_version, h.grpc_service, h.grpc_method, h.grpc_status, h.stream_error, {server_error} AS server_error,
        {pkeys}
 FROM http h
 LEFT JOIN ft_paired_servers sp ON sp.server_node = h.node AND sp.server_conn_id = h.conn_id {subst_join} {pkey_join}
@@ -500,7 +512,7 @@ def _enriched_views(substitutions: bool = True, processes: bool = False) -> str:
     server_ip = "coalesce(p.server_pod_ip, h.server_ip)" if substitutions else "h.server_ip"
     pkey_join = "LEFT JOIN ft_conn_pkeys pk ON pk.node = h.node AND pk.conn_id = h.conn_id" if processes else ""
     pkeys = "pk.client_pkey, pk.server_pkey" if processes else "NULL::INTEGER AS client_pkey, NULL::INTEGER AS server_pkey"
-    http_x = _HTTP_X.format(subst_join=subst_join, server_ip=server_ip, pkey_join=pkey_join, pkeys=pkeys)
+    http_x = _HTTP_X.format(subst_join=subst_join, server_ip=server_ip, server_error=SERVER_ERROR_SQL, pkey_join=pkey_join, pkeys=pkeys)
     return f"""
 {http_x}
 {_conn_x_sql(processes)}

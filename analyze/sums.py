@@ -44,7 +44,7 @@ SELECT path, route, dense_rank() OVER (ORDER BY route)::INTEGER AS rid
 FROM (SELECT path, {route} AS route FROM (SELECT DISTINCT path FROM http WHERE path IS NOT NULL));
 CREATE TEMP TABLE IF NOT EXISTS ft_route_ids AS SELECT DISTINCT rid, route FROM ft_routes"""
 
-HTTP_AGGREGATES = ("count(*) AS n, count(*) FILTER (WHERE status >= 500) AS n_5xx, count(*) FILTER (WHERE status IS NULL) AS n_unanswered, "
+HTTP_AGGREGATES = ("count(*) AS n, count(*) FILTER (WHERE server_error) AS n_5xx, count(*) FILTER (WHERE status IS NULL) AS n_unanswered, "
                    "max(latency_ns) AS max_latency_ns")
 
 # BIGINT sums: a UBIGINT sum accumulates in 128 bits (5 % slower on 50M flows); no flow row nears 2^63

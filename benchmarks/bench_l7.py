@@ -68,9 +68,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def recorded(lab, run, workdir: Path, tag: str) -> dict:
+def recorded(lab, run, workdir: Path, tag: str, probes: str = "connections,l7") -> dict:
     tape = workdir / f"bench-{tag}.tape"
-    rec = subprocess.Popen([FLOWTAPE, "record", "-o", str(tape), "--interfaces", lab.bridge, "--probes", "connections,l7", "--no-k8s"],
+    rec = subprocess.Popen([FLOWTAPE, "record", "-o", str(tape), "--interfaces", lab.bridge, "--probes", probes, "--no-k8s"],
                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     while "recording to" not in (line := rec.stderr.readline()):
         if not line:
@@ -91,7 +91,7 @@ def recorded(lab, run, workdir: Path, tag: str) -> dict:
     return result
 
 
-def measure(lab, run, workdir: Path, tag: str, workers: list[int]) -> dict:
+def measure(lab, run, workdir: Path, tag: str, workers: list[int], probes: str = "connections,l7") -> dict:
     def timed(fn):
         c0 = sum(cpu_seconds(p) for p in workers)
         out = fn()
@@ -99,7 +99,7 @@ def measure(lab, run, workdir: Path, tag: str, workers: list[int]) -> dict:
         return out
 
     before = timed(run)
-    rec = timed(lambda: recorded(lab, run, workdir, tag))
+    rec = timed(lambda: recorded(lab, run, workdir, tag, probes))
     after = timed(run)
     base = (before["rps"] + after["rps"]) / 2
     nginx_base = (before["nginx_cpu_s"] + after["nginx_cpu_s"]) / (before["requests"] + after["requests"])

@@ -8,7 +8,8 @@
  * the pcap importer uses):
  *  - DNS: every UDP datagram from or to port 53 (one datagram is one message: its first
  *    packet), every TCP segment with payload from or to port 53; first 512 bytes.
- *  - HTTP/1.x: a TCP flow whose payload starts with a request method is followed (both
+ *  - HTTP/1.x and h2c: a TCP flow whose payload starts with a request method or the HTTP/2
+ *    preface ("PRI ") is followed (both
  *    directions, in a map); every payload segment of a followed flow is sent, cut to 2048
  *    bytes, with its length and sequence number, so user space orders segments, skips
  *    retransmissions and knows the size of what it did not see (bodies). FIN and RST of a
@@ -24,7 +25,10 @@
  *    in sock:sock_{send,recv}_length on the same thread (its `sk` is the skaddr the
  *    connections probe follows). At return the first 512 bytes of the plaintext are sent
  *    with that skaddr; SSL* -> skaddr is cached for calls that do no socket I/O (data
- *    already buffered inside OpenSSL).
+ *    already buffered inside OpenSSL). Streams that start with the HTTP/2 preface are sent
+ *    whole (up to 16 KiB a call, in 2 KiB records): HTTP/2 needs every frame header.
+ *  - HTTPS plaintext of Go programs (FT_HAVE_GOTLS): uprobes on crypto/tls.(*Conn).Write and
+ *    Read at entry and at each RET (see the section's comment); the same events and socket join.
  *
  * Packets are taken once per node with the same rule as bpf/flows.c: at ingress of a
  * covered interface (not loopback, not a bridge), or at egress when the packet did not
@@ -106,7 +110,8 @@ static __always_inline void no_packet_fields(struct l7_event *ev) {
 }
 
 static __always_inline int is_method(const u8 *p) {
-    /* the request methods of RFC 9110 and PATCH; PRI (the HTTP/2 preface) ends the parse in user space */
+    /* the request methods of RFC 9110 and PATCH; "PRI " starts the HTTP/2 client preface (h2c with
+     * prior knowledge): followed the same way, decoded as HTTP/2 in user space */
     if (p[0] == 'G' && p[1] == 'E' && p[2] == 'T' && p[3] == ' ') return 1;
     if (p[0] == 'P' && p[1] == 'O' && p[2] == 'S' && p[3] == 'T') return 1;
     if (p[0] == 'P' && p[1] == 'U' && p[2] == 'T' && p[3] == ' ') return 1;
@@ -116,6 +121,7 @@ static __always_inline int is_method(const u8 *p) {
     if (p[0] == 'P' && p[1] == 'A' && p[2] == 'T' && p[3] == 'C') return 1;
     if (p[0] == 'C' && p[1] == 'O' && p[2] == 'N' && p[3] == 'N') return 1;
     if (p[0] == 'T' && p[1] == 'R' && p[2] == 'A' && p[3] == 'C') return 1;
+    if (p[0] == 'P' && p[1] == 'R' && p[2] == 'I' && p[3] == ' ') return 1;
     return 0;
 }
 
@@ -321,22 +327,15 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
 int ft_l7_ingress(struct __sk_buff *skb) { return l7_packet(skb, FT_DIR_INGRESS); }
 int ft_l7_egress(struct __sk_buff *skb) { return l7_packet(skb, FT_DIR_EGRESS); }
 
-/* ---- HTTPS plaintext: OpenSSL uprobes ------------------------------------------------- */
-#ifdef FT_HAVE_SSL
-struct ssl_call {
-    u64 ssl;
-    u64 buf;
-    u64 out_len;   /* _ex forms: size_t *written / *readbytes; 0 otherwise */
-    u64 sk;        /* socket seen in sock:sock_*_length during the call */
-};
+/* ---- HTTPS plaintext: OpenSSL and Go crypto/tls uprobes ------------------------------ */
+#if defined(FT_HAVE_SSL) || defined(FT_HAVE_GOTLS)
 struct ssl_key {
-    u64 ssl;
+    u64 ssl;       /* OpenSSL's SSL* or Go's *tls.Conn */
     u32 tgid;
     u32 _pad0;
 };
-BPF_HASH(ft_ssl_calls, u64, struct ssl_call, 16384);                         /* thread id -> call */
-/* SSL calls in progress on the node (entered, not returned). sock:sock_*_length runs on every
- * send and receive of every socket; while no SSL call is in progress it has nothing to do and
+/* Plaintext calls in progress on the node (entered, not returned). sock:sock_*_length runs on
+ * every send and receive of every socket; while no call is in progress it has nothing to do and
  * returns after this one inlined lookup instead of a hash lookup. A call whose return is never
  * seen (its process killed inside it) leaves it above 0: slower, never wrong. */
 BPF_ARRAY(ft_ssl_inflight, s64, 1);
@@ -347,7 +346,99 @@ static __always_inline void ssl_inflight(s64 delta) {
     if (n)
         __sync_fetch_and_add(n, delta);
 }
-BPF_TABLE("lru_hash", struct ssl_key, u64, ft_ssl_socks, FT_SSL_SOCK_ENTRIES);  /* SSL* -> skaddr */
+BPF_TABLE("lru_hash", struct ssl_key, u64, ft_ssl_socks, FT_SSL_SOCK_ENTRIES);  /* SSL* or Conn -> skaddr */
+/* Streams that began with the HTTP/2 client preface (written by a client, read by a server).
+ * Their calls are sent whole, in FT_L7_DATA_MAX chunks up to FT_L7_SSL_H2_CHUNKS of them, not as
+ * a 512-byte prefix: one TLS record holds the frames of many streams, and a frame header past a
+ * prefix would lose the frame boundaries (and with them every later stream). */
+#define FT_L7_SSL_H2_CHUNKS 8
+BPF_TABLE("lru_hash", struct ssl_key, u8, ft_ssl_h2, FT_SSL_SOCK_ENTRIES);
+
+/* n plaintext bytes at buf, read or written by connection `conn` of process tgid: sent with the
+ * socket seen during the call (`sk`, which then becomes the connection's), else the one the
+ * connection last used. */
+static __always_inline int plaintext_event(u8 kind, u64 tid, u64 conn, u64 sk, u64 buf, u64 n) {
+    if (n == 0)
+        return 0;
+    struct ssl_key key = {};
+    key.ssl = conn;
+    key.tgid = tid >> 32;
+    if (sk) {
+        ft_ssl_socks.update(&key, &sk);
+    } else {
+        u64 *known = ft_ssl_socks.lookup(&key);
+        if (known)
+            sk = *known;
+        else
+            l7_bump(FT_L7_CTR_SSL_NO_SOCKET);
+    }
+    struct l7_event *ev = l7_scratch();
+    if (!ev)
+        return 0;
+    ev->ts_ns = bpf_ktime_get_ns();
+    ev->kind = kind;
+    ev->skaddr = sk;
+    ev->ssl = conn;
+    ev->pid = tid >> 32;
+    ev->length = n > 0xffffffff ? 0xffffffff : (u32)n;
+    no_packet_fields(ev);
+    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
+    int h2 = ft_ssl_h2.lookup(&key) != 0;
+    if (!h2 && n >= 24) {
+        u8 head[4] = {};
+        if (bpf_probe_read_user(head, 4, (void *)buf) == 0 && head[0] == 'P' && head[1] == 'R' && head[2] == 'I' && head[3] == ' ') {
+            u8 one = 1;
+            ft_ssl_h2.update(&key, &one);
+            h2 = 1;
+        }
+    }
+    if (h2) {
+        /* consecutive chunks of the call's plaintext, each its own record; the last one's length
+         * covers what is past the chunks (user space counts it as bytes not captured) */
+        for (int i = 0; i < FT_L7_SSL_H2_CHUNKS; i++) {
+            u64 off = (u64)i * FT_L7_DATA_MAX;
+            if (off >= n)
+                break;
+            u64 rest = n - off;
+            u32 part = rest > FT_L7_DATA_MAX ? FT_L7_DATA_MAX : (u32)rest;
+            ev->length = i == FT_L7_SSL_H2_CHUNKS - 1 ? (rest > 0xffffffff ? 0xffffffff : (u32)rest) : part;
+            ev->cap_len = 0;
+            asm volatile("" : "+r"(part));
+            part = ((part - 1) & (FT_L7_DATA_MAX - 1)) + 1;
+            if (bpf_probe_read_user(ev->data, part, (void *)(buf + off)) == 0)
+                ev->cap_len = part;
+            l7_submit(ev);
+        }
+        return 0;
+    }
+    u32 want = n > FT_L7_SSL_CAP ? FT_L7_SSL_CAP : (u32)n;
+    ev->cap_len = 0;
+    if (want > 0) {
+        asm volatile("" : "+r"(want));
+        want = ((want - 1) & (FT_L7_SSL_CAP - 1)) + 1;
+        if (bpf_probe_read_user(ev->data, want, (void *)buf) == 0)
+            ev->cap_len = want;
+    }
+    l7_submit(ev);
+    return 0;
+}
+#endif
+
+#ifdef FT_HAVE_SSL
+/* Processes whose OpenSSL uses memory BIOs (Node.js): their socket I/O happens outside SSL_read,
+ * in the event loop, right before it on the same thread. For the pids user space registers here,
+ * the last socket each thread received from is kept, and an SSL_read that saw no socket takes it. */
+BPF_ARRAY(ft_bio_on, s64, 1);                                 /* how many pids are registered */
+BPF_HASH(ft_bio_pids, u32, u8, 4096);
+BPF_TABLE("lru_hash", u64, u64, ft_bio_rx, 16384);            /* thread id -> last socket received */
+
+struct ssl_call {
+    u64 ssl;
+    u64 buf;
+    u64 out_len;   /* _ex forms: size_t *written / *readbytes; 0 otherwise */
+    u64 sk;        /* socket seen in sock:sock_*_length during the call */
+};
+BPF_HASH(ft_ssl_calls, u64, struct ssl_call, 16384);                         /* thread id -> call */
 
 static __always_inline int ssl_enter(struct pt_regs *ctx, int ex) {
     u64 tid = bpf_get_current_pid_tgid();
@@ -382,41 +473,12 @@ static __always_inline int ssl_return(struct pt_regs *ctx, u8 kind, int ex) {
             return 0;
         n = (u32)(int)ret;
     }
-    if (n == 0)
-        return 0;
-    struct ssl_key sk = {};
-    sk.ssl = c.ssl;
-    sk.tgid = tid >> 32;
-    if (c.sk) {
-        ft_ssl_socks.update(&sk, &c.sk);
-    } else {
-        u64 *known = ft_ssl_socks.lookup(&sk);
-        if (known)
-            c.sk = *known;
-        else
-            l7_bump(FT_L7_CTR_SSL_NO_SOCKET);
+    if (!c.sk && kind == FT_L7_SSL_READ) {
+        u64 *rx = ft_bio_rx.lookup(&tid);
+        if (rx)
+            c.sk = *rx;
     }
-    struct l7_event *ev = l7_scratch();
-    if (!ev)
-        return 0;
-    ev->ts_ns = bpf_ktime_get_ns();
-    ev->kind = kind;
-    ev->skaddr = c.sk;
-    ev->ssl = c.ssl;
-    ev->pid = tid >> 32;
-    ev->length = n > 0xffffffff ? 0xffffffff : (u32)n;
-    no_packet_fields(ev);
-    bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-    u32 want = n > FT_L7_SSL_CAP ? FT_L7_SSL_CAP : (u32)n;
-    ev->cap_len = 0;
-    if (want > 0) {
-        asm volatile("" : "+r"(want));
-        want = ((want - 1) & (FT_L7_SSL_CAP - 1)) + 1;
-        if (bpf_probe_read_user(ev->data, want, (void *)c.buf) == 0)
-            ev->cap_len = want;
-    }
-    l7_submit(ev);
-    return 0;
+    return plaintext_event(kind, tid, c.ssl, c.sk, c.buf, n);
 }
 
 int ft_ssl_write_enter(struct pt_regs *ctx) { return ssl_enter(ctx, 0); }
@@ -450,21 +512,124 @@ int ft_ssl_free_enter(struct pt_regs *ctx) {
     ev->cap_len = 0;
     no_packet_fields(ev);
     ft_ssl_socks.delete(&sk);
+    ft_ssl_h2.delete(&sk);
     l7_submit(ev);
     return 0;
 }
+#endif
 
-static __always_inline int ssl_socket_io(const void *sk) {
+#ifdef FT_HAVE_GOTLS
+/* Go crypto/tls.(*Conn).Read: a uprobe at the entry and one at each RET (found in user space by
+ * disassembly; uretprobes break Go's movable stacks); Write: at its entry only (below). Go >= 1.17 register ABI: at entry
+ * RAX = the *tls.Conn, RBX = the buffer, RCX = its length; at a RET RAX = the byte count; R14 = the
+ * goroutine (g) throughout. A call is keyed by (tgid, g), not by thread: a Read that blocks parks
+ * its goroutine, which may resume on another thread. The socket is the first one this call's
+ * entry thread reads or writes after the entry (ft_go_threads: thread -> g): Go does the first
+ * syscall of a Read or Write on the thread it entered on, before it could park. */
+struct go_key {
+    u64 g;
+    u32 tgid;
+    u32 _pad0;
+};
+struct go_call {
+    u64 conn;
+    u64 buf;
+    u64 sk;        /* the first socket seen on the entry thread during the call */
+    u64 tid;       /* the entry thread */
+};
+BPF_HASH(ft_go_calls, struct go_key, struct go_call, 16384);
+BPF_HASH(ft_go_threads, u64, u64, 16384);   /* thread id -> g of the call that entered on it */
+
+static __always_inline int go_enter(struct pt_regs *ctx) {
+    u64 tid = bpf_get_current_pid_tgid();
+    struct go_key k = {};
+    k.g = ctx->r14;
+    k.tgid = tid >> 32;
+    struct go_call call = {};
+    call.conn = ctx->ax;
+    call.buf = ctx->bx;
+    call.tid = tid;
+    /* a second entry of the same call (after runtime.morestack grew the stack) replaces the first */
+    if (ft_go_calls.insert(&k, &call) == 0)
+        ssl_inflight(1);
+    else
+        ft_go_calls.update(&k, &call);
+    ft_go_threads.update(&tid, &k.g);
+    return 0;
+}
+
+static __always_inline int go_return(struct pt_regs *ctx, u8 kind) {
+    u64 tid = bpf_get_current_pid_tgid();
+    struct go_key k = {};
+    k.g = ctx->r14;
+    k.tgid = tid >> 32;
+    struct go_call *call = ft_go_calls.lookup(&k);
+    if (!call)
+        return 0;
+    struct go_call c = *call;
+    ft_go_calls.delete(&k);
+    ssl_inflight(-1);
+    u64 *on = ft_go_threads.lookup(&c.tid);
+    if (on && *on == k.g)
+        ft_go_threads.delete(&c.tid);
+    long n = (long)ctx->ax;
+    if (n <= 0)
+        return 0;
+    return plaintext_event(kind, tid, c.conn, c.sk, c.buf, (u64)n);
+}
+
+/* A Write is sent at its entry (RBX = the plaintext, RCX = its length), with the socket the
+ * connection last used: sent at return, a request could follow its own response into the ring
+ * when another goroutine reads the answer first (Go's HTTP/2 and HTTP/1 transports read and
+ * write on separate goroutines), and the decoder would pair them wrong. A Write that fails is
+ * still sent (its bytes were meant for the peer). */
+int ft_go_write_enter(struct pt_regs *ctx) {
+    return plaintext_event(FT_L7_SSL_WRITE, bpf_get_current_pid_tgid(), ctx->ax, 0, ctx->bx, ctx->cx);
+}
+int ft_go_read_enter(struct pt_regs *ctx) { return go_enter(ctx); }
+int ft_go_read_return(struct pt_regs *ctx) { return go_return(ctx, FT_L7_SSL_READ); }
+#endif
+
+#if defined(FT_HAVE_SSL) || defined(FT_HAVE_GOTLS)
+static __always_inline int ssl_socket_io(const void *sk, int rx) {
     u32 zero = 0;
+#ifdef FT_HAVE_SSL
+    if (rx) {
+        s64 *bio = ft_bio_on.lookup(&zero);
+        if (bio && *bio > 0) {
+            u64 t = bpf_get_current_pid_tgid();
+            u32 tgid = t >> 32;
+            if (ft_bio_pids.lookup(&tgid)) {
+                u64 s = (u64)sk;
+                ft_bio_rx.update(&t, &s);
+            }
+        }
+    }
+#endif
     s64 *inflight = ft_ssl_inflight.lookup(&zero);
     if (!inflight || *inflight <= 0)
         return 0;
     u64 tid = bpf_get_current_pid_tgid();
+#ifdef FT_HAVE_SSL
     struct ssl_call *call = ft_ssl_calls.lookup(&tid);
-    if (call)
+    if (call) {
         call->sk = (u64)sk;
+        return 0;
+    }
+#endif
+#ifdef FT_HAVE_GOTLS
+    u64 *g = ft_go_threads.lookup(&tid);
+    if (g) {
+        struct go_key k = {};
+        k.g = *g;
+        k.tgid = tid >> 32;
+        struct go_call *gc = ft_go_calls.lookup(&k);
+        if (gc && !gc->sk)
+            gc->sk = (u64)sk;
+    }
+#endif
     return 0;
 }
-TRACEPOINT_PROBE(sock, sock_send_length) { return ssl_socket_io(args->sk); }
-TRACEPOINT_PROBE(sock, sock_recv_length) { return ssl_socket_io(args->sk); }
+TRACEPOINT_PROBE(sock, sock_send_length) { return ssl_socket_io(args->sk, 0); }
+TRACEPOINT_PROBE(sock, sock_recv_length) { return ssl_socket_io(args->sk, 1); }
 #endif

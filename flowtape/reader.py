@@ -52,14 +52,18 @@ class Part:
     rows: int
     bytes: int
     listed: bool  # listed in the manifest
+    columns: frozenset[str] = frozenset()  # stored columns (a part older than a column lacks it: schema.Column.added)
 
 
 def schema_mismatch(decl: Table, found: pa.Schema) -> str | None:
     """Describe how a part's stored schema differs from the table's, or None if it fits."""
     want = decl.arrow_schema
+    added = {c.name for c in decl.columns if c.added}
     for f in want:
         idx = found.get_field_index(f.name)
         if idx < 0:
+            if f.name in added:
+                continue  # a part written before the column existed: read, the column null there
             return f"schema mismatch: column {f.name!r} is missing"
         got = found.field(idx).type
         if not got.equals(f.type):
@@ -116,7 +120,7 @@ def scan_parts(path: Path, manifest: dict[str, Any]) -> tuple[list[Part], list[P
                     continue
                 if entry is None:
                     problems.append(Problem(rel, "complete part not yet listed in the manifest (written after its last update); read", "warning"))
-                parts.append(Part(decl.name, node, f, rel, meta.num_rows, size, entry is not None))
+                parts.append(Part(decl.name, node, f, rel, meta.num_rows, size, entry is not None, frozenset(stored.names)))
     for rel in files:
         if rel not in seen:
             problems.append(Problem(rel, "listed in the manifest but missing on disk"))
@@ -148,20 +152,34 @@ class Tape:
         except duckdb.Error:  # in Jupyter, DuckDB wants ipywidgets to change it (its bar is a widget there)
             pass
         self._files: dict[str, list[str]] = {name: [] for name in TABLES}
+        # columns added after some parts were written (schema.Column.added): absent from every
+        # part -> a typed null in the view; absent from some -> read by column name
+        self._absent: dict[str, list[Any]] = {name: [] for name in TABLES}
+        self._mixed: dict[str, bool] = {name: False for name in TABLES}
         for p in self.parts:
             self._files[p.table].append(str(p.path))
+        for name, decl in TABLES.items():
+            mine = [p.columns for p in self.parts if p.table == name]
+            for c in decl.columns:
+                if c.added and mine:
+                    have = sum(c.name in cols for cols in mine)
+                    if have == 0:
+                        self._absent[name].append(c)
+                    elif have < len(mine):
+                        self._mixed[name] = True
         for name, decl in TABLES.items():
             self._create_view(decl)
 
     # --- views -------------------------------------------------------------------------
 
     def _create_view(self, decl: Table) -> None:
-        cols = ", ".join(f'"{c}"' for c in decl.column_names)
+        absent = {c.name: c for c in self._absent[decl.name]}
+        cols = ", ".join(f'CAST(NULL AS {_DUCK_TYPES[str(absent[c].type)]}) AS "{c}"' if c in absent else f'"{c}"' for c in decl.column_names)
         files = self._files[decl.name]
         if files:
             source = (
                 f"read_parquet({_sql_list(files)}, hive_partitioning = true, "
-                f"hive_types = {{'{PARTITION_KEY}': VARCHAR}})"
+                f"hive_types = {{'{PARTITION_KEY}': VARCHAR}}{', union_by_name = true' if self._mixed[decl.name] else ''})"
             )
         else:
             empty = decl.view_schema.empty_table()
@@ -204,7 +222,13 @@ class Tape:
         files = self._files[decl.name]
         if not files:
             return pl.from_arrow(decl.view_schema.empty_table()).lazy()
-        lf = pl.scan_parquet(files, hive_partitioning=True, hive_schema={PARTITION_KEY: pl.String})
+        if self._mixed[decl.name]:  # parts with and without added columns: read them all by the full schema
+            lf = pl.scan_parquet(files, hive_partitioning=True, hive_schema={PARTITION_KEY: pl.String}, missing_columns="insert",
+                                 schema=pl.from_arrow(decl.arrow_schema.empty_table()).schema)
+        else:
+            lf = pl.scan_parquet(files, hive_partitioning=True, hive_schema={PARTITION_KEY: pl.String})
+        for c in self._absent[decl.name]:
+            lf = lf.with_columns(pl.lit(None, dtype=pl.from_arrow(pa.array([], c.type)).dtype).alias(c.name))
         if decl.key:  # a version's closing row replaces its opening row (see schema.Table.key)
             group = [PARTITION_KEY, *decl.key, "valid_from"]
             closed = pl.col("valid_to").is_not_null()
@@ -249,6 +273,10 @@ class Tape:
 
     def __repr__(self) -> str:
         return f"<Tape {str(self.path)!r} nodes={self.nodes} parts={len(self.parts)} problems={len(self.problems)}>"
+
+
+# DuckDB's names of the Arrow types of columns a part may lack (schema.Column.added)
+_DUCK_TYPES = {"uint32": "UINTEGER", "int32": "INTEGER", "string": "VARCHAR", "bool": "BOOLEAN", "int64": "BIGINT"}
 
 
 def _latest_version(decl: Table, source: str) -> str:

@@ -40,6 +40,12 @@ class Column:
     type: pa.DataType
     doc: str
     nullable: bool = True
+    # A column added to a table after tapes were written without it (still format flowtape/1):
+    # readers take such parts and show the column as null there. Its value names the release.
+    added: str | None = None
+    # A column that became nullable in a later release: parts without a null in it are still
+    # written with it required, byte for byte as before (and as older readers expect).
+    nullable_since: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,8 +84,9 @@ class Table:
         return [c.name for c in self.columns]
 
 
-def C(name: str, type_: pa.DataType, doc: str, nullable: bool = True) -> Column:
-    return Column(name, type_, doc, nullable)
+def C(name: str, type_: pa.DataType, doc: str, nullable: bool = True, added: str | None = None,
+      nullable_since: str | None = None) -> Column:
+    return Column(name, type_, doc, nullable, added, nullable_since)
 
 
 NODE = C("node", pa.string(), "Name of the node whose recorder wrote the row (the Hive partition key).", False)
@@ -190,10 +197,12 @@ DNS = Table(
 
 HTTP = Table(
     "http",
-    "One HTTP/1.x request and its response, as seen by one local endpoint (client or server side).",
+    "One HTTP/1.x request and its response, or one HTTP/2 stream (a gRPC call is one), as seen by one local endpoint "
+    "(client or server side). HTTP/2 comes from cleartext connections (h2c: prior knowledge) on the wire and from TLS "
+    "plaintext (ALPN h2); columns added for it (stream_id onwards) are null for HTTP/1.x rows and in tapes written before them.",
     (
-        C("ts_request", TS, "Time of the segment holding the first byte of the request head.", False),
-        C("ts_response", TS, "Time of the segment holding the first byte of the final (non-1xx) response head; null without a response."),
+        C("ts_request", TS, "Time of the segment holding the first byte of the request head (HTTP/2: of the request's HEADERS frame).", False),
+        C("ts_response", TS, "Time of the segment holding the first byte of the final (non-1xx) response head (HTTP/2: of the first response HEADERS frame with a final status); null without a response."),
         C("latency_ns", pa.int64(), "ts_response - ts_request in nanoseconds: from the first byte of the request to the first byte of the final response, as seen at this endpoint (time to first byte; a 100 Continue does not end it); null without a response."),
         NODE,
         C("conn_id", pa.string(), "The connection carrying the exchange (joins `connections.conn_id`); null if unknown."),
@@ -205,16 +214,23 @@ HTTP = Table(
         C("comm", pa.string(), "Command name of `pid`; null with it."),
         C("side", pa.string(), "'client' or 'server': which local endpoint observed the exchange.", False),
         C("tls", pa.bool_(), "True when the exchange was read as TLS plaintext (OpenSSL uprobes).", False),
-        C("http_version", pa.string(), "'HTTP/1.0' or 'HTTP/1.1' from the request line."),
-        C("method", pa.string(), "Request method (GET, POST, HEAD, ...).", False),
-        C("host", pa.string(), "Host header value; null if absent, not on the redaction allow-list, or past the cut of a head longer than the capture prefix."),
-        C("path", pa.string(), "Request target path. The query string's values are redacted to `?k=` unless recorded with --no-redact.", False),
+        C("http_version", pa.string(), "'HTTP/1.0' or 'HTTP/1.1' from the request line; 'HTTP/2' for an HTTP/2 stream."),
+        C("method", pa.string(), "Request method (GET, POST, HEAD, ...; HTTP/2: `:method`). Null only for an HTTP/2 stream whose request headers could not be decoded (headers_partial).", nullable_since="0.2"),
+        C("host", pa.string(), "Host header value (HTTP/2: `:authority`, else `host`); null if absent, not on the redaction allow-list, or past the cut of a head longer than the capture prefix."),
+        C("path", pa.string(), "Request target path (HTTP/2: `:path`). The query string's values are redacted to `?k=` unless recorded with --no-redact. Null only for an HTTP/2 stream whose `:path` could not be decoded (headers_partial).", nullable_since="0.2"),
         C("status", pa.uint16(), "Response status code (final, after any 1xx); null without a response."),
-        C("request_bytes", pa.int64(), "Request size on the wire in bytes: head plus body (Content-Length, or chunked body with its framing); null if unknown (head cut at the capture prefix, framing lost, or connection ended early)."),
-        C("response_bytes", pa.int64(), "Response size on the wire in bytes: any 1xx interim heads, the final head, and its body (chunk framing included; to connection close when unframed); null if unknown, as request_bytes."),
+        C("request_bytes", pa.int64(), "Request size on the wire in bytes: head plus body (Content-Length, or chunked body with its framing); HTTP/2: the stream's HEADERS, CONTINUATION and DATA frames from the client, 9-byte frame headers and padding included (flow-control and RST_STREAM frames not). Null if unknown (head cut at the capture prefix, framing lost, or connection ended early)."),
+        C("response_bytes", pa.int64(), "Response size on the wire in bytes: any 1xx interim heads, the final head, and its body (chunk framing included; to connection close when unframed); HTTP/2: the stream's HEADERS (trailers too), CONTINUATION and DATA frames from the server, counted as request_bytes. Null if unknown, as request_bytes."),
         C("traceparent", pa.string(), "W3C traceparent header of the request; null if absent, not on the allow-list, or past a head's cut."),
         C("user_agent", pa.string(), "User-Agent header (on the redaction allow-list by default); null if absent or redacted."),
         C("content_type", pa.string(), "Response Content-Type header (on the allow-list by default); null if absent or redacted."),
+        C("stream_id", pa.uint32(), "HTTP/2 stream identifier (odd: opened by the client); null for HTTP/1.x.", added="0.2"),
+        C("grpc_service", pa.string(), "gRPC service (`package.Service`) from `:path` `/package.Service/Method` of a stream whose content-type is application/grpc*; null otherwise.", added="0.2"),
+        C("grpc_method", pa.string(), "gRPC method (`Method`) from the same `:path`; null otherwise.", added="0.2"),
+        C("grpc_status", pa.int32(), "gRPC status code from the `grpc-status` trailer (or a Trailers-Only response): 0 OK, 4 DEADLINE_EXCEEDED, 5 NOT_FOUND, 14 UNAVAILABLE, ...; null when the call ended without it (reset, connection closed, or its field could not be decoded). docs/ci.md says which codes count as errors in reports, diff and check.", added="0.2"),
+        C("grpc_message", pa.string(), "`grpc-message` trailer, percent-decoded (on the redaction allow-list by default: it can carry application data; drop it with --header-allow-list); null if absent or redacted.", added="0.2"),
+        C("stream_error", pa.string(), "HTTP/2 error code name of the first RST_STREAM that ended the stream, from either side ('CANCEL' when a client gives up, e.g. at a gRPC deadline; 'NO_ERROR'; 'REFUSED_STREAM'; ...); null if the stream ended normally.", added="0.2"),
+        C("headers_partial", pa.bool_(), "HTTP/2: true when a header field of this stream indexed HPACK state the recorder never saw (it joined the connection after its start, or a header block was not captured): the columns such fields would fill are null, never guessed; null for HTTP/1.x.", added="0.2"),
     ),
     time_column="ts_request",
 )

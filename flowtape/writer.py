@@ -97,6 +97,11 @@ class _Part:
     rows: int = 0
     ts_min: int | None = None
     ts_max: int | None = None
+    # Columns added to the table later (schema.Column.added) that this part is written without:
+    # null in every row it was opened with. A part of HTTP/1 rows only is then byte for byte what
+    # it was before the HTTP/2 columns existed (older readers read it; fixtures stay identical).
+    omit: tuple[str, ...] | None = None
+    required: tuple[str, ...] = ()  # columns nullable since a later release (Column.nullable_since) written required here
 
 
 def _disk_error(e: OSError, what: Path) -> Exception:
@@ -281,6 +286,19 @@ class TapeWriter:
         n = rows.num_rows
         if n:
             part = self._part(decl, node)
+            added = [c.name for c in decl.columns if c.added]
+            relaxed = [c.name for c in decl.columns if c.nullable_since]
+            if added or relaxed:
+                valued = {c for c in added if rows.column(c).null_count < n}
+                nulls = {c for c in relaxed if rows.column(c).null_count}
+                if part.omit is not None and (valued & set(part.omit) or nulls & set(part.required)):
+                    # values for a column this part has not (or a null where it has none): the next part takes them
+                    self._finish_part(part)
+                    del self._parts[(decl.name, node)]
+                    part = self._part(decl, node)
+                if part.omit is None:
+                    part.omit = tuple(c for c in added if c not in valued)
+                    part.required = tuple(c for c in relaxed if c not in nulls)
             if n < self.pack_below_rows and all(c.num_chunks == 1 for c in rows.columns):
                 if not part.buffered or not isinstance(part.buffered[-1], _Packed):
                     part.buffered.append(_Packed(rows.schema))
@@ -330,11 +348,16 @@ class TapeWriter:
         part.buffered, part.buffered_rows = [], 0
         data = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
         del tables
+        if part.omit:
+            data = data.drop_columns(list(part.omit))
         try:
             if part.writer is None:
                 fd = os.open(part.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
                 os.close(fd)
-                schema = part.table.arrow_schema.with_metadata({"flowtape.format": FORMAT, "flowtape.table": part.table.name})
+                schema = part.table.arrow_schema
+                if part.omit or part.required:
+                    schema = pa.schema([f.with_nullable(False) if f.name in part.required else f for f in schema if f.name not in part.omit])
+                schema = schema.with_metadata({"flowtape.format": FORMAT, "flowtape.table": part.table.name})
                 part.writer = pq.ParquetWriter(
                     str(part.tmp),
                     schema,
@@ -343,6 +366,8 @@ class TapeWriter:
                     use_dictionary=True,
                     write_statistics=True,
                 )
+            if part.required:  # (the same arrays under the part's schema: those columns hold no null)
+                data = pa.Table.from_arrays(data.columns, schema=part.writer.schema)
             part.writer.write_table(data.replace_schema_metadata(part.writer.schema.metadata), row_group_size=max(len(data), 1))
         except OSError as e:
             raise _disk_error(e, part.tmp) from None

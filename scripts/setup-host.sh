@@ -15,7 +15,8 @@ is_debian() { [ -f /etc/debian_version ] && command -v apt-get >/dev/null 2>&1; 
 # --- packages: "package:probe" where probe is a command, or dpkg:<name> --------------------
 WANT="bpfcc-tools:dpkg:bpfcc-tools python3-bpfcc:dpkg:python3-bpfcc libbpfcc:dpkg:libbpfcc
 linux-headers-amd64:dpkg:linux-headers-amd64 nginx:nginx curl:curl wrk:wrk nghttp2-client:h2load dnsmasq:dnsmasq
-dnsutils:dig tcpdump:tcpdump tshark:tshark iproute2:ip openssl:openssl graphviz:dot ethtool:ethtool chromium:chromium"
+dnsutils:dig tcpdump:tcpdump tshark:tshark iproute2:ip openssl:openssl graphviz:dot ethtool:ethtool chromium:chromium
+golang-go:go"
 missing=""
 for item in $WANT; do
     pkg=${item%%:*}; probe=${item#*:}

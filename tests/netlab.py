@@ -308,6 +308,7 @@ def tshark_tcp_conversations(pcap: Path) -> int:
 # --- L7 peers: nginx with an access log and TLS, dnsmasq -----------------------------------
 
 H2_PORT = 8443  # nginx_l7_conf's HTTP/2 (ALPN h2) listener, beside HTTP/1.1 on 443
+H2C_PORT = 8080  # nginx_l7_conf's cleartext HTTP/2 listener (h2c, prior knowledge only: nginx has no Upgrade: h2c)
 ACCESS_FORMAT = "$remote_addr $remote_port $request_method $request_uri $status $request_time $msec $connection $connection_requests $https $bytes_sent $request_length"
 
 
@@ -324,7 +325,8 @@ def nginx_l7_conf(root: Path, workdir: Path, ip: str, tls: tuple[Path, Path] | N
     """nginx serving `root` on ip:80 (and ip:443 with TLS) with an access log per listener and a
     known set of responses: files (200, or 404 when missing), /moved (301), /boom (500),
     /empty (204), /same (304), /upload (200 after reading a request body of any size). Keep-alive
-    on; both logs in ACCESS_FORMAT. With TLS, H2_PORT serves the same over HTTP/2 (own log)."""
+    on; both logs in ACCESS_FORMAT. H2C_PORT serves the same over cleartext HTTP/2 (access-h2c.log); with
+    TLS, H2_PORT serves the same over HTTP/2 (own log)."""
     conf = workdir / "nginx-l7.conf"
     common = f"""
         keepalive_timeout 65;
@@ -374,6 +376,11 @@ http {{
         listen {ip}:80 reuseport backlog=4096;
         access_log {workdir}/access.log lab;
         {common}
+    }}
+    server {{
+        listen {ip}:{H2C_PORT} http2;
+        access_log {workdir}/access-h2c.log lab;
+        {common}
     }}{tls_server}
 }}
 """)
@@ -391,6 +398,10 @@ def start_nginx_l7(host: Host, root: Path, tls: tuple[Path, Path] | None = None,
         children = Path(f"/proc/{master.pid}/task/{master.pid}/children")
         kids = children.read_text().split() if children.exists() else []
         if len(kids) >= workers and host.run(["curl", "-s", "-o", "/dev/null", f"http://{host.ip}/__ready"], check=False).returncode == 0:
+            # nginx logs after it has answered: truncate once the probe's line is there, not before
+            ready_by = time.monotonic() + 5
+            while "/__ready" not in (workdir / "access.log").read_text() and time.monotonic() < ready_by:
+                time.sleep(0.01)
             for log in ("access.log", "access-tls.log"):
                 (workdir / log).write_text("")
             return master, [int(k) for k in kids]

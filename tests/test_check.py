@@ -46,7 +46,7 @@ def test_markdown_for_a_pull_request():
     lines = res.out.splitlines()
     assert lines[0] == "### flowtape check: 3 rules violated"
     assert "**3 of 9 rules violated: p99-catalog, errors-catalog, egress-allow-list**" in lines
-    assert "| errors-catalog | error_rate | server=shop/catalog | 0.0271 | 0.01 | violated | 2144 requests on 1 edge, 58 responses >= 500 |" in lines
+    assert "| errors-catalog | error_rate | server=shop/catalog | 0.0271 | 0.01 | violated | 2144 requests on 1 edge, 58 server errors (responses >= 500, failed gRPC calls) |" in lines
 
 
 def test_rule_kinds_and_statuses():

@@ -179,7 +179,7 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
                 ["-k", *resolve, f"{tls_base}/f100", f"{tls_base}/moved", f"{tls_base}/nope", f"{tls_base}/boom", f"{tls_base}/big"],
                 ["-k", "--http1.1", *resolve, "https://b.lab.test/f100?token=secret", "https://b.lab.test/empty", "https://b.lab.test/same"],
                 ["-k", "-I", *resolve, f"{tls_base}/f100"],
-                # HTTP/2 (ALPN h2): not decoded, a note on both ends, never a loss
+                # HTTP/2 (ALPN h2): rows from both ends' plaintext
                 ["-k", "--http2", "--resolve", f"{NAMES[0]}:{H2_PORT}:{srv.ip}", f"https://{NAMES[0]}:{H2_PORT}/f100", f"https://{NAMES[0]}:{H2_PORT}/nope"],
             ]
             curl_pids = []
@@ -237,7 +237,7 @@ def _tape_by_conn(rows: list[dict]) -> dict[int, list[tuple]]:
 def test_server_side_rows_equal_nginx_access_log(recording, tls):
     r = recording
     log = r["tls_log" if tls else "plain_log"]
-    rows = _rows(r["tape"], f"select * from http where side = 'server' and tls = {str(tls).lower()} and server_ip = '{r['srv'].ip}'")
+    rows = _rows(r["tape"], f"select * from http where side = 'server' and tls = {str(tls).lower()} and server_ip = '{r['srv'].ip}' and server_port <> {H2_PORT}")
     assert len(log) > 1000, "wrk drove a real rate"
     assert Counter((x["method"], x["path"], x["status"]) for x in rows) == \
         Counter((x["request_method"], redact_query(x["request_uri"]), x["status"]) for x in log)
@@ -249,7 +249,7 @@ def test_server_side_rows_equal_nginx_access_log(recording, tls):
 def test_client_side_rows_equal_the_log_for_each_client(recording, tls):
     r = recording
     log = _log_by_conn(r["tls_log" if tls else "plain_log"])
-    rows = _rows(r["tape"], f"select * from http where side = 'client' and tls = {str(tls).lower()} and server_ip = '{r['srv'].ip}'")
+    rows = _rows(r["tape"], f"select * from http where side = 'client' and tls = {str(tls).lower()} and server_ip = '{r['srv'].ip}' and server_port <> {H2_PORT}")
     by_comm: dict[str, list[dict]] = defaultdict(list)
     for x in rows:
         by_comm[x["comm"]].append(x)
@@ -360,15 +360,18 @@ def test_tls_table_has_every_connection_and_its_sni(recording):
     assert {x["comm"] for x in rows} == {"curl", "ftpipe", "wrk"}
 
 
-def test_http2_is_a_note_not_a_loss_and_makes_no_rows(recording):
+def test_http2_over_tls_rows_equal_the_h2_access_log(recording):
     r = recording
     h2_log = r["h2_log"]
     assert [(x["request_uri"], x["status"]) for x in h2_log] == [("/f100", 200), ("/nope", 404)]
-    assert _rows(r["tape"], f"select * from http where server_port = {H2_PORT}") == []
+    # curl's and nginx's plaintext (OpenSSL uprobes): one row per stream on each end
+    rows = _rows(r["tape"], f"select * from http where server_port = {H2_PORT} order by side, stream_id")
+    assert [(x["side"], x["stream_id"], x["method"], x["path"], x["status"], x["http_version"], x["tls"]) for x in rows] == [
+        (side, sid, "GET", path, status, "HTTP/2", True) for side in ("client", "server") for sid, path, status in ((1, "/f100", 200), (3, "/nope", 404))]
+    assert {x["comm"] for x in rows} == {"curl", "nginx"}
     (hello,) = _rows(r["tape"], f"select * from tls where server_port = {H2_PORT}")
     assert hello["sni"] == NAMES[0] and "h2" in hello["alpn"] and hello["comm"] == "curl"
     m = json.loads((r["tape_path"] / "manifest.json").read_text())
-    # curl's and nginx's plaintext (OpenSSL uprobes): one HTTP/2 stream seen from each end
     assert m["extra"]["l7_decode_notes"]["http2_connections"] == 2, m["extra"]["l7_decode_notes"]
 
 

@@ -33,11 +33,11 @@ FAILING = ("violated", "no_data")
 RESULT_SCHEMA = {"rule": pl.Utf8, "check": pl.Utf8, "subject": pl.Utf8, "value": pl.Float64, "limit": pl.Float64, "status": pl.Utf8, "detail": pl.Utf8}
 
 HTTP_SQL = """
-SELECT count(*) AS n, count(*) FILTER (WHERE status >= 500) AS errors,
+SELECT count(*) AS n, count(*) FILTER (WHERE server_error) AS errors,
        quantile_cont(latency_ns, 0.50) / 1e6 AS p50_ms, quantile_cont(latency_ns, 0.95) / 1e6 AS p95_ms,
        quantile_cont(latency_ns, 0.99) / 1e6 AS p99_ms, count(DISTINCT client || ' -> ' || server) AS edges
 FROM (
-    SELECT {client} AS client, {server} AS server, e.client_namespace, e.server_namespace, e.status, e.latency_ns
+    SELECT {client} AS client, {server} AS server, e.client_namespace, e.server_namespace, e.status, e.server_error, e.latency_ns
     FROM enriched_http e LEFT JOIN {ipnames} mc ON mc.ip = e.client_ip LEFT JOIN {ipnames} ms ON ms.ip = e.server_ip
 ) WHERE {where}
 """
@@ -121,7 +121,7 @@ def _one(an: "Analysis", r: Rule, secs: float) -> dict:
             st = "no_data" if r.missing == "fail" else "ok"
             return base | {"value": None, "status": st, "detail": "no HTTP exchange matches the selectors"}
         v = {"p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "error_rate": errors / n, "requests_per_s": n / secs}[r.metric]
-        detail = f"{n} requests on {edges} edge{'s' if edges != 1 else ''}" + (f", {errors} responses >= 500" if r.metric == "error_rate" else "")
+        detail = f"{n} requests on {edges} edge{'s' if edges != 1 else ''}" + (f", {errors} server errors (responses >= 500, failed gRPC calls)" if r.metric == "error_rate" else "")
         if n < r.min_requests:
             return base | {"value": v, "status": "skipped", "detail": f"too few requests to judge ({n} < min_requests {r.min_requests})"}
         if v is None:

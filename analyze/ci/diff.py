@@ -8,7 +8,8 @@ normalised by each tape's window length (tapes of different durations compare fa
   significance level; otherwise inconclusive);
 - request rate (HTTP requests/s), up or down: conditional binomial test of the two counts
   given their sum and the two window lengths;
-- error rate (share of responses with status >= 500), increase only: one-sided two-proportion
+- error rate (share of server errors: responses with status >= 500 and failed gRPC calls, see
+  analyze/enrich.py SERVER_ERROR_SQL), increase only: one-sided two-proportion
   z-test with pooled variance;
 - p50 and p99 latency (time to first response byte), increase only: the rise must exceed a
   relative and an absolute threshold, and the distribution-free confidence intervals of the
@@ -167,7 +168,7 @@ def _hi(q: float, z: float) -> str:
 EDGES_SQL = """
 WITH
 h AS (
-    SELECT {client} AS client, {server} AS server, e.status, e.latency_ns
+    SELECT {client} AS client, {server} AS server, e.status, e.server_error, e.latency_ns
     FROM enriched_http e LEFT JOIN {ipnames} mc ON mc.ip = e.client_ip LEFT JOIN {ipnames} ms ON ms.ip = e.server_ip
 ),
 hl AS (
@@ -186,7 +187,7 @@ lat AS (
            min(latency_ns) FILTER (WHERE rk = {hi99}) / 1e6 AS p99_hi_ms
     FROM hl GROUP BY client, server
 ),
-req AS (SELECT client, server, count(*) AS requests, count(*) FILTER (WHERE status >= 500) AS errors FROM h GROUP BY client, server),
+req AS (SELECT client, server, count(*) AS requests, count(*) FILTER (WHERE server_error) AS errors FROM h GROUP BY client, server),
 c AS (
     SELECT {client} AS client, {server} AS server, e.bytes_c2s + e.bytes_s2c AS b, e.client_zone, e.server_zone
     FROM enriched_connections e LEFT JOIN {ipnames} mc ON mc.ip = e.client_ip LEFT JOIN {ipnames} ms ON ms.ip = e.server_ip

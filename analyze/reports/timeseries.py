@@ -27,11 +27,11 @@ chosen AS ({chosen}),
 triples AS (SELECT DISTINCT s.client_ip, s.server_ip, s.seen_server_ip FROM named_sums s JOIN chosen c ON s.client = c.client AND s.server = c.server),
 rows AS ({rows}),
 h AS (
-    SELECT time_bucket(INTERVAL '{bucket_s} seconds', ts) AS ts, {client} AS client, {server} AS server, status, latency_ns
+    SELECT time_bucket(INTERVAL '{bucket_s} seconds', ts) AS ts, {client} AS client, {server} AS server, status, server_error, latency_ns
     FROM rows WHERE latency_ns IS NOT NULL AND {where}
 )
 SELECT h.ts, h.client, h.server, count(*) AS requests,
-       count(*) FILTER (WHERE status >= 500) AS errors_5xx,
+       count(*) FILTER (WHERE server_error) AS errors_5xx,
        quantile_cont(latency_ns, 0.50) / 1e6 AS p50_ms,
        quantile_cont(latency_ns, 0.95) / 1e6 AS p95_ms,
        quantile_cont(latency_ns, 0.99) / 1e6 AS p99_ms

@@ -13,11 +13,13 @@ its answer section still yields its header, question and the answers before the 
 
 from __future__ import annotations
 
+import functools
 import struct
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from dnslib import QTYPE, RCODE, DNSBuffer, DNSHeader, DNSQuestion, RR
 
+from .dns_fast import fast_parse
 from .stats import DecodeStats
 
 # rdata types whose data is a domain name: normalised like qname (lower-case, no trailing
@@ -25,8 +27,9 @@ from .stats import DecodeStats
 _NAME_RDATA = {"CNAME", "NS", "PTR", "DNAME"}
 
 
-@dataclass(frozen=True)
-class DnsAnswer:
+# NamedTuples, not frozen dataclasses: a frozen dataclass sets each field through
+# object.__setattr__, which was a third of a regular message's decode time.
+class DnsAnswer(NamedTuple):
     name: str
     type: str
     ttl: int
@@ -36,8 +39,7 @@ class DnsAnswer:
         return {"name": self.name, "type": self.type, "ttl": self.ttl, "data": self.data}
 
 
-@dataclass(frozen=True)
-class DnsMessage:
+class DnsMessage(NamedTuple):
     txid: int
     is_response: bool
     qname: str | None  # None when the message has no question (qdcount 0)
@@ -45,7 +47,7 @@ class DnsMessage:
     qtype_name: str | None
     rcode: int
     rcode_name: str
-    answers: tuple[DnsAnswer, ...] = field(default=())
+    answers: tuple[DnsAnswer, ...] = ()
     truncated: bool = False  # the bytes ended (or broke) inside the answer section
 
 
@@ -55,10 +57,12 @@ def name_text(label: object) -> str:
     return text[:-1] if text.endswith(".") and len(text) > 1 else text
 
 
+@functools.cache  # a few dozen codes in practice; dnslib's Bimap lookup is slow on the hot path
 def qtype_name(code: int) -> str:
     return QTYPE.get(code, f"TYPE{code}")
 
 
+@functools.cache
 def rcode_name(code: int) -> str:
     # dnslib knows 0..10; the rest of the 4-bit range are unassigned or extended codes.
     return RCODE.get(code, f"RCODE{code}")
@@ -77,6 +81,15 @@ def _answer(rr: RR) -> DnsAnswer:
 
 def parse_dns(data: bytes) -> DnsMessage | None:
     """Parse one DNS message; None when not even the header and question can be read.
+
+    Regular messages (A/AAAA/CNAME/... answers, see capture.decode.dns_fast) take the fast path;
+    every other one, and the result the fast path is held to, is dnslib's (parse_dns_dnslib)."""
+    msg = fast_parse(data, DnsMessage, DnsAnswer, qtype_name, rcode_name)
+    return msg if msg is not None else parse_dns_dnslib(data)
+
+
+def parse_dns_dnslib(data: bytes) -> DnsMessage | None:
+    """parse_dns through dnslib, record by record: the reference.
 
     Never raises: dnslib signals bad input with several exception types (DNSError,
     BufferError, struct.error, UnicodeError, IndexError in rdata parsers), so everything

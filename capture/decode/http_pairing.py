@@ -33,7 +33,7 @@ try:
 except ImportError:  # no compiler at install time: the Python decoder does the same work, slower
     _http1 = None
 
-DEFAULT_HEADER_ALLOW_LIST = ("host", "user-agent", "content-type", "traceparent")
+DEFAULT_HEADER_ALLOW_LIST = ("host", "user-agent", "content-type", "traceparent", "grpc-message")  # grpc-message: HTTP/2 trailers
 MAX_PENDING = 256  # exchanges waiting on one connection; beyond this the oldest is emitted unanswered
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 3.4: a client's first bytes over HTTP/2
 

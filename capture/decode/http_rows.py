@@ -19,6 +19,11 @@ import pyarrow as pa
 from ...schema import table
 from .http_pairing import EXCHANGE_FIELDS
 
+# HTTP/2 exchanges (capture/decode/http2.py) carry these after EXCHANGE_FIELDS; HTTP/1 tuples
+# end before them (null there). Listed here, not imported, so HTTP/1-only users never load hpack.
+H2_FIELDS = ("stream_id", "grpc_service", "grpc_method", "grpc_status", "grpc_message", "stream_error", "headers_partial")
+_NX = len(EXCHANGE_FIELDS)
+
 BASE_FIELDS = ("client_ip", "client_port", "server_ip", "server_port", "tls")
 SIDE_COLUMNS = ("conn_id", "pid", "comm", "side")
 _SCHEMA = table("http").arrow_schema
@@ -36,8 +41,11 @@ class HttpRows:
         self.pid: list[int | None] = []
         self.comm: list[str | None] = []
         self.side: list[str] = []
+        self.long = False  # some exchange is an HTTP/2 one (has H2_FIELDS)
 
     def exchange(self, row: tuple, base: tuple) -> int:
+        if len(row) > _NX:
+            self.long = True
         self.exchanges.append(row)
         self.bases.append(base)
         return len(self.exchanges) - 1
@@ -57,7 +65,8 @@ class HttpRows:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for i, x in enumerate(self.of):
-            row = dict(zip(EXCHANGE_FIELDS, self.exchanges[x]))
+            row = dict.fromkeys(H2_FIELDS)
+            row.update(zip(EXCHANGE_FIELDS + H2_FIELDS, self.exchanges[x]))
             row.update(zip(BASE_FIELDS, self.bases[x]))
             row.update(conn_id=self.conn_id[i], pid=self.pid[i], comm=self.comm[i], side=self.side[i])
             yield row
@@ -69,9 +78,16 @@ class HttpRows:
             return _SCHEMA.empty_table()
         try:
             columns: dict[str, Any] = {}
-            for names, rows in ((EXCHANGE_FIELDS, self.exchanges), (BASE_FIELDS, self.bases)):
+            exchanges = self.exchanges
+            if self.long:  # HTTP/1 tuples padded with nulls for the HTTP/2 columns
+                pad = (None,) * len(H2_FIELDS)
+                exchanges = [x if len(x) > _NX else x + pad for x in exchanges]
+            for names, rows in ((EXCHANGE_FIELDS + H2_FIELDS if self.long else EXCHANGE_FIELDS, exchanges), (BASE_FIELDS, self.bases)):
                 for name, values in zip(names, zip(*rows)):
                     columns[name] = pa.array(values, _SCHEMA.field(name).type)
+            if not self.long:
+                for name in H2_FIELDS:
+                    columns[name] = pa.nulls(len(exchanges), _SCHEMA.field(name).type)
             if self.of != list(range(len(self.exchanges))):
                 index = pa.array(self.of, pa.int64())
                 columns = {name: col.take(index) for name, col in columns.items()}

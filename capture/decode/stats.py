@@ -22,13 +22,20 @@ LOST = (
     "http_desync",  # a direction lost its place in the stream (gap in a chunked body or a cut head); bytes skipped to the next head
     "http_orphan_responses",  # a response with no request waiting on its connection
     "tls_malformed",  # a TLS handshake record that is not a readable ClientHello
+    "http2_malformed",  # HTTP/2 frames or HPACK blocks that do not parse (bad padding, invalid Huffman, index 0, ...): skipped
+    "http2_desync",  # an HTTP/2 direction lost its frame boundaries (a gap over a frame header); decoding resumed at the next plausible frame
+    "http2_header_block_too_large",  # a header block over 64 KiB (HEADERS + CONTINUATION): its fields dropped, the direction's HPACK table then unknown
+    "http2_orphan_streams",  # a response on a client stream whose request HEADERS were not seen: no row
+    "http2_streams_evicted",  # more than 1024 streams open on one connection: the oldest written unfinished
 )
 NOTES = (
     "dns_truncated",  # a message cut at the capture prefix: header and question read, answers partial
     "dns_duplicate_queries",  # a query repeated with the same txid before its answer (kept the first)
     "http_truncated_heads",  # a head cut at the capture prefix: fields after the cut are null
     "tls_truncated",  # a ClientHello cut before its end: fields after the cut are null/legacy
-    "http2_connections",  # connections speaking HTTP/2 (preface or first SETTINGS frame): not decoded, no http rows
+    "http2_connections",  # connections decoded as HTTP/2 (client preface, first SETTINGS frame, or frames of a stream joined mid-way)
+    "http2_mid_connection",  # HTTP/2 connections joined after their start: HPACK tables unknown at first (rows may be partial)
+    "http2_headers_partial",  # HTTP/2 rows with a header field that indexed HPACK state never seen: those columns are null (headers_partial)
     "http_bodies_skipped_in_kernel",  # long Content-Length bodies whose segments the kernel was told not to send (sizes still exact)
 )
 

@@ -14,8 +14,8 @@ reassembles the first handshake message across segments and TLS records.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import struct
+from typing import Any, NamedTuple
 
 from .stats import DecodeStats
 
@@ -29,6 +29,9 @@ MAX_HELLO = 1 << 16  # largest ClientHello we reassemble; real ones are < 4 kB
 VERSION_NAMES = {0x0300: "SSL 3.0", 0x0301: "TLS 1.0", 0x0302: "TLS 1.1", 0x0303: "TLS 1.2", 0x0304: "TLS 1.3"}
 
 
+_EXT_HEAD = struct.Struct("!HH")
+
+
 def version_name(code: int) -> str:
     return VERSION_NAMES.get(code, f"0x{code:04x}")
 
@@ -38,8 +41,7 @@ def _is_grease(code: int) -> bool:
     return code & 0x0F0F == 0x0A0A and code >> 8 == code & 0xFF
 
 
-@dataclass(frozen=True)
-class ClientHello:
+class ClientHello(NamedTuple):  # not a frozen dataclass: its per-field setattr was a sixth of a decode
     version: str  # 'TLS 1.3' if supported_versions offers it, else the legacy version's name
     sni: str | None
     alpn: tuple[str, ...] | None
@@ -122,7 +124,98 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
 
     Returns None when the bytes are not a TLS handshake starting with a ClientHello (or too
     short to say what version it offers); raises Malformed on contradictory lengths.
+    A whole hello in one record (nearly all of them) takes _fast_client_hello; anything else,
+    and the result that one is held to, is parse_client_hello_reference.
     """
+    hello = _fast_client_hello(data)
+    return hello if hello is not None else parse_client_hello_reference(data)
+
+
+def _fast_client_hello(data: bytes) -> ClientHello | None:
+    """The ClientHello of `data` when it is exactly one handshake record holding a whole, regular
+    hello, walked with plain indexing; None otherwise (the reference then decides)."""
+    n = len(data)
+    if n < 9 or data[0] != CONTENT_HANDSHAKE or data[1] != 3 or data[5] != HANDSHAKE_CLIENT_HELLO:
+        return None
+    rec = (data[3] << 8) | data[4]
+    body = 9
+    end = body + ((data[6] << 16) | (data[7] << 8) | data[8])
+    if n != 5 + rec or rec == 0 or rec > (1 << 14) + 2048 or end > n:
+        return None
+    pos = body + 2 + 32  # legacy version, random
+    if pos >= end:
+        return None
+    pos += 1 + data[pos]  # session id
+    if pos + 2 > end:
+        return None
+    pos += 2 + ((data[pos] << 8) | data[pos + 1])  # cipher suites
+    if pos >= end:
+        return None
+    pos += 1 + data[pos]  # compression methods
+    sni = alpn = None
+    versions = []
+    if pos != end:
+        if pos + 2 > end:
+            return None
+        exts_end = pos + 2 + ((data[pos] << 8) | data[pos + 1])
+        if exts_end > end:
+            return None
+        pos += 2
+        while pos < exts_end:
+            if pos + 4 > exts_end:
+                return None
+            ext_type, ext_len = _EXT_HEAD.unpack_from(data, pos)
+            p = pos + 4
+            ext_end = p + ext_len
+            if ext_end > exts_end:
+                return None
+            if ext_type == EXT_SERVER_NAME:
+                if p + 2 > ext_end:
+                    return None
+                names_end = p + 2 + ((data[p] << 8) | data[p + 1])
+                if names_end > ext_end:
+                    return None
+                p += 2
+                while p < names_end:
+                    if p + 3 > names_end:
+                        return None
+                    kind, ln = data[p], (data[p + 1] << 8) | data[p + 2]
+                    if p + 3 + ln > names_end:
+                        return None
+                    if kind == 0 and sni is None:
+                        sni = data[p + 3: p + 3 + ln].decode("ascii", "backslashreplace").lower().rstrip(".")
+                    p += 3 + ln
+            elif ext_type == EXT_ALPN:
+                if p + 2 > ext_end:
+                    return None
+                protos_end = p + 2 + ((data[p] << 8) | data[p + 1])
+                if protos_end > ext_end:
+                    return None
+                p += 2
+                alpn = []
+                while p < protos_end:
+                    ln = data[p]
+                    if p + 1 + ln > protos_end:
+                        return None
+                    alpn.append(data[p + 1: p + 1 + ln].decode("ascii", "backslashreplace"))
+                    p += 1 + ln
+            elif ext_type == EXT_SUPPORTED_VERSIONS:
+                if p + 1 > ext_end:
+                    return None
+                v_end = p + 1 + data[p]
+                if v_end > ext_end or data[p] % 2:
+                    return None
+                versions += [(data[i] << 8) | data[i + 1] for i in range(p + 1, v_end, 2)]
+            pos = ext_end
+    if 0x0304 in [v for v in versions if not _is_grease(v)]:
+        version = "TLS 1.3"
+    else:
+        version = version_name((data[body] << 8) | data[body + 1])
+    return ClientHello(version, sni, None if alpn is None else tuple(alpn), False)
+
+
+def parse_client_hello_reference(data: bytes) -> ClientHello | None:
+    """parse_client_hello through the bounds-checked reader: every case, cut or whole."""
     hs = handshake_bytes(data)
     if hs is None or len(hs) < 6:
         return None

@@ -1,10 +1,14 @@
-"""The L7 probe: DNS, HTTP/1.x (plain and TLS plaintext) and TLS ClientHellos from bpf/l7.c.
+"""The L7 probe: DNS, HTTP/1.x and HTTP/2 (plain and TLS plaintext) and TLS ClientHellos from bpf/l7.c.
 
     bpf/l7.c (tcx + OpenSSL uprobes) --ring buffer--> L7Decoder.feed_batch(records)
         DNS  -> DnsPairer                      -> dns rows
-        HTTP -> per-flow segment ordering -> HTTP/1 decoder -> http rows (one per local side)
+        HTTP -> per-flow segment ordering -> HTTP/1 or HTTP/2 decoder -> http rows (one per local side)
         TLS  -> ClientHelloReader               -> tls rows
-        SSL  -> per (pid, SSL*) stream    -> HTTP/1 decoder -> http rows (tls=true)
+        SSL  -> per (pid, SSL*) stream    -> HTTP/1 or HTTP/2 decoder -> http rows (tls=true)
+
+A flow or SSL stream whose first bytes are the HTTP/2 client preface (or, for TLS plaintext, the
+server's first SETTINGS frame, or frames of a stream joined mid-way) is decoded by
+capture/decode/http2.py's H2Connection (one row per stream), the others by the HTTP/1 decoder.
 
 The HTTP/1 decoder is capture/decode/_http1.c when it was built, else http_pairing.HttpConnection
 (the same, in Python: see http_pairing.connection_factory).
@@ -42,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import ebpf, ringbuf
+from .gotls import GoTlsAttacher
 from .interfaces import TcAttachments
 from ..decode.http1 import looks_like_request, looks_like_response
 from ..decode.stats import DecodeStats
@@ -50,6 +55,7 @@ from ..decode.dns_pairing import DnsPairer
 from ..decode.http_pairing import _http1, Redaction, connection_factory, decoder_in_use, is_http2
 from ..decode.http_rows import HttpRows
 from ..decode.tcp_order import HOLD_NS, SEQ_MOD, SegmentOrder
+from ..decode.http2 import H2Connection, looks_like_frames
 
 # struct l7_event kinds (bpf/events.h)
 DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE = 1, 2, 3, 4, 5, 6, 7, 8
@@ -345,6 +351,8 @@ class L7Decoder:
                 if flow is None:
                     if kind == DNS_TCP:
                         flow = _TcpFlow(key, None, dns=True)
+                    elif is_http2(data, bool(from_client)):  # h2c with prior knowledge: the kernel follows "PRI " too
+                        flow = _TcpFlow(key, H2Connection(self.stats, self.redaction))
                     else:
                         flow = _TcpFlow(key, self._new_http())
                     self.flows[key] = flow
@@ -448,21 +456,26 @@ class L7Decoder:
             # its CLOSE event not read yet (it is in the other ring buffer), whose role can be
             # the opposite one — that made a server stream "client" and lost it.
             side = None
+            h2: H2Connection | None = None
             if looks_like_request(data):
                 side = "client" if kind == SSL_WRITE else "server"
             elif looks_like_response(data):
                 side = "server" if kind == SSL_WRITE else "client"
             elif is_http2(data, True):  # the HTTP/2 client preface
                 side = "client" if kind == SSL_WRITE else "server"
+                h2 = H2Connection(self.stats, self.redaction)
             elif is_http2(data, False):  # the SETTINGS frame an HTTP/2 server sends first
                 side = "server" if kind == SSL_WRITE else "client"
+                h2 = H2Connection(self.stats, self.redaction)
             else:
                 conns = self._alive_at(self.by_sk.get(skaddr, []), ts) if skaddr else []
                 if conns:
                     side = conns[-1].role
+                    if looks_like_frames(data):  # HTTP/2 joined mid-way: HPACK state unknown, rows marked
+                        h2 = H2Connection(self.stats, self.redaction, at_start=False)
             if side is None:
                 return  # not HTTP/1.x (or the middle of a stream whose start we missed)
-            st = self.ssl[key] = _SslStream(skaddr, side, pid, comm, self._new_http(), ts)
+            st = self.ssl[key] = _SslStream(skaddr, side, pid, comm, h2 if h2 is not None else self._new_http(), ts)
         elif skaddr and not st.skaddr:
             st.skaddr = skaddr
         st.last_ts = ts
@@ -597,10 +610,13 @@ class L7Decoder:
 
 @dataclass
 class L7Probe:
-    """Load bpf/l7.c; attach its TC programs to the planned interfaces and its uprobes to libssl."""
+    """Load bpf/l7.c; attach its TC programs to the planned interfaces, its uprobes to libssl and
+    to the crypto/tls of Go binaries."""
 
     interfaces: list[str] | None = None
     ssl_libs: list[str] | None = None  # None: the default libssl if present; [] : no uprobes
+    go_tls: bool = True  # uprobes on the crypto/tls of every Go binary running (capture.live.gotls)
+    log: Callable[[str], None] = lambda _msg: None
     ringbuf_pages: int = 4096  # 16 MiB
     flow_entries: int = 65536
     ssl_sock_entries: int = 65536
@@ -608,6 +624,7 @@ class L7Probe:
     missing: dict[str, str] = field(default_factory=dict)
     tc: TcAttachments | None = None
     ssl_attached: list[str] = field(default_factory=list)
+    go: GoTlsAttacher | None = None
     _progs: dict[str, Any] = field(default_factory=dict)
     _defines: dict[str, Any] = field(default_factory=dict)
     _libs: list[str] = field(default_factory=list)
@@ -628,8 +645,12 @@ class L7Probe:
         if self.ssl_libs is None and not libs and have_tp:
             self.missing["libssl"] = f"HTTPS plaintext (no {DEFAULT_SSL_LIBS[0]}; point --ssl-lib at the OpenSSL in use)"
         self._libs = libs
+        if self.go_tls and not have_tp:
+            self.missing["tracepoint sock:sock_send_length"] = "HTTPS plaintext (its socket cannot be found)"
+            self.go_tls = False
         self._defines = {"FT_L7_RINGBUF_PAGES": self.ringbuf_pages, "FT_L7_FLOW_ENTRIES": self.flow_entries,
-                         "FT_SSL_SOCK_ENTRIES": self.ssl_sock_entries, "FT_HAVE_SSL": 1 if libs else None}
+                         "FT_SSL_SOCK_ENTRIES": self.ssl_sock_entries, "FT_HAVE_SSL": 1 if libs else None,
+                         "FT_HAVE_GOTLS": 1 if self.go_tls else None}
 
     def source(self) -> str:
         if not self._defines:
@@ -650,6 +671,12 @@ class L7Probe:
         new = self.tc.attach()
         if self._libs and not self.ssl_attached:
             self._attach_ssl()
+        if self.go_tls:
+            if self.go is None:
+                openssl = self._attach_ssl_lib if self._defines.get("FT_HAVE_SSL") else None
+                self.go = GoTlsAttacher(self.bpf, self.log, openssl, self._bio_pids if openssl else None)
+                self.go.seen_files(self.ssl_attached)  # --ssl-lib binaries have their uprobes already
+            self.go.scan()
         return new
 
     def _configure(self, i: Any) -> None:
@@ -666,24 +693,43 @@ class L7Probe:
         from ...errors import Unsupported
 
         for lib in self._libs:
-            found = 0
-            for sym, enter, ret in SSL_FUNCS:
-                try:
-                    self.bpf.attach_uprobe(name=lib.encode(), sym=sym.encode(), fn_name=enter.encode())
-                    self.bpf.attach_uretprobe(name=lib.encode(), sym=sym.encode(), fn_name=ret.encode())
-                    found += 1
-                except Exception:
-                    continue  # an old OpenSSL without the _ex forms
-            try:
-                self.bpf.attach_uprobe(name=lib.encode(), sym=b"SSL_free", fn_name=b"ft_ssl_free_enter")
-            except Exception:
-                pass  # without it streams end when their connection does
-            if not found:
+            if not self._attach_ssl_lib(lib, lib):
                 raise Unsupported(f"--ssl-lib {lib}: no SSL_write/SSL_read symbol to attach uprobes to (is it OpenSSL, and not stripped?)")
-            self.ssl_attached.append(lib)
+
+    def _attach_ssl_lib(self, path: str, name: str) -> bool:
+        """OpenSSL uprobes on a libssl or an executable with OpenSSL linked in (`path`, shown as `name`)."""
+        found = 0
+        for sym, enter, ret in SSL_FUNCS:
+            try:
+                self.bpf.attach_uprobe(name=path.encode(), sym=sym.encode(), fn_name=enter.encode())
+                self.bpf.attach_uretprobe(name=path.encode(), sym=sym.encode(), fn_name=ret.encode())
+                found += 1
+            except Exception:
+                continue  # an old OpenSSL without the _ex forms
+        try:
+            self.bpf.attach_uprobe(name=path.encode(), sym=b"SSL_free", fn_name=b"ft_ssl_free_enter")
+        except Exception:
+            pass  # without it streams end when their connection does
+        if found:
+            self.ssl_attached.append(name)
+        return bool(found)
+
+    def _bio_pids(self, pids: set[int]) -> None:
+        """The processes whose SSL_read takes its thread's last received socket (bpf/l7.c ft_bio_pids)."""
+        table = self.bpf[b"ft_bio_pids"]
+        for key in list(table.keys()):
+            if key.value not in pids:
+                del table[key]
+        for pid in pids:
+            table[ctypes.c_uint32(pid)] = ctypes.c_uint8(1)
+        self.bpf[b"ft_bio_on"][ctypes.c_int(0)] = ctypes.c_int64(len(pids))
 
     def refresh(self) -> list[Any]:
         return self.tc.refresh() if self.tc is not None else []
+
+    def scan_go(self) -> list[str]:
+        """Attach to the Go binaries of processes started since the last scan."""
+        return self.go.scan() if self.go is not None else []
 
     def open(self, on_batch: Callable[[list[bytes]], None]) -> type:
         """Open the ring buffer; records reach `on_batch` a read at a time. Returns bcc's ctypes

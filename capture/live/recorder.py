@@ -33,7 +33,7 @@ from .interfaces import coverage
 from ..decode.http_pairing import Redaction
 from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
 
-PROBES = ("flows", "connections", "l7")
+PROBES = ("flows", "connections", "l7", "gotls")  # gotls: Go programs' HTTPS, read by the l7 probe
 L7_ROWS_EVERY_S = 1.0  # how often decoded L7 rows are handed to the writer
 
 
@@ -109,7 +109,7 @@ def render_sources(opts: RecordOptions) -> str:
     if "connections" in opts.probes:
         parts.append(ConnectionProbe(owner_fallback=opts.owner_fallback).source())
     if "l7" in opts.probes:
-        parts.append(L7Probe(interfaces=opts.interfaces, ssl_libs=opts.ssl_libs).source())
+        parts.append(L7Probe(interfaces=opts.interfaces, ssl_libs=opts.ssl_libs, go_tls="gotls" in opts.probes).source())
     return "\n".join(parts)
 
 
@@ -118,6 +118,8 @@ class Recorder:
         for p in opts.probes:
             if p not in PROBES:
                 raise UsageError(f"--probes: unknown probe {p!r} (probes: {', '.join(PROBES)})")
+        if "gotls" in opts.probes and "l7" not in opts.probes:
+            raise UsageError("--probes: gotls needs l7 (Go's HTTPS plaintext goes through the l7 probe's decoder): add l7, or drop gotls")
         if opts.flow_interval <= 0 or opts.rotate <= 0 or (opts.duration is not None and opts.duration <= 0):
             raise UsageError("--flow-interval, --rotate and --duration must be positive")
         self.opts = opts
@@ -128,6 +130,7 @@ class Recorder:
         self.tracker: ConnectionTracker | None = None
         self.l7: L7Probe | None = None
         self.l7dec: L7Decoder | None = None
+        self._l7_settings: dict[str, Any] = {}
         self.kube: Any = None
         self.writer: TapeWriter | None = None
         self.summary = RecordSummary(opts.out)
@@ -160,10 +163,7 @@ class Recorder:
                     "counting": "once per node: ingress, or egress of packets that did not enter through a covered interface",
                 })
             except Unsupported as e:
-                probe.close()
-                failures.append(e)
-                self._warn(f"{e.message}; recording the rest")
-                w.add_gap("flows", start_wall, None, e.message)
+                self._probe_failed("flows", probe, e, start_wall, failures)
         if "connections" in self.opts.probes:
             probe = ConnectionProbe(owner_fallback=self.opts.owner_fallback)
             try:
@@ -183,21 +183,26 @@ class Recorder:
                     "missing": dict(probe.missing), "ringbuf_pages": probe.ringbuf_pages, "owner_fallback": probe.owner_fallback,
                 })
             except Unsupported as e:
-                probe.close()
-                failures.append(e)
-                self._warn(f"{e.message}; recording the rest")
-                w.add_gap("connections", start_wall, None, e.message)
+                self._probe_failed("connections", probe, e, start_wall, failures)
         if "l7" in self.opts.probes:
             self._start_l7(start_wall, failures)
-        if failures and len(failures) == len(self.opts.probes):
+        if failures and len(failures) == len([p for p in self.opts.probes if p != "gotls"]):
             raise failures[0]
         if self.conns is not None or self.l7 is not None:
             tune_gc()
 
+    def _probe_failed(self, name: str, probe: Any, e: Unsupported, start_wall: int, failures: list) -> None:
+        """A probe this host cannot run: said once, a gap in the tape, and the others go on."""
+        probe.close()
+        failures.append(e)
+        self._warn(f"{e.message}; recording the rest")
+        assert self.writer is not None
+        self.writer.add_gap(name, start_wall, None, e.message)
+
     def _start_l7(self, start_wall: int, failures: list) -> None:
         w = self.writer
         assert w is not None
-        probe = L7Probe(interfaces=self.opts.interfaces, ssl_libs=self.opts.ssl_libs)
+        probe = L7Probe(interfaces=self.opts.interfaces, ssl_libs=self.opts.ssl_libs, go_tls="gotls" in self.opts.probes, log=self._warn)
         redaction = Redaction.from_settings(self.opts.no_redact, self.opts.header_allow_list)
         try:
             probe.check()
@@ -213,24 +218,23 @@ class Recorder:
                 self._warn(f"{what} is not available on this host: {effect} will be missing from the tape")
             if "connections" not in self.opts.probes:
                 self._warn("http rows need the connections probe (their side, process and conn_id): without it exchanges are counted as l7.http_no_endpoint, not written")
-            w.set_probe("l7", {
-                "program": "bpf/l7.c (tcx ingress+egress, OpenSSL uprobes, sock:sock_{send,recv}_length)",
+            self._l7_settings = {
+                "program": "bpf/l7.c (tcx ingress+egress, OpenSSL and Go crypto/tls uprobes, sock:sock_{send,recv}_length)",
                 "tables": ["dns", "http", "tls"], "ringbuf_pages": probe.ringbuf_pages, "flow_entries": probe.flow_entries,
                 "prefix_bytes": dict(PREFIX_BYTES),
                 "ssl_libs": list(probe.ssl_attached), "missing": dict(probe.missing),
+                "go_tls": probe.go.manifest() if probe.go is not None else None,
                 "taken": "once per node, as flows: ingress, or egress of packets that did not enter through a covered interface",
                 "http_decoder": self.l7dec.http_decoder,
-            })
+            }
+            w.set_probe("l7", self._l7_settings)
             if self.l7dec.http_decoder != "c":
                 self._warn(f"HTTP is decoded by {self.l7dec.http_decoder}: up to three times the recorder CPU per request")
             w.update("redaction", redaction.manifest())
             w.update("settings", {"no_redact": self.opts.no_redact, "header_allow_list": sorted(redaction.header_allow_list)})
         except Unsupported as e:
-            probe.close()
             self.l7 = None
-            failures.append(e)
-            self._warn(f"{e.message}; recording the rest")
-            w.add_gap("l7", start_wall, None, e.message)
+            self._probe_failed("l7", probe, e, start_wall, failures)
         except FlowtapeError:
             probe.close()
             raise
@@ -270,6 +274,9 @@ class Recorder:
             w.set_lost(name, count)
             self.summary.lost[name] = count
         w.update("extra", {"l7_decode_notes": self.l7dec.stats.notes()})
+        if self.l7 is not None and self.l7.go is not None:  # Go binaries found since the start
+            self._l7_settings = {**self._l7_settings, "go_tls": self.l7.go.manifest()}
+            w.set_probe("l7", self._l7_settings)
 
     # --- loop ------------------------------------------------------------------------------------
 
@@ -356,6 +363,8 @@ class Recorder:
             self.writer.set_window(start_ns=start_wall)
             self._start_kube(start_wall)
             probes = [p for p, on in (("flows", self.flows), ("connections", self.conns), ("l7", self.l7)) if on]
+            if self.l7 is not None and self.l7.go is not None:
+                probes.append(f"gotls ({len(self.l7.go.attached)} Go binaries)")
             if self.kube is not None:
                 probes.append("k8s")
             ifaces = ", ".join(i.name for i in self.flows.plan.values()) if self.flows else "-"
@@ -439,6 +448,8 @@ class Recorder:
                 self._l7_rows()
             if now >= next_l7:
                 next_l7 = now + L7_ROWS_EVERY_S
+                if self.l7 is not None:
+                    self.l7.scan_go()  # Go programs started since the last look (their HTTPS)
             assert self.writer is not None
             self.writer.maybe_rotate()
             if now >= next_status:

@@ -34,7 +34,8 @@ class Analysis:
         self.tape = tape
         self.con = tape.con
         self.labels = labels
-        create_views(self.con, labels)
+        hosts = {node: (info or {}).get("host") or {} for node, info in (tape.manifest.get("nodes") or {}).items()}
+        create_views(self.con, labels, hosts)
         self._made: set[str] = set()
         self._report: "Reports | None" = None
 

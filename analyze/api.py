@@ -73,6 +73,6 @@ class Reports:
 
     def latency_over_time(self, by: str = "workload", bucket_s: int | None = None, top: int = 5, edges: list[tuple[str, str]] | None = None,
                           since: Time = None, until: Time = None, namespace: str | None = None) -> pl.DataFrame:
-        """HTTP p50/p95/p99 per edge and time bucket (10 s for tapes up to 30 min, else 1 min) for
+        """HTTP p50/p95/p99 per edge and time bucket (1 s for tapes under a minute, 10 s up to 30 min, else 1 min) for
         the `top` busiest edges, or for the (client, server) pairs in `edges`."""
         return ts_r.latency_over_time(self._a, by, bucket_s, top, edges, _filters(since, until, namespace))

@@ -6,6 +6,15 @@ All SQL of the enrichment lives in this file. Views created on a Tape's DuckDB c
                   a node (internal/external IPs; host-network pods resolve here) or a Service
                   ClusterIP. Pod labels are kept only for the label allow-list.
 - `ft_nodes`      node name -> zone, region over time.
+- `ft_host_own`, `ft_local_addrs`, `ft_etc_hosts`  names without Kubernetes, from the manifest's
+                  host facts (capture.live.host) and the rows: a recorded host's own addresses;
+                  the addresses on a host (its other network namespaces', and the local ends of
+                  its connections); each host's /etc/hosts. An address two hosts claim names neither.
+- `ft_proc_keys`  the local processes (node, comm, cgroup -> container, runtime, systemd unit)
+                  seen at addresses Kubernetes never owned in the tape, numbered `pkey`;
+                  `ft_conn_pkeys` gives each connection row (node, conn_id) the pkey of its
+                  client and server (its own row's, and the paired row's), `ft_conn_pkeys4` the
+                  same per 4-tuple for flows, `ft_dns_pkeys` per DNS client process.
 - `ft_dns_names`  ip -> the name a client asked for, from the tape's own DNS answers, valid for
                   the answer's TTL (the name asked is the start of any CNAME chain);
                   `ft_dns_names_x` adds the lifetime of every connection opened to that IP
@@ -24,7 +33,16 @@ All SQL of the enrichment lives in this file. Views created on a Tape's DuckDB c
                   aggregates in analyze.sums key rows by them (ip_sums_sql, segment_sums_sql).
 - `enriched_http`, `enriched_connections`, `enriched_flows`, `enriched_dns`: those rows with
                   `client_*`/`server_*` (or `src_*`/`dst_*`) columns: kind, namespace, pod,
-                  workload_kind, workload, service, node, zone, region, dns, labels.
+                  workload_kind, workload, service, node, zone, region, dns, host, local_node,
+                  hosts_name, labels (the address at that time) and process, container,
+                  runtime, unit, process_node (the process at that end of that row).
+
+Names, by priority: Kubernetes ownership (pod, node, Service) > a local process (comm; in a
+container `runtime:container/comm`) > the DNS name the tape saw for the address (any address,
+private ranges included) > the recording host's /etc/hosts > the host the address belongs to >
+the address. A process is known for the ends the recorder saw locally (its rows' pid/comm); an
+address is a host's when it is one of that host's own addresses (manifest) or a local endpoint
+of its connections (a container's, a namespace's).
 
 The time-aware join: an ASOF join picks, per IP, the latest version that started at or before
 ts, which counts only if ts is before its end. IPs are reused (a pod IP can belong to three
@@ -44,12 +62,24 @@ FOREVER = "TIMESTAMPTZ '2262-01-01 00:00:00+00'"  # the end of TIMESTAMP_NS: "st
 DEFAULT_LABELS = ("app", "app.kubernetes.io/name", "app.kubernetes.io/component", "team", "version", "tier")
 """Pod labels kept by enrichment; others are dropped to bound cardinality."""
 
-GRANULARITIES = ("pod", "workload", "service", "namespace", "node", "zone")
+GRANULARITIES = ("pod", "workload", "service", "namespace", "node", "zone", "process", "host")
 
-ENDPOINT_FIELDS = ("kind", "namespace", "pod", "workload_kind", "workload", "service", "node", "zone", "region", "dns", "labels")
+ENDPOINT_FIELDS = ("kind", "namespace", "pod", "workload_kind", "workload", "service", "node", "zone", "region", "dns",
+                   "host", "local_node", "hosts_name", "labels")
+"""What an address resolves to at a time (resolve_sql)."""
 
 NAME_FIELDS = ENDPOINT_FIELDS[:-1]
-"""The fields that name an endpoint in reports (labels aside)."""
+"""The fields that name an address in reports (labels aside)."""
+
+PROCESS_FIELDS = ("process", "container", "runtime", "unit", "process_node")
+"""What the row says about the process at one end (with_names_sql, from ft_proc_keys)."""
+
+CONTAINER_RUNTIMES = ("docker", "podman", "containerd", "cri-o", "lxc", "machine", "container")
+"""Runtimes whose processes are named `runtime:container/comm` (a systemd service keeps its comm)."""
+
+DNS_MIN_VALID_S = 10
+"""A DNS answer names its address for at least this long, whatever its TTL: a client connects
+right after its lookup, and local resolvers answer with TTL 0 (dnsmasq's local-ttl default)."""
 
 _PRIVATE_V4 = r"^(10\.|192\.168\.|172\.(1[6-9]|2[0-9]|3[01])\.|100\.(6[4-9]|[7-9][0-9]|1[01][0-9]|12[0-7])\.|198\.1[89]\.|169\.254\.|127\.)"
 _PRIVATE_V6 = r"^(f[cd][0-9a-f]{2}:|fe80:|::1$)"
@@ -77,7 +107,7 @@ SELECT name AS node, zone, region, valid_from, coalesce(valid_to, {FOREVER}) AS 
 
 CREATE OR REPLACE VIEW ft_dns_names AS
 SELECT a.data AS ip, d.qname AS name, d.ts_answer AS valid_from,
-       d.ts_answer + to_seconds(a.ttl::BIGINT) AS valid_to
+       d.ts_answer + to_seconds(greatest(a.ttl::BIGINT, {DNS_MIN_VALID_S})) AS valid_to
 FROM (SELECT qname, ts_answer, unnest(answers) AS a FROM dns WHERE rcode = 0 AND ts_answer IS NOT NULL) d
 WHERE a.type IN ('A', 'AAAA');
 
@@ -112,16 +142,27 @@ WHERE NOT EXISTS (
       AND ((o.pid IS NOT NULL AND d.pid IS NULL) OR ((o.pid IS NULL) = (d.pid IS NULL) AND o.node < d.node))
 );
 
-CREATE OR REPLACE VIEW ft_conn_x AS
+"""
+
+
+def _conn_x_sql(processes: bool) -> str:
+    """ft_conn_x: one row per TCP connection (the client row when recorded, else the server
+    row), with the pkey of each end's process (ft_conn_pkeys) when the tape has any."""
+    pk_c = "LEFT JOIN ft_conn_pkeys pk ON pk.node = c.node AND pk.conn_id = c.conn_id" if processes else ""
+    pk_s = "LEFT JOIN ft_conn_pkeys pk ON pk.node = s.node AND pk.conn_id = s.conn_id" if processes else ""
+    keys = "pk.client_pkey, pk.server_pkey" if processes else "NULL::INTEGER AS client_pkey, NULL::INTEGER AS server_pkey"
+    keys2 = "pk.client_pkey, pk.server_pkey" if processes else "NULL, NULL"
+    return f"""
+CREATE OR REPLACE TEMP VIEW ft_conn_x AS
 SELECT c.ts_start AS ts, c.client_ip, coalesce(p.server_pod_ip, c.server_ip) AS server_ip, c.server_ip AS seen_server_ip,
        c.server_port, c.bytes_sent AS bytes_c2s, c.bytes_received AS bytes_s2c, c.close_state, c.connect_latency_ns,
-       c.srtt_us, c.retransmits, c.node
-FROM connections c LEFT JOIN ft_conn_pairs p ON c.node = p.client_node AND c.conn_id = p.client_conn_id
+       c.srtt_us, c.retransmits, c.node, {keys}
+FROM connections c LEFT JOIN ft_conn_pairs p ON c.node = p.client_node AND c.conn_id = p.client_conn_id {pk_c}
 WHERE c.role = 'client'
 UNION ALL
 SELECT s.ts_start, s.client_ip, s.server_ip, s.server_ip, s.server_port, s.bytes_received, s.bytes_sent, s.close_state,
-       NULL, s.srtt_us, s.retransmits, s.node
-FROM connections s
+       NULL, s.srtt_us, s.retransmits, s.node, {keys2}
+FROM connections s {pk_s}
 WHERE s.role = 'server'
   AND NOT EXISTS (SELECT 1 FROM ft_conn_pairs p WHERE p.server_node = s.node AND p.server_conn_id = s.conn_id);
 """
@@ -131,19 +172,27 @@ def resolve_sql(source: str, ip: str, ts: str, prefix: str) -> tuple[str, str]:
     """Return (joins, columns) naming `source.ip` at `source.ts` with columns `{prefix}_<field>`.
 
     joins: ASOF LEFT JOINs to append after `FROM <table> <source>`; columns: the select list of
-    ENDPOINT_FIELDS, each prefixed.
+    ENDPOINT_FIELDS, each prefixed. An address Kubernetes owned at ts is what owned it; else it
+    is a recorded host's (`host`: one of its own addresses, `local_node`: a local endpoint of its
+    connections), or named by DNS, or by /etc/hosts (`hosts_name`), or external (a public
+    address), or unknown (a private one).
     """
     o, n, d = f"{prefix}__o", f"{prefix}__n", f"{prefix}__d"
+    h, loc, eh = f"{prefix}__h", f"{prefix}__l", f"{prefix}__e"
     joins = f"""
     ASOF LEFT JOIN ft_ip_owner {o} ON {source}.{ip} = {o}.ip AND {source}.{ts} >= {o}.valid_from
     ASOF LEFT JOIN ft_nodes {n} ON {o}.node = {n}.node AND {source}.{ts} >= {n}.valid_from
-    ASOF LEFT JOIN ft_dns_names_x {d} ON {source}.{ip} = {d}.ip AND {source}.{ts} >= {d}.valid_from"""
+    ASOF LEFT JOIN ft_dns_names_x {d} ON {source}.{ip} = {d}.ip AND {source}.{ts} >= {d}.valid_from
+    LEFT JOIN ft_host_own {h} ON {source}.{ip} = {h}.ip
+    LEFT JOIN ft_local_addrs {loc} ON {source}.{ip} = {loc}.ip
+    LEFT JOIN ft_etc_hosts {eh} ON {source}.{ip} = {eh}.ip"""
     live = f"coalesce({source}.{ts} < {o}.valid_to, false)"
     named = f"coalesce({source}.{ts} < {d}.valid_to, false)"
     private = f"(regexp_matches({source}.{ip}, '{_PRIVATE_V4}') OR regexp_matches(lower({source}.{ip}), '{_PRIVATE_V6}'))"
     zoned = f"{live} AND coalesce({source}.{ts} < {n}.valid_to, false)"
     cols = f"""
-    CASE WHEN {live} THEN {o}.kind WHEN {named} THEN 'external' WHEN {private} THEN 'unknown' ELSE 'external' END AS {prefix}_kind,
+    CASE WHEN {live} THEN {o}.kind WHEN {h}.host IS NOT NULL OR {loc}.host IS NOT NULL THEN 'host'
+         WHEN {named} OR {eh}.name IS NOT NULL THEN 'external' WHEN {private} THEN 'unknown' ELSE 'external' END AS {prefix}_kind,
     CASE WHEN {live} THEN {o}.namespace END AS {prefix}_namespace,
     CASE WHEN {live} THEN {o}.pod END AS {prefix}_pod,
     CASE WHEN {live} THEN {o}.workload_kind END AS {prefix}_workload_kind,
@@ -153,6 +202,9 @@ def resolve_sql(source: str, ip: str, ts: str, prefix: str) -> tuple[str, str]:
     CASE WHEN {zoned} THEN {n}.zone END AS {prefix}_zone,
     CASE WHEN {zoned} THEN {n}.region END AS {prefix}_region,
     CASE WHEN NOT {live} AND {named} THEN {d}.name END AS {prefix}_dns,
+    CASE WHEN NOT {live} THEN {h}.host END AS {prefix}_host,
+    CASE WHEN NOT {live} THEN {loc}.host END AS {prefix}_local_node,
+    CASE WHEN NOT {live} THEN {eh}.name END AS {prefix}_hosts_name,
     CASE WHEN {live} THEN {o}.labels END AS {prefix}_labels"""
     return joins, cols
 
@@ -174,13 +226,17 @@ def _k_sql(src: str, endpoints: list[tuple[str, str]]) -> tuple[str, str]:
     return joins, cols
 
 
-def _named_sql(src: str, endpoints: list[tuple[str, str]], fields: tuple[str, ...], exclude: str) -> str:
+Pkeys = dict[str, str]
+"""Endpoint prefix -> the column of its process key (ft_proc_keys.pkey) in the rows."""
+
+
+def _named_sql(src: str, endpoints: list[tuple[str, str]], fields: tuple[str, ...], exclude: str, pkeys: Pkeys | None = None) -> str:
     """CTE res and the final SELECT: each distinct (ip, key) of `src` resolved once, joined back."""
     return f"""res AS ({key_names_sql(src, endpoints, fields)})
-{with_names_sql(src, "res", endpoints, fields, exclude)}"""
+{with_names_sql(src, "res", endpoints, fields, exclude, pkeys)}"""
 
 
-def keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]], fields: tuple[str, ...] = ENDPOINT_FIELDS) -> str:
+def keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]], fields: tuple[str, ...] = ENDPOINT_FIELDS, pkeys: Pkeys | None = None) -> str:
     """SELECT every row of `base` with each endpoint `(prefix, ip column)` resolved at `ts`.
 
     Ownership changes rarely, so instead of joining every row against the versions, rows are
@@ -189,7 +245,8 @@ def keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]], fields: tupl
     starting or ending, a DNS name appearing or expiring, any node's zone changing), the last
     such change at or before the row's ts: nothing changes between k and ts, so the result is
     exactly the per-row time-aware join, with one key per change instead of one per row.
-    `fields` picks the resolved columns (labels are maps: costly to carry when not needed).
+    `fields` picks the resolved columns (labels are maps: costly to carry when not needed);
+    `pkeys` names the process key column of the endpoints that have one (with_names_sql).
     """
     joins, k_cols = _k_sql("b", endpoints)
     ks = ", ".join(f"__k{i}" for i in range(len(endpoints)))
@@ -200,7 +257,7 @@ b2 AS (
     FROM b
 {joins}
 ),
-{_named_sql("b2", endpoints, fields, "__t, __m, " + ks)}"""
+{_named_sql("b2", endpoints, fields, "__t, __m, " + ks, pkeys)}"""
 
 
 def ip_keyed_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str) -> str:
@@ -238,22 +295,32 @@ SELECT keys.ip, keys.k, {r_cols} FROM keys {r_joins})"""
 
 
 def with_names_sql(src: str, names: str, endpoints: list[tuple[str, str]], fields: tuple[str, ...] = NAME_FIELDS,
-                   exclude: str | None = None) -> str:
+                   exclude: str | None = None, pkeys: Pkeys | None = None) -> str:
     """The rows of `src` with each endpoint's `<prefix>_<field>` columns from `names`
-    (key_names_sql), less `exclude` (default: the keys)."""
+    (key_names_sql) and its PROCESS_FIELDS from ft_proc_keys by the column `pkeys[prefix]`
+    (NULL for an endpoint without one), less `exclude` (default: the keys)."""
+    pkeys = pkeys or {}
     cols = ", ".join(f"n{i}.r_{f} AS {prefix}_{f}" for i, (prefix, _) in enumerate(endpoints) for f in fields)
+    cols += ", " + ", ".join(process_columns_sql(f"pk{i}" if prefix in pkeys else None, prefix) for i, (prefix, _) in enumerate(endpoints))
     exclude = exclude or ", ".join(f"__k{i}" for i in range(len(endpoints)))
     joins = "\n".join(f"LEFT JOIN {names} n{i} ON n{i}.ip = s.{ip} AND n{i}.k = s.__k{i}" for i, (_, ip) in enumerate(endpoints))
+    joins += "".join(f"\nLEFT JOIN ft_proc_keys pk{i} ON pk{i}.pkey = s.{pkeys[prefix]}" for i, (prefix, _) in enumerate(endpoints) if prefix in pkeys)
     return f"SELECT s.* EXCLUDE ({exclude}), {cols}\nFROM {src} s\n{joins}"
 
 
-def ip_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str) -> str:
+def process_columns_sql(alias: str | None, prefix: str) -> str:
+    """PROCESS_FIELDS of `prefix` from the ft_proc_keys row `alias` (all NULL without one)."""
+    source = {"process": "comm", "container": "container", "runtime": "runtime", "unit": "unit", "process_node": "node"}
+    return ", ".join(f"{alias}.{source[f]} AS {prefix}_{f}" if alias else f"NULL::VARCHAR AS {prefix}_{f}" for f in PROCESS_FIELDS)
+
+
+def ip_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str, pkeys: Pkeys | None = None) -> str:
     """ip_keyed_sums_sql's rows with their names, in one statement (see analyze.sums for the
-    stored form)."""
+    stored form); `group` holds the process key columns of `pkeys`."""
     return f"""
 WITH g AS MATERIALIZED ({ip_keyed_sums_sql(base, ts, endpoints, group, aggregates)}),
 res AS ({key_names_sql("g", endpoints)})
-{with_names_sql("g", "res", endpoints)}"""
+{with_names_sql("g", "res", endpoints, pkeys=pkeys)}"""
 
 
 TREE_CUTS = 2048
@@ -310,7 +377,8 @@ ASOF LEFT JOIN cuts prev ON r.b * {width} >= prev.t""")
     return width
 
 
-def segment_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str, segment: tuple[str, str]) -> str:
+def segment_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str, segment: tuple[str, str],
+                     pkeys: Pkeys | None = None) -> str:
     """The rows of `base` summed per (`group`, endpoint ips, segment) with `aggregates`, each endpoint
     resolved (NAME_FIELDS) at the segment's start: exact, with no per-IP lookup per row.
 
@@ -329,7 +397,7 @@ g AS MATERIALIZED (
     GROUP BY ALL
 ),
 g2 AS (SELECT *, {ks} FROM g),
-{_named_sql("g2", endpoints, NAME_FIELDS, "__k, " + ", ".join(f"__k{i}" for i in range(len(endpoints))))}"""
+{_named_sql("g2", endpoints, NAME_FIELDS, "__k, " + ", ".join(f"__k{i}" for i in range(len(endpoints))), pkeys)}"""
 
 
 # A server error (the `errors_5xx` columns of the reports, diff's and check's error rate; docs/reports.md):
@@ -347,48 +415,71 @@ _HTTP_X = """
 -- The client row of an exchange when it was recorded, else the server row: one scan, the
 -- server rows of paired connections dropped by a hash probe (a correlated NOT EXISTS cost 1.2 s
 -- on 5.6M rows, a second scan of the table for the server side 0.8 s). The client side looks
--- up only the pairs that substitute a pod for a ClusterIP (nothing, when none do).
+-- up only the pairs that substitute a pod for a ClusterIP (nothing, when none do), and the
+-- process keys only when some process was seen outside Kubernetes.
 CREATE OR REPLACE TEMP VIEW ft_http_x AS
 SELECT h.ts_request AS ts, h.client_ip, {server_ip} AS server_ip, h.server_ip AS seen_server_ip,
        h.server_port, h.method, h.host, h.path, h.status, h.latency_ns, h.request_bytes, h.response_bytes, h.side, h.tls, h.node,
-       h.http_version, h.grpc_service, h.grpc_method, h.grpc_status, h.stream_error, {server_error} AS server_error
+       h.http_version, h.grpc_service, h.grpc_method, h.grpc_status, h.stream_error, {server_error} AS server_error,
+       {pkeys}
 FROM http h
-LEFT JOIN ft_paired_servers sp ON sp.server_node = h.node AND sp.server_conn_id = h.conn_id {subst_join}
+LEFT JOIN ft_paired_servers sp ON sp.server_node = h.node AND sp.server_conn_id = h.conn_id {subst_join} {pkey_join}
 WHERE h.side = 'client' OR (h.side = 'server' AND sp.server_conn_id IS NULL);
 """
 
 
-_FLOW_REAL = f"""
--- a flow addressed to a ClusterIP (or answered from one) takes the pod behind it when the
--- tape paired the connection's two ends
-CREATE OR REPLACE TEMP VIEW ft_flow_real AS
-SELECT f.*,
-       coalesce(fwd.server_pod_ip, f.dst_ip) AS dst_real,
-       coalesce(rev.server_pod_ip, f.src_ip) AS src_real
-FROM flows f
-LEFT JOIN ft_conn_subst fwd
+def _flow_real_sql(substitutions: bool, processes: bool) -> str:
+    """ft_flow_real: flows with `src_real`/`dst_real` (a ClusterIP replaced by the pod behind it
+    when the tape paired the connection's two ends) and `src_pkey`/`dst_pkey` (the processes
+    of the TCP connection the flow belongs to, ft_conn_pkeys4)."""
+    cols, joins = [], []
+    if substitutions:
+        cols += ["coalesce(fwd.server_pod_ip, f.dst_ip) AS dst_real", "coalesce(rev.server_pod_ip, f.src_ip) AS src_real"]
+        # a flow addressed to a ClusterIP (or answered from one) takes the pod behind it
+        joins.append(f"""LEFT JOIN ft_conn_subst fwd
   ON f.l4 = 'tcp' AND f.src_ip = fwd.client_ip AND f.src_port = fwd.client_port
  AND f.dst_ip = fwd.seen_server_ip AND f.dst_port = fwd.seen_server_port
  AND f.ts_start >= fwd.ts_start - INTERVAL 5 SECOND AND f.ts_start <= coalesce(fwd.ts_end, {FOREVER})
 LEFT JOIN ft_conn_subst rev
   ON f.l4 = 'tcp' AND f.dst_ip = rev.client_ip AND f.dst_port = rev.client_port
  AND f.src_ip = rev.seen_server_ip AND f.src_port = rev.seen_server_port
- AND f.ts_start >= rev.ts_start - INTERVAL 5 SECOND AND f.ts_start <= coalesce(rev.ts_end, {FOREVER});"""
+ AND f.ts_start >= rev.ts_start - INTERVAL 5 SECOND AND f.ts_start <= coalesce(rev.ts_end, {FOREVER})""")
+    else:
+        # with socket-level load balancing (or no Services) nothing is addressed to a ClusterIP
+        cols += ["f.dst_ip AS dst_real", "f.src_ip AS src_real"]
+    if processes:
+        # ASOF: the latest connection of that 4-tuple started by then, one at most (a port reused
+        # later is another connection); the flow counts it while it was open
+        live = "f.ts_start <= {a}.ts_end"
+        cols += [f"coalesce(CASE WHEN {live.format(a='pf')} THEN pf.client_pkey END, CASE WHEN {live.format(a='pr')} THEN pr.server_pkey END) AS src_pkey",
+                 f"coalesce(CASE WHEN {live.format(a='pf')} THEN pf.server_pkey END, CASE WHEN {live.format(a='pr')} THEN pr.client_pkey END) AS dst_pkey"]
+        joins.append("""ASOF LEFT JOIN ft_conn_pkeys4 pf
+  ON f.l4 = pf.l4 AND f.src_ip = pf.client_ip AND f.src_port = pf.client_port AND f.dst_ip = pf.server_ip AND f.dst_port = pf.server_port
+ AND f.ts_start + INTERVAL 5 SECOND >= pf.ts_start
+ASOF LEFT JOIN ft_conn_pkeys4 pr
+  ON f.l4 = pr.l4 AND f.dst_ip = pr.client_ip AND f.dst_port = pr.client_port AND f.src_ip = pr.server_ip AND f.src_port = pr.server_port
+ AND f.ts_start + INTERVAL 5 SECOND >= pr.ts_start""")
+    else:
+        cols += ["NULL::INTEGER AS src_pkey", "NULL::INTEGER AS dst_pkey"]
+    return f"CREATE OR REPLACE TEMP VIEW ft_flow_real AS\nSELECT f.*, {', '.join(cols)}\nFROM flows f\n" + "\n".join(joins) + ";"
 
-# With socket-level load balancing (or no Services) nothing is addressed to a ClusterIP: skip the joins.
-_FLOW_PLAIN = """
-CREATE OR REPLACE TEMP VIEW ft_flow_real AS SELECT f.*, f.dst_ip AS dst_real, f.src_ip AS src_real FROM flows f;"""
+
+EXCHANGE_PKEYS = {"client": "client_pkey", "server": "server_pkey", "seen": "server_pkey"}
+"""Process keys of ft_http_x / ft_conn_x rows (the server addressed runs the server's process)."""
+
+FLOW_PKEYS = {"src": "src_pkey", "dst": "dst_pkey"}
 
 
-def named_exchanges_sql(base: str, substitutions: bool) -> str:
+def named_exchanges_sql(base: str, substitutions: bool, processes: bool = False) -> str:
     """Every row of `base` (rows shaped like ft_http_x or ft_conn_x, by `ts`) with its client,
     server and addressed server (`seen_*`) resolved at that time: what enriched_http and
     enriched_connections hold. Without `substitutions` (nobody addressed a ClusterIP) what the
-    client saw is the server."""
+    client saw is the server; without `processes` (has_processes) no end is named by its process."""
+    pkeys = EXCHANGE_PKEYS if processes else None
     if substitutions:
-        return keyed_sql(base, "ts", [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")])
-    seen = ", ".join(f"server_{f} AS seen_{f}" for f in ENDPOINT_FIELDS)
-    return f"SELECT *, {seen} FROM ({keyed_sql(base, 'ts', [('client', 'client_ip'), ('server', 'server_ip')])})"
+        return keyed_sql(base, "ts", [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")], pkeys=pkeys)
+    seen = ", ".join(f"server_{f} AS seen_{f}" for f in ENDPOINT_FIELDS + PROCESS_FIELDS)
+    return f"SELECT *, {seen} FROM ({keyed_sql(base, 'ts', [('client', 'client_ip'), ('server', 'server_ip')], pkeys=pkeys)})"
 
 
 def has_substitutions(con: duckdb.DuckDBPyConnection) -> bool:
@@ -396,29 +487,42 @@ def has_substitutions(con: duckdb.DuckDBPyConnection) -> bool:
     return con.execute("SELECT count(*) FROM ft_conn_subst").fetchall()[0][0] > 0
 
 
-def enriched_dns_sql(base: str = "ft_dns_x") -> str:
+def has_processes(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether any process was seen at an address Kubernetes never owned (ft_proc_keys): else
+    no row looks a process up (a cluster's tape costs what it did before names without it)."""
+    return con.execute("SELECT count(*) FROM ft_proc_keys").fetchall()[0][0] > 0
+
+
+def enriched_dns_sql(base: str = "ft_dns_x", processes: bool = False) -> str:
     """The rows of enriched_dns from `base`, rows shaped like ft_dns_x (analyze.sums passes its
     materialised copy: ft_dns_x reads the dns table twice to pair each exchange's two sightings)."""
-    return keyed_sql(base, "ts_query", [("client", "client_ip")])
+    if not processes:
+        return keyed_sql(base, "ts_query", [("client", "client_ip")])
+    rows = (f"(SELECT b.*, dk.pkey AS client_pkey FROM {base} b "
+            "LEFT JOIN ft_dns_pkeys dk ON dk.node = b.node AND dk.pid = b.pid AND dk.comm = b.comm)")
+    return keyed_sql(rows, "ts_query", [("client", "client_ip")], pkeys={"client": "client_pkey"})
 
 
-def _enriched_views(substitutions: bool = True) -> str:
-    http, conns = named_exchanges_sql("ft_http_x", substitutions), named_exchanges_sql("ft_conn_x", substitutions)
-    dns = enriched_dns_sql()
-    flows = keyed_sql("ft_flow_real", "ts_start", [("src", "src_real"), ("dst", "dst_real")])
-    flow_real = _FLOW_REAL if substitutions else _FLOW_PLAIN
+def _enriched_views(substitutions: bool = True, processes: bool = False) -> str:
+    http = named_exchanges_sql("ft_http_x", substitutions, processes)
+    conns = named_exchanges_sql("ft_conn_x", substitutions, processes)
+    dns = enriched_dns_sql(processes=processes)
+    flows = keyed_sql("ft_flow_real", "ts_start", [("src", "src_real"), ("dst", "dst_real")], pkeys=FLOW_PKEYS if processes else None)
     subst_join = "LEFT JOIN ft_conn_subst p ON h.side = 'client' AND h.node = p.client_node AND h.conn_id = p.client_conn_id" if substitutions else ""
     server_ip = "coalesce(p.server_pod_ip, h.server_ip)" if substitutions else "h.server_ip"
-    http_x = _HTTP_X.format(subst_join=subst_join, server_ip=server_ip, server_error=SERVER_ERROR_SQL)
+    pkey_join = "LEFT JOIN ft_conn_pkeys pk ON pk.node = h.node AND pk.conn_id = h.conn_id" if processes else ""
+    pkeys = "pk.client_pkey, pk.server_pkey" if processes else "NULL::INTEGER AS client_pkey, NULL::INTEGER AS server_pkey"
+    http_x = _HTTP_X.format(subst_join=subst_join, server_ip=server_ip, server_error=SERVER_ERROR_SQL, pkey_join=pkey_join, pkeys=pkeys)
     return f"""
 {http_x}
+{_conn_x_sql(processes)}
 CREATE OR REPLACE TEMP VIEW enriched_http AS {http};
 
 CREATE OR REPLACE TEMP VIEW enriched_connections AS {conns};
 
 CREATE OR REPLACE TEMP VIEW enriched_dns AS {dns};
 
-{flow_real}
+{_flow_real_sql(substitutions, processes)}
 
 CREATE OR REPLACE TEMP VIEW enriched_flows AS
 SELECT * FROM ({flows})
@@ -482,9 +586,128 @@ SELECT ip, max(t) AS last, list(t ORDER BY t) AS cuts FROM ft_cuts GROUP BY ip""
 
 _MATERIALISED = ("ft_ip_owner", "ft_nodes", "ft_dns_names", "ft_dns_names_x", "ft_conn_pairs")
 
+HostFacts = dict[str, dict]
+"""Node -> the manifest's `nodes.<node>.host` (capture.live.host: addresses, etc_hosts, cgroups)."""
 
-def create_views(con: duckdb.DuckDBPyConnection, labels: tuple[str, ...] = DEFAULT_LABELS) -> None:
-    """Create the enrichment views on a tape's connection.
+
+def _host_tables(con: duckdb.DuckDBPyConnection, hosts: HostFacts) -> None:
+    """ft_host_own, ft_etc_hosts and ft_cgroups from the manifest's host facts; ft_local_addrs
+    from the connections. Tapes written before these facts existed give empty tables."""
+    own: dict[str, set[str]] = {}
+    local: list[tuple[str, str]] = []
+    named: dict[str, str] = {}
+    cgroups = []
+    for node in sorted(hosts):
+        facts = hosts[node] if isinstance(hosts[node], dict) else {}
+        for a in facts.get("addresses") or []:
+            if isinstance(a, dict) and isinstance(a.get("ip"), str):
+                own.setdefault(a["ip"], set()).add(node)
+        for a in facts.get("namespace_addresses") or []:
+            if isinstance(a, dict) and isinstance(a.get("ip"), str):
+                local.append((node, a["ip"]))
+        for e in facts.get("etc_hosts") or []:
+            # the first name of the first line for an address, as the resolver's reverse lookup gives;
+            # hosts disagreeing: the first node's, in name order
+            if isinstance(e, dict) and isinstance(e.get("ip"), str) and e.get("names"):
+                named.setdefault(e["ip"], str(e["names"][0]))
+        for cid, c in (facts.get("cgroups") or {}).items():
+            if isinstance(c, dict) and str(cid).isdigit():
+                cgroups.append((node, int(cid), c.get("container"), c.get("runtime"), c.get("unit"), c.get("path")))
+    con.execute("CREATE OR REPLACE TEMP TABLE ft_host_own (ip VARCHAR, host VARCHAR)")
+    # an address several hosts claim (loopback, a default bridge) names none of them
+    unique = [(ip, next(iter(nodes))) for ip, nodes in sorted(own.items()) if len(nodes) == 1]
+    if unique:
+        con.executemany("INSERT INTO ft_host_own VALUES (?, ?)", unique)
+    con.execute("CREATE OR REPLACE TEMP TABLE ft_etc_hosts (ip VARCHAR, name VARCHAR)")
+    if named:
+        con.executemany("INSERT INTO ft_etc_hosts VALUES (?, ?)", sorted(named.items()))
+    con.execute("CREATE OR REPLACE TEMP TABLE ft_cgroups (node VARCHAR, cgroup_id UBIGINT, container VARCHAR, runtime VARCHAR, unit VARCHAR, path VARCHAR)")
+    if cgroups:
+        con.executemany("INSERT INTO ft_cgroups VALUES (?, ?, ?, ?, ?, ?)", cgroups)
+    con.execute("CREATE OR REPLACE TEMP TABLE ft_ns_addrs (node VARCHAR, ip VARCHAR)")
+    if local:
+        con.executemany("INSERT INTO ft_ns_addrs VALUES (?, ?)", local)
+    # on a host: an address of one of its other network namespaces, or a local end of its connections
+    con.execute("""
+CREATE OR REPLACE TEMP TABLE ft_local_addrs AS
+SELECT ip, min(node) AS host FROM (
+    SELECT DISTINCT node, CASE role WHEN 'client' THEN client_ip ELSE server_ip END AS ip FROM connections
+    UNION SELECT node, ip FROM ft_ns_addrs
+) WHERE ip IS NOT NULL GROUP BY ip HAVING count(*) = 1""")
+
+
+_PROCESSES = """
+-- connection ends whose own address Kubernetes never owned in the tape, with their process:
+-- only those can be named by it (ownership comes first), and a cluster's tape has none
+CREATE OR REPLACE TEMP TABLE ft_proc_ends AS
+SELECT e.node, e.conn_id, e.comm, e.cgroup_id, e.container_id FROM (
+    SELECT node, conn_id, comm, cgroup_id, container_id, CASE role WHEN 'client' THEN client_ip ELSE server_ip END AS ip
+    FROM connections WHERE comm IS NOT NULL
+) e WHERE NOT EXISTS (SELECT 1 FROM ft_ip_owner o WHERE o.ip = e.ip);
+
+CREATE OR REPLACE TEMP TABLE ft_dns_clients AS
+SELECT DISTINCT d.node, d.pid, d.comm FROM (SELECT DISTINCT node, pid, comm, client_ip FROM dns WHERE comm IS NOT NULL AND pid IS NOT NULL) d
+WHERE NOT EXISTS (SELECT 1 FROM ft_ip_owner o WHERE o.ip = d.client_ip);
+"""
+
+_PROCESS_KEYS = """
+-- DNS clients: their cgroup from a connection of the same process (dns rows carry no cgroup)
+CREATE OR REPLACE TEMP TABLE ft_dns_ends AS
+SELECT d.node, d.pid, d.comm, any_value(c.cgroup_id) AS cgroup_id, any_value(c.container_id) AS container_id
+FROM ft_dns_clients d
+LEFT JOIN (SELECT DISTINCT node, pid, comm, cgroup_id, container_id FROM connections WHERE pid IS NOT NULL) c
+  ON c.node = d.node AND c.pid = d.pid AND c.comm = d.comm
+{none}
+GROUP BY d.node, d.pid, d.comm;
+
+CREATE OR REPLACE TEMP TABLE ft_proc_keys AS
+WITH t AS (SELECT node, comm, cgroup_id, container_id FROM ft_proc_ends UNION SELECT node, comm, cgroup_id, container_id FROM ft_dns_ends)
+SELECT (row_number() OVER (ORDER BY t.node, t.comm, t.cgroup_id, t.container_id))::INTEGER AS pkey, t.node, t.comm, t.cgroup_id, t.container_id,
+       coalesce(g.container, left(t.container_id, 12)) AS container,
+       coalesce(g.runtime, CASE WHEN t.container_id IS NOT NULL THEN 'container' END) AS runtime, g.unit
+FROM t LEFT JOIN ft_cgroups g ON g.node = t.node AND g.cgroup_id = t.cgroup_id;
+
+CREATE OR REPLACE TEMP TABLE ft_dns_pkeys AS
+SELECT d.node, d.pid, d.comm, k.pkey FROM ft_dns_ends d
+JOIN ft_proc_keys k ON k.node = d.node AND k.comm = d.comm AND k.cgroup_id IS NOT DISTINCT FROM d.cgroup_id
+ AND k.container_id IS NOT DISTINCT FROM d.container_id;
+
+-- each connection row: the process of its client and of its server (its own end's, and the
+-- paired row's end when both ends were recorded)
+CREATE OR REPLACE TEMP TABLE ft_conn_pkeys AS
+WITH own AS (
+    SELECT e.node, e.conn_id, k.pkey FROM ft_proc_ends e
+    JOIN ft_proc_keys k ON k.node = e.node AND k.comm = e.comm AND k.cgroup_id IS NOT DISTINCT FROM e.cgroup_id
+     AND k.container_id IS NOT DISTINCT FROM e.container_id
+),
+r AS (
+    SELECT c.node, c.conn_id, o.pkey AS client_pkey, so.pkey AS server_pkey
+    FROM connections c LEFT JOIN own o ON o.node = c.node AND o.conn_id = c.conn_id
+    LEFT JOIN ft_conn_pairs p ON p.client_node = c.node AND p.client_conn_id = c.conn_id
+    LEFT JOIN own so ON so.node = p.server_node AND so.conn_id = p.server_conn_id
+    WHERE c.role = 'client' {and_none}
+    UNION ALL
+    SELECT s.node, s.conn_id, co.pkey, o.pkey
+    FROM connections s LEFT JOIN own o ON o.node = s.node AND o.conn_id = s.conn_id
+    LEFT JOIN ft_conn_pairs p ON p.server_node = s.node AND p.server_conn_id = s.conn_id
+    LEFT JOIN own co ON co.node = p.client_node AND co.conn_id = p.client_conn_id
+    WHERE s.role = 'server' {and_none}
+)
+SELECT node, conn_id, max(client_pkey) AS client_pkey, max(server_pkey) AS server_pkey FROM r
+WHERE client_pkey IS NOT NULL OR server_pkey IS NOT NULL GROUP BY node, conn_id;
+
+-- the same per connection 4-tuple, for flows: the client row (or a server row nobody paired)
+CREATE OR REPLACE TEMP TABLE ft_conn_pkeys4 AS
+SELECT 'tcp' AS l4, c.client_ip, c.client_port, c.server_ip, c.server_port, c.ts_start, coalesce(c.ts_end, {forever}) AS ts_end,
+       k.client_pkey, k.server_pkey
+FROM connections c JOIN ft_conn_pkeys k ON k.node = c.node AND k.conn_id = c.conn_id
+WHERE (c.role = 'client' OR NOT EXISTS (SELECT 1 FROM ft_paired_servers sp WHERE sp.server_node = c.node AND sp.server_conn_id = c.conn_id)) {and_none};
+"""
+
+
+def create_views(con: duckdb.DuckDBPyConnection, labels: tuple[str, ...] = DEFAULT_LABELS, hosts: HostFacts | None = None) -> None:
+    """Create the enrichment views on a tape's connection; `hosts` are the manifest's host
+    facts of each node (the names a tape recorded without Kubernetes has).
 
     The small state derived from Kubernetes versions, DNS answers and connection pairs is
     materialised once per connection (a tape does not change while it is open); the row-level
@@ -493,38 +716,89 @@ def create_views(con: duckdb.DuckDBPyConnection, labels: tuple[str, ...] = DEFAU
     ready = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'ft_ready'").fetchall()[0][0]
     if ready and con.execute("SELECT labels FROM ft_ready").fetchall()[0][0] == list(labels):
         return
+    _host_tables(con, hosts or {})
     con.execute(_base_views(labels))
     for name in _MATERIALISED:  # in dependency order: each reads the previous ones' tables
         con.execute(f"CREATE OR REPLACE TEMP TABLE {name}__m AS SELECT * FROM {name}")
         con.execute(f"DROP VIEW {name}")
         con.execute(f"CREATE TEMP VIEW {name} AS SELECT * FROM {name}__m")
     con.execute(_STATE.format(forever=FOREVER, minute=MINUTE_NS))
+    con.execute(_PROCESSES)
+    ends = con.execute("SELECT (SELECT count(*) FROM ft_proc_ends) + (SELECT count(*) FROM ft_dns_clients)").fetchall()[0][0]
+    # a cluster's tape has no process outside Kubernetes: its tables are made empty, with no scan
+    con.execute(_PROCESS_KEYS.format(forever=FOREVER, none="" if ends else "WHERE false", and_none="" if ends else "AND false"))
     con.execute(_cuts_sql())
     substitutions = has_substitutions(con)
-    con.execute(_enriched_views(substitutions))
+    con.execute(_enriched_views(substitutions, has_processes(con)))
     con.execute("CREATE OR REPLACE TEMP TABLE ft_ready AS SELECT ?::VARCHAR[] AS labels", [list(labels)])
+
+
+def _process_sql(p: str) -> str:
+    """A local process: `comm`, or `runtime:container/comm` in a container."""
+    runtimes = ", ".join(f"'{r}'" for r in CONTAINER_RUNTIMES)
+    return (f"CASE WHEN {p}_runtime IN ({runtimes}) THEN {p}_runtime || ':' || coalesce({p}_container, '?') || '/' || {p}_process "
+            f"ELSE {p}_process END")
+
+
+def _program_sql(p: str) -> str:
+    """What deployed a local process: its container (`runtime:container`), its systemd service,
+    else its comm."""
+    runtimes = ", ".join(f"'{r}'" for r in CONTAINER_RUNTIMES)
+    return (f"CASE WHEN {p}_runtime IN ({runtimes}) THEN {p}_runtime || ':' || coalesce({p}_container, '?') "
+            f"WHEN {p}_runtime = 'systemd' AND {p}_unit IS NOT NULL THEN {p}_unit ELSE {p}_process END")
+
+
+def machine_sql(prefix: str) -> str:
+    """The recorded host an endpoint outside Kubernetes is on (its own address, the node of
+    the process seen there, or where the address was a local endpoint), else NULL."""
+    p = prefix
+    return f"coalesce({p}_host, {p}_process_node, {p}_local_node)"
 
 
 def name_sql(prefix: str, by: str, ip: str | None = None) -> str:
     """SQL naming the endpoint with columns `{prefix}_*` at granularity `by` (one of GRANULARITIES).
 
     Pods name themselves per `by`; ClusterIPs are `svc:ns/name` (or their namespace); node IPs
-    `node:<name>`; external IPs `external:<dns name or ip>`; the rest `unknown:<ip>`.
+    `node:<name>`. Outside Kubernetes: a local process is its comm (`runtime:container/comm` in
+    a container; by workload or service its container or systemd unit; by namespace `host:<host>`;
+    by node or host its host); an address without one is named by DNS, then /etc/hosts, then the
+    host it belongs to (`host:<name>`); external IPs are `external:<name or ip>`, the rest
+    `unknown:<ip>`. By host: a pod's node, a recorded host's own address, else DNS, /etc/hosts,
+    the host a process was seen on.
     """
     p = prefix
     ip = ip or f"{p}_ip"
     pod = {
         "pod": f"{p}_namespace || '/' || {p}_pod",
+        "process": f"{p}_namespace || '/' || {p}_pod",
         "workload": f"{p}_namespace || '/' || {p}_workload",
         "service": f"{p}_namespace || '/' || {p}_workload",
         "namespace": f"{p}_namespace",
         "node": f"{p}_node",
+        "host": f"{p}_node",
         "zone": f"coalesce({p}_zone, 'zone?')",
     }[by]
-    node = {"node": f"{p}_node", "zone": f"coalesce({p}_zone, 'zone?')"}.get(by, f"'node:' || {p}_node")
-    svc = {"namespace": f"{p}_namespace", "node": "'service'", "zone": "'service'"}.get(by, f"'svc:' || {p}_namespace || '/' || {p}_service")
+    node = {"node": f"{p}_node", "host": f"{p}_node", "zone": f"coalesce({p}_zone, 'zone?')"}.get(by, f"'node:' || {p}_node")
+    svc = {"namespace": f"{p}_namespace", "node": "'service'", "host": "'service'", "zone": "'service'"}.get(by, f"'svc:' || {p}_namespace || '/' || {p}_service")
+    named = f"coalesce({p}_dns, {p}_hosts_name)"
+    machine = machine_sql(p)
+    addr = (f"CASE WHEN {p}_kind = 'external' THEN 'external:' || coalesce({named}, {ip}) "
+            f"ELSE coalesce({named}, 'host:' || {machine}, 'unknown:' || {ip}) END")
+    if by in ("pod", "process"):
+        other = f"CASE WHEN {p}_process IS NOT NULL THEN {_process_sql(p)} ELSE {addr} END"
+    elif by in ("workload", "service"):
+        other = f"CASE WHEN {p}_process IS NOT NULL THEN {_program_sql(p)} ELSE {addr} END"
+    elif by == "namespace":
+        other = f"CASE WHEN {p}_kind <> 'external' AND {machine} IS NOT NULL THEN 'host:' || {machine} ELSE {addr} END"
+    elif by in ("node", "host"):
+        # the machine: its own address names it first; a DNS or /etc/hosts name before the host a
+        # process was seen on (a container's or namespace's address, looked up by name)
+        other = (f"CASE WHEN {p}_kind = 'external' THEN {addr} "
+                 f"ELSE coalesce({p}_host, {named}, {p}_process_node, {p}_local_node, 'unknown:' || {ip}) END")
+    else:  # zone: a host outside Kubernetes has none the tape knows
+        other = f"CASE WHEN {p}_kind <> 'external' AND {machine} IS NOT NULL THEN 'zone?' ELSE {addr} END"
     return f"""CASE {p}_kind WHEN 'pod' THEN {pod} WHEN 'node' THEN {node} WHEN 'service' THEN {svc}
-        WHEN 'external' THEN 'external:' || coalesce({p}_dns, {ip}) ELSE 'unknown:' || {ip} END"""
+        ELSE {other} END"""
 
 
 def server_name_sql(by: str) -> str:

@@ -13,6 +13,7 @@ from ..reader import Tape
 from .enrich import GRANULARITIES
 from .render.formats import Format, render_frame
 from .reports.filters import Filters, parse_time
+from .reports.limits import HTTP, REGIONS, ZONES
 
 report_app = typer.Typer(help="Reports computed from a tape: topology, latency, traffic, dns.", no_args_is_help=True)
 
@@ -37,7 +38,7 @@ class GroupBy(str, Enum):
 By = Enum("By", {g: g for g in GRANULARITIES}, type=str)  # type: ignore[misc]
 
 TapeArg = Annotated[Path, typer.Argument(help="Path of a tape.", show_default=False)]
-ByOpt = Annotated[By, typer.Option("--by", help="Name endpoints by pod, workload, service, namespace, node or zone.")]
+ByOpt = Annotated[By, typer.Option("--by", help="Name endpoints by pod, workload, service, namespace, node or zone; without Kubernetes by process or host.")]
 SinceOpt = Annotated[Optional[str], typer.Option("--since", help="Only what started at or after this time (ISO 8601, UTC).")]
 UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Only what started before this time (ISO 8601, UTC).")]
 NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="Only edges with an endpoint in this namespace.")]
@@ -82,14 +83,13 @@ def topology_cmd(
             _emit(render(text, format.value), output, binary=format is GraphFormat.png)
     elif format is GraphFormat.mermaid:
         _emit(mermaid(df).encode(), output, binary=False)
-    elif output is not None:
+    else:
         import io
 
         buf = io.StringIO()
-        render_frame(df, Format(format.value), buf, title=f"topology by {by.value}")
+        fmt = Format(format.value)
+        _frame(df, fmt, buf, f"topology by {by.value}", _by_notes(a, by.value) if fmt is Format.table else [])
         _emit(buf.getvalue().encode(), output, binary=False)
-    else:
-        render_frame(df, Format(format.value), sys.stdout, title=f"topology by {by.value}")
 
 
 @report_app.command("latency")
@@ -112,10 +112,40 @@ def latency_cmd(
     f = filters(since, until, namespace)
     sections = {"http": http_latency(a, by=by.value, per_route=routes, filters=f), "dns": dns_latency(a, filters=f), "tcp": tcp_latency(a, by=by.value, filters=f)}
     titles = {"http": "HTTP latency (time to first response byte)", "dns": "DNS lookup latency", "tcp": "TCP connect time and srtt"}
-    _sections(sections, titles, format)
+    _sections(sections, titles, format, {"http": _limit(a, HTTP)}, _by_notes(a, by.value))
 
 
-def _sections(sections: dict, titles: dict, format: Format) -> None:
+def _limit(a, key: str) -> str | None:
+    from .reports.limits import limits
+
+    return limits(a).get(key)
+
+
+def _by_notes(a, by: str) -> list[str]:
+    """What naming endpoints `by` cannot tell in this tape (a line each, under the table)."""
+    from .reports.limits import KUBERNETES, ZONES, limits
+
+    lim = limits(a)
+    notes = []
+    if by in ("pod", "workload", "service", "namespace") and KUBERNETES in lim:
+        notes.append(lim[KUBERNETES])
+    if by == "zone" and ZONES in lim:
+        notes.append(lim[ZONES])
+    return notes
+
+
+def _frame(df, format: Format, out, title: str, notes: list[str], unknown: str | None = None) -> None:
+    """One section: a table, or for people one line when it is empty or the tape cannot tell
+    (`unknown`), then its notes."""
+    if format is Format.table and (unknown or df.is_empty()):
+        out.write(f"{title}: {'not known, ' + unknown if unknown else 'none'}\n")
+    else:
+        render_frame(df, format, out, title=title)
+    for n in notes:
+        out.write(f"note: {n}\n")
+
+
+def _sections(sections: dict, titles: dict, format: Format, unknown: dict | None = None, notes: list[str] | None = None) -> None:
     import json
 
     from .render.formats import records
@@ -127,7 +157,9 @@ def _sections(sections: dict, titles: dict, format: Format) -> None:
     for k, df in sections.items():
         if format is Format.csv:
             sys.stdout.write(f"# {k}\n")
-        render_frame(df, format, sys.stdout, title=titles[k])
+        _frame(df, format, sys.stdout, titles[k], [], (unknown or {}).get(k))
+    for n in notes or [] if format is Format.table else []:
+        sys.stdout.write(f"note: {n}\n")
 
 
 def _emit(data: bytes, output: Path | None, binary: bool) -> None:
@@ -186,7 +218,7 @@ def traffic_cmd(
         "egress": egress(a, by=by.value, prices=p, filters=f),
     }
     titles = {"talkers": f"Top talkers by {by.value} (flow bytes)", "zone_pairs": "Bytes per zone pair (cost in USD)", "region_pairs": "Bytes per region pair (cost in USD)", "egress": "Internet egress by destination"}
-    _sections(sections, titles, format)
+    _sections(sections, titles, format, {"zone_pairs": _limit(a, ZONES), "region_pairs": _limit(a, REGIONS)}, _by_notes(a, by.value))
 
 
 @report_app.command("dns")
@@ -213,7 +245,7 @@ def dns_cmd(
     noise = len(failures) - len(shown)
     title = "DNS failures" + ("" if search_path else f" ({noise} names of search-path noise hidden; --search-path shows them)")
     sections = {"failures": shown, "slow": slow_lookups(a, slow_ms, f)}
-    _sections(sections, {"failures": title, "slow": f"DNS lookups slower than {slow_ms:g} ms"}, format)
+    _sections(sections, {"failures": title, "slow": f"DNS lookups slower than {slow_ms:g} ms"}, format, notes=_by_notes(a, by.value))
 
 
 @report_app.command("html")

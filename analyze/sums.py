@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import duckdb
 
-from .enrich import (NAME_FIELDS, enriched_dns_sql, has_substitutions, ip_keyed_sums_sql, ip_sums_sql, key_names_sql,
-                     segment_start_sql, segment_sums_sql, with_names_sql)
+from .enrich import (EXCHANGE_PKEYS, FLOW_PKEYS, NAME_FIELDS, PROCESS_FIELDS, enriched_dns_sql, has_processes, has_substitutions,
+                     ip_keyed_sums_sql, ip_sums_sql, key_names_sql, segment_start_sql, segment_sums_sql, with_names_sql)
 from .sketch import bucket_sql
 
 ROUTE = (
@@ -68,7 +68,7 @@ def build_http_sums(con: duckdb.DuckDBPyConnection, name: str, time_filter: str)
     max_latency_ns. One name can span rows (an IP's name changing and changing back): readers
     sum. Rows without a latency have lb NULL. `time_filter` is a condition on `ts` (the request's)."""
     con.execute(_ROUTES.format(route=ROUTE.format(path="path")))
-    substitutions = has_substitutions(con)
+    substitutions, processes = has_substitutions(con), has_processes(con)
     base = (f"(SELECT x.*, r.rid, {bucket_sql('x.latency_ns')} AS lb FROM ft_http_x x LEFT JOIN ft_routes r ON r.path = x.path "
             f"WHERE {time_filter})")
     # Not merged per name as flows are: an IP's keys here are its own cuts, so two keys of one IP
@@ -77,10 +77,12 @@ def build_http_sums(con: duckdb.DuckDBPyConnection, name: str, time_filter: str)
     # Stored: the summed rows keyed by IP and cut, and the names of those keys (a few hundred).
     # The view joins them, with the route's text and, when nobody addressed a ClusterIP, the
     # seen_* copy of the server: storing 86k rows with 30 name columns cost more than joining.
-    con.execute(f"CREATE TEMP TABLE {name}_rows AS {ip_keyed_sums_sql(base, 'ts', ends, 'method, rid, lb', HTTP_AGGREGATES)}")
+    # the processes at both ends, as keys (ft_proc_keys), when some were seen outside Kubernetes
+    group = "method, rid, lb" + (", client_pkey, server_pkey" if processes else "")
+    con.execute(f"CREATE TEMP TABLE {name}_rows AS {ip_keyed_sums_sql(base, 'ts', ends, group, HTTP_AGGREGATES)}")
     con.execute(f"CREATE TEMP TABLE {name}_names AS {key_names_sql(f'{name}_rows', ends)}")
-    seen = "" if substitutions else ", server_ip AS seen_server_ip, " + ", ".join(f"server_{f} AS seen_{f}" for f in NAME_FIELDS)
-    named = with_names_sql(f"{name}_rows", f"{name}_names", ends)
+    seen = "" if substitutions else ", server_ip AS seen_server_ip, " + ", ".join(f"server_{f} AS seen_{f}" for f in NAME_FIELDS + PROCESS_FIELDS)
+    named = with_names_sql(f"{name}_rows", f"{name}_names", ends, pkeys=EXCHANGE_PKEYS if processes else None)
     con.execute(f"CREATE TEMP VIEW {name} AS SELECT s.* EXCLUDE (rid), ri.route{seen} FROM ({named}) s LEFT JOIN ft_route_ids ri ON ri.rid = s.rid")
 
 
@@ -109,12 +111,14 @@ def build_flow_seen(con: duckdb.DuckDBPyConnection, name: str, sums_table: str, 
 
 def _flow_table(con: duckdb.DuckDBPyConnection, name: str, base: str, aggregates: str, merge: dict[str, str], window: Window) -> None:
     ends = [("src", "src_real"), ("dst", "dst_real")]
+    processes = has_processes(con)
+    group, pkeys = ("node, src_pkey, dst_pkey", FLOW_PKEYS) if processes else ("node", None)
     start, end = window
     if start is not None and end is not None and end >= start:
         # a segment per row instead of a lookup per row and IP: on 50M flows, 1 s less
-        body = segment_sums_sql(base, "ts_start", ends, "node", aggregates, segment_start_sql(con, start, end))
+        body = segment_sums_sql(base, "ts_start", ends, group, aggregates, segment_start_sql(con, start, end), pkeys)
     else:
-        body = ip_sums_sql(base, "ts_start", ends, "node", aggregates)
+        body = ip_sums_sql(base, "ts_start", ends, group, aggregates, pkeys)
     con.execute(f"""CREATE TEMP TABLE {name} AS {_merged(body, merge)}
         HAVING node = src_node OR src_node IS NULL OR src_node NOT IN (SELECT node FROM ft_flow_nodes)""")
 
@@ -125,5 +129,5 @@ MATERIALISABLE = ("ft_dns_x", "enriched_dns", "enriched_connections")
 def build_materialised(con: duckdb.DuckDBPyConnection, name: str, view: str, source: str) -> None:
     """Create `name`: a temporary table holding the rows of `view` (one of MATERIALISABLE), read
     from `source` (for enriched_dns: the materialised ft_dns_x, named once instead of per report)."""
-    rows = enriched_dns_sql(source) if view == "enriched_dns" else f"SELECT * FROM {view}"
+    rows = enriched_dns_sql(source, has_processes(con)) if view == "enriched_dns" else f"SELECT * FROM {view}"
     con.execute(f"CREATE TEMP TABLE {name} AS {rows}")

@@ -74,20 +74,20 @@ def fmt_ns(ns: int | None) -> str | None:
     return dt.datetime.fromtimestamp(ns / 1e9, tz=dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 # --- tape commands ------------------------------------------------------------------------
 
 
 @app.command()
-def info(tape: TapeArg, format: FormatOpt = Format.table) -> None:
+def info(
+    tape: TapeArg,
+    format: FormatOpt = Format.table,
+    all_counters: Annotated[bool, typer.Option("--all", help="List every lost-event counter, zeros too (JSON always has them all).")] = False,
+) -> None:
     """Show a tape's window, nodes, tables with row counts, lost events and size on disk.
+
+    Lost events: `none` when every counter is zero, else the counters above zero.
 
     Example: flowtape info fixtures/tiny.tape
     """
@@ -125,16 +125,20 @@ def info(tape: TapeArg, format: FormatOpt = Format.table) -> None:
     w(f"tape       {data['tape']}  ({data['format']}, written by {data['written_by']}{'' if m['complete'] else ', INCOMPLETE'})\n")
     w(f"window     {data['window']['start']} .. {data['window']['end']}  ({data['window']['seconds']} s)\n")
     w(f"nodes      {', '.join(t.nodes) or '-'}\n")
+    from .analyze.render.formats import human_bytes  # decimal units, as every table for people
+
     w(f"size       {human_bytes(size)} on disk\n")
     w("tables\n")
     for name, v in tables.items():
         w(f"  {name:<15} {v['rows']:>12,} rows  {v['parts']:>4} parts  {human_bytes(v['bytes']):>10}\n")
     if not tables:
         w("  (no rows)\n")
-    lost = data["lost"]
+    # a recorder keeps a dozen counters at zero on a quiet host: only what was lost is news
+    lost = {node: {k: v for k, v in sorted(counters.items()) if v or all_counters} for node, counters in data["lost"].items()}
+    lost = {node: counters for node, counters in lost.items() if counters}
     w("lost       none\n" if not lost else "lost\n")
     for node, counters in lost.items():
-        for k, v in sorted(counters.items()):
+        for k, v in counters.items():
             w(f"  {node:<15} {k:<30} {v:>10,}\n")
     if m["gaps"]:
         w(f"gaps       {len(m['gaps'])} interval(s) where a source was blind (see --format json)\n")
@@ -194,7 +198,8 @@ def sql(
         from .errors import QueryError
 
         raise QueryError.failed(e) from None
-    render_frame(df, format, out(), max_rows=max_rows if format is Format.table else None)
+    # a query's columns are the user's own: shown as they are, not read as units
+    render_frame(df, format, out(), max_rows=max_rows if format is Format.table else None, human=False)
     t.close()
 
 

@@ -393,7 +393,12 @@ MANIFEST: tuple[ManifestField, ...] = (
     ManifestField("updated_ns", "int", "Wall-clock time the manifest was last rewritten."),
     ManifestField("complete", "bool", "True once the writer closed cleanly; false while recording or after a crash."),
     ManifestField("window", "object", "`start_ns` and `end_ns`: the capture window (null end while recording)."),
-    ManifestField("nodes", "object", "Per node: `clock` (`realtime_ns`, `monotonic_ns`, `offset_ns` = realtime - monotonic sampled at start), `window`, `host` details."),
+    ManifestField("nodes", "object", "Per node: `clock` (`realtime_ns`, `monotonic_ns`, `offset_ns` = realtime - monotonic sampled at start), `window`, "
+                  "`host`: `hostname`, `kernel` and, from the live recorder (absent in older tapes), `addresses` (the host's own addresses in its root "
+                  "network namespace: `ip`, `iface`), `namespace_addresses` (the addresses of its other network namespaces, containers' and `ip netns`', "
+                  "loopback left out: `ip`, `iface`, `netns` inode), `etc_hosts` (/etc/hosts at record time: `ip`, `names`) and `cgroups` (per cgroup v2 id seen in "
+                  "`connections`: `path`, `runtime` docker/podman/containerd/cri-o/lxc/machine/systemd, `container` name or 12-character id, `unit`): "
+                  "the names of endpoints outside Kubernetes."),
     ManifestField("probes", "object", "Per probe name: its settings (interval, interfaces, ...).", False),
     ManifestField("settings", "object", "Writer and recorder settings (compression, rotation, redaction...).", False),
     ManifestField("redaction", "object", "What was redacted: `query_strings`, `header_allow_list`, `bodies`.", False),

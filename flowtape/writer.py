@@ -216,6 +216,13 @@ class TapeWriter:
         self._ensure_node(check_node_name(node), clock)
 
     @_locked
+    def set_host(self, values: dict[str, Any], node: str | None = None) -> None:
+        """Merge `values` into the node's `host` facts (addresses, etc_hosts, cgroups: see schema.MANIFEST)."""
+        node = node or self.node
+        self._ensure_node(node)
+        self.manifest["nodes"][node].setdefault("host", {}).update(values)
+
+    @_locked
     def set_window(self, start_ns: int | None = None, end_ns: int | None = None) -> None:
         """Set the capture window explicitly (a recorder does; otherwise it is the data's span)."""
         if start_ns is not None:

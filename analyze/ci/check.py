@@ -64,7 +64,7 @@ SELECT destination, sum(bytes)::DOUBLE AS bytes, string_agg(DISTINCT client, ', 
     SELECT CASE WHEN e.dst_dns IS NOT NULL THEN e.dst_dns WHEN md.name IS NOT NULL THEN md.name ELSE e.dst_real END AS destination,
            {src} AS client, e.src_namespace AS client_namespace, e.bytes
     FROM enriched_flows e LEFT JOIN {ipnames} md ON md.ip = e.dst_real
-    WHERE e.dst_kind = 'external' AND e.src_kind IN ('pod', 'node')
+    WHERE e.dst_kind = 'external' AND e.src_kind IN ('pod', 'node', 'host')
 ) WHERE {where}
 GROUP BY destination ORDER BY bytes DESC, destination
 """

@@ -95,7 +95,7 @@ FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format
 def diff_cmd(
     base: Annotated[Path, typer.Argument(help="The baseline tape.", show_default=False)],
     new: Annotated[Path, typer.Argument(help="The tape to judge.", show_default=False)],
-    by: Annotated[Optional[By], typer.Option("--by", help="Name endpoints by pod, workload, service, namespace, node or zone [default: workload].", show_default=False)] = None,  # type: ignore[valid-type]
+    by: Annotated[Optional[By], typer.Option("--by", help="Name endpoints by pod, workload, service, namespace, node or zone; without Kubernetes by process or host [default: workload].", show_default=False)] = None,  # type: ignore[valid-type]
     config: ConfigOpt = None,
     threshold: ThresholdOpt = None,
     show_all: Annotated[bool, typer.Option("--all", help="Also show every compared edge, zone pair, destination and DNS failure.")] = False,

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from ...errors import FlowtapeError, UsageError
-from ..enrich import keyed_sql, name_sql, server_name_sql
+from ..enrich import GRANULARITIES, keyed_sql, name_sql, server_name_sql
 from ..reports.filters import check_by
 
 if TYPE_CHECKING:
@@ -130,8 +130,8 @@ def load_config(path: Path | None, overrides: list[str] = ()) -> tuple[Threshold
             raise FlowtapeError(f"{path}: [diff] takes only 'by'")
         if "by" in diff:
             by = diff["by"]
-            if by not in ("pod", "workload", "service", "namespace", "node", "zone"):
-                raise FlowtapeError(f"{path}: [diff] by: {by!r} is not one of pod, workload, service, namespace, node, zone")
+            if by not in GRANULARITIES:
+                raise FlowtapeError(f"{path}: [diff] by: {by!r} is not one of {', '.join(GRANULARITIES)}")
         th = data.get("thresholds", {})
         if not isinstance(th, dict):
             raise FlowtapeError(f"{path}: 'thresholds' must be a table")
@@ -219,7 +219,7 @@ ORDER BY k.client, k.server
 EGRESS_SQL = """
 SELECT {dst} AS destination, {src} AS source, sum(bytes)::DOUBLE AS bytes
 FROM enriched_flows e LEFT JOIN {ipnames} md ON md.ip = e.dst_real
-WHERE e.dst_kind = 'external' AND e.src_kind IN ('pod', 'node')
+WHERE e.dst_kind = 'external' AND e.src_kind IN ('pod', 'node', 'host')
 GROUP BY ALL
 """
 

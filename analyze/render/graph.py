@@ -19,6 +19,7 @@ import subprocess
 import polars as pl
 
 from ...errors import Unsupported
+from .formats import human_duration
 
 ERROR_COLOURS = ((0.05, "red"), (0.01, "orange"), (0.005, "goldenrod"))
 """(lower bound of the error rate, colour), highest first; an edge below the last is gray40."""
@@ -40,7 +41,7 @@ def _label(row: dict) -> str:
             rate = row["error_rate"]
             parts.append(f"{rate:.0%} err" if rate >= 0.01 else f"{rate:.1%} err")
         if row.get("p99_ms") is not None:
-            parts.append(f"p99 {row['p99_ms']:.0f} ms")
+            parts.append(f"p99 {human_duration(row['p99_ms'] / 1e3)}")
     if row.get("connections"):
         parts.append(f"{row['connections']} conn")
     return ", ".join(parts)
@@ -111,7 +112,8 @@ def dot(edges: pl.DataFrame, groups: dict[str, str] | None = None, group_title: 
             clusters.setdefault(g, []).append(name)
     for k, (g, names) in enumerate(sorted(clusters.items())):
         lines.append(f"  subgraph cluster_{k} {{")
-        title = f"{group_title} {g}".strip()
+        # a host outside Kubernetes stands where a namespace would: say which it is
+        title = "host " + g[len("host:"):] if g.startswith("host:") else f"{group_title} {g}".strip()
         lines.append(f'    label="{_escape(title)}"; style="rounded,filled"; fillcolor="#fbfbf4"; color="#b9b38a"; fontcolor="#6b6440";')
         for name in names:
             lines.append(f'    {ids[name]} [label="{_escape(_short(name, g))}", tooltip="{_escape(name)}"];')

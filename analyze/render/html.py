@@ -20,9 +20,11 @@ import polars as pl
 from ... import __version__
 from ...reader import Tape
 from . import graph
+from .formats import human_bytes, human_duration, human_usd
 from ..reports.prices import Prices
 from ..reports.dns import dns_failures
 from ..reports.filters import Filters
+from ..reports.limits import HTTP, KUBERNETES, ZONES, limits
 from ..reports.placement import endpoint_groups
 from ..reports.timeseries import default_bucket_s, latency_over_time
 from ..reports.topology import topology
@@ -82,6 +84,7 @@ class Page:
     dns: pl.DataFrame
     egress: pl.DataFrame
     nodes: pl.DataFrame
+    limits: dict[str, str]
 
 
 def compute(tape: Tape, by: str = "workload", group_by: str = "namespace", top_edges: int = 6, prices: Prices | None = None,
@@ -90,6 +93,9 @@ def compute(tape: Tape, by: str = "workload", group_by: str = "namespace", top_e
     f = filters or Filters()
     a = tape.analysis
     bucket = default_bucket_s(a)
+    lim = limits(a)
+    if group_by == "zone" and ZONES in lim:
+        group_by = "none"  # one cluster of unknown zones says nothing: the map is drawn ungrouped
     groups = dict(endpoint_groups(a, by, group_by, f).iter_rows()) if group_by != "none" else {}
     nodes = tape.lazy("k8s_nodes").group_by("name").agg(pl.col("zone").drop_nulls().last(), pl.col("region").drop_nulls().last()).sort("name").collect()
     return Page(
@@ -97,7 +103,7 @@ def compute(tape: Tape, by: str = "workload", group_by: str = "namespace", top_e
         edges=topology(a, by, f), groups=groups,
         series=latency_over_time(a, by, bucket, top_edges, None, f), bucket_s=bucket,
         zones=zone_pairs(a, "zone", prices, f), regions=zone_pairs(a, "region", prices, f),
-        dns=dns_failures(a, by, f), egress=egress(a, by, prices, f), nodes=nodes,
+        dns=dns_failures(a, by, f), egress=egress(a, by, prices, f), nodes=nodes, limits=lim,
     )
 
 
@@ -153,6 +159,8 @@ def _cards(p: Page) -> str:
         ("cross-zone $/month", _usd(cross_month), cross_month > 0),
         ("lost events", f"{lost:,}", lost > 0),
     ]
+    if ZONES in p.limits:  # a tape without zones cannot say what crossing them costs
+        cards = [c for c in cards if c[0] != "cross-zone $/month"]
     items = "".join(f'<div class="card{" bad" if bad else ""}" data-card="{_e(k)}"><div class="v">{v}</div><div class="k">{_e(k)}</div></div>' for k, v, bad in cards)
     return f'<div class="cards">{items}</div>'
 
@@ -171,8 +179,9 @@ def _topology_section(p: Page) -> str:
     table = _table(["client", "server", "requests", "5xx", "5xx rate", "p50", "p99", "connections", "bytes"], rows, numeric={2, 3, 4, 5, 6, 7, 8}, row_attr="edge")
     more = f'<p class="note">{len(p.edges) - 25} more edges: <code>flowtape report topology</code> lists them all.</p>' if len(p.edges) > 25 else ""
     return (f'<section id="topology"><h2>Service map</h2>'
-            f'<p class="note">Who called whom{", grouped by " + _e(p.group_by) if p.groups else ""}. Edge width grows with the bytes carried; colour is the 5xx rate '
+            f'<p class="note">Who called whom{", grouped by " + _e("host" if KUBERNETES in p.limits and p.group_by == "namespace" else p.group_by) if p.groups else ""}. Edge width grows with the bytes carried; colour is the 5xx rate '
             f'(a refused or failed connection counts as an error). Labels: requests, error rate, p99 time to first response byte, connections.</p>'
+            f'{_limit_note(p, KUBERNETES)}'
             f'<figure id="fig-topology">{svg}<figcaption class="legend">{legend}</figcaption></figure>'
             f"<h3>Edges</h3>{table}{more}</section>")
 
@@ -180,7 +189,7 @@ def _topology_section(p: Page) -> str:
 def _latency_section(p: Page) -> str:
     s = p.series
     if s.is_empty():
-        body = '<p class="empty">No HTTP exchanges with a response in this tape.</p>'
+        body = f'<p class="empty">{_e(_sentence(p.limits[HTTP])) if HTTP in p.limits else "No HTTP exchanges with a response in this tape."}</p>'
     else:
         body = f'<figure id="fig-latency">{_latency_svg(s, p.bucket_s)}<figcaption>p50, p95 and p99 time to first response byte per {_bucket_text(p.bucket_s)} bucket; '\
                f"red marks are buckets with 5xx responses (count on the right axis).</figcaption></figure>"
@@ -190,6 +199,9 @@ def _latency_section(p: Page) -> str:
 
 def _zones_section(p: Page) -> str:
     z = p.zones
+    if ZONES in p.limits:
+        return (f'<section id="zones"><h2>Zone pairs and cost</h2><p class="empty" data-limit="zones">Zones are not known: {_e(p.limits[ZONES])}. '
+                f'Internet egress and its cost are under External destinations.</p></section>')
     if z.is_empty():
         return '<section id="zones"><h2>Zone pairs and cost</h2><p class="empty">No flows in this tape.</p></section>'
     fig = f'<figure id="fig-zones">{_zone_matrix_svg(z)}<figcaption>Flow bytes from zone (rows) to zone (columns); cells show bytes and, for paid pairs, the cost per 30 days at this rate.</figcaption></figure>'
@@ -231,7 +243,8 @@ def _egress_section(p: Page) -> str:
     for r in p.egress.iter_rows(named=True):
         rows.append(("" if r["named"] else "warn", {"destination": r["destination"]}, [
             _e(r["destination"]), _bytes(r["bytes_out"]), _n(r["sources"]), _e(", ".join(r["top_sources"] or [])), _ts_dt(r["first_seen"]), _ts_dt(r["last_seen"]), _usd(r["cost_usd"])]))
-    table = _table(["destination", "bytes out", "source pods", "sources", "first", "last", "cost"], rows, numeric={1, 2, 6}, row_attr="egress") if rows else '<p class="empty">No traffic left the cluster.</p>'
+    nothing = "No traffic to the internet." if KUBERNETES in p.limits else "No traffic left the cluster."
+    table = _table(["destination", "bytes out", "source pods", "sources", "first", "last", "cost"], rows, numeric={1, 2, 6}, row_attr="egress") if rows else f'<p class="empty">{nothing}</p>'
     return (f'<section id="egress"><h2>External destinations</h2><p class="note">Where traffic left the cluster, named by the DNS name the cluster asked for '
             f"(an address nobody looked up is shown as is). A destination seen only in part of the window is worth a look.</p>{table}</section>")
 
@@ -241,14 +254,17 @@ def _meta_section(p: Page) -> str:
     m = t.manifest
     start, end = t.window
     zone_of = {r["name"]: r for r in p.nodes.iter_rows(named=True)}
+    zoned = ZONES not in p.limits  # no zone or region columns of question marks
     node_rows = []
     for n in t.nodes:
         lost = m.get("lost", {}).get(n, {}) or {}
         lost_n = sum(int(v) for v in lost.values() if isinstance(v, (int, float)))
         z = zone_of.get(n, {})
-        node_rows.append(("bad" if lost_n else "", {"node": n}, [_e(n), _e(z.get("zone") or "?"), _e(z.get("region") or "?"), _n(lost_n),
+        place = [_e(z.get("zone") or "?"), _e(z.get("region") or "?")] if zoned else []
+        node_rows.append(("bad" if lost_n else "", {"node": n}, [_e(n), *place, _n(lost_n),
                                                                  _e(", ".join(f"{k} {v}" for k, v in lost.items() if v)) or "none"]))
-    nodes = _table(["node", "zone", "region", "lost events", "lost by kind"], node_rows, numeric={3}, row_attr="node")
+    head = ["node", "zone", "region", "lost events", "lost by kind"] if zoned else ["node", "lost events", "lost by kind"]
+    nodes = _table(head, node_rows, numeric={3} if zoned else {1}, row_attr="node")
     table_rows = [("", {"table": name}, [_e(name), _n(t.rows(name))]) for name in t.tables if t.rows(name)]
     tables = _table(["table", "rows"], table_rows, numeric={1}, row_attr="table")
     gaps = m.get("gaps") or []
@@ -256,8 +272,8 @@ def _meta_section(p: Page) -> str:
     dl = "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in [
         ("tape", _e(str(t.path))), ("format", _e(m.get("format", "?"))), ("recorded by", _e(f"{m.get('tool', {}).get('name', '?')} {m.get('tool', {}).get('version', '')}")),
         ("window start", _ts(start)), ("window end", _ts(end)), ("duration", _duration(start, end)), ("complete", "yes" if m.get("complete") else "no (recorder stopped early)"),
-        ("probes", _e(", ".join(sorted(m.get("probes", {}))) or "none")), ("Kubernetes watch gaps", _n(len(gaps))),
-    ])
+        ("probes", _e(", ".join(sorted(m.get("probes", {}))) or "none")),
+    ] + ([("Kubernetes watch gaps", _n(len(gaps)))] if KUBERNETES not in p.limits or gaps else []))
     return (f'<section id="metadata"><h2>Tape</h2><div class="grid2"><div><dl class="meta">{dl}</dl>'
             f'{"<h3>Problems</h3><ul>" + problems + "</ul>" if problems else ""}{tables}</div><div>{nodes}</div></div></section>')
 
@@ -295,11 +311,12 @@ def _latency_svg(s: pl.DataFrame, bucket_s: int) -> str:
     for k, (c, sv) in enumerate(pairs):
         ax = axes[k // cols][k % cols]
         d = s.filter((pl.col("client") == c) & (pl.col("server") == sv)).sort("ts")
-        x = [v.replace(tzinfo=None) for v in d["ts"].to_list()]
-        ax.fill_between(x, d["p50_ms"].to_list(), d["p99_ms"].to_list(), color="#2f5fb3", alpha=0.12, linewidth=0, step="post")
-        ax.step(x, d["p99_ms"].to_list(), where="post", color="#2f5fb3", linewidth=1.0, label="p99")
-        ax.step(x, d["p95_ms"].to_list(), where="post", color="#2f5fb3", linewidth=0.8, linestyle="--", label="p95")
-        ax.step(x, d["p50_ms"].to_list(), where="post", color="#1d2330", linewidth=1.4, label="p50")
+        x, ys = _bucket_segments([v.replace(tzinfo=None) for v in d["ts"].to_list()], bucket_s,
+                                 [d["p50_ms"].to_list(), d["p95_ms"].to_list(), d["p99_ms"].to_list()])
+        ax.fill_between(x, ys[0], ys[2], color="#2f5fb3", alpha=0.12, linewidth=0)
+        ax.plot(x, ys[2], color="#2f5fb3", linewidth=1.0, label="p99")
+        ax.plot(x, ys[1], color="#2f5fb3", linewidth=0.8, linestyle="--", label="p95")
+        ax.plot(x, ys[0], color="#1d2330", linewidth=1.4, label="p50")
         ax.set_title(f"{c} → {sv}", loc="left", fontsize=10)
         ax.set_ylabel("ms")
         ax.set_ylim(bottom=0)
@@ -322,6 +339,24 @@ def _latency_svg(s: pl.DataFrame, bucket_s: int) -> str:
         ax.set_xlabel("UTC")
     fig.tight_layout()
     return _svg_of(fig)
+
+
+def _bucket_segments(x: list[dt.datetime], bucket_s: int, ys: list[list[float]]) -> tuple[list, list[list[float]]]:
+    """Each bucket as a level line over its whole width, broken (NaN) where buckets have no
+    requests: a step plot draws nothing for a last or lone bucket and bridges the gaps."""
+    width = dt.timedelta(seconds=bucket_s)
+    xs: list = []
+    out: list[list[float]] = [[] for _ in ys]
+    for i, t in enumerate(x):
+        if i and t > x[i - 1] + width:
+            xs.append(x[i - 1] + width)
+            for o in out:
+                o.append(math.nan)
+        xs += [t, t + width]
+        for o, y in zip(out, ys):
+            v = math.nan if y[i] is None else y[i]
+            o += [v, v]
+    return xs, out
 
 
 def _zone_matrix_svg(z: pl.DataFrame) -> str:
@@ -376,7 +411,7 @@ def _n(v: Any) -> str:
 
 
 def _ms(v: float | None) -> str:
-    return "" if v is None else f"{v:.1f} ms"
+    return "" if v is None else human_duration(v / 1e3)
 
 
 def _pct(v: float | None) -> str:
@@ -386,21 +421,11 @@ def _pct(v: float | None) -> str:
 
 
 def _usd(v: float | None) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if v == 0:
-        return "$0"
-    return f"${v:,.2f}" if abs(v) >= 0.01 else f"${v:.2g}"
+    return "" if v is None else human_usd(float(v))
 
 
 def _bytes(v: int | None) -> str:
-    if v is None:
-        return ""
-    v = int(v)
-    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if v >= size:
-            return f"{v / size:.1f} {unit}"
-    return f"{v} B"
+    return "" if v is None else human_bytes(v)
 
 
 def _ts(ns: int | None) -> str:
@@ -435,6 +460,15 @@ def _filter_text(f: Filters) -> str:
     if f.namespace:
         parts.append(f"namespace {f.namespace}")
     return (" · " + ", ".join(parts)) if parts else ""
+
+
+def _limit_note(p: Page, key: str) -> str:
+    """One line saying what the tape cannot tell, or nothing."""
+    return f'<p class="note" data-limit="{key}">{_e(_sentence(p.limits[key]))}</p>' if key in p.limits else ""
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
 def _lost_total(t: Tape) -> int:

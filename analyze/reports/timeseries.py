@@ -1,6 +1,6 @@
 """Latency over time: HTTP percentiles per edge and time bucket, for the busiest edges.
 
-Buckets are 10 s for tapes up to 30 minutes long and 1 minute otherwise (or `bucket_s`),
+Buckets are 1 s for tapes under a minute, 10 s up to 30 minutes and 1 minute otherwise (or `bucket_s`),
 aligned to the clock (a 10 s bucket starts at :00, :10, ...); a bucket's `ts` is its start.
 Edges are named as topology names them (granularity `by`); `top` keeps the edges with the most
 requests over the whole filtered window, `edges` picks (client, server) pairs instead.
@@ -15,7 +15,7 @@ import polars as pl
 
 from ...errors import UsageError
 from ..analysis import Analysis
-from ..enrich import has_substitutions, name_sql, named_exchanges_sql, server_name_sql
+from ..enrich import has_processes, has_substitutions, name_sql, named_exchanges_sql, server_name_sql
 from .filters import Filters, check_by
 
 SQL = """
@@ -49,10 +49,13 @@ CHOSEN_ROWS = ("SELECT x.* FROM ft_http_x x SEMI JOIN triples t ON x.client_ip =
 
 
 def default_bucket_s(a: Analysis) -> int:
-    """10 s for a tape up to 30 minutes long, else 60 s."""
+    """1 s for a tape under a minute (a 10 s bucket would leave a short capture one or two
+    points), 10 s up to 30 minutes, else 60 s."""
     start, end = a.window
     if start is None or end is None:
         return 60
+    if end - start < 60 * 10**9:
+        return 1
     return 10 if end - start <= 30 * 60 * 10**9 else 60
 
 
@@ -71,7 +74,7 @@ def latency_over_time(a: Analysis, by: str = "workload", bucket_s: int | None = 
         if top <= 0:
             raise UsageError(f"top must be positive, not {top}")
         chosen = TOP.format(top=int(top))
-    rows = named_exchanges_sql(f"({CHOSEN_ROWS})", has_substitutions(a.con))
+    rows = named_exchanges_sql(f"({CHOSEN_ROWS})", has_substitutions(a.con), has_processes(a.con))
     sql = SQL.format(bucket_s=bucket, client=name_sql("client", by), server=server_name_sql(by), where=f.where("ts", "client_namespace", "server_namespace"),
                      chosen=chosen, http=a.http_sums(f.time_sql("ts")), ns=f.namespace_sql("client_namespace", "server_namespace"), rows=rows)
     return a.sql(sql).pl()

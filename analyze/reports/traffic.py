@@ -43,8 +43,8 @@ FROM (
                         WHEN 'internet_egress' THEN {p.internet_egress} ELSE {p.same_zone} END AS price
     FROM (
         SELECT src_zone, dst_zone, src_region, dst_region, bytes, packets,
-               CASE WHEN src_kind IN ('pod', 'node') AND dst_kind = 'external' THEN 'internet_egress'
-                    WHEN src_kind = 'external' AND dst_kind IN ('pod', 'node') THEN 'internet_ingress'
+               CASE WHEN src_kind IN ('pod', 'node', 'host') AND dst_kind = 'external' THEN 'internet_egress'
+                    WHEN src_kind = 'external' AND dst_kind IN ('pod', 'node', 'host') THEN 'internet_ingress'
                     WHEN src_region IS NOT NULL AND dst_region IS NOT NULL AND src_region <> dst_region THEN 'cross_region'
                     WHEN src_zone IS NOT NULL AND dst_zone IS NOT NULL AND src_zone <> dst_zone THEN 'cross_zone'
                     WHEN src_zone IS NOT NULL AND src_zone = dst_zone THEN 'same_zone'
@@ -59,7 +59,7 @@ EGRESS_SQL = """
 WITH seen AS (
     SELECT coalesce(dst_dns, dst_real) AS destination, dst_dns IS NOT NULL AS named, min(ts_start) AS first_seen, max(ts_end) AS last_seen
     FROM {seen}
-    WHERE dst_kind = 'external' AND src_kind IN ('pod', 'node') AND {where}
+    WHERE dst_kind = 'external' AND src_kind IN ('pod', 'node', 'host') AND {where}
     GROUP BY ALL
 ),
 out AS (
@@ -68,7 +68,7 @@ out AS (
            list(DISTINCT {src} ORDER BY {src})[1:5] AS top_sources,
            sum(bytes) / 1e9 * {price} AS cost_usd
     FROM {flows}
-    WHERE dst_kind = 'external' AND src_kind IN ('pod', 'node') AND {where}
+    WHERE dst_kind = 'external' AND src_kind IN ('pod', 'node', 'host') AND {where}
     GROUP BY ALL
 )
 SELECT o.destination, o.named, o.bytes_out, o.sources, o.top_sources, s.first_seen, s.last_seen, o.cost_usd

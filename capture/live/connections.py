@@ -125,6 +125,13 @@ class CgroupResolver:
             self._ids[cgroup_id] = found
         return found
 
+    def path_of(self, cgroup_id: int) -> str | None:
+        """The cgroup's path below the hierarchy's root ("/" for the root), if it was found."""
+        if self.root is None or cgroup_id not in self.paths:
+            return None
+        rel = os.path.relpath(self.paths[cgroup_id], self.root)
+        return "/" if rel == "." else "/" + rel
+
 
 class ConnectionTracker:
     """Follow TCP endpoints through their events; emit a row when one ends (or at stop)."""
@@ -310,6 +317,11 @@ class Rows:
 
     def __repr__(self) -> str:
         return f"Rows({list(self)!r})"
+
+    def distinct(self, column: str) -> set[Any]:
+        """The distinct values of one column (the recorder notes the cgroups its rows name)."""
+        i = COLUMNS.index(column)
+        return {v[i] for v in self._values}
 
     def to_arrow(self) -> pa.Table:
         from ...schema import table

@@ -28,6 +28,7 @@ from ...writer import TapeWriter, clock_sample
 from . import ebpf
 from .connections import CLOSE, ESTABLISHED, EV_STATE, CgroupResolver, ConnectionProbe, ConnectionTracker
 from .flows import FlowProbe
+from .host import NamespaceAddresses, cgroup_facts, etc_hosts, own_addresses
 from .interfaces import coverage
 from ..decode.http_pairing import Redaction
 from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
@@ -134,6 +135,10 @@ class Recorder:
         self.writer: TapeWriter | None = None
         self.summary = RecordSummary(opts.out)
         self.events = 0
+        self.cgroups: CgroupResolver | None = None
+        self.namespaces: NamespaceAddresses | None = None
+        self._cgroups_noted: set[int] = set()
+        self._cgroup_facts: dict[str, dict[str, Any]] = {}
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -166,7 +171,8 @@ class Recorder:
                 probe.load()
                 self.conns = probe
                 offset = self._offset
-                self.tracker = ConnectionTracker(w.node, lambda t: t + offset, CgroupResolver(probe.cgroup).container_id)
+                self.cgroups = CgroupResolver(probe.cgroup)
+                self.tracker = ConnectionTracker(w.node, lambda t: t + offset, self.cgroups.container_id)
                 self.tracker.live_source = probe.open_endpoints  # the final rows include endpoints still open
                 probe.open(self._on_conn_event)
                 for what, effect in probe.missing.items():
@@ -298,6 +304,7 @@ class Recorder:
             if rows:
                 w.append("connections", rows)
                 self.summary.rows["connections"] = self.summary.rows.get("connections", 0) + len(rows)
+                self._note_cgroups(rows.distinct("cgroup_id"))
             assert self.conns is not None
             lost = self.conns.lost()
             ctr = self.conns.counters()
@@ -306,6 +313,23 @@ class Recorder:
                 self.summary.lost[name] = count
             self.started_before = ctr["started_before_recording"]
         self._l7_rows(final=final)
+        self._note_namespaces()
+
+    def _note_namespaces(self) -> None:
+        """The addresses of the host's other network namespaces (containers come and go: each
+        flush looks for new ones)."""
+        if self.namespaces is not None and self.namespaces.scan() and self.writer is not None:
+            self.writer.set_host({"namespace_addresses": self.namespaces.listed()})
+
+    def _note_cgroups(self, ids: set[int | None]) -> None:
+        """Describe the cgroups that rows name (runtime, container, unit) in the manifest while
+        their paths still exist: a container's cgroup goes with the container."""
+        new = {i for i in ids if i} - self._cgroups_noted
+        if not new or self.cgroups is None or self.writer is None:
+            return
+        self._cgroups_noted |= new
+        self._cgroup_facts.update(cgroup_facts({i: p for i in new if (p := self.cgroups.path_of(i)) is not None}))
+        self.writer.set_host({"cgroups": dict(sorted(self._cgroup_facts.items(), key=lambda kv: int(kv[0])))})
 
     def _status_line(self, elapsed: float, rate: float, final: bool = False) -> None:
         lost = sum(self.summary.lost.values())
@@ -324,6 +348,10 @@ class Recorder:
         clock = clock_sample()
         self._offset = clock["offset_ns"]
         self.writer = TapeWriter(opts.out, node=opts.node, rotate_seconds=opts.rotate, clock=clock)
+        # read now: the tape is analysed elsewhere, where this host's names are not at hand
+        self.writer.set_host({"addresses": own_addresses(), "etc_hosts": etc_hosts()})
+        self.namespaces = NamespaceAddresses()
+        self._note_namespaces()
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         start_wall = time.time_ns()
         try:

@@ -339,7 +339,10 @@ _HTTP_X = """
 -- up only the pairs that substitute a pod for a ClusterIP (nothing, when none do).
 CREATE OR REPLACE TEMP VIEW ft_http_x AS
 SELECT h.ts_request AS ts, h.client_ip, {server_ip} AS server_ip, h.server_ip AS seen_server_ip,
-       h.server_port, h.method, h.host, h.path, h.status, h.latency_ns, h.request_bytes, h.response_bytes, h.side, h.tls, h.node
+       h.server_port, h.method, h.host, h.path, h.status, h.latency_ns, h.request_bytes, h.response_bytes, h.side, h.tls, h.node,
+       -- the rest of the row, for readers that describe each exchange (analyze.export's spans);
+       -- unread columns cost nothing (projection pushdown)
+       h.client_port, h.conn_id, h.ts_response, h.pid, h.comm, h.http_version, h.traceparent, h.user_agent
 FROM http h
 LEFT JOIN ft_paired_servers sp ON sp.server_node = h.node AND sp.server_conn_id = h.conn_id {subst_join}
 WHERE h.side = 'client' OR (h.side = 'server' AND sp.server_conn_id IS NULL);

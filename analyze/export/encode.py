@@ -22,15 +22,18 @@ from ... import __version__
 from .semconv import SCOPE_NAME
 
 SCOPE_JSON = json.dumps({"name": SCOPE_NAME, "version": __version__}, separators=(",", ":"))
+_SCOPE_OPEN = ',"scopeSpans":[{"scope":' + SCOPE_JSON + ',"spans":['
 
-Group = tuple[str, list[str]]
-"""Spans of one resource in a batch: (resource JSON, [span JSON, ...])."""
+Group = tuple[str, list]
+"""Spans of one resource in a batch: (resource JSON, [span JSON as UTF-8 bytes or memoryview, ...])."""
 
 
-def traces_json_line(groups: Iterable[Group]) -> str:
-    """A TracesData JSON line (no newline) of the groups, one ResourceSpans each."""
-    parts = [f'{{"resource":{res},"scopeSpans":[{{"scope":{SCOPE_JSON},"spans":[{",".join(spans)}]}}]}}' for res, spans in groups]
-    return '{"resourceSpans":[' + ",".join(parts) + "]}"
+def traces_json_line(groups: Iterable[Group]) -> bytes:
+    """A TracesData JSON line (UTF-8, no newline) of the groups, one ResourceSpans each."""
+    parts = []
+    for res, spans in groups:
+        parts.append(b'{"resource":' + res.encode() + _SCOPE_OPEN.encode() + b",".join(spans) + b"]}]}")
+    return b'{"resourceSpans":[' + b",".join(parts) + b"]}"
 
 
 def any_value(v: dict[str, Any]) -> AnyValue:
@@ -88,7 +91,7 @@ def traces_request(groups: Iterable[Group], resources: ResourceCache) -> ExportT
     scope = InstrumentationScope(name=SCOPE_NAME, version=__version__)
     req = ExportTraceServiceRequest()
     for res, spans in groups:
-        rs = ResourceSpans(resource=resources.get(res), scope_spans=[ScopeSpans(scope=scope, spans=[span_from_json(json.loads(s)) for s in spans])])
+        rs = ResourceSpans(resource=resources.get(res), scope_spans=[ScopeSpans(scope=scope, spans=[span_from_json(json.loads(bytes(s))) for s in spans])])
         req.resource_spans.append(rs)
     return req
 

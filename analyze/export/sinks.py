@@ -282,17 +282,18 @@ class JsonLines:
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".partial")
         try:
-            self._f = open(self.tmp, "w", encoding="utf-8")
+            self._f = open(self.tmp, "wb")
         except OSError as e:
             raise PermissionDenied(f"cannot write {self.path}: {e.strerror or e}") from None
         self.lines = 0
         self.bytes = 0
 
-    def write(self, line: str) -> None:
-        self._f.write(line)
-        self._f.write("\n")
+    def write(self, line: bytes | str) -> None:
+        data = line.encode() if isinstance(line, str) else line
+        self._f.write(data)
+        self._f.write(b"\n")
         self.lines += 1
-        self.bytes += len(line) + 1
+        self.bytes += len(data) + 1
 
     def commit(self) -> None:
         self._f.close()

@@ -181,6 +181,63 @@ def _prefetched(produce: Callable[[], Iterable], depth: int = 4) -> Iterator:
         th.join()
 
 
+def _parallel_slices(tape: Tape, todo: list[int], produce: Callable, workers: int = 2, depth: int = 4) -> Iterator:
+    """(slice, record batch) for the slices in `todo`, in order, then (slice, None) after each:
+    `workers` threads, each with its own cursor, make every workers-th slice (`produce(cursor,
+    slice)` yields its record batches) while this thread takes them in order."""
+    queues = [queue.Queue(maxsize=depth) for _ in range(workers)]
+    done = object()
+    stop = threading.Event()
+
+    def put(q: queue.Queue, item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work(k: int) -> None:
+        con = tape.con.cursor()
+        try:
+            for i in todo[k::workers]:
+                gen = produce(con, i)
+                try:
+                    for rb in gen:
+                        if not put(queues[k], (i, rb)):
+                            return
+                finally:
+                    gen.close()
+                if not put(queues[k], (i, None)):
+                    return
+            put(queues[k], done)
+        except BaseException as e:  # handed to the consumer, raised there
+            put(queues[k], e)
+        finally:
+            con.close()
+
+    threads = [threading.Thread(target=work, args=(k,), name=f"flowtape-export-{k}", daemon=True) for k in range(workers)]
+    for th in threads:
+        th.start()
+    try:
+        for n, i in enumerate(todo):
+            q = queues[n % workers]
+            while True:
+                item = q.get()
+                if isinstance(item, BaseException):
+                    raise item
+                if item is done:
+                    raise RuntimeError("a slice worker stopped early")
+                yield item
+                if item[1] is None:
+                    break
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+
+
 def _utf8_slices(col) -> list:
     """The values of an Arrow string column as memoryviews into its buffer: span JSON goes to the
     file (or to json.loads) as bytes, never made into Python strings and encoded back (on 3.7M
@@ -313,16 +370,13 @@ def _http_spans(tape: Tape, sides: sp.HttpSides, names: dict[int, tuple], resour
         nid, pid, comm, node, ip = (rb.column(c)[i].as_py() for c in range(1, 6))
         return resources.json((names.get(nid), pid, comm, node, ip))
 
-    def produce() -> Iterator:
-        for i, sl in enumerate(sides.slices):
-            if i < start[0]:
-                continue  # acknowledged before: not even computed
-            sides.materialize(sl, table=False)
-            for rb in tape.sql(q).to_arrow_reader(o.batch_spans):
-                yield i, rb
-            yield i, None
+    todo = [i for i in range(len(sides.slices)) if i >= start[0]]  # before: acknowledged, not even computed
 
-    _stream(target, "http", _prefetched(produce), _Batcher(o.batch_spans, key), start)
+    def produce(con, i: int) -> Iterator:
+        sides.materialize(sides.slices[i], table=False, con=con)
+        yield from con.sql(q).to_arrow_reader(o.batch_spans)
+
+    _stream(target, "http", _parallel_slices(tape, todo, produce), _Batcher(o.batch_spans, key), start)
     target.finish("http")
 
 

@@ -73,16 +73,16 @@ class HttpSides:
     def build(self) -> None:
         t, f = self.tape, self.filters
         t.enriched("http").create_view("ftx_http", replace=True)
-        t.sql(f"CREATE OR REPLACE TEMP TABLE ftx_routes AS SELECT path, {ROUTE.format(path='path')} AS route FROM (SELECT DISTINCT path FROM http)")
+        t.sql(f"CREATE OR REPLACE TABLE ftx_routes AS SELECT path, {ROUTE.format(path='path')} AS route FROM (SELECT DISTINCT path FROM http)")
         names = ", ".join(f"{{p}}_{x} AS {x}" for x in NAME_FIELDS)
-        t.sql(f"""CREATE OR REPLACE TEMP TABLE ftx_names AS
+        t.sql(f"""CREATE OR REPLACE TABLE ftx_names AS
             SELECT DISTINCT {_names_hash('client')} AS nid, {names.format(p='client')} FROM ftx_http
             UNION SELECT DISTINCT {_names_hash('server')} AS nid, {names.format(p='server')} FROM ftx_http""")
         # the exchange rows (pairing candidates included) a little beyond the window, so a server
         # side just inside it still finds its client side
         lo = _widened(f)
         e_cols = ", ".join(_E_COLS)
-        t.sql(f"""CREATE OR REPLACE TEMP TABLE ftx_e AS
+        t.sql(f"""CREATE OR REPLACE TABLE ftx_e AS
             SELECT t, side, node, client_ip, client_port, sock_ip, sock_port, server_ip, t1, {e_cols}, cn, sn,
                    md5({_key('node', 'side', 't', 'client_ip', 'client_port', 'sock_ip', 'sock_port')}) AS m
             FROM (SELECT epoch_ns(ts) AS t, side, node, client_ip, client_port, seen_server_ip AS sock_ip, server_port AS sock_port, server_ip,
@@ -90,7 +90,7 @@ class HttpSides:
                   FROM ftx_http WHERE {lo.time_sql('ts')})
             ORDER BY t""")
         h_cols = ", ".join(f"h.{c}" for c in _E_COLS)
-        t.sql(f"""CREATE OR REPLACE TEMP TABLE ftx_b AS
+        t.sql(f"""CREATE OR REPLACE TABLE ftx_b AS
             SELECT t, 'server' AS side, node, client_ip, client_port, sock_ip, sock_port, sock_ip AS server_ip, t1, {e_cols},
                    md5({_key('node', "'server'", 't', 'client_ip', 'client_port', 'sock_ip', 'sock_port')}) AS m
             FROM (SELECT epoch_ns(h.ts_request) AS t, h.node, h.client_ip, h.client_port, h.server_ip AS sock_ip, h.server_port AS sock_port,
@@ -122,10 +122,12 @@ class HttpSides:
             slices.append(Slice(start * 1_000_000_000, (per_second[-1][0] + 1) * 1_000_000_000, n))
         return slices
 
-    def materialize(self, sl: Slice, table: bool) -> None:
-        """Create ftx_slice: the rows of `sl`, server sides paired and every row named; a table
-        when several queries read it (writing 200k rows costs about what pairing them does), else
-        a view."""
+    def materialize(self, sl: Slice, table: bool, con=None) -> None:
+        """Create ftx_slice on `con` (a cursor of the tape's connection; default the tape's): the
+        rows of `sl`, server sides paired and every row named; a table when several queries read
+        it, else a view. ftx_e, ftx_b, ftx_names and ftx_routes are plain (not TEMP) tables of the
+        in-memory database so that two cursors can each work on a slice: a slice is a row group or
+        two, which DuckDB scans on one thread, so two slices at a time use both cores."""
         a, b = sl.start_ns, sl.end_ns
         inside = self.filters.time_sql("make_timestamp_ns(t)::TIMESTAMPTZ_NS")
         cand = ["t", "t1", "m", "traceparent", "cn", "sn"]
@@ -135,9 +137,10 @@ class HttpSides:
         common = "side, node, t, t1, client_ip, client_port, sock_ip, sock_port, server_ip, " + ", ".join(_E_COLS) + ", m"
         nc = ", ".join(f"nc.{x} AS c_{x}" for x in NAME_FIELDS)
         ns = ", ".join(f"ns.{x} AS s_{x}" for x in NAME_FIELDS)
-        self.tape.sql("DROP VIEW IF EXISTS ftx_slice")
-        self.tape.sql("DROP TABLE IF EXISTS ftx_slice")
-        self.tape.sql(f"""CREATE TEMP {'TABLE' if table else 'VIEW'} ftx_slice AS
+        run = con.execute if con is not None else self.tape.sql
+        run("DROP VIEW IF EXISTS ftx_slice")
+        run("DROP TABLE IF EXISTS ftx_slice")
+        run(f"""CREATE TEMP {'TABLE' if table else 'VIEW'} ftx_slice AS
 WITH
 pc AS (SELECT client_ip, client_port, server_ip, {', '.join(cand)} FROM ftx_e WHERE side = 'client' AND t >= {a - SKEW_NS} AND t < {b + SKEW_NS}),
 bs AS (SELECT * FROM ftx_b WHERE t >= {a} AND t < {b}),

@@ -421,6 +421,9 @@ CREATE OR REPLACE TEMP VIEW ft_http_x AS
 SELECT h.ts_request AS ts, h.client_ip, {server_ip} AS server_ip, h.server_ip AS seen_server_ip,
        h.server_port, h.method, h.host, h.path, h.status, h.latency_ns, h.request_bytes, h.response_bytes, h.side, h.tls, h.node,
        h.http_version, h.grpc_service, h.grpc_method, h.grpc_status, h.stream_error, {server_error} AS server_error,
+       -- the rest of the row, for readers that describe each exchange (analyze.export's spans);
+       -- unread columns cost nothing (projection pushdown)
+       h.client_port, h.conn_id, h.ts_response, h.pid, h.comm, h.traceparent, h.user_agent, h.stream_id, h.grpc_message,
        {pkeys}
 FROM http h
 LEFT JOIN ft_paired_servers sp ON sp.server_node = h.node AND sp.server_conn_id = h.conn_id {subst_join} {pkey_join}

@@ -34,6 +34,7 @@ COMMAND_MODULES: list[str] = [
     "flowtape.capture.synth.cli",
     "flowtape.capture.k8s.cli",
     "flowtape.analyze.ci.cli",
+    "flowtape.analyze.export.cli",
 ]
 
 

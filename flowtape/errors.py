@@ -19,6 +19,7 @@ class Exit(IntEnum):
     NO_PERMISSION = 6  # missing privilege (root, CAP_BPF) or unwritable output
     UNSUPPORTED = 7  # the host lacks something needed (bcc, headers, tracepoint, cgroup v2)
     DISK_FULL = 8  # ran out of space; what was written is kept
+    EXPORT_FAILED = 9  # an OTLP receiver refused data (4xx, partial rejections) or stayed unreachable after retries
     INTERRUPTED = 130
 
 

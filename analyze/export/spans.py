@@ -1,0 +1,339 @@
+"""Spans: one per side of every HTTP exchange and one per DNS lookup, written as OTLP JSON by SQL.
+
+HTTP. `tape.enriched("http")` holds one row per exchange (the client side when it was recorded,
+else the server side), with both ends named as the tape named them at that time. The server
+rows it leaves out (the connection's two ends were paired, so the client row stands for the
+exchange) are spans too: each is paired with the client row of the same exchange (same client
+ip:port and server IP; the request the client sent last before the server saw it, if it had no
+answer yet then, or the next one within SKEW_NS: the nearer wins) and named like it. Every
+`http` row gives exactly one span, and both halves of an exchange carry the same names.
+
+Ids. A span id comes from its row (node, side, request time, 4-tuple): the same tape gives the
+same ids. The trace id is the recorded `traceparent`'s when it is valid (for a paired server
+side, its client's), else derived from the exchange's client row (a server side without one:
+its own row). A server span's parent is the client span of its exchange when that side was
+recorded, else the traceparent's parent id. Links between exchanges (a server span to the calls
+it caused) are the request-journeys view's work and not made here: client spans have no parent.
+
+DNS: one CLIENT span per lookup (`tape.enriched("dns")`: a query seen on two nodes counts once).
+
+Memory: the enriched rows are copied once, narrow and sorted by time, into temporary tables
+(DuckDB keeps them within its memory limit and spills the rest to its temporary folder); the
+spans are then made one time slice at a time, ordered, so the stream is the same on every run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from ...reader import Tape
+from ..enrich import NAME_FIELDS
+from ..reports.filters import Filters
+from ..sums import ROUTE
+from .semconv import HTTP_METHODS, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR, Attr, attribute_items_sql, attributes_json_sql, endpoint_service_sql
+
+SKEW_NS = 1_000_000_000
+"""How far apart in time (clock skew between nodes included) the two sides of one exchange may be
+seen and still be paired. The nearest candidate wins, so keep-alive neighbours are confused only
+when two nodes' clocks disagree by half the gap between two requests."""
+
+SLICE_ROWS = 200_000
+"""Rows per time slice: each slice is paired and ordered on its own (bounded work and memory)."""
+
+_E_COLS = ("method", "path", "status", "host", "http_version", "tls", "pid", "comm", "user_agent", "request_bytes", "response_bytes", "traceparent")
+
+
+def _names_hash(prefix: str) -> str:
+    # an id for one endpoint's names, to carry 8 bytes per row instead of ten strings; only ever
+    # joined back to ftx_names in the same process (never exported), so DuckDB's hash() will do
+    return f"hash({', '.join(f'{prefix}_{x}' for x in NAME_FIELDS)})"
+
+
+def _key(node: str, side: str, t: str, cip: str, cport: str, sip: str, sport: str) -> str:
+    """The text a row's ids are derived from: who recorded it, which side, when, which socket."""
+    return f"concat_ws('|', {node}, {side}, {t}, {cip}, {cport}, {sip}, {sport})"
+
+
+@dataclass(frozen=True)
+class Slice:
+    start_ns: int
+    end_ns: int
+    rows: int
+
+
+class HttpSides:
+    """The HTTP rows of a tape in the window of `filters`, as time slices of `ftx_slice` rows:
+    every `http` row once, both ends named (`c_*`, `s_*`), with its ids' inputs."""
+
+    def __init__(self, tape: Tape, filters: Filters, slice_rows: int = SLICE_ROWS):
+        self.tape, self.filters, self.slice_rows = tape, filters, slice_rows
+        self.slices: list[Slice] = []
+
+    def build(self) -> None:
+        t, f = self.tape, self.filters
+        t.enriched("http").create_view("ftx_http", replace=True)
+        t.sql(f"CREATE OR REPLACE TABLE ftx_routes AS SELECT path, {ROUTE.format(path='path')} AS route FROM (SELECT DISTINCT path FROM http)")
+        names = ", ".join(f"{{p}}_{x} AS {x}" for x in NAME_FIELDS)
+        t.sql(f"""CREATE OR REPLACE TABLE ftx_names AS
+            SELECT DISTINCT {_names_hash('client')} AS nid, {names.format(p='client')} FROM ftx_http
+            UNION SELECT DISTINCT {_names_hash('server')} AS nid, {names.format(p='server')} FROM ftx_http""")
+        # the exchange rows (pairing candidates included) a little beyond the window, so a server
+        # side just inside it still finds its client side
+        lo = _widened(f)
+        e_cols = ", ".join(_E_COLS)
+        t.sql(f"""CREATE OR REPLACE TABLE ftx_e AS
+            SELECT t, side, node, client_ip, client_port, sock_ip, sock_port, server_ip, t1, {e_cols}, cn, sn,
+                   md5({_key('node', 'side', 't', 'client_ip', 'client_port', 'sock_ip', 'sock_port')}) AS m
+            FROM (SELECT epoch_ns(ts) AS t, side, node, client_ip, client_port, seen_server_ip AS sock_ip, server_port AS sock_port, server_ip,
+                         epoch_ns(ts_response) AS t1, {e_cols}, {_names_hash('client')} AS cn, {_names_hash('server')} AS sn
+                  FROM ftx_http WHERE {lo.time_sql('ts')})
+            ORDER BY t""")
+        h_cols = ", ".join(f"h.{c}" for c in _E_COLS)
+        t.sql(f"""CREATE OR REPLACE TABLE ftx_b AS
+            SELECT t, 'server' AS side, node, client_ip, client_port, sock_ip, sock_port, sock_ip AS server_ip, t1, {e_cols},
+                   md5({_key('node', "'server'", 't', 'client_ip', 'client_port', 'sock_ip', 'sock_port')}) AS m
+            FROM (SELECT epoch_ns(h.ts_request) AS t, h.node, h.client_ip, h.client_port, h.server_ip AS sock_ip, h.server_port AS sock_port,
+                         epoch_ns(h.ts_response) AS t1, {h_cols}
+                  FROM http h
+                  WHERE h.side = 'server' AND {f.time_sql('h.ts_request')}
+                    AND NOT EXISTS (SELECT 1 FROM ftx_e e WHERE e.side = 'server' AND e.node = h.node AND e.t = epoch_ns(h.ts_request)
+                                    AND e.client_ip = h.client_ip AND e.client_port = h.client_port AND e.sock_ip = h.server_ip
+                                    AND e.sock_port = h.server_port))
+            ORDER BY t""")
+        self.slices = self._plan()
+
+    def _plan(self) -> list[Slice]:
+        """Slices of about slice_rows rows, cut at whole seconds (a second is never split)."""
+        inside = self.filters.time_sql("make_timestamp_ns(t)::TIMESTAMPTZ_NS")
+        per_second = self.tape.sql(f"""SELECT s, sum(n)::BIGINT FROM (
+                SELECT t // 1000000000 AS s, count(*) AS n FROM ftx_e WHERE {inside} GROUP BY 1
+                UNION ALL SELECT t // 1000000000, count(*) FROM ftx_b GROUP BY 1) GROUP BY s ORDER BY s""").fetchall()
+        slices: list[Slice] = []
+        start, n = None, 0
+        for s, c in per_second:
+            if start is None:
+                start = s
+            n += c
+            if n >= self.slice_rows:
+                slices.append(Slice(start * 1_000_000_000, (s + 1) * 1_000_000_000, n))
+                start, n = None, 0
+        if start is not None:
+            slices.append(Slice(start * 1_000_000_000, (per_second[-1][0] + 1) * 1_000_000_000, n))
+        return slices
+
+    def materialize(self, sl: Slice, table: bool, con=None) -> None:
+        """Create ftx_slice on `con` (a cursor of the tape's connection; default the tape's): the
+        rows of `sl`, server sides paired and every row named; a table when several queries read
+        it, else a view. ftx_e, ftx_b, ftx_names and ftx_routes are plain (not TEMP) tables of the
+        in-memory database so that two cursors can each work on a slice: a slice is a row group or
+        two, which DuckDB scans on one thread, so two slices at a time use both cores."""
+        a, b = sl.start_ns, sl.end_ns
+        inside = self.filters.time_sql("make_timestamp_ns(t)::TIMESTAMPTZ_NS")
+        cand = ["t", "t1", "m", "traceparent", "cn", "sn"]
+        prev_cols = ", ".join(f"p.{x} AS p_{x}" for x in cand)
+        next_cols = ", ".join(f"n.{x} AS n_{x}" for x in cand)
+        pick = ", ".join(f"CASE WHEN use_prev THEN p_{x} WHEN use_next THEN n_{x} END AS pair_{x}" for x in ("m", "traceparent", "cn", "sn"))
+        common = "side, node, t, t1, client_ip, client_port, sock_ip, sock_port, server_ip, " + ", ".join(_E_COLS) + ", m"
+        nc = ", ".join(f"nc.{x} AS c_{x}" for x in NAME_FIELDS)
+        ns = ", ".join(f"ns.{x} AS s_{x}" for x in NAME_FIELDS)
+        run = con.execute if con is not None else self.tape.sql
+        run("DROP VIEW IF EXISTS ftx_slice")
+        run("DROP TABLE IF EXISTS ftx_slice")
+        run(f"""CREATE TEMP {'TABLE' if table else 'VIEW'} ftx_slice AS
+WITH
+pc AS (SELECT client_ip, client_port, server_ip, {', '.join(cand)} FROM ftx_e WHERE side = 'client' AND t >= {a - SKEW_NS} AND t < {b + SKEW_NS}),
+bs AS (SELECT * FROM ftx_b WHERE t >= {a} AND t < {b}),
+bp AS (
+    SELECT bs.*, {prev_cols}, {next_cols}
+    FROM bs
+    ASOF LEFT JOIN pc p ON bs.client_ip = p.client_ip AND bs.client_port = p.client_port AND bs.server_ip = p.server_ip AND bs.t >= p.t
+    ASOF LEFT JOIN pc n ON bs.client_ip = n.client_ip AND bs.client_port = n.client_port AND bs.server_ip = n.server_ip AND bs.t <= n.t
+),
+bq AS (
+    -- the request the client sent last before the server saw it, if the client had no answer
+    -- yet then; or the next one, if it was sent within the skew allowance; the nearer wins
+    SELECT *, p_t IS NOT NULL AND t <= coalesce(p_t1, p_t) + {SKEW_NS} AS prev_ok, n_t IS NOT NULL AND n_t - t <= {SKEW_NS} AS next_ok FROM bp
+),
+br AS (
+    SELECT *, prev_ok AND (NOT next_ok OR t - p_t <= n_t - t) AS use_prev, next_ok AND NOT (prev_ok AND t - p_t <= n_t - t) AS use_next FROM bq
+),
+x AS (
+    SELECT {common}, cn, sn, NULL::VARCHAR AS pair_m, NULL::VARCHAR AS pair_traceparent, true AS exchange
+    FROM ftx_e WHERE t >= {a} AND t < {b} AND {inside}
+    UNION ALL
+    -- `exchange`: the row stands for its exchange (the enriched view's row); a paired server side does not
+    SELECT {common}, pair_cn, pair_sn, pair_m, pair_traceparent, false FROM (SELECT br.*, {pick} FROM br)
+)
+SELECT x.*, r.route, {nc}, {ns}
+FROM x LEFT JOIN ftx_routes r ON r.path = x.path LEFT JOIN ftx_names nc ON nc.nid = x.cn LEFT JOIN ftx_names ns ON ns.nid = x.sn
+WHERE {self.filters.namespace_sql('nc.namespace', 'ns.namespace')}""")
+
+    def close(self) -> None:
+        self.tape.sql("DROP VIEW IF EXISTS ftx_slice")
+        for name in ("ftx_slice", "ftx_e", "ftx_b", "ftx_names", "ftx_routes"):
+            self.tape.sql(f"DROP TABLE IF EXISTS {name}")
+
+    def names(self) -> dict[int, tuple]:
+        """nid -> the endpoint's NAME_FIELDS values (as analyze.enrich names them)."""
+        return {r[0]: tuple(r[1:]) for r in self.tape.sql(f"SELECT nid, {', '.join(NAME_FIELDS)} FROM ftx_names").fetchall()}
+
+
+def _widened(f: Filters) -> Filters:
+    """`f`'s window widened by SKEW_NS each way, without its namespace (pairing candidates)."""
+    pad = dt.timedelta(seconds=SKEW_NS / 1e9)
+    return Filters(f.since - pad if f.since else None, f.until + pad if f.until else None, None)
+
+
+def _tp_ok(tp: str) -> str:
+    return (f"regexp_full_match({tp}, '00-[0-9a-f]{{32}}-[0-9a-f]{{16}}-[0-9a-f]{{2}}') "
+            f"AND substr({tp}, 4, 32) <> repeat('0', 32) AND substr({tp}, 37, 16) <> repeat('0', 16)")
+
+
+def _tp_trace(tp: str) -> str:
+    return f"CASE WHEN {_tp_ok(tp)} THEN substr({tp}, 4, 32) END"
+
+
+def _tp_parent(tp: str) -> str:
+    return f"CASE WHEN {_tp_ok(tp)} THEN substr({tp}, 37, 16) END"
+
+
+def _hex_trace(m: str) -> str:
+    """A trace id from a row's md5 (hex): all of it."""
+    return m
+
+
+def _hex_span(m: str) -> str:
+    """A span id from a row's md5 (hex): its first half (md5's text form: md5_number and its
+    128-bit arithmetic cost 8x more on 3.7M rows)."""
+    return f"left({m}, 16)"
+
+
+CLIENT = "side = 'client'"
+KNOWN = "method IN (" + ", ".join(f"'{m}'" for m in HTTP_METHODS) + ")"
+ERROR_TYPE = f"CASE WHEN status IS NULL THEN '_OTHER' WHEN status >= 500 OR ({CLIENT} AND status >= 400) THEN status::VARCHAR END"
+"""error.type by the HTTP conventions: the status code when it is an error for this side (5xx for
+a server, 4xx too for a client), `_OTHER` when no response was recorded."""
+
+_HOST_ADDR = ("CASE WHEN host LIKE '[%' THEN nullif(split_part(substr(host, 2), ']', 1), '') WHEN host LIKE '%:%:%' THEN host "
+              "ELSE nullif(split_part(host, ':', 1), '') END")
+_HOST_PORT = ("CASE WHEN host LIKE '[%]:%' THEN TRY_CAST(split_part(host, ']:', 2) AS INTEGER) "
+              "WHEN host LIKE '%:%' AND host NOT LIKE '%:%:%' AND host NOT LIKE '[%' THEN TRY_CAST(split_part(host, ':', 2) AS INTEGER) END")
+_SCHEME = "CASE WHEN tls THEN 'https' ELSE 'http' END"
+# where the client sent the request: its Host header, else the name the tape had for the address
+# it connected to, else that address
+_PEER_ADDR = "coalesce(s_dns, sock_ip)"
+_AUTHORITY = f"coalesce(host, CASE WHEN contains({_PEER_ADDR}, ':') THEN '[' || {_PEER_ADDR} || ']' ELSE {_PEER_ADDR} END || ':' || sock_port)"
+
+HTTP_CLASS_ATTRS = (
+    Attr("http.request.method", "S", f"CASE WHEN {KNOWN} THEN method ELSE '_OTHER' END"),
+    Attr("http.request.method_original", "s", f"CASE WHEN NOT {KNOWN} THEN method END"),
+    Attr("http.response.status_code", "i", "status"),
+    Attr("error.type", "S", ERROR_TYPE),
+    Attr("url.scheme", "S", _SCHEME),
+    Attr("url.template", "s", f"CASE WHEN {CLIENT} THEN route END"),
+    Attr("http.route", "s", f"CASE WHEN NOT {CLIENT} THEN route END"),
+    Attr("server.address", "s", f"coalesce({_HOST_ADDR}, CASE WHEN {CLIENT} THEN {_PEER_ADDR} ELSE sock_ip END)"),
+    Attr("server.port", "i", f"coalesce({_HOST_PORT}, sock_port)"),
+    Attr("client.address", "S", f"CASE WHEN NOT {CLIENT} THEN client_ip END"),
+    Attr("network.peer.address", "S", f"CASE WHEN {CLIENT} THEN sock_ip ELSE client_ip END"),
+    Attr("network.protocol.version", "s", "nullif(replace(http_version, 'HTTP/', ''), '')"),
+    Attr("network.transport", "S", "'tcp'"),
+    Attr("user_agent.original", "s", "user_agent"),
+    Attr("peer.service", "s", endpoint_service_sql("q", "peer_ip")),
+)
+"""The attributes that many spans share (an exchange class: side, method, route, status, host,
+peer...): written once per class and slice, not once per span."""
+
+HTTP_ROW_ATTRS = (
+    Attr("url.path", "s", "split_part(path, '?', 1)"),
+    Attr("url.query", "s", f"CASE WHEN NOT {CLIENT} AND contains(path, '?') THEN substr(path, strpos(path, '?') + 1) END"),
+    Attr("url.full", "s", f"CASE WHEN {CLIENT} THEN concat({_SCHEME}, '://', {_AUTHORITY}, path) END"),
+    Attr("client.port", "i", f"CASE WHEN NOT {CLIENT} THEN client_port END"),
+    Attr("network.peer.port", "i", f"CASE WHEN {CLIENT} THEN sock_port ELSE client_port END"),
+    Attr("http.request.size", "i", "request_bytes"),
+    Attr("http.response.size", "i", "response_bytes"),
+)
+"""The attributes particular to one span (its path, its connection's port, its sizes)."""
+
+HTTP_ATTRS = HTTP_CLASS_ATTRS + HTTP_ROW_ATTRS
+
+_CLASS = ("side", "method", "status", "tls", "route", "host", "http_version", "user_agent", "sock_ip", "sock_port", "client_ip", "s_dns",
+          "q_kind", "q_workload", "q_service", "q_node", "q_dns", "peer_ip")
+"""Every column HTTP_CLASS_ATTRS, the span's name and its status read."""
+
+# The local endpoint (l_*: the side that recorded the row) and its peer (q_*).
+LOCAL_PEER = ", ".join(f"CASE WHEN {CLIENT} THEN c_{x} ELSE s_{x} END AS l_{x}, CASE WHEN {CLIENT} THEN s_{x} ELSE c_{x} END AS q_{x}" for x in NAME_FIELDS) + \
+    f", CASE WHEN {CLIENT} THEN client_ip ELSE sock_ip END AS local_ip, CASE WHEN {CLIENT} THEN server_ip ELSE client_ip END AS peer_ip"
+
+RESOURCE_COLUMNS = ("nid", "pid", "comm", "node", "local_ip")
+"""What a span's resource is made of (resources.py): the local endpoint's names (by nid), its
+process and node, its IP. The span queries also give `rid`, a hash of these, so that Python
+handles one integer per span (64-bit: a collision among a tape's few thousand resources has a
+chance around 1e-12)."""
+
+
+def http_spans_sql() -> str:
+    """The spans of ftx_slice, ordered (time, then row id: the same order on every run): the
+    RESOURCE_COLUMNS and span_json."""
+    # a server span's trace is its client span's (the same exchange), else its own traceparent's
+    trace = (f"CASE WHEN {CLIENT} THEN coalesce({_tp_trace('traceparent')}, {_hex_trace('m')}) "
+             f"WHEN pair_m IS NOT NULL THEN coalesce({_tp_trace('pair_traceparent')}, {_hex_trace('pair_m')}) "
+             f"ELSE coalesce({_tp_trace('traceparent')}, {_hex_trace('m')}) END")
+    parent = f"CASE WHEN {CLIENT} THEN NULL WHEN pair_m IS NOT NULL THEN {_hex_span('pair_m')} ELSE {_tp_parent('traceparent')} END"
+    name = f"concat(CASE WHEN {KNOWN} THEN method ELSE 'HTTP' END, ' ' || route)"
+    kind = f"CASE WHEN {CLIENT} THEN {SPAN_KIND_CLIENT} ELSE {SPAN_KIND_SERVER} END"
+    status = (f"CASE WHEN ({ERROR_TYPE}) IS NULL THEN '' WHEN status IS NULL THEN ',\"status\":{{\"message\":\"no response recorded\",\"code\":{STATUS_ERROR}}}' "
+              f"ELSE ',\"status\":{{\"code\":{STATUS_ERROR}}}' END")
+    # a span = its ids and times + its class's fragment (name and kind, chr(31) -- never in JSON
+    # text, which escapes control characters -- then the shared attributes) and status
+    # + its own attributes; classes are found by a hash of their columns (a 64-bit collision
+    # among a slice's few thousand classes: about 1e-12)
+    frag = (f"concat(',\"name\":', to_json({name}), ',\"kind\":', {kind}, chr(31), {attribute_items_sql(HTTP_CLASS_ATTRS)})")
+    span_json = (f"concat('{{\"traceId\":\"', {trace}, '\",\"spanId\":\"', {_hex_span('m')}, '\"', ',\"parentSpanId\":\"' || ({parent}) || '\"', "
+                 f"split_part(c.frag, chr(31), 1), ',\"startTimeUnixNano\":\"', t, '\",\"endTimeUnixNano\":\"', coalesce(t1, t), "
+                 f"'\",\"attributes\":[', concat_ws(',', substr(c.frag, strpos(c.frag, chr(31)) + 1), {attribute_items_sql(HTTP_ROW_ATTRS)}), ']', c.status, '}}')")
+    cls = ", ".join(_CLASS)
+    return f"""WITH s AS (SELECT *, {LOCAL_PEER}, CASE WHEN {CLIENT} THEN cn ELSE sn END AS nid FROM ftx_slice),
+s2 AS (SELECT *, hash({cls}) AS cid FROM s),
+c AS (SELECT cid, {frag} AS frag, {status} AS status FROM (SELECT DISTINCT ON (cid) * FROM s2))
+SELECT hash(nid, pid, comm, node, local_ip) AS rid, nid, pid, comm, node, local_ip, {span_json} AS span_json
+FROM s2 JOIN c USING (cid) ORDER BY t, m"""
+
+
+DNS_KEY = "concat_ws('|', 'dns', node, epoch_ns(ts_query), client_ip, client_port, server_ip, server_port, txid, qname, qtype)"
+DNS_ERROR_TYPE = "CASE WHEN rcode IS NULL THEN 'timeout' WHEN rcode <> 0 THEN rcode_name END"
+DNS_ATTRS = (
+    Attr("dns.question.name", "s", "qname"),
+    Attr("dns.answers", "as", "list_transform(list_filter(answers, lambda a: a.type IN ('A', 'AAAA')), lambda a: a.data)"),
+    Attr("error.type", "s", DNS_ERROR_TYPE),
+    Attr("flowtape.dns.question.type", "s", "qtype_name"),
+    Attr("flowtape.dns.response_code", "s", "rcode_name"),
+    Attr("server.address", "S", "server_ip"),
+    Attr("server.port", "i", "server_port"),
+    Attr("network.peer.address", "S", "server_ip"),
+    Attr("network.peer.port", "i", "server_port"),
+    Attr("network.transport", "s", "transport"),
+)
+DNS_RESOURCE_COLUMNS = tuple(f"client_{x}" for x in NAME_FIELDS) + ("pid", "comm", "node", "client_ip")
+
+
+def dns_source_sql(f: Filters) -> str:
+    """The DNS lookups of the window, one per exchange, each with its id input `m`."""
+    return (f"SELECT *, md5({DNS_KEY}) AS m FROM ftx_dns "
+            f"WHERE ({f.time_sql('ts_query')}) AND ({f.namespace_sql('client_namespace')})")
+
+
+def dns_spans_sql(f: Filters) -> str:
+    """The DNS spans (DNS_RESOURCE_COLUMNS, span_json), ordered by time then id."""
+    status = (f"CASE WHEN rcode IS NULL THEN ',\"status\":{{\"message\":\"no answer recorded\",\"code\":{STATUS_ERROR}}}' "
+              f"WHEN rcode <> 0 THEN ',\"status\":{{\"code\":{STATUS_ERROR}}}' ELSE '' END")
+    span_json = (f"concat('{{\"traceId\":\"', {_hex_trace('m')}, '\",\"spanId\":\"', {_hex_span('m')}, '\",\"name\":', to_json('DNS ' || qtype_name), "
+                 f"',\"kind\":{SPAN_KIND_CLIENT},\"startTimeUnixNano\":\"', epoch_ns(ts_query), '\",\"endTimeUnixNano\":\"', "
+                 f"epoch_ns(coalesce(ts_answer, ts_query)), '\",\"attributes\":', {attributes_json_sql(DNS_ATTRS)}, {status}, '}}')")
+    return f"""SELECT hash({', '.join(DNS_RESOURCE_COLUMNS)}) AS rid, {', '.join(DNS_RESOURCE_COLUMNS)}, {span_json} AS span_json
+FROM ({dns_source_sql(f)}) ORDER BY ts_query, m"""
+
+
+def prepare_dns(tape: Tape) -> None:
+    tape.enriched("dns").create_view("ftx_dns", replace=True)

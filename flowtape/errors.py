@@ -19,6 +19,7 @@ class Exit(IntEnum):
     NO_PERMISSION = 6  # missing privilege (root, CAP_BPF) or unwritable output
     UNSUPPORTED = 7  # the host lacks something needed (bcc, headers, tracepoint, cgroup v2)
     DISK_FULL = 8  # ran out of space; what was written is kept
+    UNREACHABLE = 10  # object storage (S3) could not be reached; every part is kept locally
     INTERRUPTED = 130
 
 
@@ -69,3 +70,9 @@ class Unsupported(FlowtapeError):
 
 class DiskFull(FlowtapeError):
     exit_code = Exit.DISK_FULL
+
+
+class Unreachable(FlowtapeError):
+    """Object storage did not answer (network gone, endpoint down): retrying later can succeed."""
+
+    exit_code = Exit.UNREACHABLE

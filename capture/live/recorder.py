@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 from ...errors import DiskFull, FlowtapeError, Unsupported, UsageError
 from ... import storage
+from ...manifest import read_manifest
 from ...writer import TapeWriter, clock_sample
 from . import ebpf
 from .connections import CLOSE, ESTABLISHED, EV_STATE, CgroupResolver, ConnectionProbe, ConnectionTracker
@@ -337,6 +338,8 @@ class Recorder:
         clock = clock_sample()
         self._offset = clock["offset_ns"]
         resume = opts.resume and (opts.out / "manifest.json").exists()
+        # the previous run's last manifest update: from there until now nothing was recorded
+        last_seen = read_manifest(opts.out).get("updated_ns") if resume else None
         self.writer = TapeWriter(opts.out, node=opts.node, rotate_seconds=opts.rotate, clock=clock, append=resume)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         start_wall = time.time_ns()
@@ -348,8 +351,7 @@ class Recorder:
                 raise
             if resume:
                 # blind from the previous run's last manifest update until now: said, not hidden
-                last = self.writer.manifest.get("updated_ns") or start_wall
-                self.writer.add_gap("recorder", int(last), start_wall, "recorder restarted (--resume): nothing recorded in between")
+                self.writer.add_gap("recorder", int(last_seen or start_wall), start_wall, "recorder restarted (--resume): nothing recorded in between")
                 if self.writer.manifest["window"].get("start_ns") is None:
                     self.writer.set_window(start_ns=start_wall)
             else:

@@ -30,7 +30,7 @@ MODELS = {
     "DaemonSet": ("apps", "v1", "daemonsets", True, "V1DaemonSet"),
 }
 # the capabilities the recorder runs with (measured: tests/test_image.py runs the image with exactly these)
-CAPABILITIES = ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE", "SYS_PTRACE", "DAC_READ_SEARCH"]
+CAPABILITIES = ["BPF", "PERFMON", "NET_ADMIN", "SYS_PTRACE", "DAC_READ_SEARCH"]
 
 
 def build(overlay: str) -> list[dict]:

@@ -12,8 +12,9 @@ Rules that keep a tape in a bucket readable at every instant:
   the previous manifest or the new one, and every part either lists is there (one PUT is atomic);
 - a single PUT per object (no multipart), so a connection cut mid-upload leaves no object and
   no half-written one; the next sync uploads it again;
-- what was uploaded is remembered in the tape's `.upload.json` (and checked against the bucket
-  when that file is missing), so a sync after a network loss or a restart goes on where it stopped.
+- what was uploaded is remembered in a state file in the cache folder (not in the tape, which
+  may be read-only or committed), and checked against the bucket when that file is missing, so a
+  sync after a network loss or a restart goes on where it stopped.
 
 Credentials come from the standard AWS chain (environment, ~/.aws files, instance or pod
 roles: boto3's own); an S3-compatible store (MinIO, Ceph, moto) through `AWS_ENDPOINT_URL` or
@@ -44,7 +45,6 @@ from .manifest import MANIFEST_NAME, read_manifest, write_atomic
 from .schema import FORMAT, TABLES
 
 SCHEME = "s3://"
-STATE_NAME = ".upload.json"  # what of this tape is in which bucket (hidden: readers skip dot files)
 CACHE_ENV = "FLOWTAPE_CACHE_DIR"
 STATE_TABLES = {name for name, t in TABLES.items() if t.key}  # k8s_*: needed whatever the time range
 
@@ -262,20 +262,25 @@ class Uploader:
         self.dest = loc.tape_for(self.tape)
         self.s3 = s3 if s3 is not None else client()
         self._lock = threading.Lock()
+        self.state_path = state_path(self.tape, self.dest)
         self.state = self._load_state()
 
     # the state file: which parts (and which manifest) this tape has put at this destination
     def _load_state(self) -> dict[str, Any]:
         try:
-            st = json.loads((self.tape / STATE_NAME).read_text())
+            st = json.loads(self.state_path.read_text())
         except (OSError, ValueError):
             st = {}
-        if not isinstance(st, dict) or st.get("dest") != self.dest.url:
-            st = {"dest": self.dest.url, "parts": {}, "manifest_etag": None}  # another destination: check the bucket again
+        if not isinstance(st, dict) or st.get("dest") != self.dest.url or st.get("tape") != str(self.tape.resolve()):
+            st = {"tape": str(self.tape.resolve()), "dest": self.dest.url, "parts": {}, "manifest_etag": None}
         return st
 
     def _save_state(self) -> None:
-        write_atomic(self.tape / STATE_NAME, (json.dumps(self.state, indent=1, sort_keys=True) + "\n").encode())
+        try:
+            self.state_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            write_atomic(self.state_path, (json.dumps(self.state, indent=1, sort_keys=True) + "\n").encode())
+        except OSError:
+            pass  # only a shortcut: without it the next sync asks the bucket (HEAD) what is there already
 
     def _head(self, key: str) -> dict[str, Any] | None:
         try:
@@ -620,6 +625,12 @@ def _safe_rel(rel: str) -> bool:
     parts = PurePosixPath(rel).parts
     return (len(parts) == 3 and parts[0] in TABLES and parts[1].startswith("node=") and parts[2].startswith("part-")
             and parts[2].endswith(".parquet") and ".." not in parts and not rel.startswith("/"))
+
+
+def state_path(tape: Path, dest: S3Location) -> Path:
+    """Where an upload's state is kept: the cache folder, one file per (tape, destination)."""
+    key = hashlib.sha256(f"{Path(tape).resolve()}\0{dest.url}".encode()).hexdigest()[:24]
+    return cache_dir() / "uploads" / f"{key}.json"
 
 
 def cache_dir() -> Path:

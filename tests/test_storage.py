@@ -242,7 +242,9 @@ def test_upload_loop_rides_out_an_outage(bucket, s3env, tmp_path):
 def test_part_uploaded_twice(bucket, s3env, tmp_path, cli):
     tape = minutes_tape(tmp_path / "twice.tape", minutes=2)
     assert cli("push", tape, f"s3://{bucket}/t/").code == 0
-    (tape / storage.STATE_NAME).unlink()  # as if the uploader died before noting what it had put
+    state = storage.state_path(tape, storage.parse_url(f"s3://{bucket}/t/").tape_for(tape))
+    assert json.loads(state.read_text())["parts"] and not any(p.name.startswith(".") for p in tape.rglob("*") if p.is_file())
+    state.unlink()  # as if the uploader died before noting what it had put (or the cache was wiped)
     r = cli("push", tape, f"s3://{bucket}/t/")
     assert r.code == 0 and "0 part(s) uploaded" in r.out and "3 already there" in r.out
 
@@ -379,6 +381,7 @@ def test_readme_object_storage_commands_run(s3env, tmp_path):
     readme = (ROOT / "README.md").read_text()
     block = re.search(r"## In a cluster: the image.*?```sh\n(.*?)```", readme, re.S).group(1)
     (tmp_path / "fixtures").symlink_to(ROOT / "fixtures")
+    before = [str(p.relative_to(ROOT / "fixtures" / "tiny.tape")) for p in (ROOT / "fixtures" / "tiny.tape").rglob("*") if p.is_file()]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     ran = 0
     for line in block.splitlines():
@@ -390,5 +393,7 @@ def test_readme_object_storage_commands_run(s3env, tmp_path):
         assert p.returncode == 0, f"README command failed: {cmd}\n{p.stderr[-2000:]}"
         ran += 1
     assert ran == 5
+    assert sorted(str(p.relative_to(ROOT / "fixtures" / "tiny.tape")) for p in (ROOT / "fixtures" / "tiny.tape").rglob("*") if p.is_file()) == \
+        sorted(before)  # pushing a tape leaves it as it was
     with flowtape.open(tmp_path / "out-incident.tape") as t:
         assert t.rows("flows") == 7 and t.nodes == ["node-a", "node-b"]

@@ -65,7 +65,7 @@ def out() -> "typing.TextIO":  # noqa: F821
 
 def warn_problems(tape) -> None:
     for p in tape.problems:
-        print(f"flowtape: {p.severity}: {p.where(tape.path)}", file=sys.stderr)
+        print(f"flowtape: {p.severity}: {p.where(tape.remote or tape.path)}", file=sys.stderr)
 
 
 def fmt_ns(ns: int | None) -> str | None:
@@ -104,7 +104,7 @@ def info(tape: TapeArg, format: FormatOpt = Format.table) -> None:
         if parts:
             tables[name] = {"rows": sum(p.rows for p in parts), "parts": len(parts), "bytes": sum(p.bytes for p in parts)}
     data = {
-        "tape": str(t.path),
+        "tape": t.remote or str(t.path),
         "format": m["format"],
         "written_by": f"{m['tool'].get('name')} {m['tool'].get('version')}",
         "complete": m["complete"],

@@ -113,7 +113,7 @@ def test_push_ls_open_pull_round_trip(bucket, s3env, tiny_tape, cli, tmp_path):
     r = cli("sql", url, "select count(*) n from http", "-f", "json")
     assert r.code == 0 and json.loads(r.out) == [{"n": flowtape.open(tiny_tape).rows("http")}] == [{"n": 8}]
     r = cli("info", url, "-f", "json")
-    assert r.code == 0 and json.loads(r.out)["nodes"] == ["node-a", "node-b"]
+    assert r.code == 0 and json.loads(r.out)["nodes"] == ["node-a", "node-b"] and json.loads(r.out)["tape"] == url
 
     r = cli("pull", url, "-o", tmp_path / "back.tape")
     assert r.code == 0, r.err

@@ -136,7 +136,8 @@ class Tape:
 
     def __init__(self, path: str | os.PathLike):
         # s3://BUCKET/PREFIX/NAME.tape/: read from the local cache, fetched first (flowtape/storage.py)
-        self.remote = storage.remote_url(path)
+        url = storage.remote_url(path)
+        self.remote = storage.parse_url(url).url if url else None  # one spelling: s3://BUCKET/PREFIX/
         self.path = storage.cached(self.remote)[0] if self.remote else Path(path)
         self.manifest = read_manifest(self.path)
         self.parts, self.problems = scan_parts(self.path, self.manifest)

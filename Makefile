@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test gate setup host docs bench clean
+.PHONY: demo test gate setup host docs bench image clean
 
 # A virtualenv with flowtape installed editable, plus test tools.
 $(VENV)/.installed: pyproject.toml capture/decode/_http1.c capture/live/_ring.c
@@ -36,6 +36,10 @@ gate: setup
 
 docs: setup
 	$(BIN)/flowtape schema --markdown > docs/schema.md
+
+# The node image with podman (deploy/build-image.sh: mmdebstrap base, wheels by the venv's pip).
+image: setup
+	PYTHON=$(BIN)/python bash deploy/build-image.sh
 
 bench: setup
 	$(BIN)/python benchmarks/bench_tape.py

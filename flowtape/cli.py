@@ -66,7 +66,7 @@ def out() -> "typing.TextIO":  # noqa: F821
 
 def warn_problems(tape) -> None:
     for p in tape.problems:
-        print(f"flowtape: {p.severity}: {p.where(tape.path)}", file=sys.stderr)
+        print(f"flowtape: {p.severity}: {p.where(tape.remote or tape.path)}", file=sys.stderr)
 
 
 def fmt_ns(ns: int | None) -> str | None:
@@ -105,7 +105,7 @@ def info(
         if parts:
             tables[name] = {"rows": sum(p.rows for p in parts), "parts": len(parts), "bytes": sum(p.bytes for p in parts)}
     data = {
-        "tape": str(t.path),
+        "tape": t.remote or str(t.path),
         "format": m["format"],
         "written_by": f"{m['tool'].get('name')} {m['tool'].get('version')}",
         "complete": m["complete"],
@@ -206,10 +206,11 @@ def sql(
 
 @app.command()
 def merge(
-    tapes: Annotated[list[Path], typer.Argument(help="Node tapes to merge.")],
+    tapes: Annotated[list[str], typer.Argument(help="Node tapes to merge: folders, s3:// tapes, or an s3:// prefix holding the node tapes.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="New tape to write.")],
 ) -> None:
-    """Merge node tapes into one tape (parts are copied, one manifest is written).
+    """Merge node tapes into one tape (parts are copied, one manifest is written; each node's
+    clock offset is kept in the merged manifest). Tapes in a bucket are fetched first.
 
     Example: flowtape merge node-a.tape node-b.tape -o cluster.tape
     """
@@ -219,7 +220,84 @@ def merge(
         print(f"flowtape: {p.severity}: {p.where(src)}", file=sys.stderr)
 
     m = run(list(tapes), output, on_problem=report)
-    print(f"merged {len(tapes)} tape(s) into {output}: {len(m['files'])} parts, nodes {', '.join(sorted(m['nodes']))}")
+    n = len(m["extra"]["merged_from"])
+    print(f"merged {n} tape(s) into {output}: {len(m['files'])} parts, nodes {', '.join(sorted(m['nodes']))}")
+
+
+# --- object storage -----------------------------------------------------------------------
+
+UrlArg = Annotated[str, typer.Argument(help="s3://BUCKET/PREFIX/ (credentials: the AWS chain; AWS_ENDPOINT_URL for S3-compatible stores).", show_default=False)]
+
+
+@app.command()
+def push(
+    tape: TapeArg,
+    url: UrlArg,
+) -> None:
+    """Upload a tape to object storage: the parts not yet there, then the manifest. Run it again
+    after a failure (or a recorder stopped before its upload finished): it goes on where it stopped.
+    A URL ending in NAME.tape/ is the tape itself; otherwise the tape goes under it by its folder name.
+
+    Example: flowtape push incident.tape s3://tapes/incident-42/
+    """
+    from .storage import push as run
+
+    up, r = run(tape, url)
+    print(f"pushed {tape} to {up.dest.url}: {len(r.uploaded)} part(s) uploaded ({human_bytes(r.bytes)} in {r.seconds:.2f} s), "
+          f"{len(r.already)} already there")
+
+
+@app.command()
+def pull(
+    url: UrlArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Local tape to write (resumed if a pull of the same URL was cut off).")],
+    since: Annotated[Optional[str], typer.Option(help="Only parts with rows at or after this time (ISO 8601, UTC); Kubernetes tables always whole.")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Only parts with rows before this time (ISO 8601, UTC).")] = None,
+) -> None:
+    """Fetch a tape from object storage (or the parts of one time range); every part is checked
+    against the manifest's sha256. Exits 4 when the bucket lacks parts its manifest lists.
+
+    Example: flowtape pull s3://tapes/incident-42/node-a.tape/ -o node-a.tape --since 2026-01-01T10:00:00Z
+    """
+    from .analyze.reports.filters import parse_time
+    from .storage import pull as run
+
+    def ns(text: Optional[str], flag: str) -> Optional[int]:
+        if text is None:
+            return None
+        t = parse_time(text, flag)
+        return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
+
+    r = run(url, output, ns(since, "--since"), ns(until, "--until"))
+    for rel in r.missing:
+        print(f"flowtape: error: {url.rstrip('/')}/{rel}: listed in the manifest but not in the bucket; not fetched", file=sys.stderr)
+    print(f"pulled {url} into {output}: {len(r.fetched)} part(s) fetched ({human_bytes(r.bytes)} in {r.seconds:.2f} s), "
+          f"{len(r.cached)} already here, {r.skipped} outside the time range")
+    if r.missing:
+        raise typer.Exit(Exit.VERIFY_FAILED)
+
+
+@app.command(name="ls")
+def ls_(url: UrlArg, format: FormatOpt = Format.table) -> None:
+    """List the tapes at an s3:// prefix: nodes, window, parts, whether complete.
+
+    Example: flowtape ls s3://tapes/incident-42/
+    """
+    from .storage import client, list_tapes, manifest_at
+
+    s3 = client()
+    rows = []
+    for loc in list_tapes(url, s3):
+        m = manifest_at(s3, loc)
+        w = m.get("window") or {}
+        rows.append({"tape": loc.url, "nodes": ",".join(sorted(m.get("nodes", {}))), "start": fmt_ns(w.get("start_ns")),
+                     "end": fmt_ns(w.get("end_ns")), "parts": len(m["files"]), "complete": bool(m.get("complete"))})
+    import polars as pl
+
+    from .analyze.render.formats import render_frame
+
+    schema = {"tape": pl.String, "nodes": pl.String, "start": pl.String, "end": pl.String, "parts": pl.Int64, "complete": pl.Boolean}
+    render_frame(pl.DataFrame(rows, schema=schema), format, out())
 
 
 @app.command()

@@ -20,6 +20,7 @@ class Exit(IntEnum):
     UNSUPPORTED = 7  # the host lacks something needed (bcc, headers, tracepoint, cgroup v2)
     DISK_FULL = 8  # ran out of space; what was written is kept
     EXPORT_FAILED = 9  # an OTLP receiver refused data (4xx, partial rejections) or stayed unreachable after retries
+    UNREACHABLE = 10  # object storage (S3) could not be reached; every part is kept locally
     INTERRUPTED = 130
 
 
@@ -70,3 +71,9 @@ class Unsupported(FlowtapeError):
 
 class DiskFull(FlowtapeError):
     exit_code = Exit.DISK_FULL
+
+
+class Unreachable(FlowtapeError):
+    """Object storage did not answer (network gone, endpoint down): retrying later can succeed."""
+
+    exit_code = Exit.UNREACHABLE

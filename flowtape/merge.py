@@ -15,6 +15,7 @@ from .errors import TapeError, UsageError
 from .manifest import new_manifest, write_manifest
 from .reader import Problem, Tape
 from .schema import PARTITION_KEY
+from .storage import client, list_tapes, remote_url
 from .writer import DIR_MODE, FILE_MODE, sha256_file
 
 
@@ -28,6 +29,24 @@ def _max(*xs: int | None) -> int | None:
     return max(xs2) if xs2 else None
 
 
+def expand_inputs(inputs: list[str | os.PathLike]) -> list[str | os.PathLike]:
+    """Local tapes as given; an s3:// URL is a tape, or a prefix standing for every tape under it
+    (the node tapes a DaemonSet uploaded for one incident)."""
+    out: list[str | os.PathLike] = []
+    s3 = None
+    for p in inputs:
+        url = remote_url(p)
+        if url is None:
+            out.append(p)
+            continue
+        s3 = s3 or client()
+        found = list_tapes(url, s3)
+        if not found:
+            raise TapeError(f"{url}: no tapes there (no NAME.tape/manifest.json under this prefix)")
+        out += [loc.url for loc in found]
+    return out
+
+
 def merge(inputs: list[str | os.PathLike], out: str | os.PathLike, on_problem: Callable[[str, Problem], None] | None = None) -> dict:
     """Merge `inputs` into a new tape at `out`; returns its manifest.
 
@@ -39,7 +58,7 @@ def merge(inputs: list[str | os.PathLike], out: str | os.PathLike, on_problem: C
         raise UsageError("merge needs at least one input tape")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UsageError(f"{out}: already exists and is not empty; choose a new -o path")
-    tapes = [Tape(p) for p in inputs]
+    tapes = [Tape(p) for p in expand_inputs(inputs)]
     for t in tapes:
         if t.path.resolve() == out.resolve():
             raise UsageError(f"{out}: output is also an input")
@@ -52,8 +71,8 @@ def merge(inputs: list[str | os.PathLike], out: str | os.PathLike, on_problem: C
             src = tape.manifest
             for p in tape.problems:
                 if on_problem:
-                    on_problem(str(tape.path), p)
-            merged_from.append({"path": str(tape.path), "created_ns": src["created_ns"], "nodes": sorted(src["nodes"]), "complete": src["complete"]})
+                    on_problem(tape.remote or str(tape.path), p)
+            merged_from.append({"path": tape.remote or str(tape.path), "created_ns": src["created_ns"], "nodes": sorted(src["nodes"]), "complete": src["complete"]})
             for node, info in src["nodes"].items():
                 if node in m["nodes"]:
                     m["nodes"][node].setdefault("other_clocks", []).append(info.get("clock"))
@@ -97,6 +116,9 @@ def merge(inputs: list[str | os.PathLike], out: str | os.PathLike, on_problem: C
         t["parts"] += 1
     m["tables"] = dict(sorted(m["tables"].items()))
     m["extra"]["merged_from"] = merged_from
+    # each node's wall-clock minus monotonic offset, sampled by its recorder: the reference for
+    # judging cross-node ordering (rows are already in wall-clock time)
+    m["extra"]["clock_offsets_ns"] = {node: (info.get("clock") or {}).get("offset_ns") for node, info in sorted(m["nodes"].items())}
     m["complete"] = all(x["complete"] for x in merged_from)
     write_manifest(out, m)
     return m

@@ -17,6 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import storage
 from .errors import QueryError, TapeError
 from .manifest import read_manifest
 from .schema import PARTITION_KEY, TABLES, Table
@@ -138,9 +139,14 @@ class Tape:
     """
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+        # s3://BUCKET/PREFIX/NAME.tape/: read from the local cache, fetched first (flowtape/storage.py)
+        url = storage.remote_url(path)
+        self.remote = storage.parse_url(url).url if url else None  # one spelling: s3://BUCKET/PREFIX/
+        self.path = storage.cached(self.remote)[0] if self.remote else Path(path)
         self.manifest = read_manifest(self.path)
         self.parts, self.problems = scan_parts(self.path, self.manifest)
+        for rel in (self.manifest.get("extra", {}).get("pulled_from") or {}).get("parts_missing") or []:
+            self.problems.append(Problem(rel, "listed in the bucket's manifest but not in the bucket (a manifest newer than its parts); not read"))
         self.con = duckdb.connect(":memory:")
         self._analysis: Any = None
         # Reports must not depend on the reader's local time zone (date_trunc, display, .pl()).
@@ -272,7 +278,7 @@ class Tape:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<Tape {str(self.path)!r} nodes={self.nodes} parts={len(self.parts)} problems={len(self.problems)}>"
+        return f"<Tape {self.remote or str(self.path)!r} nodes={self.nodes} parts={len(self.parts)} problems={len(self.problems)}>"
 
 
 # DuckDB's names of the Arrow types of columns a part may lack (schema.Column.added)

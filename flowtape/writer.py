@@ -173,6 +173,8 @@ class TapeWriter:
                     self._note_existing(rel)
                 for p in self.path.glob("*/node=*/part-*.parquet"):
                     self._note_existing(str(p.relative_to(self.path)))
+                for p in self.path.glob("*/node=*/.part-*.parquet.tmp"):  # a killed writer's unfinished part keeps its number
+                    self._note_existing(str(p.with_name(p.name[1:-len(".tmp")]).relative_to(self.path)))
             else:
                 if self.path.exists() and (not self.path.is_dir() or any(self.path.iterdir())):
                     raise UsageError(f"{self.path}: already exists and is not empty; choose a new -o path (tapes are never overwritten)")

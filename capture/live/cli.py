@@ -10,6 +10,7 @@ import typer
 
 from ...durations import parse_seconds
 from ...errors import UsageError
+from ...storage import parse_url
 from ..k8s.watcher import ContextOpt, InClusterOpt, KubeconfigOpt, NoK8sOpt
 
 
@@ -31,6 +32,9 @@ def register(app: typer.Typer) -> None:
         context: ContextOpt = None,
         in_cluster: InClusterOpt = False,
         no_k8s: NoK8sOpt = False,
+        upload: Annotated[Optional[str], typer.Option("--upload", help="s3://BUCKET/PREFIX/: upload each finished part, then the manifest, as rotations complete (the tape goes to PREFIX/<name of -o>/ unless the URL ends in NAME.tape/). Parts stay local; network losses are retried. Credentials: the AWS chain; AWS_ENDPOINT_URL for S3-compatible stores.")] = None,
+        upload_timeout: Annotated[str, typer.Option(help="How long the last upload may take at the end (then: exit 10, the tape stays local, `flowtape push` finishes it).")] = "60s",
+        resume: Annotated[bool, typer.Option("--resume", help="Continue the tape at -o if it exists (a restarted pod), with a gap for the time in between; its pending uploads go on.")] = False,
         print_bpf: Annotated[bool, typer.Option("--print-bpf", help="Print the final C of the selected probes and exit.", hidden=True)] = False,
     ) -> None:
         """Record flows, TCP connections, DNS, HTTP and TLS from eBPF into a tape (needs root),
@@ -57,7 +61,12 @@ def register(app: typer.Typer) -> None:
             no_redact=no_redact,
             header_allow_list=[h.strip() for h in header_allow_list.split(",") if h.strip()] if header_allow_list is not None else None,
             owner_fallback=owner_fallback,
+            upload=upload,
+            upload_timeout=parse_seconds(upload_timeout, "--upload-timeout") or 0.0,
+            resume=resume,
         )
+        if upload:
+            parse_url(upload)  # a malformed URL is a usage error before anything starts
         if print_bpf:
             sys.stdout.write(render_sources(opts))
             return
@@ -71,3 +80,7 @@ def register(app: typer.Typer) -> None:
         rows = ", ".join(f"{k} {v:,}" for k, v in sorted(summary.rows.items())) or "no rows"
         lost = sum(summary.lost.values())
         print(f"recorded {summary.seconds:.1f} s into {summary.tape}: {rows}; lost {lost}", file=sys.stderr)
+        if upload and summary.upload_error is None:
+            print(f"uploaded {summary.uploaded_parts} part(s) ({summary.uploaded_bytes:,} bytes) and the manifest to {upload}", file=sys.stderr)
+        if summary.upload_error is not None:
+            raise summary.upload_error

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ...errors import DiskFull, FlowtapeError, Unsupported, UsageError
+from ... import storage
+from ...manifest import read_manifest
 from ...writer import TapeWriter, clock_sample
 from . import ebpf
 from .connections import CLOSE, ESTABLISHED, EV_STATE, CgroupResolver, ConnectionProbe, ConnectionTracker
@@ -52,6 +54,9 @@ class RecordOptions:
     owner_fallback: bool = False  # ConnectionProbe.owner_fallback (--owner-fallback)
     kube: Any = None  # capture.k8s.KubeConfig, or None: no Kubernetes watcher
     kube_explicit: bool = False  # the cluster was asked for by flags: failing to reach it is an error
+    upload: str | None = None  # s3://BUCKET/PREFIX/: finished parts and the manifest go there as rotations complete
+    upload_timeout: float = 60.0  # seconds the final upload may take at the end before giving up (the tape stays local)
+    resume: bool = False  # an existing tape at `out` is continued (a restarted DaemonSet pod), not refused
 
 
 @dataclass
@@ -61,6 +66,10 @@ class RecordSummary:
     rows: dict[str, int] = field(default_factory=dict)
     lost: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    upload: Any = None  # storage.SyncResult of the final upload, when --upload
+    upload_error: FlowtapeError | None = None  # the final upload failed: the parts are all local
+    uploaded_parts: int = 0
+    uploaded_bytes: int = 0
 
 
 def _human(n: float) -> str:
@@ -133,6 +142,7 @@ class Recorder:
         self._l7_settings: dict[str, Any] = {}
         self.kube: Any = None
         self.writer: TapeWriter | None = None
+        self.uploads: storage.UploadLoop | None = None
         self.summary = RecordSummary(opts.out)
         self.events = 0
         self.cgroups: CgroupResolver | None = None
@@ -345,9 +355,16 @@ class Recorder:
     def run(self) -> RecordSummary:
         check_host()
         opts = self.opts
+        s3 = None
+        if opts.upload:
+            s3 = storage.client()
+            storage.check_bucket(s3, storage.parse_url(opts.upload))  # one line before any tape: no bucket, bad credentials
         clock = clock_sample()
         self._offset = clock["offset_ns"]
-        self.writer = TapeWriter(opts.out, node=opts.node, rotate_seconds=opts.rotate, clock=clock)
+        resume = opts.resume and (opts.out / "manifest.json").exists()
+        # the previous run's last manifest update: from there until now nothing was recorded
+        last_seen = read_manifest(opts.out).get("updated_ns") if resume else None
+        self.writer = TapeWriter(opts.out, node=opts.node, rotate_seconds=opts.rotate, clock=clock, append=resume)
         # read now: the tape is analysed elsewhere, where this host's names are not at hand
         self.writer.set_host({"addresses": own_addresses(), "etc_hosts": etc_hosts()})
         self.namespaces = NamespaceAddresses()
@@ -360,7 +377,16 @@ class Recorder:
             except FlowtapeError:
                 self._discard_empty_tape()
                 raise
-            self.writer.set_window(start_ns=start_wall)
+            if resume:
+                # blind from the previous run's last manifest update until now: said, not hidden
+                self.writer.add_gap("recorder", int(last_seen or start_wall), start_wall, "recorder restarted (--resume): nothing recorded in between")
+                if self.writer.manifest["window"].get("start_ns") is None:
+                    self.writer.set_window(start_ns=start_wall)
+            else:
+                self.writer.set_window(start_ns=start_wall)
+            if opts.upload:
+                self.uploads = storage.UploadLoop(storage.Uploader(opts.out, opts.upload, s3), self._warn)
+                self.uploads.start()
             self._start_kube(start_wall)
             probes = [p for p, on in (("flows", self.flows), ("connections", self.conns), ("l7", self.l7)) if on]
             if self.l7 is not None and self.l7.go is not None:
@@ -377,9 +403,12 @@ class Recorder:
             self._stop_probes()
             if self.writer is not None:
                 self.writer.abort()  # keep the parts already finished; the manifest lists them
+            self._finish_uploads()
             raise
         except BaseException:
             self._stop_kube()
+            if self.uploads is not None:
+                self.uploads.stop()
             raise
         finally:
             for s, h in old_handlers.items():
@@ -491,6 +520,24 @@ class Recorder:
         w.set_window(end_ns=time.time_ns())
         w.close()
         self._status_line(self.summary.seconds, 0.0, final=True)
+        self._finish_uploads()
+
+    def _finish_uploads(self) -> None:
+        """The last parts and the complete manifest to the bucket, within --upload-timeout."""
+        loop = self.uploads
+        if loop is None:
+            return
+        self.uploads = None
+        final = loop.finish(self.opts.upload_timeout)
+        self.summary.uploaded_parts = sum(len(r.uploaded) for r in loop.syncs)
+        self.summary.uploaded_bytes = sum(r.bytes for r in loop.syncs)
+        if final is None:
+            why = loop.failing.message if loop.failing else "unknown"
+            err = loop.failing if loop.failing is not None else FlowtapeError(why)
+            self.summary.upload_error = type(err)(
+                f"upload to {loop.up.dest.url} did not finish within {self.opts.upload_timeout:g} s ({why}); "
+                f"every part is kept in {self.opts.out}: `flowtape push {self.opts.out} {loop.up.dest.url}` finishes it")
+        self.summary.upload = final
 
     def _discard_empty_tape(self) -> None:
         """Nothing could be recorded: do not leave an empty tape behind."""

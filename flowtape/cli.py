@@ -54,7 +54,7 @@ def root(
 
 # --- shared option sets (defined once, reused by every command) ---------------------------
 
-from .analyze.render.formats import Format  # noqa: E402
+from .analyze.render.formats import Format, human_bytes  # noqa: E402
 
 TapeArg = Annotated[Path, typer.Argument(help="Path of a tape (a NAME.tape folder).", show_default=False)]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.", case_sensitive=False)]
@@ -126,7 +126,6 @@ def info(
     w(f"tape       {data['tape']}  ({data['format']}, written by {data['written_by']}{'' if m['complete'] else ', INCOMPLETE'})\n")
     w(f"window     {data['window']['start']} .. {data['window']['end']}  ({data['window']['seconds']} s)\n")
     w(f"nodes      {', '.join(t.nodes) or '-'}\n")
-    from .analyze.render.formats import human_bytes  # decimal units, as every table for people
 
     w(f"size       {human_bytes(size)} on disk\n")
     w("tables\n")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -71,7 +70,6 @@ def main() -> None:
         rows, scan_s = out.split()[:2]
         rows, scan_s = int(rows), float(scan_s)
         target = a.out_dir / "flowtape-bench-export.jsonl"
-        t0 = time.perf_counter()
         out, wall_e, cpu_e, rss_e = child([*flowtape, "export", "otlp", str(a.tape), "--output", str(target), "--signals", "traces"])
         size = target.stat().st_size
         target.unlink()

@@ -79,6 +79,3 @@ class Resources:
         if s is None:
             s = self._json[key] = '{"attributes":' + attributes_json(resource_attributes(*key)) + "}"
         return s
-
-    def exporter(self) -> str:
-        return '{"attributes":' + attributes_json(EXPORTER_RESOURCE) + "}"

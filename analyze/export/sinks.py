@@ -155,7 +155,8 @@ class OtlpHttp:
 
     def send(self, signal: str, body: bytes, what: str) -> Answer:
         """POST one request to /v1/{signal}; `what` names it in errors ("batch 3 of traces")."""
-        data = gzip.compress(body, compresslevel=6) if self.compress else body
+        # level 1: several times less CPU than the default (6) for somewhat bigger requests
+        data = gzip.compress(body, compresslevel=1) if self.compress else body
         headers = {"Content-Type": "application/x-protobuf", "User-Agent": f"flowtape/{__version__}", **self.headers}
         if self.compress:
             headers["Content-Encoding"] = "gzip"

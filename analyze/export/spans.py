@@ -17,9 +17,10 @@ it caused) are the request-journeys view's work and not made here: client spans 
 
 DNS: one CLIENT span per lookup (`tape.enriched("dns")`: a query seen on two nodes counts once).
 
-Memory: the enriched rows are copied once, narrow and sorted by time, into temporary tables
-(DuckDB keeps them within its memory limit and spills the rest to its temporary folder); the
-spans are then made one time slice at a time, ordered, so the stream is the same on every run.
+Memory: the enriched rows are copied once, narrow and sorted by time, into tables of the
+in-memory database (DuckDB keeps them within its memory limit and spills the rest to its
+temporary folder); spans are then made one time slice at a time, ordered within it, so the
+stream is the same on every run (what resuming relies on, see checkpoint.py).
 """
 
 from __future__ import annotations

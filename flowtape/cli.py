@@ -33,6 +33,7 @@ COMMAND_MODULES: list[str] = [
     "flowtape.analyze.report_cli",
     "flowtape.capture.synth.cli",
     "flowtape.capture.k8s.cli",
+    "flowtape.capture.importers.cli",
     "flowtape.analyze.ci.cli",
 ]
 

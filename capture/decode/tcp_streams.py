@@ -34,12 +34,13 @@ METHOD_PREFIXES = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC"
 HELLO_CAP = 2048  # bpf/events.h FT_L7_DATA_MAX: ClientHello bytes the kernel sends at most
 
 
-def follows(data: bytes, sport: int, dport: int) -> tuple[str, bool] | None:
+def follows(data: bytes, sport: int, dport: int, dns_ports: frozenset[int] | tuple[int, ...] = (53,)) -> tuple[str, bool] | None:
     """Whether bpf/l7.c follows a TCP flow of which this payload segment (sport -> dport) is the
     first it looks at: (kind, the segment is from the client), or None. The kernel looks at every
-    payload segment of a flow it does not follow yet, so a caller asks again at the next one."""
-    if sport == 53 or dport == 53:
-        return DNS_TCP, dport == 53
+    payload segment of a flow it does not follow yet, so a caller asks again at the next one.
+    dns_ports: the kernel's is 53; an importer may be told of others."""
+    if sport in dns_ports or dport in dns_ports:
+        return DNS_TCP, dport in dns_ports
     if len(data) >= 6 and data[0] == 0x16 and data[1] == 3 and data[5] == 1:
         return TLS_HELLO, True
     if len(data) >= 4 and data[:4] in METHOD_PREFIXES:

@@ -60,6 +60,8 @@ class PacketLoop(RecordLoop):
         self.counts = dict.fromkeys(COUNTERS, 0)
         self.first_ns: int | None = None
         self.last_ns: int | None = None
+        self.file_first: int | None = None  # the current file's earliest and latest packet
+        self.file_last: int | None = None
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -67,6 +69,7 @@ class PacketLoop(RecordLoop):
         """Records that follow are of file `file_no` (flows keep files' interfaces apart)."""
         self.file_no = file_no
         self.links = []
+        self.file_first = self.file_last = None
 
     def set_links(self, links: list[int]) -> None:
         """The link type of each interface of the current file (a pcapng file's grow as it is read)."""
@@ -93,6 +96,10 @@ class PacketLoop(RecordLoop):
          ifindex, l4_cut, _frag) = p
         counts["packets"] += 1
         counts["bytes_ip"] += ip_len
+        if self.file_first is None or ts < self.file_first:
+            self.file_first = ts
+        if self.file_last is None or ts > self.file_last:
+            self.file_last = ts
         if self.first_ns is None:
             self.first_ns = self.last_ns = ts
             self.bucket_end = ts + self.interval_ns
@@ -224,4 +231,5 @@ class PacketLoop(RecordLoop):
         self.conns.finish(self.last_ns if self.last_ns is not None else 0)
 
     def counters(self) -> dict[str, int]:
-        return {**self.counts, "connections_started_before_capture": self.conns.started_before}
+        return {**self.counts, "connections_started_before_capture": self.conns.started_before,
+                "file_first_ns": self.file_first, "file_last_ns": self.file_last}

@@ -109,6 +109,7 @@ class Capture:
     interfaces: list[Interface] = field(default_factory=list)
     records_read: int = 0
     _f: IO[bytes] | None = None
+    _raw: Any = None  # the file under a gzip stream (GzipFile does not close what it was given)
     _head: bytes = b""
     _pcap: tuple = ()
 
@@ -120,6 +121,9 @@ class Capture:
         if self._f is not None:
             self._f.close()
             self._f = None
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
 
     def records(self) -> Iterator[tuple[int, int, bytes, int, int]]:
         """(ts_ns, interface index, captured bytes, original length, direction) of every readable
@@ -538,13 +542,13 @@ def open_capture(path: Path, problems: Problems | None = None, fileobj: Any = No
             order, nano, hlen = PCAP_MAGIC[struct.unpack_from("<I", head)[0]]
             _major, _minor, _zone, _sigfigs, snaplen, link = struct.unpack_from(order + "HHiIII", head, 4)
             # the link type's upper bits may hold an FCS length (LINKTYPE_FCS): the type is the low 16
-            cap = Capture(path, "pcap", compressed, problems, [Interface(link & 0xFFFF, snaplen)], _f=f, _head=head[24:],
+            cap = Capture(path, "pcap", compressed, problems, [Interface(link & 0xFFFF, snaplen)], _f=f, _raw=raw, _head=head[24:],
                           _pcap=(order, nano, hlen))
             return cap
         if len(head) >= 28 and struct.unpack_from("<I", head)[0] == PCAPNG_SHB:
             bom = head[8:12]
             if bom in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d"):
-                cap = Capture(path, "pcapng", compressed, problems, [], _f=f, _head=head)
+                cap = Capture(path, "pcapng", compressed, problems, [], _f=f, _raw=raw, _head=head)
                 return cap
         raise _not_a_capture(path, head, compressed)
     except BaseException:

@@ -479,6 +479,7 @@ def import_pcap(paths: list[Path], out: Path, node: str | None = None, interval_
         w.update("extra", {
             "import": {
                 "source": "pcap", "files": [r.manifest() for r in reports], "problems": dict(sorted(problems.items())),
+                "damaged": any(PROBLEM_TEXT.get(k, (True, None))[0] for k in problems),
                 "notes": {**sink.stats.notes(), "connections_started_before_capture": counters["connections_started_before_capture"],
                           "gso_packets_split": counters["gso_packets_split"]},
             },

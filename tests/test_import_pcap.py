@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import subprocess
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -71,6 +72,7 @@ def both_loops(tmp: Path, files: list[Path], monkeypatch, *args: str) -> dict[st
     """Import with the compiled loop and with the Python reference; the tapes must be equal."""
     if pcap_import.loop_in_use() != "c" and pcap_import._pcap is None:
         pytest.fail("capture/importers/_pcap.c was not built (gcc and python3-dev are needed)")
+    tmp = Path(tempfile.mkdtemp(dir=tmp))
     a, _ = do_import(tmp, files, *args, loop="c", monkeypatch=monkeypatch, name="c.tape")
     b, _ = do_import(tmp, files, *args, loop="python", monkeypatch=monkeypatch, name="py.tape")
     ca, cb = tape_content(a), tape_content(b)
@@ -319,6 +321,32 @@ def test_pcapng_interfaces_names_and_directions(tmp_path, monkeypatch):
     assert {r["iface"] for r in got} == {"eth0", "cni0"}
     assert got[0]["direction"] == "ingress" and got[1]["direction"] == "egress"
     both_loops(tmp_path, [path], monkeypatch)
+
+
+def test_a_packet_seen_on_several_interfaces_counts_once(tmp_path, monkeypatch):
+    """tcpdump -i any sees a packet on the pod's veth, on the bridge and on the other veth; the
+    recorder counts it once per node, so does the import (a retransmission is not a duplicate)."""
+    ref_frames = sample_frames(cooked_v2)
+    ref = summary(do_import(tmp_path, [write_pcap(tmp_path / "one.pcap", ref_frames, link=276)], name="one.tape")[0])
+    frames = []
+    for ts, fr in sample_frames(lambda ip: ip):
+        frames += [(ts, cooked_v2(fr, 3)), (ts + 20_000, cooked_v2(fr, 4)), (ts + 40_000, cooked_v2(fr, 5, outgoing=True))]
+    frames.sort(key=lambda x: x[0])
+    path = write_pcap(tmp_path / "any.pcap", frames, link=276)
+    tape, _ = do_import(tmp_path, [path])
+    got = summary(tape)
+    assert got["conns"] == ref["conns"] and got["http"] == ref["http"] and got["dns"] == ref["dns"]
+    assert got["flows"] == ref["flows"]
+    notes = json.loads((tape / "manifest.json").read_text())["extra"]["import"]["notes"]
+    assert notes["duplicate_sightings"] == 2 * len(ref_frames)
+    # the same segment again on the same interface is a retransmission, not a sighting
+    conv = Conversation("198.18.0.1", 40010, "198.18.0.2", 80, wrap=cooked_v2)
+    f2 = conv.handshake(T0) + conv.send(T0 + 1_000_000, True, b"r" * 100)
+    f2.append((f2[-2][0] + 500_000, f2[-2][1]))
+    got = conns(do_import(tmp_path, [write_pcap(tmp_path / "re.pcap", f2, link=276)], name="re.tape")[0])
+    assert got["client"]["retransmits"] == 1 and got["client"]["segs_sent"] == 4
+    both_loops(tmp_path, [path], monkeypatch)
+    both_loops(tmp_path, [write_pcap(tmp_path / "v1.pcap", [(t, cooked_v1(fr[20:])) for t, fr in frames], link=113)], monkeypatch)
 
 
 # --- TCP lives -------------------------------------------------------------------------------------

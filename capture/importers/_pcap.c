@@ -24,6 +24,17 @@
 #define HELLO_CAP 2048
 #define NONE INT64_MIN /* a Python None among int64 fields */
 #define HALF 0x80000000u
+#define DUP_WINDOW_NS 2000000LL
+#define DUP_RECENT 1024
+#define DUP_BYTES 128
+
+/* PacketLoop.recent: the latest packets of a capture of several interfaces */
+typedef struct {
+    int64_t ts, iface; /* iface NONE: Linux cooked v1, no interface named */
+    uint64_t hash;
+    int len;
+    uint8_t bytes[DUP_BYTES];
+} Recent;
 
 enum { K_NONE = 0, K_HTTP = 1, K_DNS = 2, K_TLS = 3 };
 enum { D_NONE = 0, D_INGRESS = 1, D_EGRESS = 2 };
@@ -321,7 +332,45 @@ typedef struct {
     Py_ssize_t ftab_cap, ftab_used;
     int64_t flow_seq;
     Conn *current; /* the connection whose segment is being handed to the sink (skip() looks here first) */
+    int dedupe;
+    Recent *recent; /* a ring of DUP_RECENT; recent_n used, recent_head the next to write */
+    int recent_n, recent_head;
+    int64_t c_duplicates;
 } Loop;
+
+/* PacketLoop._duplicate */
+static int duplicate(Loop *L, int64_t ts, int64_t iface, const uint8_t *f, Py_ssize_t n, Py_ssize_t ipoff, Py_ssize_t l3_end, int family) {
+    Py_ssize_t end = n < l3_end ? n : l3_end;
+    if (end > ipoff + DUP_BYTES) end = ipoff + DUP_BYTES;
+    int len = end > ipoff ? (int)(end - ipoff) : 0;
+    uint8_t fp[DUP_BYTES];
+    memcpy(fp, f + ipoff, (size_t)len);
+    if (family == 4) {
+        if (len > 8) fp[8] = 0;
+        if (len >= 12) fp[10] = fp[11] = 0;
+    } else if (len > 7) {
+        fp[7] = 0;
+    }
+    uint64_t h = hash_bytes(fp, (size_t)len);
+    for (int k = 0; k < L->recent_n; k++) {
+        Recent *e = &L->recent[(L->recent_head - 1 - k + DUP_RECENT) % DUP_RECENT];
+        if (ts - e->ts > DUP_WINDOW_NS) break;
+        int64_t d = ts - e->ts;
+        if (d < 0) d = -d;
+        if (e->hash == h && e->len == len && memcmp(e->bytes, fp, (size_t)len) == 0 && d <= DUP_WINDOW_NS &&
+            (iface == NONE || e->iface != iface))
+            return 1;
+    }
+    Recent *e = &L->recent[L->recent_head];
+    e->ts = ts;
+    e->iface = iface;
+    e->hash = h;
+    e->len = len;
+    memcpy(e->bytes, fp, (size_t)len);
+    L->recent_head = (L->recent_head + 1) % DUP_RECENT;
+    if (L->recent_n < DUP_RECENT) L->recent_n++;
+    return 0;
+}
 
 static int is_dns_port(Loop *L, int port) {
     for (int i = 0; i < L->n_dns; i++)
@@ -856,6 +905,14 @@ static int packet(Loop *L, int64_t ts, Py_ssize_t ifc, const uint8_t *f, Py_ssiz
         else L->c_unknown_link++;
         return 0;
     }
+    if (L->dedupe) {
+        int link = L->links[ifc];
+        int64_t iface = link == 276 ? p.ifindex : link == 113 ? NONE : (int64_t)ifc;
+        if (duplicate(L, ts, iface, f, n, p.l3_end - p.ip_len, p.l3_end, p.family)) {
+            L->c_duplicates++;
+            return 0;
+        }
+    }
     L->c_packets++;
     L->c_bytes_ip += p.ip_len;
     if (L->file_first == NONE || ts < L->file_first) L->file_first = ts;
@@ -990,6 +1047,7 @@ static void Loop_dealloc(Loop *L) {
     PyMem_Free(L->free_conns);
     PyMem_Free(L->ctab);
     PyMem_Free(L->ftab);
+    PyMem_Free(L->recent);
     Py_TYPE(L)->tp_free((PyObject *)L);
 }
 
@@ -1024,6 +1082,13 @@ static PyObject *Loop_set_links(Loop *L, PyObject *arg) {
     PyMem_Free(L->links);
     L->links = links;
     L->n_links = n;
+    L->dedupe = n > 1;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (links[i] == 113 || links[i] == 276) L->dedupe = 1;
+    if (L->dedupe && L->recent == NULL) {
+        L->recent = PyMem_Calloc(DUP_RECENT, sizeof(Recent));
+        if (L->recent == NULL) return PyErr_NoMemory();
+    }
     Py_RETURN_NONE;
 }
 
@@ -1152,7 +1217,7 @@ static PyObject *Loop_finish(Loop *L, PyObject *unused) {
 }
 
 static PyObject *Loop_counters(Loop *L, PyObject *unused) {
-    return Py_BuildValue("{sLsLsLsLsLsLsLsLsLsNsN}", "packets", (long long)L->c_packets, "bytes_ip", (long long)L->c_bytes_ip,
+    return Py_BuildValue("{sLsLsLsLsLsLsLsLsLsLsNsN}", "duplicate_sightings", (long long)L->c_duplicates, "packets", (long long)L->c_packets, "bytes_ip", (long long)L->c_bytes_ip,
                          "snaplen_cut", (long long)L->c_snaplen_cut, "transport_header_cut", (long long)L->c_l4_cut,
                          "not_ip", (long long)L->c_not_ip, "ip_header_cut", (long long)L->c_ip_cut,
                          "unknown_link_type", (long long)L->c_unknown_link, "gso_packets_split", (long long)L->c_gso,

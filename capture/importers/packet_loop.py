@@ -28,6 +28,7 @@ and its FIN/RST; a TLS flow sends the client's bytes up to the ClientHello's len
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 from ..decode.tcp_streams import DNS_TCP, TLS_HELLO, follows, hello_budget
@@ -36,12 +37,15 @@ from .pcap_reader import EPB_INBOUND, EPB_OUTBOUND, RecordLoop
 from .tcp_conns import ACK, FIN, RST, SYN, Conn, ConnTable
 
 HOUSEKEEP_NS = 1_000_000_000  # capture time between housekeeping passes
+DUP_WINDOW_NS = 2_000_000  # a packet seen again on another interface within this long is the same packet
+DUP_RECENT = 1024  # packets remembered for that (the latest ones)
+DUP_BYTES = 128  # bytes of the IP packet compared
 SEQ_MOD = 1 << 32
 HALF = 1 << 31
 PORTED = (6, 17, 132)
 
 COUNTERS = ("packets", "bytes_ip", "snaplen_cut", "transport_header_cut", "not_ip", "ip_header_cut", "unknown_link_type",
-            "gso_packets_split", "connections_started_before_capture")
+            "gso_packets_split", "connections_started_before_capture", "duplicate_sightings")
 
 
 class PacketLoop(RecordLoop):
@@ -62,6 +66,8 @@ class PacketLoop(RecordLoop):
         self.last_ns: int | None = None
         self.file_first: int | None = None  # the current file's earliest and latest packet
         self.file_last: int | None = None
+        self.dedupe = False
+        self.recent: collections.deque = collections.deque(maxlen=DUP_RECENT)  # (ts, interface, fingerprint)
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -72,8 +78,12 @@ class PacketLoop(RecordLoop):
         self.file_first = self.file_last = None
 
     def set_links(self, links: list[int]) -> None:
-        """The link type of each interface of the current file (a pcapng file's grow as it is read)."""
+        """The link type of each interface of the current file (a pcapng file's grow as it is read).
+        A capture of several interfaces (`tcpdump -i any`: Linux cooked; pcapng with more than one)
+        sees a packet once per interface it crossed (pod veth, bridge, NIC): the recorder counts it
+        once per node, so does this loop (`_duplicate`)."""
         self.links = list(links)
+        self.dedupe = len(links) > 1 or any(link in (P.SLL, P.SLL2) for link in links)
 
     def skip(self, cid: int, l7_from_client: bool, seq_end: int) -> None:
         """The sink read a head whose body ends at seq_end: segments wholly before it are not sent."""
@@ -92,8 +102,13 @@ class PacketLoop(RecordLoop):
         if p.__class__ is str:
             counts[p] += 1  # type: ignore[index]
             return
-        (_family, src, dst, proto, ip_len, l4off, l3_end, sport, dport, seq, _ack, flags, poff, paylen, macs, cooked_dir,
+        (family, src, dst, proto, ip_len, l4off, l3_end, sport, dport, seq, _ack, flags, poff, paylen, macs, cooked_dir,
          ifindex, l4_cut, _frag) = p
+        link = self.links[ifc]
+        if self.dedupe and self._duplicate(ts, ifindex if link == P.SLL2 else None if link == P.SLL else ifc, frame,
+                                           l3_end - ip_len, l3_end, family):
+            counts["duplicate_sightings"] += 1
+            return
         counts["packets"] += 1
         counts["bytes_ip"] += ip_len
         if self.file_first is None or ts < self.file_first:
@@ -140,6 +155,28 @@ class PacketLoop(RecordLoop):
                 f[3] = ts
             if flags:
                 f[4] |= flags
+
+    def _duplicate(self, ts: int, iface: int | None, frame: bytes, ipoff: int, l3_end: int, family: int) -> bool:
+        """Whether this packet was seen within DUP_WINDOW_NS on another interface (any interface for
+        Linux cooked v1, which names none): the same first DUP_BYTES bytes of the IP packet, hop
+        limit and IPv4 header checksum aside (a router between the two changed them)."""
+        fp = bytearray(frame[ipoff:min(len(frame), l3_end, ipoff + DUP_BYTES)])
+        if family == 4:
+            if len(fp) > 8:
+                fp[8] = 0  # TTL
+            if len(fp) >= 12:
+                fp[10] = fp[11] = 0  # header checksum
+        elif len(fp) > 7:
+            fp[7] = 0  # hop limit
+        fp_b = bytes(fp)
+        anyif = iface is None
+        for t0, i0, f0 in reversed(self.recent):
+            if ts - t0 > DUP_WINDOW_NS:
+                break
+            if f0 == fp_b and abs(ts - t0) <= DUP_WINDOW_NS and (anyif or i0 != iface):
+                return True
+        self.recent.append((ts, iface, fp_b))
+        return False
 
     def _tcp(self, ts: int, src: bytes, sport: int, dst: bytes, dport: int, seq: int, flags: int, l4off: int, poff: int,
              paylen: int, l3_end: int, ip_len: int, frame: bytes) -> tuple[int, int]:

@@ -76,7 +76,6 @@ PROBLEM_TEXT = {
     "ip_header_cut": (True, "packets whose IP header is cut or invalid: skipped"),
     "snaplen_cut": (False, "packets cut by the snaplen: sizes from the IP header, L7 decoded from the bytes captured"),
     "transport_header_cut": (False, "packets whose TCP/UDP header is cut by the snaplen: counted in flows without ports"),
-    "cooked_v1_any": (False, "a Linux cooked v1 capture (`-i any`) names no interface: a packet that crossed several interfaces counts once per crossing"),
     "no_timestamps": (False, "Simple Packet Blocks carry no time: each takes the time of the packet before it"),
 }
 
@@ -435,8 +434,6 @@ def import_pcap(paths: list[Path], out: Path, node: str | None = None, interval_
                     cap.problems.add(kind, delta[kind])
             if len(set(cap.link_types)) > 1:
                 cap.problems.add("several_link_types", 1)
-            if P.SLL in cap.link_types and rep.packets:
-                cap.problems.add("cooked_v1_any", 1)
         loop.finish()
         counters = loop.counters()
         start, end = loop.first_ns, loop.last_ns
@@ -455,8 +452,6 @@ def import_pcap(paths: list[Path], out: Path, node: str | None = None, interval_
                     what += f" packet(s); link types {', '.join(str(t) for t in rep.capture.link_types if t not in P.SUPPORTED)}"
                 elif kind in ("several_link_types",):
                     what = ", ".join(P.LINK_NAMES.get(t, str(t)) for t in rep.capture.link_types)
-                elif kind == "cooked_v1_any":
-                    what = "counts may double"
                 print(f"flowtape: warning: {rep.path}: {text} ({what})", file=status)
             if not rep.packets:
                 print(f"flowtape: warning: {rep.path}: no IP packet in this capture", file=status)
@@ -481,7 +476,8 @@ def import_pcap(paths: list[Path], out: Path, node: str | None = None, interval_
                 "source": "pcap", "files": [r.manifest() for r in reports], "problems": dict(sorted(problems.items())),
                 "damaged": any(PROBLEM_TEXT.get(k, (True, None))[0] for k in problems),
                 "notes": {**sink.stats.notes(), "connections_started_before_capture": counters["connections_started_before_capture"],
-                          "gso_packets_split": counters["gso_packets_split"]},
+                          "gso_packets_split": counters["gso_packets_split"],
+                          "duplicate_sightings": counters["duplicate_sightings"]},
             },
         })
     summary.rows = dict(sorted(sink.written.items()))

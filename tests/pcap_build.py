@@ -43,7 +43,7 @@ def ip_packet(src: str, dst: str, proto: int, l4: bytes, ident: int = 0, frag: i
 
 
 def ethernet(ip: bytes, vlans: tuple[int, ...] = (), src: bytes = MAC_A, dst: bytes = MAC_B, qinq: bool = False) -> bytes:
-    etype = 0x0800 if ip[0] >> 4 == 4 else 0x86DD
+    etype = 0x86DD if ip[:1] and ip[0] >> 4 == 6 else 0x0800
     tags = b""
     for i, vid in enumerate(vlans):
         tpid = 0x88A8 if qinq and i == 0 else 0x8100
@@ -52,17 +52,17 @@ def ethernet(ip: bytes, vlans: tuple[int, ...] = (), src: bytes = MAC_A, dst: by
 
 
 def cooked_v1(ip: bytes, outgoing: bool = False) -> bytes:
-    etype = 0x0800 if ip[0] >> 4 == 4 else 0x86DD
+    etype = 0x86DD if ip[:1] and ip[0] >> 4 == 6 else 0x0800
     return struct.pack("!HHH8sH", 4 if outgoing else 0, 1, 6, MAC_A + b"\0\0", etype) + ip
 
 
 def cooked_v2(ip: bytes, ifindex: int = 3, outgoing: bool = False) -> bytes:
-    etype = 0x0800 if ip[0] >> 4 == 4 else 0x86DD
+    etype = 0x86DD if ip[:1] and ip[0] >> 4 == 6 else 0x0800
     return struct.pack("!HHiHBB8s", etype, 0, ifindex, 1, 4 if outgoing else 0, 6, MAC_A + b"\0\0") + ip
 
 
 def bsd_loopback(ip: bytes) -> bytes:
-    return struct.pack("<I", 2 if ip[0] >> 4 == 4 else 30) + ip
+    return struct.pack("<I", 30 if ip[:1] and ip[0] >> 4 == 6 else 2) + ip
 
 
 @dataclass

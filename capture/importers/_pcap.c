@@ -756,6 +756,7 @@ static void dir_data(Dir *d, uint32_t seq, int64_t paylen) {
 static void conn_packet(Conn *c, int64_t ts, int from_client, uint32_t seq, int flags, int64_t paylen) {
     Dir *d = from_client ? &c->c2s : &c->s2c;
     d->segs++;
+    int64_t r0 = d->retrans;
     c->ts_last = ts;
     if (flags & SYN) {
         if (flags & ACK) {
@@ -785,6 +786,7 @@ static void conn_packet(Conn *c, int64_t ts, int from_client, uint32_t seq, int 
     } else if (flags & FIN) {
         if (d->fin && d->has_base && (int64_t)(uint32_t)(seq - d->base) <= d->high) d->retrans++;
     }
+    if (d->retrans > r0 + 1) d->retrans = r0 + 1; /* a segment is retransmitted once, whatever it carries again */
     if (flags & FIN) d->fin = 1;
     if (flags & RST) c->rst = 1;
     if (!c->closed && (c->rst || (c->c2s.fin && c->s2c.fin))) c->closed = 1;
@@ -1184,9 +1186,9 @@ static PyObject *Loop_run_pcapng(Loop *L, PyObject *args) {
         if (!PyArg_ParseTuple(it, "iLLL", &link, &mul, &div, &off)) goto error;
         Py_ssize_t opt_at = pos + 28 + (Py_ssize_t)((caplen + 3) & ~3LL);
         int flags = opt_at + 4 < end - 4 ? epb_flags(buf, opt_at, end - 4, big) : 0;
-        __int128 t = (__int128)((((uint64_t)thi) << 32) | tlo) * mul;
-        /* Python's // floors: the same for these non-negative values */
-        int64_t ts = (int64_t)(t / div) + off;
+        /* pcap_reader.pcapng_ts: floor division (the same as C's for these non-negative values), clamped */
+        __int128 t = (__int128)((((uint64_t)thi) << 32) | tlo) * mul / (div > 0 ? div : 1) + off;
+        int64_t ts = t < 0 ? 0 : t > ((__int128)1 << 62) ? ((int64_t)1 << 62) : (int64_t)t;
         if (packet(L, ts, i, buf + pos + 28, (Py_ssize_t)caplen, origlen, flags) < 0) goto error;
         Py_SETREF(last_ts, PyLong_FromLongLong(ts));
         if (last_ts == NULL) goto error;

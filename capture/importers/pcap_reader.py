@@ -312,7 +312,7 @@ class Capture:
                     opt_at = pos + 28 + ((caplen + 3) & ~3)
                     flags = _epb_flags(buf, opt_at, end - 4, order) if opt_at + 4 < end - 4 else 0
                     count += 1
-                    last_ts = ((hi << 32) | lo) * it.ts_mul // it.ts_div + it.ts_offset_ns
+                    last_ts = pcapng_ts(hi, lo, it.ts_mul, it.ts_div, it.ts_offset_ns)
                     loop.packet(last_ts, i, data, origlen, flags)
             elif btype == IDB:
                 self.interfaces.append(_idb(buf, pos, blen, order))
@@ -330,7 +330,7 @@ class Capture:
                 if i < len(self.interfaces):
                     it = self.interfaces[i]
                     count += 1
-                    last_ts = ((hi << 32) | lo) * it.ts_mul // it.ts_div + it.ts_offset_ns
+                    last_ts = pcapng_ts(hi, lo, it.ts_mul, it.ts_div, it.ts_offset_ns)
                     loop.packet(last_ts, i, buf[pos + 28 : pos + 28 + min(caplen, blen - 32)], origlen, 0)
             elif btype == PCAPNG_SHB:
                 base = len(self.interfaces)  # interface ids restart in each section
@@ -348,7 +348,7 @@ class Capture:
         if i >= len(self.interfaces):
             return None
         it = self.interfaces[i]
-        return ((hi << 32) | lo) * it.ts_mul // it.ts_div + it.ts_offset_ns, i, buf[28 : 28 + caplen], origlen, 0
+        return pcapng_ts(hi, lo, it.ts_mul, it.ts_div, it.ts_offset_ns), i, buf[28 : 28 + caplen], origlen, 0
 
     def _pcapng_resync(self, src: _Input, buf: bytes, pos: int, hdr: struct.Struct) -> tuple[bytes, int | None, int]:
         """The next position after `pos` where a packet or interface block's lengths agree."""
@@ -368,6 +368,15 @@ class Capture:
                 if p + blen <= len(buf) and struct.unpack_from(hdr.format[0] + "I", buf, p + blen - 4)[0] == blen:
                     return buf[p:], 0, skipped + p
             p += 4
+
+
+MAX_TS = 1 << 62  # ns: the year 2116. pcapng timestamps are 64-bit counts of any unit: a damaged one is clamped here
+
+
+def pcapng_ts(hi: int, lo: int, mul: int, div: int, offset: int) -> int:
+    """An EPB's timestamp in ns since the epoch, clamped to [0, MAX_TS]."""
+    ts = ((hi << 32) | lo) * mul // div + offset
+    return 0 if ts < 0 else MAX_TS if ts > MAX_TS else ts
 
 
 class RecordLoop:
@@ -424,7 +433,7 @@ class RecordLoop:
             _link, mul, div, offset = ifaces[i]
             opt_at = pos + 28 + ((caplen + 3) & ~3)
             flags = _epb_flags(buf, opt_at, end - 4, order) if opt_at + 4 < end - 4 else 0
-            ts = ((thi << 32) | tlo) * mul // div + offset
+            ts = pcapng_ts(thi, tlo, mul, div, offset)
             packet(ts, i, buf[pos + 28 : pos + 28 + caplen], origlen, flags)
             pos = end
             n += 1
@@ -477,14 +486,14 @@ def _idb(buf: bytes, pos: int, blen: int, order: str) -> Interface:
         if code == 2:  # if_name
             it.name = value.decode("utf-8", "replace").rstrip("\0") or None
         elif code == 9 and length >= 1:  # if_tsresol: 10^-n, or 2^-n with the high bit set
-            r = value[0]
+            r = value[0]  # resolutions finer than 2^-62 or 10^-18 s cannot be real: taken as those
             if r & 0x80:
-                it.ts_mul, it.ts_div = 1_000_000_000, 1 << (r & 0x7F)
+                it.ts_mul, it.ts_div = 1_000_000_000, 1 << min(r & 0x7F, 62)
             else:
-                n = r & 0x7F
+                n = min(r & 0x7F, 18)
                 it.ts_mul, it.ts_div = (10 ** (9 - n), 1) if n <= 9 else (1, 10 ** (n - 9))
         elif code == 14 and length == 8:  # if_tsoffset: seconds
-            it.ts_offset_ns = struct.unpack(order + "q", value)[0] * 1_000_000_000
+            it.ts_offset_ns = max(-MAX_TS, min(MAX_TS, struct.unpack(order + "q", value)[0] * 1_000_000_000))
         p += 4 + ((length + 3) & ~3)
     return it
 

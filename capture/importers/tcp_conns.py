@@ -114,6 +114,7 @@ class Conn:
         """Account one segment of this connection."""
         d = self.c2s if from_client else self.s2c
         d.segs += 1
+        r0 = d.retrans
         self.ts_last = ts
         if flags & SYN:
             if flags & ACK:
@@ -136,6 +137,8 @@ class Conn:
         elif flags & FIN:
             if d.fin and d.base is not None and (seq - d.base) % SEQ_MOD <= d.high:
                 d.retrans += 1  # the FIN again
+        if d.retrans > r0 + 1:
+            d.retrans = r0 + 1  # a segment is retransmitted once, whatever it carries again (a SYN with data)
         if flags & FIN:
             d.fin = True
         if flags & RST:

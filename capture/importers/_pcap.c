@@ -283,6 +283,7 @@ typedef struct {
     int rst, closed, from_syn;
     int closing, unanswered;
     int l7, l7_dir, l7_fins;
+    PyObject *flow, *flow_key; /* the sink's tcp_streams.TcpFlow of an HTTP connection and its key (owned), or NULL */
     int64_t l7_budget;
     int has_skip[2];
     uint32_t skip[2];
@@ -311,6 +312,8 @@ typedef struct {
     PyObject_HEAD
     PyObject *sink;
     PyObject *m_l7_open, *m_l7_data, *m_l7_fin, *m_hello, *m_dns_udp, *m_conn_end, *m_flows, *m_housekeeping;
+    PyObject *m_on_http, *live_flows; /* the sink's _on_http and its TcpStreams.flows (for the in-order HTTP path) */
+    int64_t skip_body_min;
     int64_t interval_ns;
     int dns_ports[32];
     int n_dns;
@@ -487,6 +490,8 @@ static int conn_end(Loop *L, Conn *c, int64_t capture_end) {
     conn_key(&k, c->family, c->saddr, c->sport, c->caddr, c->cport);
     ctab_del_if(L, &k, idx);
     c->closing = c->unanswered = 0;
+    Py_CLEAR(c->flow);
+    Py_CLEAR(c->flow_key);
     PyObject *st = state_tuple(c);
     c->used = 0;
     L->free_conns[L->n_free++] = idx;
@@ -662,6 +667,83 @@ static PyObject *slice(const uint8_t *f, Py_ssize_t n, Py_ssize_t a, Py_ssize_t 
 
 static PyObject *kind_str(int k) { return k == K_HTTP ? s_http : k == K_DNS ? s_dns : s_tls; }
 
+static void l7_reset(Conn *c) {
+    c->l7 = K_NONE;
+    Py_CLEAR(c->flow);
+    Py_CLEAR(c->flow_key);
+}
+
+static PyObject *a_dirs, *a_next, *a_held, *a_skip_to, *a_http, *a_last_ts, *a_feed_tuples, *a_body_remaining;
+
+/* TcpStreams.push + segments + PcapSink._after_http for the common case, without a Python call
+ * per segment (as capture/decode/_http1.c's feed_http does for the recorder): the segment continues
+ * its direction in order, nothing is held, no body is being skipped. Returns 1 when it took the
+ * segment, 0 when PcapSink.l7_data must (the other cases), -1 on error. */
+static int http_in_order(Loop *L, Conn *c, int l7c, int64_t ts, const Pkt *p, const uint8_t *f, Py_ssize_t n) {
+    if (c->flow == NULL || L->live_flows == NULL) return 0;
+    PyObject *live = PyDict_GetItemWithError(L->live_flows, c->flow_key);
+    if (live != c->flow) return PyErr_Occurred() ? -1 : 0;
+    int took = 0;
+    PyObject *dirs = NULL, *next = NULL, *held = NULL, *skip_to = NULL, *http = NULL, *rows = NULL, *data = NULL, *v = NULL;
+    if ((dirs = PyObject_GetAttr(c->flow, a_dirs)) == NULL || !PyTuple_Check(dirs) || PyTuple_GET_SIZE(dirs) != 2) goto done;
+    PyObject *dirn = PyTuple_GET_ITEM(dirs, l7c ? 1 : 0);
+    if ((next = PyObject_GetAttr(dirn, a_next)) == NULL || (held = PyObject_GetAttr(dirn, a_held)) == NULL ||
+        (skip_to = PyObject_GetAttr(dirn, a_skip_to)) == NULL)
+        goto done;
+    if (!PyLong_Check(next) || PyLong_AsUnsignedLongMask(next) != p->seq || PyObject_IsTrue(held) || skip_to != Py_None) goto done;
+    uint32_t nxt = (uint32_t)(p->seq + (uint64_t)p->paylen);
+    if ((v = PyLong_FromUnsignedLong(nxt)) == NULL || PyObject_SetAttr(dirn, a_next, v) < 0) goto error;
+    Py_CLEAR(v);
+    if ((v = PyLong_FromLongLong(ts)) == NULL || PyObject_SetAttr(c->flow, a_last_ts, v) < 0) goto error;
+    Py_CLEAR(v);
+    if ((http = PyObject_GetAttr(c->flow, a_http)) == NULL || (data = slice(f, n, p->poff, p->l3_end)) == NULL) goto error;
+    {
+        PyObject *t = PyLong_FromLongLong(ts), *len = PyLong_FromLongLong(p->paylen);
+        if (t != NULL && len != NULL) rows = PyObject_CallMethodObjArgs(http, a_feed_tuples, t, data, l7c ? Py_True : Py_False, len, NULL);
+        Py_XDECREF(t);
+        Py_XDECREF(len);
+    }
+    if (rows == NULL) goto error;
+    PyObject *seq = PySequence_Fast(rows, "feed_tuples returns rows");
+    if (seq == NULL) goto error;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *r = PyObject_CallFunctionObjArgs(L->m_on_http, c->flow_key, PySequence_Fast_GET_ITEM(seq, i), NULL);
+        if (r == NULL) {
+            Py_DECREF(seq);
+            goto error;
+        }
+        Py_DECREF(r);
+    }
+    Py_DECREF(seq);
+    /* PcapSink._after_http: a long Content-Length body follows: skip it */
+    PyObject *rem = PyObject_CallMethodObjArgs(http, a_body_remaining, l7c ? Py_True : Py_False, NULL);
+    if (rem == NULL) goto error;
+    long long remaining = PyLong_AsLongLong(rem);
+    Py_DECREF(rem);
+    if (remaining == -1 && PyErr_Occurred()) goto error;
+    if (remaining > L->skip_body_min) {
+        uint32_t end = (uint32_t)(nxt + (uint64_t)remaining);
+        if ((v = PyLong_FromUnsignedLong(end)) == NULL || PyObject_SetAttr(dirn, a_skip_to, v) < 0) goto error;
+        c->has_skip[l7c] = 1;
+        c->skip[l7c] = end;
+    }
+    took = 1;
+    goto done;
+error:
+    took = -1;
+done:
+    if (took == 0 && PyErr_Occurred()) took = -1;
+    Py_XDECREF(dirs);
+    Py_XDECREF(next);
+    Py_XDECREF(held);
+    Py_XDECREF(skip_to);
+    Py_XDECREF(http);
+    Py_XDECREF(rows);
+    Py_XDECREF(data);
+    Py_XDECREF(v);
+    return took;
+}
+
 /* PacketLoop._l7 */
 static int l7(Loop *L, Conn *c, int from_client, int64_t ts, const Pkt *p, const uint8_t *f, Py_ssize_t n) {
     int kind = c->l7;
@@ -673,6 +755,7 @@ static int l7(Loop *L, Conn *c, int from_client, int64_t ts, const Pkt *p, const
         int sender_is_client;
         kind = follows(L, f + a, b - a, p->sport, p->dport, &sender_is_client);
         if (kind == K_NONE) return 0;
+        l7_reset(c);
         c->l7 = kind;
         c->l7_dir = from_client == sender_is_client;
         c->l7_budget = 0;
@@ -687,6 +770,13 @@ static int l7(Loop *L, Conn *c, int from_client, int64_t ts, const Pkt *p, const
         r = PyObject_CallFunction(L->m_l7_open, "LONiNiN", (long long)c->id, kind_str(kind), addr_bytes(c->family, ca), cp,
                                   addr_bytes(c->family, sa), sp, PyBytes_FromStringAndSize((const char *)f + a, b - a));
         if (r == NULL) return -1;
+        /* PcapSink.l7_open hands back (flow, key) for HTTP: the in-order path below uses them */
+        if (kind == K_HTTP && PyTuple_Check(r) && PyTuple_GET_SIZE(r) == 2) {
+            c->flow = PyTuple_GET_ITEM(r, 0);
+            c->flow_key = PyTuple_GET_ITEM(r, 1);
+            Py_INCREF(c->flow);
+            Py_INCREF(c->flow_key);
+        }
         Py_DECREF(r);
     }
     int l7c = c->l7_dir == from_client;
@@ -699,9 +789,9 @@ static int l7(Loop *L, Conn *c, int from_client, int64_t ts, const Pkt *p, const
             if (r == NULL) return -1;
             Py_DECREF(r);
             c->l7_budget = budget - p->paylen;
-            if (c->l7_budget <= 0 || end) c->l7 = K_NONE;
+            if (c->l7_budget <= 0 || end) l7_reset(c);
         } else if (l7c && end) {
-            c->l7 = K_NONE;
+            l7_reset(c);
         }
         return 0;
     }
@@ -709,6 +799,11 @@ static int l7(Loop *L, Conn *c, int from_client, int64_t ts, const Pkt *p, const
         uint32_t ahead = c->skip[l7c] - p->seq;
         if (end || !c->has_skip[l7c] || !((uint64_t)p->paylen < ahead && ahead < HALF)) {
             c->has_skip[l7c] = 0;
+            if (!end && kind == K_HTTP) {
+                int took = http_in_order(L, c, l7c, ts, p, f, n);
+                if (took < 0) return -1;
+                if (took) return 0;
+            }
             L->current = c;
             r = PyObject_CallFunction(L->m_l7_data, "LOLkNL", (long long)c->id, l7c ? Py_True : Py_False, (long long)ts,
                                       (unsigned long)p->seq, slice(f, n, p->poff, p->l3_end), (long long)p->paylen);
@@ -718,7 +813,7 @@ static int l7(Loop *L, Conn *c, int from_client, int64_t ts, const Pkt *p, const
             Py_DECREF(r);
             if (alive < 0) return -1;
             if (!alive) {
-                c->l7 = K_NONE;
+                l7_reset(c);
                 return 0;
             }
         }
@@ -729,7 +824,7 @@ static int l7(Loop *L, Conn *c, int from_client, int64_t ts, const Pkt *p, const
                                   (long long)ts);
         if (r == NULL) return -1;
         Py_DECREF(r);
-        if ((c->l7_fins & 4) || c->l7_fins == 3) c->l7 = K_NONE;
+        if ((c->l7_fins & 4) || c->l7_fins == 3) l7_reset(c);
     }
     return 0;
 }
@@ -1021,6 +1116,22 @@ static int Loop_init(Loop *L, PyObject *args, PyObject *kw) {
         if (m == NULL) return -1;
         Py_XSETREF(*slots[i], m);
     }
+    Py_CLEAR(L->m_on_http);
+    Py_CLEAR(L->live_flows);
+    PyObject *onh = PyObject_GetAttrString(sink, "_on_http"), *streams = PyObject_GetAttrString(sink, "streams");
+    PyObject *flows = streams ? PyObject_GetAttrString(streams, "flows") : NULL;
+    PyObject *smin = PyObject_GetAttrString(sink, "skip_body_min");
+    if (onh && flows && smin && PyDict_Check(flows)) {
+        L->m_on_http = onh;
+        L->live_flows = flows;
+        L->skip_body_min = PyLong_AsLongLong(smin);
+        onh = flows = NULL;
+    }
+    Py_XDECREF(onh);
+    Py_XDECREF(flows);
+    Py_XDECREF(streams);
+    Py_XDECREF(smin);
+    PyErr_Clear(); /* a sink without them (a test's recorder): every segment goes to l7_data */
     L->interval_ns = interval;
     L->n_dns = 0;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ports) && i < 32; i++) {
@@ -1044,6 +1155,12 @@ static void Loop_dealloc(Loop *L) {
     Py_XDECREF(L->m_conn_end);
     Py_XDECREF(L->m_flows);
     Py_XDECREF(L->m_housekeeping);
+    Py_XDECREF(L->m_on_http);
+    Py_XDECREF(L->live_flows);
+    for (Py_ssize_t i = 0; i < L->n_conns; i++) {
+        Py_CLEAR(L->conns[i].flow);
+        Py_CLEAR(L->conns[i].flow_key);
+    }
     PyMem_Free(L->links);
     PyMem_Free(L->conns);
     PyMem_Free(L->free_conns);
@@ -1268,7 +1385,11 @@ PyMODINIT_FUNC PyInit__pcap(void) {
     if (PyType_Ready(&LoopType) < 0) return NULL;
     if (!(s_ingress = PyUnicode_InternFromString("ingress")) || !(s_egress = PyUnicode_InternFromString("egress")) ||
         !(s_http = PyUnicode_InternFromString("http")) || !(s_dns = PyUnicode_InternFromString("dns")) ||
-        !(s_tls = PyUnicode_InternFromString("tls")))
+        !(s_tls = PyUnicode_InternFromString("tls")) || !(a_dirs = PyUnicode_InternFromString("dirs")) ||
+        !(a_next = PyUnicode_InternFromString("next")) || !(a_held = PyUnicode_InternFromString("held")) ||
+        !(a_skip_to = PyUnicode_InternFromString("skip_to")) || !(a_http = PyUnicode_InternFromString("http")) ||
+        !(a_last_ts = PyUnicode_InternFromString("last_ts")) || !(a_feed_tuples = PyUnicode_InternFromString("feed_tuples")) ||
+        !(a_body_remaining = PyUnicode_InternFromString("body_remaining")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

@@ -213,3 +213,50 @@ def test_tcp_state_machine_holds_its_invariants(segments):
     for st_, end in ended:
         assert close_state(st_, end) in ("closed", "reset", "refused", "timeout", "open")
     assert not table.by_key and not table.by_id
+
+
+@st.composite
+def http_capture(draw) -> list[tuple[int, bytes]]:
+    """HTTP/1.1 connections with bodies of any size, cut into segments of any size, some segments
+    repeated or swapped: the compiled loop's in-order path and the Python path must agree."""
+    from pcap_build import Conversation
+
+    t = 1_767_225_600_000_000_000
+    frames: list[tuple[int, bytes]] = []
+    for c in range(draw(st.integers(1, 3))):
+        conv = Conversation("198.18.0.1", 40000 + c, "198.18.0.2", 80, isn_c=draw(st.integers(0, SEQ_MOD - 1)))
+        frames += conv.handshake(t)
+        for _ in range(draw(st.integers(1, 3))):
+            body = b"b" * draw(st.sampled_from([0, 10, 1500, 9000, 70_000]))
+            req = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
+            resp = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+            for from_client, data in ((True, req), (False, resp)):
+                segs = conv.send(t, from_client, data, mss=draw(st.sampled_from([7, 100, 1448])))
+                if len(segs) > 2 and draw(st.booleans()):
+                    i = draw(st.integers(0, len(segs) - 2))
+                    segs[i], segs[i + 1] = segs[i + 1], segs[i]
+                if segs and draw(st.booleans()):
+                    segs.append(segs[draw(st.integers(0, len(segs) - 1))])
+                frames += segs
+                t += 1_000_000
+        frames += conv.close(t)
+        t += 10_000_000
+    return frames
+
+
+@needs_c
+@settings(max_examples=max(20, EXAMPLES // 10), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(http_capture())
+def test_http_tapes_are_the_same_with_both_loops(tmp_path_factory, frames):
+    import tempfile
+    from test_import_pcap import both_loops
+
+    tmp = tmp_path_factory.mktemp("http")
+    path = write_pcap(tmp / "h.pcap", frames)
+    mp = pytest.MonkeyPatch()
+    try:
+        got = both_loops(tmp, [path], mp)
+    finally:
+        mp.undo()
+    assert got["http"]
+    del tempfile

@@ -199,7 +199,10 @@ class PcapSink:
         self.stats = DecodeStats()
         self.dns = DnsPairer(self.stats)
         self.decoder = decoder_in_use()
-        self.streams = TcpStreams(self.stats, self.dns, connection_factory(self.stats, redaction), self._on_http, self._on_dns, self._on_tls)
+        # HTTP/2: TcpStreams' http2= takes the HTTP/2 decoder's factory (capture/decode's, when it
+        # lands) for flows that start with the preface; today the HTTP/1 decoder counts them.
+        self.streams = TcpStreams(self.stats, self.dns, connection_factory(self.stats, redaction), self._on_http, self._on_dns, self._on_tls,
+                                  http2=None)
         self.streams.after_http = self._after_http
         self.loop: Any = None  # the packet loop, told where long bodies end (skip)
         self.skip_body_min = SKIP_BODY_MIN

@@ -491,6 +491,7 @@ def import_pcap(paths: list[Path], out: Path, node: str | None = None, interval_
                           "duplicate_sightings": counters["duplicate_sightings"]},
             },
         })
+    sink.loop = None  # the compiled loop holds the sink and is not garbage-collected: no cycle may outlive the import
     summary.rows = dict(sorted(sink.written.items()))
     summary.seconds = time.monotonic() - started
     return summary

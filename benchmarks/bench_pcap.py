@@ -5,7 +5,7 @@ and dnsmasq, and a client running at once
   - wrk keep-alive on a 1 KiB file (many small exchanges),
   - wrk with `Connection: close` (a TCP connection per request), plain and over TLS (a handshake each),
   - curl downloads of 8 MiB and 256 KiB files (bulk, at a capped rate),
-  - a DNS client asking dnsmasq as fast as it answers (UDP),
+  - a DNS client asking dnsmasq as fast as it answers (UDP; --dns-qps paces it),
 while tcpdump writes every packet whole (-s 0) on the client's bridge port, until the file passes
 --mb (default 500). Offloads are off on the veths, so every packet is a wire packet.
 
@@ -14,7 +14,7 @@ FILE -o TAPE, each as its own process under /usr/bin/time (wall and CPU seconds,
 MB/s and packets/s of both, their ratio (tshark's time over the import's: the target is >= 2), and
 the import's peak RSS (target <= 500 MiB). The machine is shared and noisy: the median of the pairs.
 
-Run as root:  .venv/bin/python benchmarks/bench_pcap.py [--mb 500] [--reps 3] [--keep DIR] [--pcap FILE]
+Run as root:  .venv/bin/python benchmarks/bench_pcap.py [--mb 500] [--reps 3] [--keep DIR] [--pcap FILE] [--dns-qps N]
 (--pcap FILE measures an existing capture instead of making one.)
 """
 
@@ -40,7 +40,8 @@ FLOWTAPE = str(Path(sys.executable).with_name("flowtape"))
 
 DNS_CLIENT = r"""
 import socket, struct, sys, time
-srv, stop_at = sys.argv[1], time.time() + float(sys.argv[2])
+srv, stop_at, qps = sys.argv[1], time.time() + float(sys.argv[2]), float(sys.argv[3])
+start = time.time()
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(0.5)
 names = [b"a", b"b", b"c1", b"nx"]
@@ -54,10 +55,14 @@ while time.time() < stop_at:
     except socket.timeout:
         pass
     i += 1
+    if qps > 0:  # paced: the i-th query not before i / qps seconds
+        ahead = start + i / qps - time.time()
+        if ahead > 0:
+            time.sleep(ahead)
 """
 
 
-def make_capture(out: Path, mb: int) -> dict:
+def make_capture(out: Path, mb: int, dns_qps: float = 0) -> dict:
     """Real mixed traffic captured on the client's bridge port until the file reaches `mb` MB."""
     with Lab() as lab:
         srv, cli = lab.add_host("srv"), lab.add_host("cli")
@@ -75,7 +80,7 @@ def make_capture(out: Path, mb: int) -> dict:
             procs.append(cli.popen(["wrk", "-t1", "-c8", f"-d{run_s}", f"http://{srv.ip}/f1k"], stdout=subprocess.DEVNULL))
             procs.append(cli.popen(["wrk", "-t1", "-c2", f"-d{run_s}", "-H", "Connection: close", f"http://{srv.ip}/f1k"], stdout=subprocess.DEVNULL))
             procs.append(cli.popen(["wrk", "-t1", "-c1", f"-d{run_s}", "-H", "Connection: close", f"https://{srv.ip}/f1k"], stdout=subprocess.DEVNULL))
-            procs.append(cli.popen([sys.executable, "-c", DNS_CLIENT, srv.ip, run_s]))
+            procs.append(cli.popen([sys.executable, "-c", DNS_CLIENT, srv.ip, run_s, str(dns_qps)]))
             downloads = ["bash", "-c", f"while true; do curl -s -o /dev/null --limit-rate 20M http://{srv.ip}/m8; "
                                        f"for i in 1 2 3 4; do curl -s -o /dev/null http://{srv.ip}/m256; done; done"]
             procs.append(cli.popen(downloads))
@@ -122,6 +127,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--pcap", type=Path, help="an existing capture to measure")
     ap.add_argument("--keep", type=Path, help="keep the capture here")
+    ap.add_argument("--dns-qps", type=float, default=0, help="pace the DNS client (default 0: as fast as dnsmasq answers, ~10k/s)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-pcap-"))
@@ -134,7 +140,7 @@ def main() -> None:
                 sys.exit("bench_pcap: making the capture needs root (network namespaces); or give --pcap FILE")
             pcap = (args.keep or work) / "bench.pcap"
             pcap.parent.mkdir(parents=True, exist_ok=True)
-            made = make_capture(pcap, args.mb)
+            made = make_capture(pcap, args.mb, args.dns_qps)
             print(f"capture: {pcap} made in {made['seconds']} s of real traffic; tcpdump: {made['tcpdump']}", flush=True)
         packets, size = capinfo(pcap)
         print(f"capture: {size / 1e6:.1f} MB, {packets:,} packets ({size / packets:.0f} B/packet)", flush=True)

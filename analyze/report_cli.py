@@ -187,6 +187,8 @@ def _open(tape: Path) -> Tape:
     t = Tape(tape)
     for p in t.problems:
         print(f"flowtape: {p.severity}: {p.where(t.path)}", file=sys.stderr)
+    if t.origin != "recorded":  # rows of an import: no process, and the vantage point of a capture
+        print(f"flowtape: note: {t.path}: {t.origin}", file=sys.stderr)
     return t
 
 

@@ -33,6 +33,7 @@ COMMAND_MODULES: list[str] = [
     "flowtape.analyze.report_cli",
     "flowtape.capture.synth.cli",
     "flowtape.capture.k8s.cli",
+    "flowtape.capture.importers.cli",
     "flowtape.analyze.ci.cli",
     "flowtape.analyze.export.cli",
 ]
@@ -108,6 +109,7 @@ def info(
         "tape": t.remote or str(t.path),
         "format": m["format"],
         "written_by": f"{m['tool'].get('name')} {m['tool'].get('version')}",
+        "origin": t.origin,
         "complete": m["complete"],
         "window": {"start": fmt_ns(start), "end": fmt_ns(end), "seconds": None if start is None or end is None else round((end - start) / 1e9, 3)},
         "nodes": t.nodes,
@@ -124,6 +126,7 @@ def info(
         return
     w = out().write
     w(f"tape       {data['tape']}  ({data['format']}, written by {data['written_by']}{'' if m['complete'] else ', INCOMPLETE'})\n")
+    w(f"origin     {t.origin}\n")
     w(f"window     {data['window']['start']} .. {data['window']['end']}  ({data['window']['seconds']} s)\n")
     w(f"nodes      {', '.join(t.nodes) or '-'}\n")
 

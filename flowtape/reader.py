@@ -125,6 +125,11 @@ def scan_parts(path: Path, manifest: dict[str, Any]) -> tuple[list[Part], list[P
     for rel in files:
         if rel not in seen:
             problems.append(Problem(rel, "listed in the manifest but missing on disk"))
+    imported = (manifest.get("extra") or {}).get("import") or {}
+    if imported.get("problems"):  # an importer read a damaged or odd input: the tape says so
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(imported["problems"].items()) if k != "garbage_bytes")
+        what = "a damaged capture" if imported.get("damaged") else "a capture with oddities"
+        problems.append(Problem("", f"imported from {what} ({kinds}); everything readable was kept (manifest extra.import)", "warning"))
     return parts, problems
 
 
@@ -208,6 +213,16 @@ class Tape:
     def window(self) -> tuple[int | None, int | None]:
         w = self.manifest["window"]
         return w.get("start_ns"), w.get("end_ns")
+
+    @property
+    def origin(self) -> str:
+        """Where the rows came from: 'recorded', or 'imported from pcap: a.pcap, b.pcap' (the
+        manifest's extra.import, written by an importer with each source's path and sha256)."""
+        imported = (self.manifest.get("extra") or {}).get("import") or {}
+        if not imported:
+            return "recorded"
+        names = ", ".join(Path(f.get("path", "?")).name for f in imported.get("files") or [])
+        return f"imported from {imported.get('source', '?')}: {names}"
 
     def files(self, table: str) -> list[str]:
         """Paths of the readable parts of `table`."""

@@ -181,14 +181,21 @@ class Lab:
         return h
 
     @contextmanager
-    def capture(self, interfaces: Sequence[str]) -> Iterator[dict[str, Path]]:
-        """tcpdump on each interface (root namespace) for the duration of the block."""
+    def capture(self, interfaces: Sequence[str], snaplen: int = 256, bpf_filter: Sequence[str] = ()) -> Iterator[dict[str, Path]]:
+        """tcpdump on each interface (root namespace) for the duration of the block; snaplen 0:
+        whole packets; bpf_filter: a capture filter's words (e.g. ["host", ip])."""
         procs, files = [], {}
         for i in interfaces:
             f = self.workdir / f"{i}.pcap"
-            p = subprocess.Popen(["tcpdump", "-i", i, "-U", "-n", "-s", "256", "-w", str(f)], stderr=subprocess.PIPE, text=True)
-            # tcpdump says "listening on" once its socket is bound: from then on nothing is missed.
+            # (not --immediate-mode: a wake-up per packet makes tcpdump drop most of a fast download on
+            # `any`; packets of the last second reach the file only if the block lingers that long)
+            p = subprocess.Popen(["tcpdump", "-i", i, "-U", "-n", "-s", str(snaplen), "-B", "16384", "-w", str(f), *bpf_filter],
+                                 stderr=subprocess.PIPE, text=True)
+            # tcpdump says "listening on" once its socket is bound: from then on nothing is missed
+            # (on `any` it first names the link type it writes)
             line = p.stderr.readline()
+            if "data link type" in line:
+                line = p.stderr.readline()
             if "listening" not in line:
                 p.kill()
                 raise RuntimeError(f"tcpdump on {i} failed: {line.strip()}")

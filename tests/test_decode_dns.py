@@ -166,3 +166,14 @@ def test_tcp_splitter_desync_on_unseen_length_prefix():
 def test_rcode_names(code, name):
     msg = parse_dns(_answer(1, rcode=code))
     assert (msg.rcode, msg.rcode_name, msg.answers) == (code, name, ())
+
+
+def test_a_repeated_message_is_reused_with_its_own_txid():
+    """parse_dns reuses the parse of a message seen before but for its txid (the first two bytes)."""
+    from flowtape.capture.decode.dns import parse_dns
+
+    q = bytes.fromhex("1234 0100 0001 0000 0000 0000".replace(" ", "")) + b"\x03api\x04test\x00\x00\x01\x00\x01"
+    first, again = parse_dns(q), parse_dns(b"\xab\xcd" + q[2:])
+    assert (first.txid, again.txid) == (0x1234, 0xABCD)
+    assert again.qname == first.qname == "api.test" and again.qtype == 1 and not again.is_response
+    assert parse_dns(q).txid == 0x1234 and parse_dns(q[:11]) is None

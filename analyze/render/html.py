@@ -270,7 +270,7 @@ def _meta_section(p: Page) -> str:
     gaps = m.get("gaps") or []
     problems = "".join(f"<li>{_e(pr.severity)}: {_e(str(pr))}</li>" for pr in t.problems)
     dl = "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in [
-        ("tape", _e(str(t.path))), ("format", _e(m.get("format", "?"))), ("recorded by", _e(f"{m.get('tool', {}).get('name', '?')} {m.get('tool', {}).get('version', '')}")),
+        ("tape", _e(str(t.path))), ("origin", _e(t.origin)), ("format", _e(m.get("format", "?"))), ("recorded by", _e(f"{m.get('tool', {}).get('name', '?')} {m.get('tool', {}).get('version', '')}")),
         ("window start", _ts(start)), ("window end", _ts(end)), ("duration", _duration(start, end)), ("complete", "yes" if m.get("complete") else "no (recorder stopped early)"),
         ("probes", _e(", ".join(sorted(m.get("probes", {}))) or "none")),
     ] + ([("Kubernetes watch gaps", _n(len(gaps)))] if KUBERNETES not in p.limits or gaps else []))

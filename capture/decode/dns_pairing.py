@@ -66,6 +66,7 @@ class DnsPairer:
         self.timeout_ns = timeout_ns
         self._pending: dict[Key, _Query] = {}  # insertion order = query order, for expiry
         self._tcp: dict[tuple[str, int, str, int], tuple[DnsTcpSplitter, int]] = {}
+        self._tcp_swept = 0  # when expire() last walked _tcp
 
     # --- input -------------------------------------------------------------------------
 
@@ -135,13 +136,18 @@ class DnsPairer:
     def expire(self, now_ns: int) -> list[dict[str, Any]]:
         """Rows for queries unanswered for longer than the timeout (call it now and then)."""
         rows = []
-        for key, q in list(self._pending.items()):
+        old = []
+        for key, q in self._pending.items():
             if now_ns - q.ts_ns < self.timeout_ns:
                 break  # pending is in query order: the rest is younger
+            old.append(key)
+        for key in old:
             rows.append(_row(self._pending.pop(key), None, None))
-        for key, (_, last_ns) in list(self._tcp.items()):
-            if now_ns - last_ns >= 10 * self.timeout_ns:  # framing of a connection whose close we missed
-                del self._tcp[key]
+        if self._tcp and now_ns - self._tcp_swept >= 1_000_000_000:  # a walk of all TCP framings: once a second is enough
+            self._tcp_swept = now_ns
+            for key, (_, last_ns) in list(self._tcp.items()):
+                if now_ns - last_ns >= 10 * self.timeout_ns:  # framing of a connection whose close we missed
+                    del self._tcp[key]
         return rows
 
     def flush(self) -> list[dict[str, Any]]:

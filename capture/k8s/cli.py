@@ -13,6 +13,7 @@ import typer
 
 from ...durations import parse_seconds
 
+from ..importers.cli import import_group
 from .watcher import ContextOpt, InClusterOpt, KubeconfigOpt
 
 def record(output: Path, duration: float | None, kubeconfig: Path | None, context: str | None, in_cluster: bool,
@@ -71,7 +72,7 @@ def register(app: typer.Typer) -> None:
         breaks = sum(r["reconnects"] + r["relists_410"] for r in res.values())
         print(f"recorded {summary['rows_written']:,} k8s rows ({events:,} watch events, {breaks} watch break(s)) into {output}")
 
-    imp = _import_group(app)
+    imp = import_group(app)
 
     @imp.command("kubectl")
     def import_kubectl_cmd(
@@ -92,13 +93,3 @@ def register(app: typer.Typer) -> None:
         rows = ", ".join(f"{n:,} {t}" for t, n in out["rows"].items()) or "no rows"
         skipped = f"; skipped {', '.join(f'{n} {k}' for k, n in sorted(out['skipped'].items()))}" if out["skipped"] else ""
         print(f"imported {rows} into {into}{skipped}")
-
-
-def _import_group(app: typer.Typer) -> typer.Typer:
-    """The `import` group may be registered by another module (pcap): share it."""
-    for group in app.registered_groups:
-        if group.name == "import" and group.typer_instance is not None:
-            return group.typer_instance
-    imp = typer.Typer(help="Turn other captures (kubectl dumps, ...) into tape data.", no_args_is_help=True)
-    app.add_typer(imp, name="import")
-    return imp

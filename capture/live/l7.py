@@ -50,11 +50,11 @@ from .gotls import GoTlsAttacher
 from .interfaces import TcAttachments
 from ..decode.http1 import looks_like_request, looks_like_response
 from ..decode.stats import DecodeStats
-from ..decode.tls import ClientHelloReader, tls_row
 from ..decode.dns_pairing import DnsPairer
 from ..decode.http_pairing import _http1, Redaction, connection_factory, decoder_in_use, is_http2
 from ..decode.http_rows import HttpRows
-from ..decode.tcp_order import HOLD_NS, SEQ_MOD, SegmentOrder
+from ..decode.tcp_order import SEQ_MOD
+from ..decode.tcp_streams import TcpFlow, TcpStreams
 from ..decode.http2 import H2Connection, looks_like_frames
 
 # struct l7_event kinds (bpf/events.h)
@@ -174,20 +174,6 @@ class Endpoint:
                    ev.get("cookie") or 0)
 
 
-class _TcpFlow:
-    __slots__ = ("key", "raw_key", "family", "http", "dirs", "fins", "last_ts", "dns")
-
-    def __init__(self, key: tuple, http: Any, dns: bool = False) -> None:
-        self.key = key  # (client_ip, client_port, server_ip, server_port)
-        self.raw_key: tuple | None = None  # the same with the addresses as the kernel sent them (L7Decoder.flows_raw)
-        self.family = 0  # the kernel's family value (4 or 6) for raw_key
-        self.http = http
-        self.dirs = (SegmentOrder(), SegmentOrder())  # [0] server->client, [1] client->server
-        self.fins = 0
-        self.last_ts = 0
-        self.dns = dns
-
-
 class _SslStream:
     __slots__ = ("http", "skaddr", "side", "pid", "comm", "last_ts", "first_ts")
 
@@ -210,9 +196,6 @@ class L7Decoder:
         self.redaction = redaction or Redaction()
         self.dns = DnsPairer(self.stats) if dns_timeout_ns is None else DnsPairer(self.stats, dns_timeout_ns)
         self.header = HeaderDecoder(event_class or c_header_class())
-        self.flows: dict[tuple, _TcpFlow] = {}  # by (client_ip, client_port, server_ip, server_port)
-        self.flows_raw: dict[tuple, _TcpFlow] = {}  # the same flows by the kernel's 16-byte addresses
-        self.hellos: dict[tuple, ClientHelloReader] = {}
         self.ssl: dict[tuple[int, int], _SslStream] = {}
         # connection endpoints (capture.live.connections.Conn) by client-first 4-tuple and by skaddr
         self.endpoints: dict[tuple, list[Any]] = {}
@@ -240,6 +223,12 @@ class L7Decoder:
         # which decoder runs is decided once per L7Decoder (and written into the manifest)
         self._decoder = decoder_in_use()
         self._new_http = connection_factory(self.stats, self.redaction)
+        # TCP flows, their segment ordering and decoders: the same code as the pcap importer's
+        self.streams = TcpStreams(self.stats, self.dns, self._new_http, self._on_http, self._on_dns, self._on_tls,
+                                  http2=lambda: H2Connection(self.stats, self.redaction))  # h2c: the kernel follows "PRI " flows
+        self.streams.after_http = self._after_http
+        self.flows: dict[tuple, TcpFlow] = self.streams.flows  # by (client_ip, client_port, server_ip, server_port)
+        self.flows_raw: dict[tuple, TcpFlow] = self.streams.flows_raw  # the same flows by the kernel's 16-byte addresses
         self._fast_http = _http1.feed_http if self._decoder == "c" and self._layout is not None else None
         self._comm = ebpf.CommText()
 
@@ -313,7 +302,7 @@ class L7Decoder:
         HTTP segments that continue their direction of a followed flow, in order with nothing
         held, and SSL plaintext of a stream already followed (nearly all records) are taken by
         capture/decode/_http1.c's feed_http: the same steps as _feed_one's, without a Python call per
-        record. It reads and sets _TcpFlow.{dns,dirs,http,key,last_ts},
+        record. It reads and sets TcpFlow.{dns,dirs,http,key,last_ts},
         SegmentOrder.{next,held,skip_to} and _SslStream.{skaddr,http,side,last_ts} by name (keep
         them). It stops at the first record it does not take, which _feed_one does."""
         self.events += len(raws)
@@ -347,33 +336,14 @@ class L7Decoder:
                     return
                 src, dst = self._ip(family, saddr), self._ip(family, daddr)
                 key = (src, sport, dst, dport) if from_client else (dst, dport, src, sport)
-                flow = self.flows.get(key)
-                if flow is None:
-                    if kind == DNS_TCP:
-                        flow = _TcpFlow(key, None, dns=True)
-                    elif is_http2(data, bool(from_client)):  # h2c with prior knowledge: the kernel follows "PRI " too
-                        flow = _TcpFlow(key, H2Connection(self.stats, self.redaction))
-                    else:
-                        flow = _TcpFlow(key, self._new_http())
-                    self.flows[key] = flow
+                flow = self.streams.open(key, dns=kind == DNS_TCP, first=data, from_client=bool(from_client))
                 flow.raw_key, flow.family = rkey, family
                 self.flows_raw[rkey] = flow
             flow.last_ts = ts
             if kind == TCP_END:
-                flow.fins |= 4 if tcp_flags & TCP_RST else (2 if from_client else 1)
-                if flow.fins & 4 or flow.fins == 3:
-                    self._end_flow(flow, ts)
+                self.streams.tcp_end(flow, bool(from_client), bool(tcp_flags & TCP_RST), ts + self.offset)
                 return
-            dirn = flow.dirs[from_client]
-            if dirn.next == seq and not dirn.held and dirn.skip_to is None:
-                # the common case, in order with nothing held: SegmentOrder.push's first branch, inline
-                dirn.next = (seq + length) % SEQ_MOD
-                self._segments(flow, bool(from_client), ((ts + self.offset, data, length),))
-                return
-            segs: list = []
-            dirn.push(ts + self.offset, seq, data, length, segs)
-            if segs:
-                self._segments(flow, bool(from_client), segs)
+            self.streams.push(flow, bool(from_client), ts + self.offset, seq, data, length)
             return
         if kind == SSL_FREE:
             st = self.ssl.get((pid, ssl))
@@ -387,23 +357,22 @@ class L7Decoder:
         if kind == DNS_UDP:
             self.rows["dns"] += self.dns.feed_udp(ts + self.offset, data, src, sport, dst, dport)
         elif kind == TLS_HELLO:
-            self._hello(ts, (src, sport, dst, dport), data, length)
+            self.streams.hello(ts + self.offset, (src, sport, dst, dport), data, length)
 
-    def _segments(self, flow: _TcpFlow, from_client: bool, segs: list | tuple) -> None:
-        if flow.dns:
-            c, s = flow.key[:2], flow.key[2:]
-            (src, sport), (dst, dport) = (c, s) if from_client else (s, c)
-            for wall, data, length in segs:
-                self.rows["dns"] += self.dns.feed_tcp(wall, data, src, sport, dst, dport, length)
-            return
-        http = flow.http
-        for wall, data, length in segs:
-            for row in http.feed_tuples(wall, data, from_client, length):
-                self._pend("http", flow.key, row)
+    def _on_http(self, key: tuple, row: tuple) -> None:
+        self.pending.append((self.last_ts + ROW_GRACE_NS, "http", key, row))
+
+    def _on_dns(self, rows: list[dict]) -> None:
+        self.rows["dns"] += rows
+
+    def _on_tls(self, key: tuple, row: dict) -> None:
+        self.pending.append((self.last_ts + ROW_GRACE_NS, "tls", key, row))
+
+    def _after_http(self, flow: TcpFlow, from_client: bool) -> None:
         if self.skip_body is not None:
             self._skip_long_body(flow, from_client)
 
-    def _skip_long_body(self, flow: _TcpFlow, from_client: bool) -> None:
+    def _skip_long_body(self, flow: TcpFlow, from_client: bool) -> None:
         """A long Content-Length body follows in this direction: ask the kernel not to send its segments."""
         remaining = flow.http.body_remaining(from_client)
         if remaining <= SKIP_BODY_MIN:
@@ -415,33 +384,8 @@ class L7Decoder:
                 dirn.skip_to = end
                 self.stats.add("http_bodies_skipped_in_kernel")
 
-    def _end_flow(self, flow: _TcpFlow, ts: int) -> None:
-        self.flows.pop(flow.key, None)
-        if flow.raw_key is not None:
-            self.flows_raw.pop(flow.raw_key, None)
-        for d, dirn in enumerate(flow.dirs):
-            if dirn.held:
-                segs: list = []
-                dirn.release(segs)
-                self._segments(flow, bool(d), segs)
-        if flow.dns:
-            self.dns.close_tcp(*flow.key)
-        else:
-            for row in flow.http.close_tuples(ts + self.offset):
-                self._pend("http", flow.key, row)
-
     def _pend(self, table: str, join: Any, row: Any) -> None:
         self.pending.append((self.last_ts + ROW_GRACE_NS, table, join, row))
-
-    def _hello(self, ts: int, key: tuple, data: bytes, length: int) -> None:
-        reader = self.hellos.get(key)
-        if reader is None:
-            reader = self.hellos[key] = ClientHelloReader(self.stats)
-        hello = reader.feed(ts + self.offset, data, length)
-        if reader.done:
-            del self.hellos[key]
-        if hello is not None:
-            self._pend("tls", key, tls_row(reader.ts_ns, hello, *key))
 
     def _ssl(self, ts: int, kind: int, skaddr: int, ssl: int, pid: int, comm: str, data: bytes, length: int) -> None:
         key = (pid, ssl)
@@ -535,14 +479,10 @@ class L7Decoder:
         now = self.last_ts if now_mono is None else max(now_mono, self.last_ts)
         if final:
             for flow in list(self.flows.values()):
-                self._end_flow(flow, now)
+                self.streams.end(flow, now + self.offset)
             for key, st in list(self.ssl.items()):
                 self._end_ssl(key, st, now)
-            for key, reader in list(self.hellos.items()):
-                hello = reader.finish()
-                if hello is not None:
-                    self._pend("tls", key, tls_row(reader.ts_ns, hello, *key))
-            self.hellos.clear()
+            self.streams.expire_hellos(None, 0)
             self.rows["dns"] += self.dns.flush()
         else:
             self._housekeeping(now)
@@ -570,14 +510,10 @@ class L7Decoder:
         return out
 
     def _housekeeping(self, now: int) -> None:
+        self.streams.release_held(now + self.offset)
         for flow in list(self.flows.values()):
-            for d, dirn in enumerate(flow.dirs):
-                if dirn.held and now + self.offset - dirn.held_since > HOLD_NS:
-                    segs: list = []
-                    dirn.release(segs)
-                    self._segments(flow, bool(d), segs)
             if now - flow.last_ts > IDLE_NS:
-                self._end_flow(flow, now)
+                self.streams.end(flow, now + self.offset)
         for key, st in list(self.ssl.items()):
             # The stream's own endpoint: the one alive at its first call. A socket address is
             # reused by later sockets, and the connections probe reports an endpoint only at its
@@ -587,12 +523,7 @@ class L7Decoder:
             ended = conns and all(c.ts_end is not None and now - c.ts_end > ROW_GRACE_NS for c in conns)
             if ended or now - st.last_ts > IDLE_NS:
                 self._end_ssl(key, st, now)
-        for key, reader in list(self.hellos.items()):
-            if reader.ts_ns is not None and now + self.offset - reader.ts_ns > HELLO_KEEP_NS:
-                hello = reader.finish()
-                if hello is not None:
-                    self._pend("tls", key, tls_row(reader.ts_ns, hello, *key))
-                del self.hellos[key]
+        self.streams.expire_hellos(now + self.offset, HELLO_KEEP_NS)
         # closed endpoints stop being joinable after ENDPOINT_KEEP_NS
         for index in (self.endpoints, self.by_sk):
             for k in [k for k, conns in index.items() if all(c.ts_end is not None and now - c.ts_end > ENDPOINT_KEEP_NS for c in conns)]:

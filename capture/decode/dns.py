@@ -112,11 +112,7 @@ def parse_dns_dnslib(data: bytes) -> DnsMessage | None:
         txid = (data[0] << 8) | data[1]
         if msg is None or msg.txid == txid:
             return msg
-        # a copy with its own txid, made without the frozen dataclass's __init__ (a tenth of its cost)
-        copy = object.__new__(DnsMessage)
-        copy.__dict__.update(msg.__dict__)
-        copy.__dict__["txid"] = txid
-        return copy
+        return msg._replace(txid=txid)
     msg = _parse_dns(data)
     if len(_SEEN) >= _SEEN_MAX:
         _SEEN.clear()

@@ -21,7 +21,7 @@ import flowtape
 from conftest import require_tool, run_cli
 from flowtape.capture.decode.http_pairing import redact_query
 from flowtape.capture.importers import pcap as pcap_import
-from pcap_build import (ACK, FIN, PSH, RST, SYN, Conversation, bsd_loopback, cooked_v1, cooked_v2, dns_answer, dns_query, ethernet,
+from pcap_build import (ACK, RST, SYN, Conversation, bsd_loopback, cooked_v1, cooked_v2, dns_answer, dns_query, ethernet,
                         http_exchange_frames, ip_packet, tcp_segment, udp_datagram, write_pcap, write_pcapng)
 
 DATA = Path(__file__).parent / "data"
@@ -555,13 +555,11 @@ def test_unknown_link_type_and_several_link_types(tmp_path, monkeypatch):
 
 
 def test_non_ip_frames_are_counted_not_flowed(tmp_path):
-    arp = MAC = bytes(6)
     arp_frame = b"\xff" * 6 + b"\x02" * 6 + b"\x08\x06" + b"\0" * 28
     path = write_pcap(tmp_path / "arp.pcap", sample_frames() + [(T0 + 20_000_000, arp_frame)] * 3)
     tape, err = do_import(tmp_path, [path])
     assert problems_of(tape) == {"not_ip": 3} and "not IP" in err
     assert "pcap.not_ip" not in json.loads((tape / "manifest.json").read_text())["lost"][rows(tape, "flows")[0]["node"]]
-    del arp, MAC
 
 
 def test_cli_help_has_an_example():

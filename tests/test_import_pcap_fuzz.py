@@ -248,7 +248,6 @@ def http_capture(draw) -> list[tuple[int, bytes]]:
 @settings(max_examples=max(20, EXAMPLES // 10), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(http_capture())
 def test_http_tapes_are_the_same_with_both_loops(tmp_path_factory, frames):
-    import tempfile
     from test_import_pcap import both_loops
 
     tmp = tmp_path_factory.mktemp("http")
@@ -259,4 +258,3 @@ def test_http_tapes_are_the_same_with_both_loops(tmp_path_factory, frames):
     finally:
         mp.undo()
     assert got["http"]
-    del tempfile

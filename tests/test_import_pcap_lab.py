@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import pytest
 

@@ -31,10 +31,10 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from ..decode.tcp_streams import DNS_TCP, TLS_HELLO, follows, hello_budget
+from ..decode.tcp_streams import TLS_HELLO, follows, hello_budget
 from . import packets as P
 from .pcap_reader import EPB_INBOUND, EPB_OUTBOUND, RecordLoop
-from .tcp_conns import ACK, FIN, RST, SYN, Conn, ConnTable
+from .tcp_conns import FIN, RST, SYN, Conn, ConnTable
 
 HOUSEKEEP_NS = 1_000_000_000  # capture time between housekeeping passes
 DUP_WINDOW_NS = 2_000_000  # a packet seen again on another interface within this long is the same packet

@@ -182,6 +182,14 @@ def test_the_any_capture_gives_the_same_tape(lab_capture):
 
     a, b = flowtape.open(r["tapes"]["eth"]), flowtape.open(r["tapes"]["any"])
     for name, sql in same.items():
+        if name == "connections":
+            # Retransmissions are judged from the order segments are seen in; in `any` the two veths'
+            # copies of a burst interleave, not always in wire order, so the count may differ by
+            # one or two on a long transfer (seen: 29 vs 30 of 1397 segments). Everything else: exact.
+            ca, cb = sorted(a.sql(sql).fetchall()), sorted(b.sql(sql).fetchall())
+            assert [x[:9] + x[10:] for x in ca] == [x[:9] + x[10:] for x in cb], name
+            assert all(abs(x[9] - y[9]) <= max(2, x[9] // 20) for x, y in zip(ca, cb)), (name, [(x[9], y[9]) for x, y in zip(ca, cb)])
+            continue
         assert sorted(a.sql(sql).fetchall()) == sorted(b.sql(sql).fetchall()), name
     notes = b.manifest["extra"]["import"]["notes"]
     assert notes["duplicate_sightings"] >= sum(n for *_, n, _b in a.sql(same["flows"]).fetchall())

@@ -43,6 +43,7 @@ from typing import Any, Callable
 from .errors import FlowtapeError, PermissionDenied, TapeError, Unreachable, UsageError
 from .manifest import MANIFEST_NAME, read_manifest, write_atomic
 from .schema import FORMAT, TABLES
+from .writer import sha256_file
 
 SCHEME = "s3://"
 CACHE_ENV = "FLOWTAPE_CACHE_DIR"
@@ -216,14 +217,6 @@ def check_bucket(s3: Any, loc: S3Location) -> None:
 
 def sha256_b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _recount(manifest: dict[str, Any]) -> None:
@@ -585,7 +578,7 @@ def pull(url: str, out: str | os.PathLike, since_ns: int | None = None, until_ns
     def fetch(item: tuple[str, dict[str, Any]]) -> tuple[str, str, int]:
         rel, entry = item
         dst = out / rel
-        if dst.exists() and dst.stat().st_size == entry["bytes"] and _sha256(dst) == entry["sha256"]:
+        if dst.exists() and dst.stat().st_size == entry["bytes"] and sha256_file(dst) == entry["sha256"]:
             return rel, "cached", 0
         dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = dst.with_name(f".{dst.name}.tmp")
@@ -596,7 +589,7 @@ def pull(url: str, out: str | os.PathLike, since_ns: int | None = None, until_ns
             if _missing(e):
                 return rel, "missing", 0
             raise s3_error(e, f"{loc.url}{rel}") from None
-        got = _sha256(tmp)
+        got = sha256_file(tmp)
         if got != entry["sha256"]:
             tmp.unlink(missing_ok=True)
             raise TapeError(f"{loc.url}{rel}: sha256 {got[:12]}… does not match the manifest's {entry['sha256'][:12]}…; not kept")

@@ -365,3 +365,20 @@ def test_under_address_sanitizer(tmp_path):
     result = _sanitized_run(tmp_path, ASAN_SCRIPT.format(tests=str(HERE), n=n))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert f"ok {n}" in result.stdout
+
+
+def test_without_the_compiled_decoder_the_python_one_runs_and_says_so(monkeypatch):
+    """No C compiler at install: _http2 is missing; the recorder decodes HTTP/2 in Python and its
+    manifest's http_decoder says why (flowtape record warns when it is not 'c')."""
+    from flowtape.capture.live.l7 import Endpoint, L7Decoder
+
+    monkeypatch.delenv("FLOWTAPE_HTTP_DECODER", raising=False)
+    monkeypatch.setattr(http2, "_http2", None)
+    assert http2.decoder_in_use().startswith("python (capture/decode/_http2.c was not built")
+    dec = L7Decoder("n", 0, redaction=Redaction())
+    assert dec._h2_type is None and dec.http_decoder.startswith("c, HTTP/2 python (capture/decode/_http2.c was not built")
+    (cport, sport), segs = next(iter(connections().items()))
+    dec.add_endpoint(Endpoint(cport, "client", segs[0][0] - 1000, "198.18.0.2", cport, "198.18.0.1", sport, 1, "cli", cport))
+    dec.feed_batch(_records(segs, cport, sport))
+    rows = list(dec.take_rows(final=True)["http"])
+    assert rows and [r["stream_id"] for r in rows] == [r[13] for r in same(steps_of(segs))]

@@ -19,7 +19,8 @@ if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null; then
         exit 1
     fi
 fi
-# A C compiler and Python's headers build capture/decode/_http1.c, the recorder's HTTP decoder. Without
+# A C compiler and Python's headers build capture/decode/_http1.c, _dns.c and _tls.c (the recorder's HTTP, DNS and
+# ClientHello decoders) and the ring and pcap loops. Without
 # them the install still succeeds and a slower pure-Python decoder is used.
 PYINC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 if ! command -v gcc >/dev/null || [ ! -f "$PYINC/Python.h" ]; then

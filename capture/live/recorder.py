@@ -394,6 +394,7 @@ class Recorder:
             if self.kube is not None:
                 probes.append("k8s")
             ifaces = ", ".join(i.name for i in self.flows.plan.values()) if self.flows else "-"
+            ebpf.release_compiler_memory()  # every program is loaded: the compiler's pages are not needed
             print(f"flowtape: recording to {opts.out} (probes: {', '.join(probes)}; interfaces: {ifaces}); Ctrl-C to stop",
                   file=self.status, flush=True)
             self._loop(time.monotonic())

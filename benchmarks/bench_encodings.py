@@ -17,7 +17,8 @@ one file as the TapeWriter writes it (zstd level 3, one row group per flush), on
                 with nested columns' leaves dictionary-encoded as before.
 "today" is the TapeWriter's setting before issue 24.
 Prints bytes per row per table and in total, each variant's ratio to today's, and the time of a
-full scan (pyarrow.parquet.read_table of every part, best of 3) as a ratio to today's.
+full scan (pyarrow.parquet.read_table of every part, best of 5 rounds, variants interleaved) as a
+ratio to today's.
 """
 
 from __future__ import annotations
@@ -77,14 +78,16 @@ def rewrite(parts: list[Path], out: Path, variant: str) -> dict[str, tuple[int, 
     return sizes
 
 
-def scan_seconds(folder: Path) -> float:
-    files = sorted(folder.glob("*.parquet"))
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for f in files:
-            pq.read_table(f)
-        best = min(best, time.perf_counter() - t0)
+def scan_seconds(folders: dict[str, Path], rounds: int = 5) -> dict[str, float]:
+    """Best time of a full read of each folder's files, the variants interleaved round by round (the
+    machine's load moves between rounds, not between variants)."""
+    best = {v: float("inf") for v in folders}
+    for _ in range(rounds):
+        for v, folder in folders.items():
+            t0 = time.perf_counter()
+            for f in sorted(folder.glob("*.parquet")):
+                pq.read_table(f)
+            best[v] = min(best[v], time.perf_counter() - t0)
     return best
 
 
@@ -107,14 +110,14 @@ def main() -> int:
             parts = sorted(tape.glob("*/node=*/part-*.parquet"))
             name = tape.name if tape.parent != work else f"flowtape synth --rps {args.synth_rps:g} --duration {args.synth_duration}"
             print(f"== {name}: {len(parts)} parts")
-            results, scans = {}, {}
+            results, folders = {}, {}
             for v in VARIANTS:
-                out = work / f"{tape.name}-{v}"
+                folders[v] = out = work / f"{tape.name}-{v}"
                 out.mkdir()
                 results[v] = rewrite(parts, out, v)
-                scans[v] = scan_seconds(out)
-                shutil.rmtree(out) if v != "today" else None
-            shutil.rmtree(work / f"{tape.name}-today")
+            scans = scan_seconds(folders)
+            for out in folders.values():
+                shutil.rmtree(out)
             print(f"   {'table':<16} {'rows':>9} " + " ".join(f"{v + ' B/row':>18}" for v in VARIANTS))
             for table in sorted(results["today"]):
                 rows = results["today"][table][1]
@@ -128,7 +131,7 @@ def main() -> int:
             rows = sum(r for _, r in results["today"].values())
             cells = [f"{total[v] / rows:8.1f} ({total[v] / total['today']:.3f})" for v in VARIANTS]
             print(f"   {'all':<16} {rows:>9} " + " ".join(f"{c:>18}" for c in cells))
-            print(f"   full scan (read_table of every part, best of 3): " +
+            print(f"   full scan (read_table of every part, best of 5 interleaved rounds): " +
                   ", ".join(f"{v} {1e3 * scans[v]:.1f} ms ({scans[v] / scans['today']:.2f})" for v in VARIANTS))
             for v in VARIANTS:
                 grand[v][0] += total[v]

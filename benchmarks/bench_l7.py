@@ -33,6 +33,7 @@ recorder, with it (every query and response must become a `dns` row, 0 lost) and
 
 Run as root:  .venv/bin/python benchmarks/bench_l7.py [--seconds 4] [--json out.json]
               [--protos plain,tls] [--rates 10000,20000,30000] [--conns 1,4,16] [--no-tcpdump] [--dns 20000]
+              [--soak MINUTES]   (the recorder's RSS after start and every 30 s under HTTP + DNS load)
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def recorded(lab, run, workdir: Path, tag: str, probes: str = "connections,l7") -> dict:
+def recorded(lab, run, workdir: Path, tag: str, probes: str = "connections,l7", on_start=None) -> dict:
     tape = workdir / f"bench-{tag}.tape"
     rec = subprocess.Popen([FLOWTAPE, "record", "-o", str(tape), "--interfaces", lab.bridge, "--probes", probes, "--no-k8s"],
                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
@@ -92,6 +93,8 @@ def recorded(lab, run, workdir: Path, tag: str, probes: str = "connections,l7") 
         if not line:
             raise SystemExit(f"recorder did not start: {rec.stderr.read()}")
     mem_start = memory_mib(rec.pid)["VmRSS"]
+    if on_start is not None:
+        on_start(rec.pid)
     u0, s0 = cpu_split(rec.pid)
     result = run()
     time.sleep(2.0)  # the recorder catches up with what the load caused (rows wait ~1 s for their endpoints)
@@ -145,13 +148,27 @@ def measure(lab, run, workdir: Path, tag: str, workers: list[int], probes: str =
 DNS_NAMES = [f"svc{i}.bench.lab.test" for i in range(32)]
 
 
+_DNS_LAB: list = []
+_DNS_LABS_MADE = [0]
+
+
+def dns_lab(lab):
+    """dnsmasq answering DNS_NAMES in a namespace of its own, and a client namespace (made once)."""
+    if not _DNS_LAB:
+        _DNS_LABS_MADE[0] += 1
+        n = _DNS_LABS_MADE[0]
+        dsrv, dcli = lab.add_host(f"dns{n}"), lab.add_host(f"dcli{n}")
+        server = start_dnsmasq(dsrv, ["--local=/lab.test/", "--local-ttl=300", "--cache-size=0",
+                                      *[f"--host-record={n},10.77.{i // 250}.{i % 250 + 1}" for i, n in enumerate(DNS_NAMES)]])
+        _DNS_LAB[:] = [dsrv, dcli, server]
+    return _DNS_LAB
+
+
 def dns_arm(lab, qps: int, seconds: int, workdir: Path) -> list[dict]:
     """The DNS arm: dnsmasq under a fixed-rate load (dns_load.py) without capture, with the recorder,
     with tcpdump -s 256 and -s 0, and without again. Each arm's answered/unanswered counts, the
     capture's CPU and bytes per query, and for the recorder its dns rows and lost events."""
-    dsrv, dcli = lab.add_host("dns"), lab.add_host("dcli")
-    server = start_dnsmasq(dsrv, ["--local=/lab.test/", "--local-ttl=300", "--cache-size=0", "--dns-forward-max=10000",
-                                  *[f"--host-record={n},10.77.{i // 250}.{i % 250 + 1}" for i, n in enumerate(DNS_NAMES)]])
+    dsrv, dcli, server = dns_lab(lab)
     argv = [sys.executable, str(HERE / "dns_load.py"), dsrv.ip, str(qps), str(seconds), *DNS_NAMES]
 
     def load() -> dict:
@@ -175,7 +192,49 @@ def dns_arm(lab, qps: int, seconds: int, workdir: Path) -> list[dict]:
     finally:
         server.terminate()
         server.wait()
+        _DNS_LAB.clear()
     return arms
+
+
+def soak(lab, cli, url: str, minutes: float, rate: int, qps: int, workdir: Path) -> dict:
+    """One recorded run of `minutes`: HTTP keep-alive (h2load at `rate`) and DNS (dns_load.py at `qps`)
+    at once, the recorder's RSS sampled every 30 s; every exchange and query must be a row, 0 lost."""
+    dsrv, dcli, server = dns_lab(lab)
+    seconds = int(minutes * 60)
+    samples: list[tuple[float, float]] = []
+    out: dict = {}
+
+    def load() -> dict:
+        argv = ["h2load", "--h1", "-t1", f"-c{H2LOAD_CLIENTS}", f"--rps={rate / H2LOAD_CLIENTS:g}", "-D", str(seconds), url]
+        web = cli.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        dns = dcli.popen([sys.executable, str(HERE / "dns_load.py"), dsrv.ip, str(qps), str(seconds), *DNS_NAMES],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        t0 = time.monotonic()
+        while web.poll() is None or dns.poll() is None:
+            time.sleep(1.0)
+            if not samples or time.monotonic() - t0 - samples[-1][0] >= 30:
+                samples.append((time.monotonic() - t0, memory_mib(out["pid"])["VmRSS"]))
+        text = web.stdout.read()
+        done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", text)
+        d = json.loads(dns.stdout.read().strip().splitlines()[-1])
+        return {"requests": int(done.group(2)) if done else 0, "rps": 0.0, "dns": d}
+
+    try:
+        r = recorded(lab, load, workdir, "soak", on_start=lambda pid: out.update(pid=pid))
+    finally:
+        server.terminate()
+        server.wait()
+        _DNS_LAB.clear()
+    return {**r, "samples": samples, "minutes": minutes, "rate": rate, "qps": qps}
+
+
+def report_soak(r: dict) -> None:
+    print(f"== soak: {r['minutes']:g} min of h2load keep-alive at {r['rate']} req/s and dns_load.py at {r['qps']} queries/s, one recorded run")
+    print("   recorder RSS (MiB) after start " + f"{r['rss_start_mib']}, then every 30 s: " +
+          ", ".join(f"{t:.0f}s {m:.0f}" for t, m in r["samples"]) + f"; peak {r['rss_peak_mib']} (target <= 150 steady)")
+    d = r["dns"]
+    print(f"   http rows {r['http_rows']} for {r['requests']} requests (2 per request expected); dns rows {r['dns_rows']} for "
+          f"{d['sent']} queries ({d['answered']} answered); lost events {r['lost_events']} {r['lost'] if r['lost_events'] else ''}")
 
 
 def report_dns(qps: int, seconds: int, arms: list[dict]) -> None:
@@ -262,6 +321,8 @@ def main() -> int:
     ap.add_argument("--no-tcpdump", action="store_true", help="leave out the tcpdump arms")
     ap.add_argument("--no-stats", action="store_true", help="leave out the eBPF run-time statistics runs")
     ap.add_argument("--dns", type=int, default=0, metavar="QPS", help="also run the DNS arm at this many queries/s (0: not)")
+    ap.add_argument("--soak", type=float, default=0, metavar="MINUTES",
+                    help="also one recorded run of this many minutes: HTTP at the first --rates rate and DNS at --dns (default 2000) queries/s, RSS every 30 s")
     args = ap.parse_args()
     global TCPDUMP
     TCPDUMP = not args.no_tcpdump
@@ -297,12 +358,17 @@ def main() -> int:
                 programs[proto] = {n: (cnt / r["requests"], ns / cnt) for n, (cnt, ns) in r["programs"].items()}
             if args.dns:
                 results["dns"] = dns_arm(lab, args.dns, args.seconds, workdir)
+            if args.soak:
+                results["soak"] = soak(lab, cli, f"http://{srv.ip}/f100", args.soak, (rates or [2700])[0], args.dns or 2000, workdir)
         finally:
             master.terminate()
             master.wait()
     for key, steps in results.items():
         if key == "dns":
             report_dns(args.dns, args.seconds, steps)
+            continue
+        if key == "soak":
+            report_soak(steps)
             continue
         proto, kind = key.split("/")
         report(proto, kind, steps, args.seconds)

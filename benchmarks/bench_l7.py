@@ -247,7 +247,7 @@ def report_dns(qps: int, seconds: int, arms: list[dict]) -> None:
         cpu = f"{1e6 * (a['cpu_user_s'] + a['cpu_sys_s']) / q:8.2f} ({1e6 * a['cpu_user_s'] / q:5.2f})" if "cpu_user_s" in a else ""
         lost = a.get("lost_events", a.get("dropped", ""))
         print(f"   {a['arm']:<20} {a['sent']:>8} {a['answered']:>9} {a['unanswered']:>10} {lost:>5} {a.get('dns_rows', ''):>9} {cpu:>16} "
-              f"{1e6 * a['server_cpu_s'] / q:>12.2f} {a['bytes'] / q if 'bytes' in a else '':>8}")
+              f"{1e6 * a['server_cpu_s'] / q:>12.2f} {format(a['bytes'] / q, '.1f') if 'bytes' in a else '':>8}")
     rec = next(a for a in arms if a["arm"] == "flowtape record")
     exact = rec["answered"] <= rec["dns_rows"] <= rec["sent"]
     print(f"   recorder: {rec['dns_rows']} dns rows for {rec['sent']} queries, {rec['answered']} answered "

@@ -19,8 +19,9 @@ if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null; then
         exit 1
     fi
 fi
-# A C compiler and Python's headers build capture/decode/_http1.c and _http2.c, the recorder's HTTP/1 and
-# HTTP/2 decoders. Without them the install still succeeds and slower pure-Python decoders are used.
+# A C compiler and Python's headers build capture/decode/_http1.c, _http2.c, _dns.c and _tls.c (the recorder's
+# HTTP/1, HTTP/2, DNS and ClientHello decoders) and the ring and pcap loops. Without them the install still
+# succeeds and slower pure-Python decoders are used.
 PYINC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 if ! command -v gcc >/dev/null || [ ! -f "$PYINC/Python.h" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -73,6 +73,9 @@ def report_set(tape) -> dict[str, pl.DataFrame]:
         "dns_latency": r.dns_latency(),
         "tcp_latency": r.tcp_latency(),
         "talkers": r.talkers(by="pod"),
+        "talkers_host": r.talkers(by="host"),
+        "talkers_process": r.talkers(by="process"),
+        "topology_process": r.topology(by="process"),
         "talkers_since": r.talkers(since=since),
         "zone_pairs": r.zone_pairs(),
         "region_pairs": r.zone_pairs(level="region"),
@@ -128,6 +131,22 @@ def test_reused_ips_reports_equal_on_spark(spark, reused_tape):
     assert tape.sql("SELECT count(*) FROM ft_cuts").fetchall()[0][0] > 0
     expected = check_tape(reused_tape)
     assert expected["topology"]["requests"].sum() == tape.sql("SELECT count(*) FROM ft_http_x").fetchall()[0][0]
+
+
+def test_processes_outside_kubernetes_equal_on_spark(spark, tmp_path):
+    """A laptop's tape: flows find their connection's process with an ASOF join, which Spark runs
+    as a join on each connection's [start, next start) (analyze.engines.spark._asof)."""
+    from laptop_tape import write_laptop_tape
+    from flowtape.analyze.enrich import has_processes
+
+    path = write_laptop_tape(tmp_path / "laptop.tape")
+    tape = flowtape.open(str(path))
+    tape.analysis
+    assert has_processes(tape.con)
+    expected = check_tape(path)
+    # flow bytes named by the process of their connection (the ASOF path), as tests/laptop_tape.py wrote them
+    talkers = {r["endpoint"]: r["bytes_out"] for r in expected["talkers_process"].iter_rows(named=True)}
+    assert talkers["curl"] == 500 and talkers["nginx"] == 1500 and talkers["docker:web-1/python3"] == 700
 
 
 def test_tape_in_s3_through_the_local_cache(spark, tmp_path, monkeypatch):

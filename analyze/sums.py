@@ -16,6 +16,9 @@ instants at which a name changes (enrich.ft_cuts), never by a plain IP lookup.
 - flow_sums (build_flow_sums): per (recording node, src, dst, each named at the time): bytes,
   packets, rows; each packet counted once per cluster. flow_seen (build_flow_seen): first start
   and last end of the flows to external destinations, per the same keys (egress only).
+- The per-row pass of each (the scan of every exchange or flow, summed per IP and key or segment)
+  runs on the analysis' engine (analyze.engines: DuckDB, or Spark with the same SQL transpiled);
+  naming its result and merging per name stay on the tape's DuckDB connection.
 - materialised (build_materialised): the named rows of the smaller tables (DNS exchanges,
   connections), which several reports read whole: named once instead of once per report (DNS alone was three times).
 """

@@ -203,3 +203,12 @@ def test_bad_engine_and_master():
     r = subprocess.run([sys.executable, "-m", "flowtape.cli", "report", "dns", str(ROOT / "fixtures" / "tiny.tape"), "--spark-master", "local[2]"],
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == Exit.USAGE and r.stderr.strip().splitlines() == ["flowtape: error: --spark-master needs --engine spark"], r.stderr
+
+
+def test_spark_that_does_not_start_is_one_line(spark):
+    """A master Spark cannot start with: one line naming it and the JVM's log, exit 7."""
+    r = subprocess.run([sys.executable, "-m", "flowtape.cli", "report", "traffic", str(ROOT / "fixtures" / "tiny.tape"), "--engine", "spark",
+                        "--spark-master", "bogus://nowhere"], capture_output=True, text=True, cwd=ROOT)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == Exit.UNSUPPORTED and len(lines) == 1 and "'bogus://nowhere'" in lines[0] and "jvm.log" in lines[0], r.stderr
+    shutil.rmtree(Path(lines[0].rsplit("(log: ", 1)[1].rstrip(")")).parent, ignore_errors=True)

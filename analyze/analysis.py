@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import duckdb
 
 from . import sums
+from .engines import Engine, make_engine
 from .enrich import DEFAULT_LABELS, create_views
 
 if TYPE_CHECKING:
@@ -30,10 +31,13 @@ ENRICHED = ("http", "connections", "flows", "dns")
 class Analysis:
     """Enrichment views and shared sums of one open tape (see the module docstring)."""
 
-    def __init__(self, tape: "Tape", labels: tuple[str, ...] = DEFAULT_LABELS) -> None:
+    def __init__(self, tape: "Tape", labels: tuple[str, ...] = DEFAULT_LABELS, engine: Engine | None = None) -> None:
         self.tape = tape
         self.con = tape.con
         self.labels = labels
+        # where the per-row passes of the shared sums run (analyze.engines): the tape says which
+        # (flowtape.open(path, engine="spark")); checked before any work, so a missing Java is one line
+        self.engine = engine or make_engine(getattr(tape, "engine", "duckdb"), tape, getattr(tape, "spark_master", None))
         hosts = {node: (info or {}).get("host") or {} for node, info in (tape.manifest.get("nodes") or {}).items()}
         create_views(self.con, labels, hosts)
         self._made: set[str] = set()
@@ -71,16 +75,16 @@ class Analysis:
 
     def http_sums(self, time_filter: str = "true") -> str:
         """See sums.build_http_sums; `time_filter` is a condition on the request's `ts`."""
-        return self._once("http", time_filter, lambda name: sums.build_http_sums(self.con, name, time_filter))
+        return self._once("http", time_filter, lambda name: sums.build_http_sums(self.con, name, time_filter, self.engine))
 
     def flow_sums(self, time_filter: str = "true") -> str:
         """See sums.build_flow_sums; `time_filter` is a condition on `ts_start`."""
-        return self._once("flow", time_filter, lambda name: sums.build_flow_sums(self.con, name, time_filter, self.window))
+        return self._once("flow", time_filter, lambda name: sums.build_flow_sums(self.con, name, time_filter, self.window, self.engine))
 
     def flow_seen(self, time_filter: str = "true") -> str:
         """See sums.build_flow_seen."""
         flows = self.flow_sums(time_filter)
-        return self._once("seen", time_filter, lambda name: sums.build_flow_seen(self.con, name, flows, time_filter, self.window))
+        return self._once("seen", time_filter, lambda name: sums.build_flow_seen(self.con, name, flows, time_filter, self.window, self.engine))
 
     def materialised(self, view: str) -> str:
         """The rows of `view` (one of sums.MATERIALISABLE) in a table shared by every report."""

@@ -319,8 +319,13 @@ def ip_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str
     stored form); `group` holds the process key columns of `pkeys`."""
     return f"""
 WITH g AS MATERIALIZED ({ip_keyed_sums_sql(base, ts, endpoints, group, aggregates)}),
-res AS ({key_names_sql("g", endpoints)})
-{with_names_sql("g", "res", endpoints, pkeys=pkeys)}"""
+{ip_named_sql("g", endpoints, pkeys)}"""
+
+
+def ip_named_sql(rows: str, endpoints: list[tuple[str, str]], pkeys: Pkeys | None = None) -> str:
+    """CTE res and the final SELECT naming `rows` (ip_keyed_sums_sql's rows, a table or CTE)."""
+    return f"""res AS ({key_names_sql(rows, endpoints)})
+{with_names_sql(rows, "res", endpoints, pkeys=pkeys)}"""
 
 
 TREE_CUTS = 2048
@@ -384,19 +389,30 @@ def segment_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group
 
     A segment is an interval between two consecutive cuts of any IP (ft_cuts): no IP changes name
     inside one, so every row in it is named as at its start. `segment` is segment_start_sql's
-    (join, key expression).
+    (join, key expression). In two stages: segment_rows_sql (the per-row pass, the heavy one) and
+    segment_named_sql (naming its few rows).
     """
+    return f"""
+WITH g AS MATERIALIZED ({segment_rows_sql(base, ts, endpoints, group, aggregates, segment)}),
+{segment_named_sql("g", endpoints, pkeys)}"""
+
+
+def segment_rows_sql(base: str, ts: str, endpoints: list[tuple[str, str]], group: str, aggregates: str, segment: tuple[str, str]) -> str:
+    """The per-row pass of segment_sums_sql: rows of `base` summed per (`group`, endpoint ips,
+    segment start `__k`), unnamed."""
     ips = ", ".join(ip for _, ip in endpoints)
-    ks = ", ".join(f"__k AS __k{i}" for i in range(len(endpoints)))
     join, key = segment
     return f"""
-WITH b AS (SELECT *, epoch_ns({ts}) AS __t FROM {base}),
-g AS MATERIALIZED (
-    SELECT {group}, {ips}, {key} AS __k, {aggregates}
-    FROM b {join}
-    GROUP BY ALL
-),
-g2 AS (SELECT *, {ks} FROM g),
+WITH b AS (SELECT *, epoch_ns({ts}) AS __t FROM {base})
+SELECT {group}, {ips}, {key} AS __k, {aggregates}
+FROM b {join}
+GROUP BY ALL"""
+
+
+def segment_named_sql(rows: str, endpoints: list[tuple[str, str]], pkeys: Pkeys | None = None) -> str:
+    """CTEs g2, res and the final SELECT naming `rows` (segment_rows_sql's rows, a table or CTE)."""
+    ks = ", ".join(f"__k AS __k{i}" for i in range(len(endpoints)))
+    return f"""g2 AS (SELECT *, {ks} FROM {rows}),
 {_named_sql("g2", endpoints, NAME_FIELDS, "__k, " + ", ".join(f"__k{i}" for i in range(len(endpoints))), pkeys)}"""
 
 

@@ -44,6 +44,15 @@ UntilOpt = Annotated[Optional[str], typer.Option("--until", help="Only what star
 NamespaceOpt = Annotated[Optional[str], typer.Option("--namespace", "-n", help="Only edges with an endpoint in this namespace.")]
 
 
+class EngineName(str, Enum):
+    duckdb = "duckdb"
+    spark = "spark"
+
+
+EngineOpt = Annotated[EngineName, typer.Option("--engine", help="Where the heavy per-row stage runs: duckdb (in process) or spark (docs/spark.md).")]
+SparkMasterOpt = Annotated[Optional[str], typer.Option("--spark-master", help="Spark master URL for --engine spark (default local[2]), e.g. spark://HOST:7077.")]
+
+
 def filters(since: str | None, until: str | None, namespace: str | None) -> Filters:
     return Filters(parse_time(since, "--since") if since else None, parse_time(until, "--until") if until else None, namespace)
 
@@ -59,6 +68,8 @@ def topology_cmd(
     format: Annotated[GraphFormat, typer.Option("--format", "-f", help="Output format; svg and png are laid out by Graphviz's dot.")] = GraphFormat.table,
     group_by: Annotated[Optional[GroupBy], typer.Option("--group-by", help="Draw nodes in clusters by namespace or zone (dot, svg, png; svg and png default to namespace).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of standard output (png needs it when stdout is a terminal).")] = None,
+    engine: EngineOpt = EngineName.duckdb,
+    spark_master: SparkMasterOpt = None,
 ) -> None:
     """Who talked to whom: connections, bytes each way, requests, 5xx rate, p50/p95/p99 latency.
 
@@ -70,7 +81,7 @@ def topology_cmd(
     from .reports.placement import endpoint_groups
     from .reports.topology import topology
 
-    a = _open(tape).analysis
+    a = _open(tape, engine, spark_master).analysis
     f = filters(since, until, namespace)
     df = topology(a, by=by.value, filters=f, top=top)
     if format in (GraphFormat.dot, GraphFormat.svg, GraphFormat.png):
@@ -101,6 +112,8 @@ def latency_cmd(
     until: UntilOpt = None,
     namespace: NamespaceOpt = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    engine: EngineOpt = EngineName.duckdb,
+    spark_master: SparkMasterOpt = None,
 ) -> None:
     """Latency: HTTP per edge (and per route), DNS per name and server, TCP connect time and srtt.
 
@@ -108,7 +121,7 @@ def latency_cmd(
     """
     from .reports.latency import dns_latency, http_latency, tcp_latency
 
-    a = _open(tape).analysis
+    a = _open(tape, engine, spark_master).analysis
     f = filters(since, until, namespace)
     sections = {"http": http_latency(a, by=by.value, per_route=routes, filters=f), "dns": dns_latency(a, filters=f), "tcp": tcp_latency(a, by=by.value, filters=f)}
     titles = {"http": "HTTP latency (time to first response byte)", "dns": "DNS lookup latency", "tcp": "TCP connect time and srtt"}
@@ -183,8 +196,8 @@ def _emit(data: bytes, output: Path | None, binary: bool) -> None:
     buf.flush()
 
 
-def _open(tape: Path) -> Tape:
-    t = Tape(tape)
+def _open(tape: Path, engine: EngineName = EngineName.duckdb, spark_master: str | None = None) -> Tape:
+    t = Tape(tape, engine=engine.value, spark_master=spark_master)
     for p in t.problems:
         print(f"flowtape: {p.severity}: {p.where(t.path)}", file=sys.stderr)
     if t.origin != "recorded":  # rows of an import: no process, and the vantage point of a capture
@@ -202,6 +215,8 @@ def traffic_cmd(
     until: UntilOpt = None,
     namespace: NamespaceOpt = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    engine: EngineOpt = EngineName.duckdb,
+    spark_master: SparkMasterOpt = None,
 ) -> None:
     """Traffic: top talkers, bytes per zone pair and region pair with cost, internet egress by DNS name.
 
@@ -211,7 +226,7 @@ def traffic_cmd(
     from .reports.traffic import egress, talkers, zone_pairs
 
     p = load_prices(prices)
-    a = _open(tape).analysis
+    a = _open(tape, engine, spark_master).analysis
     f = filters(since, until, namespace)
     sections = {
         "talkers": talkers(a, by=by.value, top=top, filters=f),
@@ -233,6 +248,8 @@ def dns_cmd(
     until: UntilOpt = None,
     namespace: NamespaceOpt = None,
     format: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    engine: EngineOpt = EngineName.duckdb,
+    spark_master: SparkMasterOpt = None,
 ) -> None:
     """DNS: failures by name and rcode (search-path noise marked apart) and slow lookups.
 
@@ -240,7 +257,7 @@ def dns_cmd(
     """
     from .reports.dns import dns_failures, slow_lookups
 
-    a = _open(tape).analysis
+    a = _open(tape, engine, spark_master).analysis
     f = filters(since, until, namespace)
     failures = dns_failures(a, by=by.value, filters=f)
     shown = failures if search_path else failures.filter(~failures["search_path"])

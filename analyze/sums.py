@@ -16,6 +16,9 @@ instants at which a name changes (enrich.ft_cuts), never by a plain IP lookup.
 - flow_sums (build_flow_sums): per (recording node, src, dst, each named at the time): bytes,
   packets, rows; each packet counted once per cluster. flow_seen (build_flow_seen): first start
   and last end of the flows to external destinations, per the same keys (egress only).
+- The per-row pass of each (the scan of every exchange or flow, summed per IP and key or segment)
+  runs on the analysis' engine (analyze.engines: DuckDB, or Spark with the same SQL transpiled);
+  naming its result and merging per name stay on the tape's DuckDB connection.
 - materialised (build_materialised): the named rows of the smaller tables (DNS exchanges,
   connections), which several reports read whole: named once instead of once per report (DNS alone was three times).
 """
@@ -25,7 +28,8 @@ from __future__ import annotations
 import duckdb
 
 from .enrich import (EXCHANGE_PKEYS, FLOW_PKEYS, NAME_FIELDS, PROCESS_FIELDS, enriched_dns_sql, has_processes, has_substitutions,
-                     ip_keyed_sums_sql, ip_sums_sql, key_names_sql, segment_start_sql, segment_sums_sql, with_names_sql)
+                     ip_keyed_sums_sql, ip_named_sql, key_names_sql, segment_named_sql, segment_rows_sql, segment_start_sql, with_names_sql)
+from .engines import DUCKDB, Engine
 from .sketch import bucket_sql
 
 ROUTE = (
@@ -37,11 +41,12 @@ ROUTE = (
 
 # Every path is templated once (hundreds of distinct paths for millions of requests). Rows are
 # summed per route number `rid`, named after: grouping 5.6M exchanges by an integer instead of
-# the route's text is 10 % faster.
+# the route's text is 10 % faster. The distinct paths are a scan of every exchange: the engine's.
+_PATHS = "SELECT DISTINCT path FROM http WHERE path IS NOT NULL"
 _ROUTES = """
 CREATE TEMP TABLE IF NOT EXISTS ft_routes AS
 SELECT path, route, dense_rank() OVER (ORDER BY route)::INTEGER AS rid
-FROM (SELECT path, {route} AS route FROM (SELECT DISTINCT path FROM http WHERE path IS NOT NULL));
+FROM (SELECT path, {route} AS route FROM ft_paths);
 CREATE TEMP TABLE IF NOT EXISTS ft_route_ids AS SELECT DISTINCT rid, route FROM ft_routes"""
 
 HTTP_AGGREGATES = ("count(*) AS n, count(*) FILTER (WHERE server_error) AS n_5xx, count(*) FILTER (WHERE status IS NULL) AS n_unanswered, "
@@ -61,12 +66,15 @@ def _merged(body: str, merge: dict[str, str]) -> str:
     return f"SELECT * EXCLUDE ({', '.join(merge)}), {cols} FROM ({body}) GROUP BY ALL"
 
 
-def build_http_sums(con: duckdb.DuckDBPyConnection, name: str, time_filter: str) -> None:
+def build_http_sums(con: duckdb.DuckDBPyConnection, name: str, time_filter: str, engine: Engine = DUCKDB) -> None:
     """Create `name`: a temporary view of HTTP exchanges (each counted once, see enrich.ft_http_x)
     summed per client, server and addressed server IP, each named at the time (`client_*`,
     `server_*`, `seen_*`), method, route and latency bucket `lb`: n, n_5xx, n_unanswered,
     max_latency_ns. One name can span rows (an IP's name changing and changing back): readers
-    sum. Rows without a latency have lb NULL. `time_filter` is a condition on `ts` (the request's)."""
+    sum. Rows without a latency have lb NULL. `time_filter` is a condition on `ts` (the request's).
+    The per-row passes (the paths, the keyed sums) run on `engine`; the rest on `con`."""
+    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'ft_paths'").fetchall()[0][0]:
+        engine.create_table(con, "ft_paths", _PATHS)
     con.execute(_ROUTES.format(route=ROUTE.format(path="path")))
     substitutions, processes = has_substitutions(con), has_processes(con)
     base = (f"(SELECT x.*, r.rid, {bucket_sql('x.latency_ns')} AS lb FROM ft_http_x x LEFT JOIN ft_routes r ON r.path = x.path "
@@ -79,7 +87,7 @@ def build_http_sums(con: duckdb.DuckDBPyConnection, name: str, time_filter: str)
     # seen_* copy of the server: storing 86k rows with 30 name columns cost more than joining.
     # the processes at both ends, as keys (ft_proc_keys), when some were seen outside Kubernetes
     group = "method, rid, lb" + (", client_pkey, server_pkey" if processes else "")
-    con.execute(f"CREATE TEMP TABLE {name}_rows AS {ip_keyed_sums_sql(base, 'ts', ends, group, HTTP_AGGREGATES)}")
+    engine.create_table(con, f"{name}_rows", ip_keyed_sums_sql(base, 'ts', ends, group, HTTP_AGGREGATES))
     con.execute(f"CREATE TEMP TABLE {name}_names AS {key_names_sql(f'{name}_rows', ends)}")
     seen = "" if substitutions else ", server_ip AS seen_server_ip, " + ", ".join(f"server_{f} AS seen_{f}" for f in NAME_FIELDS + PROCESS_FIELDS)
     named = with_names_sql(f"{name}_rows", f"{name}_names", ends, pkeys=EXCHANGE_PKEYS if processes else None)
@@ -89,14 +97,15 @@ def build_http_sums(con: duckdb.DuckDBPyConnection, name: str, time_filter: str)
 Window = tuple[int | None, int | None]
 
 
-def build_flow_sums(con: duckdb.DuckDBPyConnection, name: str, time_filter: str, window: Window) -> None:
+def build_flow_sums(con: duckdb.DuckDBPyConnection, name: str, time_filter: str, window: Window, engine: Engine = DUCKDB) -> None:
     """Create `name`: a temporary table of flow bytes, packets and rows summed per node and named
     src/dst (`src_*`, `dst_*`; exactly as a per-row lookup names them, see enrich.segment_sums_sql),
     each packet counted once per cluster. `time_filter` is a condition on `ts_start`."""
-    _flow_table(con, name, f"(SELECT * FROM ft_flow_real WHERE {time_filter})", FLOW_AGGREGATES, FLOW_MERGE, window)
+    _flow_table(con, name, f"(SELECT * FROM ft_flow_real WHERE {time_filter})", FLOW_AGGREGATES, FLOW_MERGE, window, engine)
 
 
-def build_flow_seen(con: duckdb.DuckDBPyConnection, name: str, sums_table: str, time_filter: str, window: Window) -> None:
+def build_flow_seen(con: duckdb.DuckDBPyConnection, name: str, sums_table: str, time_filter: str, window: Window,
+                    engine: Engine = DUCKDB) -> None:
     """Create `name`: a temporary table of the first start (`ts_start`) and last end (`ts_end`) of
     the flows to the IPs that `sums_table` (build_flow_sums) names external, per the same node, src
     and dst names.
@@ -106,19 +115,22 @@ def build_flow_seen(con: duckdb.DuckDBPyConnection, name: str, sums_table: str, 
     ips = [r[0] for r in con.execute(f"SELECT DISTINCT dst_real FROM {sums_table} WHERE dst_kind = 'external' ORDER BY 1").fetchall()]
     listed = "(" + ", ".join("'" + ip.replace("'", "''") + "'" for ip in ips) + ")"
     base = f"(SELECT * FROM ft_flow_real WHERE ({time_filter}) AND {'dst_real IN ' + listed if ips else 'false'})"
-    _flow_table(con, name, base, SEEN_AGGREGATES, SEEN_MERGE, window)
+    _flow_table(con, name, base, SEEN_AGGREGATES, SEEN_MERGE, window, engine)
 
 
-def _flow_table(con: duckdb.DuckDBPyConnection, name: str, base: str, aggregates: str, merge: dict[str, str], window: Window) -> None:
+def _flow_table(con: duckdb.DuckDBPyConnection, name: str, base: str, aggregates: str, merge: dict[str, str], window: Window,
+                engine: Engine) -> None:
     ends = [("src", "src_real"), ("dst", "dst_real")]
     processes = has_processes(con)
     group, pkeys = ("node, src_pkey, dst_pkey", FLOW_PKEYS) if processes else ("node", None)
     start, end = window
     if start is not None and end is not None and end >= start:
         # a segment per row instead of a lookup per row and IP: on 50M flows, 1 s less
-        body = segment_sums_sql(base, "ts_start", ends, group, aggregates, segment_start_sql(con, start, end), pkeys)
+        engine.create_table(con, f"{name}_g", segment_rows_sql(base, "ts_start", ends, group, aggregates, segment_start_sql(con, start, end)))
+        body = f"WITH {segment_named_sql(f'{name}_g', ends, pkeys)}"
     else:
-        body = ip_sums_sql(base, "ts_start", ends, group, aggregates, pkeys)
+        engine.create_table(con, f"{name}_g", ip_keyed_sums_sql(base, "ts_start", ends, group, aggregates))
+        body = f"WITH {ip_named_sql(f'{name}_g', ends, pkeys)}"
     con.execute(f"""CREATE TEMP TABLE {name} AS {_merged(body, merge)}
         HAVING node = src_node OR src_node IS NULL OR src_node NOT IN (SELECT node FROM ft_flow_nodes)""")
 

@@ -42,12 +42,15 @@ from flowtape.writer import TapeWriter
 INTERVAL = 5_000_000_000
 
 
-def build(path: Path, flows: int) -> None:
+SYNTH = ["--seed", "11", "--services", "40", "--nodes", "30", "--zones", "3", "--regions", "1", "--duration", "18m", "--rps", "200"]
+
+
+def build(path: Path, flows: int, synth: list[str] = SYNTH) -> None:
+    """`flowtape synth` with `synth`'s options, then `flows` flow rows appended (see the module docstring)."""
     if (path / "manifest.json").exists():
         return
     t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "flowtape.cli", "synth", "-o", str(path), "--seed", "11", "--services", "40", "--nodes", "30",
-                    "--zones", "3", "--regions", "1", "--duration", "18m", "--rps", "200", "-q"], check=True)
+    subprocess.run([sys.executable, "-m", "flowtape.cli", "synth", "-o", str(path), *synth, "-q"], check=True)
     tape = flowtape.open(path)
     # flows follow the cluster's own connections (as a recorder's would): each row is one
     # direction of a client -> server pod pair that had a connection open in that interval

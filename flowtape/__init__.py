@@ -10,7 +10,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import Exit, FlowtapeError  # noqa: E402
+from .errors import Exit, FlowtapeError, UsageError  # noqa: E402
 from .schema import FORMAT, TABLES  # noqa: E402
 from . import reader  # noqa: E402
 from .tape import Problem, Tape, TapeWriter  # noqa: E402
@@ -26,9 +26,16 @@ def _analysis(tape: Tape):
 reader.ANALYSIS = _analysis
 
 
-def open(path: str) -> Tape:  # noqa: A001 - the public API is flowtape.open
-    """Open a tape for reading: DuckDB views and Polars LazyFrames over its tables."""
-    return Tape(path)
+def open(path: str, engine: str = "duckdb", spark_master: str | None = None) -> Tape:  # noqa: A001 - the public API is flowtape.open
+    """Open a tape for reading: DuckDB views and Polars LazyFrames over its tables.
+
+    `engine` says where the reports' heavy per-row stage runs: "duckdb" (in process) or "spark"
+    (Apache Spark, `spark_master` default local[2]; docs/spark.md). Everything else is DuckDB's."""
+    from .analyze.engines import ENGINES
+
+    if engine not in ENGINES:
+        raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    return Tape(path, engine=engine, spark_master=spark_master)
 
 
 __all__ = ["FORMAT", "TABLES", "Exit", "FlowtapeError", "Problem", "Tape", "TapeWriter", "open", "__version__"]

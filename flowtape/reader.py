@@ -145,7 +145,7 @@ class Tape:
         [(7,)]
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, engine: str = "duckdb", spark_master: str | None = None):
         # s3://BUCKET/PREFIX/NAME.tape/: read from the local cache, fetched first (flowtape/storage.py)
         url = storage.remote_url(path)
         self.remote = storage.parse_url(url).url if url else None  # one spelling: s3://BUCKET/PREFIX/
@@ -158,6 +158,8 @@ class Tape:
 
         self.con = duckdb.connect(":memory:")
         self._analysis: Any = None
+        # where the reports' heavy per-row stage runs (flowtape.analyze.engines; the analysis reads it)
+        self.engine, self.spark_master = engine, spark_master
         # Reports must not depend on the reader's local time zone (date_trunc, display, .pl()).
         self.con.execute("SET TimeZone = 'UTC'")
         # DuckDB draws its own progress bar on a terminal for queries over 2 s, into the middle of

@@ -33,5 +33,6 @@ if ! command -v gcc >/dev/null || [ ! -f "$PYINC/Python.h" ]; then
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-"$VENV/bin/python" -m pip install -q -e '.[test]'
+# the Spark engine's extra too: its equality tests run under `make test` (Java: scripts/setup-host.sh)
+"$VENV/bin/python" -m pip install -q -e '.[test,spark]'
 echo "bootstrap: $VENV ready ($("$VENV/bin/flowtape" --version))"

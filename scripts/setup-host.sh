@@ -16,7 +16,7 @@ is_debian() { [ -f /etc/debian_version ] && command -v apt-get >/dev/null 2>&1; 
 WANT="bpfcc-tools:dpkg:bpfcc-tools python3-bpfcc:dpkg:python3-bpfcc libbpfcc:dpkg:libbpfcc
 linux-headers-amd64:dpkg:linux-headers-amd64 nginx:nginx curl:curl wrk:wrk nghttp2-client:h2load dnsmasq:dnsmasq
 dnsutils:dig tcpdump:tcpdump tshark:tshark iproute2:ip openssl:openssl graphviz:dot ethtool:ethtool chromium:chromium
-golang-go:go podman:podman runc:runc mmdebstrap:mmdebstrap uidmap:newuidmap"
+golang-go:go podman:podman runc:runc mmdebstrap:mmdebstrap uidmap:newuidmap openjdk-17-jre-headless:dpkg:openjdk-17-jre-headless"
 missing=""
 for item in $WANT; do
     pkg=${item%%:*}; probe=${item#*:}

@@ -1,0 +1,293 @@
+"""Request journeys: every HTTP exchange side of a tape as a span, linked into causal trees.
+
+A span is one `http` row (one side of one exchange). Two kinds of links make the trees:
+
+- a server span's parent is the client span of its own exchange, found by, in order of trust:
+  the traceparent's parent id when it is the id of exactly one client row of the tape (the
+  application's own ids; a proxy that forwards the header unchanged, as nginx does, leaves two
+  client rows with one id, and the next rules decide); the TCP sequence numbers of the request's
+  and response's first bytes (`request_seq`/`response_seq`, shared by the two sides through NAT,
+  source `tcp-seq`); the connection's socket and the nearest time (pairing.nearest_client_sql,
+  the OTLP exporter's rule, source `socket`);
+- a client span's parent is the server span of the same process that caused it, by, in order
+  of trust: the same trace id (the traceparent's, source `traceparent`, else the connection's
+  wire option ids, `ip-option`/`tcp-option`) in a server exchange of that process open at the
+  time of the call (the one started last); the same thread (`tid`) in the one server exchange of
+  that thread open at the time, when no other is (a thread-per-request server: `thread`; an
+  event loop that overlaps exchanges on one thread, as nginx and Node do, gets no link then:
+  the call cannot be told apart); the nearest ancestor of the call's goroutine (go_spawns, each
+  child g valid from its spawn) that served an exchange open at the time (`goroutine`).
+
+Ids: a client span takes the traceparent's span id when its request carried one (the first
+client row carrying it, when a proxy forwarded it); every other span id is the first half of the
+md5 of its row (node, side, request time, 4-tuple as the local socket saw it), the same as the
+OTLP exporter's. A tree's trace id is its root's traceparent trace id, else the smallest one in
+the tree, else the wire trace id, else the root row's md5: the same tape gives the same traces.
+
+Stitching (the links and ids of every row) is done once per open tape, whatever the filters;
+names are given only to the spans selected (naming core: analyze.enrich).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from ..analysis import Analysis
+from ..enrich import EXCHANGE_PKEYS, has_processes, has_substitutions, keyed_sql, name_sql, server_name_sql
+from .filters import Filters, check_by
+from .pairing import SKEW_NS, nearest_client_sql
+
+GO_DEPTH = 6
+"""How many goroutine generations a call is followed back to the goroutine of its request."""
+
+SOURCES = ("traceparent", "ip-option", "tcp-option", "tcp-seq", "socket", "thread", "goroutine")
+
+_END = 9_000_000_000_000_000_000  # epoch ns far in the future: "no response recorded"
+
+
+def _tp_ok(tp: str) -> str:
+    return (f"(regexp_full_match({tp}, '00-[0-9a-f]{{32}}-[0-9a-f]{{16}}-[0-9a-f]{{2}}') "
+            f"AND substr({tp}, 4, 32) <> repeat('0', 32) AND substr({tp}, 37, 16) <> repeat('0', 16))")
+
+
+def _rows_sql(a: Analysis, wire: bool) -> str:
+    """ft_tr_rows: every http row with what linking needs, numbered `rid` in a stable order."""
+    wire_join = "LEFT JOIN connections w ON w.node = h.node AND w.conn_id = h.conn_id" if wire else ""
+    wire_cols = ("CASE WHEN regexp_full_match(w.wire_trace_id, '[0-9a-f]{32}') THEN w.wire_trace_id END AS wire_trace, w.wire_trace_source AS wire_source"
+                 if wire else "NULL::VARCHAR AS wire_trace, NULL::VARCHAR AS wire_source")
+    tp = "h.traceparent"
+    return f"""
+CREATE OR REPLACE TEMP TABLE ft_tr_rows AS
+SELECT (row_number() OVER (ORDER BY t, h.node, h.side, h.client_ip, h.client_port, h.server_ip, h.server_port) - 1)::BIGINT AS rid, * EXCLUDE (ok)
+FROM (
+    SELECT epoch_ns(h.ts_request) AS t, epoch_ns(h.ts_response) AS t1, h.node, h.side, h.pid, h.tid, h.goroutine, h.conn_id,
+           h.client_ip, h.client_port, h.server_ip AS sock_ip, h.server_port,
+           CASE WHEN h.side = 'client' THEN coalesce(p.server_pod_ip, h.server_ip) ELSE h.server_ip END AS server_ip,
+           h.request_seq, h.response_seq, h.method, h.path, h.status,
+           md5(concat_ws('|', h.node, h.side, epoch_ns(h.ts_request), h.client_ip, h.client_port, h.server_ip, h.server_port)) AS m,
+           {_tp_ok(tp)} AS ok,
+           CASE WHEN ok THEN substr({tp}, 4, 32) END AS tp_trace,
+           CASE WHEN ok THEN substr({tp}, 37, 16) END AS tp_span,
+           {wire_cols}
+    FROM http h
+    LEFT JOIN ft_conn_subst p ON h.side = 'client' AND h.node = p.client_node AND h.conn_id = p.client_conn_id
+    {wire_join}
+) h"""
+
+
+_XPAIR = """
+CREATE OR REPLACE TEMP TABLE ft_tr_xpair AS
+WITH
+srv AS (SELECT rid, t, t1, client_ip, client_port, server_ip, tp_trace, tp_span, request_seq, response_seq FROM ft_tr_rows WHERE side = 'server'),
+cli AS (SELECT rid, t, t1, client_ip, client_port, server_ip, tp_trace, tp_span, request_seq, response_seq FROM ft_tr_rows WHERE side = 'client'),
+-- the application's ids: a server row whose traceparent names exactly one client row's span
+tpc AS (SELECT tp_span, any_value(tp_trace) AS tp_trace, any_value(rid) AS rid, any_value(t) AS t FROM cli WHERE tp_span IS NOT NULL
+        GROUP BY tp_span HAVING count(*) = 1),
+a AS (SELECT s.rid, c.rid AS prid, 1 AS prio, 'traceparent' AS source FROM srv s JOIN tpc c ON s.tp_span = c.tp_span AND s.tp_trace = c.tp_trace
+      WHERE abs(s.t - c.t) <= {skew}),
+-- the same request bytes: the TCP sequence numbers of the request (and response) first byte
+b0 AS (SELECT s.rid, c.rid AS prid FROM (SELECT * FROM srv WHERE request_seq IS NOT NULL) s
+       JOIN (SELECT * FROM cli WHERE request_seq IS NOT NULL) c ON s.request_seq = c.request_seq
+        AND abs(s.t - c.t) <= {skew} AND (s.response_seq IS NULL OR c.response_seq IS NULL OR s.response_seq = c.response_seq)),
+b AS (SELECT rid, prid, 2 AS prio, 'tcp-seq' AS source FROM b0
+      WHERE rid IN (SELECT rid FROM b0 GROUP BY rid HAVING count(*) = 1) AND prid IN (SELECT prid FROM b0 GROUP BY prid HAVING count(*) = 1)),
+-- the same socket, the nearest time (the OTLP exporter's rule)
+sock AS (SELECT rid, pair_rid AS prid, 3 AS prio, 'socket' AS source FROM ({nearest}) WHERE pair_rid IS NOT NULL)
+SELECT rid, arg_min(prid, prio) AS prid, arg_min(source, prio) AS source FROM (SELECT * FROM a UNION ALL SELECT * FROM b UNION ALL SELECT * FROM sock) GROUP BY rid
+"""
+
+
+def _cause_sql(goroutines: bool) -> str:
+    """ft_tr_cause: client rid -> the server rid of the same process that made the call."""
+    go = ""
+    if goroutines:
+        # each generation: the goroutine that spawned g (its latest spawn before the call), and a
+        # server exchange of that goroutine open at the call (and begun after the goroutine was)
+        levels = ["g0 AS (SELECT rid, node, pid, t, goroutine AS g, NULL::TIMESTAMPTZ AS born, 0 AS k FROM cli WHERE goroutine IS NOT NULL AND pid IS NOT NULL)"]
+        for k in range(1, GO_DEPTH + 1):
+            levels.append(f"""g{k} AS (SELECT c.rid, c.node, c.pid, c.t, sp.parent_g AS g, sp.ts AS born, {k} AS k FROM g{k - 1} c
+    ASOF JOIN (SELECT node, pid, child_g, parent_g, ts, epoch_ns(ts) AS st FROM go_spawns) sp
+      ON c.node = sp.node AND c.pid = sp.pid AND c.g = sp.child_g AND c.t >= sp.st)""")
+        gs = " UNION ALL ".join(f"SELECT * FROM g{k}" for k in range(GO_DEPTH + 1))
+        go = f""",
+{', '.join(levels)},
+ga AS ({gs}),
+sg AS (SELECT node, pid, goroutine AS g, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_rows WHERE side = 'server' AND goroutine IS NOT NULL AND pid IS NOT NULL),
+gm AS (SELECT c.rid, s.rid AS prid, c.k, c.born, s.t AS st FROM ga c ASOF JOIN sg s ON c.node = s.node AND c.pid = s.pid AND c.g = s.g AND c.t >= s.t
+       WHERE c.t <= s.e),
+-- the goroutine that served the exchange must be the one the call descends from (g pointers are reused)
+gr AS (SELECT rid, arg_min(prid, k) AS prid, 6 AS prio, 'goroutine' AS source FROM gm WHERE born IS NULL OR epoch_ns(born) <= st GROUP BY rid)"""
+    union = " UNION ALL SELECT * FROM gr" if goroutines else ""
+    return f"""
+CREATE OR REPLACE TEMP TABLE ft_tr_cause AS
+WITH
+cli AS (SELECT rid, node, pid, tid, goroutine, t, coalesce(tp_trace, wire_trace) AS ctx,
+               CASE WHEN tp_trace IS NOT NULL THEN 'traceparent' ELSE wire_source END AS ctx_source
+        FROM ft_tr_rows WHERE side = 'client' AND pid IS NOT NULL),
+sx AS (SELECT node, pid, coalesce(tp_trace, wire_trace) AS ctx, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_rows
+       WHERE side = 'server' AND pid IS NOT NULL AND coalesce(tp_trace, wire_trace) IS NOT NULL),
+x AS (SELECT c.rid, s.rid AS prid, CASE c.ctx_source WHEN 'traceparent' THEN 1 WHEN 'ip-option' THEN 2 ELSE 3 END AS prio, c.ctx_source AS source
+      FROM (SELECT * FROM cli WHERE ctx IS NOT NULL) c ASOF JOIN sx s ON c.node = s.node AND c.pid = s.pid AND c.ctx = s.ctx AND c.t >= s.t
+      WHERE c.t <= s.e),
+st AS (SELECT node, pid, tid, t, e, rid,
+              max(e) OVER (PARTITION BY node, pid, tid ORDER BY t, rid ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_e
+       FROM (SELECT node, pid, tid, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_rows WHERE side = 'server' AND tid IS NOT NULL AND pid IS NOT NULL)),
+th AS (SELECT c.rid, s.rid AS prid, 5 AS prio, 'thread' AS source
+       FROM (SELECT * FROM cli WHERE tid IS NOT NULL) c ASOF JOIN st s ON c.node = s.node AND c.pid = s.pid AND c.tid = s.tid AND c.t >= s.t
+       -- inside that exchange, and no other exchange of the thread still open then (an event loop)
+       WHERE c.t <= s.e AND (s.prev_e IS NULL OR s.prev_e < c.t)){go}
+SELECT rid, arg_min(prid, prio) AS prid, arg_min(source, prio) AS source
+FROM (SELECT * FROM x UNION ALL SELECT * FROM th{union}) GROUP BY rid
+"""
+
+
+def _roots(parent: np.ndarray) -> np.ndarray:
+    """The root of every row of a forest given each row's parent (-1: none), by pointer jumping.
+    A cycle (clock skew can make two links point at each other) is cut: its rows are roots."""
+    n = len(parent)
+    idx = np.arange(n)
+    up = np.where(parent >= 0, parent, idx)
+    for _ in range(64):
+        nxt = up[up]
+        if np.array_equal(nxt, up):
+            break
+        up = nxt
+    stuck = up[up] != up
+    return np.where(stuck, idx, up)
+
+
+def stitch(a: Analysis) -> str:
+    """The name of the temporary table of every span's ids and link (built once per open tape):
+    rid, trace_id, span_id, parent_span_id, source, root (the root's rid)."""
+    return a.cached("traces", "all", lambda name: _build(a, name))
+
+
+def _count(a: Analysis, sql: str) -> int:
+    return a.sql(sql).fetchall()[0][0]
+
+
+def _build(a: Analysis, name: str) -> None:
+    wire = _count(a, "SELECT count(*) FROM (SELECT 1 FROM connections WHERE wire_trace_id IS NOT NULL LIMIT 1)") > 0
+    a.con.execute(_rows_sql(a, wire))
+    a.con.execute(_XPAIR.format(skew=SKEW_NS, nearest=nearest_client_sql(
+        "(SELECT rid, t, t1, client_ip, client_port, server_ip FROM ft_tr_rows WHERE side = 'server')",
+        "(SELECT rid, t, t1, client_ip, client_port, server_ip FROM ft_tr_rows WHERE side = 'client')")))
+    goroutines = _count(a, "SELECT count(*) FROM (SELECT 1 FROM http WHERE goroutine IS NOT NULL LIMIT 1)") > 0
+    a.con.execute(_cause_sql(goroutines))
+    # the forest, in numpy: rid is 0..n-1
+    links = a.sql("""SELECT r.rid, coalesce(x.prid, c.prid, -1) AS prid, coalesce(x.source, c.source) AS source
+                     FROM ft_tr_rows r LEFT JOIN ft_tr_xpair x ON x.rid = r.rid LEFT JOIN ft_tr_cause c ON c.rid = r.rid ORDER BY r.rid""").pl()
+    parent = links["prid"].to_numpy().astype(np.int64)
+    root = _roots(parent)
+    cut = (parent >= 0) & (root == np.arange(len(parent)))  # a row left a root by cutting a cycle
+    parent = np.where(cut, -1, parent)
+    forest = pl.DataFrame({"rid": links["rid"], "prid": parent, "root": root, "source": links["source"]})
+    forest = forest.with_columns(pl.when(pl.col("prid") >= 0).then(pl.col("source")).otherwise(None).alias("source"))
+    a.con.register("ft_tr_forest_df", forest)
+    a.con.execute(f"""
+CREATE OR REPLACE TEMP TABLE {name} AS
+WITH r AS (SELECT r.rid, r.side, r.t, r.m, r.tp_trace, r.tp_span, r.wire_trace, f.prid, f.root, f.source
+           FROM ft_tr_rows r JOIN ft_tr_forest_df f ON f.rid = r.rid),
+-- a client span takes its request's traceparent span id: the first client row that carried it
+firsts AS (SELECT tp_span, arg_min(rid, t) AS rid FROM r WHERE side = 'client' AND tp_span IS NOT NULL GROUP BY tp_span),
+ids AS (SELECT r.*, CASE WHEN fi.rid IS NOT NULL THEN r.tp_span ELSE left(r.m, 16) END AS span_id
+        FROM r LEFT JOIN firsts fi ON fi.rid = r.rid),
+tr AS (SELECT root, min(tp_trace) AS any_tp, min(wire_trace) AS any_wire FROM ids GROUP BY root),
+rt AS (SELECT ids.rid AS root, coalesce(ids.tp_trace, tr.any_tp, ids.wire_trace, tr.any_wire, ids.m) AS trace_id
+       FROM ids JOIN tr ON tr.root = ids.rid)
+SELECT i.rid, rt.trace_id, i.span_id, p.span_id AS parent_span_id, i.source, i.root
+FROM ids i JOIN rt ON rt.root = i.root LEFT JOIN ids p ON p.rid = i.prid""")
+    a.con.unregister("ft_tr_forest_df")
+
+
+def traces(a: Analysis, by: str = "workload", filters: Filters | None = None, trace_id: str | None = None,
+           slowest: int | None = None) -> pl.DataFrame:
+    """One row per span: trace_id, span_id, parent_span_id (null for a root), kind, client, server
+    (named `by`), start, duration_ms, status, method, path, source (of the link to its parent),
+    and the row's node, pid, tid and socket. A trace is kept whole when its root started inside
+    the time filter, one of its spans has an endpoint in the namespace, and it is `trace_id` or
+    one of the `slowest` (by root duration). Ordered by trace (root start; with `slowest`, the
+    slowest first), then span start."""
+    check_by(by)
+    f = filters or Filters()
+    st = stitch(a)
+    where = [f.time_sql("make_timestamp_ns(r.t)::TIMESTAMPTZ_NS")]
+    if trace_id is not None:
+        where.append("s.trace_id = $tid")
+    # the traces: the root's start and duration
+    a.con.execute(f"""CREATE OR REPLACE TEMP TABLE ft_tr_pick AS
+        SELECT s.trace_id, s.root, r.t AS root_t, (r.t1 - r.t) AS root_ns FROM {st} s JOIN ft_tr_rows r ON r.rid = s.rid
+        WHERE s.rid = s.root AND {' AND '.join(where)}""", {"tid": trace_id.lower()} if trace_id is not None else None)
+    if slowest is not None and not f.namespace:
+        a.con.execute(f"DELETE FROM ft_tr_pick WHERE root NOT IN (SELECT root FROM ft_tr_pick ORDER BY root_ns DESC NULLS LAST, trace_id, root LIMIT {int(slowest)})")
+    df = _named(a, st, by, slowest is not None)
+    if f.namespace:
+        ns = f.namespace_sql("client_namespace", "server_namespace")
+        a.con.register("ft_tr_named_df", df)
+        keep = a.sql(f"SELECT DISTINCT root FROM ft_tr_named_df WHERE {ns}").pl()["root"]
+        a.con.unregister("ft_tr_named_df")
+        df = df.filter(pl.col("root").is_in(keep.implode()))
+        if slowest is not None:
+            top = (df.filter(pl.col("parent_span_id").is_null() & (pl.col("rid") == pl.col("root")))
+                   .sort(["duration_ms", "trace_id", "root"], descending=[True, False, False], nulls_last=True).head(int(slowest))["root"])
+            df = df.filter(pl.col("root").is_in(top.implode()))
+    return df.drop("client_namespace", "server_namespace", "rid", "root")
+
+
+def _named(a: Analysis, st: str, by: str, slowest_first: bool = False) -> pl.DataFrame:
+    """The spans of the picked traces, with names (analyze.enrich's core)."""
+    processes = has_processes(a.con)
+    pk = "LEFT JOIN ft_conn_pkeys pk ON pk.node = r.node AND pk.conn_id = r.conn_id" if processes else ""
+    pkc = "pk.client_pkey, pk.server_pkey" if processes else "NULL::INTEGER AS client_pkey, NULL::INTEGER AS server_pkey"
+    a.con.execute(f"""CREATE OR REPLACE TEMP TABLE ft_tr_sel AS
+        SELECT make_timestamp_ns(r.t)::TIMESTAMPTZ_NS AS ts, r.*, s.trace_id, s.span_id, s.parent_span_id, s.source, s.root, p.root_t, p.root_ns, {pkc}
+        FROM ft_tr_pick p JOIN {st} s ON s.root = p.root JOIN ft_tr_rows r ON r.rid = s.rid {pk}""")
+    a.con.execute("ALTER TABLE ft_tr_sel RENAME COLUMN sock_ip TO seen_server_ip")
+    named = _exchange_names_sql("ft_tr_sel", has_substitutions(a.con), processes)
+    return a.sql(f"""
+SELECT trace_id, span_id, parent_span_id, side AS kind, {name_sql('client', by)} AS client, {server_name_sql(by)} AS server,
+       ts AS start, (t1 - t) / 1e6 AS duration_ms, status, method, path, source, node, pid, tid,
+       client_ip, client_port, seen_server_ip AS server_ip, server_port, client_namespace, server_namespace, rid, root
+FROM ({named}) ORDER BY {"root_ns DESC NULLS LAST, " if slowest_first else ""}root_t, trace_id, t, parent_span_id IS NOT NULL, kind, span_id""").pl()
+
+
+def _exchange_names_sql(base: str, substitutions: bool, processes: bool) -> str:
+    """Rows of `base` (ts, client_ip, server_ip, seen_server_ip, pkeys) named: enrich's
+    named_exchanges_sql, but keeping the socket's server IP (`seen_server_ip`) as it was."""
+    pkeys = EXCHANGE_PKEYS if processes else None
+    if substitutions:
+        return keyed_sql(base, "ts", [("client", "client_ip"), ("server", "server_ip"), ("seen", "seen_server_ip")], pkeys=pkeys)
+    from ..enrich import ENDPOINT_FIELDS, PROCESS_FIELDS
+
+    seen = ", ".join(f"server_{x} AS seen_{x}" for x in ENDPOINT_FIELDS + PROCESS_FIELDS)
+    return f"SELECT *, {seen} FROM ({keyed_sql(base, 'ts', [('client', 'client_ip'), ('server', 'server_ip')], pkeys=pkeys)})"
+
+
+def critical_path(spans: pl.DataFrame) -> list[str]:
+    """The span ids of one trace's critical path, root first: from each span, the child that
+    ended last before the span itself ended (what it waited for last, so what explains its
+    latency), down to a leaf. Spans without an end (no response) end at their start."""
+    if spans.is_empty():
+        return []
+    rows = {r["span_id"]: r for r in spans.iter_rows(named=True)}
+    kids: dict[str, list[dict]] = {}
+    for r in rows.values():
+        if r["parent_span_id"] in rows:
+            kids.setdefault(r["parent_span_id"], []).append(r)
+
+    def start(r: dict) -> float:
+        return r["start"].timestamp() * 1e3 if hasattr(r["start"], "timestamp") else float(r["start"])
+
+    def end(r: dict) -> float:
+        return start(r) + (r["duration_ms"] or 0.0)
+
+    roots = [r for r in rows.values() if r["parent_span_id"] not in rows]
+    path: list[str] = []
+    cur = min(roots, key=lambda r: (start(r), r["span_id"])) if roots else None
+    while cur is not None and cur["span_id"] not in path:
+        path.append(cur["span_id"])
+        children = [k for k in kids.get(cur["span_id"], []) if start(k) <= end(cur)]
+        # the child whose end is the latest before the parent's end: what the parent waited for last
+        cur = max(children, key=lambda k: (min(end(k), end(cur)), -start(k), k["span_id"])) if children else None
+    return path

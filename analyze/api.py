@@ -87,3 +87,7 @@ class Reports:
     def critical_path(self, spans: pl.DataFrame) -> list[str]:
         """The span ids of the critical path of one trace's spans (as `traces()` gives them), root first."""
         return traces_r.critical_path(spans)
+
+    def slowest_step(self, spans: pl.DataFrame, path: list[str]) -> tuple[str, float] | None:
+        """The span of a critical path with the most time of its own, and that time (ms)."""
+        return traces_r.slowest_step(spans, path)

@@ -275,7 +275,7 @@ def traces_cmd(
 
     from ..errors import UsageError
     from .render.traces import tree_text
-    from .reports.traces import critical_path, traces
+    from .reports.traces import critical_path, slowest_step, traces
 
     if trace_id is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", trace_id):
         raise UsageError(f"--trace-id {trace_id!r}: a trace id is 32 hex digits")
@@ -289,7 +289,7 @@ def traces_cmd(
         note = None
         if shown != slowest:
             note = f"the {shown} slowest traces; --slowest N shows more, -f json every span"
-        tree_text(df, critical_path, sys.stdout, note)
+        tree_text(df, critical_path, slowest_step, sys.stdout, note)
         for n in _by_notes(a, by.value):
             sys.stdout.write(f"note: {n}\n")
     else:

@@ -46,7 +46,8 @@ def _ms_text(v: float | None) -> str:
     return f"{v:.3g} ms"
 
 
-def tree_text(spans: pl.DataFrame, critical: Callable[[pl.DataFrame], list[str]], out: TextIO, note: str | None = None) -> None:
+def tree_text(spans: pl.DataFrame, critical: Callable[[pl.DataFrame], list[str]], slowest: Callable[[pl.DataFrame, list[str]], tuple[str, float] | None],
+              out: TextIO, note: str | None = None) -> None:
     """Every trace of `spans` as a tree: duration, a bar placing the span in its trace, kind, client
     -> server, method path, status, link source; spans on the critical path marked `*`, and
     under each trace the line naming which call explains its latency."""
@@ -71,12 +72,13 @@ def tree_text(spans: pl.DataFrame, critical: Callable[[pl.DataFrame], list[str]]
             src = f"  [{r['source']}]" if r["source"] else ""
             out.write(f"{mark} {_ms_text(r['duration_ms']):>9} |{bar}| {'  ' * depth}{r['kind']:<6} {r['client']} -> {r['server']}  "
                       f"{r['method'] or ''} {r['path'] or ''}  {status}{src}\n")
-        if len(path) > 1:
+        step = slowest(tr, path)
+        if len(path) > 1 and step is not None:
             by = {r["span_id"]: r for _, r in order}
-            leaf = by[path[-1]]
-            out.write(f"  critical path: {' > '.join(by[p]['server'] for p in path if by[p]['kind'] == 'client') or root['server']}; "
-                      f"the slowest step is {leaf['client']} -> {leaf['server']} {leaf['method'] or ''} {leaf['path'] or ''} "
-                      f"({_ms_text(leaf['duration_ms'])} of {_ms_text(root['duration_ms'])})\n")
+            s = by[step[0]]
+            where = f"in {s['server']} (its own time)" if s["kind"] == "server" else f"between {s['client']} and {s['server']} (the network or queues)"
+            out.write(f"  critical path: {' > '.join(by[p]['server'] for p in path if by[p]['kind'] == 'client')}; "
+                      f"most of it {where}: {_ms_text(step[1])} of {_ms_text(root['duration_ms'])}, {s['method'] or ''} {s['path'] or ''}\n")
         out.write("\n")
     if note:
         out.write(f"note: {note}\n")

@@ -264,30 +264,65 @@ def _exchange_names_sql(base: str, substitutions: bool, processes: bool) -> str:
     return f"SELECT *, {seen} FROM ({keyed_sql(base, 'ts', [('client', 'client_ip'), ('server', 'server_ip')], pkeys=pkeys)})"
 
 
+def _times(spans: pl.DataFrame) -> dict[str, tuple[float, float, str | None]]:
+    """span id -> (start ns, end ns, parent id); a span without a response ends at its start."""
+    out = {}
+    cols = spans.select("span_id", "parent_span_id", pl.col("start").dt.epoch("ns"), "duration_ms")
+    for sid, par, s, d in cols.iter_rows():
+        out[sid] = (s, s + round((d or 0.0) * 1e6), par)
+    return out
+
+
 def critical_path(spans: pl.DataFrame) -> list[str]:
-    """The span ids of one trace's critical path, root first: from each span, the child that
-    ended last before the span itself ended (what it waited for last, so what explains its
-    latency), down to a leaf. Spans without an end (no response) end at their start."""
+    """The span ids of one trace's critical path, in time order (root first): from the end of a
+    span back to its start, the child that ended last (what the span waited for last), then
+    before that child began the one that ended last before it, and so on, each child's own
+    critical path included. Spans without a response end at their start."""
     if spans.is_empty():
         return []
-    rows = {r["span_id"]: r for r in spans.iter_rows(named=True)}
-    kids: dict[str, list[dict]] = {}
-    for r in rows.values():
-        if r["parent_span_id"] in rows:
-            kids.setdefault(r["parent_span_id"], []).append(r)
-
-    def start(r: dict) -> float:
-        return r["start"].timestamp() * 1e3 if hasattr(r["start"], "timestamp") else float(r["start"])
-
-    def end(r: dict) -> float:
-        return start(r) + (r["duration_ms"] or 0.0)
-
-    roots = [r for r in rows.values() if r["parent_span_id"] not in rows]
+    tm = _times(spans)
+    kids: dict[str, list[str]] = {}
+    for sid, (_, _, par) in tm.items():
+        if par in tm:
+            kids.setdefault(par, []).append(sid)
+    roots = sorted((s for s, (_, _, p) in tm.items() if p not in tm), key=lambda s: (tm[s][0], s))
     path: list[str] = []
-    cur = min(roots, key=lambda r: (start(r), r["span_id"])) if roots else None
-    while cur is not None and cur["span_id"] not in path:
-        path.append(cur["span_id"])
-        children = [k for k in kids.get(cur["span_id"], []) if start(k) <= end(cur)]
-        # the child whose end is the latest before the parent's end: what the parent waited for last
-        cur = max(children, key=lambda k: (min(end(k), end(cur)), -start(k), k["span_id"])) if children else None
+    seen: set[str] = set()
+
+    def walk(sid: str) -> None:
+        if sid in seen:
+            return
+        seen.add(sid)
+        path.append(sid)
+        left = kids.get(sid, [])
+        # a child seen ending after its parent (clocks of two nodes) still ends the parent's wait
+        t = max([tm[sid][1]] + [tm[k][1] for k in left])
+        chosen: list[str] = []
+        while True:
+            before = [k for k in left if tm[k][1] <= t and k not in chosen]
+            if not before:
+                break
+            k = max(before, key=lambda k: (tm[k][1], -tm[k][0], k))
+            chosen.append(k)
+            t = tm[k][0]
+        for k in sorted(chosen, key=lambda k: (tm[k][0], k)):
+            walk(k)
+
+    if roots:
+        walk(roots[0])
     return path
+
+
+def slowest_step(spans: pl.DataFrame, path: list[str]) -> tuple[str, float] | None:
+    """The span of the critical path that explains most of the latency: the largest time of its
+    own (its duration less its children's on the path), with that time in ms."""
+    if not path:
+        return None
+    tm = _times(spans)
+    on = set(path)
+    own = {}
+    for sid in path:
+        s, e, _ = tm[sid]
+        own[sid] = (e - s) - sum(tm[k][1] - tm[k][0] for k in path if tm[k][2] == sid and k in on)
+    best = max(path, key=lambda k: (own[k], k))
+    return best, own[best] / 1e6

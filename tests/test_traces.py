@@ -151,3 +151,27 @@ def test_tapes_without_the_new_columns(capsys):
     df = flowtape.open(FIXTURES / "tiny.tape").report.traces()
     assert df.height == 8 and df.filter(pl.col("kind") == "server")["source"].to_list() == ["traceparent"] * 4
     assert df["tid"].is_null().all()
+
+
+@pytest.mark.parametrize("name", ["tiny.tape", "synth-incident.tape"])
+def test_nearest_time_pairs_are_the_exporters(name):
+    """pairing.nearest_client_sql is the OTLP exporter's rule: on the fixtures, every server side
+    the exporter pairs gets the same client row (by the rows' id inputs, which both share)."""
+    from flowtape.analyze.export.spans import HttpSides
+    from flowtape.analyze.reports.filters import Filters
+    from flowtape.analyze.reports.pairing import nearest_client_sql
+    from flowtape.analyze.reports.traces import stitch
+
+    t = flowtape.open(FIXTURES / name)
+    sides = HttpSides(t, Filters())
+    sides.build()
+    theirs = {}
+    for sl in sides.slices:
+        sides.materialize(sl, table=False)
+        theirs.update(dict(t.sql("SELECT m, pair_m FROM ftx_slice WHERE NOT exchange").fetchall()))
+    sides.close()
+    stitch(t.analysis)
+    rows = "(SELECT m AS rid, t, t1, client_ip, client_port, server_ip FROM ft_tr_rows WHERE side = '{}')"
+    mine = dict(t.sql(f"SELECT rid, pair_rid FROM ({nearest_client_sql(rows.format('server'), rows.format('client'))})").fetchall())
+    assert len(theirs) > (2 if name == "tiny.tape" else 5000)
+    assert {m: mine[m] for m in theirs} == theirs

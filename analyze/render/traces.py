@@ -106,7 +106,7 @@ def waterfall_svg(spans: pl.DataFrame, critical: list[str], width: int = 860) ->
         title = (f"{r['kind']} {r['client']} → {r['server']} {r['method'] or ''} {r['path'] or ''} status {r['status']} "
                  f"{_ms_text(r['duration_ms'])} link: {r['source'] or 'root'}")
         rows.append(f'<g><title>{html.escape(title)}</title>'
-                    f'<text x="{4 + depth * 10}" y="{y + 13}" font-size="11" xml:space="preserve">{html.escape(label[:60])}</text>'
+                    f'<text x="{4 + depth * 10}" y="{y + 13}" font-size="11" xml:space="preserve">{html.escape(label if len(label) <= 52 else label[:51] + "…")}</text>'
                     f'<rect x="{x:.1f}" y="{y + 3}" width="{w:.1f}" height="{row_h - 6}" fill="{colour}"/>'
                     f'<text x="{x + w + 4:.1f}" y="{y + 13}" font-size="10" fill="#555">{html.escape(_ms_text(r["duration_ms"]))}</text></g>')
     h = pad * 2 + len(order) * row_h + 16

@@ -202,12 +202,12 @@ FROM ids i JOIN rt ON rt.root = i.root LEFT JOIN ids p ON p.rid = i.prid""")
 
 
 def traces(a: Analysis, by: str = "workload", filters: Filters | None = None, trace_id: str | None = None,
-           slowest: int | None = None) -> pl.DataFrame:
+           slowest: int | None = None, min_spans: int = 1) -> pl.DataFrame:
     """One row per span: trace_id, span_id, parent_span_id (null for a root), kind, client, server
     (named `by`), start, duration_ms, status, method, path, source (of the link to its parent),
     and the row's node, pid, tid and socket. A trace is kept whole when its root started inside
     the time filter, one of its spans has an endpoint in the namespace, and it is `trace_id` or
-    one of the `slowest` (by root duration). Ordered by trace (root start; with `slowest`, the
+    one of the `slowest` (by root duration), and has at least `min_spans` spans. Ordered by trace (root start; with `slowest`, the
     slowest first), then span start."""
     check_by(by)
     f = filters or Filters()
@@ -215,6 +215,8 @@ def traces(a: Analysis, by: str = "workload", filters: Filters | None = None, tr
     where = [f.time_sql("make_timestamp_ns(r.t)::TIMESTAMPTZ_NS")]
     if trace_id is not None:
         where.append("s.trace_id = $tid")
+    if min_spans > 1:
+        where.append(f"s.root IN (SELECT root FROM {st} GROUP BY root HAVING count(*) >= {int(min_spans)})")
     # the traces: the root's start and duration
     a.con.execute(f"""CREATE OR REPLACE TEMP TABLE ft_tr_pick AS
         SELECT s.trace_id, s.root, r.t AS root_t, (r.t1 - r.t) AS root_ns FROM {st} s JOIN ft_tr_rows r ON r.rid = s.rid

@@ -93,6 +93,8 @@ class HttpRows:
                 columns = {name: col.take(index) for name, col in columns.items()}
             for name in SIDE_COLUMNS:
                 columns[name] = pa.array(getattr(self, name), _SCHEMA.field(name).type)
-            return pa.Table.from_arrays([columns[f.name] for f in _SCHEMA], schema=_SCHEMA)
+            # columns this decoder does not fill (added later, schema.Column.added) are null
+            n = len(self.of)
+            return pa.Table.from_arrays([columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in _SCHEMA], schema=_SCHEMA)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # a value that does not fit: the row path names the column
             return conform(table("http"), list(self))

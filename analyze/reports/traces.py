@@ -36,7 +36,7 @@ import polars as pl
 from ..analysis import Analysis
 from ..enrich import EXCHANGE_PKEYS, has_processes, has_substitutions, keyed_sql, name_sql, server_name_sql
 from .filters import Filters, check_by
-from .pairing import SKEW_NS, nearest_client_sql
+from .pairing import SKEW_NS, nearest_clients
 
 GO_DEPTH = 6
 """How many goroutine generations a call is followed back to the goroutine of its request."""
@@ -47,94 +47,92 @@ _END = 9_000_000_000_000_000_000  # epoch ns far in the future: "no response rec
 
 
 def _tp_ok(tp: str) -> str:
-    return (f"(regexp_full_match({tp}, '00-[0-9a-f]{{32}}-[0-9a-f]{{16}}-[0-9a-f]{{2}}') "
+    return (f"({tp} IS NOT NULL AND regexp_full_match({tp}, '00-[0-9a-f]{{32}}-[0-9a-f]{{16}}-[0-9a-f]{{2}}') "
             f"AND substr({tp}, 4, 32) <> repeat('0', 32) AND substr({tp}, 37, 16) <> repeat('0', 16))")
 
 
-def _rows_sql(a: Analysis, wire: bool) -> str:
-    """ft_tr_rows: every http row with what linking needs, numbered `rid` in a stable order."""
+def _rows_sql(substitutions: bool, wire: bool) -> str:
+    """ft_tr_rows: every http row, narrow: what linking needs, as integers where it can (the
+    socket and the process as 64-bit hashes), numbered `rid` (scan order: links and the spans'
+    ids never depend on it), with what finds the row again (nk, t, cport, cli)."""
+    subst = "LEFT JOIN ft_conn_subst p ON h.side = 'client' AND h.node = p.client_node AND h.conn_id = p.client_conn_id" if substitutions else ""
+    server_ip = "CASE WHEN h.side = 'client' THEN coalesce(p.server_pod_ip, h.server_ip) ELSE h.server_ip END" if substitutions else "h.server_ip"
     wire_join = "LEFT JOIN connections w ON w.node = h.node AND w.conn_id = h.conn_id" if wire else ""
     wire_cols = ("CASE WHEN regexp_full_match(w.wire_trace_id, '[0-9a-f]{32}') THEN w.wire_trace_id END AS wire_trace, w.wire_trace_source AS wire_source"
                  if wire else "NULL::VARCHAR AS wire_trace, NULL::VARCHAR AS wire_source")
     tp = "h.traceparent"
     return f"""
 CREATE OR REPLACE TEMP TABLE ft_tr_rows AS
-SELECT (row_number() OVER (ORDER BY t, h.node, h.side, h.client_ip, h.client_port, h.server_ip, h.server_port) - 1)::BIGINT AS rid, * EXCLUDE (ok)
+SELECT (row_number() OVER () - 1)::BIGINT AS rid, *
 FROM (
-    SELECT epoch_ns(h.ts_request) AS t, epoch_ns(h.ts_response) AS t1, h.node, h.side, h.pid, h.tid, h.goroutine, h.conn_id,
-           h.client_ip, h.client_port, h.server_ip AS sock_ip, h.server_port,
-           CASE WHEN h.side = 'client' THEN coalesce(p.server_pod_ip, h.server_ip) ELSE h.server_ip END AS server_ip,
-           h.request_seq, h.response_seq, h.method, h.path, h.status,
-           md5(concat_ws('|', h.node, h.side, epoch_ns(h.ts_request), h.client_ip, h.client_port, h.server_ip, h.server_port)) AS m,
-           {_tp_ok(tp)} AS ok,
-           CASE WHEN ok THEN substr({tp}, 4, 32) END AS tp_trace,
-           CASE WHEN ok THEN substr({tp}, 37, 16) END AS tp_span,
+    SELECT epoch_ns(h.ts_request) AS t, epoch_ns(h.ts_response) AS t1, h.side = 'client' AS cli, hash(h.node) AS nk, h.client_port AS cport,
+           hash(h.client_ip, h.client_port, {server_ip}) AS sk, CASE WHEN h.pid IS NOT NULL THEN hash(h.node, h.pid) END AS pk,
+           h.tid, h.goroutine, h.request_seq AS qseq, h.response_seq AS rseq,
+           CASE WHEN {_tp_ok(tp)} THEN substr({tp}, 4, 32) END AS tp_trace,
+           CASE WHEN {_tp_ok(tp)} THEN substr({tp}, 37, 16) END AS tp_span,
            {wire_cols}
-    FROM http h
-    LEFT JOIN ft_conn_subst p ON h.side = 'client' AND h.node = p.client_node AND h.conn_id = p.client_conn_id
-    {wire_join}
-) h"""
+    FROM http h {subst} {wire_join}
+)"""
 
 
 _XPAIR = """
 CREATE OR REPLACE TEMP TABLE ft_tr_xpair AS
 WITH
-srv AS (SELECT rid, t, t1, client_ip, client_port, server_ip, tp_trace, tp_span, request_seq, response_seq FROM ft_tr_rows WHERE side = 'server'),
-cli AS (SELECT rid, t, t1, client_ip, client_port, server_ip, tp_trace, tp_span, request_seq, response_seq FROM ft_tr_rows WHERE side = 'client'),
+srv AS (SELECT rid, t, t1, sk, tp_trace, tp_span, qseq, rseq FROM ft_tr_rows WHERE NOT cli),
+cl AS (SELECT rid, t, t1, sk, tp_trace, tp_span, qseq, rseq FROM ft_tr_rows WHERE cli),
 -- the application's ids: a server row whose traceparent names exactly one client row's span
-tpc AS (SELECT tp_span, any_value(tp_trace) AS tp_trace, any_value(rid) AS rid, any_value(t) AS t FROM cli WHERE tp_span IS NOT NULL
+tpc AS (SELECT tp_span, any_value(tp_trace) AS tp_trace, any_value(rid) AS rid, any_value(t) AS t FROM cl WHERE tp_span IS NOT NULL
         GROUP BY tp_span HAVING count(*) = 1),
 a AS (SELECT s.rid, c.rid AS prid, 1 AS prio, 'traceparent' AS source FROM srv s JOIN tpc c ON s.tp_span = c.tp_span AND s.tp_trace = c.tp_trace
       WHERE abs(s.t - c.t) <= {skew}),
 -- the same request bytes: the TCP sequence numbers of the request (and response) first byte
-b0 AS (SELECT s.rid, c.rid AS prid FROM (SELECT * FROM srv WHERE request_seq IS NOT NULL) s
-       JOIN (SELECT * FROM cli WHERE request_seq IS NOT NULL) c ON s.request_seq = c.request_seq
-        AND abs(s.t - c.t) <= {skew} AND (s.response_seq IS NULL OR c.response_seq IS NULL OR s.response_seq = c.response_seq)),
+b0 AS (SELECT s.rid, c.rid AS prid FROM (SELECT * FROM srv WHERE qseq IS NOT NULL) s
+       JOIN (SELECT * FROM cl WHERE qseq IS NOT NULL) c ON s.qseq = c.qseq
+        AND abs(s.t - c.t) <= {skew} AND (s.rseq IS NULL OR c.rseq IS NULL OR s.rseq = c.rseq)),
 b AS (SELECT rid, prid, 2 AS prio, 'tcp-seq' AS source FROM b0
-      WHERE rid IN (SELECT rid FROM b0 GROUP BY rid HAVING count(*) = 1) AND prid IN (SELECT prid FROM b0 GROUP BY prid HAVING count(*) = 1)),
--- the same socket, the nearest time (the OTLP exporter's rule)
-sock AS (SELECT rid, pair_rid AS prid, 3 AS prio, 'socket' AS source FROM ({nearest}) WHERE pair_rid IS NOT NULL)
-SELECT rid, arg_min(prid, prio) AS prid, arg_min(source, prio) AS source FROM (SELECT * FROM a UNION ALL SELECT * FROM b UNION ALL SELECT * FROM sock) GROUP BY rid
+      WHERE rid IN (SELECT rid FROM b0 GROUP BY rid HAVING count(*) = 1) AND prid IN (SELECT prid FROM b0 GROUP BY prid HAVING count(*) = 1))
+-- (the same socket and the nearest time, the OTLP exporter's rule, comes last: pairing.nearest_clients)
+SELECT rid, arg_min(prid, prio) AS prid, arg_min(source, prio) AS source FROM (SELECT * FROM a UNION ALL SELECT * FROM b) GROUP BY rid
 """
 
 
 def _cause_sql(goroutines: bool) -> str:
-    """ft_tr_cause: client rid -> the server rid of the same process that made the call."""
+    """ft_tr_cause: client rid -> the server rid of the same process (`pk`) that made the call."""
     go = ""
     if goroutines:
         # each generation: the goroutine that spawned g (its latest spawn before the call), and a
         # server exchange of that goroutine open at the call (and begun after the goroutine was)
-        levels = ["g0 AS (SELECT rid, node, pid, t, goroutine AS g, NULL::TIMESTAMPTZ AS born, 0 AS k FROM cli WHERE goroutine IS NOT NULL AND pid IS NOT NULL)"]
+        levels = ["g0 AS (SELECT rid, pk, t, goroutine AS g, NULL::BIGINT AS born, 0 AS k FROM cl WHERE goroutine IS NOT NULL)"]
         for k in range(1, GO_DEPTH + 1):
-            levels.append(f"""g{k} AS (SELECT c.rid, c.node, c.pid, c.t, sp.parent_g AS g, sp.ts AS born, {k} AS k FROM g{k - 1} c
-    ASOF JOIN (SELECT node, pid, child_g, parent_g, ts, epoch_ns(ts) AS st FROM go_spawns) sp
-      ON c.node = sp.node AND c.pid = sp.pid AND c.g = sp.child_g AND c.t >= sp.st)""")
+            levels.append(f"""g{k} AS (SELECT c.rid, c.pk, c.t, sp.parent_g AS g, sp.st AS born, {k} AS k FROM g{k - 1} c
+    ASOF JOIN (SELECT hash(node, pid) AS pk, child_g, parent_g, epoch_ns(ts) AS st FROM go_spawns) sp
+      ON c.pk = sp.pk AND c.g = sp.child_g AND c.t >= sp.st)""")
         gs = " UNION ALL ".join(f"SELECT * FROM g{k}" for k in range(GO_DEPTH + 1))
         go = f""",
 {', '.join(levels)},
 ga AS ({gs}),
-sg AS (SELECT node, pid, goroutine AS g, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_rows WHERE side = 'server' AND goroutine IS NOT NULL AND pid IS NOT NULL),
-gm AS (SELECT c.rid, s.rid AS prid, c.k, c.born, s.t AS st FROM ga c ASOF JOIN sg s ON c.node = s.node AND c.pid = s.pid AND c.g = s.g AND c.t >= s.t
+sg AS (SELECT pk, goroutine AS g, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_rows WHERE NOT cli AND goroutine IS NOT NULL AND pk IS NOT NULL),
+gm AS (SELECT c.rid, s.rid AS prid, c.k, c.born, s.t AS st FROM ga c ASOF JOIN sg s ON c.pk = s.pk AND c.g = s.g AND c.t >= s.t
        WHERE c.t <= s.e),
 -- the goroutine that served the exchange must be the one the call descends from (g pointers are reused)
-gr AS (SELECT rid, arg_min(prid, k) AS prid, 6 AS prio, 'goroutine' AS source FROM gm WHERE born IS NULL OR epoch_ns(born) <= st GROUP BY rid)"""
+gr AS (SELECT rid, arg_min(prid, k) AS prid, 6 AS prio, 'goroutine' AS source FROM gm WHERE born IS NULL OR born <= st GROUP BY rid)"""
     union = " UNION ALL SELECT * FROM gr" if goroutines else ""
     return f"""
 CREATE OR REPLACE TEMP TABLE ft_tr_cause AS
 WITH
-cli AS (SELECT rid, node, pid, tid, goroutine, t, coalesce(tp_trace, wire_trace) AS ctx,
-               CASE WHEN tp_trace IS NOT NULL THEN 'traceparent' ELSE wire_source END AS ctx_source
-        FROM ft_tr_rows WHERE side = 'client' AND pid IS NOT NULL),
-sx AS (SELECT node, pid, coalesce(tp_trace, wire_trace) AS ctx, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_rows
-       WHERE side = 'server' AND pid IS NOT NULL AND coalesce(tp_trace, wire_trace) IS NOT NULL),
+cl AS (SELECT rid, pk, tid, goroutine, t, coalesce(tp_trace, wire_trace) AS ctx,
+              CASE WHEN tp_trace IS NOT NULL THEN 'traceparent' ELSE wire_source END AS ctx_source
+       FROM ft_tr_rows WHERE cli AND pk IS NOT NULL AND (tp_trace IS NOT NULL OR wire_trace IS NOT NULL OR tid IS NOT NULL OR goroutine IS NOT NULL)),
+sx AS (SELECT pk, coalesce(tp_trace, wire_trace) AS ctx, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_rows
+       WHERE NOT cli AND pk IS NOT NULL AND coalesce(tp_trace, wire_trace) IS NOT NULL),
 x AS (SELECT c.rid, s.rid AS prid, CASE c.ctx_source WHEN 'traceparent' THEN 1 WHEN 'ip-option' THEN 2 ELSE 3 END AS prio, c.ctx_source AS source
-      FROM (SELECT * FROM cli WHERE ctx IS NOT NULL) c ASOF JOIN sx s ON c.node = s.node AND c.pid = s.pid AND c.ctx = s.ctx AND c.t >= s.t
+      FROM (SELECT * FROM cl WHERE ctx IS NOT NULL) c ASOF JOIN sx s ON c.pk = s.pk AND c.ctx = s.ctx AND c.t >= s.t
       WHERE c.t <= s.e),
-st AS (SELECT node, pid, tid, t, e, rid,
-              max(e) OVER (PARTITION BY node, pid, tid ORDER BY t, rid ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_e
-       FROM (SELECT node, pid, tid, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_rows WHERE side = 'server' AND tid IS NOT NULL AND pid IS NOT NULL)),
+st AS (SELECT pk, tid, t, e, rid,
+              max(e) OVER (PARTITION BY pk, tid ORDER BY t, rid ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_e
+       FROM (SELECT pk, tid, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_rows WHERE NOT cli AND tid IS NOT NULL AND pk IS NOT NULL)),
 th AS (SELECT c.rid, s.rid AS prid, 5 AS prio, 'thread' AS source
-       FROM (SELECT * FROM cli WHERE tid IS NOT NULL) c ASOF JOIN st s ON c.node = s.node AND c.pid = s.pid AND c.tid = s.tid AND c.t >= s.t
+       FROM (SELECT * FROM cl WHERE tid IS NOT NULL) c ASOF JOIN st s ON c.pk = s.pk AND c.tid = s.tid AND c.t >= s.t
        -- inside that exchange, and no other exchange of the thread still open then (an event loop)
        WHERE c.t <= s.e AND (s.prev_e IS NULL OR s.prev_e < c.t)){go}
 SELECT rid, arg_min(prid, prio) AS prid, arg_min(source, prio) AS source
@@ -158,8 +156,8 @@ def _roots(parent: np.ndarray) -> np.ndarray:
 
 
 def stitch(a: Analysis) -> str:
-    """The name of the temporary table of every span's ids and link (built once per open tape):
-    rid, trace_id, span_id, parent_span_id, source, root (the root's rid)."""
+    """The name of the temporary table of every row's link (built once per open tape): rid, prid
+    (the parent's rid, -1 for a root), root (the root's rid), source. ft_tr_rows holds the rows."""
     return a.cached("traces", "all", lambda name: _build(a, name))
 
 
@@ -169,35 +167,30 @@ def _count(a: Analysis, sql: str) -> int:
 
 def _build(a: Analysis, name: str) -> None:
     wire = _count(a, "SELECT count(*) FROM (SELECT 1 FROM connections WHERE wire_trace_id IS NOT NULL LIMIT 1)") > 0
-    a.con.execute(_rows_sql(a, wire))
-    a.con.execute(_XPAIR.format(skew=SKEW_NS, nearest=nearest_client_sql(
-        "(SELECT rid, t, t1, client_ip, client_port, server_ip FROM ft_tr_rows WHERE side = 'server')",
-        "(SELECT rid, t, t1, client_ip, client_port, server_ip FROM ft_tr_rows WHERE side = 'client')")))
-    goroutines = _count(a, "SELECT count(*) FROM (SELECT 1 FROM http WHERE goroutine IS NOT NULL LIMIT 1)") > 0
+    a.con.execute(_rows_sql(has_substitutions(a.con), wire))
+    a.con.execute(_XPAIR.format(skew=SKEW_NS))
+    goroutines = _count(a, "SELECT count(*) FROM (SELECT 1 FROM ft_tr_rows WHERE goroutine IS NOT NULL LIMIT 1)") > 0
     a.con.execute(_cause_sql(goroutines))
-    # the forest, in numpy: rid is 0..n-1
-    links = a.sql("""SELECT r.rid, coalesce(x.prid, c.prid, -1) AS prid, coalesce(x.source, c.source) AS source
-                     FROM ft_tr_rows r LEFT JOIN ft_tr_xpair x ON x.rid = r.rid LEFT JOIN ft_tr_cause c ON c.rid = r.rid ORDER BY r.rid""").pl()
-    parent = links["prid"].to_numpy().astype(np.int64)
+    # the forest, in numpy: rid is 0..n-1; a server row's socket pair first, the more trusted links over it
+    cols = a.con.execute("SELECT rid, sk, t, coalesce(t1, -1) AS t1, cli FROM ft_tr_rows").fetchnumpy()
+    n = len(cols["rid"])
+    pick = nearest_clients(cols["sk"], cols["t"], cols["t1"], cols["cli"])
+    parent = np.full(n, -1, np.int64)
+    parent[cols["rid"]] = np.where(pick >= 0, cols["rid"][np.maximum(pick, 0)], -1)
+    del cols, pick
+    source = np.where(parent >= 0, SOURCES.index("socket"), -1).astype(np.int8)  # index into SOURCES
+    codes = "[" + ", ".join(f"'{x}'" for x in SOURCES) + "]"
+    for table in ("ft_tr_cause", "ft_tr_xpair"):  # a row is a client (cause) or a server (xpair) row: never both
+        links = a.sql(f"SELECT rid, prid, (list_position({codes}, source) - 1)::TINYINT AS src FROM {table}").pl()
+        rid = links["rid"].to_numpy()
+        parent[rid] = links["prid"].to_numpy()
+        source[rid] = links["src"].to_numpy()
     root = _roots(parent)
-    cut = (parent >= 0) & (root == np.arange(len(parent)))  # a row left a root by cutting a cycle
-    parent = np.where(cut, -1, parent)
-    forest = pl.DataFrame({"rid": links["rid"], "prid": parent, "root": root, "source": links["source"]})
-    forest = forest.with_columns(pl.when(pl.col("prid") >= 0).then(pl.col("source")).otherwise(None).alias("source"))
+    idx = np.arange(n)
+    parent = np.where((parent >= 0) & (root == idx), -1, parent)  # a row left a root by cutting a cycle
+    forest = pl.DataFrame({"rid": idx, "prid": parent, "root": root, "src": np.where(parent >= 0, source, -1).astype(np.int8)})
     a.con.register("ft_tr_forest_df", forest)
-    a.con.execute(f"""
-CREATE OR REPLACE TEMP TABLE {name} AS
-WITH r AS (SELECT r.rid, r.side, r.t, r.m, r.tp_trace, r.tp_span, r.wire_trace, f.prid, f.root, f.source
-           FROM ft_tr_rows r JOIN ft_tr_forest_df f ON f.rid = r.rid),
--- a client span takes its request's traceparent span id: the first client row that carried it
-firsts AS (SELECT tp_span, arg_min(rid, t) AS rid FROM r WHERE side = 'client' AND tp_span IS NOT NULL GROUP BY tp_span),
-ids AS (SELECT r.*, CASE WHEN fi.rid IS NOT NULL THEN r.tp_span ELSE left(r.m, 16) END AS span_id
-        FROM r LEFT JOIN firsts fi ON fi.rid = r.rid),
-tr AS (SELECT root, min(tp_trace) AS any_tp, min(wire_trace) AS any_wire FROM ids GROUP BY root),
-rt AS (SELECT ids.rid AS root, coalesce(ids.tp_trace, tr.any_tp, ids.wire_trace, tr.any_wire, ids.m) AS trace_id
-       FROM ids JOIN tr ON tr.root = ids.rid)
-SELECT i.rid, rt.trace_id, i.span_id, p.span_id AS parent_span_id, i.source, i.root
-FROM ids i JOIN rt ON rt.root = i.root LEFT JOIN ids p ON p.rid = i.prid""")
+    a.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT rid, prid, root, CASE WHEN src >= 0 THEN {codes}[src + 1] END AS source FROM ft_tr_forest_df")
     a.con.unregister("ft_tr_forest_df")
 
 
@@ -206,47 +199,67 @@ def traces(a: Analysis, by: str = "workload", filters: Filters | None = None, tr
     """One row per span: trace_id, span_id, parent_span_id (null for a root), kind, client, server
     (named `by`), start, duration_ms, status, method, path, source (of the link to its parent),
     and the row's node, pid, tid and socket. A trace is kept whole when its root started inside
-    the time filter, one of its spans has an endpoint in the namespace, and it is `trace_id` or
-    one of the `slowest` (by root duration), and has at least `min_spans` spans. Ordered by trace (root start; with `slowest`, the
-    slowest first), then span start."""
+    the time filter, one of its spans has an endpoint in the namespace, it is `trace_id` or one
+    of the `slowest` (by root duration), and it has at least `min_spans` spans. Ordered by trace
+    (root start; with `slowest`, the slowest first), then span start."""
     check_by(by)
     f = filters or Filters()
     st = stitch(a)
     where = [f.time_sql("make_timestamp_ns(r.t)::TIMESTAMPTZ_NS")]
-    if trace_id is not None:
-        where.append("s.trace_id = $tid")
     if min_spans > 1:
-        where.append(f"s.root IN (SELECT root FROM {st} GROUP BY root HAVING count(*) >= {int(min_spans)})")
-    # the traces: the root's start and duration
+        where.append(f"l.root IN (SELECT root FROM {st} GROUP BY root HAVING count(*) >= {int(min_spans)})")
+    if trace_id is not None:
+        # the trees that may carry that id: a row of it carries it, or (a derived id) no row carries any
+        where.append(f"(l.root IN (SELECT l2.root FROM {st} l2 JOIN ft_tr_rows r2 ON r2.rid = l2.rid WHERE r2.tp_trace = $tid OR r2.wire_trace = $tid) "
+                     f"OR l.root NOT IN (SELECT l3.root FROM {st} l3 JOIN ft_tr_rows r3 ON r3.rid = l3.rid WHERE r3.tp_trace IS NOT NULL OR r3.wire_trace IS NOT NULL))")
+    top = f"ORDER BY root_ns DESC NULLS LAST, root_t, root LIMIT {int(slowest)}" if slowest is not None and not f.namespace and trace_id is None else ""
     a.con.execute(f"""CREATE OR REPLACE TEMP TABLE ft_tr_pick AS
-        SELECT s.trace_id, s.root, r.t AS root_t, (r.t1 - r.t) AS root_ns FROM {st} s JOIN ft_tr_rows r ON r.rid = s.rid
-        WHERE s.rid = s.root AND {' AND '.join(where)}""", {"tid": trace_id.lower()} if trace_id is not None else None)
-    if slowest is not None and not f.namespace:
-        a.con.execute(f"DELETE FROM ft_tr_pick WHERE root NOT IN (SELECT root FROM ft_tr_pick ORDER BY root_ns DESC NULLS LAST, trace_id, root LIMIT {int(slowest)})")
+        SELECT l.root, r.t AS root_t, (r.t1 - r.t) AS root_ns FROM {st} l JOIN ft_tr_rows r ON r.rid = l.rid
+        WHERE l.rid = l.root AND {' AND '.join(where)} {top}""", {"tid": trace_id.lower()} if trace_id is not None else None)
     df = _named(a, st, by, slowest is not None)
+    if trace_id is not None:
+        df = df.filter(pl.col("trace_id") == trace_id.lower())
     if f.namespace:
         ns = f.namespace_sql("client_namespace", "server_namespace")
         a.con.register("ft_tr_named_df", df)
         keep = a.sql(f"SELECT DISTINCT root FROM ft_tr_named_df WHERE {ns}").pl()["root"]
         a.con.unregister("ft_tr_named_df")
         df = df.filter(pl.col("root").is_in(keep.implode()))
-        if slowest is not None:
-            top = (df.filter(pl.col("parent_span_id").is_null() & (pl.col("rid") == pl.col("root")))
-                   .sort(["duration_ms", "trace_id", "root"], descending=[True, False, False], nulls_last=True).head(int(slowest))["root"])
-            df = df.filter(pl.col("root").is_in(top.implode()))
+    if slowest is not None and (f.namespace or trace_id is not None):
+        top = (df.filter(pl.col("rid") == pl.col("root")).sort(["duration_ms", "start", "trace_id"], descending=[True, False, False], nulls_last=True)
+               .head(int(slowest))["root"])
+        df = df.filter(pl.col("root").is_in(top.implode()))
     return df.drop("client_namespace", "server_namespace", "rid", "root")
 
 
 def _named(a: Analysis, st: str, by: str, slowest_first: bool = False) -> pl.DataFrame:
-    """The spans of the picked traces, with names (analyze.enrich's core)."""
+    """The spans of the picked traces with their ids and names (analyze.enrich's core): their
+    rows found again in `http`, by node, side, request time and client port."""
     processes = has_processes(a.con)
-    pk = "LEFT JOIN ft_conn_pkeys pk ON pk.node = r.node AND pk.conn_id = r.conn_id" if processes else ""
+    pk = "LEFT JOIN ft_conn_pkeys pk ON pk.node = h.node AND pk.conn_id = h.conn_id" if processes else ""
     pkc = "pk.client_pkey, pk.server_pkey" if processes else "NULL::INTEGER AS client_pkey, NULL::INTEGER AS server_pkey"
+    subst = "LEFT JOIN ft_conn_subst cs ON h.side = 'client' AND h.node = cs.client_node AND h.conn_id = cs.client_conn_id" if has_substitutions(a.con) else ""
+    server_ip = "CASE WHEN h.side = 'client' THEN coalesce(cs.server_pod_ip, h.server_ip) ELSE h.server_ip END" if subst else "h.server_ip"
     a.con.execute(f"""CREATE OR REPLACE TEMP TABLE ft_tr_sel AS
-        SELECT make_timestamp_ns(r.t)::TIMESTAMPTZ_NS AS ts, r.*, s.trace_id, s.span_id, s.parent_span_id, s.source, s.root, p.root_t, p.root_ns, {pkc}
-        FROM ft_tr_pick p JOIN {st} s ON s.root = p.root JOIN ft_tr_rows r ON r.rid = s.rid {pk}""")
-    a.con.execute("ALTER TABLE ft_tr_sel RENAME COLUMN sock_ip TO seen_server_ip")
-    named = _exchange_names_sql("ft_tr_sel", has_substitutions(a.con), processes)
+        WITH s AS (SELECT r.*, l.prid, l.root, l.source, p.root_t, p.root_ns FROM ft_tr_pick p JOIN {st} l ON l.root = p.root JOIN ft_tr_rows r ON r.rid = l.rid)
+        SELECT h.ts_request AS ts, s.rid, s.t, s.t1, s.prid, s.root, s.source, s.root_t, s.root_ns, s.tp_trace, s.tp_span, s.wire_trace, s.cli,
+               h.side, h.node, h.pid, h.tid, h.conn_id, h.client_ip, h.client_port, {server_ip} AS server_ip, h.server_ip AS seen_server_ip, h.server_port,
+               h.method, h.path, h.status,
+               md5(concat_ws('|', h.node, h.side, s.t, h.client_ip, h.client_port, h.server_ip, h.server_port)) AS m, {pkc}
+        FROM s JOIN http h ON epoch_ns(h.ts_request) = s.t AND h.client_port = s.cport AND (h.side = 'client') = s.cli AND hash(h.node) = s.nk
+        {subst} {pk}""")
+    # ids: a client span takes its request's traceparent span id when it is the first client row of
+    # the tape to carry it; a tree's trace id is its root's traceparent's, else the smallest in the tree,
+    # else a wire trace id, else the root row's md5
+    a.con.execute(f"""CREATE OR REPLACE TEMP TABLE ft_tr_ids AS
+        WITH firsts AS (SELECT tp_span, arg_min(rid, (t, nk)) AS rid FROM ft_tr_rows
+                        WHERE cli AND tp_span IN (SELECT tp_span FROM ft_tr_sel WHERE cli AND tp_span IS NOT NULL) GROUP BY tp_span),
+        ids AS (SELECT s.rid, CASE WHEN fi.rid IS NOT NULL THEN s.tp_span ELSE left(s.m, 16) END AS span_id FROM ft_tr_sel s LEFT JOIN firsts fi ON fi.rid = s.rid),
+        tr AS (SELECT root, min(tp_trace) AS any_tp, min(wire_trace) AS any_wire FROM ft_tr_sel GROUP BY root)
+        SELECT s.rid, i.span_id, p.span_id AS parent_span_id, coalesce(r.tp_trace, tr.any_tp, r.wire_trace, tr.any_wire, r.m) AS trace_id
+        FROM ft_tr_sel s JOIN ids i ON i.rid = s.rid LEFT JOIN ids p ON p.rid = s.prid JOIN tr ON tr.root = s.root JOIN ft_tr_sel r ON r.rid = s.root""")
+    named = _exchange_names_sql("(SELECT s.*, i.span_id, i.parent_span_id, i.trace_id FROM ft_tr_sel s JOIN ft_tr_ids i USING (rid))",
+                                has_substitutions(a.con), processes)
     return a.sql(f"""
 SELECT trace_id, span_id, parent_span_id, side AS kind, {name_sql('client', by)} AS client, {server_name_sql(by)} AS server,
        ts AS start, (t1 - t) / 1e6 AS duration_ms, status, method, path, source, node, pid, tid,

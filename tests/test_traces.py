@@ -183,3 +183,64 @@ def test_nearest_time_pairs_are_the_exporters(name):
         spans = t.report.traces()
         parent = dict(zip(spans["span_id"], spans["parent_span_id"]))
         assert all(parent[m[:16]] == c[:16] for m, c in theirs.items())
+
+
+MS = 1_000_000
+T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
+
+
+def _row(side, t, t1, cip, cport, sip, sport, pid, **kw):
+    return {"ts_request": T0 + t * MS, "ts_response": T0 + t1 * MS, "latency_ns": (t1 - t) * MS, "client_ip": cip, "client_port": cport,
+            "server_ip": sip, "server_port": sport, "pid": pid, "comm": kw.pop("comm", f"p{pid}"), "side": side, "tls": False,
+            "http_version": "HTTP/1.1", "method": "GET", "path": kw.pop("path", "/"), "status": 200, **kw}
+
+
+@pytest.fixture(scope="module")
+def handmade(tmp_path_factory) -> Path:
+    """Rows as a recorder with every journeys fact would write them: goroutines and their spawns,
+    wire trace ids on connections, and an event loop serving two requests at once on one thread."""
+    path = tmp_path_factory.mktemp("hand") / "hand.tape"
+    w = flowtape.TapeWriter(path, node="n1")
+    a, b, c = "10.9.0.1", "10.9.0.2", "10.9.0.3"
+    w.append("http", [
+        # a Go server: the request served on goroutine 0x1000, a call made two spawns below it
+        _row("server", 100, 200, a, 40000, b, 8080, 500, goroutine=0x1000, path="/go"),
+        _row("client", 130, 150, b, 41000, c, 9000, 500, goroutine=0x3000, path="/go-call"),
+        # g 0x3000 reused later by a goroutine of another family: its call is nobody's child
+        _row("server", 305, 400, a, 40001, b, 8080, 500, goroutine=0x1000, path="/go2"),
+        _row("client", 310, 320, b, 41001, c, 9000, 500, goroutine=0x3000, path="/go2-call"),
+        # wire trace ids (IPv4 option) on both connections of a process that propagates nothing
+        _row("server", 1000, 1100, a, 40002, b, 8081, 600, conn_id="W1", path="/legacy"),
+        _row("client", 1010, 1020, b, 41002, c, 9001, 600, conn_id="W2", path="/legacy-call"),
+        # an event loop: two requests open at once on thread 700; a call while both are open is
+        # nobody's child, a call when only the second is open is its child
+        _row("server", 2000, 2100, a, 40003, b, 8082, 700, tid=700, path="/ev1"),
+        _row("server", 2020, 2120, a, 40004, b, 8082, 700, tid=700, path="/ev2"),
+        _row("client", 2030, 2040, b, 41003, c, 9002, 700, tid=700, path="/ev-both"),
+        _row("client", 2105, 2110, b, 41004, c, 9002, 700, tid=700, path="/ev-second"),
+    ])
+    w.append("go_spawns", [
+        {"ts": T0 + 110 * MS, "pid": 500, "parent_g": 0x1000, "child_g": 0x2000},
+        {"ts": T0 + 120 * MS, "pid": 500, "parent_g": 0x2000, "child_g": 0x3000},
+        {"ts": T0 + 300 * MS, "pid": 500, "parent_g": 0x9999, "child_g": 0x3000},
+    ])
+    conn = {"ts_start": T0 + 900 * MS, "ts_end": T0 + 1200 * MS, "close_state": "closed", "pid": 600, "comm": "p600",
+            "wire_trace_id": "ab" * 16, "wire_span_id": "cd" * 8, "wire_trace_source": "ip-option"}
+    w.append("connections", [
+        {**conn, "conn_id": "W1", "role": "server", "client_ip": a, "client_port": 40002, "server_ip": b, "server_port": 8081},
+        {**conn, "conn_id": "W2", "role": "client", "client_ip": b, "client_port": 41002, "server_ip": c, "server_port": 9001},
+    ])
+    w.close()
+    return path
+
+
+def test_goroutine_wire_and_event_loop_rules(handmade):
+    df = flowtape.open(handmade).report.traces(by="process")
+    by_path = {r["path"]: r for r in df.iter_rows(named=True)}
+    span = {p: r["span_id"] for p, r in by_path.items()}
+    assert by_path["/go-call"]["parent_span_id"] == span["/go"] and by_path["/go-call"]["source"] == "goroutine"
+    assert by_path["/go2-call"]["parent_span_id"] is None  # g reused: not /go2's descendant
+    assert by_path["/legacy-call"]["parent_span_id"] == span["/legacy"] and by_path["/legacy-call"]["source"] == "ip-option"
+    assert by_path["/legacy-call"]["trace_id"] == by_path["/legacy"]["trace_id"] == "ab" * 16
+    assert by_path["/ev-both"]["parent_span_id"] is None  # two exchanges open on the thread: cannot tell
+    assert by_path["/ev-second"]["parent_span_id"] == span["/ev2"] and by_path["/ev-second"]["source"] == "thread"

@@ -100,8 +100,8 @@ def _cause_sql(goroutines: bool) -> str:
     """ft_tr_cause: client rid -> the server rid of the same process (`pk`) that made the call."""
     go = ""
     if goroutines:
-        # each generation: the goroutine that spawned g (its latest spawn before the call), and a
-        # server exchange of that goroutine open at the call (and begun after the goroutine was)
+        # each generation: the goroutine that spawned g (its latest spawn before the call, at `born`),
+        # and a server exchange of that goroutine open at the call and at that spawn
         levels = ["g0 AS (SELECT rid, pk, t, goroutine AS g, NULL::BIGINT AS born, 0 AS k FROM cl WHERE goroutine IS NOT NULL)"]
         for k in range(1, GO_DEPTH + 1):
             levels.append(f"""g{k} AS (SELECT c.rid, c.pk, c.t, sp.parent_g AS g, sp.st AS born, {k} AS k FROM g{k - 1} c
@@ -112,10 +112,10 @@ def _cause_sql(goroutines: bool) -> str:
 {', '.join(levels)},
 ga AS ({gs}),
 sg AS (SELECT pk, goroutine AS g, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_rows WHERE NOT cli AND goroutine IS NOT NULL AND pk IS NOT NULL),
-gm AS (SELECT c.rid, s.rid AS prid, c.k, c.born, s.t AS st FROM ga c ASOF JOIN sg s ON c.pk = s.pk AND c.g = s.g AND c.t >= s.t
+gm AS (SELECT c.rid, s.rid AS prid, c.k, c.born, s.t AS st, s.e FROM ga c ASOF JOIN sg s ON c.pk = s.pk AND c.g = s.g AND c.t >= s.t
        WHERE c.t <= s.e),
--- the goroutine that served the exchange must be the one the call descends from (g pointers are reused)
-gr AS (SELECT rid, arg_min(prid, k) AS prid, 6 AS prio, 'goroutine' AS source FROM gm WHERE born IS NULL OR born <= st GROUP BY rid)"""
+-- the goroutine that served the exchange spawned the call's line while serving it (g pointers are reused)
+gr AS (SELECT rid, arg_min(prid, k) AS prid, 6 AS prio, 'goroutine' AS source FROM gm WHERE born IS NULL OR born BETWEEN st AND e GROUP BY rid)"""
     union = " UNION ALL SELECT * FROM gr" if goroutines else ""
     return f"""
 CREATE OR REPLACE TEMP TABLE ft_tr_cause AS

@@ -244,3 +244,15 @@ def test_goroutine_wire_and_event_loop_rules(handmade):
     assert by_path["/legacy-call"]["trace_id"] == by_path["/legacy"]["trace_id"] == "ab" * 16
     assert by_path["/ev-both"]["parent_span_id"] is None  # two exchanges open on the thread: cannot tell
     assert by_path["/ev-second"]["parent_span_id"] == span["/ev2"] and by_path["/ev-second"]["source"] == "thread"
+
+
+def test_span_ids_for_the_exporter():
+    """span_ids: every http row's ids keyed by the exporter's row key, the same as the view's."""
+    from flowtape.analyze.reports.traces import span_ids
+
+    t = flowtape.open(FIXTURES / "synth-incident.tape")
+    view = t.report.traces().select("trace_id", "span_id", "parent_span_id", "source").sort("span_id")
+    ids = t.sql(f"SELECT * FROM {span_ids(t.analysis)}").pl()
+    assert ids.height == t.sql("SELECT count(*) FROM http").fetchall()[0][0] == view.height
+    assert (ids["m"].str.slice(0, 16) == ids["span_id"]).all()  # no traceparent in this tape: the rows' ids
+    assert ids.select("trace_id", "span_id", "parent_span_id", "source").sort("span_id").equals(view)

@@ -232,9 +232,35 @@ def traces(a: Analysis, by: str = "workload", filters: Filters | None = None, tr
     return df.drop("client_namespace", "server_namespace", "rid", "root")
 
 
+def span_ids(a: Analysis) -> str:
+    """The name of a temporary table of every http row's ids, keyed by `m`, the md5 its span id
+    derives from (the OTLP exporter's row key: node|side|request ns|client ip|client port|server
+    ip|server port as the socket saw it): m, trace_id, span_id, parent_span_id, source. What the
+    exporter's spans take their trace and parent ids from."""
+    st = stitch(a)
+    a.con.execute(f"CREATE OR REPLACE TEMP TABLE ft_tr_pick AS SELECT l.root, r.t AS root_t, (r.t1 - r.t) AS root_ns FROM {st} l "
+                  "JOIN ft_tr_rows r ON r.rid = l.rid WHERE l.rid = l.root")
+    _select(a, st)
+    a.con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_span_ids AS
+        SELECT s.m, i.trace_id, i.span_id, i.parent_span_id, s.source FROM ft_tr_sel s JOIN ft_tr_ids i USING (rid)""")
+    return "ft_tr_span_ids"
+
+
 def _named(a: Analysis, st: str, by: str, slowest_first: bool = False) -> pl.DataFrame:
-    """The spans of the picked traces with their ids and names (analyze.enrich's core): their
-    rows found again in `http`, by node, side, request time and client port."""
+    """The spans of the picked traces with their ids and names (analyze.enrich's core)."""
+    processes = _select(a, st)
+    named = _exchange_names_sql("(SELECT s.*, i.span_id, i.parent_span_id, i.trace_id FROM ft_tr_sel s JOIN ft_tr_ids i USING (rid))",
+                                has_substitutions(a.con), processes)
+    return a.sql(f"""
+SELECT trace_id, span_id, parent_span_id, side AS kind, {name_sql('client', by)} AS client, {server_name_sql(by)} AS server,
+       ts AS start, (t1 - t) / 1e6 AS duration_ms, status, method, path, source, node, pid, tid,
+       client_ip, client_port, seen_server_ip AS server_ip, server_port, client_namespace, server_namespace, rid, root
+FROM ({named}) ORDER BY {"root_ns DESC NULLS LAST, " if slowest_first else ""}root_t, trace_id, t, parent_span_id IS NOT NULL, kind, span_id""").pl()
+
+
+def _select(a: Analysis, st: str) -> bool:
+    """ft_tr_sel: the rows of the picked traces (ft_tr_pick) found again in `http` (by node, side,
+    request time and client port), and ft_tr_ids: their ids. Returns whether rows carry process keys."""
     processes = has_processes(a.con)
     pk = "LEFT JOIN ft_conn_pkeys pk ON pk.node = h.node AND pk.conn_id = h.conn_id" if processes else ""
     pkc = "pk.client_pkey, pk.server_pkey" if processes else "NULL::INTEGER AS client_pkey, NULL::INTEGER AS server_pkey"
@@ -258,13 +284,7 @@ def _named(a: Analysis, st: str, by: str, slowest_first: bool = False) -> pl.Dat
         tr AS (SELECT root, min(tp_trace) AS any_tp, min(wire_trace) AS any_wire FROM ft_tr_sel GROUP BY root)
         SELECT s.rid, i.span_id, p.span_id AS parent_span_id, coalesce(r.tp_trace, tr.any_tp, r.wire_trace, tr.any_wire, r.m) AS trace_id
         FROM ft_tr_sel s JOIN ids i ON i.rid = s.rid LEFT JOIN ids p ON p.rid = s.prid JOIN tr ON tr.root = s.root JOIN ft_tr_sel r ON r.rid = s.root""")
-    named = _exchange_names_sql("(SELECT s.*, i.span_id, i.parent_span_id, i.trace_id FROM ft_tr_sel s JOIN ft_tr_ids i USING (rid))",
-                                has_substitutions(a.con), processes)
-    return a.sql(f"""
-SELECT trace_id, span_id, parent_span_id, side AS kind, {name_sql('client', by)} AS client, {server_name_sql(by)} AS server,
-       ts AS start, (t1 - t) / 1e6 AS duration_ms, status, method, path, source, node, pid, tid,
-       client_ip, client_port, seen_server_ip AS server_ip, server_port, client_namespace, server_namespace, rid, root
-FROM ({named}) ORDER BY {"root_ns DESC NULLS LAST, " if slowest_first else ""}root_t, trace_id, t, parent_span_id IS NOT NULL, kind, span_id""").pl()
+    return processes
 
 
 def _exchange_names_sql(base: str, substitutions: bool, processes: bool) -> str:

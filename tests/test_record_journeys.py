@@ -242,6 +242,12 @@ def _check(r: dict) -> pl.DataFrame:
 
 
 def test_recorded_trees_equal_the_logged_ones(propagated):
+    # nginx forwarded the client's traceparent unchanged, and the recorder kept it (allow-list) on both sides
+    tape = flowtape.open(propagated["tape"])
+    sent = {c["path"]: f"00-{c['trace']}-{c['span']}-01" for c in propagated["client"]}
+    rows = tape.sql("SELECT comm, side, path, traceparent FROM http WHERE path LIKE '/order/%'").fetchall()
+    assert {(comm, side) for comm, side, _, _ in rows} == {("ftclient", "client"), ("nginx", "server"), ("nginx", "client"), ("ftapp", "server")}
+    assert len(rows) == 4 * REQUESTS and all(tp == sent[path] for _, _, path, tp in rows)
     df = _check(propagated)
     # the applications' ids: the client's trace id for the whole tree, its and the backend's span ids
     want_spans = {(propagated["ips"]["cli"], c["port"]): (c["trace"], c["span"]) for c in propagated["client"]}

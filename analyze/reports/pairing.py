@@ -31,23 +31,28 @@ def nearest_clients(socket: np.ndarray, t: np.ndarray, t1: np.ndarray, client: n
     if n == 0:
         return out
     # by socket, then time; at one instant the client row first (the exporter's ASOF joins take
-    # a client row of the same instant as the previous one)
-    order = np.lexsort((~client, t, socket))
-    sk, ts, cl = socket[order], t[order], client[order]
+    # a client row of the same instant as the previous one): two stable sorts of one key each
+    # (half the CPU of a three-key lexsort)
+    by_t = np.argsort(t * 2 + ~client, kind="stable")
+    order = by_t[np.argsort(socket[by_t], kind="stable")]
+    cl = client[order]
     pos = np.arange(n)
     prev = np.maximum.accumulate(np.where(cl, pos, -1))
     nxt = np.minimum.accumulate(np.where(cl, pos, n)[::-1])[::-1]
-    has_p = (prev >= 0) & (sk[np.maximum(prev, 0)] == sk)
-    has_n = (nxt < n) & (sk[np.minimum(nxt, n - 1)] == sk)
-    p, q = np.maximum(prev, 0), np.minimum(nxt, n - 1)
-    p_t, n_t = ts[p], ts[q]
-    p_end = np.where(t1[order][p] >= 0, t1[order][p], p_t)
+    srv = np.flatnonzero(~cl)  # positions (in sorted order) of the server rows: only they are paired
+    p, q = np.maximum(prev[srv], 0), np.minimum(nxt[srv], n - 1)
+    op, oq, os_ = order[p], order[q], order[srv]
+    sk = socket[os_]
+    ts = t[os_]
+    has_p = (prev[srv] >= 0) & (socket[op] == sk)
+    has_n = (nxt[srv] < n) & (socket[oq] == sk)
+    p_t, n_t, p_t1 = t[op], t[oq], t1[op]
+    p_end = np.where(p_t1 >= 0, p_t1, p_t)
     # the request the client sent last before the server saw it, if the client had no answer yet
     # then (within the skew); or the next one, if it was sent within the skew; the nearer wins
     prev_ok = has_p & (ts <= p_end + skew_ns)
     next_ok = has_n & (n_t - ts <= skew_ns)
     use_prev = prev_ok & (~next_ok | (ts - p_t <= n_t - ts))
     use_next = next_ok & ~use_prev
-    pick = np.where(use_prev, order[p], np.where(use_next, order[q], -1))
-    out[order] = np.where(cl, -1, pick)
+    out[os_] = np.where(use_prev, op, np.where(use_next, oq, -1))
     return out

@@ -54,25 +54,31 @@ def _tp_ok(tp: str) -> str:
 def _rows_sql(substitutions: bool, wire: bool) -> str:
     """ft_tr_rows: every http row, narrow: what linking needs, as integers where it can (the
     socket and the process as 64-bit hashes), numbered `rid` (scan order: links and the spans'
-    ids never depend on it), with what finds the row again (nk, t, cport, cli)."""
+    ids never depend on it), with what finds the row again (nk, t, cport, cli); the view
+    ft_tr_rows adds rid."""
     subst = "LEFT JOIN ft_conn_subst p ON h.side = 'client' AND h.node = p.client_node AND h.conn_id = p.client_conn_id" if substitutions else ""
     server_ip = "CASE WHEN h.side = 'client' THEN coalesce(p.server_pod_ip, h.server_ip) ELSE h.server_ip END" if substitutions else "h.server_ip"
     wire_join = "LEFT JOIN connections w ON w.node = h.node AND w.conn_id = h.conn_id" if wire else ""
     wire_cols = ("CASE WHEN regexp_full_match(w.wire_trace_id, '[0-9a-f]{32}') THEN w.wire_trace_id END AS wire_trace, w.wire_trace_source AS wire_source"
                  if wire else "NULL::VARCHAR AS wire_trace, NULL::VARCHAR AS wire_source")
     tp = "h.traceparent"
+    wire_any = " OR w.wire_trace_id IS NOT NULL" if wire else ""
     return f"""
-CREATE OR REPLACE TEMP TABLE ft_tr_rows AS
-SELECT (row_number() OVER () - 1)::BIGINT AS rid, *
-FROM (
+CREATE OR REPLACE TEMP TABLE ft_tr_rows_t AS
+SELECT * FROM (
     SELECT epoch_ns(h.ts_request) AS t, epoch_ns(h.ts_response) AS t1, h.side = 'client' AS cli, hash(h.node) AS nk, h.client_port AS cport,
-           hash(h.client_ip, h.client_port, {server_ip}) AS sk, CASE WHEN h.pid IS NOT NULL THEN hash(h.node, h.pid) END AS pk,
+           hash(h.client_ip, h.client_port, {server_ip}) AS sk,
+           -- the process, for the links inside one (only rows that carry something to link by)
+           CASE WHEN h.pid IS NOT NULL AND (h.tid IS NOT NULL OR h.goroutine IS NOT NULL OR h.traceparent IS NOT NULL{wire_any})
+                THEN hash(h.node, h.pid) END AS pk,
            h.tid, h.goroutine, h.request_seq AS qseq, h.response_seq AS rseq,
            CASE WHEN {_tp_ok(tp)} THEN substr({tp}, 4, 32) END AS tp_trace,
            CASE WHEN {_tp_ok(tp)} THEN substr({tp}, 37, 16) END AS tp_span,
            {wire_cols}
     FROM http h {subst} {wire_join}
-)"""
+);
+-- rid: the row's number in the table (its rowid: 0..n-1, no numbering pass)
+CREATE OR REPLACE TEMP VIEW ft_tr_rows AS SELECT rowid AS rid, * FROM ft_tr_rows_t"""
 
 
 _XPAIR = """
@@ -156,8 +162,9 @@ def _roots(parent: np.ndarray) -> np.ndarray:
 
 
 def stitch(a: Analysis) -> str:
-    """The name of the temporary table of every row's link (built once per open tape): rid, prid
-    (the parent's rid, -1 for a root), root (the root's rid), source. ft_tr_rows holds the rows."""
+    """The name of the temporary table of every row's link (built once per open tape): rid, prid (the
+    parent's rid, -1 for a root), root (the root's rid), src (the link's source: source_sql),
+    root_t and root_ns (a root's start and duration). ft_tr_rows holds the rows."""
     return a.cached("traces", "all", lambda name: _build(a, name))
 
 
@@ -172,12 +179,11 @@ def _build(a: Analysis, name: str) -> None:
     goroutines = _count(a, "SELECT count(*) FROM (SELECT 1 FROM ft_tr_rows WHERE goroutine IS NOT NULL LIMIT 1)") > 0
     a.con.execute(_cause_sql(goroutines))
     # the forest, in numpy: rid is 0..n-1; a server row's socket pair first, the more trusted links over it
-    cols = a.con.execute("SELECT rid, sk, t, coalesce(t1, -1) AS t1, cli FROM ft_tr_rows").fetchnumpy()
-    n = len(cols["rid"])
-    pick = nearest_clients(cols["sk"], cols["t"], cols["t1"], cols["cli"])
-    parent = np.full(n, -1, np.int64)
-    parent[cols["rid"]] = np.where(pick >= 0, cols["rid"][np.maximum(pick, 0)], -1)
-    del cols, pick
+    cols = a.con.execute("SELECT sk, t, coalesce(t1, -1) AS t1, cli FROM ft_tr_rows_t").fetchnumpy()  # in rowid order
+    n = len(cols["t"])
+    parent = nearest_clients(cols["sk"], cols["t"], cols["t1"], cols["cli"])
+    t, t1 = cols["t"], cols["t1"]
+    del cols
     source = np.where(parent >= 0, SOURCES.index("socket"), -1).astype(np.int8)  # index into SOURCES
     codes = "[" + ", ".join(f"'{x}'" for x in SOURCES) + "]"
     for table in ("ft_tr_cause", "ft_tr_xpair"):  # a row is a client (cause) or a server (xpair) row: never both
@@ -188,10 +194,21 @@ def _build(a: Analysis, name: str) -> None:
     root = _roots(parent)
     idx = np.arange(n)
     parent = np.where((parent >= 0) & (root == idx), -1, parent)  # a row left a root by cutting a cycle
-    forest = pl.DataFrame({"rid": idx, "prid": parent, "root": root, "src": np.where(parent >= 0, source, -1).astype(np.int8)})
+    # a root's start and duration (null: not a root), for picking traces without a join; the
+    # link's source as its index in SOURCES (-1: none). Copied into a table: the reports read it
+    # by joins, which a registered frame serves slower (0.6 s more on 3.9M rows)
+    forest = pl.DataFrame({"rid": idx, "prid": parent, "root": root, "src": np.where(parent >= 0, source, -1).astype(np.int8),
+                           "root_t": np.where(root == idx, t, -1), "root_ns": np.where((root == idx) & (t1 >= 0), t1 - t, -1)})
+    forest = forest.with_columns(pl.when(pl.col("root_t") >= 0).then(pl.col("root_t")).alias("root_t"),
+                                 pl.when(pl.col("root_ns") >= 0).then(pl.col("root_ns")).alias("root_ns"))
     a.con.register("ft_tr_forest_df", forest)
-    a.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT rid, prid, root, CASE WHEN src >= 0 THEN {codes}[src + 1] END AS source FROM ft_tr_forest_df")
+    a.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM ft_tr_forest_df")
     a.con.unregister("ft_tr_forest_df")
+
+
+def source_sql(col: str) -> str:
+    """The name of a link's source from its index in SOURCES (the stitch table's `src`)."""
+    return "CASE WHEN {c} >= 0 THEN [{names}][{c} + 1] END".format(c=col, names=", ".join(f"'{x}'" for x in SOURCES))
 
 
 def traces(a: Analysis, by: str = "workload", filters: Filters | None = None, trace_id: str | None = None,
@@ -205,7 +222,7 @@ def traces(a: Analysis, by: str = "workload", filters: Filters | None = None, tr
     check_by(by)
     f = filters or Filters()
     st = stitch(a)
-    where = [f.time_sql("make_timestamp_ns(r.t)::TIMESTAMPTZ_NS")]
+    where = [f.time_sql("make_timestamp_ns(l.root_t)::TIMESTAMPTZ_NS")] if f.since or f.until else []
     if min_spans > 1:
         where.append(f"l.root IN (SELECT root FROM {st} GROUP BY root HAVING count(*) >= {int(min_spans)})")
     if trace_id is not None:
@@ -214,8 +231,8 @@ def traces(a: Analysis, by: str = "workload", filters: Filters | None = None, tr
                      f"OR l.root NOT IN (SELECT l3.root FROM {st} l3 JOIN ft_tr_rows r3 ON r3.rid = l3.rid WHERE r3.tp_trace IS NOT NULL OR r3.wire_trace IS NOT NULL))")
     top = f"ORDER BY root_ns DESC NULLS LAST, root_t, root LIMIT {int(slowest)}" if slowest is not None and not f.namespace and trace_id is None else ""
     a.con.execute(f"""CREATE OR REPLACE TEMP TABLE ft_tr_pick AS
-        SELECT l.root, r.t AS root_t, (r.t1 - r.t) AS root_ns FROM {st} l JOIN ft_tr_rows r ON r.rid = l.rid
-        WHERE l.rid = l.root AND {' AND '.join(where)} {top}""", {"tid": trace_id.lower()} if trace_id is not None else None)
+        SELECT l.root, l.root_t, l.root_ns FROM {st} l WHERE {' AND '.join(["l.root_t IS NOT NULL"] + where)} {top}""",
+                  {"tid": trace_id.lower()} if trace_id is not None else None)
     df = _named(a, st, by, slowest is not None)
     if trace_id is not None:
         df = df.filter(pl.col("trace_id") == trace_id.lower())
@@ -238,8 +255,7 @@ def span_ids(a: Analysis) -> str:
     ip|server port as the socket saw it): m, trace_id, span_id, parent_span_id, source. What the
     exporter's spans take their trace and parent ids from."""
     st = stitch(a)
-    a.con.execute(f"CREATE OR REPLACE TEMP TABLE ft_tr_pick AS SELECT l.root, r.t AS root_t, (r.t1 - r.t) AS root_ns FROM {st} l "
-                  "JOIN ft_tr_rows r ON r.rid = l.rid WHERE l.rid = l.root")
+    a.con.execute(f"CREATE OR REPLACE TEMP TABLE ft_tr_pick AS SELECT root, root_t, root_ns FROM {st} WHERE root_t IS NOT NULL")
     _select(a, st)
     a.con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_span_ids AS
         SELECT s.m, i.trace_id, i.span_id, i.parent_span_id, s.source FROM ft_tr_sel s JOIN ft_tr_ids i USING (rid)""")
@@ -267,7 +283,7 @@ def _select(a: Analysis, st: str) -> bool:
     subst = "LEFT JOIN ft_conn_subst cs ON h.side = 'client' AND h.node = cs.client_node AND h.conn_id = cs.client_conn_id" if has_substitutions(a.con) else ""
     server_ip = "CASE WHEN h.side = 'client' THEN coalesce(cs.server_pod_ip, h.server_ip) ELSE h.server_ip END" if subst else "h.server_ip"
     a.con.execute(f"""CREATE OR REPLACE TEMP TABLE ft_tr_sel AS
-        WITH s AS (SELECT r.*, l.prid, l.root, l.source, p.root_t, p.root_ns FROM ft_tr_pick p JOIN {st} l ON l.root = p.root JOIN ft_tr_rows r ON r.rid = l.rid)
+        WITH s AS (SELECT r.*, l.prid, l.root, {source_sql('l.src')} AS source, p.root_t, p.root_ns FROM ft_tr_pick p JOIN {st} l ON l.root = p.root JOIN ft_tr_rows r ON r.rid = l.rid)
         SELECT h.ts_request AS ts, s.rid, s.t, s.t1, s.prid, s.root, s.source, s.root_t, s.root_ns, s.tp_trace, s.tp_span, s.wire_trace, s.cli,
                h.side, h.node, h.pid, h.tid, h.conn_id, h.client_ip, h.client_port, {server_ip} AS server_ip, h.server_ip AS seen_server_ip, h.server_port,
                h.method, h.path, h.status,

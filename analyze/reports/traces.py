@@ -84,8 +84,8 @@ CREATE OR REPLACE TEMP VIEW ft_tr_rows AS SELECT rowid AS rid, * FROM ft_tr_rows
 _XPAIR = """
 CREATE OR REPLACE TEMP TABLE ft_tr_xpair AS
 WITH
-srv AS (SELECT rid, t, t1, sk, tp_trace, tp_span, qseq, rseq FROM ft_tr_rows WHERE NOT cli),
-cl AS (SELECT rid, t, t1, sk, tp_trace, tp_span, qseq, rseq FROM ft_tr_rows WHERE cli),
+srv AS (SELECT rid, t, t1, sk, tp_trace, tp_span, qseq, rseq FROM ft_tr_facts WHERE NOT cli),
+cl AS (SELECT rid, t, t1, sk, tp_trace, tp_span, qseq, rseq FROM ft_tr_facts WHERE cli),
 -- the application's ids: a server row whose traceparent names exactly one client row's span
 tpc AS (SELECT tp_span, any_value(tp_trace) AS tp_trace, any_value(rid) AS rid, any_value(t) AS t FROM cl WHERE tp_span IS NOT NULL
         GROUP BY tp_span HAVING count(*) = 1),
@@ -117,7 +117,7 @@ def _cause_sql(goroutines: bool) -> str:
         go = f""",
 {', '.join(levels)},
 ga AS ({gs}),
-sg AS (SELECT pk, goroutine AS g, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_rows WHERE NOT cli AND goroutine IS NOT NULL AND pk IS NOT NULL),
+sg AS (SELECT pk, goroutine AS g, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_facts WHERE NOT cli AND goroutine IS NOT NULL AND pk IS NOT NULL),
 gm AS (SELECT c.rid, s.rid AS prid, c.k, c.born, s.t AS st, s.e FROM ga c ASOF JOIN sg s ON c.pk = s.pk AND c.g = s.g AND c.t >= s.t
        WHERE c.t <= s.e),
 -- the goroutine that served the exchange spawned the call's line while serving it (g pointers are reused)
@@ -128,15 +128,15 @@ CREATE OR REPLACE TEMP TABLE ft_tr_cause AS
 WITH
 cl AS (SELECT rid, pk, tid, goroutine, t, coalesce(tp_trace, wire_trace) AS ctx,
               CASE WHEN tp_trace IS NOT NULL THEN 'traceparent' ELSE wire_source END AS ctx_source
-       FROM ft_tr_rows WHERE cli AND pk IS NOT NULL AND (tp_trace IS NOT NULL OR wire_trace IS NOT NULL OR tid IS NOT NULL OR goroutine IS NOT NULL)),
-sx AS (SELECT pk, coalesce(tp_trace, wire_trace) AS ctx, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_rows
+       FROM ft_tr_facts WHERE cli AND pk IS NOT NULL),
+sx AS (SELECT pk, coalesce(tp_trace, wire_trace) AS ctx, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_facts
        WHERE NOT cli AND pk IS NOT NULL AND coalesce(tp_trace, wire_trace) IS NOT NULL),
 x AS (SELECT c.rid, s.rid AS prid, CASE c.ctx_source WHEN 'traceparent' THEN 1 WHEN 'ip-option' THEN 2 ELSE 3 END AS prio, c.ctx_source AS source
       FROM (SELECT * FROM cl WHERE ctx IS NOT NULL) c ASOF JOIN sx s ON c.pk = s.pk AND c.ctx = s.ctx AND c.t >= s.t
       WHERE c.t <= s.e),
 st AS (SELECT pk, tid, t, e, rid,
               max(e) OVER (PARTITION BY pk, tid ORDER BY t, rid ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_e
-       FROM (SELECT pk, tid, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_rows WHERE NOT cli AND tid IS NOT NULL AND pk IS NOT NULL)),
+       FROM (SELECT pk, tid, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_facts WHERE NOT cli AND tid IS NOT NULL AND pk IS NOT NULL)),
 th AS (SELECT c.rid, s.rid AS prid, 5 AS prio, 'thread' AS source
        FROM (SELECT * FROM cl WHERE tid IS NOT NULL) c ASOF JOIN st s ON c.pk = s.pk AND c.tid = s.tid AND c.t >= s.t
        -- inside that exchange, and no other exchange of the thread still open then (an event loop)
@@ -175,8 +175,11 @@ def _count(a: Analysis, sql: str) -> int:
 def _build(a: Analysis, name: str) -> None:
     wire = _count(a, "SELECT count(*) FROM (SELECT 1 FROM connections WHERE wire_trace_id IS NOT NULL LIMIT 1)") > 0
     a.con.execute(_rows_sql(has_substitutions(a.con), wire))
+    # the rows that carry something more than their socket to link by: every rule but the socket's reads only them
+    a.con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_facts AS SELECT * FROM ft_tr_rows
+        WHERE tp_span IS NOT NULL OR qseq IS NOT NULL OR tid IS NOT NULL OR goroutine IS NOT NULL OR wire_trace IS NOT NULL""")
     a.con.execute(_XPAIR.format(skew=SKEW_NS))
-    goroutines = _count(a, "SELECT count(*) FROM (SELECT 1 FROM ft_tr_rows WHERE goroutine IS NOT NULL LIMIT 1)") > 0
+    goroutines = _count(a, "SELECT count(*) FROM (SELECT 1 FROM ft_tr_facts WHERE goroutine IS NOT NULL LIMIT 1)") > 0
     a.con.execute(_cause_sql(goroutines))
     # the forest, in numpy: rid is 0..n-1; a server row's socket pair first, the more trusted links over it
     cols = a.con.execute("SELECT sk, t, coalesce(t1, -1) AS t1, cli FROM ft_tr_rows_t").fetchnumpy()  # in rowid order

@@ -73,6 +73,11 @@ class Analysis:
             self._made.add(name)
         return name
 
+    def cached(self, kind: str, key: str, build: Callable[[str], None]) -> str:
+        """The name of a temporary table `build(name)` creates once per open tape and `key`
+        (the traces view's stitching: analyze.reports.traces)."""
+        return self._once(kind, key, build)
+
     def http_sums(self, time_filter: str = "true") -> str:
         """See sums.build_http_sums; `time_filter` is a condition on the request's `ts`."""
         return self._once("http", time_filter, lambda name: sums.build_http_sums(self.con, name, time_filter, self.engine))

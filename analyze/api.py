@@ -18,6 +18,7 @@ from .reports import dns as dns_r
 from .reports import latency as lat_r
 from .reports import timeseries as ts_r
 from .reports import topology as topo_r
+from .reports import traces as traces_r
 from .reports import traffic as traffic_r
 from .reports.filters import Filters, parse_time
 
@@ -76,3 +77,17 @@ class Reports:
         """HTTP p50/p95/p99 per edge and time bucket (1 s for tapes under a minute, 10 s up to 30 min, else 1 min) for
         the `top` busiest edges, or for the (client, server) pairs in `edges`."""
         return ts_r.latency_over_time(self._a, by, bucket_s, top, edges, _filters(since, until, namespace))
+
+    def traces(self, by: str = "workload", since: Time = None, until: Time = None, namespace: str | None = None,
+               trace_id: str | None = None, slowest: int | None = None) -> pl.DataFrame:
+        """Request journeys: one row per span (each side of each HTTP exchange), linked into causal
+        trees (trace_id, span_id, parent_span_id, source of the link; analyze.reports.traces)."""
+        return traces_r.traces(self._a, by, _filters(since, until, namespace), trace_id, slowest)
+
+    def critical_path(self, spans: pl.DataFrame) -> list[str]:
+        """The span ids of the critical path of one trace's spans (as `traces()` gives them), root first."""
+        return traces_r.critical_path(spans)
+
+    def slowest_step(self, spans: pl.DataFrame, path: list[str]) -> tuple[str, float] | None:
+        """The span of a critical path with the most time of its own, and that time (ms)."""
+        return traces_r.slowest_step(spans, path)

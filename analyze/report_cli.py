@@ -15,7 +15,7 @@ from .render.formats import Format, render_frame
 from .reports.filters import Filters, parse_time
 from .reports.limits import HTTP, REGIONS, ZONES
 
-report_app = typer.Typer(help="Reports computed from a tape: topology, latency, traffic, dns.", no_args_is_help=True)
+report_app = typer.Typer(help="Reports computed from a tape: topology, latency, traffic, dns, traces.", no_args_is_help=True)
 
 
 class GraphFormat(str, Enum):
@@ -265,6 +265,52 @@ def dns_cmd(
     title = "DNS failures" + ("" if search_path else f" ({noise} names of search-path noise hidden; --search-path shows them)")
     sections = {"failures": shown, "slow": slow_lookups(a, slow_ms, f)}
     _sections(sections, {"failures": title, "slow": f"DNS lookups slower than {slow_ms:g} ms"}, format, notes=_by_notes(a, by.value))
+
+
+TRACE_SHOWN = 10
+"""Traces drawn as trees in the terminal when neither --trace-id nor --slowest picks them."""
+
+
+@report_app.command("traces")
+def traces_cmd(
+    tape: TapeArg,
+    by: ByOpt = By.workload,  # type: ignore[attr-defined]
+    trace_id: Annotated[Optional[str], typer.Option("--trace-id", help="Only this trace (32 hex digits).")] = None,
+    slowest: Annotated[Optional[int], typer.Option("--slowest", help="Only the N traces whose root took longest.", min=1)] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    namespace: NamespaceOpt = None,
+    format: Annotated[Format, typer.Option("--format", "-f", help="Output format: table draws each trace as a tree with its critical path; the others give one row per span.")] = Format.table,
+) -> None:
+    """Request journeys: each HTTP exchange side as a span, linked into the tree of calls it
+    belongs to (by traceparent, wire trace ids, TCP sequence numbers, the socket, the thread or
+    the goroutine); the critical path says which call explains a slow request.
+
+    Example: flowtape report traces fixtures/tiny.tape --slowest 3
+    """
+    import re
+
+    from ..errors import UsageError
+    from .render.traces import tree_text
+    from .reports.traces import critical_path, slowest_step, traces
+
+    if trace_id is not None and not re.fullmatch(r"[0-9a-fA-F]{32}", trace_id):
+        raise UsageError(f"--trace-id {trace_id!r}: a trace id is 32 hex digits")
+    a = _open(tape).analysis
+    f = filters(since, until, namespace)
+    shown = slowest
+    if format is Format.table and trace_id is None and slowest is None:
+        shown = TRACE_SHOWN
+    df = traces(a, by=by.value, filters=f, trace_id=trace_id, slowest=shown)
+    if format is Format.table:
+        note = None
+        if shown != slowest:
+            note = f"the {shown} slowest traces; --slowest N shows more, -f json every span"
+        tree_text(df, critical_path, slowest_step, sys.stdout, note)
+        for n in _by_notes(a, by.value):
+            sys.stdout.write(f"note: {n}\n")
+    else:
+        render_frame(df, format, sys.stdout, title="traces")
 
 
 @report_app.command("html")

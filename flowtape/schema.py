@@ -152,6 +152,9 @@ CONNECTIONS = Table(
         C("retransmits", pa.uint32(), "Segments retransmitted by the local endpoint; null if unknown."),
         C("connect_latency_ns", pa.int64(), "Client: connect() to ESTABLISHED, nanoseconds. Null for server rows and failed connects."),
         C("close_state", pa.string(), "How it ended: 'closed' (FIN), 'reset', 'refused' (RST to SYN), 'timeout' (SYN never answered), 'failed', or 'open' when still open at tape end.", False),
+        C("wire_trace_id", pa.string(), "Trace id carried below HTTP on this connection's packets (32 lower-case hex digits), the first seen; null if none.", added="0.3"),
+        C("wire_span_id", pa.string(), "Span id carried with it (16 hex digits): the TCP option's; for the IPv4 option, derived from the packet's seq and ack; null if none.", added="0.3"),
+        C("wire_trace_source", pa.string(), "Where wire_trace_id was read: 'ip-option' (IPv4 option 136) or 'tcp-option' (TCP option kind 25); null if none.", added="0.3"),
     ),
     time_column="ts_start",
 )
@@ -231,8 +234,30 @@ HTTP = Table(
         C("grpc_message", pa.string(), "`grpc-message` trailer, percent-decoded (on the redaction allow-list by default: it can carry application data; drop it with --header-allow-list); null if absent or redacted.", added="0.2"),
         C("stream_error", pa.string(), "HTTP/2 error code name of the first RST_STREAM that ended the stream, from either side ('CANCEL' when a client gives up, e.g. at a gRPC deadline; 'NO_ERROR'; 'REFUSED_STREAM'; ...); null if the stream ended normally.", added="0.2"),
         C("headers_partial", pa.bool_(), "HTTP/2: true when a header field of this stream indexed HPACK state the recorder never saw (it joined the connection after its start, or a header block was not captured): the columns such fields would fill are null, never guessed; null for HTTP/1.x.", added="0.2"),
+        C("tracestate", pa.string(), "W3C tracestate header of the request; null if absent, not on the allow-list, or past a head's cut.", added="0.3"),
+        C("tid", pa.int32(), "Thread id (kernel tid) of `pid` that read the request (server side) or wrote it (client side); null if unknown. Links a thread-per-request server's exchange to the calls it made (analyze's traces view).", added="0.3"),
+        C("request_seq", pa.uint32(), "TCP sequence number of the request's first byte (the client's sequence space): a client row and the server row of the same exchange on different nodes share it, through NAT; null if unknown.", added="0.3"),
+        C("response_seq", pa.uint32(), "TCP sequence number of the response's first byte (the server's sequence space); shared like request_seq; null if unknown or without a response.", added="0.3"),
+        C("goroutine", pa.uint64(), "Go programs: the goroutine (runtime g pointer) of the call that read the request (server) or made it (client); `go_spawns` gives its ancestry; null otherwise.", added="0.3"),
     ),
     time_column="ts_request",
+)
+
+# --- go_spawns ----------------------------------------------------------------------------
+
+GO_SPAWNS = Table(
+    "go_spawns",
+    "One goroutine created by a Go program (runtime.newproc1): its parent and child g pointers, so that an exchange's "
+    "goroutine can be traced back to the goroutine of the request that caused it. g pointers are reused: a spawn is valid "
+    "from its ts until the next spawn of the same child_g.",
+    (
+        C("ts", TS, "Time the goroutine was created.", False),
+        NODE,
+        C("pid", pa.int32(), "Process (thread group) id of the Go program.", False),
+        C("parent_g", pa.uint64(), "g pointer of the goroutine that ran the `go` statement.", False),
+        C("child_g", pa.uint64(), "g pointer of the goroutine created.", False),
+    ),
+    time_column="ts",
 )
 
 # --- tls ---------------------------------------------------------------------------------
@@ -372,7 +397,7 @@ K8S_ENDPOINTS = Table(
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (FLOWS, CONNECTIONS, DNS, HTTP, TLS, K8S_PODS, K8S_SERVICES, K8S_NODES, K8S_ENDPOINTS)
+    t.name: t for t in (FLOWS, CONNECTIONS, DNS, HTTP, GO_SPAWNS, TLS, K8S_PODS, K8S_SERVICES, K8S_NODES, K8S_ENDPOINTS)
 }
 
 # --- manifest ----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""One self-contained HTML page for a tape: service map, latency over time, zone pairs and their
-cost, DNS failures, external destinations and the tape's metadata.
+"""One self-contained HTML page for a tape: service map, latency over time, the slowest request
+journeys (when the tape links calls into trees), zone pairs and their cost, DNS failures,
+external destinations and the tape's metadata.
 
 Everything is computed by the reports (analyze.reports.*) and only rendered here. The page needs
 no network to be viewed: CSS is inline, the graph is Graphviz SVG inline, charts are matplotlib
@@ -12,7 +13,7 @@ import datetime as dt
 import html
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import polars as pl
@@ -29,6 +30,8 @@ from ..reports.placement import endpoint_groups
 from ..reports.timeseries import default_bucket_s, latency_over_time
 from ..reports.topology import topology
 from ..reports.traffic import egress, zone_pairs
+from ..reports.traces import critical_path, slowest_step, traces
+from .traces import waterfall_svg
 
 CSS = """
 :root { --fg:#1d2330; --muted:#5f6b7d; --line:#dde2ea; --bg:#ffffff; --panel:#f6f8fb; --accent:#2f5fb3; --bad:#c0392b; --warn:#d68910; }
@@ -85,6 +88,7 @@ class Page:
     egress: pl.DataFrame
     nodes: pl.DataFrame
     limits: dict[str, str]
+    journeys: pl.DataFrame = field(default_factory=pl.DataFrame)
 
 
 def compute(tape: Tape, by: str = "workload", group_by: str = "namespace", top_edges: int = 6, prices: Prices | None = None,
@@ -104,7 +108,12 @@ def compute(tape: Tape, by: str = "workload", group_by: str = "namespace", top_e
         series=latency_over_time(a, by, bucket, top_edges, None, f), bucket_s=bucket,
         zones=zone_pairs(a, "zone", prices, f), regions=zone_pairs(a, "region", prices, f),
         dns=dns_failures(a, by, f), egress=egress(a, by, prices, f), nodes=nodes, limits=lim,
+        journeys=traces(a, by, f, slowest=JOURNEYS, min_spans=3),
     )
+
+
+JOURNEYS = 5
+"""The slowest call trees (traces of at least three spans) drawn as waterfalls."""
 
 
 def build_html(tape: Tape, by: str = "workload", group_by: str = "namespace", top_edges: int = 6, prices: Prices | None = None,
@@ -133,6 +142,7 @@ def render_page(p: Page) -> str:
         _cards(p),
         _topology_section(p),
         _latency_section(p),
+        _journeys_section(p),
         _zones_section(p),
         _dns_section(p),
         _egress_section(p),
@@ -195,6 +205,31 @@ def _latency_section(p: Page) -> str:
                f"red marks are buckets with 5xx responses (count on the right axis).</figcaption></figure>"
     return (f'<section id="latency"><h2>Latency over time</h2><p class="note">The {s.select("client", "server").unique().height if len(s) else 0} edges with the most requests. '
             f"A step in one edge and not in its callers points at that edge's server.</p>{body}</section>")
+
+
+def _journeys_section(p: Page) -> str:
+    """The slowest request journeys as waterfalls; nothing for a tape whose calls link into no
+    tree (no traceparent, sequence numbers, threads or goroutines tie a request to its calls)."""
+    j = p.journeys
+    if j.is_empty():
+        return ""
+    figs = []
+    for (tid,), tr in j.group_by("trace_id", maintain_order=True):
+        path = critical_path(tr)
+        root = tr.filter(pl.col("parent_span_id").is_null()).row(0, named=True)
+        step = slowest_step(tr, path)
+        by = {r["span_id"]: r for r in tr.iter_rows(named=True)}
+        explain = ""
+        if step is not None:
+            s = by[step[0]]
+            explain = (f"; most of it in {_e(s['server'])} ({_ms(step[1])} of its own)" if s["kind"] == "server"
+                       else f"; most of it between {_e(s['client'])} and {_e(s['server'])} ({_ms(step[1])})")
+        figs.append(f'<figure class="journey" data-trace="{_e(tid)}">{waterfall_svg(tr, path)}<figcaption>trace <code>{_e(tid)}</code>: '
+                    f'{_e(root["client"])} → {_e(root["server"])} {_e(root["method"] or "")} {_e(root["path"] or "")}, {_ms(root["duration_ms"])}, '
+                    f'{tr.height} spans{explain}. Red: the critical path.</figcaption></figure>')
+    return (f'<section id="journeys"><h2>Slowest request journeys</h2><p class="note">The {len(figs)} slowest requests that made further calls, '
+            f'each call placed in time under the request that made it (<code>flowtape report traces --trace-id ID</code> prints one). '
+            f'The critical path is what the request waited for last at each step.</p>{"".join(figs)}</section>')
 
 
 def _zones_section(p: Page) -> str:

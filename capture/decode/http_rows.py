@@ -105,6 +105,8 @@ class HttpRows:
             side_of = pa.array(self.side_of, pa.int32())
             for name, values in zip(SIDE_COLUMNS, zip(*self.sides)):
                 columns[name] = pa.array(values, _SCHEMA.field(name).type).take(side_of)
-            return pa.Table.from_arrays([columns[f.name] for f in _SCHEMA], schema=_SCHEMA)
+            # columns this decoder does not fill (added later, schema.Column.added) are null
+            n = len(side_of)
+            return pa.Table.from_arrays([columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in _SCHEMA], schema=_SCHEMA)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # a value that does not fit: the row path names the column
             return conform(table("http"), list(self))

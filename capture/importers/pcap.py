@@ -401,7 +401,8 @@ def _tuples_table(name: str, columns: tuple[str, ...], rows: list[tuple]) -> pa.
     """Rows as value tuples in `columns` order -> the table's Arrow schema (no dict per row)."""
     schema = table_decl(name).arrow_schema
     cols = dict(zip(columns, zip(*rows)))
-    return pa.Table.from_arrays([pa.array(cols[f.name], f.type) for f in schema], schema=schema)
+    n = len(rows)  # columns a capture cannot fill (added later, schema.Column.added) are null
+    return pa.Table.from_arrays([pa.array(cols[f.name], f.type) if f.name in cols else pa.nulls(n, f.type) for f in schema], schema=schema)
 
 
 def import_pcap(paths: list[Path], out: Path, node: str | None = None, interval_s: float = DEFAULT_INTERVAL_S,

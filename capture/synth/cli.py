@@ -24,6 +24,8 @@ def synth(
     rps: Annotated[float, typer.Option(help="Requests per second entering at the frontend (other edges scale with it).")] = 50.0,
     rollouts: Annotated[Optional[int], typer.Option(help="Deployment rollouts during the tape (default: one per 2.5 minutes, at least two).")] = None,
     incident: Annotated[Optional[list[str]], typer.Option("--incident", help="Inject an incident: latency, errors, dns, cross-zone, egress; optionally NAME:target=...,at=2m,for=1m,<knob>=... Repeatable.")] = None,
+    journeys: Annotated[float, typer.Option("--journeys", help="Request journeys per second: nested call trees down the HTTP call graph, with their truth in truth.json.")] = 0.0,
+    traceparent: Annotated[bool, typer.Option("--traceparent/--no-traceparent", help="Whether the journeys' requests carry a W3C traceparent.")] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
 ) -> None:
     """Generate a synthetic tape of a realistic cluster, with ground truth in NAME.tape/truth.json.
@@ -35,7 +37,7 @@ def synth(
     from . import Params, parse_duration, synthesize
 
     p = Params(seed=seed, services=services, nodes=nodes, zones=zones, regions=regions, duration_ns=parse_duration(duration),
-               rps=rps, rollouts=rollouts, incidents=tuple(incident or ()))
+               rps=rps, rollouts=rollouts, incidents=tuple(incident or ()), journeys=journeys, journeys_traceparent=traceparent)
     show = not quiet and sys.stderr.isatty()
     if show:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn

@@ -35,6 +35,8 @@ class Params:
     rps: float = 50.0
     rollouts: int | None = None  # None: one per 2.5 minutes of tape, at least two (IPs get reused)
     incidents: tuple[str, ...] = field(default=())  # incident specs as given on the command line
+    journeys: float = 0.0  # request journeys (nested call trees, capture.synth.journeys) entering per second
+    journeys_traceparent: bool = True  # the journeys' requests carry a W3C traceparent
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -55,6 +57,8 @@ class Params:
             raise UsageError("--duration must be at most 7 days")
         if not 0 < self.rps <= 1_000_000:
             raise UsageError(f"--rps must be > 0 and <= 1000000, got {self.rps:g}")
+        if not 0 <= self.journeys <= 1000:
+            raise UsageError(f"--journeys must be between 0 and 1000 per second, got {self.journeys:g}")
         if self.rollouts is not None and self.rollouts < 0:
             raise UsageError(f"--rollouts must be >= 0, got {self.rollouts}")
 
@@ -76,5 +80,7 @@ class Params:
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["incidents"] = list(self.incidents)
+        if not self.journeys:  # tapes without journeys keep the parameters (and bytes) they had before
+            del d["journeys"], d["journeys_traceparent"]
         d["start_ns"], d["end_ns"] = self.start_ns, self.end_ns
         return d

@@ -99,11 +99,18 @@ def synthesize(path: str | Path, p: Params, progress: Callable[[int, int, int], 
             done += put(batch)
             if progress is not None:
                 progress(k + 1, total, done)
+        if p.journeys:
+            from .journeys import generate
+
+            batches, journeys = generate(sim, p.journeys, p.journeys_traceparent, p.seed)
+            put(batches)
         w.close()
     except BaseException:
         w.abort()
         raise
     truth = truth_document(p, sim, incidents, dict(sorted(rows.items())))
+    if p.journeys:
+        truth["journeys"] = journeys
     write_atomic(path / TRUTH_NAME, (json.dumps(truth, indent=1, sort_keys=True) + "\n").encode())
     return Result(path, dict(sorted(rows.items())), incidents, truth)
 

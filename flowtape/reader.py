@@ -297,7 +297,7 @@ class Tape:
 
 
 # DuckDB's names of the Arrow types of columns a part may lack (schema.Column.added)
-_DUCK_TYPES = {"uint32": "UINTEGER", "int32": "INTEGER", "string": "VARCHAR", "bool": "BOOLEAN", "int64": "BIGINT"}
+_DUCK_TYPES = {"uint32": "UINTEGER", "int32": "INTEGER", "string": "VARCHAR", "bool": "BOOLEAN", "int64": "BIGINT", "uint64": "UBIGINT"}
 
 
 def _latest_version(decl: Table, source: str) -> str:

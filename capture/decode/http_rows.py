@@ -25,7 +25,7 @@ H2_FIELDS = ("stream_id", "grpc_service", "grpc_method", "grpc_status", "grpc_me
 _NX = len(EXCHANGE_FIELDS)
 
 BASE_FIELDS = ("client_ip", "client_port", "server_ip", "server_port", "tls")
-SIDE_COLUMNS = ("conn_id", "pid", "comm", "side")
+SIDE_COLUMNS = ("conn_id", "pid", "comm", "side", "tid", "goroutine")
 _SCHEMA = table("http").arrow_schema
 
 
@@ -41,6 +41,8 @@ class HttpRows:
         self.pid: list[int | None] = []
         self.comm: list[str | None] = []
         self.side: list[str] = []
+        self.tid: list[int | None] = []
+        self.goroutine: list[int | None] = []
         self.long = False  # some exchange is an HTTP/2 one (has H2_FIELDS)
 
     def exchange(self, row: tuple, base: tuple) -> int:
@@ -50,12 +52,15 @@ class HttpRows:
         self.bases.append(base)
         return len(self.exchanges) - 1
 
-    def add(self, exchange: int, conn_id: str | None, pid: int | None, comm: str | None, side: str) -> None:
+    def add(self, exchange: int, conn_id: str | None, pid: int | None, comm: str | None, side: str,
+            tid: int | None = None, goroutine: int | None = None) -> None:
         self.of.append(exchange)
         self.conn_id.append(conn_id)
         self.pid.append(pid)
         self.comm.append(comm)
         self.side.append(side)
+        self.tid.append(tid)
+        self.goroutine.append(goroutine)
 
     def __len__(self) -> int:
         return len(self.of)
@@ -68,7 +73,8 @@ class HttpRows:
             row = dict.fromkeys(H2_FIELDS)
             row.update(zip(EXCHANGE_FIELDS + H2_FIELDS, self.exchanges[x]))
             row.update(zip(BASE_FIELDS, self.bases[x]))
-            row.update(conn_id=self.conn_id[i], pid=self.pid[i], comm=self.comm[i], side=self.side[i])
+            row.update(conn_id=self.conn_id[i], pid=self.pid[i], comm=self.comm[i], side=self.side[i], tid=self.tid[i],
+                       goroutine=self.goroutine[i])
             yield row
 
     def to_arrow(self) -> pa.Table:

@@ -172,6 +172,12 @@ struct conn_event {
 #define FT_L7_SSL_WRITE 6    /* SSL_write/SSL_write_ex returned: plaintext the process sent */
 #define FT_L7_SSL_READ 7     /* SSL_read/SSL_read_ex returned: plaintext the process received */
 #define FT_L7_SSL_FREE 8     /* SSL_free: the SSL* ends (its stream is over; the pointer may be reused) */
+#define FT_L7_IO_TURN 9      /* a TCP socket's data turned direction: the first receive after a send (or the
+                                socket's first I/O), or the first send after a receive, by thread `tid` of
+                                `pid` (sock:sock_{recv,send}_length, process context); tcp_flags says which
+                                (FT_L7_TURN_*). One per direction per exchange side: http.tid joins them. */
+#define FT_L7_TURN_RX 1
+#define FT_L7_TURN_TX 2
 
 #define FT_L7_DATA_MAX 2048  /* the largest prefix any event carries (HTTP segments, TLS ClientHellos); DNS and SSL plaintext: 512 */
 
@@ -197,6 +203,7 @@ struct l7_event {
     u8 from_client;        /* HTTP/TCP_END: 1 when the packet goes client -> server */
     u8 _pad0;
     char comm[16];         /* SSL events: the caller's command name */
+    u32 tid;               /* SSL and IO_TURN events: the calling thread (kernel task id); 0 for packet events */
     u8 data[FT_L7_DATA_MAX];
 };
 

@@ -101,6 +101,7 @@ static __always_inline void l7_copy(struct __sk_buff *skb, struct l7_event *ev, 
 /* SSL events come from a process, not a packet: the packet fields are zero (the ring's
  * reserved memory is not). */
 static __always_inline void no_packet_fields(struct l7_event *ev) {
+    ev->tid = (u32)bpf_get_current_pid_tgid();
     ev->seq = 0;
     ev->family = 0;
     ev->sport = 0;
@@ -171,7 +172,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
             return FT_TCX_NEXT;
         ev->ts_ns = bpf_ktime_get_ns();
         ev->kind = FT_L7_DNS_UDP;
-        ev->skaddr = 0; ev->ssl = 0; ev->seq = 0; ev->pid = 0; ev->tcp_flags = 0; ev->from_client = 0;
+        ev->skaddr = 0; ev->ssl = 0; ev->seq = 0; ev->pid = 0; ev->tcp_flags = 0; ev->from_client = 0; ev->tid = 0;
         ev->family = key.family;
         __builtin_memcpy(ev->saddr, key.saddr, 16);
         __builtin_memcpy(ev->daddr, key.daddr, 16);
@@ -297,7 +298,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
     if (!ev)
         return FT_TCX_NEXT;
     ev->ts_ns = bpf_ktime_get_ns();
-    ev->skaddr = 0; ev->ssl = 0; ev->pid = 0;
+    ev->skaddr = 0; ev->ssl = 0; ev->pid = 0; ev->tid = 0;
     ev->family = key.family;
     __builtin_memcpy(ev->saddr, key.saddr, 16);
     __builtin_memcpy(ev->daddr, key.daddr, 16);
@@ -590,9 +591,57 @@ int ft_go_read_enter(struct pt_regs *ctx) { return go_enter(ctx); }
 int ft_go_read_return(struct pt_regs *ctx) { return go_return(ctx, FT_L7_SSL_READ); }
 #endif
 
-#if defined(FT_HAVE_SSL) || defined(FT_HAVE_GOTLS)
-static __always_inline int ssl_socket_io(const void *sk, int rx) {
+#ifdef FT_HAVE_TURNS
+/* Which thread did an exchange side's I/O (http.tid). Per TCP socket, the direction of its last
+ * data I/O (FT_L7_TURN_*); a receive after a send (or a socket's first I/O) and a send after a
+ * receive are sent as FT_L7_IO_TURN events with the thread: a server's request read and
+ * response write, a client's request write and response read: two small events per exchange
+ * side, whatever the number of send/recv calls in between. Entries are removed when the socket
+ * closes (a socket address is reused by later sockets) and the map is an LRU. */
+BPF_TABLE("lru_hash", u64, u8, ft_sock_dir, FT_SOCK_DIR_ENTRIES);
+
+static __always_inline void io_turn(u64 sk, u8 dir) {
+    u8 *last = ft_sock_dir.lookup(&sk);
+    if (last && *last == dir)
+        return;   /* the common case: the same direction as the socket's last I/O */
+    if (last)
+        *last = dir;
+    else
+        ft_sock_dir.update(&sk, &dir);
+    struct l7_event *ev = l7_scratch();
+    if (!ev)
+        return;
+    u64 t = bpf_get_current_pid_tgid();
+    ev->ts_ns = bpf_ktime_get_ns();
+    ev->kind = FT_L7_IO_TURN;
+    ev->skaddr = sk;
+    ev->ssl = 0;
+    ev->pid = t >> 32;
+    ev->length = 0;
+    ev->cap_len = 0;
+    no_packet_fields(ev);
+    ev->tcp_flags = dir;
+    l7_submit(ev);
+}
+
+/* A socket reaching CLOSE (or ESTABLISHED: a new life at an address) forgets its direction. */
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != 6 || (args->newstate != 7 && args->newstate != 1))
+        return 0;
+    u64 sk = (u64)args->skaddr;
+    ft_sock_dir.delete(&sk);
+    return 0;
+}
+#endif
+
+#if defined(FT_HAVE_SSL) || defined(FT_HAVE_GOTLS) || defined(FT_HAVE_TURNS)
+static __always_inline int ssl_socket_io(const void *sk, int rx, u16 protocol, int ret, int flags) {
     u32 zero = 0;
+#ifdef FT_HAVE_TURNS
+    /* TCP data only: not errors, EOF or MSG_PEEK (2), which moves no data */
+    if (protocol == 6 && ret > 0 && !(rx && (flags & 2)))
+        io_turn((u64)sk, rx ? FT_L7_TURN_RX : FT_L7_TURN_TX);
+#endif
 #ifdef FT_HAVE_SSL
     if (rx) {
         s64 *bio = ft_bio_on.lookup(&zero);
@@ -606,6 +655,7 @@ static __always_inline int ssl_socket_io(const void *sk, int rx) {
         }
     }
 #endif
+#if defined(FT_HAVE_SSL) || defined(FT_HAVE_GOTLS)
     s64 *inflight = ft_ssl_inflight.lookup(&zero);
     if (!inflight || *inflight <= 0)
         return 0;
@@ -628,8 +678,9 @@ static __always_inline int ssl_socket_io(const void *sk, int rx) {
             gc->sk = (u64)sk;
     }
 #endif
+#endif
     return 0;
 }
-TRACEPOINT_PROBE(sock, sock_send_length) { return ssl_socket_io(args->sk, 0); }
-TRACEPOINT_PROBE(sock, sock_recv_length) { return ssl_socket_io(args->sk, 1); }
+TRACEPOINT_PROBE(sock, sock_send_length) { return ssl_socket_io(args->sk, 0, args->protocol, args->ret, args->flags); }
+TRACEPOINT_PROBE(sock, sock_recv_length) { return ssl_socket_io(args->sk, 1, args->protocol, args->ret, args->flags); }
 #endif

@@ -36,6 +36,7 @@ events they join (accept, close) have arrived.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import ctypes
 import operator
@@ -58,7 +59,8 @@ from ..decode.tcp_streams import TcpFlow, TcpStreams
 from ..decode.http2 import H2Connection, looks_like_frames
 
 # struct l7_event kinds (bpf/events.h)
-DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE = 1, 2, 3, 4, 5, 6, 7, 8
+DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE, IO_TURN = 1, 2, 3, 4, 5, 6, 7, 8, 9
+TURN_RX, TURN_TX = 1, 2  # IO_TURN's tcp_flags: the thread received / sent
 TCP_FIN, TCP_RST = 0x01, 0x04
 KERNEL_COUNTERS = {0: "l7.ringbuf_full", 1: "l7.flow_map_full", 2: "l7.truncated", 3: "l7.ssl_no_socket", 4: "l7.http_segments_shed"}
 DEFAULT_SSL_LIBS = ("/usr/lib/x86_64-linux-gnu/libssl.so.3",)
@@ -80,6 +82,8 @@ SKIP_BODY_MIN = 64 * 1024  # a body with more bytes still to come is skipped in 
 IDLE_NS = 300_000_000_000  # a flow without events for 5 minutes is ended
 ENDPOINT_KEEP_NS = 30_000_000_000  # closed endpoints stay joinable this long
 HELLO_KEEP_NS = 10_000_000_000
+TURN_KEEP_NS = ENDPOINT_WAIT_NS + ENDPOINT_KEEP_NS  # a row may wait this long for its endpoint, then its tid
+TURNS_PER_SOCKET = 4096  # direction turns kept per socket and direction (rows join them ~1 s after)
 _TS_START = operator.attrgetter("ts_start")
 
 
@@ -91,7 +95,7 @@ class HeaderDecoder:
     the ones it reads)."""
 
     FIELDS = ("ts_ns", "skaddr", "ssl", "length", "seq", "pid", "cap_len", "family",
-              "saddr", "daddr", "sport", "dport", "kind", "tcp_flags", "from_client", "comm")
+              "saddr", "daddr", "sport", "dport", "kind", "tcp_flags", "from_client", "comm", "tid")
     TCP_FIELDS = ("ts_ns", "length", "seq", "cap_len", "saddr", "daddr", "sport", "dport", "from_client")
     SSL_FIELDS = ("skaddr", "ssl", "pid")
 
@@ -144,7 +148,7 @@ def c_header_class() -> type:
             ("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16),
             ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
             ("kind", ctypes.c_uint8), ("tcp_flags", ctypes.c_uint8), ("from_client", ctypes.c_uint8), ("_pad0", ctypes.c_uint8),
-            ("comm", ctypes.c_char * 16), ("data", ctypes.c_uint8 * 2048),
+            ("comm", ctypes.c_char * 16), ("tid", ctypes.c_uint32), ("data", ctypes.c_uint8 * 2048),
         ]
 
     return L7Event
@@ -172,6 +176,56 @@ class Endpoint:
         return cls(ev["skaddr"], "client" if ev["flags"] & 1 else "server", ev["ts_start_ns"], ev["saddr"], ev["sport"],
                    ev["daddr"], ev["dport"], ev["pid"] if ev.get("in_task") else None, ev["comm"] if ev.get("in_task") else None,
                    ev.get("cookie") or 0)
+
+
+class IoTurns:
+    """FT_L7_IO_TURN events by socket: which thread received (a server's request) or sent (a
+    client's request) on a socket when its direction of data turned, for http.tid.
+
+    A row's side takes the turn of its direction (server: receive, client: send) nearest to the
+    row's ts_request, not after its ts_response, on its socket since the endpoint began (a socket
+    address is reused). Nearest, not "first after": the packet path's ts_request is taken at the
+    interface (a client's sock_send_length fires after its segment left, a server's receive after
+    it arrived), TLS rows' at the SSL call, and a turn sits within microseconds of it either way,
+    while the previous exchange's is at least one round trip away."""
+
+    __slots__ = ("by_sk",)
+
+    def __init__(self) -> None:
+        # (skaddr, received) -> (ts list, tid list), in arrival order (time order up to CPU skew)
+        self.by_sk: dict[tuple[int, bool], tuple[list[int], list[int]]] = {}
+
+    def add(self, skaddr: int, ts: int, received: bool, tid: int) -> None:
+        entry = self.by_sk.get((skaddr, received))
+        if entry is None:
+            entry = self.by_sk[(skaddr, received)] = ([], [])
+        tss, tids = entry
+        if len(tss) >= TURNS_PER_SOCKET:
+            del tss[: TURNS_PER_SOCKET // 2], tids[: TURNS_PER_SOCKET // 2]
+        tss.append(ts)
+        tids.append(tid)
+
+    def tid(self, skaddr: int, received: bool, ts: int, ts_response: int | None, since: int) -> int | None:
+        entry = self.by_sk.get((skaddr, received)) if skaddr else None
+        if entry is None:
+            return None
+        tss, tids = entry
+        i = bisect.bisect_left(tss, ts)
+        best, best_d = None, None
+        for j in (i - 1, i, i + 1):
+            if 0 <= j < len(tss):
+                t = tss[j]
+                if t < since or (ts_response is not None and t > ts_response):
+                    continue
+                d = abs(t - ts)
+                if best_d is None or d < best_d:
+                    best, best_d = tids[j], d
+        return best
+
+    def expire(self, before: int) -> None:
+        """Forget the sockets whose last turn is older than `before`."""
+        for k in [k for k, (tss, _) in self.by_sk.items() if tss[-1] < before]:
+            del self.by_sk[k]
 
 
 class _SslStream:
@@ -213,6 +267,7 @@ class L7Decoder:
         self.skip_body: Callable[[int, tuple, bool, int], bool] | None = None
         self.rows: dict[str, list[dict]] = {"dns": [], "tls": []}
         self.http_rows = HttpRows()
+        self.turns = IoTurns()  # which thread did each socket's I/O (http.tid)
         self.counters = collections.Counter({"l7.http_no_endpoint": 0, "l7.tls_plaintext_no_connection": 0})
         self.events = 0
         self.last_ts = 0
@@ -322,7 +377,7 @@ class L7Decoder:
 
     def _feed_one(self, raw: bytes) -> None:
         (ts, skaddr, ssl, length, seq, pid, cap, family, saddr, daddr, sport, dport, kind, tcp_flags, from_client,
-         comm) = self._unpack(raw)
+         comm, tid) = self._unpack(raw)
         if ts > self.last_ts:
             self.last_ts = ts
         off = self._data_offset
@@ -344,6 +399,9 @@ class L7Decoder:
                 self.streams.tcp_end(flow, bool(from_client), bool(tcp_flags & TCP_RST), ts + self.offset)
                 return
             self.streams.push(flow, bool(from_client), ts + self.offset, seq, data, length)
+            return
+        if kind == IO_TURN:
+            self.turns.add(skaddr, ts, tcp_flags == TURN_RX, tid)
             return
         if kind == SSL_FREE:
             st = self.ssl.get((pid, ssl))
@@ -459,7 +517,9 @@ class L7Decoder:
             c = conns[0] if len(conns) == 1 else max(conns, key=_TS_START)
             cid, base = self._endpoint_columns(c)
             http = self.http_rows
-            http.add(http.exchange(row, base), cid, join.pid, join.comm, join.side)
+            resp = row[1]
+            tid = self.turns.tid(join.skaddr, join.side == "server", mono, None if resp is None else resp - self.offset, c.ts_start)
+            http.add(http.exchange(row, base), cid, join.pid, join.comm, join.side, tid)
             return True
         conns = self._alive_at(self.endpoints.get(join, []), mono)
         if not conns:
@@ -469,8 +529,10 @@ class L7Decoder:
             return False
         http = self.http_rows
         x = http.exchange(row, (*join, False))
+        resp = None if row[1] is None else row[1] - self.offset
+        turns = self.turns
         for c in conns:
-            http.add(x, self.conn_id(c), c.pid, c.comm, c.role)
+            http.add(x, self.conn_id(c), c.pid, c.comm, c.role, turns.tid(c.skaddr, c.role == "server", mono, resp, c.ts_start))
         return True
 
     def take_rows(self, now_mono: int | None = None, final: bool = False) -> dict[str, Any]:
@@ -524,6 +586,7 @@ class L7Decoder:
             if ended or now - st.last_ts > IDLE_NS:
                 self._end_ssl(key, st, now)
         self.streams.expire_hellos(now + self.offset, HELLO_KEEP_NS)
+        self.turns.expire(now - TURN_KEEP_NS)
         # closed endpoints stop being joinable after ENDPOINT_KEEP_NS
         for index in (self.endpoints, self.by_sk):
             for k in [k for k, conns in index.items() if all(c.ts_end is not None and now - c.ts_end > ENDPOINT_KEEP_NS for c in conns)]:
@@ -551,6 +614,7 @@ class L7Probe:
     ringbuf_pages: int = 4096  # 16 MiB
     flow_entries: int = 65536
     ssl_sock_entries: int = 65536
+    sock_dir_entries: int = 65536  # TCP sockets whose last I/O direction is kept (http.tid)
     bpf: Any = None
     missing: dict[str, str] = field(default_factory=dict)
     tc: TcAttachments | None = None
@@ -579,9 +643,12 @@ class L7Probe:
         if self.go_tls and not have_tp:
             self.missing["tracepoint sock:sock_send_length"] = "HTTPS plaintext (its socket cannot be found)"
             self.go_tls = False
+        if not have_tp:
+            self.missing["tracepoint sock:sock_recv_length"] = "http.tid (which thread read or wrote a request)"
         self._defines = {"FT_L7_RINGBUF_PAGES": self.ringbuf_pages, "FT_L7_FLOW_ENTRIES": self.flow_entries,
                          "FT_SSL_SOCK_ENTRIES": self.ssl_sock_entries, "FT_HAVE_SSL": 1 if libs else None,
-                         "FT_HAVE_GOTLS": 1 if self.go_tls else None}
+                         "FT_HAVE_GOTLS": 1 if self.go_tls else None, "FT_HAVE_TURNS": 1 if have_tp else None,
+                         "FT_SOCK_DIR_ENTRIES": self.sock_dir_entries}
 
     def source(self) -> str:
         if not self._defines:

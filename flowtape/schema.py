@@ -152,9 +152,9 @@ CONNECTIONS = Table(
         C("retransmits", pa.uint32(), "Segments retransmitted by the local endpoint; null if unknown."),
         C("connect_latency_ns", pa.int64(), "Client: connect() to ESTABLISHED, nanoseconds. Null for server rows and failed connects."),
         C("close_state", pa.string(), "How it ended: 'closed' (FIN), 'reset', 'refused' (RST to SYN), 'timeout' (SYN never answered), 'failed', or 'open' when still open at tape end.", False),
-        C("wire_trace_id", pa.string(), "Trace id carried below HTTP in the connection's packets (IPv4 option 136 or TCP option kind 25), 32 lower-case hex digits, first seen. Not recorded yet: always null.", added="0.3"),
-        C("wire_span_id", pa.string(), "Span id with wire_trace_id, 16 hex digits. Not recorded yet: always null.", added="0.3"),
-        C("wire_trace_source", pa.string(), "Where wire_trace_id was read: 'ip-option' or 'tcp-option'. Not recorded yet: always null.", added="0.3"),
+        C("wire_trace_id", pa.string(), "Trace id carried below HTTP in the connection's packets (IPv4 option 136 or TCP option kind 25), 32 lower-case hex digits, first seen on its packets (either direction) while the endpoint lived, read by the live recorder (changes: table wire_trace_context); null when none was seen and in pcap imports.", added="0.3"),
+        C("wire_span_id", pa.string(), "Span id with wire_trace_id, 16 hex digits (for the IPv4 option, which carries none: from that packet's TCP seq and ack, as wire_trace_context.span_id).", added="0.3"),
+        C("wire_trace_source", pa.string(), "Where wire_trace_id was read: 'ip-option' or 'tcp-option'; null with it.", added="0.3"),
     ),
     time_column="ts_start",
 )
@@ -242,6 +242,29 @@ HTTP = Table(
         C("goroutine", pa.uint64(), "Go programs: the goroutine (its g pointer, R14 at the crypto/tls call) of the exchange side. Not recorded yet: always null.", added="0.3"),
     ),
     time_column="ts_request",
+)
+
+# --- wire_trace_context ------------------------------------------------------------------
+
+WIRE_TRACE_CONTEXT = Table(
+    "wire_trace_context",
+    "A trace context carried below HTTP in a TCP flow's packets (IPv4 option 136 as OBI/Beyla write it, or TCP option "
+    "kind 25), read by the recorder's TC programs without changing the packet: one row when a direction of a flow shows "
+    "one for the first time, and one each time it changes (for the IPv4 option: its trace id; for the TCP option: trace "
+    "or span id). Works for TLS connections too (no decryption). `connections.wire_*` holds the first one of each "
+    "connection. A recorder's own packets (--inject-trace-context) are not written yet.",
+    (
+        C("ts", TS, "Time of the packet.", False),
+        NODE,
+        C("src_ip", IP, "Packet source IP.", False),
+        C("src_port", PORT, "Packet source port.", False),
+        C("dst_ip", IP, "Packet destination IP.", False),
+        C("dst_port", PORT, "Packet destination port.", False),
+        C("trace_id", pa.string(), "Trace id, 32 lower-case hex digits (the option's 16 bytes in order).", False),
+        C("span_id", pa.string(), "Span id, 16 hex digits: the TCP option's 8 bytes; for the IPv4 option (which has none) the packet's TCP sequence then acknowledgement number, each as a little-endian u32, as OBI derives it.", False),
+        C("source", pa.string(), "'ip-option' or 'tcp-option'.", False),
+    ),
+    time_column="ts",
 )
 
 # --- tls ---------------------------------------------------------------------------------
@@ -381,7 +404,7 @@ K8S_ENDPOINTS = Table(
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (FLOWS, CONNECTIONS, DNS, HTTP, TLS, K8S_PODS, K8S_SERVICES, K8S_NODES, K8S_ENDPOINTS)
+    t.name: t for t in (FLOWS, CONNECTIONS, DNS, HTTP, TLS, WIRE_TRACE_CONTEXT, K8S_PODS, K8S_SERVICES, K8S_NODES, K8S_ENDPOINTS)
 }
 
 # --- manifest ----------------------------------------------------------------------------

@@ -75,6 +75,61 @@ srv.serve_forever()
 """
 
 
+# TLS connections that carry a trace context below HTTP: one whose every packet has the IPv4
+# option 136 (set with IP_OPTIONS, as root: the kernel takes unknown options from CAP_NET_RAW),
+# one into which two segments with TCP option 25 are injected (raw socket, the connection's own
+# 4-tuple: the server answers them as out-of-window ACKs and the connection goes on).
+WIRE = r"""
+import socket, ssl, struct, sys, time
+dst, trace_ip, trace_tcp, span1, span2 = sys.argv[1], bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3]), bytes.fromhex(sys.argv[4]), bytes.fromhex(sys.argv[5])
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+def exchange(s):
+    s.sendall(b"GET /f100 HTTP/1.1\r\nHost: a.lab.test\r\n\r\n")
+    got = b""
+    while b"x" * 100 not in got:
+        got += s.recv(65536)
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    v = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    while v >> 16:
+        v = (v & 0xFFFF) + (v >> 16)
+    return ~v & 0xFFFF
+def inject(src, sport, span):
+    opts = bytes([25, 26]) + trace_tcp + span + b"\x01\x01"
+    h = struct.pack("!HHIIBBHHH", sport, 443, 12345, 1, (20 + len(opts)) // 4 << 4, 0x10, 1024, 0, 0) + opts
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(h))
+    h = h[:16] + struct.pack("!H", csum(pseudo + h)) + h[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(h), 0, 0x4000, 64, 6, 0, socket.inet_aton(src), socket.inet_aton(dst))
+    ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    raw.sendto(ip + h, (dst, 0))
+    raw.close()
+a = socket.socket()
+a.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([136, 20]) + trace_ip + b"\0\0")
+a.connect((dst, 443))
+pa = a.getsockname()[1]
+a = ctx.wrap_socket(a)
+exchange(a)
+b = socket.create_connection((dst, 443))
+src, pb = b.getsockname()
+b = ctx.wrap_socket(b)
+exchange(b)
+inject(src, pb, span1)
+time.sleep(0.2)
+inject(src, pb, span2)
+time.sleep(0.2)
+exchange(b)  # the connection still works
+exchange(a)
+a.close()
+b.close()
+print(pa, pb, flush=True)
+"""
+TRACE_IP, TRACE_TCP = "0af7651916cd43dd8448eb211c80319c", "5b8aa5a2d2c872e8321cf37308d69df2"
+SPANS = ("00f067aa0ba902b7", "53995c3f42cd8ad8")
+
+
 @pytest.fixture(scope="module")
 def journeys(ebpf_host, tmp_path_factory):  # noqa: F811
     work = tmp_path_factory.mktemp("journeys")
@@ -96,6 +151,8 @@ def journeys(ebpf_host, tmp_path_factory):  # noqa: F811
                     cli.run(["curl", "-s", "-o", "/dev/null", f"http://{mid.ip}:8080/k1", f"http://{mid.ip}:8080/k2"], timeout=30)
                     cli.run(["curl", "-s", "-k", "-o", "/dev/null", "--http2", "--resolve", f"a.lab.test:{H2_PORT}:{down.ip}",
                              "-H", f"traceparent: {TRACE}", "-H", f"tracestate: {STATE}", f"https://a.lab.test:{H2_PORT}/f100"], timeout=30)
+                    wire = cli.run([sys.executable, "-c", WIRE, down.ip, TRACE_IP, TRACE_TCP, *SPANS], timeout=60)
+                    wire_ports = [int(p) for p in wire.stdout.split()]
                     time.sleep(1.5)
                 time.sleep(0.5)
         finally:
@@ -107,8 +164,10 @@ def journeys(ebpf_host, tmp_path_factory):  # noqa: F811
                 "-T", "fields", "-E", "separator=\t", *[a for f in fields for a in ("-e", f)]]
         out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
         heads = [line.split("\t") for line in out.splitlines() if line]
+        syn = subprocess.run(["tshark", "-n", "-r", str(pcaps[lab.bridge]), "-Y", f"tcp.flags.syn == 1 && tcp.flags.ack == 0 && tcp.srcport == {wire_ports[0]}",
+                              "-T", "fields", "-e", "tcp.seq_raw", "-e", "tcp.ack_raw", "-e", "ip.hdr_len"], check=True, capture_output=True, text=True).stdout.split()
         yield {"tape": flowtape.open(str(tape)), "log": [json.loads(x) for x in log.read_text().splitlines()], "heads": heads,
-               "cli": cli, "mid": mid, "down": down}
+               "cli": cli, "mid": mid, "down": down, "wire_ports": wire_ports, "syn": syn}
 
 
 def _rows(tape, where: str) -> list[dict]:
@@ -170,3 +229,29 @@ def test_tracestate_and_http2_trace_context(journeys):
     assert {(r["side"], r["http_version"], r["traceparent"], r["tracestate"]) for r in h2} == {
         ("client", "HTTP/2", TRACE, STATE), ("server", "HTTP/2", TRACE, STATE)}
     assert all(r["request_seq"] is None and r["response_seq"] is None for r in h2)
+
+
+def test_trace_context_below_http_from_ip_and_tcp_options(journeys):
+    j = journeys
+    p_ip, p_tcp = j["wire_ports"]
+    seq, ack, hdr_len = (int(x) for x in j["syn"])
+    assert hdr_len == 40  # tshark saw the option on the SYN: 20 bytes of header + 20 of option
+    # OBI's span id for the IPv4 option: the packet's seq then ack, each a little-endian u32 (the SYN's: ack 0)
+    span_ip = (seq.to_bytes(4, "little") + ack.to_bytes(4, "little")).hex()
+    rows = j["tape"].sql("select * from wire_trace_context order by ts").pl().to_dicts()
+    got = [(r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"], r["trace_id"], r["span_id"], r["source"]) for r in rows]
+    cli, down = j["cli"].ip, j["down"].ip
+    assert got == [(cli, p_ip, down, 443, TRACE_IP, span_ip, "ip-option"),  # once: the trace id does not change
+                   (cli, p_tcp, down, 443, TRACE_TCP, SPANS[0], "tcp-option"),
+                   (cli, p_tcp, down, 443, TRACE_TCP, SPANS[1], "tcp-option")]  # a new span id: a change
+    conns = j["tape"].sql(f"select * from connections where server_ip = '{down}' and server_port = 443").pl().to_dicts()
+    by_port = defaultdict(set)
+    for c in conns:
+        by_port[c["client_port"]].add((c["role"], c["wire_trace_id"], c["wire_span_id"], c["wire_trace_source"]))
+    assert by_port[p_ip] == {("client", TRACE_IP, span_ip, "ip-option"), ("server", TRACE_IP, span_ip, "ip-option")}
+    assert by_port[p_tcp] == {("client", TRACE_TCP, SPANS[0], "tcp-option"), ("server", TRACE_TCP, SPANS[0], "tcp-option")}  # the first one
+    others = j["tape"].sql(f"select wire_trace_id, wire_span_id, wire_trace_source from connections where client_port not in ({p_ip}, {p_tcp})").fetchall()
+    assert len(others) > 20 and set(others) == {(None, None, None)}  # every other connection carried none
+    # both TLS connections still served their two requests (decrypted by the uprobes)
+    tls = j["tape"].sql(f"select client_port, count(*) n from http where tls and server_port = 443 and side = 'client' group by 1").pl().to_dicts()
+    assert {(r["client_port"], r["n"]) for r in tls} == {(p_ip, 2), (p_tcp, 2)}

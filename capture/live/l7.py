@@ -59,10 +59,13 @@ from ..decode.tcp_streams import TcpFlow, TcpStreams
 from ..decode.http2 import H2Connection, looks_like_frames
 
 # struct l7_event kinds (bpf/events.h)
-DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE, IO_TURN = 1, 2, 3, 4, 5, 6, 7, 8, 9
+DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE, IO_TURN, WIRE_TRACE = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+WIRE_SOURCES = {1: "ip-option", 2: "tcp-option"}  # WIRE_TRACE's tcp_flags
+NO_WIRE = (None, None, None)
 TURN_RX, TURN_TX = 1, 2  # IO_TURN's tcp_flags: the thread received / sent
 TCP_FIN, TCP_RST = 0x01, 0x04
-KERNEL_COUNTERS = {0: "l7.ringbuf_full", 1: "l7.flow_map_full", 2: "l7.truncated", 3: "l7.ssl_no_socket", 4: "l7.http_segments_shed"}
+KERNEL_COUNTERS = {0: "l7.ringbuf_full", 1: "l7.flow_map_full", 2: "l7.truncated", 3: "l7.ssl_no_socket", 4: "l7.http_segments_shed",
+                   5: "l7.wire_trace_map_full"}
 DEFAULT_SSL_LIBS = ("/usr/lib/x86_64-linux-gnu/libssl.so.3",)
 SSL_FUNCS = (  # (symbol, entry program, return program)
     ("SSL_write", "ft_ssl_write_enter", "ft_ssl_write_return"),
@@ -83,6 +86,7 @@ IDLE_NS = 300_000_000_000  # a flow without events for 5 minutes is ended
 ENDPOINT_KEEP_NS = 30_000_000_000  # closed endpoints stay joinable this long
 HELLO_KEEP_NS = 10_000_000_000
 TURN_KEEP_NS = ENDPOINT_WAIT_NS + ENDPOINT_KEEP_NS  # a row may wait this long for its endpoint, then its tid
+WIRE_SLACK_NS = 1_000_000_000  # a trace context this long before an endpoint's start is still its own
 TURNS_PER_SOCKET = 4096  # direction turns kept per socket and direction (rows join them ~1 s after)
 _TS_START = operator.attrgetter("ts_start")
 
@@ -179,52 +183,50 @@ class Endpoint:
 
 
 class IoTurns:
-    """FT_L7_IO_TURN events by socket: which thread received (a server's request) or sent (a
-    client's request) on a socket when its direction of data turned, for http.tid.
+    """FT_L7_IO_TURN events by socket, for http.tid: the thread that turned a socket's data into its
+    request direction (a server's receive, a client's send), sent only when it changed.
 
-    A row's side takes the turn of its direction (server: receive, client: send) nearest to the
-    row's ts_request, not after its ts_response, on its socket since the endpoint began (a socket
-    address is reused). Nearest, not "first after": the packet path's ts_request is taken at the
-    interface (a client's sock_send_length fires after its segment left, a server's receive after
-    it arrived), TLS rows' at the SSL call, and a turn sits within microseconds of it either way,
-    while the previous exchange's is at least one round trip away."""
+    A row takes the last turn on its socket before its response (bpf/l7.c sends a turn only when
+    its thread differs from the previous one, so an exchange whose turn was not sent had the
+    previous one's thread), since its endpoint began (a socket address is reused), and only a turn
+    of the row's direction (a server row: a receive; a client row: a send; a socket whose first data
+    went the other way, a server-speaks-first protocol, gives none). Without a response, turns up to
+    NO_RESPONSE_NS after the request count. The bound is the response, not the request: a packet
+    row's ts_request is taken at the interface, before a server's recv and before a client's
+    sock_send_length fires (after its segment left)."""
 
     __slots__ = ("by_sk",)
+    NO_RESPONSE_NS = 1_000_000_000
 
     def __init__(self) -> None:
-        # (skaddr, received) -> (ts list, tid list), in arrival order (time order up to CPU skew)
-        self.by_sk: dict[tuple[int, bool], tuple[list[int], list[int]]] = {}
+        # skaddr -> (ts list, tid list, received list), in arrival order (time order up to CPU skew)
+        self.by_sk: dict[int, tuple[list[int], list[int], list[bool]]] = {}
 
     def add(self, skaddr: int, ts: int, received: bool, tid: int) -> None:
-        entry = self.by_sk.get((skaddr, received))
+        entry = self.by_sk.get(skaddr)
         if entry is None:
-            entry = self.by_sk[(skaddr, received)] = ([], [])
-        tss, tids = entry
+            entry = self.by_sk[skaddr] = ([], [], [])
+        tss, tids, rx = entry
         if len(tss) >= TURNS_PER_SOCKET:
-            del tss[: TURNS_PER_SOCKET // 2], tids[: TURNS_PER_SOCKET // 2]
+            del tss[: TURNS_PER_SOCKET // 2], tids[: TURNS_PER_SOCKET // 2], rx[: TURNS_PER_SOCKET // 2]
         tss.append(ts)
         tids.append(tid)
+        rx.append(received)
 
     def tid(self, skaddr: int, received: bool, ts: int, ts_response: int | None, since: int) -> int | None:
-        entry = self.by_sk.get((skaddr, received)) if skaddr else None
+        entry = self.by_sk.get(skaddr) if skaddr else None
         if entry is None:
             return None
-        tss, tids = entry
-        i = bisect.bisect_left(tss, ts)
-        best, best_d = None, None
-        for j in (i - 1, i, i + 1):
-            if 0 <= j < len(tss):
-                t = tss[j]
-                if t < since or (ts_response is not None and t > ts_response):
-                    continue
-                d = abs(t - ts)
-                if best_d is None or d < best_d:
-                    best, best_d = tids[j], d
-        return best
+        tss, tids, rx = entry
+        bound = ts + self.NO_RESPONSE_NS if ts_response is None else ts_response
+        j = bisect.bisect_right(tss, bound) - 1
+        if j < 0 or tss[j] < since or rx[j] != received:
+            return None
+        return tids[j]
 
     def expire(self, before: int) -> None:
         """Forget the sockets whose last turn is older than `before`."""
-        for k in [k for k, (tss, _) in self.by_sk.items() if tss[-1] < before]:
+        for k in [k for k, (tss, _, _) in self.by_sk.items() if tss[-1] < before]:
             del self.by_sk[k]
 
 
@@ -265,7 +267,9 @@ class L7Decoder:
         # Set by the recorder to L7Probe.skip_body: tells the kernel where a long body of one
         # direction ends, so it stops sending that body's segments. Returns False if it could not.
         self.skip_body: Callable[[int, tuple, bool, int], bool] | None = None
-        self.rows: dict[str, list[dict]] = {"dns": [], "tls": []}
+        self.rows: dict[str, list[dict]] = {"dns": [], "tls": [], "wire_trace_context": []}
+        # trace contexts read from packets, by the flow's two (ip, port) ends sorted: (mono ts, trace, span, source)
+        self.wire: dict[tuple, list[tuple]] = {}
         self.http_rows = HttpRows()
         self.turns = IoTurns()  # which thread did each socket's I/O (http.tid)
         self.counters = collections.Counter({"l7.http_no_endpoint": 0, "l7.tls_plaintext_no_connection": 0})
@@ -403,6 +407,9 @@ class L7Decoder:
         if kind == IO_TURN:
             self.turns.add(skaddr, ts, tcp_flags == TURN_RX, tid)
             return
+        if kind == WIRE_TRACE:
+            self._wire_trace(ts, family, saddr, daddr, sport, dport, data, tcp_flags)
+            return
         if kind == SSL_FREE:
             st = self.ssl.get((pid, ssl))
             if st is not None:
@@ -416,6 +423,28 @@ class L7Decoder:
             self.rows["dns"] += self.dns.feed_udp(ts + self.offset, data, src, sport, dst, dport)
         elif kind == TLS_HELLO:
             self.streams.hello(ts + self.offset, (src, sport, dst, dport), data, length)
+
+    def _wire_trace(self, ts: int, family: int, saddr: bytes, daddr: bytes, sport: int, dport: int, data: bytes, source: int) -> None:
+        """A trace context a packet carried below HTTP (first seen in its flow's direction, or changed)."""
+        if len(data) < 24 or source not in WIRE_SOURCES:
+            return
+        src, dst = self._ip(family, saddr), self._ip(family, daddr)
+        trace, span, name = data[:16].hex(), data[16:24].hex(), WIRE_SOURCES[source]
+        self.rows["wire_trace_context"].append({"ts": ts + self.offset, "src_ip": src, "src_port": sport, "dst_ip": dst, "dst_port": dport,
+                                                "trace_id": trace, "span_id": span, "source": name})
+        ends = tuple(sorted(((src, sport), (dst, dport))))
+        self.wire.setdefault(ends, []).append((ts, trace, span, name))
+
+    def wire_context(self, conn: Any) -> tuple:
+        """(wire_trace_id, wire_span_id, wire_trace_source) first seen on an endpoint's packets while it
+        lived (ConnectionTracker.wire), or nulls."""
+        seen = self.wire.get(tuple(sorted(((conn.local_ip, conn.local_port), (conn.remote_ip, conn.remote_port)))))
+        if seen:
+            for ts, trace, span, source in seen:
+                # (a server endpoint starts when its handshake completed: its SYN came just before)
+                if ts >= conn.ts_start - WIRE_SLACK_NS and (conn.ts_end is None or ts <= conn.ts_end):
+                    return trace, span, source
+        return NO_WIRE
 
     def _on_http(self, key: tuple, row: tuple) -> None:
         self.pending.append((self.last_ts + ROW_GRACE_NS, "http", key, row))
@@ -568,7 +597,7 @@ class L7Decoder:
             if not self._expand(item[1], item[2], item[3], sure or live_read >= item[0]):
                 self.waiting.append(item)
         out: dict[str, Any] = {**self.rows, "http": self.http_rows}
-        self.rows, self.http_rows = {"dns": [], "tls": []}, HttpRows()
+        self.rows, self.http_rows = {"dns": [], "tls": [], "wire_trace_context": []}, HttpRows()
         return out
 
     def _housekeeping(self, now: int) -> None:
@@ -587,6 +616,8 @@ class L7Decoder:
                 self._end_ssl(key, st, now)
         self.streams.expire_hellos(now + self.offset, HELLO_KEEP_NS)
         self.turns.expire(now - TURN_KEEP_NS)
+        for ends in [k for k, seen in self.wire.items() if seen[-1][0] < now - TURN_KEEP_NS]:
+            del self.wire[ends]
         # closed endpoints stop being joinable after ENDPOINT_KEEP_NS
         for index in (self.endpoints, self.by_sk):
             for k in [k for k, conns in index.items() if all(c.ts_end is not None and now - c.ts_end > ENDPOINT_KEEP_NS for c in conns)]:
@@ -615,6 +646,7 @@ class L7Probe:
     flow_entries: int = 65536
     ssl_sock_entries: int = 65536
     sock_dir_entries: int = 65536  # TCP sockets whose last I/O direction is kept (http.tid)
+    wire_trace: bool = True  # read IPv4 option 136 / TCP option 25 trace contexts (connections.wire_*)
     bpf: Any = None
     missing: dict[str, str] = field(default_factory=dict)
     tc: TcAttachments | None = None
@@ -648,7 +680,7 @@ class L7Probe:
         self._defines = {"FT_L7_RINGBUF_PAGES": self.ringbuf_pages, "FT_L7_FLOW_ENTRIES": self.flow_entries,
                          "FT_SSL_SOCK_ENTRIES": self.ssl_sock_entries, "FT_HAVE_SSL": 1 if libs else None,
                          "FT_HAVE_GOTLS": 1 if self.go_tls else None, "FT_HAVE_TURNS": 1 if have_tp else None,
-                         "FT_SOCK_DIR_ENTRIES": self.sock_dir_entries}
+                         "FT_SOCK_DIR_ENTRIES": self.sock_dir_entries, "FT_HAVE_WIRE_TRACE": 1 if self.wire_trace else None}
 
     def source(self) -> str:
         if not self._defines:

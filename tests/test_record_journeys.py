@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 import flowtape
+from conftest import run_cli
 from ebpf_support import ebpf_host, require_ebpf  # noqa: F401  (fixture)
 from netlab import H2_PORT, Lab, make_cert, recorder, start_nginx_l7
 
@@ -164,10 +165,14 @@ def journeys(ebpf_host, tmp_path_factory):  # noqa: F811
                 "-T", "fields", "-E", "separator=\t", *[a for f in fields for a in ("-e", f)]]
         out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
         heads = [line.split("\t") for line in out.splitlines() if line]
+        # the same capture through the pcap importer: the same decoders, so the same sequence numbers
+        imported = work / "imported.tape"
+        r = run_cli("import", "pcap", pcaps[lab.bridge], "-o", imported, "--node", "pcap")
+        assert r.code == 0, r.err
         syn = subprocess.run(["tshark", "-n", "-r", str(pcaps[lab.bridge]), "-Y", f"tcp.flags.syn == 1 && tcp.flags.ack == 0 && tcp.srcport == {wire_ports[0]}",
                               "-T", "fields", "-e", "tcp.seq_raw", "-e", "tcp.ack_raw", "-e", "ip.hdr_len"], check=True, capture_output=True, text=True).stdout.split()
         yield {"tape": flowtape.open(str(tape)), "log": [json.loads(x) for x in log.read_text().splitlines()], "heads": heads,
-               "cli": cli, "mid": mid, "down": down, "wire_ports": wire_ports, "syn": syn}
+               "cli": cli, "mid": mid, "down": down, "wire_ports": wire_ports, "syn": syn, "imported": flowtape.open(str(imported))}
 
 
 def _rows(tape, where: str) -> list[dict]:
@@ -197,7 +202,8 @@ def test_server_and_downstream_client_rows_carry_the_thread_that_did_the_io(jour
     assert len(curl) == 7 and all(r["tid"] == r["pid"] for r in curl)
 
 
-def test_request_and_response_seq_equal_tsharks_on_both_sides(journeys):
+@pytest.mark.parametrize("source", ["recorded", "imported"])
+def test_request_and_response_seq_equal_tsharks_on_both_sides(journeys, source):
     j = journeys
     req: dict[tuple, list[int]] = defaultdict(list)
     resp: dict[tuple, list[int]] = defaultdict(list)
@@ -206,7 +212,7 @@ def test_request_and_response_seq_equal_tsharks_on_both_sides(journeys):
             req[(int(sport), int(dport))].append(int(seq))
         else:
             resp[(int(dport), int(sport))].append(int(seq))
-    rows = _rows(j["tape"], "not tls")
+    rows = _rows(j["tape" if source == "recorded" else "imported"], "not tls")
     assert len(rows) == 2 * (7 + 14)  # each plain exchange has a client and a server row: curl->mid 7, mid->nginx 14
     by_conn: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -255,3 +261,6 @@ def test_trace_context_below_http_from_ip_and_tcp_options(journeys):
     # both TLS connections still served their two requests (decrypted by the uprobes)
     tls = j["tape"].sql(f"select client_port, count(*) n from http where tls and server_port = 443 and side = 'client' group by 1").pl().to_dicts()
     assert {(r["client_port"], r["n"]) for r in tls} == {(p_ip, 2), (p_tcp, 2)}
+    # TLS rows have their thread too: the Python client and nginx's worker are single-threaded
+    sides = j["tape"].sql(f"select side, pid, tid from http where tls and server_port = 443").fetchall()
+    assert len(sides) == 8 and all(tid == pid for _side, pid, tid in sides)

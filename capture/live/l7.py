@@ -85,7 +85,10 @@ SKIP_BODY_MIN = 64 * 1024  # a body with more bytes still to come is skipped in 
 IDLE_NS = 300_000_000_000  # a flow without events for 5 minutes is ended
 ENDPOINT_KEEP_NS = 30_000_000_000  # closed endpoints stay joinable this long
 HELLO_KEEP_NS = 10_000_000_000
-TURN_KEEP_NS = ENDPOINT_WAIT_NS + ENDPOINT_KEEP_NS  # a row may wait this long for its endpoint, then its tid
+# Turns are kept this long: rows are joined ROW_GRACE_NS after their exchange, unless their endpoint
+# is still unknown (up to ENDPOINT_WAIT_NS): such late rows get no tid (null), memory stays bounded
+# (two turns per connection at 10k connections/s: 200k kept).
+TURN_KEEP_NS = 10_000_000_000
 WIRE_SLACK_NS = 1_000_000_000  # a trace context this long before an endpoint's start is still its own
 TURNS_PER_SOCKET = 4096  # direction turns kept per socket and direction (rows join them ~1 s after)
 _TS_START = operator.attrgetter("ts_start")
@@ -199,16 +202,24 @@ class IoTurns:
     NO_RESPONSE_NS = 1_000_000_000
 
     def __init__(self) -> None:
-        # skaddr -> (ts list, tid list, received list), in arrival order (time order up to CPU skew)
-        self.by_sk: dict[int, tuple[list[int], list[int], list[bool]]] = {}
+        # skaddr -> (ts list, tid list, received list), in arrival order (time order up to CPU skew);
+        # the dict in order of each socket's last turn, so expire() stops at the first one kept
+        self.by_sk: collections.OrderedDict[int, tuple[list[int], list[int], list[bool]]] = collections.OrderedDict()
 
     def add(self, skaddr: int, ts: int, received: bool, tid: int) -> None:
-        entry = self.by_sk.get(skaddr)
+        by_sk = self.by_sk
+        entry = by_sk.get(skaddr)
         if entry is None:
-            entry = self.by_sk[skaddr] = ([], [], [])
+            entry = by_sk[skaddr] = ([], [], [])
+        else:
+            by_sk.move_to_end(skaddr)
+            tss = entry[0]
+            if len(tss) >= TURNS_PER_SOCKET or ts - tss[0] > TURN_KEEP_NS:  # an address reused all along: its old turns go
+                keep = bisect.bisect_left(tss, ts - TURN_KEEP_NS)
+                keep = max(keep, len(tss) - TURNS_PER_SOCKET // 2)
+                for lst in entry:
+                    del lst[:keep]
         tss, tids, rx = entry
-        if len(tss) >= TURNS_PER_SOCKET:
-            del tss[: TURNS_PER_SOCKET // 2], tids[: TURNS_PER_SOCKET // 2], rx[: TURNS_PER_SOCKET // 2]
         tss.append(ts)
         tids.append(tid)
         rx.append(received)
@@ -226,8 +237,12 @@ class IoTurns:
 
     def expire(self, before: int) -> None:
         """Forget the sockets whose last turn is older than `before`."""
-        for k in [k for k, (tss, _, _) in self.by_sk.items() if tss[-1] < before]:
-            del self.by_sk[k]
+        by_sk = self.by_sk
+        while by_sk:
+            k, (tss, _, _) = next(iter(by_sk.items()))
+            if tss and tss[-1] >= before:
+                return
+            del by_sk[k]
 
 
 class _SslStream:
@@ -438,6 +453,8 @@ class L7Decoder:
     def wire_context(self, conn: Any) -> tuple:
         """(wire_trace_id, wire_span_id, wire_trace_source) first seen on an endpoint's packets while it
         lived (ConnectionTracker.wire), or nulls."""
+        if not self.wire:
+            return NO_WIRE  # the common case: no packet carried any
         seen = self.wire.get(tuple(sorted(((conn.local_ip, conn.local_port), (conn.remote_ip, conn.remote_port)))))
         if seen:
             for ts, trace, span, source in seen:
@@ -616,8 +633,9 @@ class L7Decoder:
                 self._end_ssl(key, st, now)
         self.streams.expire_hellos(now + self.offset, HELLO_KEEP_NS)
         self.turns.expire(now - TURN_KEEP_NS)
-        for ends in [k for k, seen in self.wire.items() if seen[-1][0] < now - TURN_KEEP_NS]:
-            del self.wire[ends]
+        if self.wire:
+            for ends in [k for k, seen in self.wire.items() if seen[-1][0] < now - ENDPOINT_WAIT_NS]:
+                del self.wire[ends]
         # closed endpoints stop being joinable after ENDPOINT_KEEP_NS
         for index in (self.endpoints, self.by_sk):
             for k in [k for k, conns in index.items() if all(c.ts_end is not None and now - c.ts_end > ENDPOINT_KEEP_NS for c in conns)]:

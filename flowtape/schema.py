@@ -267,6 +267,23 @@ WIRE_TRACE_CONTEXT = Table(
     time_column="ts",
 )
 
+# --- go_spawns ----------------------------------------------------------------------------
+
+GO_SPAWNS = Table(
+    "go_spawns",
+    "A goroutine created by another in a Go program (uprobes on runtime.newproc1: the creator's g at entry, the new "
+    "g at each RET), for linking `http.goroutine` values into causal chains. g pointers are reused after a goroutine "
+    "exits: a link holds from its ts on. Not recorded yet: the table is declared and always empty.",
+    (
+        C("ts", TS, "Time the goroutine was created.", False),
+        NODE,
+        C("pid", pa.int32(), "Process (thread group) id of the Go program.", False),
+        C("parent_g", pa.uint64(), "g pointer of the goroutine that called `go` (R14 at runtime.newproc1's entry).", False),
+        C("child_g", pa.uint64(), "g pointer of the new goroutine (RAX at runtime.newproc1's return).", False),
+    ),
+    time_column="ts",
+)
+
 # --- tls ---------------------------------------------------------------------------------
 
 TLS = Table(
@@ -404,7 +421,7 @@ K8S_ENDPOINTS = Table(
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (FLOWS, CONNECTIONS, DNS, HTTP, TLS, WIRE_TRACE_CONTEXT, K8S_PODS, K8S_SERVICES, K8S_NODES, K8S_ENDPOINTS)
+    t.name: t for t in (FLOWS, CONNECTIONS, DNS, HTTP, TLS, WIRE_TRACE_CONTEXT, GO_SPAWNS, K8S_PODS, K8S_SERVICES, K8S_NODES, K8S_ENDPOINTS)
 }
 
 # --- manifest ----------------------------------------------------------------------------

@@ -25,7 +25,9 @@ H2_FIELDS = ("stream_id", "grpc_service", "grpc_method", "grpc_status", "grpc_me
 _NX = len(EXCHANGE_FIELDS)
 
 BASE_FIELDS = ("client_ip", "client_port", "server_ip", "server_port", "tls")
-SIDE_COLUMNS = ("conn_id", "pid", "comm", "side", "tid", "goroutine")
+SIDE_COLUMNS = ("conn_id", "pid", "comm", "side", "tid")
+# per row too, but kept only once a row has one (today none does: a column of nulls costs nothing per row)
+SPARSE_SIDE_COLUMNS = ("goroutine",)
 _SCHEMA = table("http").arrow_schema
 
 
@@ -42,7 +44,7 @@ class HttpRows:
         self.comm: list[str | None] = []
         self.side: list[str] = []
         self.tid: list[int | None] = []
-        self.goroutine: list[int | None] = []
+        self.goroutine: list[int | None] | None = None  # made at the first row that has one
         self.long = False  # some exchange is an HTTP/2 one (has H2_FIELDS)
 
     def exchange(self, row: tuple, base: tuple) -> int:
@@ -60,7 +62,10 @@ class HttpRows:
         self.comm.append(comm)
         self.side.append(side)
         self.tid.append(tid)
-        self.goroutine.append(goroutine)
+        if goroutine is not None and self.goroutine is None:
+            self.goroutine = [None] * (len(self.of) - 1)
+        if self.goroutine is not None:
+            self.goroutine.append(goroutine)
 
     def __len__(self) -> int:
         return len(self.of)
@@ -74,7 +79,7 @@ class HttpRows:
             row.update(zip(EXCHANGE_FIELDS + H2_FIELDS, self.exchanges[x]))
             row.update(zip(BASE_FIELDS, self.bases[x]))
             row.update(conn_id=self.conn_id[i], pid=self.pid[i], comm=self.comm[i], side=self.side[i], tid=self.tid[i],
-                       goroutine=self.goroutine[i])
+                       goroutine=None if self.goroutine is None else self.goroutine[i])
             yield row
 
     def to_arrow(self) -> pa.Table:
@@ -99,6 +104,9 @@ class HttpRows:
                 columns = {name: col.take(index) for name, col in columns.items()}
             for name in SIDE_COLUMNS:
                 columns[name] = pa.array(getattr(self, name), _SCHEMA.field(name).type)
+            for name in SPARSE_SIDE_COLUMNS:
+                values = getattr(self, name)
+                columns[name] = pa.nulls(len(self.of), _SCHEMA.field(name).type) if values is None else pa.array(values, _SCHEMA.field(name).type)
             return pa.Table.from_arrays([columns[f.name] for f in _SCHEMA], schema=_SCHEMA)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # a value that does not fit: the row path names the column
             return conform(table("http"), list(self))

@@ -18,7 +18,22 @@ traps on SSL_read/SSL_write, which no recorder-side optimisation removes). One m
 run per protocol, with kernel.bpf_stats_enabled, gives each program's runs per request and
 ns per run.
 
+The user's alternative is in the same run: every step also runs the same load under
+`tcpdump -i <the lab bridge> -w FILE -s 256` and `-s 0` (capture_arms.py), between the recorded
+run and the second baseline, and reports for each of the three arms the served ratio, the capture
+process's CPU per request (user+sys, and user alone), the nginx worker's CPU per request, what was
+lost (lost events; tcpdump's "dropped by kernel") and bytes on disk per request (the pcap; the tape
+after compression). The issue's targets: recorder CPU per request <= 5x tcpdump -s 256's, bytes per
+request <= 1/20 of tcpdump -s 0's, a served ratio >= 0.9 at saturation. The recorder's RSS after
+start and its peak are printed per recorded run.
+
+The DNS arm (--dns): dnsmasq in one namespace answering from its own records, a small fixed-rate
+UDP client in another (dns_load.py: paced bursts, every reply matched by txid), without the
+recorder, with it (every query and response must become a `dns` row, 0 lost) and with tcpdump.
+
 Run as root:  .venv/bin/python benchmarks/bench_l7.py [--seconds 4] [--json out.json]
+              [--protos plain,tls] [--rates 10000,20000,30000] [--conns 1,4,16] [--no-tcpdump] [--dns 20000]
+              [--soak MINUTES]   (the recorder's RSS after start and every 30 s under HTTP + DNS load)
 """
 
 from __future__ import annotations
@@ -37,7 +52,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
-from netlab import Lab, make_cert, start_nginx_l7  # noqa: E402
+from netlab import Lab, make_cert, start_dnsmasq, start_nginx_l7  # noqa: E402
+
+from capture_arms import SNAPLENS, cpu_split, folder_bytes, memory_mib, per_request, tcpdumped  # noqa: E402
 
 from flowtape.capture.live import ebpf  # noqa: E402
 
@@ -68,27 +85,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def recorded(lab, run, workdir: Path, tag: str, probes: str = "connections,l7") -> dict:
+def recorded(lab, run, workdir: Path, tag: str, probes: str = "connections,l7", on_start=None) -> dict:
     tape = workdir / f"bench-{tag}.tape"
     rec = subprocess.Popen([FLOWTAPE, "record", "-o", str(tape), "--interfaces", lab.bridge, "--probes", probes, "--no-k8s"],
                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     while "recording to" not in (line := rec.stderr.readline()):
         if not line:
             raise SystemExit(f"recorder did not start: {rec.stderr.read()}")
-    cpu0 = cpu_seconds(rec.pid)
+    mem_start = memory_mib(rec.pid)["VmRSS"]
+    if on_start is not None:
+        on_start(rec.pid)
+    u0, s0 = cpu_split(rec.pid)
     result = run()
     time.sleep(2.0)  # the recorder catches up with what the load caused (rows wait ~1 s for their endpoints)
-    cpu1 = cpu_seconds(rec.pid)
+    u1, s1 = cpu_split(rec.pid)
+    mem = memory_mib(rec.pid)
     rec.send_signal(signal.SIGINT)
     err = rec.stderr.read()
     if rec.wait() != 0:  # a recorder that failed must not pass for one that cost nothing
         raise SystemExit(f"bench_l7: the recorder exited with {rec.returncode}:\n{err[-3000:]}")
     m = json.loads((tape / "manifest.json").read_text())
     lost = {k: v for counters in m["lost"].values() for k, v in counters.items()}
-    result.update(cpu_s=cpu1 - cpu0, lost_events=lost.get("l7.ringbuf_full", 0) + lost.get("connections.ringbuf_full", 0),
+    result.update(cpu_s=u1 + s1 - u0 - s0, cpu_user_s=u1 - u0, cpu_sys_s=s1 - s0, bytes=folder_bytes(tape),
+                  rss_start_mib=round(mem_start, 1), rss_end_mib=round(mem["VmRSS"], 1), rss_peak_mib=round(mem["VmHWM"], 1),
+                  dns_rows=m["tables"].get("dns", {}).get("rows", 0), lost_events=lost.get("l7.ringbuf_full", 0) + lost.get("connections.ringbuf_full", 0),
                   lost=lost, http_rows=m["tables"].get("http", {}).get("rows", 0),
                   programs={n: (p["run_cnt"], p["run_time_ns"]) for n, p in m["extra"].get("bpf_programs", {}).items() if p["run_cnt"]})
     return result
+
+
+TCPDUMP = True  # main() sets it from --no-tcpdump
 
 
 def measure(lab, run, workdir: Path, tag: str, workers: list[int], probes: str = "connections,l7") -> dict:
@@ -100,16 +126,137 @@ def measure(lab, run, workdir: Path, tag: str, workers: list[int], probes: str =
 
     before = timed(run)
     rec = timed(lambda: recorded(lab, run, workdir, tag, probes))
+    dumps = {snap: timed(lambda: tcpdumped(lab.bridge, run, workdir, f"{tag}-s{snap}", snap)) for snap in (SNAPLENS if TCPDUMP else ())}
     after = timed(run)
     base = (before["rps"] + after["rps"]) / 2
     nginx_base = (before["nginx_cpu_s"] + after["nginx_cpu_s"]) / (before["requests"] + after["requests"])
+    arms = {"flowtape record": {"ratio": round(rec["rps"] / base, 4), "lost": rec["lost_events"], **per_request(rec),
+                                "nginx_us": round(1e6 * rec["nginx_cpu_s"] / rec["requests"], 2)}}
+    for snap, d in dumps.items():
+        arms[f"tcpdump -s {snap}"] = {"ratio": round(d["rps"] / base, 4), "lost": d["dropped"], **per_request(d),
+                                      "nginx_us": round(1e6 * d["nginx_cpu_s"] / d["requests"], 2)}
     return {
+        "arms": arms, "rss_mib": [rec["rss_start_mib"], rec["rss_end_mib"], rec["rss_peak_mib"]],
         "nginx_cpu_us_per_request": [round(1e6 * nginx_base, 2), round(1e6 * rec["nginx_cpu_s"] / rec["requests"], 2)],
         "baseline_rps": round(base, 1), "recorded_rps": rec["rps"], "ratio": round(rec["rps"] / base, 4),
         "requests": rec["requests"], "http_rows": rec["http_rows"], "lost_events": rec["lost_events"],
         "recorder_cpu_us_per_request": round(1e6 * rec["cpu_s"] / rec["requests"], 2),
         "lost": {k: v for k, v in rec["lost"].items() if v},
     }
+
+
+DNS_NAMES = [f"svc{i}.bench.lab.test" for i in range(32)]
+
+
+_DNS_LAB: list = []
+_DNS_LABS_MADE = [0]
+
+
+def dns_lab(lab):
+    """dnsmasq answering DNS_NAMES in a namespace of its own, and a client namespace (made once)."""
+    if not _DNS_LAB:
+        _DNS_LABS_MADE[0] += 1
+        n = _DNS_LABS_MADE[0]
+        dsrv, dcli = lab.add_host(f"dns{n}"), lab.add_host(f"dcli{n}")
+        server = start_dnsmasq(dsrv, ["--local=/lab.test/", "--local-ttl=300", "--cache-size=0",
+                                      *[f"--host-record={n},10.77.{i // 250}.{i % 250 + 1}" for i, n in enumerate(DNS_NAMES)]])
+        _DNS_LAB[:] = [dsrv, dcli, server]
+    return _DNS_LAB
+
+
+def dns_arm(lab, qps: int, seconds: int, workdir: Path) -> list[dict]:
+    """The DNS arm: dnsmasq under a fixed-rate load (dns_load.py) without capture, with the recorder,
+    with tcpdump -s 256 and -s 0, and without again. Each arm's answered/unanswered counts, the
+    capture's CPU and bytes per query, and for the recorder its dns rows and lost events."""
+    dsrv, dcli, server = dns_lab(lab)
+    argv = [sys.executable, str(HERE / "dns_load.py"), dsrv.ip, str(qps), str(seconds), *DNS_NAMES]
+
+    def load() -> dict:
+        out = json.loads(dcli.run(argv, timeout=seconds + 60).stdout.decode().strip().splitlines()[-1])
+        return {**out, "requests": out["sent"], "rps": out["answer_rate"]}
+
+    def timed(fn):
+        c0 = cpu_seconds(server.pid)
+        out = fn()
+        out["server_cpu_s"] = cpu_seconds(server.pid) - c0
+        return out
+
+    arms = []
+    try:
+        load()  # warm-up
+        arms.append({"arm": "no capture (before)", **timed(load)})
+        arms.append({"arm": "flowtape record", **timed(lambda: recorded(lab, load, workdir, f"dns-{qps}"))})
+        for snap in SNAPLENS if TCPDUMP else ():
+            arms.append({"arm": f"tcpdump -s {snap}", **timed(lambda: tcpdumped(lab.bridge, load, workdir, f"dns-s{snap}", snap))})
+        arms.append({"arm": "no capture (after)", **timed(load)})
+    finally:
+        server.terminate()
+        server.wait()
+        _DNS_LAB.clear()
+    return arms
+
+
+def soak(lab, cli, url: str, minutes: float, rate: int, qps: int, workdir: Path) -> dict:
+    """One recorded run of `minutes`: HTTP keep-alive (h2load at `rate`) and DNS (dns_load.py at `qps`)
+    at once, the recorder's RSS sampled every 30 s; every exchange and query must be a row, 0 lost."""
+    dsrv, dcli, server = dns_lab(lab)
+    seconds = int(minutes * 60)
+    samples: list[tuple[float, float]] = []
+    out: dict = {}
+
+    def load() -> dict:
+        argv = ["h2load", "--h1", "-t1", f"-c{H2LOAD_CLIENTS}", f"--rps={rate / H2LOAD_CLIENTS:g}", "-D", str(seconds), url]
+        web = cli.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        dns = dcli.popen([sys.executable, str(HERE / "dns_load.py"), dsrv.ip, str(qps), str(seconds), *DNS_NAMES],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        t0 = time.monotonic()
+        while web.poll() is None or dns.poll() is None:
+            time.sleep(1.0)
+            if not samples or time.monotonic() - t0 - samples[-1][0] >= 30:
+                samples.append((time.monotonic() - t0, memory_mib(out["pid"])["VmRSS"]))
+        text = web.stdout.read()
+        done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", text)
+        d = json.loads(dns.stdout.read().strip().splitlines()[-1])
+        return {"requests": int(done.group(2)) if done else 0, "rps": 0.0, "dns": d}
+
+    try:
+        r = recorded(lab, load, workdir, "soak", on_start=lambda pid: out.update(pid=pid))
+    finally:
+        server.terminate()
+        server.wait()
+        _DNS_LAB.clear()
+    return {**r, "samples": samples, "minutes": minutes, "rate": rate, "qps": qps}
+
+
+def report_soak(r: dict) -> None:
+    print(f"== soak: {r['minutes']:g} min of h2load keep-alive at {r['rate']} req/s and dns_load.py at {r['qps']} queries/s, one recorded run")
+    print("   recorder RSS (MiB) after start " + f"{r['rss_start_mib']}, then every 30 s: " +
+          ", ".join(f"{t:.0f}s {m:.0f}" for t, m in r["samples"]) + f"; peak {r['rss_peak_mib']} (target <= 150 steady)")
+    d = r["dns"]
+    print(f"   http rows {r['http_rows']} for {r['requests']} requests (2 per request expected); dns rows {r['dns_rows']} for "
+          f"{d['sent']} queries ({d['answered']} answered); lost events {r['lost_events']} {r['lost'] if r['lost_events'] else ''}")
+
+
+def report_dns(qps: int, seconds: int, arms: list[dict]) -> None:
+    print(f"== DNS: dns_load.py at {qps} queries/s offered (16 UDP sockets, A queries, open loop) for {seconds}s against dnsmasq")
+    print("   CPU us/query: the capture process, user+sys (user); dnsmasq us/query; bytes on disk per query")
+    print(f"   {'arm':<20} {'sent':>8} {'answered':>9} {'unanswered':>10} {'lost':>5} {'dns rows':>9} {'CPU us/q':>16} {'dnsmasq us/q':>12} {'bytes/q':>8}")
+    base = [a for a in arms if a["arm"].startswith("no capture")]
+    for a in arms:
+        q = max(a["sent"], 1)
+        cpu = f"{1e6 * (a['cpu_user_s'] + a['cpu_sys_s']) / q:8.2f} ({1e6 * a['cpu_user_s'] / q:5.2f})" if "cpu_user_s" in a else ""
+        lost = a.get("lost_events", a.get("dropped", ""))
+        print(f"   {a['arm']:<20} {a['sent']:>8} {a['answered']:>9} {a['unanswered']:>10} {lost:>5} {a.get('dns_rows', ''):>9} {cpu:>16} "
+              f"{1e6 * a['server_cpu_s'] / q:>12.2f} {format(a['bytes'] / q, '.1f') if 'bytes' in a else '':>8}")
+    rec = next(a for a in arms if a["arm"] == "flowtape record")
+    exact = rec["answered"] <= rec["dns_rows"] <= rec["sent"]
+    print(f"   recorder: {rec['dns_rows']} dns rows for {rec['sent']} queries, {rec['answered']} answered "
+          f"({'every answered query written' if exact else 'ROWS MISSING OR EXTRA'}), lost events {rec['lost_events']}; "
+          f"answered {rec['answered'] / max(1, sum(b['answered'] for b in base) / len(base)):.3f} of the baseline's; "
+          f"RSS start {rec['rss_start_mib']} MiB, peak {rec['rss_peak_mib']} (target: 0 lost at >= 20k queries/s)")
+    s256 = next((a for a in arms if a["arm"] == "tcpdump -s 256"), None)
+    if s256 and s256["cpu_user_s"] + s256["cpu_sys_s"] > 0:
+        print(f"   recorder CPU / tcpdump -s 256's: {rec['cpu_s'] / (s256['cpu_user_s'] + s256['cpu_sys_s']):.1f}x")
 
 
 def rows_exact(step: dict, kind: str) -> bool:
@@ -136,6 +283,19 @@ def report(proto: str, kind: str, steps: list[dict], seconds: int) -> None:
         print(f"   {s['step']:>9} {s['baseline_rps']:>11.0f} {s['recorded_rps']:>11.0f} {s['ratio']:>6.3f} {s['lost_events']:>5} "
               f"{s['http_rows']:>10} {2 * s['requests']:>9} {s['recorder_cpu_us_per_request']:>10} {nginx[0]:>6.1f} -> {nginx[1]:<6.1f} {s['lost'] or ''}"
               + ("" if rows_exact(s, kind) else "  ROWS MISSING OR EXTRA"))
+    if steps and len(steps[0]["arms"]) > 1:
+        print("   against tcpdump, same load, same run (CPU: the capture process, user+sys (user); bytes: on disk, per request):")
+        print(f"   {label:>9} {'arm':<16} {'ratio':>6} {'lost':>6} {'CPU us/req':>16} {'nginx us/req':>12} {'bytes/req':>10}")
+        for s in steps:
+            for name, a in s["arms"].items():
+                print(f"   {s['step']:>9} {name:<16} {a['ratio']:>6.3f} {a['lost']:>6} {a['cpu_us']:>8} ({a['cpu_user_us']:>5}) {a['nginx_us']:>12} {a['bytes']:>10}")
+            rec, s256, s0 = s["arms"]["flowtape record"], s["arms"].get("tcpdump -s 256"), s["arms"].get("tcpdump -s 0")
+            if s256 and s0:
+                cpu_x = rec["cpu_us"] / s256["cpu_us"] if s256["cpu_us"] else float("inf")
+                user_x = rec["cpu_user_us"] / s256["cpu_user_us"] if s256["cpu_user_us"] else float("inf")
+                print(f"   {s['step']:>9} recorder CPU / tcpdump -s 256's: {cpu_x:.1f}x (user only {user_x:.1f}x; target <= 5x); "
+                      f"bytes / tcpdump -s 0's: 1/{s0['bytes'] / max(rec['bytes'], 0.1):.0f} (target <= 1/20); "
+                      f"recorder RSS start {s['rss_mib'][0]} MiB, end {s['rss_mib'][1]}, peak {s['rss_mib'][2]} (target <= 150)")
     if kind == "open":
         ok = [s for s in steps if s["lost_events"] == 0 and s["ratio"] >= 0.97 and rows_exact(s, kind)]
         if ok:
@@ -155,7 +315,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=int, default=4, help="length of each load run")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--protos", default="plain,tls", help="comma-separated: plain, tls")
+    ap.add_argument("--rates", default=",".join(map(str, RATES)), help="open-loop offered rates (requests/s), comma-separated; '' for none")
+    ap.add_argument("--conns", default=",".join(map(str, CONNS)), help="closed-loop wrk connection counts, comma-separated; '' for none")
+    ap.add_argument("--no-tcpdump", action="store_true", help="leave out the tcpdump arms")
+    ap.add_argument("--no-stats", action="store_true", help="leave out the eBPF run-time statistics runs")
+    ap.add_argument("--dns", type=int, default=0, metavar="QPS", help="also run the DNS arm at this many queries/s (0: not)")
+    ap.add_argument("--soak", type=float, default=0, metavar="MINUTES",
+                    help="also one recorded run of this many minutes: HTTP at the first --rates rate and DNS at --dns (default 2000) queries/s, RSS every 30 s")
     args = ap.parse_args()
+    global TCPDUMP
+    TCPDUMP = not args.no_tcpdump
+    rates = [int(x) for x in args.rates.split(",") if x]
+    conns_list = [int(x) for x in args.conns.split(",") if x]
+    protos = [p for p in args.protos.split(",") if p]
     if os.geteuid() != 0:
         print("bench_l7: needs root", file=sys.stderr)
         return 2
@@ -168,21 +341,35 @@ def main() -> int:
         master, workers = start_nginx_l7(srv, www, tls=make_cert(lab.workdir, ["bench.lab.test"]))
         try:
             for proto, url in (("plain", f"http://{srv.ip}/f100"), ("tls", f"https://{srv.ip}/f100")):
+                if proto not in protos:
+                    continue
                 wrk(cli, url, 1, 4)  # warm-up
-                for rate in RATES:
+                for rate in rates:
                     r = measure(lab, lambda: h2load(cli, url, args.seconds, rate), workdir, f"{proto}-r{rate}", workers)
                     results.setdefault(f"{proto}/open", []).append({"step": rate, **r})
-                for conns in CONNS:
+                for conns in conns_list:
                     r = measure(lab, lambda: wrk(cli, url, args.seconds, conns), workdir, f"{proto}-c{conns}", workers)
                     results.setdefault(f"{proto}/closed", []).append({"step": conns, **r})
+                if args.no_stats:
+                    continue
                 # the programs' run times, in a run of their own (the statistics cost two clock reads per run)
                 with ebpf.run_time_stats():
                     r = recorded(lab, lambda: h2load(cli, url, args.seconds, STATS_RATE), workdir, f"{proto}-stats")
                 programs[proto] = {n: (cnt / r["requests"], ns / cnt) for n, (cnt, ns) in r["programs"].items()}
+            if args.dns:
+                results["dns"] = dns_arm(lab, args.dns, args.seconds, workdir)
+            if args.soak:
+                results["soak"] = soak(lab, cli, f"http://{srv.ip}/f100", args.soak, (rates or [2700])[0], args.dns or 2000, workdir)
         finally:
             master.terminate()
             master.wait()
     for key, steps in results.items():
+        if key == "dns":
+            report_dns(args.dns, args.seconds, steps)
+            continue
+        if key == "soak":
+            report_soak(steps)
+            continue
         proto, kind = key.split("/")
         report(proto, kind, steps, args.seconds)
     for proto, progs in programs.items():

@@ -21,6 +21,12 @@ client address cycling through its ~28k ports at ~10k connections/s, SYNs otherw
 landing on the server's TIME_WAIT sockets and the rate collapses to ~500/s for seconds at a
 time, with or without the recorder (it made single runs differ 20x).
 
+Beside each pair, the same wrk run under `tcpdump -i <the lab bridge> -w FILE -s 256` and `-s 0`
+(capture_arms.py): the capture people run today, in the same round. For the recorder and each
+tcpdump: the served ratio (to the round's baseline), the capture process's CPU per request
+(user+sys, and user alone), what it lost (lost events; tcpdump's "dropped by kernel") and bytes on
+disk per request (the pcap; the tape after compression). --no-tcpdump leaves them out.
+
 --tree DIR records with the flowtape of another source tree (a `git worktree` or export of
 the repo), so that two versions are measured in one run, or a version is measured while the
 working tree changes: e.g. --tree /tmp/ft-head --tree . compares HEAD with the working tree.
@@ -47,6 +53,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from netlab import Lab, start_nginx  # noqa: E402
+
+from capture_arms import SNAPLENS, cpu_split, folder_bytes, per_request, tcpdumped  # noqa: E402
 
 from flowtape.capture.live import ebpf  # noqa: E402
 
@@ -96,17 +104,18 @@ def recorded(lab, host, url, seconds, close, workdir: Path, tag: str, extra: lis
         if not line:
             raise SystemExit(f"recorder did not start: {rec.stderr.read()}")
     time.sleep(0.5)  # past start-up (first status line, first drain scheduling)
-    cpu0 = cpu_seconds(rec.pid)
+    u0, s0 = cpu_split(rec.pid)
     result = wrk(host, url, seconds, close)
     time.sleep(1.5)  # let the recorder catch up with what wrk caused
-    cpu1 = cpu_seconds(rec.pid)
+    u1, s1 = cpu_split(rec.pid)
     rec.send_signal(signal.SIGINT)
     rec.stderr.read()
     rec.wait()
     m = json.loads((tape / "manifest.json").read_text())
     lost = {k: v for counters in m["lost"].values() for k, v in counters.items()}
     result.update(
-        cpu_s=cpu1 - cpu0,  # steady state: compiling the programs at start is not counted
+        cpu_s=u1 + s1 - u0 - s0,  # steady state: compiling the programs at start is not counted
+        cpu_user_s=u1 - u0, cpu_sys_s=s1 - s0, bytes=folder_bytes(tape),
         lost=lost,
         programs={n: (p["run_cnt"], p["run_time_ns"]) for n, p in m["extra"].get("bpf_programs", {}).items()},
         rows={n: t.get("rows", 0) for n, t in m["tables"].items()},
@@ -123,6 +132,7 @@ def run_workload(lab, cli, url: str, name: str, close: bool, args, workdir: Path
     """--reps rounds; in each round one (without, with) pair per tree, the order alternating."""
     wrk(cli, url, 1, close)  # warm-up
     pairs: dict[str, list] = {label: [] for label in trees}
+    dumps: dict[int, list] = {}
     extra = ["--probes", args.probes, *args.record_arg]
     for rep in range(args.reps):
         for label, cmd in trees.items():
@@ -135,11 +145,28 @@ def run_workload(lab, cli, url: str, name: str, close: bool, args, workdir: Path
             pairs[label].append((base, rec))
             print(f"   {label}{':' if label else ''}{name} pair {rep + 1}/{args.reps}: baseline {base['rps']:.0f}  recorded {rec['rps']:.0f}"
                   f"  ratio {rec['rps'] / base['rps']:.3f}  cpu {1e6 * rec['cpu_s'] / rec['requests']:.2f} ms/1k", file=sys.stderr, flush=True)
+        if not args.no_tcpdump:  # the capture people run today, in the same round (snaplen order alternating)
+            for snap in SNAPLENS if rep % 2 == 0 else SNAPLENS[::-1]:
+                d = tcpdumped(lab.bridge, lambda: wrk(cli, url, args.seconds, close), workdir, f"{name}-{rep}-s{snap}", snap)
+                dumps.setdefault(snap, []).append((base, d))
     stats_runs = {}
     for label, cmd in trees.items():  # program run times, measured apart (see the docstring)
         with ebpf.run_time_stats():
             stats_runs[label] = recorded(lab, cli, url, args.seconds, close, workdir, f"{name}-stats", extra, cmd)
-    return {label: summarize(p, stats_runs[label]) for label, p in pairs.items()}
+    out = {label: summarize(p, stats_runs[label]) for label, p in pairs.items()}
+    for label, p in pairs.items():
+        out[label]["arms"] = {"flowtape record": arm_summary(p), **{f"tcpdump -s {snap}": arm_summary(d) for snap, d in dumps.items()}}
+    return out
+
+
+def arm_summary(runs: list) -> dict:
+    """Medians over the rounds of one capture arm: ratio to the round's baseline, per-request CPU and bytes, losses."""
+    per = [per_request(r) for _, r in runs]
+    return {"ratio": round(statistics.median(r["rps"] / b["rps"] for b, r in runs), 4),
+            "cpu_us": round(statistics.median(x["cpu_us"] for x in per), 2),
+            "cpu_user_us": round(statistics.median(x["cpu_user_us"] for x in per), 2),
+            "bytes": round(statistics.median(x["bytes"] for x in per), 1),
+            "lost": sum(sum(r["lost"].values()) if isinstance(r.get("lost"), dict) else r["dropped"] for _, r in runs)}
 
 
 def summarize(pairs: list, stats_run: dict) -> dict:
@@ -185,6 +212,7 @@ def main() -> int:
     ap.add_argument("--record-arg", action="append", default=[], help="extra argument for flowtape record (repeatable)")
     ap.add_argument("--tree", action="append", type=Path, default=[], help="source tree to record with (repeatable: trees alternate within each pair round); default: the installed flowtape")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--no-tcpdump", action="store_true", help="leave out the tcpdump arms")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench_record: needs root", file=sys.stderr)
@@ -223,6 +251,15 @@ def main() -> int:
               f"{r['machine_us_per_request']} CPU-µs per request (baseline, {os.cpu_count()} CPUs saturated): ratio ~{r['cost_model_ratio']:.3f}")
         print(f"   CPU ratio    wrk+nginx {r['load_cpu_us_per_request'][0]} CPU-µs per request without, {r['load_cpu_us_per_request'][1]} with, "
               f"+ recorder {r['recorder_us_per_request']}: ratio ~{r['cpu_ratio']:.3f} (medians over the pairs)")
+        arms = r.get("arms", {})
+        if len(arms) > 1:
+            print("   against tcpdump, same wrk run in the same rounds (medians; CPU: the capture process, user+sys (user); bytes on disk):")
+            for arm, a in arms.items():
+                print(f"     {arm:<16} ratio {a['ratio']:.3f}  lost {a['lost']:>6}  CPU {a['cpu_us']:>6} ({a['cpu_user_us']}) µs/request  {a['bytes']:>8} bytes/request")
+            rec, s256, s0 = arms["flowtape record"], arms.get("tcpdump -s 256"), arms.get("tcpdump -s 0")
+            if s256 and s0:
+                print(f"     recorder CPU / tcpdump -s 256's: {rec['cpu_us'] / s256['cpu_us'] if s256['cpu_us'] else float('inf'):.1f}x (target <= 5x); "
+                      f"bytes / tcpdump -s 0's: 1/{s0['bytes'] / max(rec['bytes'], 0.1):.0f} (target <= 1/20)")
         for prog, p in sorted(r["programs"].items()):
             if p["runs"]:
                 print(f"   {prog:<45} {p['runs']:>10} runs  {p['ns_per_run']:>8} ns/run")

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import duckdb
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # imported where used: the recorder writes tapes through this package and reads none,
+    import duckdb  # and the two libraries' code pages were ~45 MiB of its resident memory
+    import polars as pl
 
 from . import storage
 from .errors import QueryError, TapeError
@@ -152,6 +154,8 @@ class Tape:
         self.parts, self.problems = scan_parts(self.path, self.manifest)
         for rel in (self.manifest.get("extra", {}).get("pulled_from") or {}).get("parts_missing") or []:
             self.problems.append(Problem(rel, "listed in the bucket's manifest but not in the bucket (a manifest newer than its parts); not read"))
+        import duckdb
+
         self.con = duckdb.connect(":memory:")
         self._analysis: Any = None
         # Reports must not depend on the reader's local time zone (date_trunc, display, .pl()).
@@ -239,6 +243,8 @@ class Tape:
 
     def lazy(self, name: str) -> pl.LazyFrame:
         """The table as a Polars LazyFrame (nothing is read until .collect())."""
+        import polars as pl
+
         decl = TABLES[_known(name)]
         files = self._files[decl.name]
         if not files:
@@ -258,6 +264,8 @@ class Tape:
 
     def sql(self, query: str, params: Any = None) -> duckdb.DuckDBPyRelation:
         """Run SQL over the tape's views; a lazy relation (QueryError with DuckDB's message on failure)."""
+        import duckdb
+
         try:
             return self.con.sql(query, params=params) if params is not None else self.con.sql(query)
         except duckdb.Error as e:

@@ -19,15 +19,16 @@ if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null; then
         exit 1
     fi
 fi
-# A C compiler and Python's headers build capture/decode/_http1.c, the recorder's HTTP decoder. Without
-# them the install still succeeds and a slower pure-Python decoder is used.
+# A C compiler and Python's headers build capture/decode/_http1.c, _http2.c, _dns.c and _tls.c (the recorder's
+# HTTP/1, HTTP/2, DNS and ClientHello decoders) and the ring and pcap loops. Without them the install still
+# succeeds and slower pure-Python decoders are used.
 PYINC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 if ! command -v gcc >/dev/null || [ ! -f "$PYINC/Python.h" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "bootstrap: installing gcc and python3-dev (for capture/decode/_http1.c)"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc python3-dev >/dev/null
     else
-        echo "bootstrap: no gcc or $PYINC/Python.h: the compiled HTTP decoder will not be built (sudo apt-get install gcc python3-dev)" >&2
+        echo "bootstrap: no gcc or $PYINC/Python.h: the compiled HTTP decoders will not be built (sudo apt-get install gcc python3-dev)" >&2
     fi
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"

@@ -277,6 +277,20 @@ def start_nginx(host: Host, root: Path, port: int = 80) -> tuple[subprocess.Pope
     raise RuntimeError("nginx did not start")
 
 
+def wait_line(stream, needle: str, timeout: float = 60) -> str:
+    """Read a child's output until a line containing `needle` (its "ready" line); fail with what it printed."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = stream.readline()
+        if not line:
+            break
+        seen.append(line)
+        if needle in line:
+            return line
+    raise AssertionError(f"never saw {needle!r}; got: {''.join(seen)[-2000:]}")
+
+
 @contextmanager
 def recorder(argv: Sequence[str]) -> Iterator[subprocess.Popen]:
     """`flowtape record ARGV` for the block: yields once it is recording; at the end of the

@@ -5,7 +5,6 @@ its client). Oracles: tshark's http2 dissector and hpack.Decoder."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from collections import defaultdict
 
@@ -17,6 +16,7 @@ from flowtape.capture.decode.http2 import H2Connection, HpackReader, as_dicts
 from flowtape.capture.decode.http_pairing import Redaction
 from flowtape.capture.decode.stats import DecodeStats
 
+from conftest import require_tool
 from pcap_seeds import DATA, segments
 
 PORTS = (8082, 50071)
@@ -47,8 +47,7 @@ def decode(segs, redaction=None, stats=None, at_start=True, split=None):
 @pytest.fixture(scope="module")
 def tshark_frames():
     """tshark's http2 frames per (client port, server port, from_client), in order: type, stream, length, fields."""
-    if shutil.which("tshark") is None:
-        pytest.skip("tshark is not installed")
+    require_tool(("tshark",), "the oracle of these tests")
     out = subprocess.run(
         ["tshark", "-r", str(DATA / "h2c.pcap"), "-d", "tcp.port==8082,http2", "-d", f"tcp.port=={GRPC_PORT},http2",
          "-Y", "http2", "-T", "json", "--no-duplicate-keys", "-J", "tcp http2"],

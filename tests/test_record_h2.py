@@ -26,7 +26,7 @@ import pytest
 import flowtape
 from ebpf_support import ebpf_host, require_ebpf  # noqa: F401  (fixture)
 from flowtape.capture.decode.http2 import grpc_status_name
-from netlab import H2_PORT, H2C_PORT, Lab, access_log, make_cert, start_nginx_l7
+from netlab import H2_PORT, H2C_PORT, Lab, access_log, make_cert, start_nginx_l7, wait_line
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.slow, require_ebpf()]
 
@@ -35,19 +35,6 @@ PEER = str(Path(__file__).with_name("grpc_peer.py"))
 GRPC_PORT = 50051
 NAME = "a.lab.test"
 ROUNDS = 3  # each gRPC method this many times on one channel
-
-
-def _wait_line(stream, needle: str, timeout: float = 60) -> str:
-    seen = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            break
-        seen.append(line)
-        if needle in line:
-            return line
-    raise AssertionError(f"never saw {needle!r}; got: {''.join(seen)[-2000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +47,13 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
         master, _ = start_nginx_l7(srv, www, tls=cert)
         grpc_log = work / "grpc.log"
         grpc = srv.popen([sys.executable, PEER, "serve", f"{srv.ip}:{GRPC_PORT}", str(grpc_log)], stdout=subprocess.PIPE, text=True)
-        _wait_line(grpc.stdout, "ready")
+        wait_line(grpc.stdout, "ready")
         tape = work / "h2.tape"
         rec = subprocess.Popen([FLOWTAPE, "record", "-o", str(tape), "--interfaces", lab.bridge, "--node", "lab-node", "--no-k8s"],
                                stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         status: list[str] = []
         try:
-            _wait_line(rec.stderr, "recording to")
+            wait_line(rec.stderr, "recording to")
             threading.Thread(target=lambda: status.extend(rec.stderr), daemon=True).start()
             h2c = f"http://{srv.ip}:{H2C_PORT}"
             tls = f"https://{NAME}:{H2_PORT}"

@@ -32,7 +32,7 @@ import pytest
 import flowtape
 from ebpf_support import ebpf_host, require_ebpf  # noqa: F401  (fixture)
 from flowtape.capture.decode.http_pairing import redact_query
-from netlab import H2_PORT, Lab, access_log, make_cert, start_dnsmasq, start_nginx_l7
+from netlab import H2_PORT, Lab, access_log, make_cert, start_dnsmasq, start_nginx_l7, wait_line
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.slow, require_ebpf()]
 
@@ -115,19 +115,6 @@ DNS_QUERIES = [  # (name, type, transport)
 ]
 
 
-def _wait_line(stream, needle: str, timeout: float = 120) -> str:
-    seen = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            break
-        seen.append(line)
-        if needle in line:
-            return line
-    raise AssertionError(f"never saw {needle!r}; got: {''.join(seen)[-2000:]}")
-
-
 def parse_dig(out: str) -> dict:
     """id, status and answer records (name, type, ttl, data) from dig's default output."""
     head = re.search(r"status: (\w+), id: (\d+)", out)
@@ -167,7 +154,7 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
                                 "--node", "lab-node", "--no-k8s"], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         status: list[str] = []
         try:
-            _wait_line(rec.stderr, "recording to")
+            wait_line(rec.stderr, "recording to", timeout=120)
             threading.Thread(target=lambda: status.extend(rec.stderr), daemon=True).start()
             base, tls_base = f"http://{srv.ip}", "https://a.lab.test"
             resolve = [a for n in NAMES for a in ("--resolve", f"{n}:443:{srv.ip}")]

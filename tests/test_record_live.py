@@ -24,7 +24,7 @@ import pytest
 
 import flowtape
 from ebpf_support import ebpf_host, require_ebpf  # noqa: F401  (fixture)
-from netlab import Lab, start_nginx, tshark_fields, tshark_tcp_conversations
+from netlab import Lab, start_nginx, tshark_fields, tshark_tcp_conversations, wait_line
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.slow, require_ebpf()]
 
@@ -73,19 +73,6 @@ for host, port, size in json.loads(sys.argv[1]):
 """
 
 
-def _wait_line(stream, needle: str, timeout: float = 60) -> str:
-    seen = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = stream.readline()
-        if not line:
-            break
-        seen.append(line)
-        if needle in line:
-            return line
-    raise AssertionError(f"never saw {needle!r}; got: {''.join(seen)[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def recording(ebpf_host, tmp_path_factory):  # noqa: F811
     work = tmp_path_factory.mktemp("live")
@@ -100,7 +87,7 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
         rec = subprocess.Popen([FLOWTAPE, "record", "-o", str(tape), "--interfaces", lab.bridge, "--flow-interval", "1", "--node", "lab-node"],
                                stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
-            _wait_line(rec.stderr, "recording to")
+            wait_line(rec.stderr, "recording to")
             threading.Thread(target=lambda: [None for _ in rec.stderr], daemon=True).start()  # keep the pipe drained
             with lab.capture([cli.host_if, srv.host_if]) as pcaps:
                 curl_pids = {}
@@ -111,10 +98,10 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
                 refused = cli.popen(["curl", "-s", "-o", "/dev/null", f"http://{srv.ip}:81/"])
                 refused.wait(timeout=30)
                 py = cli.popen([sys.executable, "-c", CLIENT, srv.ip, json.dumps(PY_PLAN)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                held_port = int(_wait_line(py.stdout, "held", 30).split()[1])
+                held_port = int(wait_line(py.stdout, "held", 30).split()[1])
                 # UDP: namespace <-> namespace, and namespace <-> root namespace across the bridge
                 echo = srv.popen([sys.executable, "-c", UDP_ECHO, srv.ip, "9000", str(len(UDP_SIZES))], stdout=subprocess.PIPE, text=True)
-                _wait_line(echo.stdout, "ready")
+                wait_line(echo.stdout, "ready")
                 gw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 gw.bind((lab.gateway_ip, 9001))
 

@@ -134,3 +134,37 @@ def test_other_tools_read_the_tape_as_is(tmp_path):
         w.append("flows", [flow(3)], node="n2")
     got = duckdb.sql(f"select node, count(*), sum(bytes) from read_parquet('{path}/flows/*/*.parquet', hive_partitioning = true) group by node order by node").fetchall()
     assert got == [("n1", 2, 240), ("n2", 1, 120)]
+
+
+def test_time_columns_are_delta_encoded_and_parts_written_before_still_read(tmp_path):
+    """Issue 24's encodings: times DELTA_BINARY_PACKED, every other leaf (a list's too) dictionary-encoded;
+    a part rewritten with the settings of before (dictionary everywhere) reads the same rows beside it."""
+    path = tmp_path / "t.tape"
+    with TapeWriter(path, node="n1", row_group_rows=500, rotate_bytes=1) as w:
+        w.append("flows", [flow(i) for i in range(500)])
+        w.append("flows", [flow(500 + i) for i in range(500)])
+        w.append("tls", [{"ts": T0 + i, "client_ip": "198.18.0.1", "client_port": 40000 + i, "server_ip": "198.18.0.2", "server_port": 443,
+                          "sni": "a.test", "version": "TLS 1.3", "alpn": ["h2", "http/1.1"]} for i in range(50)])
+    parts = sorted((path / "flows" / "node=n1").glob("part-*.parquet"))
+    assert len(parts) == 2
+    meta = pq.read_metadata(parts[0]).row_group(0)
+    enc = {meta.column(i).path_in_schema: set(meta.column(i).encodings) for i in range(meta.num_columns)}
+    assert "DELTA_BINARY_PACKED" in enc["ts_start"] and "DELTA_BINARY_PACKED" in enc["ts_end"]
+    assert not any("DICTIONARY" in e for e in enc["ts_start"])
+    assert "RLE_DICTIONARY" in enc["src_ip"] and "RLE_DICTIONARY" in enc["dst_port"]
+    tls = pq.read_metadata(next((path / "tls" / "node=n1").glob("part-*.parquet"))).row_group(0)
+    tls_enc = {tls.column(i).path_in_schema: set(tls.column(i).encodings) for i in range(tls.num_columns)}
+    assert "RLE_DICTIONARY" in tls_enc["alpn.list.element"] and "DELTA_BINARY_PACKED" in tls_enc["ts"]
+
+    before = flowtape.open(str(path)).sql("select * from flows order by ts_start").fetchall()
+    old = pq.read_table(parts[0])  # the first part again, as the TapeWriter wrote it before issue 24
+    pq.write_table(old, parts[0], compression="zstd", compression_level=3, use_dictionary=True, write_statistics=True)
+    assert not any("DELTA" in e for e in pq.read_metadata(parts[0]).row_group(0).column(0).encodings)
+    m = json.loads((path / "manifest.json").read_text())  # keep the manifest's checksums true to the rewritten part
+    rel = f"flows/node=n1/{parts[0].name}"
+    m["files"][rel].update(sha256=sha256_file(parts[0]), bytes=parts[0].stat().st_size)
+    (path / "manifest.json").write_text(json.dumps(m))
+    tape = flowtape.open(str(path))
+    assert not [p for p in tape.problems if p.severity == "error"]
+    assert tape.sql("select * from flows order by ts_start").fetchall() == before
+    assert tape.lazy("flows").collect().height == 1000

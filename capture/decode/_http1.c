@@ -1031,8 +1031,28 @@ static int pend_rows(PyObject *rows, int64_t ready_ns, PyObject *join, PyObject 
 
 /* 1: fast path taken; 0: not for us (Python's _feed_one takes the record); -1: error.
  * *skip_flow is set (new ref) when a long Content-Length body now follows in this direction. */
+static PyObject *a_feed_tuples;
+
+/* h2 (capture/decode/_http2.c's H2Connection) takes a segment by its feed_tuples method: one C call,
+ * no Python frame. Its rows go to *rows (a new list). */
+static int h2_feed(PyObject *h2, int64_t ts, const char *d, Py_ssize_t n, int from_client, int64_t length, PyObject **rows) {
+    PyObject *args[5] = {h2, PyLong_FromLongLong(ts), PyBytes_FromStringAndSize(d, n), from_client ? Py_True : Py_False,
+                         PyLong_FromLongLong(length)};
+    *rows = NULL;
+    if (args[1] && args[2] && args[4])
+        *rows = PyObject_VectorcallMethod(a_feed_tuples, args, 5 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    Py_XDECREF(args[1]);
+    Py_XDECREF(args[2]);
+    Py_XDECREF(args[4]);
+    if (*rows != NULL && !PyList_Check(*rows)) {
+        PyErr_SetString(PyExc_TypeError, "feed_http: the HTTP/2 decoder's feed_tuples did not return a list");
+        Py_CLEAR(*rows);
+    }
+    return *rows == NULL ? -1 : 0;
+}
+
 static int fast_record(PyObject *raw, const Layout *l, PyObject *flows, int64_t offset, int64_t *last_ts,
-                       PyObject *append, int64_t grace, int64_t skip_min, PyObject **skip_flow, int *skip_dir) {
+                       PyObject *append, int64_t grace, int64_t skip_min, PyObject **skip_flow, int *skip_dir, PyObject *h2_type) {
     const char *b = PyBytes_AS_STRING(raw);
     Py_ssize_t n = PyBytes_GET_SIZE(raw);
     int64_t ts = (int64_t)rd64(b + l->ts);
@@ -1068,7 +1088,8 @@ static int fast_record(PyObject *raw, const Layout *l, PyObject *flows, int64_t 
     if ((skip_to = PyObject_GetAttr(dirn, a_skip_to)) == NULL) goto error;
     if (skip_to != Py_None) goto out;
     if ((http = PyObject_GetAttr(flow, a_http)) == NULL) goto error;
-    if (!PyObject_TypeCheck(http, &ConnType)) goto out; /* the Python decoder: the Python path */
+    int is_h2 = h2_type != NULL && Py_IS_TYPE(http, (PyTypeObject *)h2_type);
+    if (!is_h2 && !PyObject_TypeCheck(http, &ConnType)) goto out; /* a Python decoder: the Python path */
     /* the in-order case of SegmentOrder.push (capture/decode/tcp_order.py) */
     if (ts > *last_ts) *last_ts = ts;
     PyObject *v = PyLong_FromLongLong(ts);
@@ -1083,8 +1104,15 @@ static int fast_record(PyObject *raw, const Layout *l, PyObject *flows, int64_t 
         goto error;
     }
     Py_DECREF(v);
-    Conn *c = (Conn *)http;
     r = 1;
+    if (is_h2) { /* (its body_remaining is always 0: no body to skip) */
+        if (h2_feed(http, ts + offset, b + l->data, cap, from_client, length, &rows) < 0) goto error;
+        if (PyList_GET_SIZE(rows)) {
+            if ((fkey = PyObject_GetAttr(flow, a_key)) == NULL || pend_rows(rows, *last_ts + grace, fkey, append) < 0) goto error;
+        }
+        goto out;
+    }
+    Conn *c = (Conn *)http;
     if ((rows = PyList_New(0)) == NULL) goto error;
     if (conn_feed(c, ts + offset, (const unsigned char *)b + l->data, cap, from_client, length, rows) < 0) goto error;
     if (PyList_GET_SIZE(rows)) {
@@ -1117,7 +1145,7 @@ static PyObject *a_skaddr, *a_side, *s_client;
 /* An SSL_read/SSL_write record of a stream already followed: L7Decoder._ssl for a known
  * stream whose SSL* was not reused. 1: taken; 0: Python's; -1: error. */
 static int fast_ssl(PyObject *raw, const Layout *l, PyObject *streams, int64_t offset, int64_t *last_ts,
-                    PyObject *append, int64_t grace) {
+                    PyObject *append, int64_t grace, PyObject *h2_type) {
     const char *b = PyBytes_AS_STRING(raw);
     Py_ssize_t n = PyBytes_GET_SIZE(raw);
     int kind = (unsigned char)b[l->kind];
@@ -1142,7 +1170,8 @@ static int fast_ssl(PyObject *raw, const Layout *l, PyObject *streams, int64_t o
     uint64_t st_sk = PyLong_AsUnsignedLongLongMask(sk);
     if (skaddr && st_sk && skaddr != st_sk) goto out; /* the SSL* was freed and reused */
     if ((http = PyObject_GetAttr(st, a_http)) == NULL) goto error;
-    if (!PyObject_TypeCheck(http, &ConnType)) goto out;
+    int is_h2 = h2_type != NULL && Py_IS_TYPE(http, (PyTypeObject *)h2_type);
+    if (!is_h2 && !PyObject_TypeCheck(http, &ConnType)) goto out;
     if ((side = PyObject_GetAttr(st, a_side)) == NULL) goto error;
     int client = PyUnicode_Check(side) && PyUnicode_Compare(side, s_client) == 0;
     if (PyErr_Occurred()) goto error;
@@ -1155,8 +1184,12 @@ static int fast_ssl(PyObject *raw, const Layout *l, PyObject *streams, int64_t o
     Py_CLEAR(v);
     r = 1;
     int from_client = (kind == l->ssl_write_kind) == client;
-    if ((rows = PyList_New(0)) == NULL) goto error;
-    if (conn_feed((Conn *)http, ts + offset, (const unsigned char *)b + l->data, cap, from_client, length, rows) < 0) goto error;
+    if (is_h2) {
+        if (h2_feed(http, ts + offset, b + l->data, cap, from_client, length, &rows) < 0) goto error;
+    } else {
+        if ((rows = PyList_New(0)) == NULL) goto error;
+        if (conn_feed((Conn *)http, ts + offset, (const unsigned char *)b + l->data, cap, from_client, length, rows) < 0) goto error;
+    }
     if (pend_rows(rows, *last_ts + grace, st, append) < 0) goto error;
     goto out;
 error:
@@ -1171,8 +1204,10 @@ out:
     return r;
 }
 
-/* feed_http(raws, start, layout, flows, ssl_streams, offset_ns, last_ts, pending_append, grace_ns, skip_min)
+/* feed_http(raws, start, layout, flows, ssl_streams, offset_ns, last_ts, pending_append, grace_ns, skip_min[, h2_type])
  *   -> (index, last_ts, skip_flow, skip_from_client)
+ * h2_type: capture/decode/_http2.c's H2Connection (or None): flows and streams decoded by one are
+ * taken too (their feed_tuples is called directly).
  * Takes raws[start:] while they are HTTP segments continuing, in order with nothing held, a
  * flow of `flows` whose decoder is an Http1Connection, or SSL_read/SSL_write plaintext of a
  * stream of `ssl_streams` (same SSL*, same socket): exactly what L7Decoder._feed_one does for
@@ -1180,8 +1215,13 @@ out:
  * the caller's), or after a record that starts a long body (skip_flow: the caller asks the
  * kernel to skip it, then calls again from index). skip_min < 0: no body skipping. */
 static PyObject *feed_http(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 10) {
-        PyErr_SetString(PyExc_TypeError, "feed_http takes 10 arguments");
+    if (nargs != 10 && nargs != 11) {
+        PyErr_SetString(PyExc_TypeError, "feed_http takes 10 or 11 arguments");
+        return NULL;
+    }
+    PyObject *h2_type = nargs == 11 && args[10] != Py_None ? args[10] : NULL;
+    if (h2_type != NULL && !PyType_Check(h2_type)) {
+        PyErr_SetString(PyExc_TypeError, "feed_http: h2_type must be a type or None");
         return NULL;
     }
     PyObject *raws = args[0], *flows = args[3], *streams = args[4], *append = args[7];
@@ -1212,9 +1252,9 @@ static PyObject *feed_http(PyObject *mod, PyObject *const *args, Py_ssize_t narg
             Py_INCREF(raw); /* its bytes are read while Python code may run */
             int kind = (unsigned char)PyBytes_AS_STRING(raw)[l.kind];
             if (kind == l.http_kind)
-                r = fast_record(raw, &l, flows, offset, &last_ts, append, grace, skip_min, &skip_flow, &skip_dir);
+                r = fast_record(raw, &l, flows, offset, &last_ts, append, grace, skip_min, &skip_flow, &skip_dir, h2_type);
             else if (kind == l.ssl_write_kind || kind == l.ssl_read_kind)
-                r = fast_ssl(raw, &l, streams, offset, &last_ts, append, grace);
+                r = fast_ssl(raw, &l, streams, offset, &last_ts, append, grace, h2_type);
             Py_DECREF(raw);
         }
         if (r < 0) {
@@ -1253,7 +1293,7 @@ PyMODINIT_FUNC PyInit__http1(void) {
         !(a_dns = intern("dns")) || !(a_dirs = intern("dirs")) || !(a_next = intern("next")) || !(a_held = intern("held")) ||
         !(a_skip_to = intern("skip_to")) || !(a_http = intern("http")) || !(a_key = intern("key")) ||
         !(a_last_ts = intern("last_ts")) || !(s_http_table = intern("http")) || !(a_skaddr = intern("skaddr")) ||
-        !(a_side = intern("side")) || !(s_client = intern("client")))
+        !(a_side = intern("side")) || !(s_client = intern("client")) || !(a_feed_tuples = intern("feed_tuples")))
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;

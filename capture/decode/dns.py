@@ -22,6 +22,14 @@ from dnslib import QTYPE, RCODE, DNSBuffer, DNSHeader, DNSQuestion, RR
 from .dns_fast import fast_parse
 from .stats import DecodeStats
 
+try:
+    from . import _dns  # type: ignore[attr-defined]  # capture/decode/_dns.c, built at install when a C compiler is present
+except ImportError:  # no compiler at install time: dns_fast.fast_parse does the same work, slower
+    _dns = None
+
+# The fast path in use: the compiled twin of dns_fast.fast_parse, or that function itself (its reference).
+_fast_parse = fast_parse if _dns is None else _dns.fast_parse
+
 # rdata types whose data is a domain name: normalised like qname (lower-case, no trailing
 # dot) so that a CNAME's data equals the next record's name and chains can be followed.
 _NAME_RDATA = {"CNAME", "NS", "PTR", "DNAME"}
@@ -86,9 +94,10 @@ _SEEN_MAX = 4096
 def parse_dns(data: bytes) -> DnsMessage | None:
     """Parse one DNS message; None when not even the header and question can be read.
 
-    Regular messages (A/AAAA/CNAME/... answers, see capture.decode.dns_fast) take the fast path;
-    every other one, and the result the fast path is held to, is dnslib's (parse_dns_dnslib)."""
-    msg = fast_parse(data, DnsMessage, DnsAnswer, qtype_name, rcode_name)
+    Regular messages (A/AAAA/CNAME/... answers, see capture.decode.dns_fast) take the fast path
+    (compiled: capture/decode/_dns.c, when built); every other one, and the result the fast path is
+    held to, is dnslib's (parse_dns_dnslib)."""
+    msg = _fast_parse(data, DnsMessage, DnsAnswer, qtype_name, rcode_name)
     return msg if msg is not None else parse_dns_dnslib(data)
 
 

@@ -36,9 +36,11 @@ up to MAX_STREAMS; past each bound the input is counted (DecodeStats) and droppe
 
 from __future__ import annotations
 
+import functools
+import os
 import struct
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import unquote
 
 from hpack.hpack import HPACKDecodingError, decode_huffman, decode_integer
@@ -47,6 +49,11 @@ from hpack.table import HeaderTable
 from .http_pairing import H2_PREFACE, Redaction
 from .http_rows import H2_FIELDS  # the row columns after EXCHANGE_FIELDS, in this order
 from .stats import DecodeStats
+
+try:
+    from . import _http2  # type: ignore[attr-defined]  # capture/decode/_http2.c, built at install when a C compiler is present
+except ImportError:  # no compiler at install time: H2Connection below does the same work, slower
+    _http2 = None
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
 END_STREAM, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x4, 0x8, 0x20
@@ -297,7 +304,7 @@ class H2Connection:
         self.max_sid = 0  # the highest client stream id opened: frames on lower ids not open are late, not orphans
         self.lingering: dict[int, _Stream] = {}  # streams reset by one side, waiting for the other
         self.closed = False
-        self._allow = tuple(self.redaction.allows(h) for h in ("host", "traceparent", "user-agent", "content-type", "grpc-message", "tracestate"))
+        self._allow = tuple(self.redaction.allows(h) for h in ALLOW_HEADERS)
         self.stats.add("http2_connections")
         if not at_start:
             self.stats.add("http2_mid_connection")
@@ -581,16 +588,16 @@ class H2Connection:
                 st.req_seen, st.req = True, got
         else:
             status = got.get(":status")
-            code = int(status) if status is not None and status.isdigit() else None
+            code = None if status is None else _number(status)
             if not st.resp_seen or (st.status is not None and 100 <= st.status < 200 and code is not None):
                 # the first response block, or the final one after an interim 1xx
                 st.resp_seen, st.resp, st.status = True, got, code
                 if code is None or code >= 200:
                     st.ts_response = ts  # (a block whose status is unknown: the best time known)
             if "grpc-status" in got:  # trailers, or a Trailers-Only response
-                gs = got["grpc-status"]
-                if gs.isdigit():
-                    st.grpc_status = int(gs)
+                gs = _number(got["grpc-status"])
+                if gs is not None:
+                    st.grpc_status = gs
                 else:
                     self.stats.add("http2_malformed")
                 st.grpc_message = got.get("grpc-message")
@@ -652,6 +659,12 @@ class H2Connection:
         )
 
 
+def _number(text: str) -> int | None:
+    """A status code's value: 1 to 18 ASCII digits, else None. (str.isdigit alone also accepts
+    "\u00b2", which int() refuses, and int() refuses more than 4300 digits: both raised here once.)"""
+    return int(text) if 0 < len(text) <= 18 and text.isascii() and text.isdigit() else None
+
+
 def _plausible(ftype: int, sid: int, length: int) -> bool:
     if ftype in (DATA, HEADERS, PRIORITY, RST_STREAM, CONTINUATION, PUSH_PROMISE):
         if sid == 0:
@@ -700,3 +713,32 @@ def as_dicts(rows: list[tuple]) -> list[dict[str, Any]]:
     """Row tuples as dicts (tests, debugging)."""
     names = exchange_fields()
     return [dict(zip(names, r)) for r in rows]
+
+
+# --- which implementation runs -------------------------------------------------------------------
+
+ALLOW_HEADERS = ("host", "traceparent", "user-agent", "content-type", "grpc-message", "tracestate")  # H2Connection._allow, in this order
+
+
+def allow_mask(redaction: Redaction) -> int:
+    """Bit i set: ALLOW_HEADERS[i] is written (capture/decode/_http2.c's `allow`)."""
+    return sum(1 << i for i, h in enumerate(ALLOW_HEADERS) if redaction.allows(h))
+
+
+def decoder_in_use() -> str:
+    """'c' when connection_factory() makes compiled decoders, else 'python' (and why).
+    FLOWTAPE_HTTP_DECODER=python selects the Python decoders of HTTP/1 and HTTP/2 alike."""
+    if _http2 is None:
+        return "python (capture/decode/_http2.c was not built: install gcc and python3-dev, then reinstall flowtape)"
+    if os.environ.get("FLOWTAPE_HTTP_DECODER", "").lower() == "python":
+        return "python (FLOWTAPE_HTTP_DECODER=python)"
+    return "c"
+
+
+def connection_factory(stats: DecodeStats, redaction: Redaction) -> Callable[..., Any]:
+    """Makes HTTP/2 connection decoders, called as factory() or factory(at_start=False): the
+    compiled one (capture/decode/_http2.c, the same rows and counts) unless it is missing or
+    FLOWTAPE_HTTP_DECODER=python. Decided once, here, not per connection."""
+    if decoder_in_use() == "c":
+        return functools.partial(_http2.H2Connection, stats, redaction.enabled, allow_mask(redaction))
+    return functools.partial(H2Connection, stats, redaction)

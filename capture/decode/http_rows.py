@@ -3,9 +3,11 @@
 A plain HTTP exchange between two processes of this node is two rows (client side, server
 side) that differ only in conn_id, pid, comm and side. Here each exchange is kept once: the
 decoder's tuple (http_pairing.EXCHANGE_FIELDS) and its connection's columns (BASE_FIELDS);
-the side columns per row in lists. `to_arrow` builds each exchange column once, straight from
-the tuples (one pa.array per column: no dict per row), repeats them with a take and adds the
-side columns.
+per row, the exchange it repeats and its side columns. Connection columns and side columns
+repeat for every exchange of a connection, so each distinct tuple of them is kept once and
+referred to by index. `to_arrow` builds each exchange column once, straight from the tuples
+(one pa.array per column: no dict per row), the connection and side columns from their
+distinct tuples, and repeats them with takes.
 
 Iterating yields ordinary row dicts (tests, debugging); the writer calls `to_arrow`.
 """
@@ -25,7 +27,7 @@ H2_FIELDS = ("stream_id", "grpc_service", "grpc_method", "grpc_status", "grpc_me
 _NX = len(EXCHANGE_FIELDS)
 
 BASE_FIELDS = ("client_ip", "client_port", "server_ip", "server_port", "tls")
-SIDE_COLUMNS = ("conn_id", "pid", "comm", "side", "tid")
+SIDE_COLUMNS = ("conn_id", "pid", "comm", "side", "tid")  # tid: constant per connection side for most servers, so sides stay few
 # per row too, but kept only once a row has one (today none does: a column of nulls costs nothing per row)
 SPARSE_SIDE_COLUMNS = ("goroutine",)
 _SCHEMA = table("http").arrow_schema
@@ -37,13 +39,13 @@ class HttpRows:
 
     def __init__(self) -> None:
         self.exchanges: list[tuple] = []
-        self.bases: list[tuple] = []
+        self.base_of: list[int] = []  # per exchange: index into bases
+        self.bases: list[tuple] = []  # distinct BASE_FIELDS tuples
+        self._base_ids: dict[tuple, int] = {}
         self.of: list[int] = []  # per row: index into exchanges
-        self.conn_id: list[str | None] = []
-        self.pid: list[int | None] = []
-        self.comm: list[str | None] = []
-        self.side: list[str] = []
-        self.tid: list[int | None] = []
+        self.side_of: list[int] = []  # per row: index into sides
+        self.sides: list[tuple] = []  # distinct (conn_id, pid, comm, side, tid) tuples
+        self._side_ids: dict[tuple, int] = {}
         self.goroutine: list[int | None] | None = None  # made at the first row that has one
         self.long = False  # some exchange is an HTTP/2 one (has H2_FIELDS)
 
@@ -51,21 +53,26 @@ class HttpRows:
         if len(row) > _NX:
             self.long = True
         self.exchanges.append(row)
-        self.bases.append(base)
+        b = self._base_ids.get(base)
+        if b is None:
+            b = self._base_ids[base] = len(self.bases)
+            self.bases.append(base)
+        self.base_of.append(b)
         return len(self.exchanges) - 1
 
     def add(self, exchange: int, conn_id: str | None, pid: int | None, comm: str | None, side: str,
             tid: int | None = None, goroutine: int | None = None) -> None:
         self.of.append(exchange)
-        self.conn_id.append(conn_id)
-        self.pid.append(pid)
-        self.comm.append(comm)
-        self.side.append(side)
-        self.tid.append(tid)
         if goroutine is not None and self.goroutine is None:
             self.goroutine = [None] * (len(self.of) - 1)
         if self.goroutine is not None:
             self.goroutine.append(goroutine)
+        key = (conn_id, pid, comm, side, tid)
+        i = self._side_ids.get(key)
+        if i is None:
+            i = self._side_ids[key] = len(self.sides)
+            self.sides.append(key)
+        self.side_of.append(i)
 
     def __len__(self) -> int:
         return len(self.of)
@@ -77,9 +84,9 @@ class HttpRows:
         for i, x in enumerate(self.of):
             row = dict.fromkeys(H2_FIELDS)
             row.update(zip(EXCHANGE_FIELDS + H2_FIELDS, self.exchanges[x]))
-            row.update(zip(BASE_FIELDS, self.bases[x]))
-            row.update(conn_id=self.conn_id[i], pid=self.pid[i], comm=self.comm[i], side=self.side[i], tid=self.tid[i],
-                       goroutine=None if self.goroutine is None else self.goroutine[i])
+            row.update(zip(BASE_FIELDS, self.bases[self.base_of[x]]))
+            row.update(zip(SIDE_COLUMNS, self.sides[self.side_of[i]]))
+            row["goroutine"] = None if self.goroutine is None else self.goroutine[i]
             yield row
 
     def to_arrow(self) -> pa.Table:
@@ -93,17 +100,20 @@ class HttpRows:
             if self.long:  # HTTP/1 tuples padded with nulls for the HTTP/2 columns
                 pad = (None,) * len(H2_FIELDS)
                 exchanges = [x if len(x) > _NX else x + pad for x in exchanges]
-            for names, rows in ((EXCHANGE_FIELDS + H2_FIELDS if self.long else EXCHANGE_FIELDS, exchanges), (BASE_FIELDS, self.bases)):
-                for name, values in zip(names, zip(*rows)):
-                    columns[name] = pa.array(values, _SCHEMA.field(name).type)
+            for name, values in zip(EXCHANGE_FIELDS + H2_FIELDS if self.long else EXCHANGE_FIELDS, zip(*exchanges)):
+                columns[name] = pa.array(values, _SCHEMA.field(name).type)
+            base_of = pa.array(self.base_of, pa.int32())
+            for name, values in zip(BASE_FIELDS, zip(*self.bases)):
+                columns[name] = pa.array(values, _SCHEMA.field(name).type).take(base_of)
             if not self.long:
                 for name in H2_FIELDS:
                     columns[name] = pa.nulls(len(exchanges), _SCHEMA.field(name).type)
             if self.of != list(range(len(self.exchanges))):
                 index = pa.array(self.of, pa.int64())
                 columns = {name: col.take(index) for name, col in columns.items()}
-            for name in SIDE_COLUMNS:
-                columns[name] = pa.array(getattr(self, name), _SCHEMA.field(name).type)
+            side_of = pa.array(self.side_of, pa.int32())
+            for name, values in zip(SIDE_COLUMNS, zip(*self.sides)):
+                columns[name] = pa.array(values, _SCHEMA.field(name).type).take(side_of)
             for name in SPARSE_SIDE_COLUMNS:
                 values = getattr(self, name)
                 columns[name] = pa.nulls(len(self.of), _SCHEMA.field(name).type) if values is None else pa.array(values, _SCHEMA.field(name).type)

@@ -19,6 +19,11 @@ from typing import Any, NamedTuple
 
 from .stats import DecodeStats
 
+try:
+    from . import _tls  # type: ignore[attr-defined]  # capture/decode/_tls.c, built at install when a C compiler is present
+except ImportError:  # no compiler at install time: _fast_client_hello does the same work, slower
+    _tls = None
+
 CONTENT_HANDSHAKE = 22
 HANDSHAKE_CLIENT_HELLO = 1
 EXT_SERVER_NAME = 0
@@ -125,9 +130,11 @@ def parse_client_hello(data: bytes) -> ClientHello | None:
     Returns None when the bytes are not a TLS handshake starting with a ClientHello (or too
     short to say what version it offers); raises Malformed on contradictory lengths.
     A whole hello in one record (nearly all of them) takes _fast_client_hello; anything else,
-    and the result that one is held to, is parse_client_hello_reference.
+    and the result that one is held to, is parse_client_hello_reference. Where capture/decode/_tls.c
+    is built, it takes the place of _fast_client_hello: the reference compiled for a hello in one
+    record, whole or cut (the recorder's prefix cuts browsers' hellos).
     """
-    hello = _fast_client_hello(data)
+    hello = _fast_client_hello(data) if _tls is None else _tls.fast_client_hello(data, ClientHello, version_name)
     return hello if hello is not None else parse_client_hello_reference(data)
 
 

@@ -42,7 +42,7 @@ from ..decode.dns_pairing import DnsPairer
 from ..decode.http_pairing import Redaction, connection_factory, decoder_in_use
 from ..decode.http_rows import HttpRows
 from ..decode.stats import DecodeStats
-from ..decode.http2 import H2Connection
+from ..decode.http2 import connection_factory as h2_factory, decoder_in_use as h2_decoder_in_use
 from ..decode.tcp_streams import DNS_TCP, HTTP, TLS_HELLO, TcpStreams
 from . import packets as P
 from .packet_loop import COUNTERS, PacketLoop
@@ -200,10 +200,11 @@ class PcapSink:
         self.stats = DecodeStats()
         self.dns = DnsPairer(self.stats)
         self.decoder = decoder_in_use()
-        # HTTP/2: TcpStreams' http2= takes the HTTP/2 decoder's factory (capture/decode's, when it
-        # lands) for flows that start with the preface; today the HTTP/1 decoder counts them.
+        if self.decoder == "c" and h2_decoder_in_use() != "c":
+            self.decoder = f"c, HTTP/2 {h2_decoder_in_use()}"
+        # HTTP/2: flows that start with the preface go to the HTTP/2 decoder (compiled when built)
         self.streams = TcpStreams(self.stats, self.dns, connection_factory(self.stats, redaction), self._on_http, self._on_dns, self._on_tls,
-                                  http2=lambda: H2Connection(self.stats, redaction))
+                                  http2=h2_factory(self.stats, redaction))
         self.streams.after_http = self._after_http
         self.loop: Any = None  # the packet loop, told where long bodies end (skip)
         self.skip_body_min = SKIP_BODY_MIN

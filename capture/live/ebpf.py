@@ -149,6 +149,44 @@ def compile_bpf(text: str) -> Any:
         raise Unsupported(f"the kernel refused or bcc could not compile our eBPF program: {(m.group(1) if m else msg.splitlines()[0])[:200]}") from None
 
 
+MADV_PAGEOUT = 21  # Linux 5.4+: reclaim the pages now, contents kept (a later touch reads them back)
+# clang/LLVM/bcc: used to compile, then only if another program is compiled. polars/duckdb: loaded
+# with the CLI (its commands are registered at start) but never used by the recorder, which
+# writes with pyarrow alone.
+_COMPILER_LIBS = ("libLLVM", "libclang", "libbcc", "_polars_runtime", "_duckdb")
+
+
+def release_compiler_memory() -> dict[str, int]:
+    """Give back what compiling the programs left resident, once every program is loaded.
+
+    bcc compiles in-process: clang and LLVM touch ~85 MiB of their own code and leave ~35 MiB of
+    freed heap behind, none of which the recorder uses again (a later compile, e.g. a Go binary's
+    probes, simply reads the pages back); the CLI's analysis libraries hold ~45 MiB more. malloc_trim
+    returns the heap's free pages; MADV_PAGEOUT reclaims the libraries' mapped pages (safe on any
+    mapping: unlike MADV_DONTNEED it never discards contents, so relocated data stays). The kernel
+    skips pages another process maps too (a second bcc user on the node keeps LLVM's shared pages
+    resident). Returns what was done, for the log."""
+    out = {"trimmed": 0, "paged_out": 0}
+    try:
+        out["trimmed"] = int(_libc.malloc_trim(0))  # 1 if memory was released (glibc)
+    except AttributeError:  # not glibc
+        pass
+    madvise = _libc.madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return out
+    for line in maps:
+        fields = line.split()
+        if len(fields) < 6 or not any(lib in fields[5] for lib in _COMPILER_LIBS):
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if madvise(start, end - start, MADV_PAGEOUT) == 0:
+            out["paged_out"] += end - start
+    return out
+
+
 # --- attaching --------------------------------------------------------------------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)

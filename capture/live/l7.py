@@ -11,7 +11,8 @@ server's first SETTINGS frame, or frames of a stream joined mid-way) is decoded 
 capture/decode/http2.py's H2Connection (one row per stream), the others by the HTTP/1 decoder.
 
 The HTTP/1 decoder is capture/decode/_http1.c when it was built, else http_pairing.HttpConnection
-(the same, in Python: see http_pairing.connection_factory).
+(the same, in Python: see http_pairing.connection_factory); the HTTP/2 one capture/decode/_http2.c,
+else http2.H2Connection (http2.connection_factory). FLOWTAPE_HTTP_DECODER=python selects both Python ones.
 
 `L7Decoder` is the pure part: it takes raw event records (bytes laid out as struct l7_event)
 and the connections probe's endpoints (`capture.live.connections.Conn`), so it is tested with
@@ -56,7 +57,8 @@ from ..decode.http_pairing import _http1, Redaction, connection_factory, decoder
 from ..decode.http_rows import HttpRows
 from ..decode.tcp_order import SEQ_MOD
 from ..decode.tcp_streams import TcpFlow, TcpStreams
-from ..decode.http2 import H2Connection, looks_like_frames
+from ..decode import http2 as _h2
+from ..decode.http2 import looks_like_frames
 
 # struct l7_event kinds (bpf/events.h)
 DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE, IO_TURN, WIRE_TRACE = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
@@ -297,13 +299,17 @@ class L7Decoder:
         # which decoder runs is decided once per L7Decoder (and written into the manifest)
         self._decoder = decoder_in_use()
         self._new_http = connection_factory(self.stats, self.redaction)
+        self._h2_decoder = _h2.decoder_in_use()
+        self._new_h2 = _h2.connection_factory(self.stats, self.redaction)
         # TCP flows, their segment ordering and decoders: the same code as the pcap importer's
         self.streams = TcpStreams(self.stats, self.dns, self._new_http, self._on_http, self._on_dns, self._on_tls,
-                                  http2=lambda: H2Connection(self.stats, self.redaction))  # h2c: the kernel follows "PRI " flows
+                                  http2=self._new_h2)  # h2c: the kernel follows "PRI " flows
         self.streams.after_http = self._after_http
         self.flows: dict[tuple, TcpFlow] = self.streams.flows  # by (client_ip, client_port, server_ip, server_port)
         self.flows_raw: dict[tuple, TcpFlow] = self.streams.flows_raw  # the same flows by the kernel's 16-byte addresses
         self._fast_http = _http1.feed_http if self._decoder == "c" and self._layout is not None else None
+        # flows and streams whose decoder is the compiled HTTP/2 one are taken by feed_http too
+        self._h2_type = _h2._http2.H2Connection if self._h2_decoder == "c" else None
         self._comm = ebpf.CommText()
 
     @property
@@ -311,6 +317,8 @@ class L7Decoder:
         """Which HTTP decoder and record loop run (the manifest's probes.l7.http_decoder): 'c' or why not."""
         if self._decoder == "c" and self._fast_http is None:
             return "c, records read in Python (struct l7_event's fields are not the sizes capture/decode/_http1.c reads)"
+        if self._decoder == "c" and self._h2_decoder != "c":
+            return f"c, HTTP/2 {self._h2_decoder}"
         return self._decoder
 
     # --- endpoints from the connections probe -------------------------------------------
@@ -385,7 +393,8 @@ class L7Decoder:
         while i < n:
             if fast is not None:
                 i, self.last_ts, flow, from_client = fast(raws, i, self._layout, self.flows_raw, self.ssl, self.offset, self.last_ts,
-                                                          self.pending.append, ROW_GRACE_NS, SKIP_BODY_MIN if self.skip_body else -1)
+                                                          self.pending.append, ROW_GRACE_NS, SKIP_BODY_MIN if self.skip_body else -1,
+                                                          self._h2_type)
                 if flow is not None:  # the record before i started a long body
                     self._skip_long_body(flow, from_client)
                     continue
@@ -504,23 +513,23 @@ class L7Decoder:
             # its CLOSE event not read yet (it is in the other ring buffer), whose role can be
             # the opposite one — that made a server stream "client" and lost it.
             side = None
-            h2: H2Connection | None = None
+            h2: Any = None
             if looks_like_request(data):
                 side = "client" if kind == SSL_WRITE else "server"
             elif looks_like_response(data):
                 side = "server" if kind == SSL_WRITE else "client"
             elif is_http2(data, True):  # the HTTP/2 client preface
                 side = "client" if kind == SSL_WRITE else "server"
-                h2 = H2Connection(self.stats, self.redaction)
+                h2 = self._new_h2()
             elif is_http2(data, False):  # the SETTINGS frame an HTTP/2 server sends first
                 side = "server" if kind == SSL_WRITE else "client"
-                h2 = H2Connection(self.stats, self.redaction)
+                h2 = self._new_h2()
             else:
                 conns = self._alive_at(self.by_sk.get(skaddr, []), ts) if skaddr else []
                 if conns:
                     side = conns[-1].role
                     if looks_like_frames(data):  # HTTP/2 joined mid-way: HPACK state unknown, rows marked
-                        h2 = H2Connection(self.stats, self.redaction, at_start=False)
+                        h2 = self._new_h2(at_start=False)
             if side is None:
                 return  # not HTTP/1.x (or the middle of a stream whose start we missed)
             st = self.ssl[key] = _SslStream(skaddr, side, pid, comm, h2 if h2 is not None else self._new_http(), ts)

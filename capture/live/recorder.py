@@ -39,6 +39,9 @@ PROBES = ("flows", "connections", "l7", "gotls")  # gotls: Go programs' HTTPS, r
 L7_ROWS_EVERY_S = 1.0  # how often decoded L7 rows are handed to the writer
 
 
+LIVE_ROW_GROUP_ROWS = 1 << 16  # see run(): bounds the rows a table holds in memory before they are written
+
+
 @dataclass
 class RecordOptions:
     out: Path
@@ -366,7 +369,10 @@ class Recorder:
         resume = opts.resume and (opts.out / "manifest.json").exists()
         # the previous run's last manifest update: from there until now nothing was recorded
         last_seen = read_manifest(opts.out).get("updated_ns") if resume else None
-        self.writer = TapeWriter(opts.out, node=opts.node, rotate_seconds=opts.rotate, clock=clock, append=resume)
+        # Row groups of at most LIVE_ROW_GROUP_ROWS: with the writer's default (1M rows) a busy node held a
+        # whole rotation's rows in memory as Arrow (+150 MiB of RSS at 5k HTTP rows/s, bench_l7 --soak).
+        self.writer = TapeWriter(opts.out, node=opts.node, rotate_seconds=opts.rotate, clock=clock, append=resume,
+                                 row_group_rows=LIVE_ROW_GROUP_ROWS)
         # read now: the tape is analysed elsewhere, where this host's names are not at hand
         self.writer.set_host({"addresses": own_addresses(), "etc_hosts": etc_hosts()})
         self.namespaces = NamespaceAddresses()
@@ -396,6 +402,7 @@ class Recorder:
             if self.kube is not None:
                 probes.append("k8s")
             ifaces = ", ".join(i.name for i in self.flows.plan.values()) if self.flows else "-"
+            ebpf.release_compiler_memory()  # every program is loaded: the compiler's pages are not needed
             print(f"flowtape: recording to {opts.out} (probes: {', '.join(probes)}; interfaces: {ifaces}); Ctrl-C to stop",
                   file=self.status, flush=True)
             self._loop(time.monotonic())

@@ -97,9 +97,9 @@ def test_real_capture_same_rows(split, redaction):
     rows = [r for segs in SEEDS for r in same(steps_of(segs, split), redaction)]
     assert len(rows) == 29  # 4 curl, 20 h2load, 5 gRPC streams (test_decode_http2: each equals tshark)
     if redaction.allows("grpc-message"):
-        assert {r[17] for r in rows if r[14]} >= {"no such key: k1", "backend down"}  # unquoted
+        assert {r[20] for r in rows if r[17]} >= {"no such key: k1", "backend down"}  # unquoted
     else:
-        assert {r[17] for r in rows} == {None}
+        assert {r[20] for r in rows} == {None}
 
 
 @pytest.mark.parametrize("prefix", [0, 9, 30, 512, 2048])
@@ -191,7 +191,7 @@ def test_rst_stream_storm_and_too_many_open_streams():
         out += [_hdrs(enc, 2 * i + 1), frame(http2.RST_STREAM, 0, 2 * i + 1, struct.pack(">I", 8))]
     steps = [(0, b"".join(out), True, None), (2 * 10**9, b"", True, 0), (2 * 10**9, frame(http2.PING, 0, 0, bytes(8)), False, None)]
     rows = same(steps)
-    assert len(rows) == 3000 and {r[18] for r in rows} == {"CANCEL"}
+    assert len(rows) == 3000 and {r[21] for r in rows} == {"CANCEL"}
 
 
 def test_reset_then_late_trailers_and_unknown_error_codes():
@@ -203,7 +203,7 @@ def test_reset_then_late_trailers_and_unknown_error_codes():
         rst = frame(http2.RST_STREAM, 0, 1, struct.pack(">I", code))
         for late in (1, 2 * 10**9):
             rows = same([(0, H2_PREFACE + req, True, None), (5, resp, False, None), (10, rst, True, None), (10 + late, trailers, False, None)])
-            assert len(rows) == 1 and rows[0][18] is not None
+            assert len(rows) == 1 and rows[0][21] is not None
 
 
 # --- generated connections (tests/h2_corpus.py) -----------------------------------------------
@@ -227,10 +227,10 @@ def test_corpus_covers_the_rules():
     assert all(counts[n] for n in ("http2_malformed", "http2_desync", "http2_orphan_streams", "http2_mid_connection",
                                    "http2_headers_partial", "http2_header_block_too_large"))
     cols = list(zip(*rows))
-    for i in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 15, 16, 17, 18):
+    for i in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 17, 18, 19, 20, 21):
         assert any(v is not None for v in cols[i]), http2.exchange_fields()[i]
     assert True in cols[22] and False in cols[22]
-    assert {"CANCEL", "NO_ERROR", "0x63"} <= set(cols[18])
+    assert {"CANCEL", "NO_ERROR", "0x63"} <= set(cols[21])
 
 
 # --- through the recorder's L7Decoder: the compiled record loop, records in Python, all Python ------

@@ -235,10 +235,10 @@ HTTP = Table(
         C("stream_error", pa.string(), "HTTP/2 error code name of the first RST_STREAM that ended the stream, from either side ('CANCEL' when a client gives up, e.g. at a gRPC deadline; 'NO_ERROR'; 'REFUSED_STREAM'; ...); null if the stream ended normally.", added="0.2"),
         C("headers_partial", pa.bool_(), "HTTP/2: true when a header field of this stream indexed HPACK state the recorder never saw (it joined the connection after its start, or a header block was not captured): the columns such fields would fill are null, never guessed; null for HTTP/1.x.", added="0.2"),
         C("tracestate", pa.string(), "W3C tracestate header of the request (HTTP/1 and HTTP/2); null if absent, not on the allow-list (it is by default), or past a head's cut.", added="0.3"),
+        C("tid", pa.int32(), "Thread (kernel task id, as threading.get_native_id() or gettid() return it) that read the request (server side) or wrote it (client side): from sock:sock_recv_length/sock_send_length, the thread whose receive (server) or send (client) on the row's socket first followed a turn of the connection's direction next to ts_request. Null when not seen (the recorder missed the I/O, an event loop thread did it is still a tid), for rows of pcap imports, and where the kernel lacks those tracepoints.", added="0.3"),
         C("request_seq", pa.uint32(), "TCP sequence number of the request's first byte, in the client->server direction, as on the wire (raw, not relative; the client's and the server's row of one exchange carry the same value, through NAT too, so rows recorded on two nodes link exactly). "
           "Plain HTTP/1.x from packets (live or pcap): exact, also for a head that starts inside a segment. Null for TLS plaintext (the plaintext's offset is not the TCP stream's: records add their framing) and for HTTP/2 streams (their HEADERS frames share segments).", added="0.3"),
         C("response_seq", pa.uint32(), "TCP sequence number of the final response head's first byte (server->client), as request_seq; null without a response, and where request_seq is null.", added="0.3"),
-        C("tid", pa.int32(), "Thread (kernel task id, as threading.get_native_id() or gettid() return it) that read the request (server side) or wrote it (client side): from sock:sock_recv_length/sock_send_length, the thread whose receive (server) or send (client) on the row's socket first followed a turn of the connection's direction next to ts_request. Null when not seen (the recorder missed the I/O, an event loop thread did it is still a tid), for rows of pcap imports, and where the kernel lacks those tracepoints.", added="0.3"),
         C("goroutine", pa.uint64(), "Go programs: the goroutine (its g pointer, R14 at the crypto/tls call) of the exchange side. Not recorded yet: always null.", added="0.3"),
     ),
     time_column="ts_request",
@@ -421,7 +421,7 @@ K8S_ENDPOINTS = Table(
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (FLOWS, CONNECTIONS, DNS, HTTP, TLS, WIRE_TRACE_CONTEXT, GO_SPAWNS, K8S_PODS, K8S_SERVICES, K8S_NODES, K8S_ENDPOINTS)
+    t.name: t for t in (FLOWS, CONNECTIONS, DNS, HTTP, GO_SPAWNS, TLS, WIRE_TRACE_CONTEXT, K8S_PODS, K8S_SERVICES, K8S_NODES, K8S_ENDPOINTS)
 }
 
 # --- manifest ----------------------------------------------------------------------------

@@ -51,8 +51,13 @@ def capture(tls: bool, seconds: int, rate: int) -> dict:
     from netlab import Lab, make_cert, start_nginx_l7
 
     log: list[tuple[str, object]] = []
+    attached = threading.Event()
 
     class Capturing(Recorder):
+        def _start_probes(self, start_wall):  # type: ignore[override]
+            super()._start_probes(start_wall)
+            attached.set()  # the load starts once the programs are attached (compiling takes long on a loaded host)
+
         def _on_conn_event(self, ev):  # type: ignore[override]
             log.append(("c", dict(ev)))
             super()._on_conn_event(ev)
@@ -69,7 +74,8 @@ def capture(tls: bool, seconds: int, rate: int) -> dict:
         out: dict[str, str] = {}
 
         def load() -> None:
-            time.sleep(3.0)  # the recorder compiles and attaches first
+            attached.wait(120)  # the kernel follows a flow from its first request: connections must open after the attach
+            time.sleep(0.5)
             argv = ["h2load", "--h1", "-t1", "-c16", f"--rps={rate / 16:g}", "-D", str(seconds), url]
             out["text"] = cli.run(argv, timeout=seconds + 60).stdout.decode()
 

@@ -172,6 +172,17 @@ struct conn_event {
 #define FT_L7_SSL_WRITE 6    /* SSL_write/SSL_write_ex returned: plaintext the process sent */
 #define FT_L7_SSL_READ 7     /* SSL_read/SSL_read_ex returned: plaintext the process received */
 #define FT_L7_SSL_FREE 8     /* SSL_free: the SSL* ends (its stream is over; the pointer may be reused) */
+#define FT_L7_IO_TURN 9      /* a TCP socket's data turned into its request direction (that of its first data
+                                I/O: a server's receive, a client's send) on another thread than the last
+                                time, or for the first time: thread `tid` of `pid` (sock:sock_{recv,send}_length,
+                                process context); tcp_flags says which direction (FT_L7_TURN_*). http.tid. */
+#define FT_L7_TURN_RX 1
+#define FT_L7_TURN_TX 2
+#define FT_L7_WIRE_TRACE 10  /* a TCP packet carried a trace context below HTTP, first seen in its direction of
+                                its flow or changed (see bpf/l7.c wire_trace): data[0:16] the trace id,
+                                data[16:24] the span id; tcp_flags says where (FT_L7_WIRE_*) */
+#define FT_L7_WIRE_IP_OPTION 1   /* IPv4 option type 136, length 20 (OBI/Beyla) */
+#define FT_L7_WIRE_TCP_OPTION 2  /* TCP option kind 25, length 26 */
 
 #define FT_L7_DATA_MAX 2048  /* the largest prefix any event carries (HTTP segments, TLS ClientHellos); DNS and SSL plaintext: 512 */
 
@@ -197,6 +208,7 @@ struct l7_event {
     u8 from_client;        /* HTTP/TCP_END: 1 when the packet goes client -> server */
     u8 _pad0;
     char comm[16];         /* SSL events: the caller's command name */
+    u32 tid;               /* SSL and IO_TURN events: the calling thread (kernel task id); 0 for packet events */
     u8 data[FT_L7_DATA_MAX];
 };
 
@@ -313,6 +325,7 @@ struct l7_flow {
 #define FT_L7_CTR_TRUNCATED 2      /* IP/TCP header unreadable */
 #define FT_L7_CTR_SSL_NO_SOCKET 3  /* SSL calls whose socket was never seen (sent with skaddr 0) */
 #define FT_L7_CTR_SHED 4           /* HTTP segments not starting a head, sent without their bytes: the ring was over half full */
-#define FT_L7_CTR_N 5
+#define FT_L7_CTR_WIRE_FULL 5      /* trace contexts not deduplicated: the map of flows' last one was full (sent anyway) */
+#define FT_L7_CTR_N 6
 
 #endif

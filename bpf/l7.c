@@ -101,6 +101,7 @@ static __always_inline void l7_copy(struct __sk_buff *skb, struct l7_event *ev, 
 /* SSL events come from a process, not a packet: the packet fields are zero (the ring's
  * reserved memory is not). */
 static __always_inline void no_packet_fields(struct l7_event *ev) {
+    ev->tid = (u32)bpf_get_current_pid_tgid();
     ev->seq = 0;
     ev->family = 0;
     ev->sport = 0;
@@ -128,6 +129,111 @@ static __always_inline int is_method(const u8 *p) {
 static __always_inline struct iface_cfg *l7_iface(u32 ifindex) {
     return ft_l7_ifaces.lookup(&ifindex);
 }
+
+#ifdef FT_HAVE_WIRE_TRACE
+/* Trace context carried below HTTP, read only (nothing is written to the packet):
+ *  - IPv4 option type 136, length 20 (OBI/Beyla's TC tracer): a 16-byte trace id and 2 bytes of
+ *    padding; its span id is the packet's TCP sequence and acknowledgement numbers, as OBI makes it
+ *    (populate_span_id_from_tcp_info: seq then ack, each a u32 in host order, little-endian here);
+ *  - TCP option kind 25, length 26: a 16-byte trace id and an 8-byte span id.
+ * Only packets whose headers are long enough to hold one are scanned (an IPv4 header over 40
+ * bytes; TCP options of 26 bytes or more: timestamps alone are 12), so the common packet costs two
+ * comparisons. An event goes out when a flow's direction shows a context for the first time or
+ * a different one (the trace id for the IPv4 option, whose span id moves with every packet; trace
+ * and span id for the TCP option). */
+struct wire_seen {
+    u8 id[24];             /* trace id, then span id (zero for the IPv4 option: not compared) */
+    u8 source;
+    u8 _pad0[7];
+};
+BPF_TABLE("lru_hash", struct l7_flow_key, struct wire_seen, ft_wire_seen, FT_L7_FLOW_ENTRIES);
+
+#define FT_WIRE_OPT_MAX 40   /* options of an IPv4 or TCP header: at most 40 bytes */
+
+/* Offset of option `want` (total length `want_len`) in opts[0:n], or -1. */
+static __always_inline int find_option(const u8 *opts, u32 n, u8 want, u8 want_len) {
+    u32 i = 0;
+#pragma unroll
+    for (int step = 0; step < 20; step++) {   /* 20 options at least 2 bytes long fill 40 */
+        if (i + 1 >= n || i + 1 >= FT_WIRE_OPT_MAX)
+            return -1;
+        u8 kind = opts[i & 63];
+        if (kind == 0)
+            return -1;     /* end of options */
+        if (kind == 1) {   /* NOP */
+            i += 1;
+            continue;
+        }
+        u8 len = opts[(i + 1) & 63];
+        if (len < 2)
+            return -1;     /* malformed */
+        if (kind == want && len == want_len && i + len <= n)
+            return (int)i;
+        i += len;
+    }
+    return -1;
+}
+
+static __always_inline void wire_trace(struct __sk_buff *skb, struct l7_flow_key *key, u32 opt_off, u32 opt_len,
+                                       u8 source, u32 seq, u32 ack) {
+    u8 opts[64] = {};   /* 64: masked indexes stay inside it */
+    if (opt_len > FT_WIRE_OPT_MAX)
+        opt_len = FT_WIRE_OPT_MAX;
+    if (opt_len < 20)
+        return;
+    u32 want = opt_len;   /* exactly the options: the packet may end right after the headers */
+    asm volatile("" : "+r"(want));
+    want = ((want - 1) & 63) + 1;   /* in [1, 64] (the buffer) for the verifier */
+    if (bpf_skb_load_bytes(skb, opt_off, opts, want) != 0)
+        return;
+    int at = source == FT_L7_WIRE_IP_OPTION ? find_option(opts, opt_len, 136, 20) : find_option(opts, opt_len, 25, 26);
+    if (at < 0)
+        return;
+    struct wire_seen seen = {};
+    u32 a = (u32)at & 31;   /* an option of 20 bytes starts at 20 at most in 40 (26 bytes: 14) */
+#pragma unroll
+    for (int i = 0; i < 16; i++)
+        seen.id[i] = opts[a + 2 + i];
+    if (source == FT_L7_WIRE_TCP_OPTION) {
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            seen.id[16 + i] = opts[a + 18 + i];
+    }
+    seen.source = source;
+    struct wire_seen *last = ft_wire_seen.lookup(key);
+    if (last && last->source == source) {
+        /* compared as three words (a memcmp would become a call the kernel cannot link) */
+        u64 a0, a1, a2, b0, b1, b2;
+        __builtin_memcpy(&a0, last->id, 8); __builtin_memcpy(&a1, last->id + 8, 8); __builtin_memcpy(&a2, last->id + 16, 8);
+        __builtin_memcpy(&b0, seen.id, 8); __builtin_memcpy(&b1, seen.id + 8, 8); __builtin_memcpy(&b2, seen.id + 16, 8);
+        if (a0 == b0 && a1 == b1 && a2 == b2)
+            return;
+    }
+    if (ft_wire_seen.update(key, &seen) != 0)
+        l7_bump(FT_L7_CTR_WIRE_FULL);
+    struct l7_event *ev = l7_scratch();
+    if (!ev)
+        return;
+    ev->ts_ns = bpf_ktime_get_ns();
+    ev->kind = FT_L7_WIRE_TRACE;
+    ev->skaddr = 0; ev->ssl = 0; ev->pid = 0; ev->tid = 0; ev->length = 0;
+    ev->family = key->family;
+    __builtin_memcpy(ev->saddr, key->saddr, 16);
+    __builtin_memcpy(ev->daddr, key->daddr, 16);
+    ev->sport = key->sport;
+    ev->dport = key->dport;
+    ev->seq = seq;
+    ev->tcp_flags = source;
+    ev->from_client = 0;
+    __builtin_memcpy(ev->data, seen.id, 24);
+    if (source == FT_L7_WIRE_IP_OPTION) {   /* OBI's span id: seq then ack, host-order u32s */
+        __builtin_memcpy(ev->data + 16, &seq, 4);
+        __builtin_memcpy(ev->data + 20, &ack, 4);
+    }
+    ev->cap_len = 24;
+    l7_submit(ev);
+}
+#endif
 
 static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
     struct iface_cfg *cfg = l7_iface(skb->ifindex);
@@ -171,7 +277,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
             return FT_TCX_NEXT;
         ev->ts_ns = bpf_ktime_get_ns();
         ev->kind = FT_L7_DNS_UDP;
-        ev->skaddr = 0; ev->ssl = 0; ev->seq = 0; ev->pid = 0; ev->tcp_flags = 0; ev->from_client = 0;
+        ev->skaddr = 0; ev->ssl = 0; ev->seq = 0; ev->pid = 0; ev->tcp_flags = 0; ev->from_client = 0; ev->tid = 0;
         ev->family = key.family;
         __builtin_memcpy(ev->saddr, key.saddr, 16);
         __builtin_memcpy(ev->daddr, key.daddr, 16);
@@ -193,6 +299,15 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
     u32 seq = ((u32)th[4] << 24) | ((u32)th[5] << 16) | ((u32)th[6] << 8) | th[7];
     u32 doff = (th[12] >> 4) * 4;
     u8 flags = th[13];
+#ifdef FT_HAVE_WIRE_TRACE
+    if ((ip_hlen >= 20 + 20 && pkt.family == 4) || doff >= 20 + 26) {
+        u32 ack = ((u32)th[8] << 24) | ((u32)th[9] << 16) | ((u32)th[10] << 8) | th[11];
+        if (ip_hlen >= 20 + 20 && pkt.family == 4)
+            wire_trace(skb, &key, off + 20, ip_hlen - 20, FT_L7_WIRE_IP_OPTION, seq, ack);
+        if (doff >= 20 + 26)
+            wire_trace(skb, &key, l4off + 20, doff - 20, FT_L7_WIRE_TCP_OPTION, seq, ack);
+    }
+#endif
     u32 poff = l4off + doff;
     u32 paylen = l3_end > poff ? l3_end - poff : 0;
     u8 end = flags & (FT_TCP_FIN | FT_TCP_RST);
@@ -297,7 +412,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
     if (!ev)
         return FT_TCX_NEXT;
     ev->ts_ns = bpf_ktime_get_ns();
-    ev->skaddr = 0; ev->ssl = 0; ev->pid = 0;
+    ev->skaddr = 0; ev->ssl = 0; ev->pid = 0; ev->tid = 0;
     ev->family = key.family;
     __builtin_memcpy(ev->saddr, key.saddr, 16);
     __builtin_memcpy(ev->daddr, key.daddr, 16);
@@ -325,6 +440,7 @@ static __always_inline int l7_packet(struct __sk_buff *skb, u8 direction) {
 }
 
 int ft_l7_ingress(struct __sk_buff *skb) { return l7_packet(skb, FT_DIR_INGRESS); }
+/* (l7_packet calls wire_trace, declared before it) */
 int ft_l7_egress(struct __sk_buff *skb) { return l7_packet(skb, FT_DIR_EGRESS); }
 
 /* ---- HTTPS plaintext: OpenSSL and Go crypto/tls uprobes ------------------------------ */
@@ -590,9 +706,74 @@ int ft_go_read_enter(struct pt_regs *ctx) { return go_enter(ctx); }
 int ft_go_read_return(struct pt_regs *ctx) { return go_return(ctx, FT_L7_SSL_READ); }
 #endif
 
-#if defined(FT_HAVE_SSL) || defined(FT_HAVE_GOTLS)
-static __always_inline int ssl_socket_io(const void *sk, int rx) {
+#ifdef FT_HAVE_TURNS
+/* Which thread did an exchange side's I/O (http.tid). The request direction of a TCP socket is
+ * the direction of its first data I/O (a client sends a request first, a server receives one).
+ * Each turn of the socket's data into that direction (a server's receive after its send, a
+ * client's send after its receive: the start of the next request) is the thread that read or
+ * wrote a request; it is sent (FT_L7_IO_TURN) only when its thread differs from the previous
+ * turn's on that socket. A thread-per-connection server or a single-threaded client costs one
+ * event per socket, whatever the number of exchanges; user space takes, for a row, the last
+ * event on its socket before its response. Entries are removed when the socket closes (a socket
+ * address is reused by later sockets) and the map is an LRU. */
+struct sock_dir {
+    u32 tid;               /* thread of the last turn into the request direction */
+    u8 request_dir;        /* FT_L7_TURN_*: the direction of the socket's first data I/O */
+    u8 last_dir;           /* of its last data I/O */
+    u8 _pad0[2];
+};
+BPF_TABLE("lru_hash", u64, struct sock_dir, ft_sock_dir, FT_SOCK_DIR_ENTRIES);
+
+static __always_inline void io_turn(u64 sk, u8 dir) {
+    struct sock_dir *d = ft_sock_dir.lookup(&sk);
+    if (d && d->last_dir == dir)
+        return;   /* the common case: the same direction as the socket's last I/O */
+    u64 t = bpf_get_current_pid_tgid();
+    if (d) {
+        d->last_dir = dir;
+        if (dir != d->request_dir || d->tid == (u32)t)
+            return;   /* a response's turn, or the same thread as the last request's */
+        d->tid = (u32)t;
+    } else {
+        struct sock_dir nd = {};
+        nd.tid = (u32)t;
+        nd.request_dir = dir;
+        nd.last_dir = dir;
+        ft_sock_dir.update(&sk, &nd);
+    }
+    struct l7_event *ev = l7_scratch();
+    if (!ev)
+        return;
+    ev->ts_ns = bpf_ktime_get_ns();
+    ev->kind = FT_L7_IO_TURN;
+    ev->skaddr = sk;
+    ev->ssl = 0;
+    ev->pid = t >> 32;
+    ev->length = 0;
+    ev->cap_len = 0;
+    no_packet_fields(ev);
+    ev->tcp_flags = dir;
+    l7_submit(ev);
+}
+
+/* A socket reaching CLOSE (or ESTABLISHED: a new life at an address) forgets its direction. */
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != 6 || (args->newstate != 7 && args->newstate != 1))
+        return 0;
+    u64 sk = (u64)args->skaddr;
+    ft_sock_dir.delete(&sk);
+    return 0;
+}
+#endif
+
+#if defined(FT_HAVE_SSL) || defined(FT_HAVE_GOTLS) || defined(FT_HAVE_TURNS)
+static __always_inline int ssl_socket_io(const void *sk, int rx, u16 protocol, int ret, int flags) {
     u32 zero = 0;
+#ifdef FT_HAVE_TURNS
+    /* TCP data only: not errors, EOF or MSG_PEEK (2), which moves no data */
+    if (protocol == 6 && ret > 0 && !(rx && (flags & 2)))
+        io_turn((u64)sk, rx ? FT_L7_TURN_RX : FT_L7_TURN_TX);
+#endif
 #ifdef FT_HAVE_SSL
     if (rx) {
         s64 *bio = ft_bio_on.lookup(&zero);
@@ -606,6 +787,7 @@ static __always_inline int ssl_socket_io(const void *sk, int rx) {
         }
     }
 #endif
+#if defined(FT_HAVE_SSL) || defined(FT_HAVE_GOTLS)
     s64 *inflight = ft_ssl_inflight.lookup(&zero);
     if (!inflight || *inflight <= 0)
         return 0;
@@ -628,8 +810,9 @@ static __always_inline int ssl_socket_io(const void *sk, int rx) {
             gc->sk = (u64)sk;
     }
 #endif
+#endif
     return 0;
 }
-TRACEPOINT_PROBE(sock, sock_send_length) { return ssl_socket_io(args->sk, 0); }
-TRACEPOINT_PROBE(sock, sock_recv_length) { return ssl_socket_io(args->sk, 1); }
+TRACEPOINT_PROBE(sock, sock_send_length) { return ssl_socket_io(args->sk, 0, args->protocol, args->ret, args->flags); }
+TRACEPOINT_PROBE(sock, sock_recv_length) { return ssl_socket_io(args->sk, 1, args->protocol, args->ret, args->flags); }
 #endif

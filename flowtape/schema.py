@@ -152,9 +152,9 @@ CONNECTIONS = Table(
         C("retransmits", pa.uint32(), "Segments retransmitted by the local endpoint; null if unknown."),
         C("connect_latency_ns", pa.int64(), "Client: connect() to ESTABLISHED, nanoseconds. Null for server rows and failed connects."),
         C("close_state", pa.string(), "How it ended: 'closed' (FIN), 'reset', 'refused' (RST to SYN), 'timeout' (SYN never answered), 'failed', or 'open' when still open at tape end.", False),
-        C("wire_trace_id", pa.string(), "Trace id carried below HTTP on this connection's packets (32 lower-case hex digits), the first seen; null if none.", added="0.3"),
-        C("wire_span_id", pa.string(), "Span id carried with it (16 hex digits): the TCP option's; for the IPv4 option, derived from the packet's seq and ack; null if none.", added="0.3"),
-        C("wire_trace_source", pa.string(), "Where wire_trace_id was read: 'ip-option' (IPv4 option 136) or 'tcp-option' (TCP option kind 25); null if none.", added="0.3"),
+        C("wire_trace_id", pa.string(), "Trace id carried below HTTP in the connection's packets (IPv4 option 136 or TCP option kind 25), 32 lower-case hex digits, first seen on its packets (either direction) while the endpoint lived, read by the live recorder (changes: table wire_trace_context); null when none was seen and in pcap imports.", added="0.3"),
+        C("wire_span_id", pa.string(), "Span id with wire_trace_id, 16 hex digits (for the IPv4 option, which carries none: from that packet's TCP seq and ack, as wire_trace_context.span_id).", added="0.3"),
+        C("wire_trace_source", pa.string(), "Where wire_trace_id was read: 'ip-option' or 'tcp-option'; null with it.", added="0.3"),
     ),
     time_column="ts_start",
 )
@@ -234,28 +234,52 @@ HTTP = Table(
         C("grpc_message", pa.string(), "`grpc-message` trailer, percent-decoded (on the redaction allow-list by default: it can carry application data; drop it with --header-allow-list); null if absent or redacted.", added="0.2"),
         C("stream_error", pa.string(), "HTTP/2 error code name of the first RST_STREAM that ended the stream, from either side ('CANCEL' when a client gives up, e.g. at a gRPC deadline; 'NO_ERROR'; 'REFUSED_STREAM'; ...); null if the stream ended normally.", added="0.2"),
         C("headers_partial", pa.bool_(), "HTTP/2: true when a header field of this stream indexed HPACK state the recorder never saw (it joined the connection after its start, or a header block was not captured): the columns such fields would fill are null, never guessed; null for HTTP/1.x.", added="0.2"),
-        C("tracestate", pa.string(), "W3C tracestate header of the request; null if absent, not on the allow-list, or past a head's cut.", added="0.3"),
-        C("tid", pa.int32(), "Thread id (kernel tid) of `pid` that read the request (server side) or wrote it (client side); null if unknown. Links a thread-per-request server's exchange to the calls it made (analyze's traces view).", added="0.3"),
-        C("request_seq", pa.uint32(), "TCP sequence number of the request's first byte (the client's sequence space): a client row and the server row of the same exchange on different nodes share it, through NAT; null if unknown.", added="0.3"),
-        C("response_seq", pa.uint32(), "TCP sequence number of the response's first byte (the server's sequence space); shared like request_seq; null if unknown or without a response.", added="0.3"),
-        C("goroutine", pa.uint64(), "Go programs: the goroutine (runtime g pointer) of the call that read the request (server) or made it (client); `go_spawns` gives its ancestry; null otherwise.", added="0.3"),
+        C("tracestate", pa.string(), "W3C tracestate header of the request (HTTP/1 and HTTP/2); null if absent, not on the allow-list (it is by default), or past a head's cut.", added="0.3"),
+        C("tid", pa.int32(), "Thread (kernel task id, as threading.get_native_id() or gettid() return it) that read the request (server side) or wrote it (client side): from sock:sock_recv_length/sock_send_length, the thread whose receive (server) or send (client) on the row's socket first followed a turn of the connection's direction next to ts_request. Null when not seen (the recorder missed the I/O, an event loop thread did it is still a tid), for rows of pcap imports, and where the kernel lacks those tracepoints.", added="0.3"),
+        C("request_seq", pa.uint32(), "TCP sequence number of the request's first byte, in the client->server direction, as on the wire (raw, not relative; the client's and the server's row of one exchange carry the same value, through NAT too, so rows recorded on two nodes link exactly). "
+          "Plain HTTP/1.x from packets (live or pcap): exact, also for a head that starts inside a segment. Null for TLS plaintext (the plaintext's offset is not the TCP stream's: records add their framing) and for HTTP/2 streams (their HEADERS frames share segments).", added="0.3"),
+        C("response_seq", pa.uint32(), "TCP sequence number of the final response head's first byte (server->client), as request_seq; null without a response, and where request_seq is null.", added="0.3"),
+        C("goroutine", pa.uint64(), "Go programs: the goroutine (its g pointer, R14 at the crypto/tls call) of the exchange side. Not recorded yet: always null.", added="0.3"),
     ),
     time_column="ts_request",
+)
+
+# --- wire_trace_context ------------------------------------------------------------------
+
+WIRE_TRACE_CONTEXT = Table(
+    "wire_trace_context",
+    "A trace context carried below HTTP in a TCP flow's packets (IPv4 option 136 as OBI/Beyla write it, or TCP option "
+    "kind 25), read by the recorder's TC programs without changing the packet: one row when a direction of a flow shows "
+    "one for the first time, and one each time it changes (for the IPv4 option: its trace id; for the TCP option: trace "
+    "or span id). Works for TLS connections too (no decryption). `connections.wire_*` holds the first one of each "
+    "connection. A recorder's own packets (--inject-trace-context) are not written yet.",
+    (
+        C("ts", TS, "Time of the packet.", False),
+        NODE,
+        C("src_ip", IP, "Packet source IP.", False),
+        C("src_port", PORT, "Packet source port.", False),
+        C("dst_ip", IP, "Packet destination IP.", False),
+        C("dst_port", PORT, "Packet destination port.", False),
+        C("trace_id", pa.string(), "Trace id, 32 lower-case hex digits (the option's 16 bytes in order).", False),
+        C("span_id", pa.string(), "Span id, 16 hex digits: the TCP option's 8 bytes; for the IPv4 option (which has none) the packet's TCP sequence then acknowledgement number, each as a little-endian u32, as OBI derives it.", False),
+        C("source", pa.string(), "'ip-option' or 'tcp-option'.", False),
+    ),
+    time_column="ts",
 )
 
 # --- go_spawns ----------------------------------------------------------------------------
 
 GO_SPAWNS = Table(
     "go_spawns",
-    "One goroutine created by a Go program (runtime.newproc1): its parent and child g pointers, so that an exchange's "
-    "goroutine can be traced back to the goroutine of the request that caused it. g pointers are reused: a spawn is valid "
-    "from its ts until the next spawn of the same child_g.",
+    "A goroutine created by another in a Go program (uprobes on runtime.newproc1: the creator's g at entry, the new "
+    "g at each RET), for linking `http.goroutine` values into causal chains. g pointers are reused after a goroutine "
+    "exits: a link holds from its ts on. Not recorded yet: the table is declared and always empty.",
     (
         C("ts", TS, "Time the goroutine was created.", False),
         NODE,
         C("pid", pa.int32(), "Process (thread group) id of the Go program.", False),
-        C("parent_g", pa.uint64(), "g pointer of the goroutine that ran the `go` statement.", False),
-        C("child_g", pa.uint64(), "g pointer of the goroutine created.", False),
+        C("parent_g", pa.uint64(), "g pointer of the goroutine that called `go` (R14 at runtime.newproc1's entry).", False),
+        C("child_g", pa.uint64(), "g pointer of the new goroutine (RAX at runtime.newproc1's return).", False),
     ),
     time_column="ts",
 )
@@ -397,7 +421,7 @@ K8S_ENDPOINTS = Table(
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (FLOWS, CONNECTIONS, DNS, HTTP, GO_SPAWNS, TLS, K8S_PODS, K8S_SERVICES, K8S_NODES, K8S_ENDPOINTS)
+    t.name: t for t in (FLOWS, CONNECTIONS, DNS, HTTP, GO_SPAWNS, TLS, WIRE_TRACE_CONTEXT, K8S_PODS, K8S_SERVICES, K8S_NODES, K8S_ENDPOINTS)
 }
 
 # --- manifest ----------------------------------------------------------------------------

@@ -178,9 +178,16 @@ def random_stream(rng: random.Random) -> list[Step]:
     return random_bytes_stream(rng)
 
 
+CLIENT_SEQ, SERVER_SEQ = 0xFFFFFFC0, 7
+
+
 def run(conn: Any, steps: list[Step]) -> list[Any]:
     """Everything a decoder says about a stream: rows per step, body_remaining, close rows."""
     out: list[Any] = []
+    # sequence numbers of each direction's first byte: near the wrap for the requests, so the
+    # rows' request_seq/response_seq also check the modulo
+    conn.set_seq_base(True, CLIENT_SEQ)
+    conn.set_seq_base(False, SERVER_SEQ)
     for i, (from_client, data, length) in enumerate(steps):
         out.append(conn.feed_tuples(1000 + i, data, from_client, max(length, len(data))))
         out.append((conn.body_remaining(True), conn.body_remaining(False)))

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from flowtape.capture.decode import http_pairing
 from flowtape.capture.decode.stats import DecodeStats
 from flowtape.capture.decode.http_pairing import HttpConnection, Redaction, header_mask
-from http1_corpus import SEEDS, random_stream, run
+from http1_corpus import CLIENT_SEQ, SEEDS, SERVER_SEQ, random_stream, run
 from pcap_seeds import segments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +76,33 @@ def test_known_rows():
     py, c = both([(True, req, 0), (False, resp, 0)])
     assert c == py
     assert (len(req), len(resp)) == (69, 106)
-    assert py[0][2] == [(1000, 1001, 1, "HTTP/1.1", "GET", "/s?q=&page=", 200, 69, 106, "h, k", "t", None, "x")]
+    # request_seq: the stream's first byte; response_seq: the final head's, after the 25-byte 100 Continue
+    assert py[0][2] == [(1000, 1001, 1, "HTTP/1.1", "GET", "/s?q=&page=", 200, 69, 106, "h, k", "t", None, "x", None,
+                         CLIENT_SEQ, SERVER_SEQ + 25)]
+
+
+def test_seq_of_heads_inside_segments_and_after_gaps():
+    # Pipelined requests in one segment, a head after a body in the same segment, a cut head
+    # gathered over two segments, and bytes never seen (length > data): every head's sequence
+    # number is its first byte's, modulo 2**32; tracestate is read like traceparent.
+    r1 = b"GET /a HTTP/1.1\r\nTracestate: v=1\r\n\r\n"
+    r2 = b"POST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nxyz"
+    r3 = b"\r\nGET /c HTTP/1.1\r\nHost: h\r\n\r\n"  # an empty line before a head is skipped
+    a1 = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"
+    a2 = b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    steps = [(True, r1 + r2, 0), (True, r3[:20], 0), (True, r3[20:], 0),
+             (False, a1 + b"x" * 10, len(a1) + 1000),  # the body mostly unseen
+             (False, a2[:30], 0), (False, a2[30:], 0)]
+    py, c = both(steps)
+    assert c == py
+    rows = [r for step in py[0] if isinstance(step, list) for r in step]
+    seqs = [(r[5], r[13], r[14], r[15]) for r in rows]
+    n1, n2 = len(r1), len(r1) + len(r2)
+    m = len(a1) + 1000
+    assert seqs == [("/a", "v=1", CLIENT_SEQ, SERVER_SEQ),
+                    ("/b", None, (CLIENT_SEQ + n1) % 2**32, SERVER_SEQ + m),
+                    ("/c", None, (CLIENT_SEQ + n2 + 2) % 2**32, SERVER_SEQ + m + len(b"HTTP/1.1 204 No Content\r\n\r\n"))]
+    assert CLIENT_SEQ + n1 < 2**32 <= CLIENT_SEQ + n2 + 2  # the last one wrapped past 0
 
 
 @pytest.mark.parametrize("value", ["\u00b2", "-1", "+5", "1_0", "9" * 19, "5, 6", "", " 007 "])

@@ -97,9 +97,9 @@ def test_real_capture_same_rows(split, redaction):
     rows = [r for segs in SEEDS for r in same(steps_of(segs, split), redaction)]
     assert len(rows) == 29  # 4 curl, 20 h2load, 5 gRPC streams (test_decode_http2: each equals tshark)
     if redaction.allows("grpc-message"):
-        assert {r[17] for r in rows if r[14]} >= {"no such key: k1", "backend down"}  # unquoted
+        assert {r[20] for r in rows if r[17]} >= {"no such key: k1", "backend down"}  # unquoted
     else:
-        assert {r[17] for r in rows} == {None}
+        assert {r[20] for r in rows} == {None}
 
 
 @pytest.mark.parametrize("prefix", [0, 9, 30, 512, 2048])
@@ -159,7 +159,7 @@ def _hdrs(enc, sid, flags=0x4, ftype=http2.HEADERS):
 def test_continuation_flood():
     data = H2_PREFACE + _hdrs(hpack.Encoder(), 1, 0) + b"".join(frame(http2.CONTINUATION, 0, 1, b"\x00" * 1024) for _ in range(200))
     rows = same([(0, data, True, None), (1, frame(http2.CONTINUATION, http2.END_HEADERS, 1, b""), True, None)])
-    assert len(rows) == 1 and rows[0][19] is True and rows[0][4] is None
+    assert len(rows) == 1 and rows[0][22] is True and rows[0][4] is None
 
 
 @pytest.mark.parametrize("block", [b"\x3f\xe1\xff\xff\xff\x0f", b"\x40\x81\xff\x01a", b"\x80", b"\x41\x7f", b"\xff" + b"\xff" * 20,
@@ -191,7 +191,7 @@ def test_rst_stream_storm_and_too_many_open_streams():
         out += [_hdrs(enc, 2 * i + 1), frame(http2.RST_STREAM, 0, 2 * i + 1, struct.pack(">I", 8))]
     steps = [(0, b"".join(out), True, None), (2 * 10**9, b"", True, 0), (2 * 10**9, frame(http2.PING, 0, 0, bytes(8)), False, None)]
     rows = same(steps)
-    assert len(rows) == 3000 and {r[18] for r in rows} == {"CANCEL"}
+    assert len(rows) == 3000 and {r[21] for r in rows} == {"CANCEL"}
 
 
 def test_reset_then_late_trailers_and_unknown_error_codes():
@@ -203,7 +203,7 @@ def test_reset_then_late_trailers_and_unknown_error_codes():
         rst = frame(http2.RST_STREAM, 0, 1, struct.pack(">I", code))
         for late in (1, 2 * 10**9):
             rows = same([(0, H2_PREFACE + req, True, None), (5, resp, False, None), (10, rst, True, None), (10 + late, trailers, False, None)])
-            assert len(rows) == 1 and rows[0][18] is not None
+            assert len(rows) == 1 and rows[0][21] is not None
 
 
 # --- generated connections (tests/h2_corpus.py) -----------------------------------------------
@@ -227,10 +227,10 @@ def test_corpus_covers_the_rules():
     assert all(counts[n] for n in ("http2_malformed", "http2_desync", "http2_orphan_streams", "http2_mid_connection",
                                    "http2_headers_partial", "http2_header_block_too_large"))
     cols = list(zip(*rows))
-    for i in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 15, 16, 17, 18):
+    for i in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 17, 18, 19, 20, 21):
         assert any(v is not None for v in cols[i]), http2.exchange_fields()[i]
-    assert True in cols[19] and False in cols[19]
-    assert {"CANCEL", "NO_ERROR", "0x63"} <= set(cols[18])
+    assert True in cols[22] and False in cols[22]
+    assert {"CANCEL", "NO_ERROR", "0x63"} <= set(cols[21])
 
 
 # --- through the recorder's L7Decoder: the compiled record loop, records in Python, all Python ------
@@ -381,4 +381,4 @@ def test_without_the_compiled_decoder_the_python_one_runs_and_says_so(monkeypatc
     dec.add_endpoint(Endpoint(cport, "client", segs[0][0] - 1000, "198.18.0.2", cport, "198.18.0.1", sport, 1, "cli", cport))
     dec.feed_batch(_records(segs, cport, sport))
     rows = list(dec.take_rows(final=True)["http"])
-    assert rows and [r["stream_id"] for r in rows] == [r[13] for r in same(steps_of(segs))]
+    assert rows and [r["stream_id"] for r in rows] == [r[16] for r in same(steps_of(segs))]

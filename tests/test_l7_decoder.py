@@ -109,18 +109,21 @@ def test_http_rows_build_the_same_table_as_row_dicts():
         row = {"ts_request": 5 * S, "ts_response": 5 * S + 7, "latency_ns": 7, "client_ip": "10.0.0.2", "client_port": 40000,
                "server_ip": "10.0.0.1", "server_port": 80, "tls": False, "http_version": "HTTP/1.1", "method": "GET",
                "path": path, "status": 200, "request_bytes": 40, "response_bytes": 140, "traceparent": None,
-               "user_agent": "curl/8", "content_type": None, "host": "lab", **extra}
+               "user_agent": "curl/8", "content_type": None, "host": "lab", "tracestate": "v=1", "request_seq": 4_000_000_000,
+               "response_seq": 12, **extra}
         return tuple(row[f] for f in EXCHANGE_FIELDS), tuple(row[f] for f in BASE_FIELDS)
 
     rows = HttpRows()
     both = rows.exchange(*exchange("/a"))
     rows.add(both, "n-c1", 11, "curl", "client")
-    rows.add(both, "n-c2", 22, "nginx", "server")
+    rows.add(both, "n-c2", 22, "nginx", "server", tid=23)
     ssl = rows.exchange(*exchange("/b", tls=True))
     rows.add(ssl, "n-c3", 33, "wrk", "client")
     dicts = list(rows)
     assert [(r["path"], r["side"], r["pid"], r["conn_id"], r["tls"]) for r in dicts] == [
         ("/a", "client", 11, "n-c1", False), ("/a", "server", 22, "n-c2", False), ("/b", "client", 33, "n-c3", True)]
+    assert [(r["tid"], r["request_seq"], r["tracestate"]) for r in dicts] == [(None, 4_000_000_000, "v=1"), (23, 4_000_000_000, "v=1"),
+                                                                                (None, 4_000_000_000, "v=1")]
     fast = rows.to_arrow()
     assert fast.equals(conform(table("http"), dicts)) and fast.num_rows == 3
     assert HttpRows().to_arrow().num_rows == 0

@@ -26,7 +26,8 @@
 #define MAX_HEX 15    /* likewise chunk sizes */
 
 enum { HEAD, BODY, CHUNK_SIZE, CHUNK_DATA, TRAILERS, UNTIL_CLOSE, TUNNEL, DESYNC };
-enum { H_HOST, H_TRACEPARENT, H_USER_AGENT, H_CONTENT_TYPE, N_OUT_HEADERS }; /* row columns */
+enum { H_HOST, H_TRACEPARENT, H_USER_AGENT, H_CONTENT_TYPE, H_TRACESTATE, N_OUT_HEADERS }; /* row columns (http_pairing._HEADER_COLUMNS order) */
+#define N_ROW 16 /* len(http_pairing.EXCHANGE_FIELDS) */
 enum { M_OTHER, M_HEAD, M_CONNECT };
 
 /* --- module state: interned strings --------------------------------------------------------- */
@@ -90,6 +91,7 @@ typedef struct {
     int refs;
     char is_request, done, method_kind;
     int64_t ts;
+    int64_t at; /* the head's first byte: its offset in the direction's stream (Parser.fed) */
     PyObject *method, *path, *version; /* path: the request target, redacted if asked */
     int status;                        /* -1: none */
     PyObject *hdr[N_OUT_HEADERS];      /* str or NULL */
@@ -168,6 +170,7 @@ typedef struct {
     int state;
     Buf buf;
     int64_t buf_ts, remaining;
+    int64_t fed, base, buf_at; /* bytes fed so far (seen or not); offset of the segment being fed; of buf's first byte */
     Msg *msg; /* owned reference: the message whose body is being passed */
     struct Conn *conn;
 } Parser;
@@ -184,6 +187,7 @@ typedef struct Conn {
     Py_ssize_t x0, xn, xcap; /* live exchanges are xs[x0 .. x0+xn) */
     char closed, fresh, redact;
     int allow; /* bit i: output header i is on the allow-list */
+    int64_t seq_base[2]; /* TCP sequence number of the first byte fed, [0] server->client, [1] client->server; -1 unknown */
     PyObject *stats;
 } Conn;
 
@@ -273,6 +277,7 @@ static const struct {
 } WANTED[] = {
     {"content-length", 14, -2}, {"transfer-encoding", 17, -3}, {"host", 4, H_HOST},
     {"user-agent", 10, H_USER_AGENT}, {"content-type", 12, H_CONTENT_TYPE}, {"traceparent", 11, H_TRACEPARENT},
+    {"tracestate", 10, H_TRACESTATE},
 };
 
 static int wanted_at(const char *p, Py_ssize_t n, Py_ssize_t *name_len) {
@@ -492,10 +497,11 @@ static int p_frame(Parser *p, Msg *m, int method_kind) {
     return 0;
 }
 
-static int p_start(Parser *p, int64_t ts, const char *head, Py_ssize_t n) {
+static int p_start(Parser *p, int64_t ts, int64_t at, const char *head, Py_ssize_t n) {
     Msg *m;
     if (parse_head(p, ts, head, n, 1, &m) < 0) return -1;
     if (m == NULL) return p_malformed(p);
+    m->at = at;
     m->head_bytes = n;
     set_msg(p, m);
     int kind, r = p_on_head(p, m, &kind);
@@ -512,10 +518,11 @@ static Py_ssize_t p_head(Parser *p, int64_t ts, const char *d, Py_ssize_t pos, P
         const char *i = find(d + pos, end - pos, "\r\n\r\n", 4);
         if (i != NULL) {
             Py_ssize_t stop = i - d + 4;
-            if (p_start(p, ts, d + pos, stop - pos) < 0) return -1;
+            if (p_start(p, ts, p->base + pos, d + pos, stop - pos) < 0) return -1;
             return stop;
         }
         p->buf_ts = ts;
+        p->buf_at = p->base + pos;
         if (buf_add(&p->buf, d + pos, end - pos) < 0) return -1;
         if (p->buf.len > MAX_HEAD && p_malformed(p) < 0) return -1;
         return end;
@@ -537,7 +544,7 @@ static Py_ssize_t p_head(Parser *p, int64_t ts, const char *d, Py_ssize_t pos, P
     }
     memcpy(head, p->buf.data, hl);
     buf_clear(&p->buf);
-    int r = p_start(p, p->buf_ts, head, hl);
+    int r = p_start(p, p->buf_ts, p->buf_at, head, hl);
     PyMem_Free(head);
     if (r < 0) return -1;
     return pos + (hl - old);
@@ -624,6 +631,7 @@ static int p_cut_head(Parser *p) {
         msg_unref(m);
         return -1;
     }
+    m->at = p->buf_at;
     m->head_bytes = -1;
     m->body_bytes = -1;
     set_msg(p, m);
@@ -663,6 +671,8 @@ static int p_skip(Parser *p, int64_t n) {
 }
 
 static int p_feed(Parser *p, int64_t ts, const char *d, Py_ssize_t end, int64_t length) {
+    p->base = p->fed;
+    p->fed += length > end ? length : end;
     if (p->state == DESYNC) {
         int ok = p->is_request ? looks_like_request(d, end) : looks_like_response(d, end);
         if (end && ok) p->state = HEAD;
@@ -756,11 +766,11 @@ static PyObject *obj_or_none(PyObject *o) { return Py_NewRef(o ? o : Py_None); }
 /* One row tuple in http_pairing.EXCHANGE_FIELDS order. */
 static PyObject *row(Conn *c, Exchange *x) {
     Msg *q = x->request, *r = x->response;
-    PyObject *t = PyTuple_New(13);
+    PyObject *t = PyTuple_New(N_ROW);
     if (t == NULL) return NULL;
     int64_t size = (r == NULL || !r->done) ? -1 : msg_size(r);
     int64_t resp_bytes = (size < 0 || x->interim_bytes < 0) ? -1 : size + x->interim_bytes;
-    PyObject *v[13];
+    PyObject *v[N_ROW];
     v[0] = PyLong_FromLongLong(q->ts);
     v[1] = r ? PyLong_FromLongLong(r->ts) : Py_NewRef(Py_None);
     v[2] = r ? PyLong_FromLongLong(r->ts - q->ts) : Py_NewRef(Py_None);
@@ -774,8 +784,11 @@ static PyObject *row(Conn *c, Exchange *x) {
     v[10] = obj_or_none((c->allow & (1 << H_TRACEPARENT)) ? q->hdr[H_TRACEPARENT] : NULL);
     v[11] = obj_or_none((c->allow & (1 << H_USER_AGENT)) ? q->hdr[H_USER_AGENT] : NULL);
     v[12] = obj_or_none((r && (c->allow & (1 << H_CONTENT_TYPE))) ? r->hdr[H_CONTENT_TYPE] : NULL);
+    v[13] = obj_or_none((c->allow & (1 << H_TRACESTATE)) ? q->hdr[H_TRACESTATE] : NULL);
+    v[14] = c->seq_base[1] < 0 ? Py_NewRef(Py_None) : PyLong_FromLongLong((c->seq_base[1] + q->at) & 0xffffffffLL);
+    v[15] = (c->seq_base[0] < 0 || r == NULL) ? Py_NewRef(Py_None) : PyLong_FromLongLong((c->seq_base[0] + r->at) & 0xffffffffLL);
     int bad = 0;
-    for (int i = 0; i < 13; i++) {
+    for (int i = 0; i < N_ROW; i++) {
         if (v[i] == NULL) bad = 1;
         PyTuple_SET_ITEM(t, i, v[i] ? v[i] : Py_NewRef(Py_None));
     }
@@ -898,6 +911,20 @@ fail:
     return NULL;
 }
 
+/* set_seq_base(from_client, seq): the TCP sequence number of the first byte this direction is fed */
+static PyObject *Conn_set_seq_base(Conn *c, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_seq_base(from_client, seq)");
+        return NULL;
+    }
+    int from_client = PyObject_IsTrue(args[0]);
+    if (from_client < 0) return NULL;
+    unsigned long long seq = PyLong_AsUnsignedLongLongMask(args[1]);
+    if (seq == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    c->seq_base[from_client ? 1 : 0] = (int64_t)(seq & 0xffffffffULL);
+    Py_RETURN_NONE;
+}
+
 /* body_remaining(from_client) -> bytes of a Content-Length body still to pass, else 0 */
 static PyObject *Conn_body_remaining(Conn *c, PyObject *arg) {
     int from_client = PyObject_IsTrue(arg);
@@ -910,6 +937,7 @@ static PyMethodDef Conn_methods[] = {
     {"feed_tuples", (PyCFunction)(void (*)(void))Conn_feed, METH_FASTCALL, "One segment of one direction, in stream order."},
     {"close_tuples", (PyCFunction)Conn_close, METH_O, "The connection ended: every pending exchange."},
     {"body_remaining", (PyCFunction)Conn_body_remaining, METH_O, "Bytes of a Content-Length body still to pass."},
+    {"set_seq_base", (PyCFunction)(void (*)(void))Conn_set_seq_base, METH_FASTCALL, "TCP sequence number of a direction's first byte."},
     {NULL},
 };
 
@@ -920,6 +948,7 @@ static PyObject *Conn_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
     c->redact = 1;
     c->allow = (1 << N_OUT_HEADERS) - 1;
     c->fresh = 1;
+    c->seq_base[0] = c->seq_base[1] = -1;
     c->req.is_request = 1;
     c->req.conn = c->resp.conn = c;
     return (PyObject *)c;

@@ -40,11 +40,11 @@ enum { DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY
 #define PRIORITY_FLAG 0x20
 
 /* http2._WANTED: the fields whose values are decoded (W_SCHEME only for that: rows do not use it) */
-enum { W_METHOD, W_PATH, W_AUTHORITY, W_SCHEME, W_STATUS, W_HOST, W_CTYPE, W_UA, W_TRACEPARENT, W_GRPC_STATUS, W_GRPC_MESSAGE, N_WANTED };
+enum { W_METHOD, W_PATH, W_AUTHORITY, W_SCHEME, W_STATUS, W_HOST, W_CTYPE, W_UA, W_TRACEPARENT, W_GRPC_STATUS, W_GRPC_MESSAGE, W_TRACESTATE, N_WANTED };
 static const char *WANTED[N_WANTED] = {":method", ":path", ":authority", ":scheme", ":status", "host", "content-type",
-                                       "user-agent", "traceparent", "grpc-status", "grpc-message"};
+                                       "user-agent", "traceparent", "grpc-status", "grpc-message", "tracestate"};
 /* allow bits (http2.allow_mask) */
-enum { A_HOST = 1, A_TRACE = 2, A_AGENT = 4, A_CTYPE = 8, A_MESSAGE = 16 };
+enum { A_HOST = 1, A_TRACE = 2, A_AGENT = 4, A_CTYPE = 8, A_MESSAGE = 16, A_STATE = 32 }; /* http2.ALLOW_HEADERS order */
 
 static const char *ERROR_CODES[] = {"NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "FLOW_CONTROL_ERROR", "SETTINGS_TIMEOUT",
                                     "STREAM_CLOSED", "FRAME_SIZE_ERROR", "REFUSED_STREAM", "CANCEL", "COMPRESSION_ERROR",
@@ -395,8 +395,8 @@ static int hp_decode(Hpack *h, const unsigned char *blk, Py_ssize_t n, Buf *scra
 
 /* --- streams ---------------------------------------------------------------------------------- */
 
-enum { R_METHOD, R_PATH, R_AUTHORITY, R_HOST, R_CTYPE, R_UA, R_TRACEPARENT, N_REQ };
-static const int REQ_WANTED[N_REQ] = {W_METHOD, W_PATH, W_AUTHORITY, W_HOST, W_CTYPE, W_UA, W_TRACEPARENT};
+enum { R_METHOD, R_PATH, R_AUTHORITY, R_HOST, R_CTYPE, R_UA, R_TRACEPARENT, R_TRACESTATE, N_REQ };
+static const int REQ_WANTED[N_REQ] = {W_METHOD, W_PATH, W_AUTHORITY, W_HOST, W_CTYPE, W_UA, W_TRACEPARENT, W_TRACESTATE};
 
 typedef struct Stream {
     struct Stream *prev, *next;   /* open streams, in the order they opened */
@@ -541,10 +541,10 @@ static PyObject *make_row(H2 *c, Stream *st) {
         host = (a && PyUnicode_GET_LENGTH(a)) ? a : st->req[R_HOST];
     }
     error = st->error;
-    PyObject *row = PyTuple_New(20);
+    PyObject *row = PyTuple_New(23);
     if (row == NULL) goto fail;
     int64_t lat = st->ts_response - st->ts_request;
-    PyObject *items[20] = {
+    PyObject *items[23] = { /* http_pairing.EXCHANGE_FIELDS + http_rows.H2_FIELDS */
         PyLong_FromLongLong(st->ts_request),
         int_or_none(st->has_response, st->ts_response),
         int_or_none(st->has_response, lat),
@@ -558,6 +558,9 @@ static PyObject *make_row(H2 *c, Stream *st) {
         obj_or_none((c->allow & A_TRACE) ? st->req[R_TRACEPARENT] : NULL),
         obj_or_none((c->allow & A_AGENT) ? st->req[R_UA] : NULL),
         obj_or_none((c->allow & A_CTYPE) ? ctype : NULL),
+        obj_or_none((c->allow & A_STATE) ? st->req[R_TRACESTATE] : NULL),
+        Py_NewRef(Py_None), /* request_seq, response_seq: not derived for HTTP/2 */
+        Py_NewRef(Py_None),
         PyLong_FromLongLong(st->sid),
         obj_or_none(service),
         obj_or_none(method),
@@ -567,7 +570,7 @@ static PyObject *make_row(H2 *c, Stream *st) {
         PyBool_FromLong(st->partial),
     };
     int bad = 0;
-    for (int i = 0; i < 20; i++) {
+    for (int i = 0; i < 23; i++) {
         if (items[i] == NULL) bad = 1;
         PyTuple_SET_ITEM(row, i, items[i] ? items[i] : Py_NewRef(Py_None));
     }
@@ -1092,7 +1095,7 @@ static void dir_init(Dir *d, int from_client, int at_start) {
 static int H2_init(H2 *c, PyObject *args, PyObject *kw) {
     static char *names[] = {"stats", "redact", "allow", "at_start", NULL};
     PyObject *stats = Py_None;
-    int redact = 1, allow = 31, at_start = 1;
+    int redact = 1, allow = 63, at_start = 1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|Opip", names, &stats, &redact, &allow, &at_start)) return -1;
     Py_XSETREF(c->stats, Py_NewRef(stats));
     c->redact = redact;
@@ -1136,7 +1139,7 @@ static PyObject *H2_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
         return NULL;
     }
     c->redact = 1;
-    c->allow = 31;
+    c->allow = 63;
     dir_init(&c->dirs[0], 0, 1);
     dir_init(&c->dirs[1], 1, 1);
     return (PyObject *)c;
@@ -1148,7 +1151,7 @@ static PyTypeObject H2Type = {
     .tp_basicsize = sizeof(H2),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Both directions of one HTTP/2 connection (compiled twin of http2.H2Connection).\n"
-              "H2Connection(stats, redact=True, allow=31, at_start=True); allow: http2.allow_mask(redaction).",
+              "H2Connection(stats, redact=True, allow=63, at_start=True); allow: http2.allow_mask(redaction).",
     .tp_new = H2_new,
     .tp_init = (initproc)H2_init,
     .tp_dealloc = (destructor)H2_dealloc,

@@ -39,7 +39,7 @@ KNOWN_METHODS = frozenset(
 )
 # Headers read from each head: the two that frame bodies, and those of the `http` table's
 # columns (which the redaction allow-list may still drop). Others are never decoded.
-WANTED_HEADERS = ("content-length", "transfer-encoding", "host", "user-agent", "content-type", "traceparent")
+WANTED_HEADERS = ("content-length", "transfer-encoding", "host", "user-agent", "content-type", "traceparent", "tracestate")
 # One C-level pass finds every wanted header line (field names are case-insensitive; no space
 # may precede the colon, RFC 9112 5.1).
 _WANTED_RE = re.compile(rb"\r\n(" + b"|".join(n.encode() for n in WANTED_HEADERS) + rb"):([^\r\n]*)", re.IGNORECASE)
@@ -55,12 +55,13 @@ _TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefgh
 class HttpMessage:
     """One request or response head, and the size of its message once known."""
 
-    __slots__ = ("is_request", "ts_ns", "method", "target", "version", "status", "headers",
+    __slots__ = ("is_request", "ts_ns", "at", "method", "target", "version", "status", "headers",
                  "head_bytes", "body_bytes", "truncated", "done")
 
     def __init__(self, is_request: bool, ts_ns: int) -> None:
         self.is_request = is_request
         self.ts_ns = ts_ns  # time of the segment holding the head's first byte
+        self.at = 0  # the head's first byte: its offset in the direction's byte stream (HttpParser.fed)
         self.method: str | None = None  # requests
         self.target: str | None = None  # requests: request-target as sent (not redacted)
         self.version: str | None = None  # 'HTTP/1.1'
@@ -139,6 +140,11 @@ class HttpParser:
         self.state = HEAD
         self.buf = bytearray()  # a head, chunk-size line or trailer being gathered
         self.buf_ts = 0  # ts of the first byte in buf (a head's ts)
+        # Bytes of this direction fed so far, seen or not (the sum of the segments' lengths): a
+        # head's offset in the stream, which the caller turns into its TCP sequence number.
+        self.fed = 0
+        self.buf_at = 0  # offset of the first byte in buf
+        self._base = 0  # offset of the segment being fed
         self.remaining = 0  # BODY / CHUNK_DATA: bytes still to pass
         self.msg: HttpMessage | None = None  # the message whose body is being passed
         self._looks_like = looks_like_request if is_request else looks_like_response
@@ -154,11 +160,14 @@ class HttpParser:
         """
         events: list[Event] = []
         end = len(data)
+        base = self.fed
+        self.fed = base + (end if length is None or length < end else length)
         if self.state == DESYNC:
             if end and self._looks_like(data):
                 self.state = HEAD
             else:
                 return events
+        self._base = base
         pos = 0
         while pos < end:
             state = self.state
@@ -209,9 +218,10 @@ class HttpParser:
                 return end
             i = data.find(b"\r\n\r\n", pos)
             if i >= 0:  # the common case: the whole head in this segment
-                self._start(ts_ns, data[pos : i + 4], events)
+                self._start(ts_ns, data[pos : i + 4], events, self._base + pos)
                 return i + 4
             self.buf_ts = ts_ns
+            self.buf_at = self._base + pos
             self.buf += data[pos:]
             if len(self.buf) > MAX_HEAD:
                 self._malformed(events)
@@ -225,14 +235,15 @@ class HttpParser:
             return end
         head = bytes(self.buf[: i + 4])
         self.buf.clear()
-        self._start(self.buf_ts, head, events)
+        self._start(self.buf_ts, head, events, self.buf_at)
         return pos + (i + 4 - old)
 
-    def _start(self, ts_ns: int, head: bytes, events: list[Event]) -> None:
+    def _start(self, ts_ns: int, head: bytes, events: list[Event], at: int) -> None:
         msg = self._parse_head(ts_ns, head)
         if msg is None:
             self._malformed(events)
             return
+        msg.at = at
         msg.head_bytes = len(head)
         events.append((HEAD_EVENT, msg))
         self.msg = msg
@@ -402,6 +413,7 @@ class HttpParser:
             self._desync(events)
             return
         self.stats.add("http_truncated_heads")
+        msg.at = self.buf_at
         msg.truncated = True
         msg.head_bytes = None
         msg.body_bytes = None

@@ -81,7 +81,7 @@ _huffman: dict[bytes, str] = {}
 UNKNOWN = None  # a field whose name or value indexes a dynamic-table entry never seen
 # request/response fields the rows use (others are decoded only as far as the table needs)
 _WANTED = frozenset((":method", ":path", ":authority", ":scheme", ":status", "host", "content-type", "user-agent",
-                     "traceparent", "grpc-status", "grpc-message"))
+                     "traceparent", "tracestate", "grpc-status", "grpc-message"))
 
 
 class HpackError(Exception):
@@ -618,7 +618,7 @@ class H2Connection:
 
     def _row(self, st: _Stream) -> tuple:
         q, r = st.req, st.resp
-        host_ok, trace_ok, agent_ok, ctype_ok, msg_ok = self._allow
+        host_ok, trace_ok, agent_ok, ctype_ok, msg_ok, state_ok = self._allow
         path = q.get(":path")
         ctype_req = q.get("content-type") or ""
         ctype = r.get("content-type")
@@ -646,6 +646,9 @@ class H2Connection:
             q.get("traceparent") if trace_ok else None,
             q.get("user-agent") if agent_ok else None,
             ctype if ctype_ok else None,
+            q.get("tracestate") if state_ok else None,
+            None,  # request_seq, response_seq: not derived for HTTP/2 (frames of many streams share segments)
+            None,
             st.sid,
             service,
             method,
@@ -714,7 +717,7 @@ def as_dicts(rows: list[tuple]) -> list[dict[str, Any]]:
 
 # --- which implementation runs -------------------------------------------------------------------
 
-ALLOW_HEADERS = ("host", "traceparent", "user-agent", "content-type", "grpc-message")  # H2Connection._allow, in this order
+ALLOW_HEADERS = ("host", "traceparent", "user-agent", "content-type", "grpc-message", "tracestate")  # H2Connection._allow, in this order
 
 
 def allow_mask(redaction: Redaction) -> int:

@@ -33,7 +33,7 @@ try:
 except ImportError:  # no compiler at install time: the Python decoder does the same work, slower
     _http1 = None
 
-DEFAULT_HEADER_ALLOW_LIST = ("host", "user-agent", "content-type", "traceparent", "grpc-message")  # grpc-message: HTTP/2 trailers
+DEFAULT_HEADER_ALLOW_LIST = ("host", "user-agent", "content-type", "traceparent", "tracestate", "grpc-message")  # grpc-message: HTTP/2 trailers
 MAX_PENDING = 256  # exchanges waiting on one connection; beyond this the oldest is emitted unanswered
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # RFC 9113 3.4: a client's first bytes over HTTP/2
 
@@ -43,6 +43,7 @@ _HEADER_COLUMNS = (
     ("traceparent", "traceparent", "request"),
     ("user_agent", "user-agent", "request"),
     ("content_type", "content-type", "response"),
+    ("tracestate", "tracestate", "request"),
 )
 
 
@@ -107,7 +108,9 @@ def is_http2(first: bytes, from_client: bool) -> bool:
 
 
 EXCHANGE_FIELDS = ("ts_request", "ts_response", "latency_ns", "http_version", "method", "path", "status",
-                   "request_bytes", "response_bytes", "host", "traceparent", "user_agent", "content_type")
+                   "request_bytes", "response_bytes", "host", "traceparent", "user_agent", "content_type",
+                   "tracestate", "request_seq", "response_seq")
+SEQ_MOD = 1 << 32
 
 
 def header_mask(redaction: Redaction) -> int:
@@ -137,6 +140,9 @@ class HttpConnection:
         self.responses = HttpParser(False, self.stats, self._on_response)
         self.closed = False
         self.fresh = True  # no byte seen yet in either direction
+        # TCP sequence number of each direction's first byte fed ([0] server->client, [1] client->server),
+        # from set_seq_base; None (TLS plaintext, or never told): the rows' *_seq columns are null.
+        self.seq_base: list[int | None] = [None, None]
         # which header columns this redaction keeps, decided once rather than per row
         self._allowed = tuple(self.redaction.allows(h) for _, h, _ in _HEADER_COLUMNS)
 
@@ -166,6 +172,11 @@ class HttpConnection:
         rows = [self._row(x) for x in self.exchanges]
         self.exchanges.clear()
         return rows
+
+    def set_seq_base(self, from_client: bool, seq: int) -> None:
+        """The TCP sequence number of the first byte this direction will be fed (the caller's
+        segment ordering starts there): heads' stream offsets become request_seq/response_seq."""
+        self.seq_base[bool(from_client)] = seq % SEQ_MOD
 
     def body_remaining(self, from_client: bool) -> int:
         """Bytes of a Content-Length body this direction still has to pass (0 outside one)."""
@@ -222,7 +233,8 @@ class HttpConnection:
         req, resp = x.request, x.response
         size = None if resp is None or not resp.done else resp.size
         qh, rh = req.headers, (resp.headers if resp is not None else {})
-        host, trace, agent, ctype = self._allowed
+        host, trace, agent, ctype, tstate = self._allowed
+        qbase, rbase = self.seq_base[1], self.seq_base[0]
         return (
             req.ts_ns,
             None if resp is None else resp.ts_ns,
@@ -237,6 +249,9 @@ class HttpConnection:
             qh.get("traceparent") if trace else None,
             qh.get("user-agent") if agent else None,
             rh.get("content-type") if ctype else None,
+            qh.get("tracestate") if tstate else None,
+            None if qbase is None else (qbase + req.at) % SEQ_MOD,
+            None if rbase is None or resp is None else (rbase + resp.at) % SEQ_MOD,
         )
 
 

@@ -27,7 +27,9 @@ H2_FIELDS = ("stream_id", "grpc_service", "grpc_method", "grpc_status", "grpc_me
 _NX = len(EXCHANGE_FIELDS)
 
 BASE_FIELDS = ("client_ip", "client_port", "server_ip", "server_port", "tls")
-SIDE_COLUMNS = ("conn_id", "pid", "comm", "side")
+SIDE_COLUMNS = ("conn_id", "pid", "comm", "side", "tid")  # tid: constant per connection side for most servers, so sides stay few
+# per row too, but kept only once a row has one (today none does: a column of nulls costs nothing per row)
+SPARSE_SIDE_COLUMNS = ("goroutine",)
 _SCHEMA = table("http").arrow_schema
 
 
@@ -42,8 +44,9 @@ class HttpRows:
         self._base_ids: dict[tuple, int] = {}
         self.of: list[int] = []  # per row: index into exchanges
         self.side_of: list[int] = []  # per row: index into sides
-        self.sides: list[tuple] = []  # distinct (conn_id, pid, comm, side) tuples
+        self.sides: list[tuple] = []  # distinct (conn_id, pid, comm, side, tid) tuples
         self._side_ids: dict[tuple, int] = {}
+        self.goroutine: list[int | None] | None = None  # made at the first row that has one
         self.long = False  # some exchange is an HTTP/2 one (has H2_FIELDS)
 
     def exchange(self, row: tuple, base: tuple) -> int:
@@ -57,9 +60,14 @@ class HttpRows:
         self.base_of.append(b)
         return len(self.exchanges) - 1
 
-    def add(self, exchange: int, conn_id: str | None, pid: int | None, comm: str | None, side: str) -> None:
+    def add(self, exchange: int, conn_id: str | None, pid: int | None, comm: str | None, side: str,
+            tid: int | None = None, goroutine: int | None = None) -> None:
         self.of.append(exchange)
-        key = (conn_id, pid, comm, side)
+        if goroutine is not None and self.goroutine is None:
+            self.goroutine = [None] * (len(self.of) - 1)
+        if self.goroutine is not None:
+            self.goroutine.append(goroutine)
+        key = (conn_id, pid, comm, side, tid)
         i = self._side_ids.get(key)
         if i is None:
             i = self._side_ids[key] = len(self.sides)
@@ -78,6 +86,7 @@ class HttpRows:
             row.update(zip(EXCHANGE_FIELDS + H2_FIELDS, self.exchanges[x]))
             row.update(zip(BASE_FIELDS, self.bases[self.base_of[x]]))
             row.update(zip(SIDE_COLUMNS, self.sides[self.side_of[i]]))
+            row["goroutine"] = None if self.goroutine is None else self.goroutine[i]
             yield row
 
     def to_arrow(self) -> pa.Table:
@@ -105,6 +114,9 @@ class HttpRows:
             side_of = pa.array(self.side_of, pa.int32())
             for name, values in zip(SIDE_COLUMNS, zip(*self.sides)):
                 columns[name] = pa.array(values, _SCHEMA.field(name).type).take(side_of)
+            for name in SPARSE_SIDE_COLUMNS:
+                values = getattr(self, name)
+                columns[name] = pa.nulls(len(self.of), _SCHEMA.field(name).type) if values is None else pa.array(values, _SCHEMA.field(name).type)
             # columns this decoder does not fill (added later, schema.Column.added) are null
             n = len(side_of)
             return pa.Table.from_arrays([columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in _SCHEMA], schema=_SCHEMA)

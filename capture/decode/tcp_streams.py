@@ -116,6 +116,12 @@ class TcpStreams:
             dirn.next = (seq + length) % SEQ_MOD
             self.segments(flow, from_client, ((wall, data, length),))
             return
+        if dirn.next is None and not flow.dns:
+            # the direction's first segment: the decoder counts its bytes from here, which
+            # turns a head's stream offset into its TCP sequence number (request_seq/response_seq)
+            set_base = getattr(flow.http, "set_seq_base", None)
+            if set_base is not None:
+                set_base(from_client, seq)
         segs: list = []
         dirn.push(wall, seq, data, length, segs)
         if segs:

@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         node: Annotated[Optional[str], typer.Option("--node", help="Node name for the rows (default: the first file's name without its extension).")] = None,
         interval: Annotated[float, typer.Option("--interval", help="Seconds of capture time per flow row (as the recorder's --flow-interval).")] = 5.0,
         no_redact: Annotated[bool, typer.Option("--no-redact", help="Keep query string values and every header column (recorded in the manifest). Bodies are never stored.")] = False,
-        header_allow_list: Annotated[Optional[str], typer.Option("--header-allow-list", help="Comma-separated headers whose values are kept when redacting (default: host,user-agent,content-type,traceparent).")] = None,
+        header_allow_list: Annotated[Optional[str], typer.Option("--header-allow-list", help="Comma-separated headers whose values are kept when redacting (default: host,user-agent,content-type,traceparent,tracestate,grpc-message).")] = None,
         dns_port: Annotated[Optional[list[int]], typer.Option("--dns-port", help="A port carrying DNS (UDP and TCP); repeatable; default 53, as the recorder.", min=1, max=65535)] = None,
     ) -> None:
         """Import packet captures into a new tape: flows, connections, dns, http and tls, with the

@@ -400,8 +400,8 @@ def loop_in_use() -> str:
 def _tuples_table(name: str, columns: tuple[str, ...], rows: list[tuple]) -> pa.Table:
     """Rows as value tuples in `columns` order -> the table's Arrow schema (no dict per row)."""
     schema = table_decl(name).arrow_schema
-    cols = dict(zip(columns, zip(*rows)))
-    n = len(rows)  # columns a capture cannot fill (added later, schema.Column.added) are null
+    cols = dict(zip(columns, zip(*rows))) if rows else dict.fromkeys(columns, ())
+    n = len(rows)  # columns the importer does not fill (added ones, e.g. connections.wire_trace_id) are null
     return pa.Table.from_arrays([pa.array(cols[f.name], f.type) if f.name in cols else pa.nulls(n, f.type) for f in schema], schema=schema)
 
 

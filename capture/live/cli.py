@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         node: Annotated[Optional[str], typer.Option(help="Node name written into the tape (default: the host name).")] = None,
         ssl_lib: Annotated[Optional[list[str]], typer.Option("--ssl-lib", help="OpenSSL library (or statically linked binary) to read HTTPS plaintext from with uprobes; repeatable; default: the system libssl.so.3. --ssl-lib none turns HTTPS plaintext off.")] = None,
         no_redact: Annotated[bool, typer.Option("--no-redact", help="Keep query string values and every header column (recorded in the manifest). Bodies are never stored.")] = False,
-        header_allow_list: Annotated[Optional[str], typer.Option("--header-allow-list", help="Comma-separated headers whose values are kept when redacting (default: host,user-agent,content-type,traceparent,grpc-message).")] = None,
+        header_allow_list: Annotated[Optional[str], typer.Option("--header-allow-list", help="Comma-separated headers whose values are kept when redacting (default: host,user-agent,content-type,traceparent,tracestate,grpc-message).")] = None,
         owner_fallback: Annotated[bool, typer.Option("--owner-fallback", help="Name the owner of server sockets accepted without the peer address (libuv, Node.js) by the first process that reads or writes them; runs a program on every send and receive (Linux 6.3+).")] = False,
         kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None,

@@ -55,6 +55,8 @@ COLUMNS = (
     "cgroup_id", "container_id", "bytes_sent", "bytes_received", "segs_sent", "segs_received", "srtt_us",
     "retransmits", "connect_latency_ns", "close_state",
 )
+# Filled when the tracker is given `wire` (the l7 probe's trace contexts read from packets)
+WIRE_COLUMNS = ("wire_trace_id", "wire_span_id", "wire_trace_source")
 
 
 @dataclass(eq=False, slots=True)  # identity: two endpoints are never "equal"
@@ -150,6 +152,9 @@ class ConnectionTracker:
         # Endpoints still open are only in the kernel's map (no event is sent at ESTABLISHED):
         # the final take_rows asks this for them, as ESTABLISHED events (ConnectionProbe.open_endpoints).
         self.live_source: Callable[[], list[dict[str, Any]]] | None = None
+        # The trace context first seen on an endpoint's packets (L7Decoder.wire_context), for
+        # WIRE_COLUMNS; None: those columns are left out (null).
+        self.wire: Callable[[Conn], tuple] | None = None
 
     # --- events ---------------------------------------------------------------------------
 
@@ -293,6 +298,9 @@ class ConnectionTracker:
             self.live.clear()
         for c in ready:
             self._forget(c)
+        wire = self.wire
+        if wire is not None:
+            return Rows([self.values(c) + wire(c) for c in ready], COLUMNS + WIRE_COLUMNS)
         return Rows([self.values(c) for c in ready])
 
 
@@ -300,17 +308,18 @@ class Rows:
     """Rows of `connections`: a sequence of row dicts, and `to_arrow()` (what TapeWriter.append
     uses) built column by column from the rows' value tuples, with no per-row dict."""
 
-    def __init__(self, values: list[tuple]):
+    def __init__(self, values: list[tuple], columns: tuple[str, ...] = COLUMNS):
         self._values = values
+        self.columns = columns
 
     def __len__(self) -> int:
         return len(self._values)
 
     def __iter__(self):
-        return (dict(zip(COLUMNS, v)) for v in self._values)
+        return (dict(zip(self.columns, v)) for v in self._values)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return dict(zip(COLUMNS, self._values[i]))
+        return dict(zip(self.columns, self._values[i]))
 
     def __eq__(self, other: object) -> bool:
         return list(self) == list(other) if isinstance(other, (list, tuple, Rows)) else NotImplemented
@@ -320,14 +329,14 @@ class Rows:
 
     def distinct(self, column: str) -> set[Any]:
         """The distinct values of one column (the recorder notes the cgroups its rows name)."""
-        i = COLUMNS.index(column)
+        i = self.columns.index(column)
         return {v[i] for v in self._values}
 
     def to_arrow(self) -> pa.Table:
         from ...schema import table
 
         schema = table("connections").arrow_schema
-        cols = dict(zip(COLUMNS, zip(*self._values))) if self._values else dict.fromkeys(COLUMNS, ())
+        cols = dict(zip(self.columns, zip(*self._values))) if self._values else dict.fromkeys(self.columns, ())
         n = len(self._values)
         return pa.Table.from_arrays([pa.array(cols[f.name], f.type) if f.name in cols else pa.nulls(n, f.type) for f in schema], schema=schema)
 

@@ -37,6 +37,7 @@ events they join (accept, close) have arrived.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import ctypes
 import operator
@@ -60,9 +61,13 @@ from ..decode import http2 as _h2
 from ..decode.http2 import looks_like_frames
 
 # struct l7_event kinds (bpf/events.h)
-DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE = 1, 2, 3, 4, 5, 6, 7, 8
+DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE, IO_TURN, WIRE_TRACE = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+WIRE_SOURCES = {1: "ip-option", 2: "tcp-option"}  # WIRE_TRACE's tcp_flags
+NO_WIRE = (None, None, None)
+TURN_RX, TURN_TX = 1, 2  # IO_TURN's tcp_flags: the thread received / sent
 TCP_FIN, TCP_RST = 0x01, 0x04
-KERNEL_COUNTERS = {0: "l7.ringbuf_full", 1: "l7.flow_map_full", 2: "l7.truncated", 3: "l7.ssl_no_socket", 4: "l7.http_segments_shed"}
+KERNEL_COUNTERS = {0: "l7.ringbuf_full", 1: "l7.flow_map_full", 2: "l7.truncated", 3: "l7.ssl_no_socket", 4: "l7.http_segments_shed",
+                   5: "l7.wire_trace_map_full"}
 DEFAULT_SSL_LIBS = ("/usr/lib/x86_64-linux-gnu/libssl.so.3",)
 SSL_FUNCS = (  # (symbol, entry program, return program)
     ("SSL_write", "ft_ssl_write_enter", "ft_ssl_write_return"),
@@ -82,6 +87,12 @@ SKIP_BODY_MIN = 64 * 1024  # a body with more bytes still to come is skipped in 
 IDLE_NS = 300_000_000_000  # a flow without events for 5 minutes is ended
 ENDPOINT_KEEP_NS = 30_000_000_000  # closed endpoints stay joinable this long
 HELLO_KEEP_NS = 10_000_000_000
+# Turns are kept this long: rows are joined ROW_GRACE_NS after their exchange, unless their endpoint
+# is still unknown (up to ENDPOINT_WAIT_NS): such late rows get no tid (null), memory stays bounded
+# (two turns per connection at 10k connections/s: 200k kept).
+TURN_KEEP_NS = 10_000_000_000
+WIRE_SLACK_NS = 1_000_000_000  # a trace context this long before an endpoint's start is still its own
+TURNS_PER_SOCKET = 4096  # direction turns kept per socket and direction (rows join them ~1 s after)
 _TS_START = operator.attrgetter("ts_start")
 
 
@@ -93,7 +104,7 @@ class HeaderDecoder:
     the ones it reads)."""
 
     FIELDS = ("ts_ns", "skaddr", "ssl", "length", "seq", "pid", "cap_len", "family",
-              "saddr", "daddr", "sport", "dport", "kind", "tcp_flags", "from_client", "comm")
+              "saddr", "daddr", "sport", "dport", "kind", "tcp_flags", "from_client", "comm", "tid")
     TCP_FIELDS = ("ts_ns", "length", "seq", "cap_len", "saddr", "daddr", "sport", "dport", "from_client")
     SSL_FIELDS = ("skaddr", "ssl", "pid")
 
@@ -146,7 +157,7 @@ def c_header_class() -> type:
             ("saddr", ctypes.c_uint8 * 16), ("daddr", ctypes.c_uint8 * 16),
             ("sport", ctypes.c_uint16), ("dport", ctypes.c_uint16),
             ("kind", ctypes.c_uint8), ("tcp_flags", ctypes.c_uint8), ("from_client", ctypes.c_uint8), ("_pad0", ctypes.c_uint8),
-            ("comm", ctypes.c_char * 16), ("data", ctypes.c_uint8 * 2048),
+            ("comm", ctypes.c_char * 16), ("tid", ctypes.c_uint32), ("data", ctypes.c_uint8 * 2048),
         ]
 
     return L7Event
@@ -174,6 +185,66 @@ class Endpoint:
         return cls(ev["skaddr"], "client" if ev["flags"] & 1 else "server", ev["ts_start_ns"], ev["saddr"], ev["sport"],
                    ev["daddr"], ev["dport"], ev["pid"] if ev.get("in_task") else None, ev["comm"] if ev.get("in_task") else None,
                    ev.get("cookie") or 0)
+
+
+class IoTurns:
+    """FT_L7_IO_TURN events by socket, for http.tid: the thread that turned a socket's data into its
+    request direction (a server's receive, a client's send), sent only when it changed.
+
+    A row takes the last turn on its socket before its response (bpf/l7.c sends a turn only when
+    its thread differs from the previous one, so an exchange whose turn was not sent had the
+    previous one's thread), since its endpoint began (a socket address is reused), and only a turn
+    of the row's direction (a server row: a receive; a client row: a send; a socket whose first data
+    went the other way, a server-speaks-first protocol, gives none). Without a response, turns up to
+    NO_RESPONSE_NS after the request count. The bound is the response, not the request: a packet
+    row's ts_request is taken at the interface, before a server's recv and before a client's
+    sock_send_length fires (after its segment left)."""
+
+    __slots__ = ("by_sk",)
+    NO_RESPONSE_NS = 1_000_000_000
+
+    def __init__(self) -> None:
+        # skaddr -> (ts list, tid list, received list), in arrival order (time order up to CPU skew);
+        # the dict in order of each socket's last turn, so expire() stops at the first one kept
+        self.by_sk: collections.OrderedDict[int, tuple[list[int], list[int], list[bool]]] = collections.OrderedDict()
+
+    def add(self, skaddr: int, ts: int, received: bool, tid: int) -> None:
+        by_sk = self.by_sk
+        entry = by_sk.get(skaddr)
+        if entry is None:
+            entry = by_sk[skaddr] = ([], [], [])
+        else:
+            by_sk.move_to_end(skaddr)
+            tss = entry[0]
+            if len(tss) >= TURNS_PER_SOCKET or ts - tss[0] > TURN_KEEP_NS:  # an address reused all along: its old turns go
+                keep = bisect.bisect_left(tss, ts - TURN_KEEP_NS)
+                keep = max(keep, len(tss) - TURNS_PER_SOCKET // 2)
+                for lst in entry:
+                    del lst[:keep]
+        tss, tids, rx = entry
+        tss.append(ts)
+        tids.append(tid)
+        rx.append(received)
+
+    def tid(self, skaddr: int, received: bool, ts: int, ts_response: int | None, since: int) -> int | None:
+        entry = self.by_sk.get(skaddr) if skaddr else None
+        if entry is None:
+            return None
+        tss, tids, rx = entry
+        bound = ts + self.NO_RESPONSE_NS if ts_response is None else ts_response
+        j = bisect.bisect_right(tss, bound) - 1
+        if j < 0 or tss[j] < since or rx[j] != received:
+            return None
+        return tids[j]
+
+    def expire(self, before: int) -> None:
+        """Forget the sockets whose last turn is older than `before`."""
+        by_sk = self.by_sk
+        while by_sk:
+            k, (tss, _, _) = next(iter(by_sk.items()))
+            if tss and tss[-1] >= before:
+                return
+            del by_sk[k]
 
 
 class _SslStream:
@@ -213,8 +284,11 @@ class L7Decoder:
         # Set by the recorder to L7Probe.skip_body: tells the kernel where a long body of one
         # direction ends, so it stops sending that body's segments. Returns False if it could not.
         self.skip_body: Callable[[int, tuple, bool, int], bool] | None = None
-        self.rows: dict[str, list[dict]] = {"dns": [], "tls": []}
+        self.rows: dict[str, list[dict]] = {"dns": [], "tls": [], "wire_trace_context": []}
+        # trace contexts read from packets, by the flow's two (ip, port) ends sorted: (mono ts, trace, span, source)
+        self.wire: dict[tuple, list[tuple]] = {}
         self.http_rows = HttpRows()
+        self.turns = IoTurns()  # which thread did each socket's I/O (http.tid)
         self.counters = collections.Counter({"l7.http_no_endpoint": 0, "l7.tls_plaintext_no_connection": 0})
         self.events = 0
         self.last_ts = 0
@@ -331,7 +405,7 @@ class L7Decoder:
 
     def _feed_one(self, raw: bytes) -> None:
         (ts, skaddr, ssl, length, seq, pid, cap, family, saddr, daddr, sport, dport, kind, tcp_flags, from_client,
-         comm) = self._unpack(raw)
+         comm, tid) = self._unpack(raw)
         if ts > self.last_ts:
             self.last_ts = ts
         off = self._data_offset
@@ -354,6 +428,12 @@ class L7Decoder:
                 return
             self.streams.push(flow, bool(from_client), ts + self.offset, seq, data, length)
             return
+        if kind == IO_TURN:
+            self.turns.add(skaddr, ts, tcp_flags == TURN_RX, tid)
+            return
+        if kind == WIRE_TRACE:
+            self._wire_trace(ts, family, saddr, daddr, sport, dport, data, tcp_flags)
+            return
         if kind == SSL_FREE:
             st = self.ssl.get((pid, ssl))
             if st is not None:
@@ -367,6 +447,30 @@ class L7Decoder:
             self.rows["dns"] += self.dns.feed_udp(ts + self.offset, data, src, sport, dst, dport)
         elif kind == TLS_HELLO:
             self.streams.hello(ts + self.offset, (src, sport, dst, dport), data, length)
+
+    def _wire_trace(self, ts: int, family: int, saddr: bytes, daddr: bytes, sport: int, dport: int, data: bytes, source: int) -> None:
+        """A trace context a packet carried below HTTP (first seen in its flow's direction, or changed)."""
+        if len(data) < 24 or source not in WIRE_SOURCES:
+            return
+        src, dst = self._ip(family, saddr), self._ip(family, daddr)
+        trace, span, name = data[:16].hex(), data[16:24].hex(), WIRE_SOURCES[source]
+        self.rows["wire_trace_context"].append({"ts": ts + self.offset, "src_ip": src, "src_port": sport, "dst_ip": dst, "dst_port": dport,
+                                                "trace_id": trace, "span_id": span, "source": name})
+        ends = tuple(sorted(((src, sport), (dst, dport))))
+        self.wire.setdefault(ends, []).append((ts, trace, span, name))
+
+    def wire_context(self, conn: Any) -> tuple:
+        """(wire_trace_id, wire_span_id, wire_trace_source) first seen on an endpoint's packets while it
+        lived (ConnectionTracker.wire), or nulls."""
+        if not self.wire:
+            return NO_WIRE  # the common case: no packet carried any
+        seen = self.wire.get(tuple(sorted(((conn.local_ip, conn.local_port), (conn.remote_ip, conn.remote_port)))))
+        if seen:
+            for ts, trace, span, source in seen:
+                # (a server endpoint starts when its handshake completed: its SYN came just before)
+                if ts >= conn.ts_start - WIRE_SLACK_NS and (conn.ts_end is None or ts <= conn.ts_end):
+                    return trace, span, source
+        return NO_WIRE
 
     def _on_http(self, key: tuple, row: tuple) -> None:
         self.pending.append((self.last_ts + ROW_GRACE_NS, "http", key, row))
@@ -468,7 +572,9 @@ class L7Decoder:
             c = conns[0] if len(conns) == 1 else max(conns, key=_TS_START)
             cid, base = self._endpoint_columns(c)
             http = self.http_rows
-            http.add(http.exchange(row, base), cid, join.pid, join.comm, join.side)
+            resp = row[1]
+            tid = self.turns.tid(join.skaddr, join.side == "server", mono, None if resp is None else resp - self.offset, c.ts_start)
+            http.add(http.exchange(row, base), cid, join.pid, join.comm, join.side, tid)
             return True
         conns = self._alive_at(self.endpoints.get(join, []), mono)
         if not conns:
@@ -478,8 +584,10 @@ class L7Decoder:
             return False
         http = self.http_rows
         x = http.exchange(row, (*join, False))
+        resp = None if row[1] is None else row[1] - self.offset
+        turns = self.turns
         for c in conns:
-            http.add(x, self.conn_id(c), c.pid, c.comm, c.role)
+            http.add(x, self.conn_id(c), c.pid, c.comm, c.role, turns.tid(c.skaddr, c.role == "server", mono, resp, c.ts_start))
         return True
 
     def take_rows(self, now_mono: int | None = None, final: bool = False) -> dict[str, Any]:
@@ -515,7 +623,7 @@ class L7Decoder:
             if not self._expand(item[1], item[2], item[3], sure or live_read >= item[0]):
                 self.waiting.append(item)
         out: dict[str, Any] = {**self.rows, "http": self.http_rows}
-        self.rows, self.http_rows = {"dns": [], "tls": []}, HttpRows()
+        self.rows, self.http_rows = {"dns": [], "tls": [], "wire_trace_context": []}, HttpRows()
         return out
 
     def _housekeeping(self, now: int) -> None:
@@ -533,6 +641,10 @@ class L7Decoder:
             if ended or now - st.last_ts > IDLE_NS:
                 self._end_ssl(key, st, now)
         self.streams.expire_hellos(now + self.offset, HELLO_KEEP_NS)
+        self.turns.expire(now - TURN_KEEP_NS)
+        if self.wire:
+            for ends in [k for k, seen in self.wire.items() if seen[-1][0] < now - ENDPOINT_WAIT_NS]:
+                del self.wire[ends]
         # closed endpoints stop being joinable after ENDPOINT_KEEP_NS
         for index in (self.endpoints, self.by_sk):
             for k in [k for k, conns in index.items() if all(c.ts_end is not None and now - c.ts_end > ENDPOINT_KEEP_NS for c in conns)]:
@@ -560,6 +672,8 @@ class L7Probe:
     ringbuf_pages: int = 4096  # 16 MiB
     flow_entries: int = 65536
     ssl_sock_entries: int = 65536
+    sock_dir_entries: int = 65536  # TCP sockets whose last I/O direction is kept (http.tid)
+    wire_trace: bool = True  # read IPv4 option 136 / TCP option 25 trace contexts (connections.wire_*)
     bpf: Any = None
     missing: dict[str, str] = field(default_factory=dict)
     tc: TcAttachments | None = None
@@ -588,9 +702,12 @@ class L7Probe:
         if self.go_tls and not have_tp:
             self.missing["tracepoint sock:sock_send_length"] = "HTTPS plaintext (its socket cannot be found)"
             self.go_tls = False
+        if not have_tp:
+            self.missing["tracepoint sock:sock_recv_length"] = "http.tid (which thread read or wrote a request)"
         self._defines = {"FT_L7_RINGBUF_PAGES": self.ringbuf_pages, "FT_L7_FLOW_ENTRIES": self.flow_entries,
                          "FT_SSL_SOCK_ENTRIES": self.ssl_sock_entries, "FT_HAVE_SSL": 1 if libs else None,
-                         "FT_HAVE_GOTLS": 1 if self.go_tls else None}
+                         "FT_HAVE_GOTLS": 1 if self.go_tls else None, "FT_HAVE_TURNS": 1 if have_tp else None,
+                         "FT_SOCK_DIR_ENTRIES": self.sock_dir_entries, "FT_HAVE_WIRE_TRACE": 1 if self.wire_trace else None}
 
     def source(self) -> str:
         if not self._defines:

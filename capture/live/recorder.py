@@ -227,6 +227,8 @@ class Recorder:
             self.l7dec.skip_body = probe.skip_body
             # endpoints still open, read from the kernel when rows wait for them (where the probe offers it)
             self.l7dec.live_source = getattr(self.conns, "open_endpoints", None)
+            if self.tracker is not None:  # connections.wire_*: the trace context its packets carried
+                self.tracker.wire = self.l7dec.wire_context
             for what, effect in probe.missing.items():
                 self._warn(f"{what} is not available on this host: {effect} will be missing from the tape")
             if "connections" not in self.opts.probes:

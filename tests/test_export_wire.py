@@ -206,3 +206,24 @@ def test_grpc_failures_count_in_the_service_graph(agent, cli, grpc):
     rows = t.sql("select side, grpc_status from enriched_http").fetchall()
     want = sum(1 for side, code in rows if code is None or (code != 0 if side == "client" else code in SERVER_ERRORS))
     assert (total, failed) == (len(rows), want) and 0 < want < len(rows)
+
+
+def test_compiled_concatenation_is_arrows():
+    import pyarrow as pa
+
+    if wire._wire is None:
+        pytest.skip("analyze/export/_wire.c was not built (no C compiler): wire.join is the reference itself")
+    rng = random.Random(11)
+
+    def column(n):
+        vals = [None if rng.random() < 0.2 else bytes(rng.randrange(256) for _ in range(rng.randrange(40))) for _ in range(n + 7)]
+        arr = pa.array(vals, pa.binary())
+        return arr.slice(3, n)  # an array offset into its buffers, as pc.take and slicing give
+
+    for _ in range(60):
+        n = rng.randrange(0, 300)
+        parts = [column(n) if rng.random() < 0.6 else bytes(rng.randrange(256) for _ in range(rng.randrange(5))) for _ in range(rng.randrange(1, 9))]
+        if all(isinstance(p, bytes) for p in parts):
+            parts.append(column(n))
+        for nh in ("replace", "emit_null"):
+            assert wire.join_compiled(*parts, null_handling=nh).to_pylist() == wire.join_reference(*parts, null_handling=nh).to_pylist()

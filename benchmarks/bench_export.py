@@ -86,7 +86,7 @@ def main() -> None:
     ap.add_argument("--duration", default="6m")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--out-dir", type=Path, default=Path(tempfile.gettempdir()))
-    ap.add_argument("--memory-limit", default=None, help="the CLI's --memory-limit (default: the CLI's)")
+    ap.add_argument("--memory-limit", default=None, help="also time the columnar encoder with this --memory-limit (both encoders run with the CLI's default)")
     ap.add_argument("--receiver", action="store_true", help="send to a loopback OTLP/HTTP receiver instead of writing a file")
     ap.add_argument("--skip-reference", action="store_true", help="time only the columnar encoder (and the bare scan)")
     a = ap.parse_args()
@@ -104,10 +104,12 @@ def main() -> None:
             print(f"run {run + 1}: bare scan {rows:,} rows in {scan_s:.2f} s ({rows / scan_s:,.0f} rows/s; process {wall_b:.1f} s, cpu {cpu_b:.1f} s, "
                   f"peak RSS {rss_b // 1024} MiB)", flush=True)
             rates = {}
-            for enc in (("columnar",) if a.skip_reference else ("reference", "columnar")):
+            runs = [("reference", None)] if not a.skip_reference else []
+            runs += [("columnar", None)] + ([("columnar", a.memory_limit)] if a.memory_limit else [])
+            for enc, limit in runs:
                 target = a.out_dir / "flowtape-bench-export.jsonl"
                 where = ["--endpoint", f"http://127.0.0.1:{port}", "--fresh", "--checkpoint", str(a.out_dir / "flowtape-bench-export.ck.json")] if rx else ["--output", str(target)]
-                extra = ["--memory-limit", a.memory_limit] if a.memory_limit else []
+                extra = ["--memory-limit", limit] if limit else []
                 out, wall_e, cpu_e, rss_e = child([*flowtape, "export", "otlp", str(a.tape), *where, "--signals", "traces", *extra],
                                                   env={"FLOWTAPE_EXPORT_ENCODER": enc})
                 size = 0
@@ -117,13 +119,14 @@ def main() -> None:
                 spans = int(out.split("exported ")[1].split(" HTTP spans")[0].replace(",", ""))
                 dns = int(out.split("HTTP spans, ")[1].split(" DNS spans")[0].replace(",", "")) if "DNS spans" in out else 0
                 total = spans + dns
-                rates[enc] = total / wall_e
+                rates.setdefault(enc, total / wall_e)
                 what = f"{size / 2**20:,.0f} MiB of JSON, {size / total:,.0f} B/span" if size else f"to {'loopback receiver'}"
-                print(f"run {run + 1}: {enc:9} {total:,} spans in {wall_e:.1f} s = {total / wall_e:,.0f} spans/s (cpu {cpu_e:.1f} s = "
+                label = f"{enc} ({limit or 'default'} memory limit)"
+                print(f"run {run + 1}: {label:36} {total:,} spans in {wall_e:.1f} s = {total / wall_e:,.0f} spans/s (cpu {cpu_e:.1f} s = "
                       f"{cpu_e / total * 1e6:.1f} us/span; peak RSS {rss_e // 1024} MiB; {what}); per-row time / bare {(wall_e / total) / (scan_s / rows):.1f}",
                       flush=True)
             if "reference" in rates:
-                print(f"run {run + 1}: ratio columnar / reference (spans/s) {rates['columnar'] / rates['reference']:.2f}", flush=True)
+                print(f"run {run + 1}: ratio columnar / reference (spans/s, same memory limit) {rates['columnar'] / rates['reference']:.2f}", flush=True)
             print(f"run {run + 1}: load average {os.getloadavg()[0]:.1f}; target >= 100,000 spans/s to a file", flush=True)
     finally:
         if rx is not None:

@@ -128,7 +128,7 @@ RESOURCE_COLUMNS = ("nid", "pid", "comm", "node", "local_ip")
 
 def slice_items(con, mode: str, read_rows: int) -> Iterator[tuple[np.ndarray, pa.RecordBatch, pa.Array]]:
     """(rid, the resource columns of each rid's first row, span bytes) per record batch of the
-    slice in ftx_slice (a view or table on `con`)."""
+    slice in ftx_slice (a table on `con`)."""
     cls = encode_classes(con.sql(classes_sql()).to_arrow_table(), mode)
     reader = con.sql(spans_sql(mode)).to_arrow_reader(read_rows)
     for rb in reader:

@@ -515,12 +515,15 @@ def _http_spans_columnar(tape: Tape, sides: sp.HttpSides, names: dict[int, tuple
     res = _WireResources(resources, names)
 
     def produce(con, i: int) -> Iterator:
-        # two queries read the slice (its classes, then its spans): as a view, each pairs the
-        # server sides again, which costs less than writing the slice into a table (measured:
-        # 1.9 vs 2.5 CPU-s per 200k-row slice); the worker thread also encodes (Arrow's kernels
-        # and _wire.c release the GIL)
-        sides.materialize(sides.slices[i], table=False, con=con)
-        yield from columnar.slice_items(con, mode, READ_ROWS)
+        # the slice is a table: two queries read it (its classes, then its spans). As a view each
+        # would pair the server sides again: cheaper for DuckDB alone, but the whole export took
+        # more CPU that way (26.8 vs 24.7 us per span, benchmarks/bench_export.py). The worker
+        # thread also encodes (Arrow's kernels and _wire.c release the GIL).
+        sides.materialize(sides.slices[i], table=True, con=con)
+        try:
+            yield from columnar.slice_items(con, mode, READ_ROWS)
+        finally:
+            con.execute("DROP TABLE IF EXISTS ftx_slice")
 
     def send(stream, pos, groups, first):
         target.traces_wire(stream, pos, groups, res, first)

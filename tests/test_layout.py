@@ -21,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WIRING = {"flowtape", "flowtape.cli"}  # the modules allowed to join the halves
-EXTENSIONS = {"_http1", "_http2", "_dns", "_tls", "_ring", "_pcap"}  # compiled modules (pyproject ext-modules): private by name only
+EXTENSIONS = {"_http1", "_http2", "_dns", "_tls", "_ring", "_pcap", "_wire"}  # compiled modules (pyproject ext-modules): private by name only
 ANALYZE_TOP = {"__init__.py", "analysis.py", "api.py", "enrich.py", "sums.py", "sketch.py", "report_cli.py"}
 
 

@@ -15,7 +15,7 @@ from ...errors import Exit, UsageError
 from ...reader import Tape
 from ..reports.filters import Filters, parse_time
 from .checkpoint import Checkpoint, default_dir, export_key
-from .run import SIGNALS, ExportOptions, export
+from .run import SIGNALS, ExportOptions, encoder_from_env, export
 from .sinks import ExportError, JsonLines, OtlpHttp, parse_headers, redact_url
 
 export_app = typer.Typer(help="Send a tape to other tools: OpenTelemetry (OTLP/HTTP or JSON Lines).", no_args_is_help=True)
@@ -67,7 +67,8 @@ def otlp_cmd(
     for p in t.problems:
         print(f"flowtape: {p.severity}: {p.where(t.path)}", file=sys.stderr)
     tmp = tempfile.mkdtemp(prefix="flowtape-export-")
-    opts = ExportOptions(signals=_signals(signals), filters=f, batch_spans=batch_spans, interval_s=interval, memory_limit=memory_limit, temp_directory=tmp)
+    opts = ExportOptions(signals=_signals(signals), filters=f, batch_spans=batch_spans, interval_s=interval, memory_limit=memory_limit, temp_directory=tmp,
+                         encoder=encoder_from_env())
     try:
         if output is not None:
             _to_file(t, opts, output)

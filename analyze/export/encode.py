@@ -23,6 +23,8 @@ from .semconv import SCOPE_NAME
 
 SCOPE_JSON = json.dumps({"name": SCOPE_NAME, "version": __version__}, separators=(",", ":"))
 _SCOPE_OPEN = ',"scopeSpans":[{"scope":' + SCOPE_JSON + ',"spans":['
+SCOPE_OPEN = _SCOPE_OPEN.encode()
+"""What comes between a ResourceSpans' resource and its first span in the JSON (wire.py uses it too)."""
 
 Group = tuple[str, list]
 """Spans of one resource in a batch: (resource JSON, [span JSON as UTF-8 bytes or memoryview, ...])."""
@@ -34,6 +36,11 @@ def traces_json_line(groups: Iterable[Group]) -> bytes:
     for res, spans in groups:
         parts.append(b'{"resource":' + res.encode() + _SCOPE_OPEN.encode() + b",".join(spans) + b"]}]}")
     return b'{"resourceSpans":[' + b",".join(parts) + b"]}"
+
+
+def scope_pb() -> bytes:
+    """The InstrumentationScope of every span, as protobuf bytes."""
+    return InstrumentationScope(name=SCOPE_NAME, version=__version__).SerializeToString()
 
 
 def any_value(v: dict[str, Any]) -> AnyValue:

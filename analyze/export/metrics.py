@@ -33,7 +33,7 @@ from ..reports.filters import Filters
 from .encode import key_values
 from .resources import EXPORTER_RESOURCE, resource_attributes
 from .semconv import DURATION_BOUNDS, SCOPE_NAME, endpoint_service_sql
-from .spans import CLIENT, DNS_ERROR_TYPE, ERROR_TYPE, KNOWN, LOCAL_PEER
+from .spans import CLIENT, DNS_ERROR_TYPE, ERROR_TYPE, KNOWN, LOCAL_PEER, SPAN_ERROR_TYPE
 
 _BUCKET = "(" + " + ".join(f"(x > {b!r})::INTEGER" for b in DURATION_BOUNDS) + ")"
 """The explicit-bounds bucket of x seconds: bucket i holds (bounds[i-1], bounds[i]]."""
@@ -79,7 +79,8 @@ _HTTP_CLIENT = [("http.request.method", f"CASE WHEN {KNOWN} THEN method ELSE '_O
 _GRAPH = [("client", endpoint_service_sql("c", "client_ip")), ("server", endpoint_service_sql("s", "server_ip")),
           ("client_service_namespace", "CASE WHEN c_kind IN ('pod', 'service') THEN c_namespace END"),
           ("server_service_namespace", "CASE WHEN s_kind IN ('pod', 'service') THEN s_namespace END")]
-_FAILED = f"status IS NULL OR status >= 500 OR ({CLIENT} AND status >= 400)"
+_FAILED = f"({SPAN_ERROR_TYPE}) IS NOT NULL"
+"""A request the service graph counts as failed: one whose span is an Error (spans.SPAN_ERROR_TYPE)."""
 
 
 def _edge(p: str, ip: str) -> list[tuple[str, str]]:

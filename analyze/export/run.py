@@ -8,6 +8,7 @@ in DuckDB (which spills beyond its memory limit) and one batch in Python, whatev
 from __future__ import annotations
 
 import datetime as dt
+import os
 import queue
 import threading
 import time
@@ -16,14 +17,34 @@ from typing import Callable, Iterable, Iterator
 
 from ...reader import Tape
 from ..reports.filters import Filters
+import numpy as np
+import pyarrow as pa
+
+from . import columnar
 from . import metrics as m
 from . import spans as sp
+from . import wire
 from .checkpoint import Checkpoint, Position
-from .encode import Group, ResourceCache, split_groups, traces_json_line, traces_request, metrics_json_line
+from .encode import SCOPE_OPEN, Group, ResourceCache, scope_pb, split_groups, traces_json_line, traces_request, metrics_json_line
 from .resources import Resources
 from .sinks import ExportError, JsonLines, OtlpHttp
 
 SIGNALS = ("traces", "metrics")
+
+ENCODERS = ("columnar", "reference")
+
+
+def encoder_from_env() -> str:
+    """The HTTP span encoder: columnar (wire.py over Arrow columns; the default) or reference
+    (JSON written in SQL, decoded into opentelemetry-proto's messages), by FLOWTAPE_EXPORT_ENCODER.
+    Both send the same bytes (tests/test_export_wire.py); the reference is kept to hold the fast
+    one to it and to measure against (benchmarks/bench_export.py)."""
+    e = os.environ.get("FLOWTAPE_EXPORT_ENCODER", "columnar")
+    if e not in ENCODERS:
+        from ...errors import UsageError
+
+        raise UsageError(f"FLOWTAPE_EXPORT_ENCODER={e!r}: choose {' or '.join(ENCODERS)}")
+    return e
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,8 @@ class ExportOptions:
     slice_rows: int = sp.SLICE_ROWS
     memory_limit: str | None = None
     temp_directory: str | None = None
+    encoder: str = "columnar"
+    """How HTTP spans are encoded (ENCODERS); not part of the key: both send the same requests."""
 
     def key_args(self) -> dict:
         """What makes one export differ from another (the checkpoint key; see checkpoint.py)."""
@@ -92,6 +115,29 @@ class _Target:
                 continue
             ans = self.sink.send("traces", req.SerializeToString(), f"batch {pos[1] + 1} of slice {pos[0] + 1} ({stream} spans)")
             self._answered(stream, (pos[0], pos[1], k + 1) if k + 1 < len(requests) else (pos[0], pos[1] + 1, 0), n, ans)
+
+    def traces_wire(self, stream: str, pos: tuple[int, int], groups: list[wire.Group], res: "_WireResources", first_request: int) -> None:
+        """`traces` for wire.Group batches (the columnar encoder): the same lines and requests."""
+        n_items = sum(len(g) for g in groups)
+        if isinstance(self.sink, JsonLines):
+            self.sink.write(wire.traces_json_line(groups, res.json, SCOPE_OPEN))
+            self.s.requests += 1
+            self.s.sent[stream] = self.s.sent.get(stream, 0) + n_items
+            return
+        requests = self._sized_wire(groups, res)
+        for k, (body, n) in enumerate(requests):
+            if k < first_request:
+                continue
+            ans = self.sink.send("traces", body, f"batch {pos[1] + 1} of slice {pos[0] + 1} ({stream} spans)")
+            self._answered(stream, (pos[0], pos[1], k + 1) if k + 1 < len(requests) else (pos[0], pos[1] + 1, 0), n, ans)
+
+    def _sized_wire(self, groups: list[wire.Group], res: "_WireResources") -> list[tuple[bytes, int]]:
+        body = wire.traces_request_bytes(groups, res.pb(self.cache), scope_pb())
+        n = sum(len(g) for g in groups)
+        if n <= 1 or len(body) <= self.o.max_request_bytes:
+            return [(body, n)]
+        a, b = wire.split_groups(groups)
+        return self._sized_wire(a, res) + self._sized_wire(b, res)
 
     def _sized(self, groups: list[Group]) -> list[tuple]:
         """The batch as requests each within max_request_bytes (halved until they fit)."""
@@ -296,9 +342,85 @@ class _Batcher:
         self.rids, self.spans = [], []
 
 
-def _stream(target: "_Target", stream: str, items: Iterator, batcher: _Batcher, start: Position) -> None:
+class _WireResources:
+    """Resources of the columnar path: rid -> index of its resource (one per distinct resource
+    JSON, as the reference groups), with each resource's JSON and, when sending, protobuf."""
+
+    def __init__(self, resources: Resources, names: dict[int, tuple]):
+        self.resources, self.names = resources, names
+        self.json: list[bytes] = []
+        self._pb: list[bytes] = []
+        self._by_json: dict[str, int] = {}
+        self._rids = np.zeros(0, np.uint64)
+        self._idx = np.zeros(0, np.int64)
+
+    def indices(self, rid: np.ndarray, res_rows) -> np.ndarray:
+        """The resource index of each rid; res_rows (rid and columnar.RESOURCE_COLUMNS) holds the
+        first row of every distinct rid of the batch."""
+        pos = np.searchsorted(self._rids, rid)
+        known = (pos < len(self._rids)) & (self._rids[np.minimum(pos, len(self._rids) - 1)] == rid) if len(self._rids) else np.zeros(len(rid), bool)
+        if not known.all():
+            new_r, new_i = [], []
+            for row in res_rows.to_pylist():
+                r = row["rid"]
+                k = int(np.searchsorted(self._rids, np.uint64(r)))
+                if k < len(self._rids) and int(self._rids[k]) == r:
+                    continue
+                js = self.resources.json((self.names.get(row["nid"]), row["pid"], row["comm"], row["node"], row["local_ip"]))
+                i = self._by_json.get(js)
+                if i is None:
+                    i = self._by_json[js] = len(self.json)
+                    self.json.append(js.encode())
+                new_r.append(r)
+                new_i.append(i)
+            rids = np.concatenate([self._rids, np.array(new_r, np.uint64)])
+            idx = np.concatenate([self._idx, np.array(new_i, np.int64)])
+            order = np.argsort(rids, kind="stable")
+            self._rids, self._idx = rids[order], idx[order]
+            pos = np.searchsorted(self._rids, rid)
+        return self._idx[pos]
+
+    def pb(self, cache: ResourceCache) -> list[bytes]:
+        while len(self._pb) < len(self.json):
+            self._pb.append(cache.get(self.json[len(self._pb)].decode()).SerializeToString())
+        return self._pb
+
+
+class _WireBatcher:
+    """_Batcher for the columnar path: items are (rid, resource rows, span bytes) per record
+    batch; batches of `size` consecutive spans, grouped by resource in first-seen order."""
+
+    def __init__(self, size: int, res: _WireResources):
+        self.size, self.res = size, res
+        self.idx: list[np.ndarray] = []
+        self.spans: list = []
+        self.n = 0
+
+    def _take(self, k: int) -> list[wire.Group]:
+        idx = np.concatenate(self.idx)
+        spans = pa.concat_arrays(self.spans) if len(self.spans) > 1 else self.spans[0]
+        groups = wire.group_by_resource(idx[:k], spans.slice(0, k))
+        self.idx, self.spans, self.n = ([idx[k:]], [spans.slice(k)], self.n - k) if k < len(idx) else ([], [], 0)
+        return groups
+
+    def add(self, item) -> Iterator[list[wire.Group]]:
+        rid, res_rows, spans = item
+        self.idx.append(self.res.indices(rid, res_rows))
+        self.spans.append(spans)
+        self.n += len(spans)
+        while self.n >= self.size:
+            yield self._take(self.size)
+
+    def flush(self) -> Iterator[list[wire.Group]]:
+        if self.n:
+            yield self._take(self.n)
+        self.idx, self.spans, self.n = [], [], 0
+
+
+def _stream(target: "_Target", stream: str, items: Iterator, batcher, start: Position, send: Callable | None = None) -> None:
     """Send the batches of items ((slice, record batch), and (slice, None) at a slice's end),
     skipping those before `start`."""
+    send = send or target.traces
     j, current = 0, None
     try:
         for i, rb in items:
@@ -307,7 +429,7 @@ def _stream(target: "_Target", stream: str, items: Iterator, batcher: _Batcher, 
             groups_list = batcher.add(rb) if rb is not None else batcher.flush()
             for groups in groups_list:
                 if (i, j) >= start[:2]:
-                    target.traces(stream, (i, j), groups, start[2] if (i, j) == start[:2] else 0)
+                    send(stream, (i, j), groups, start[2] if (i, j) == start[:2] else 0)
                 j += 1
             if rb is None:
                 target.slice_done(stream, i + 1)
@@ -363,6 +485,8 @@ def export(tape: Tape, options: ExportOptions, sink: OtlpHttp | JsonLines, check
 def _http_spans(tape: Tape, sides: sp.HttpSides, names: dict[int, tuple], resources: Resources, target: _Target, o: ExportOptions) -> None:
     if target.done("http"):
         return
+    if o.encoder == "columnar":
+        return _http_spans_columnar(tape, sides, names, resources, target, o)
     start = target.position("http")
     q = sp.http_spans_sql()
 
@@ -377,6 +501,34 @@ def _http_spans(tape: Tape, sides: sp.HttpSides, names: dict[int, tuple], resour
         yield from con.sql(q).to_arrow_reader(o.batch_spans)
 
     _stream(target, "http", _parallel_slices(tape, todo, produce), _Batcher(o.batch_spans, key), start)
+    target.finish("http")
+
+
+READ_ROWS = 8192
+"""Rows per Arrow record batch read from DuckDB by the columnar path (encoded at once)."""
+
+
+def _http_spans_columnar(tape: Tape, sides: sp.HttpSides, names: dict[int, tuple], resources: Resources, target: _Target, o: ExportOptions) -> None:
+    start = target.position("http")
+    mode = "json" if isinstance(target.sink, JsonLines) else "pb"
+    todo = [i for i in range(len(sides.slices)) if i >= start[0]]
+    res = _WireResources(resources, names)
+
+    def produce(con, i: int) -> Iterator:
+        # the slice is a table: two queries read it (its classes, then its spans). As a view each
+        # would pair the server sides again: cheaper for DuckDB alone, but the whole export took
+        # more CPU that way (26.8 vs 24.7 us per span, benchmarks/bench_export.py). The worker
+        # thread also encodes (Arrow's kernels and _wire.c release the GIL).
+        sides.materialize(sides.slices[i], table=True, con=con)
+        try:
+            yield from columnar.slice_items(con, mode, READ_ROWS)
+        finally:
+            con.execute("DROP TABLE IF EXISTS ftx_slice")
+
+    def send(stream, pos, groups, first):
+        target.traces_wire(stream, pos, groups, res, first)
+
+    _stream(target, "http", _parallel_slices(tape, todo, produce), _WireBatcher(o.batch_spans, res), start, send)
     target.finish("http")
 
 

@@ -29,7 +29,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from ...reader import Tape
-from ..enrich import NAME_FIELDS
+from ..enrich import GRPC_ERROR_CODES, NAME_FIELDS
 from ..reports.filters import Filters
 from ..sums import ROUTE
 from .semconv import HTTP_METHODS, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR, Attr, attribute_items_sql, attributes_json_sql, endpoint_service_sql
@@ -42,7 +42,8 @@ when two nodes' clocks disagree by half the gap between two requests."""
 SLICE_ROWS = 200_000
 """Rows per time slice: each slice is paired and ordered on its own (bounded work and memory)."""
 
-_E_COLS = ("method", "path", "status", "host", "http_version", "tls", "pid", "comm", "user_agent", "request_bytes", "response_bytes", "traceparent")
+_E_COLS = ("method", "path", "status", "host", "http_version", "tls", "pid", "comm", "user_agent", "request_bytes", "response_bytes", "traceparent",
+           "grpc_service", "grpc_method", "grpc_status", "grpc_message", "stream_error")
 
 
 def _names_hash(prefix: str) -> str:
@@ -97,10 +98,12 @@ class HttpSides:
             FROM (SELECT epoch_ns(h.ts_request) AS t, h.node, h.client_ip, h.client_port, h.server_ip AS sock_ip, h.server_port AS sock_port,
                          epoch_ns(h.ts_response) AS t1, {h_cols}
                   FROM http h
-                  WHERE h.side = 'server' AND {f.time_sql('h.ts_request')}
-                    AND NOT EXISTS (SELECT 1 FROM ftx_e e WHERE e.side = 'server' AND e.node = h.node AND e.t = epoch_ns(h.ts_request)
-                                    AND e.client_ip = h.client_ip AND e.client_port = h.client_port AND e.sock_ip = h.server_ip
-                                    AND e.sock_port = h.server_port))
+                  -- the server rows the enriched view leaves out: those of connections whose two
+                  -- ends the tape paired (analyze.enrich's ft_paired_servers, made with the view);
+                  -- a join with those few thousand connections, where a NOT EXISTS against ftx_e
+                  -- cost 7 CPU-s on 3.7M rows
+                  JOIN ft_paired_servers sp ON sp.server_node = h.node AND sp.server_conn_id = h.conn_id
+                  WHERE h.side = 'server' AND {f.time_sql('h.ts_request')})
             ORDER BY t""")
         self.slices = self._plan()
 
@@ -131,22 +134,22 @@ class HttpSides:
         two, which DuckDB scans on one thread, so two slices at a time use both cores."""
         a, b = sl.start_ns, sl.end_ns
         inside = self.filters.time_sql("make_timestamp_ns(t)::TIMESTAMPTZ_NS")
-        cand = ["t", "t1", "m", "traceparent", "cn", "sn"]
-        prev_cols = ", ".join(f"p.{x} AS p_{x}" for x in cand)
-        next_cols = ", ".join(f"n.{x} AS n_{x}" for x in cand)
-        pick = ", ".join(f"CASE WHEN use_prev THEN p_{x} WHEN use_next THEN n_{x} END AS pair_{x}" for x in ("m", "traceparent", "cn", "sn"))
+        pick = ", ".join(f"pe.{x} AS pair_{x}" for x in ("m", "traceparent", "cn", "sn"))
         common = "side, node, t, t1, client_ip, client_port, sock_ip, sock_port, server_ip, " + ", ".join(_E_COLS) + ", m"
+        b_common = ", ".join(f"b.{x}" for x in common.split(", "))
         nc = ", ".join(f"nc.{x} AS c_{x}" for x in NAME_FIELDS)
         ns = ", ".join(f"ns.{x} AS s_{x}" for x in NAME_FIELDS)
         run = con.execute if con is not None else self.tape.sql
         run("DROP VIEW IF EXISTS ftx_slice")
         run("DROP TABLE IF EXISTS ftx_slice")
+        # the pairing runs on narrow rows (keys, times, row ids): an ASOF join sorts what it
+        # carries, and the whole rows cost it 4x more; the chosen client row is joined back by rowid
         run(f"""CREATE TEMP {'TABLE' if table else 'VIEW'} ftx_slice AS
 WITH
-pc AS (SELECT client_ip, client_port, server_ip, {', '.join(cand)} FROM ftx_e WHERE side = 'client' AND t >= {a - SKEW_NS} AND t < {b + SKEW_NS}),
-bs AS (SELECT * FROM ftx_b WHERE t >= {a} AND t < {b}),
+pc AS (SELECT client_ip, client_port, server_ip, t, t1, rowid AS r FROM ftx_e WHERE side = 'client' AND t >= {a - SKEW_NS} AND t < {b + SKEW_NS}),
+bs AS (SELECT rowid AS bid, client_ip, client_port, server_ip, t FROM ftx_b WHERE t >= {a} AND t < {b}),
 bp AS (
-    SELECT bs.*, {prev_cols}, {next_cols}
+    SELECT bs.bid, bs.t, p.t AS p_t, p.t1 AS p_t1, p.r AS p_r, n.t AS n_t, n.r AS n_r
     FROM bs
     ASOF LEFT JOIN pc p ON bs.client_ip = p.client_ip AND bs.client_port = p.client_port AND bs.server_ip = p.server_ip AND bs.t >= p.t
     ASOF LEFT JOIN pc n ON bs.client_ip = n.client_ip AND bs.client_port = n.client_port AND bs.server_ip = n.server_ip AND bs.t <= n.t
@@ -157,14 +160,21 @@ bq AS (
     SELECT *, p_t IS NOT NULL AND t <= coalesce(p_t1, p_t) + {SKEW_NS} AS prev_ok, n_t IS NOT NULL AND n_t - t <= {SKEW_NS} AS next_ok FROM bp
 ),
 br AS (
-    SELECT *, prev_ok AND (NOT next_ok OR t - p_t <= n_t - t) AS use_prev, next_ok AND NOT (prev_ok AND t - p_t <= n_t - t) AS use_next FROM bq
+    SELECT bid, CASE WHEN prev_ok AND (NOT next_ok OR t - p_t <= n_t - t) THEN p_r WHEN next_ok AND NOT (prev_ok AND t - p_t <= n_t - t) THEN n_r END AS pair_r
+    FROM bq
+),
+bx AS (
+    SELECT {b_common}, {pick}
+    FROM ftx_b b JOIN br ON br.bid = b.rowid
+    LEFT JOIN ftx_e pe ON pe.rowid = br.pair_r AND pe.t >= {a - SKEW_NS} AND pe.t < {b + SKEW_NS}
+    WHERE b.t >= {a} AND b.t < {b}
 ),
 x AS (
     SELECT {common}, cn, sn, NULL::VARCHAR AS pair_m, NULL::VARCHAR AS pair_traceparent, true AS exchange
     FROM ftx_e WHERE t >= {a} AND t < {b} AND {inside}
     UNION ALL
     -- `exchange`: the row stands for its exchange (the enriched view's row); a paired server side does not
-    SELECT {common}, pair_cn, pair_sn, pair_m, pair_traceparent, false FROM (SELECT br.*, {pick} FROM br)
+    SELECT {common}, pair_cn, pair_sn, pair_m, pair_traceparent, false FROM bx
 )
 SELECT x.*, r.route, {nc}, {ns}
 FROM x LEFT JOIN ftx_routes r ON r.path = x.path LEFT JOIN ftx_names nc ON nc.nid = x.cn LEFT JOIN ftx_names ns ON ns.nid = x.sn
@@ -216,6 +226,25 @@ ERROR_TYPE = f"CASE WHEN status IS NULL THEN '_OTHER' WHEN status >= 500 OR ({CL
 """error.type by the HTTP conventions: the status code when it is an error for this side (5xx for
 a server, 4xx too for a client), `_OTHER` when no response was recorded."""
 
+GRPC = "grpc_service IS NOT NULL"
+GRPC_STATUS_NAMES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
+                     "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+                     "UNAUTHENTICATED")
+"""gRPC status codes by number (grpc/doc/statuscodes.md): rpc.response.status_code is the name."""
+GRPC_STATUS_NAME = ("CASE grpc_status " + " ".join(f"WHEN {i} THEN '{n}'" for i, n in enumerate(GRPC_STATUS_NAMES))
+                    + " ELSE grpc_status::VARCHAR END")
+GRPC_ERROR = f"CASE WHEN {CLIENT} THEN grpc_status <> 0 ELSE grpc_status IN {GRPC_ERROR_CODES} END"
+"""A gRPC status that makes the span an Error (the gRPC conventions): any but OK on a client span;
+on a server span only those that blame the server (UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED,
+INTERNAL, UNAVAILABLE, DATA_LOSS: analyze.enrich.GRPC_ERROR_CODES, as the reports count them)."""
+SPAN_ERROR_TYPE = (f"CASE WHEN {GRPC} AND grpc_status IS NOT NULL AND ({GRPC_ERROR}) THEN {GRPC_STATUS_NAME} "
+                   f"WHEN {GRPC} AND grpc_status IS NULL AND stream_error IS NOT NULL THEN '_OTHER' "
+                   f"WHEN stream_error NOT IN ('NO_ERROR', 'CANCEL') THEN stream_error ELSE {ERROR_TYPE} END")
+"""error.type of a span (NULL: not an error): the gRPC status name of a failed call; `_OTHER` for a
+call reset before any grpc-status (typically a client's deadline); the HTTP/2 error code of a
+stream reset by an error (not NO_ERROR or CANCEL); else the HTTP rule (ERROR_TYPE). The HTTP
+duration metrics keep ERROR_TYPE: their error.type is the HTTP conventions'."""
+
 _HOST_ADDR = ("CASE WHEN host LIKE '[%' THEN nullif(split_part(substr(host, 2), ']', 1), '') WHEN host LIKE '%:%:%' THEN host "
               "ELSE nullif(split_part(host, ':', 1), '') END")
 _HOST_PORT = ("CASE WHEN host LIKE '[%]:%' THEN TRY_CAST(split_part(host, ']:', 2) AS INTEGER) "
@@ -230,7 +259,15 @@ HTTP_CLASS_ATTRS = (
     Attr("http.request.method", "S", f"CASE WHEN {KNOWN} THEN method ELSE '_OTHER' END"),
     Attr("http.request.method_original", "s", f"CASE WHEN NOT {KNOWN} THEN method END"),
     Attr("http.response.status_code", "i", "status"),
-    Attr("error.type", "S", ERROR_TYPE),
+    Attr("error.type", "S", SPAN_ERROR_TYPE),
+    # gRPC calls (HTTP/2 rows with grpc_service): the RPC conventions' current attributes, then the
+    # ones they replace (rpc.system, rpc.service, rpc.grpc.status_code: what backends read today)
+    Attr("rpc.system.name", "S", f"CASE WHEN {GRPC} THEN 'grpc' END"),
+    Attr("rpc.method", "s", f"CASE WHEN {GRPC} THEN concat(grpc_service, '/', grpc_method) END"),
+    Attr("rpc.response.status_code", "S", f"CASE WHEN {GRPC} THEN {GRPC_STATUS_NAME} END"),
+    Attr("rpc.system", "S", f"CASE WHEN {GRPC} THEN 'grpc' END"),
+    Attr("rpc.service", "s", f"CASE WHEN {GRPC} THEN grpc_service END"),
+    Attr("rpc.grpc.status_code", "i", f"CASE WHEN {GRPC} THEN grpc_status END"),
     Attr("url.scheme", "S", _SCHEME),
     Attr("url.template", "s", f"CASE WHEN {CLIENT} THEN route END"),
     Attr("http.route", "s", f"CASE WHEN NOT {CLIENT} THEN route END"),
@@ -260,6 +297,7 @@ HTTP_ROW_ATTRS = (
 HTTP_ATTRS = HTTP_CLASS_ATTRS + HTTP_ROW_ATTRS
 
 _CLASS = ("side", "method", "status", "tls", "route", "host", "http_version", "user_agent", "sock_ip", "sock_port", "client_ip", "s_dns",
+          "grpc_service", "grpc_method", "grpc_status", "grpc_message", "stream_error",
           "q_kind", "q_workload", "q_service", "q_node", "q_dns", "peer_ip")
 """Every column HTTP_CLASS_ATTRS, the span's name and its status read."""
 
@@ -274,30 +312,53 @@ handles one integer per span (64-bit: a collision among a tape's few thousand re
 chance around 1e-12)."""
 
 
-def http_spans_sql() -> str:
-    """The spans of ftx_slice, ordered (time, then row id: the same order on every run): the
-    RESOURCE_COLUMNS and span_json."""
+def http_span_exprs() -> dict[str, str]:
+    """SQL of a span's parts over ftx_slice's rows (hex ids; `frag` and `status` per class)."""
     # a server span's trace is its client span's (the same exchange), else its own traceparent's
     trace = (f"CASE WHEN {CLIENT} THEN coalesce({_tp_trace('traceparent')}, {_hex_trace('m')}) "
              f"WHEN pair_m IS NOT NULL THEN coalesce({_tp_trace('pair_traceparent')}, {_hex_trace('pair_m')}) "
              f"ELSE coalesce({_tp_trace('traceparent')}, {_hex_trace('m')}) END")
     parent = f"CASE WHEN {CLIENT} THEN NULL WHEN pair_m IS NOT NULL THEN {_hex_span('pair_m')} ELSE {_tp_parent('traceparent')} END"
-    name = f"concat(CASE WHEN {KNOWN} THEN method ELSE 'HTTP' END, ' ' || route)"
+    # a gRPC call is named by its method (the RPC conventions: `{rpc.method}`), an HTTP one by
+    # method and route
+    name = f"CASE WHEN {GRPC} THEN concat(grpc_service, '/', grpc_method) ELSE concat(CASE WHEN {KNOWN} THEN method ELSE 'HTTP' END, ' ' || route) END"
     kind = f"CASE WHEN {CLIENT} THEN {SPAN_KIND_CLIENT} ELSE {SPAN_KIND_SERVER} END"
-    status = (f"CASE WHEN ({ERROR_TYPE}) IS NULL THEN '' WHEN status IS NULL THEN ',\"status\":{{\"message\":\"no response recorded\",\"code\":{STATUS_ERROR}}}' "
+    # the message: why there is no response, or a failed gRPC call's grpc-message
+    status = (f"CASE WHEN ({SPAN_ERROR_TYPE}) IS NULL THEN '' WHEN status IS NULL THEN ',\"status\":{{\"message\":\"no response recorded\",\"code\":{STATUS_ERROR}}}' "
+              f"WHEN {GRPC} AND grpc_message IS NOT NULL AND grpc_message <> '' THEN concat(',\"status\":{{\"message\":', to_json(grpc_message), ',\"code\":{STATUS_ERROR}}}') "
               f"ELSE ',\"status\":{{\"code\":{STATUS_ERROR}}}' END")
-    # a span = its ids and times + its class's fragment (name and kind, chr(31) -- never in JSON
-    # text, which escapes control characters -- then the shared attributes) and status
-    # + its own attributes; classes are found by a hash of their columns (a 64-bit collision
-    # among a slice's few thousand classes: about 1e-12)
+    # a class's fragment: name and kind, chr(31) -- never in JSON text, which escapes control
+    # characters -- then the shared attributes
     frag = (f"concat(',\"name\":', to_json({name}), ',\"kind\":', {kind}, chr(31), {attribute_items_sql(HTTP_CLASS_ATTRS)})")
-    span_json = (f"concat('{{\"traceId\":\"', {trace}, '\",\"spanId\":\"', {_hex_span('m')}, '\"', ',\"parentSpanId\":\"' || ({parent}) || '\"', "
+    return {"trace": trace, "span": _hex_span("m"), "parent": parent, "frag": frag, "status": status}
+
+
+def http_rows_cte() -> str:
+    """CTEs s, s2 over ftx_slice: every row with its local and peer names (l_*, q_*), its
+    resource's nid and its class id `cid` (a hash of the class's columns: a 64-bit collision
+    among a slice's few thousand classes has a chance about 1e-12)."""
+    cls = ", ".join(_CLASS)
+    return f"""s AS (SELECT *, {LOCAL_PEER}, CASE WHEN {CLIENT} THEN cn ELSE sn END AS nid FROM ftx_slice),
+s2 AS (SELECT *, hash({cls}) AS cid FROM s)"""
+
+
+def http_classes_cte() -> str:
+    """http_rows_cte and c: (cid, frag, status) of every class."""
+    e = http_span_exprs()
+    return f"""{http_rows_cte()},
+c AS (SELECT cid, {e['frag']} AS frag, {e['status']} AS status FROM (SELECT DISTINCT ON (cid) * FROM s2))"""
+
+
+def http_spans_sql() -> str:
+    """The spans of ftx_slice, ordered (time, then row id: the same order on every run): the
+    RESOURCE_COLUMNS and span_json. The reference encoding (columnar.py is the fast one)."""
+    e = http_span_exprs()
+    # a span = its ids and times + its class's fragment (name, kind, shared attributes) and
+    # status + its own attributes
+    span_json = (f"concat('{{\"traceId\":\"', {e['trace']}, '\",\"spanId\":\"', {e['span']}, '\"', ',\"parentSpanId\":\"' || ({e['parent']}) || '\"', "
                  f"split_part(c.frag, chr(31), 1), ',\"startTimeUnixNano\":\"', t, '\",\"endTimeUnixNano\":\"', coalesce(t1, t), "
                  f"'\",\"attributes\":[', concat_ws(',', substr(c.frag, strpos(c.frag, chr(31)) + 1), {attribute_items_sql(HTTP_ROW_ATTRS)}), ']', c.status, '}}')")
-    cls = ", ".join(_CLASS)
-    return f"""WITH s AS (SELECT *, {LOCAL_PEER}, CASE WHEN {CLIENT} THEN cn ELSE sn END AS nid FROM ftx_slice),
-s2 AS (SELECT *, hash({cls}) AS cid FROM s),
-c AS (SELECT cid, {frag} AS frag, {status} AS status FROM (SELECT DISTINCT ON (cid) * FROM s2))
+    return f"""WITH {http_classes_cte()}
 SELECT hash(nid, pid, comm, node, local_ip) AS rid, nid, pid, comm, node, local_ip, {span_json} AS span_json
 FROM s2 JOIN c USING (cid) ORDER BY t, m"""
 

@@ -11,8 +11,7 @@ handled and the calls it made, with their ids and socket ports: that log is the 
 With propagation, the traces view must rebuild exactly the logged trees (the applications'
 trace ids and client span ids, every parent link, nothing else joined in). Without it (the
 headers left out), the links must come from the socket and the thread that read each request
-(`http.tid`): that variant needs a recorder writing `tid` and is skipped, saying so, only when
-the tape has no such column.
+(`http.tid`, which the recorder writes from the socket's turns: capture/live/l7.py `IoTurns`).
 """
 
 from __future__ import annotations
@@ -275,8 +274,7 @@ def test_recorded_trees_equal_the_logged_ones(propagated):
 
 def test_without_propagation_socket_and_thread_rebuild_the_trees(bare):
     parts = list((bare["tape"] / "http").rglob("*.parquet"))
-    if not any("tid" in pq.read_schema(p).names for p in parts):
-        pytest.skip("depends on the recorder writing http.tid (branch journeys-rec): this tape has no tid column")
+    assert any("tid" in pq.read_schema(p).names for p in parts), "the recorder wrote no http.tid"
     df = _check(bare)
     srcs = set(df.filter(pl.col("source").is_not_null())["source"])
     assert srcs <= {"socket", "tcp-seq", "thread"} and "thread" in srcs

@@ -97,10 +97,10 @@ def seeds(tmp_path_factory) -> Path:
 
 def tshark_streams(pcap: Path) -> dict[tuple, dict]:
     """Per TCP connection (client ip, client port): frames and payload bytes each way (sequence
-    space: the highest relative next-sequence number less the SYN and FIN), initial RTT."""
+    space: the highest relative sequence number a payload reaches, SYN and FIN not counted), initial RTT."""
     out: dict[tuple, dict] = {}
-    for stream, src, sport, dst, dport, flags, nxtseq, tlen, rtt in fields(
-            pcap, ["tcp.stream", "ip.src", "tcp.srcport", "ip.dst", "tcp.dstport", "tcp.flags", "tcp.nxtseq", "tcp.len", "tcp.analysis.initial_rtt"], "tcp"):
+    for stream, src, sport, dst, dport, flags, seq, tlen, rtt in fields(
+            pcap, ["tcp.stream", "ip.src", "tcp.srcport", "ip.dst", "tcp.dstport", "tcp.flags", "tcp.seq", "tcp.len", "tcp.analysis.initial_rtt"], "tcp"):
         flags = int(flags, 16)
         s = out.setdefault(stream, {"frames": [0, 0], "high": [0, 0], "rtt": None, "client": None})
         if s["client"] is None:
@@ -108,7 +108,8 @@ def tshark_streams(pcap: Path) -> dict[tuple, dict]:
         d = 0 if (src, int(sport)) == s["client"] else 1
         s["frames"][d] += 1
         if int(tlen):
-            s["high"][d] = max(s["high"][d], int(nxtseq) - 1)  # relative: data starts at 1
+            # relative: data starts at 1 (not tcp.nxtseq, which also counts a FIN riding on the data)
+            s["high"][d] = max(s["high"][d], int(seq) + int(tlen) - 1)
         if rtt:
             s["rtt"] = float(rtt)
     return {v["client"]: v for v in out.values()}

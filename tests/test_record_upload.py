@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -77,6 +78,9 @@ def test_record_uploads_through_an_outage_and_after_a_sigkill(tmp_path, s3):
         try:
             rec = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env)
             assert "recording to" in rec.stderr.readline()
+            said: list[str] = []  # its stderr, read as it comes (the last lines are needed before the kill)
+            reader = threading.Thread(target=lambda: said.extend(iter(rec.stderr.readline, "")), daemon=True)
+            reader.start()
             wait_for(lambda: len(remote(lab3, bucket, prefix)[0]) >= 2, "parts uploaded while recording")
             lab3.proxy.down()  # the network is gone: recording goes on, parts pile up locally
             n_before = len(parts(tape))
@@ -85,10 +89,13 @@ def test_record_uploads_through_an_outage_and_after_a_sigkill(tmp_path, s3):
             assert set(m["files"]) <= set(got)  # the bucket's tape stays readable meanwhile
             lab3.proxy.up()
             wait_for(lambda: set(parts(tape)) - set(remote(lab3, bucket, prefix)[0]) <= {max(parts(tape))}, "caught up after the outage")
+            # the parts are in the bucket before the sync that put them there returns and says so
+            wait_for(lambda: any("upload resumed" in line for line in said), "'upload resumed' said")
             rec.send_signal(signal.SIGKILL)  # a DaemonSet pod killed
             assert rec.wait(timeout=10) == -signal.SIGKILL
             killed_at = time.time_ns()
-            first_err = rec.stderr.read()
+            reader.join(timeout=10)
+            first_err = "".join(said)
             assert "upload paused" in first_err and "unreachable" in first_err and "upload resumed" in first_err
             local_after_kill = parts(tape)
 

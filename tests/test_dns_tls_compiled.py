@@ -12,13 +12,8 @@ through copies built with AddressSanitizer and UndefinedBehaviorSanitizer.
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import struct
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -33,6 +28,7 @@ from flowtape.capture.decode.tls import ClientHello, Malformed, _fast_client_hel
 from pcap_seeds import segments
 from test_dns_fast import HANDLED, message
 from test_tls_fast import hello
+import sanitizer
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -345,45 +341,21 @@ print("ok", {n})
 """
 
 
-def _sanitized_build(tmp_path: Path, src_name: str, name: str, plant: tuple[str, str] | None = None) -> None:
-    """capture/decode/<src_name>.c built with ASan and UBSan as module `name`; plant = (anchor, code) adds a
-    bug after anchor (the harness must catch it, or it proves nothing)."""
-    src = (ROOT / "capture" / "decode" / f"{src_name}.c").read_text()
-    src = src.replace(f"PyInit_{src_name}", f"PyInit_{name}").replace(f'"{src_name}"', f'"{name}"')
-    if plant:
-        assert plant[0] in src
-        src = src.replace(plant[0], plant[0] + plant[1], 1)
-    (tmp_path / f"{name}.c").write_text(src)
-    so = tmp_path / (name + sysconfig.get_config_var("EXT_SUFFIX"))
-    build = subprocess.run(["gcc", "-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-                            "-fno-sanitize-recover=undefined", f"-I{sysconfig.get_paths()['include']}",
-                            str(tmp_path / f"{name}.c"), "-o", str(so)], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-
-
-def _sanitized_run(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
-    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    # PYTHONMALLOC=malloc: Python's own small-object allocator hides overreads from ASan
-    env = {**os.environ, "LD_PRELOAD": libasan, "PYTHONMALLOC": "malloc", "ASAN_OPTIONS": "detect_leaks=0:exitcode=86",
-           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:exitcode=87", "PYTHONPATH": f"{tmp_path}{os.pathsep}{HERE}"}
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=1200)
+PLANT = ("    Py_ssize_t n = view.len;", "    Py_ssize_t n = view.len; volatile unsigned char z = d[n + 8]; (void)z;")
 
 
 def test_under_address_sanitizer(tmp_path):
-    if shutil.which("gcc") is None:
-        if in_ci():
-            pytest.fail("gcc is missing on a CI host (scripts/bootstrap.sh installs it)", pytrace=False)
-        pytest.skip("gcc is missing: cannot build the sanitizer copies of capture/decode/_dns.c and _tls.c")
+    sanitizer.require_gcc("capture/decode/_dns.c and _tls.c")
     # planted overreads: one byte past the message, one past the hello
-    _sanitized_build(tmp_path, "_dns", "_dns_planted", ("    Py_ssize_t n = view.len;", " volatile unsigned char z = d[n + 8]; (void)z;"))
-    _sanitized_build(tmp_path, "_tls", "_tls_planted", ("    Py_ssize_t n = view.len;", " volatile unsigned char z = d[n + 8]; (void)z;"))
+    sanitizer.build(tmp_path, "capture/decode/_dns.c", "_dns_planted", PLANT)
+    sanitizer.build(tmp_path, "capture/decode/_tls.c", "_tls_planted", PLANT)
     for mod, call in (("_dns_planted", "fast_parse(bytearray(b'x' * 12), *[None] * 4)"), ("_tls_planted", "fast_client_hello(bytearray(b'x' * 9), None, None)")):
-        planted = _sanitized_run(tmp_path, f"import {mod}; {mod}.{call}")
+        planted = sanitizer.run(tmp_path, f"import {mod}; {mod}.{call}", HERE)
         assert planted.returncode == 86 and "heap-buffer-overflow" in planted.stderr, planted.stderr[-2000:]
 
-    _sanitized_build(tmp_path, "_dns", "_dns_asan")
-    _sanitized_build(tmp_path, "_tls", "_tls_asan")
+    sanitizer.build(tmp_path, "capture/decode/_dns.c", "_dns_asan")
+    sanitizer.build(tmp_path, "capture/decode/_tls.c", "_tls_asan")
     n = 4000
-    result = _sanitized_run(tmp_path, ASAN_SCRIPT.format(tests=str(HERE), n=n))
+    result = sanitizer.run(tmp_path, ASAN_SCRIPT.format(tests=str(HERE), n=n), HERE)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert f"ok {n}" in result.stdout

@@ -8,12 +8,7 @@ then runs through a copy built with AddressSanitizer and UndefinedBehaviorSaniti
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
@@ -25,6 +20,7 @@ from flowtape.capture.decode.stats import DecodeStats
 from flowtape.capture.decode.http_pairing import HttpConnection, Redaction, header_mask
 from http1_corpus import CLIENT_SEQ, SEEDS, SERVER_SEQ, random_stream, run
 from pcap_seeds import segments
+import sanitizer
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -200,43 +196,17 @@ print("ok", {n})
 """
 
 
-def _sanitized_build(tmp_path: Path, name: str, plant_bug: bool = False) -> Path:
-    """capture/decode/_http1.c built with ASan and UBSan as module `name`; plant_bug adds a read past
-    the end of every segment (the harness must catch it, or it proves nothing)."""
-    src = (ROOT / "capture" / "decode" / "_http1.c").read_text().replace("PyInit__http1", f"PyInit_{name}").replace('"_http1"', f'"{name}"')
-    if plant_bug:
-        anchor = "static int is_http2(const unsigned char *d, Py_ssize_t n, int from_client) {"
-        assert anchor in src
-        src = src.replace(anchor, anchor + " volatile unsigned char z = d[n + 8]; (void)z;")
-    (tmp_path / f"{name}.c").write_text(src)
-    so = tmp_path / (name + sysconfig.get_config_var("EXT_SUFFIX"))
-    build = subprocess.run(["gcc", "-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-                            "-fno-sanitize-recover=undefined", f"-I{sysconfig.get_paths()['include']}",
-                            str(tmp_path / f"{name}.c"), "-o", str(so)], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-    return so
-
-
-def _sanitized_run(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
-    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    # PYTHONMALLOC=malloc: Python's own small-object allocator hides overreads from ASan
-    env = {**os.environ, "LD_PRELOAD": libasan, "PYTHONMALLOC": "malloc", "ASAN_OPTIONS": "detect_leaks=0:exitcode=86",
-           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:exitcode=87", "PYTHONPATH": str(tmp_path)}
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=1200)
-
-
 @pytest.mark.slow
 def test_under_address_sanitizer(tmp_path):
-    if shutil.which("gcc") is None:
-        if in_ci():
-            pytest.fail("gcc is missing on a CI host (scripts/bootstrap.sh installs it)", pytrace=False)
-        pytest.skip("gcc is missing: cannot build the sanitizer copy of capture/decode/_http1.c")
-    _sanitized_build(tmp_path, "_http1_planted", plant_bug=True)
-    planted = _sanitized_run(tmp_path, "import _http1_planted; _http1_planted.Http1Connection(None).feed_tuples(1, b'GET / HTTP/1.1', True)")
+    sanitizer.require_gcc("capture/decode/_http1.c")
+    # a read past the end of every segment
+    anchor = "static int is_http2(const unsigned char *d, Py_ssize_t n, int from_client) {"
+    sanitizer.build(tmp_path, "capture/decode/_http1.c", "_http1_planted", (anchor, anchor + " volatile unsigned char z = d[n + 8]; (void)z;"))
+    planted = sanitizer.run(tmp_path, "import _http1_planted; _http1_planted.Http1Connection(None).feed_tuples(1, b'GET / HTTP/1.1', True)")
     assert planted.returncode == 86 and "heap-buffer-overflow" in planted.stderr, planted.stderr[-2000:]
 
-    _sanitized_build(tmp_path, "_http1_asan")
+    sanitizer.build(tmp_path, "capture/decode/_http1.c", "_http1_asan")
     n = 3000
-    result = _sanitized_run(tmp_path, ASAN_SCRIPT.format(tests=str(HERE), n=n))
+    result = sanitizer.run(tmp_path, ASAN_SCRIPT.format(tests=str(HERE), n=n))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert f"ok {n}" in result.stdout

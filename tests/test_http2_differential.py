@@ -11,13 +11,8 @@ Python must write the same rows; and the corpus runs through a copy built with A
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import struct
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import hpack
@@ -31,6 +26,7 @@ from flowtape.capture.decode.http_pairing import H2_PREFACE, Redaction
 from flowtape.capture.decode.stats import DecodeStats
 from h2_corpus import frame, generated_connection, random_connection, run
 from test_decode_http2 import GRPC_PORT, _records, connections
+import sanitizer
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -329,40 +325,16 @@ print("ok", {n})
 """
 
 
-def _sanitized_build(tmp_path: Path, name: str, plant_bug: bool = False) -> Path:
-    src = (ROOT / "capture" / "decode" / "_http2.c").read_text().replace("PyInit__http2", f"PyInit_{name}").replace('"_http2"', f'"{name}"')
-    if plant_bug:  # a read past the end of every segment: the harness must catch it, or it proves nothing
-        anchor = "    Py_ssize_t pos = 0;\n    if (d->preface) {"
-        assert anchor in src
-        src = src.replace(anchor, "    { volatile unsigned char z = data[n + 8]; (void)z; }\n" + anchor)
-    (tmp_path / f"{name}.c").write_text(src)
-    so = tmp_path / (name + sysconfig.get_config_var("EXT_SUFFIX"))
-    build = subprocess.run(["gcc", "-shared", "-fPIC", "-g", "-O1", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
-                            "-fno-sanitize-recover=undefined", f"-I{sysconfig.get_paths()['include']}",
-                            str(tmp_path / f"{name}.c"), "-o", str(so)], capture_output=True, text=True)
-    assert build.returncode == 0, build.stderr
-    return so
-
-
-def _sanitized_run(tmp_path: Path, script: str) -> subprocess.CompletedProcess:
-    libasan = subprocess.run(["gcc", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
-    # PYTHONMALLOC=malloc: Python's own small-object allocator hides overreads from ASan
-    env = {**os.environ, "LD_PRELOAD": libasan, "PYTHONMALLOC": "malloc", "ASAN_OPTIONS": "detect_leaks=0:exitcode=86",
-           "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1:exitcode=87", "PYTHONPATH": str(tmp_path)}
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=1200)
-
-
 def test_under_address_sanitizer(tmp_path):
-    if shutil.which("gcc") is None:
-        if in_ci():
-            pytest.fail("gcc is missing on a CI host (scripts/bootstrap.sh installs it)", pytrace=False)
-        pytest.skip("gcc is missing: cannot build the sanitizer copy of capture/decode/_http2.c")
-    _sanitized_build(tmp_path, "_http2_planted", plant_bug=True)
-    planted = _sanitized_run(tmp_path, "import _http2_planted; _http2_planted.H2Connection(None).feed_tuples(1, b'PRI * HTTP/2.0', True)")
+    sanitizer.require_gcc("capture/decode/_http2.c")
+    # a read past the end of every segment
+    anchor = "    Py_ssize_t pos = 0;\n    if (d->preface) {"
+    sanitizer.build(tmp_path, "capture/decode/_http2.c", "_http2_planted", (anchor, "    { volatile unsigned char z = data[n + 8]; (void)z; }\n" + anchor))
+    planted = sanitizer.run(tmp_path, "import _http2_planted; _http2_planted.H2Connection(None).feed_tuples(1, b'PRI * HTTP/2.0', True)")
     assert planted.returncode == 86 and "heap-buffer-overflow" in planted.stderr, planted.stderr[-2000:]
-    _sanitized_build(tmp_path, "_http2_asan")
+    sanitizer.build(tmp_path, "capture/decode/_http2.c", "_http2_asan")
     n = 400
-    result = _sanitized_run(tmp_path, ASAN_SCRIPT.format(tests=str(HERE), n=n))
+    result = sanitizer.run(tmp_path, ASAN_SCRIPT.format(tests=str(HERE), n=n))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert f"ok {n}" in result.stdout
 

@@ -311,6 +311,33 @@ def recorder(argv: Sequence[str]) -> Iterator[subprocess.Popen]:
             rec.wait()
 
 
+@contextmanager
+def node_recorder(host: Host, argv: Sequence[str]) -> Iterator[subprocess.Popen]:
+    """`flowtape record ARGV` run inside `host`'s network namespace, as the recorder of a node whose
+    network is that namespace (its interfaces are the namespace's: `--interfaces eth0`). `ip netns
+    exec` gives the command a sysfs of the namespace (so /sys/class/net lists its interfaces) but
+    hides the host's cgroup2 and debugfs mounts: they are mounted again in the command's own mount
+    namespace. Tracepoints and uprobes are not per namespace: such a recorder still sees every
+    socket of the machine (its connections rows include other namespaces' sockets), only its TC
+    programs are confined to the namespace's interfaces. Stopped as `recorder` stops it."""
+    flowtape = str(Path(sys.executable).with_name("flowtape"))
+    script = ("mount -t cgroup2 none /sys/fs/cgroup 2>/dev/null; mount -t debugfs none /sys/kernel/debug 2>/dev/null; "
+              'exec "$@"')
+    rec = host.popen(["sh", "-c", script, "sh", flowtape, "record", *argv], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        while "recording to" not in (line := rec.stderr.readline()):
+            if not line:
+                raise AssertionError(f"the recorder in {host.name} did not start: {rec.stderr.read()}")
+        yield rec
+        rec.send_signal(signal.SIGINT)
+        rec.stderr.read()
+        assert rec.wait(timeout=60) == 0
+    finally:
+        if rec.poll() is None:
+            rec.kill()
+            rec.wait()
+
+
 def tshark_fields(pcap: Path, fields: Sequence[str], display_filter: str = "ip") -> list[list[str]]:
     """One list of field values per packet (empty string when a field is absent)."""
     argv = ["tshark", "-n", "-r", str(pcap), "-Y", display_filter, "-T", "fields", "-E", "separator=\t", "-E", "occurrence=f"]

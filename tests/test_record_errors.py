@@ -77,6 +77,14 @@ def test_unknown_probe_and_interface_are_usage_errors(tmp_path):
     assert p.returncode == Exit.USAGE and "no interface named 'no-such-if0'" in one_error_line(p)
 
 
+def test_inject_trace_context_is_checked_before_anything_starts(tmp_path):
+    p = run_cli(["record", "-o", str(tmp_path / "c.tape"), "--inject-trace-context", "tcp-option"])
+    assert p.returncode == Exit.USAGE and "--inject-trace-context: 'tcp-option' is not a mode (use ip-option, or off)" in one_error_line(p)
+    p = run_cli(["record", "-o", str(tmp_path / "d.tape"), "--inject-trace-context", "ip-option", "--probes", "flows,connections"])
+    assert p.returncode == Exit.USAGE and "needs the l7 probe" in one_error_line(p)
+    assert not (tmp_path / "c.tape").exists() and not (tmp_path / "d.tape").exists()
+
+
 class Status(io.StringIO):
     """The recorder's status stream; `started` is set once it says it is recording."""
 

@@ -7,7 +7,10 @@ A span is one `http` row (one side of one exchange). Two kinds of links make the
   application's own ids; a proxy that forwards the header unchanged, as nginx does, leaves two
   client rows with one id, and the next rules decide); the TCP sequence numbers of the request's
   and response's first bytes (`request_seq`/`response_seq`, shared by the two sides through NAT,
-  source `tcp-seq`); the connection's socket and the nearest time (pairing.nearest_client_sql,
+  source `tcp-seq`); the trace id written into the connection's packets (IPv4 option 136 from
+  `record --inject-trace-context ip-option` or OBI, TCP option 25), the same on both rows, with
+  the same client port and the nearest request time (source `ip-option`/`tcp-option`: TLS and
+  HTTP/2 rows have no request_seq); the connection's socket and the nearest time (pairing.nearest_client_sql,
   the OTLP exporter's rule, source `socket`);
 - a client span's parent is the server span of the same process that caused it, by, in order
   of trust: the same trace id (the traceparent's, source `traceparent`, else the connection's
@@ -96,9 +99,17 @@ b0 AS (SELECT s.rid, c.rid AS prid FROM (SELECT * FROM srv WHERE qseq IS NOT NUL
        JOIN (SELECT * FROM cl WHERE qseq IS NOT NULL) c ON s.qseq = c.qseq
         AND abs(s.t - c.t) <= {skew} AND (s.rseq IS NULL OR c.rseq IS NULL OR s.rseq = c.rseq)),
 b AS (SELECT rid, prid, 2 AS prio, 'tcp-seq' AS source FROM b0
-      WHERE rid IN (SELECT rid FROM b0 GROUP BY rid HAVING count(*) = 1) AND prid IN (SELECT prid FROM b0 GROUP BY prid HAVING count(*) = 1))
+      WHERE rid IN (SELECT rid FROM b0 GROUP BY rid HAVING count(*) = 1) AND prid IN (SELECT prid FROM b0 GROUP BY prid HAVING count(*) = 1)),
+-- the same connection on two nodes: the trace id written into its packets (ip-option: --inject-trace-context gives one per
+-- connection; OBI one per trace, hence the client port too, which DNAT keeps) on both rows, and the nearest request in it.
+-- For TLS and HTTP/2 rows, which have no request_seq, and through NAT, where the socket rule's 4-tuple differs.
+w0 AS (SELECT s.rid, c.rid AS prid, s.wire_source AS source, abs(s.t - c.t) AS d
+       FROM (SELECT rid, t, cport, wire_trace, wire_source FROM ft_tr_facts WHERE NOT cli AND wire_trace IS NOT NULL) s
+       JOIN (SELECT rid, t, cport, wire_trace FROM ft_tr_facts WHERE cli AND wire_trace IS NOT NULL) c
+         ON s.wire_trace = c.wire_trace AND s.cport = c.cport AND abs(s.t - c.t) <= {skew}),
+w AS (SELECT rid, arg_min(prid, d) AS prid, 3 AS prio, any_value(source) AS source FROM w0 GROUP BY rid)
 -- (the same socket and the nearest time, the OTLP exporter's rule, comes last: pairing.nearest_clients)
-SELECT rid, arg_min(prid, prio) AS prid, arg_min(source, prio) AS source FROM (SELECT * FROM a UNION ALL SELECT * FROM b) GROUP BY rid
+SELECT rid, arg_min(prid, prio) AS prid, arg_min(source, prio) AS source FROM (SELECT * FROM a UNION ALL SELECT * FROM b UNION ALL SELECT * FROM w) GROUP BY rid
 """
 
 

@@ -35,6 +35,7 @@ def register(app: typer.Typer) -> None:
         upload: Annotated[Optional[str], typer.Option("--upload", help="s3://BUCKET/PREFIX/: upload each finished part, then the manifest, as rotations complete (the tape goes to PREFIX/<name of -o>/ unless the URL ends in NAME.tape/). Parts stay local; network losses are retried. Credentials: the AWS chain; AWS_ENDPOINT_URL for S3-compatible stores.")] = None,
         upload_timeout: Annotated[str, typer.Option(help="How long the last upload may take at the end (then: exit 10, the tape stays local, `flowtape push` finishes it).")] = "60s",
         resume: Annotated[bool, typer.Option("--resume", help="Continue the tape at -o if it exists (a restarted pod), with a gap for the time in between; its pending uploads go on.")] = False,
+        inject_trace_context: Annotated[str, typer.Option("--inject-trace-context", help="ip-option: write a random trace id per connection as the IPv4 option 136 (OBI/Beyla's) into egress IPv4 TCP packets of connections that carry no trace context, so the recorder on the far node reads the same id (connections.wire_trace_id); this side records it too. Changes packets (20 bytes each; full-size non-GSO segments are sent unchanged and counted). IPv6 is not injected. Default: off.")] = "off",
         print_bpf: Annotated[bool, typer.Option("--print-bpf", help="Print the final C of the selected probes and exit.", hidden=True)] = False,
     ) -> None:
         """Record flows, TCP connections, DNS, HTTP and TLS from eBPF into a tape (needs root),
@@ -43,6 +44,7 @@ def register(app: typer.Typer) -> None:
         Example: sudo flowtape record -o incident.tape --duration 5m
         """
         from ..k8s.watcher import discover_kube_config
+        from .inject import parse_mode
         from .recorder import RecordOptions, Recorder, render_sources
 
         if no_k8s and (kubeconfig or context or in_cluster):
@@ -64,6 +66,7 @@ def register(app: typer.Typer) -> None:
             upload=upload,
             upload_timeout=parse_seconds(upload_timeout, "--upload-timeout") or 0.0,
             resume=resume,
+            inject_trace_context=parse_mode(inject_trace_context),
         )
         if upload:
             parse_url(upload)  # a malformed URL is a usage error before anything starts

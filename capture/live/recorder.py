@@ -33,6 +33,7 @@ from .flows import FlowProbe
 from .host import NamespaceAddresses, cgroup_facts, etc_hosts, own_addresses
 from .interfaces import coverage
 from ..decode.http_pairing import Redaction
+from .inject import LOST as INJECT_LOST, MODES as INJECT_MODES, InjectProbe
 from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
 
 PROBES = ("flows", "connections", "l7", "gotls")  # gotls: Go programs' HTTPS, read by the l7 probe
@@ -60,6 +61,7 @@ class RecordOptions:
     upload: str | None = None  # s3://BUCKET/PREFIX/: finished parts and the manifest go there as rotations complete
     upload_timeout: float = 60.0  # seconds the final upload may take at the end before giving up (the tape stays local)
     resume: bool = False  # an existing tape at `out` is continued (a restarted DaemonSet pod), not refused
+    inject_trace_context: str = "off"  # "ip-option": bpf/inject.c writes a trace id into egress packets (capture.live.inject)
 
 
 @dataclass
@@ -122,6 +124,8 @@ def render_sources(opts: RecordOptions) -> str:
         parts.append(ConnectionProbe(owner_fallback=opts.owner_fallback).source())
     if "l7" in opts.probes:
         parts.append(L7Probe(interfaces=opts.interfaces, ssl_libs=opts.ssl_libs, go_tls="gotls" in opts.probes).source())
+    if opts.inject_trace_context != "off":
+        parts.append(InjectProbe(interfaces=opts.interfaces).source())
     return "\n".join(parts)
 
 
@@ -132,6 +136,10 @@ class Recorder:
                 raise UsageError(f"--probes: unknown probe {p!r} (probes: {', '.join(PROBES)})")
         if "gotls" in opts.probes and "l7" not in opts.probes:
             raise UsageError("--probes: gotls needs l7 (Go's HTTPS plaintext goes through the l7 probe's decoder): add l7, or drop gotls")
+        if opts.inject_trace_context not in INJECT_MODES:
+            raise UsageError(f"--inject-trace-context: {opts.inject_trace_context!r} is not a mode (use ip-option, or off)")
+        if opts.inject_trace_context != "off" and "l7" not in opts.probes:
+            raise UsageError("--inject-trace-context needs the l7 probe (it records the trace ids it writes): add l7 to --probes")
         if opts.flow_interval <= 0 or opts.rotate <= 0 or (opts.duration is not None and opts.duration <= 0):
             raise UsageError("--flow-interval, --rotate and --duration must be positive")
         self.opts = opts
@@ -142,6 +150,7 @@ class Recorder:
         self.tracker: ConnectionTracker | None = None
         self.l7: L7Probe | None = None
         self.l7dec: L7Decoder | None = None
+        self.inject: InjectProbe | None = None
         self._l7_settings: dict[str, Any] = {}
         self.kube: Any = None
         self.writer: TapeWriter | None = None
@@ -199,10 +208,38 @@ class Recorder:
                 self._probe_failed("connections", probe, e, start_wall, failures)
         if "l7" in self.opts.probes:
             self._start_l7(start_wall, failures)
+        self._start_inject()
         if failures and len(failures) == len([p for p in self.opts.probes if p != "gotls"]):
             raise failures[0]
         if self.conns is not None or self.l7 is not None:
             tune_gc()
+
+    def _start_inject(self) -> None:
+        """The trace context injector (opt-in), after the l7 probe so that it runs first on each
+        egress hook and l7 records the ids it writes. Without l7 running it is not started: the
+        tape could not say which ids went out."""
+        w = self.writer
+        assert w is not None
+        w.update("settings", {"inject_trace_context": self.opts.inject_trace_context})
+        if self.opts.inject_trace_context == "off":
+            return
+        if self.l7 is None:
+            self._warn("--inject-trace-context: the l7 probe did not start, so nothing is injected")
+            w.update("settings", {"inject_trace_context": "off", "inject_trace_context_requested": self.opts.inject_trace_context,
+                                  "inject_trace_context_off_because": "the l7 probe did not start"})
+            return
+        probe = InjectProbe(interfaces=self.opts.interfaces)
+        try:
+            probe.load()
+            probe.attach()
+        except Unsupported as e:
+            probe.close()
+            self._warn(f"--inject-trace-context: {e.message}; recording without injection")
+            w.update("settings", {"inject_trace_context": "off", "inject_trace_context_requested": self.opts.inject_trace_context,
+                                  "inject_trace_context_off_because": e.message})
+            return
+        self.inject = probe
+        w.set_probe("inject", probe.manifest())
 
     def _probe_failed(self, name: str, probe: Any, e: Unsupported, start_wall: int, failures: list) -> None:
         """A probe this host cannot run: said once, a gap in the tape, and the others go on."""
@@ -313,6 +350,15 @@ class Recorder:
                 if name != "flows.not_ip":
                     w.set_lost(name, count)
                     self.summary.lost[name] = count
+        if self.inject is not None:
+            # new interfaces: after flows' and l7's attach, so first in each hook's chain
+            if not final and self.opts.interfaces is None and self.inject.refresh():
+                w.set_probe("inject", self.inject.manifest())
+            for name, count in self.inject.counters().items():
+                if name in INJECT_LOST:
+                    w.set_lost(name, count)
+                    self.summary.lost[name] = count
+            w.update("extra", {"inject": self.inject.counters()})
         if self.tracker is not None:
             now_mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
             rows = self.tracker.take_rows(now_mono, final=final)
@@ -506,14 +552,14 @@ class Recorder:
 
     def _program_stats(self) -> dict[str, dict[str, int]]:
         stats = {}
-        for probe in (self.flows, self.conns, self.l7):
+        for probe in (self.inject, self.flows, self.conns, self.l7):
             if probe is not None and probe.bpf is not None:
                 for name, fd in probe.programs().items():
                     stats[name] = ebpf.prog_stats(fd)
         return stats
 
     def _stop_probes(self) -> None:
-        for probe in (self.flows, self.conns, self.l7):
+        for probe in (self.inject, self.flows, self.conns, self.l7):
             if probe is not None:
                 try:
                     probe.close()

@@ -252,7 +252,7 @@ WIRE_TRACE_CONTEXT = Table(
     "kind 25), read by the recorder's TC programs without changing the packet: one row when a direction of a flow shows "
     "one for the first time, and one each time it changes (for the IPv4 option: its trace id; for the TCP option: trace "
     "or span id). Works for TLS connections too (no decryption). `connections.wire_*` holds the first one of each "
-    "connection. A recorder's own packets (--inject-trace-context) are not written yet.",
+    "connection. With `flowtape record --inject-trace-context ip-option` the recorder also writes the ids it injects (read as the packets leave).",
     (
         C("ts", TS, "Time of the packet.", False),
         NODE,

@@ -104,6 +104,48 @@ out.append({"method": "POST", "status": r.status, "bytes": len(data), "sha256": 
 print(json.dumps(out), flush=True)
 """
 
+# Connections that carry a trace context of their own, which the injector must leave alone:
+# node a's socket with IP_OPTIONS (option 136 with the application's id, set as root: the kernel
+# takes unknown options from CAP_NET_RAW), and a server on node b whose answers carry one.
+FOREIGN_CLIENT = r"""
+import socket, sys
+dst, own = sys.argv[1], bytes.fromhex(sys.argv[2])
+def get(port, opts=None):
+    s = socket.socket()
+    if opts:
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, opts)
+    s.connect((dst, port))
+    s.sendall(b"GET /f100 HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n")
+    got = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        got += d
+    port_used = s.getsockname()[1]
+    s.close()
+    return port_used, got.split(b" ", 2)[1].decode(), len(got)
+print(*get(80, bytes([136, 20]) + own + b"\0\0"), *get(8001), flush=True)
+"""
+FOREIGN_SERVER = r"""
+import socket, sys
+peer_opts = bytes([136, 20]) + bytes.fromhex(sys.argv[2]) + b"\0\0"
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind((sys.argv[1], 8001))
+ls.listen()
+print("ready", flush=True)
+while True:
+    c, _ = ls.accept()
+    c.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, peer_opts)   # every answer carries it
+    req = b""
+    while b"\r\n\r\n" not in req:
+        req += c.recv(65536)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+    c.close()
+"""
+OWN_ID, PEER_ID = "0af7651916cd43dd8448eb211c80319c", "4bf92f3577b34da6a3ce929d0e0e4736"
+
 CURL_W = "%{http_code} %{size_download} %{size_header} %{local_port}\\n"
 
 
@@ -116,18 +158,20 @@ def curl(host, *urls: str, extra: tuple[str, ...] = ()) -> list[dict]:
     return [{"status": int(out[i]), "body": int(out[i + 1]), "head": int(out[i + 2]), "port": int(out[i + 3])} for i in range(0, len(out), 4)]
 
 
-def packets_from(pcap: Path, src_ip: str) -> list[dict]:
+def packets_from(pcap: Path, src_ip: str, numbered: bool = False) -> list:
     """TCP packets from src_ip as tshark dissects them: ports, IP header length, option 136's bytes
-    (empty when absent) and the IPv4 header checksum's status (1: good)."""
+    (empty when absent) and the IPv4 header checksum's status (1: good). numbered: (frame number,
+    packet) pairs, the capture's order."""
     argv = ["tshark", "-n", "-r", str(pcap), "-o", "ip.check_checksum:TRUE", "-Y", f"ip.src == {src_ip} && tcp",
             "-T", "fields", "-E", "separator=\t", "-E", "occurrence=f",
-            "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "ip.hdr_len", "-e", "ip.opt.type", "-e", "ip.options.sid", "-e", "ip.checksum.status",
+            "-e", "frame.number", "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "ip.hdr_len", "-e", "ip.opt.type", "-e", "ip.options.sid", "-e", "ip.checksum.status",
             "-e", "ip.len"]
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     rows = []
     for line in out.splitlines():
-        f = line.split("\t")
-        rows.append({"sport": int(f[0]), "dport": int(f[1]), "hdr_len": int(f[2]), "opt_type": f[3], "opt": f[4], "csum": f[5], "len": int(f[6])})
+        n, *f = line.split("\t")
+        p = {"sport": int(f[0]), "dport": int(f[1]), "hdr_len": int(f[2]), "opt_type": f[3], "opt": f[4], "csum": f[5], "len": int(f[6])}
+        rows.append((int(n), p) if numbered else p)
     return rows
 
 
@@ -144,6 +188,10 @@ def two_nodes(ebpf_host, tmp_path_factory):  # noqa: F811
         py = b.popen(["python3", str(lab.workdir / "server.py"), b.ip, str(slog)], stdout=subprocess.PIPE, text=True)
         assert py.stdout.readline().strip() == "ready"
         (lab.workdir / "client.py").write_text(CLIENT)
+        (lab.workdir / "fserver.py").write_text(FOREIGN_SERVER)
+        (lab.workdir / "fclient.py").write_text(FOREIGN_CLIENT)
+        fsrv = b.popen(["python3", str(lab.workdir / "fserver.py"), b.ip, PEER_ID], stdout=subprocess.PIPE, text=True)
+        assert fsrv.stdout.readline().strip() == "ready"
         tape_a, tape_b = work / "a.tape", work / "b.tape"
         out: dict = {"a": a, "b": b, "tape_a": tape_a, "tape_b": tape_b, "work": work}
         common = ["--interfaces", "eth0", "--no-k8s", "--flow-interval", "1"]
@@ -158,6 +206,8 @@ def two_nodes(ebpf_host, tmp_path_factory):  # noqa: F811
                 out["tls"] = curl(a, *(f"https://{b.ip}/f100" for _ in range(3)), extra=("-k",))
                 r = a.run(["python3", str(lab.workdir / "client.py"), b.ip, "1000000", str(UPLOAD_BYTES), str(FULL_SEGMENTS)])
                 out["py"] = json.loads(r.stdout)
+                f = a.run(["python3", str(lab.workdir / "fclient.py"), b.ip, OWN_ID]).stdout.decode().split()
+                out["foreign"] = {"own_port": int(f[0]), "own_status": f[1], "peer_port": int(f[3]), "peer_status": f[4]}
                 time.sleep(1.5)  # tcpdump writes the last packets within a second
             out["pcap"] = work / "b.pcap"
             out["pcap"].write_bytes(pcaps[b.host_if].read_bytes())
@@ -165,6 +215,7 @@ def two_nodes(ebpf_host, tmp_path_factory):  # noqa: F811
         out["access_tls"] = access_log(lab.workdir, tls=True)
         out["server_log"] = [json.loads(x) for x in slog.read_text().splitlines()]
         py.kill()
+        fsrv.kill()
         nginx.kill()
     return out
 
@@ -176,6 +227,7 @@ def test_traffic_still_flows(two_nodes):
     assert [r["status"] for r in plain] == [200, 301, 500, 404, 200]
     access = t["access"]
     # nginx's log: the same statuses, and every byte it sent is what curl received (heads + bodies)
+    access = [x for x in access if x["remote_port"] != t["foreign"]["own_port"]]  # the foreign-context GET (checked below)
     assert [(x["status"], x["bytes_sent"]) for x in access] == [(r["status"], r["head"] + r["body"]) for r in [*plain, t["big"]]]
     assert plain[0]["body"] == 100
     big = t["big"]
@@ -186,13 +238,28 @@ def test_traffic_still_flows(two_nodes):
     # the Python pair: statuses, sizes and digests on both ends (the upload's digest as the server computed it)
     got = [{k: x[k] for k in ("method", "status", "bytes", "sha256", "client_port")} for x in t["py"]]
     assert got == [{k: x[k] for k in ("method", "status", "bytes", "sha256", "client_port")} for x in t["server_log"]]
+    assert t["foreign"]["own_status"] == t["foreign"]["peer_status"] == "200"
+    assert [x["status"] for x in t["access"] if x["remote_port"] == t["foreign"]["own_port"]] == [200]
     assert [x["answer"] for x in t["py"][1:]] == [x["sha256"] for x in t["py"][1:]] and t["py"][0]["bytes"] == 1_000_000
 
 
 def test_far_side_wire_carries_the_ids_the_near_side_wrote(two_nodes):
     t = two_nodes
     a, b = t["a"], t["b"]
-    pkts = packets_from(t["pcap"], a.ip)
+    everything = packets_from(t["pcap"], a.ip)
+    fo = t["foreign"]
+    # the connection that carries the application's own option 136: every packet keeps it, unchanged
+    own = [p for p in everything if p["sport"] == fo["own_port"]]
+    assert len(own) >= 5 and all(p["hdr_len"] == 40 and p["opt"] == "8814" + OWN_ID + "0000" for p in own)
+    # the connection whose peer sends one: ours until the peer's first answer, none after it
+    mine = [(i, p) for i, p in packets_from(t["pcap"], a.ip, numbered=True) if p["sport"] == fo["peer_port"]]
+    peer = packets_from(t["pcap"], b.ip, numbered=True)
+    first_answer = min(i for i, p in peer if p["dport"] == fo["peer_port"] and p["opt"] == "8814" + PEER_ID + "0000")
+    before = [p for i, p in mine if i < first_answer]
+    after = [p for i, p in mine if i > first_answer]
+    assert before and all(p["hdr_len"] == 40 for p in before) and len({p["opt"] for p in before}) == 1
+    assert after and all(p["hdr_len"] == 20 for p in after)
+    pkts = [p for p in everything if p["sport"] not in (fo["own_port"], fo["peer_port"])]
     assert pkts
     injected = [p for p in pkts if p["hdr_len"] == 40]
     plain = [p for p in pkts if p["hdr_len"] == 20]
@@ -217,11 +284,12 @@ def test_far_side_wire_carries_the_ids_the_near_side_wrote(two_nodes):
     # the injector's counters are the packets tshark saw
     m_a = flowtape.open(t["tape_a"]).manifest
     ctr = m_a["extra"]["inject"]
-    assert ctr["inject.injected_wire_packets"] == len(injected)
+    assert ctr["inject.injected_wire_packets"] == len(injected) + len(before)
     assert ctr["inject.injected_packets"] <= len(injected)  # GSO packets count once there
     assert ctr["inject.skipped_mtu"] == len(plain)
-    assert ctr["inject.connections"] == len(wire)
-    assert ctr["inject.skipped_foreign"] == ctr["inject.skipped_other"] == ctr["inject.map_full"] == 0
+    assert ctr["inject.connections"] == len(wire) + 1  # the one whose peer sends a context was given one first
+    assert ctr["inject.skipped_foreign"] == len(own) + len(after)
+    assert ctr["inject.skipped_other"] == ctr["inject.map_full"] == 0
     assert m_a["lost"]["node-a"]["inject.skipped_mtu"] == len(plain)
     assert m_a["settings"]["inject_trace_context"] == "ip-option" and m_a["probes"]["inject"]["mode"] == "ip-option"
     assert m_a["probes"]["inject"]["interfaces"] == {"eth0": "injected on egress"}
@@ -230,16 +298,18 @@ def test_far_side_wire_carries_the_ids_the_near_side_wrote(two_nodes):
 
     # both recorders wrote those ids: node a (what it sent, read by its l7 after the injector) and
     # node b (what arrived): wire_trace_context rows and the connections' wire_trace_id
+    sent = {**wire, fo["own_port"]: OWN_ID, fo["peer_port"]: before[0]["opt"][4:36]}
     for tape, node in ((t["tape_a"], "node-a"), (t["tape_b"], "node-b")):
         tp = flowtape.open(tape)
         rows = tp.sql(f"SELECT src_port, trace_id, source, node FROM wire_trace_context WHERE src_ip = '{a.ip}' AND dst_ip = '{b.ip}'").fetchall()
-        assert {r[0]: r[1] for r in rows} == wire, node
+        assert {r[0]: r[1] for r in rows} == sent, node
         assert {r[2] for r in rows} == {"ip-option"} and {r[3] for r in rows} == {node}
-        assert not tp.sql(f"SELECT 1 FROM wire_trace_context WHERE src_ip = '{b.ip}'").fetchall()  # node b injects nothing
+        # node b injects nothing: the only context from b is the one its application set
+        assert tp.sql(f"SELECT dst_port, trace_id FROM wire_trace_context WHERE src_ip = '{b.ip}'").fetchall() == [(fo["peer_port"], PEER_ID)]
         side = "client" if node == "node-a" else "server"
         conns = tp.sql(f"""SELECT client_port, wire_trace_id, wire_trace_source FROM connections
                            WHERE role = '{side}' AND client_ip = '{a.ip}' AND server_ip = '{b.ip}'""").fetchall()
-        assert {r[0]: r[1] for r in conns} == wire and {r[2] for r in conns} == {"ip-option"}
+        assert {r[0]: r[1] for r in conns} == sent and {r[2] for r in conns} == {"ip-option"}
     # the same span id (OBI's: seq and ack of the first packet either side saw with it) on both sides
     span = lambda tape: dict(flowtape.open(tape).sql(  # noqa: E731
         f"SELECT src_port, span_id FROM wire_trace_context WHERE src_ip = '{a.ip}'").fetchall())
@@ -268,7 +338,7 @@ def test_traces_link_the_two_nodes_through_the_injected_id(two_nodes, tmp_path):
     assert r.code == 0, r.err
     spans = json.loads(r.out)
     by_node = Counter((s["node"], s["kind"]) for s in spans)
-    n = len(t["plain"]) + 1 + len(t["tls"]) + len(t["py"])
+    n = len(t["plain"]) + 1 + len(t["tls"]) + len(t["py"]) + 2  # + the two foreign-context GETs
     assert by_node == {("node-a", "client"): n, ("node-b", "server"): n}
     ids = {s["span_id"]: s for s in spans}
     wire = dict(flowtape.open(t["tape_a"]).sql(

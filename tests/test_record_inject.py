@@ -27,7 +27,7 @@ import flowtape
 from conftest import run_cli
 from ebpf_support import ebpf_host, require_ebpf  # noqa: F401  (fixture)
 from flowtape.writer import TapeWriter
-from netlab import Lab, access_log, make_cert, node_recorder, start_nginx_l7
+from netlab import Host, Lab, access_log, make_cert, node_recorder, start_nginx_l7
 
 pytestmark = [pytest.mark.ebpf, pytest.mark.slow, require_ebpf()]
 
@@ -380,3 +380,52 @@ def test_off_by_default_writes_nothing(ebpf_host, tmp_path):  # noqa: F811
     assert "inject" not in tp.manifest["extra"] and not any(k.startswith("inject.") for k in tp.manifest["lost"]["node-a"])
     assert not tp.sql(f"SELECT 1 FROM wire_trace_context WHERE src_ip = '{a.ip}'").fetchall()
     assert not any("ft_inject" in name for name in tp.manifest["extra"]["bpf_programs"])
+
+
+def test_pod_traffic_is_injected_when_the_uplink_alone_is_covered(ebpf_host, tmp_path):  # noqa: F811
+    """A "pod" (a namespace routed through node a, as a CNI does) talks to node b. Its packets
+    enter node a through the pod's veth: with every interface covered they were taken there (by
+    l7 and flows), before anything could know they leave the node, and the injector leaves them
+    alone; with `--interfaces eth0` the veth is not covered, they are taken at eth0's egress, and
+    injected there (and recorded by node a's l7 as they leave)."""
+    with Lab() as lab:
+        b, a = lab.add_host("b"), lab.add_host("a")
+        www = lab.www({"f100": b"x" * 100})
+        nginx, _ = start_nginx_l7(b, www)
+        pod_ns, veth_node, veth_pod = f"ft{lab.tag}-pod", f"ftq{lab.tag}", f"ftr{lab.tag}"
+        net = lab.net.replace("198.18.", "198.19.")  # the pod network: still inside 198.18.0.0/15
+        node_ip, pod_ip = f"{net}.1", f"{net}.2"
+        subprocess.run(["ip", "netns", "add", pod_ns], check=True)
+        try:
+            pod = Host(lab, "pod", pod_ns, pod_ip, "")
+            a.run(["ip", "link", "add", veth_node, "type", "veth", "peer", "name", veth_pod])
+            a.run(["ip", "link", "set", veth_pod, "netns", pod_ns])
+            a.run(["ip", "addr", "add", f"{node_ip}/30", "dev", veth_node])
+            a.run(["ip", "link", "set", veth_node, "up"])
+            a.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            pod.run(["ip", "addr", "add", f"{pod_ip}/30", "dev", veth_pod])
+            pod.run(["ip", "link", "set", veth_pod, "up"])
+            pod.run(["ip", "link", "set", "lo", "up"])
+            pod.run(["ip", "route", "add", "default", "via", node_ip])
+            b.run(["ip", "route", "add", f"{net}.0/30", "via", a.ip])
+            seen = {}
+            for name, ifaces in (("all", []), ("uplink", ["--interfaces", "eth0"])):
+                tape = tmp_path / f"{name}.tape"
+                with node_recorder(a, ["-o", str(tape), "--node", "node-a", "--no-k8s", "--inject-trace-context", "ip-option", *ifaces]):
+                    with lab.capture([b.host_if], snaplen=128) as pcaps:
+                        got = curl(pod, *(f"http://{b.ip}/f100" for _ in range(3)))
+                        time.sleep(1.5)
+                    pkts = packets_from(pcaps[b.host_if], pod_ip)
+                assert [r["status"] for r in got] == [200] * 3
+                tp = flowtape.open(tape)
+                seen[name] = (pkts, dict(tp.sql(f"SELECT src_port, trace_id FROM wire_trace_context WHERE src_ip = '{pod_ip}'").fetchall()),
+                              tp.manifest["extra"]["inject"])
+        finally:
+            subprocess.run(["ip", "netns", "del", pod_ns], capture_output=True)
+            nginx.kill()
+    pkts, recorded, ctr = seen["all"]
+    assert len(pkts) >= 6 and {p["hdr_len"] for p in pkts} == {20} and not recorded and ctr["inject.connections"] == 0
+    pkts, recorded, ctr = seen["uplink"]
+    assert len(pkts) >= 6 and {p["hdr_len"] for p in pkts} == {40}
+    ids = {p["sport"]: p["opt"][4:36] for p in pkts}
+    assert recorded == ids and ctr["inject.connections"] == len(ids) and ctr["inject.injected_wire_packets"] == len(pkts)

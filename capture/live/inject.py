@@ -95,7 +95,8 @@ class InjectProbe:
             "program": "bpf/inject.c (tcx egress writes, ingress only looks)",
             "option": "IPv4 option type 136, length 20: 16-byte trace id + 2 zero bytes (OBI/Beyla)",
             "trace_id": "random, one per connection (both directions)",
-            "packets": "egress IPv4 TCP of the covered interfaces (not loopback), taken as l7 takes them; "
+            "packets": "egress IPv4 TCP of the covered interfaces (not loopback), taken as l7 takes them (so not the packets "
+                       "forwarded from a covered pod veth: cover the uplink alone to inject those); "
                        "never connections that carry an IP option or a trace context of their own; IPv6 not injected",
             "mtu": "GSO packets: gso_size lowered by 20; other packets that would exceed the MTU are sent unchanged (lost: inject.skipped_mtu)",
             "interfaces": {i.name: coverage_of(i) for i in (self.tc.plan.values() if self.tc else [])},

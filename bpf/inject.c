@@ -42,7 +42,7 @@
 
 #define FT_INJ_CTR_INJECTED 0        /* packets that got the option (a GSO packet counts once) */
 #define FT_INJ_CTR_SKIPPED_MTU 1     /* not GSO and 20 bytes more would exceed the MTU: sent unchanged */
-#define FT_INJ_CTR_SKIPPED_FOREIGN 2 /* packets of connections that carry a context (or options) of their own */
+#define FT_INJ_CTR_SKIPPED_FOREIGN 2 /* wire packets (a GSO packet as its segments) of connections that carry a context (or options) of their own */
 #define FT_INJ_CTR_SKIPPED_OTHER 3   /* VLAN-tagged in the packet, too long for a 16-bit length, or the kernel refused the resize */
 #define FT_INJ_CTR_CONNECTIONS 4     /* connections given a trace id */
 #define FT_INJ_CTR_MAP_FULL 5        /* connections not remembered (their packets were not changed) */
@@ -76,6 +76,12 @@ static __always_inline void inj_add(u32 which, u64 n) {
 
 static __always_inline void inj_bump(u32 which) {
     inj_add(which, 1);
+}
+
+/* The wire packets an unchanged packet becomes (gso_segs is set for GSO packets). */
+static __always_inline u64 wire_packets(struct __sk_buff *skb) {
+    u32 n = skb->gso_segs;
+    return n > 1 ? n : 1;
 }
 
 static __always_inline struct inj_iface *inj_iface(u32 ifindex) {
@@ -219,7 +225,7 @@ int ft_inject_egress(struct __sk_buff *skb) {
     conn_key(&key, &pkt, sport, dport);
     struct inj_conn *c = ft_inj_conns.lookup(&key);
     if (c && c->foreign) {
-        inj_bump(FT_INJ_CTR_SKIPPED_FOREIGN);
+        inj_add(FT_INJ_CTR_SKIPPED_FOREIGN, wire_packets(skb));
         return FT_TCX_NEXT;
     }
     if (pkt.ip_hlen != 20 || (doff >= 20 + 26 && has_tcp_trace_option(skb, pkt.off + pkt.ip_hlen + 20, doff - 20))) {
@@ -236,7 +242,7 @@ int ft_inject_egress(struct __sk_buff *skb) {
             }
         }
         mark_foreign(&key, c);
-        inj_bump(FT_INJ_CTR_SKIPPED_FOREIGN);
+        inj_add(FT_INJ_CTR_SKIPPED_FOREIGN, wire_packets(skb));
         return FT_TCX_NEXT;
     }
     if (pkt.off != cfg->l2_len || pkt.ip_len == 0 || pkt.ip_len + FT_INJ_OPT_LEN > 0xffff) {

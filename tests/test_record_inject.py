@@ -2,9 +2,9 @@
 into packets (bpf/inject.c).
 
 Two "nodes", each a network namespace of a lab (198.18.0.0/15) with its own recorder confined to
-the namespace's eth0 (netlab.node_recorder): node a runs the clients (curl, a Python client) and
-a recorder that injects; node b runs the servers (nginx, plain and TLS; a Python http.server)
-and a recorder that only reads. tcpdump on the bridge port in front of node b is the wire
+the namespace's eth0 (netlab.node_recorder), both injecting: node a runs the clients (curl, a
+Python client), node b the servers (nginx, plain and TLS; a Python http.server), so every
+connection is node a's to mark and node b must leave it alone. tcpdump on the bridge port in front of node b is the wire
 between them.
 
 Oracles: the servers' own logs and the clients' own output (statuses, bytes, digests of a large
@@ -196,7 +196,7 @@ def two_nodes(ebpf_host, tmp_path_factory):  # noqa: F811
         out: dict = {"a": a, "b": b, "tape_a": tape_a, "tape_b": tape_b, "work": work}
         common = ["--interfaces", "eth0", "--no-k8s", "--flow-interval", "1"]
         with node_recorder(a, ["-o", str(tape_a), "--node", "node-a", "--inject-trace-context", "ip-option", *common]), \
-             node_recorder(b, ["-o", str(tape_b), "--node", "node-b", *common]):
+             node_recorder(b, ["-o", str(tape_b), "--node", "node-b", "--inject-trace-context", "ip-option", *common]):
             with lab.capture([b.host_if], snaplen=128) as pcaps:
                 out["plain"] = curl(a, *(f"http://{b.ip}/{p}" for p in ("f100", "moved", "boom", "missing", "f100")))
                 big = work / "big.out"
@@ -293,8 +293,15 @@ def test_far_side_wire_carries_the_ids_the_near_side_wrote(two_nodes):
     assert m_a["lost"]["node-a"]["inject.skipped_mtu"] == len(plain)
     assert m_a["settings"]["inject_trace_context"] == "ip-option" and m_a["probes"]["inject"]["mode"] == "ip-option"
     assert m_a["probes"]["inject"]["interfaces"] == {"eth0": "injected on egress"}
+    # node b injects too, as a cluster whose every node runs it would: every connection here already
+    # carries node a's id (or the application's) when node b sends its first packet, so node b
+    # writes nothing and counts each of its packets as skipped
     m_b = flowtape.open(t["tape_b"]).manifest
-    assert m_b["settings"]["inject_trace_context"] == "off" and "inject" not in m_b["probes"]
+    ctr_b = m_b["extra"]["inject"]
+    assert m_b["settings"]["inject_trace_context"] == "ip-option"
+    from_b = packets_from(t["pcap"], b.ip)
+    assert {p["hdr_len"] for p in from_b if p["dport"] != fo["peer_port"]} == {20}
+    assert ctr_b["inject.injected_packets"] == ctr_b["inject.connections"] == 0 and ctr_b["inject.skipped_foreign"] == len(from_b)
 
     # both recorders wrote those ids: node a (what it sent, read by its l7 after the injector) and
     # node b (what arrived): wire_trace_context rows and the connections' wire_trace_id

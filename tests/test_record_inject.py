@@ -290,7 +290,7 @@ def test_far_side_wire_carries_the_ids_the_near_side_wrote(two_nodes):
     assert ctr["inject.connections"] == len(wire) + 1  # the one whose peer sends a context was given one first
     assert ctr["inject.skipped_foreign"] == len(own) + len(after)
     assert ctr["inject.skipped_other"] == ctr["inject.map_full"] == 0
-    assert m_a["lost"]["node-a"]["inject.skipped_mtu"] == len(plain)
+    assert not any(k.startswith("inject.") for k in m_a["lost"]["node-a"])  # packets sent unchanged lose nothing from the tape
     assert m_a["settings"]["inject_trace_context"] == "ip-option" and m_a["probes"]["inject"]["mode"] == "ip-option"
     assert m_a["probes"]["inject"]["interfaces"] == {"eth0": "injected on egress"}
     # node b injects too, as a cluster whose every node runs it would: every connection here already

@@ -5,8 +5,9 @@ writes it as the IPv4 option 136 (OBI/Beyla's layout) into its egress packets, s
 recorder on the far node reads the same id (wire_trace_context, connections.wire_*). This side
 records it through the l7 probe: the injector runs first on each egress hook (attached after
 the l7 programs, at the front of the chain), so l7's reader sees the packet as it leaves.
-Off by default; the manifest says when it was on (probes.inject) and what it skipped (lost:
-inject.*, which are packets sent unchanged, not data lost).
+Off by default; the manifest says when it was on (settings.inject_trace_context, probes.inject)
+and what it skipped (extra.inject: packets sent unchanged, which lose nothing from the tape, so
+they are not `lost` counters).
 """
 
 from __future__ import annotations
@@ -24,9 +25,6 @@ MODES = ("off", "ip-option")
 COUNTERS = {0: "inject.injected_packets", 1: "inject.skipped_mtu", 2: "inject.skipped_foreign",
             3: "inject.skipped_other", 4: "inject.connections", 5: "inject.map_full",
             6: "inject.injected_wire_packets"}
-# what goes to the manifest's lost counters: packets that left without the option although their
-# connection is ours (the far side then reads the id from the connection's other packets)
-LOST = ("inject.skipped_mtu", "inject.skipped_other", "inject.map_full")
 
 
 def parse_mode(value: str | None) -> str:
@@ -98,7 +96,7 @@ class InjectProbe:
             "packets": "egress IPv4 TCP of the covered interfaces (not loopback), taken as l7 takes them (so not the packets "
                        "forwarded from a covered pod veth: cover the uplink alone to inject those); "
                        "never connections that carry an IP option or a trace context of their own; IPv6 not injected",
-            "mtu": "GSO packets: gso_size lowered by 20; other packets that would exceed the MTU are sent unchanged (lost: inject.skipped_mtu)",
+            "mtu": "GSO packets: gso_size lowered by 20; other packets that would exceed the MTU are sent unchanged (extra.inject: inject.skipped_mtu)",
             "interfaces": {i.name: coverage_of(i) for i in (self.tc.plan.values() if self.tc else [])},
         }
 

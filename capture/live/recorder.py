@@ -33,7 +33,7 @@ from .flows import FlowProbe
 from .host import NamespaceAddresses, cgroup_facts, etc_hosts, own_addresses
 from .interfaces import coverage
 from ..decode.http_pairing import Redaction
-from .inject import LOST as INJECT_LOST, MODES as INJECT_MODES, InjectProbe
+from .inject import MODES as INJECT_MODES, InjectProbe
 from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
 
 PROBES = ("flows", "connections", "l7", "gotls")  # gotls: Go programs' HTTPS, read by the l7 probe
@@ -354,10 +354,7 @@ class Recorder:
             # new interfaces: after flows' and l7's attach, so first in each hook's chain
             if not final and self.opts.interfaces is None and self.inject.refresh():
                 w.set_probe("inject", self.inject.manifest())
-            for name, count in self.inject.counters().items():
-                if name in INJECT_LOST:
-                    w.set_lost(name, count)
-                    self.summary.lost[name] = count
+            # (not `lost`: a packet sent without the option loses nothing from the tape)
             w.update("extra", {"inject": self.inject.counters()})
         if self.tracker is not None:
             now_mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)

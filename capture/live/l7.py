@@ -691,6 +691,7 @@ class L7Probe:
     interfaces: list[str] | None = None
     ssl_libs: list[str] | None = None  # None: the default libssl if present; [] : no uprobes
     go_tls: bool = True  # uprobes on the crypto/tls of every Go binary running (capture.live.gotls)
+    goroutines: bool = True  # with go_tls: http.goroutine and go_spawns (bpf/l7.c FT_HAVE_GOROUTINES)
     log: Callable[[str], None] = lambda _msg: None
     ringbuf_pages: int = 4096  # 16 MiB
     flow_entries: int = 65536
@@ -730,7 +731,7 @@ class L7Probe:
         self._defines = {"FT_L7_RINGBUF_PAGES": self.ringbuf_pages, "FT_L7_FLOW_ENTRIES": self.flow_entries,
                          "FT_SSL_SOCK_ENTRIES": self.ssl_sock_entries, "FT_HAVE_SSL": 1 if libs else None,
                          "FT_HAVE_GOTLS": 1 if self.go_tls else None, "FT_HAVE_TURNS": 1 if have_tp else None,
-                         "FT_HAVE_GOROUTINES": 1 if self.go_tls and have_tp and self._task_regs() else None,
+                         "FT_HAVE_GOROUTINES": 1 if self.go_tls and self.goroutines and have_tp and self._task_regs() else None,
                          "FT_SOCK_DIR_ENTRIES": self.sock_dir_entries, "FT_HAVE_WIRE_TRACE": 1 if self.wire_trace else None}
 
     def _task_regs(self) -> bool:

@@ -1,5 +1,7 @@
 """Go HTTPS recorder overhead: h2load at a fixed rate against a Go net/http HTTPS server (HTTP/1.1,
-stripped binary) across namespaces, with and without `flowtape record --probes connections,l7,gotls`.
+stripped binary) across namespaces, with and without `flowtape record --probes connections,l7,gotls`, and
+with `--probes connections,l7,gotls,goroutines` (http.goroutine, go_spawns: net/http's server starts a
+goroutine per request, so one runtime.newproc1 entry+RET trap pair and one go_spawns row per request).
 
 The same measurement as bench_l7's open loop, in the same run as its baseline: served rate with
 the recorder against the mean of a run before and one after, lost events, http rows (two per
@@ -42,18 +44,24 @@ def main() -> int:
             assert "listening" in p.stdout.readline()
             url = f"https://{srv.ip}:8443/a"
             h2load(cli, url, 1, 2000)  # warm-up
-            r = measure(lab, lambda: h2load(cli, url, args.seconds, args.rate), work, "gotls", [p.pid], probes="connections,l7,gotls")
+            arms = {probes: measure(lab, lambda: h2load(cli, url, args.seconds, args.rate), work, f"gotls{i}", [p.pid], probes=probes)
+                    for i, probes in enumerate(("connections,l7,gotls", "connections,l7,gotls,goroutines"))}
         finally:
             p.kill()
             p.wait()
+    for probes, r in arms.items():
+        _print(args, probes, r)
+    return 0
+
+
+def _print(args, probes: str, r: dict) -> None:
     go = r["nginx_cpu_us_per_request"]
-    print(f"== Go {go_version()} HTTPS server (net/http, HTTP/1.1, stripped), h2load --h1 -c{H2LOAD_CLIENTS} --rps, {args.rate}/s offered, {args.seconds}s")
+    print(f"== Go {go_version()} HTTPS server (net/http, HTTP/1.1, stripped), h2load --h1 -c{H2LOAD_CLIENTS} --rps, {args.rate}/s offered, {args.seconds}s, --probes {probes}")
     print(f"   baseline {r['baseline_rps']:.0f}/s  recorded {r['recorded_rps']:.0f}/s  ratio {r['ratio']:.3f} (target >= 0.9)  "
           f"lost {r['lost_events']} (target 0)  {r['lost'] or ''}")
     print(f"   http rows {r['http_rows']} for {r['requests']} requests ({'2 per request' if rows_exact({**r, 'step': args.rate}, 'open') else 'ROWS MISSING OR EXTRA'})")
     print(f"   recorder CPU {r['recorder_cpu_us_per_request']} us/request; Go server CPU {go[0]:.1f} -> {go[1]:.1f} us/request "
           f"(+{go[1] - go[0]:.1f}: the uprobe traps; ratio {go[1] / go[0]:.2f})")
-    return 0
 
 
 if __name__ == "__main__":

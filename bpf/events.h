@@ -175,7 +175,10 @@ struct conn_event {
 #define FT_L7_IO_TURN 9      /* a TCP socket's data turned into its request direction (that of its first data
                                 I/O: a server's receive, a client's send) on another thread than the last
                                 time, or for the first time: thread `tid` of `pid` (sock:sock_{recv,send}_length,
-                                process context); tcp_flags says which direction (FT_L7_TURN_*). http.tid. */
+                                process context); tcp_flags says which direction (FT_L7_TURN_*). http.tid.
+                                Go programs (FT_HAVE_GOROUTINES): `ssl` holds the goroutine (http.goroutine, 0
+                                when not Go), and a turn is also sent when another goroutine continues the
+                                request direction (see bpf/l7.c io_turn). */
 #define FT_L7_TURN_RX 1
 #define FT_L7_TURN_TX 2
 #define FT_L7_WIRE_TRACE 10  /* a TCP packet carried a trace context below HTTP, first seen in its direction of
@@ -183,6 +186,8 @@ struct conn_event {
                                 data[16:24] the span id; tcp_flags says where (FT_L7_WIRE_*) */
 #define FT_L7_WIRE_IP_OPTION 1   /* IPv4 option type 136, length 20 (OBI/Beyla) */
 #define FT_L7_WIRE_TCP_OPTION 2  /* TCP option kind 25, length 26 */
+#define FT_L7_GO_SPAWN 11     /* runtime.newproc1 returned in Go program `pid`: data[0:8] the creator's g (its
+                                callergp argument), data[8:16] the new g (its result), both little-endian. go_spawns. */
 
 #define FT_L7_DATA_MAX 2048  /* the largest prefix any event carries (HTTP segments, TLS ClientHellos); DNS and SSL plaintext: 512 */
 
@@ -193,7 +198,7 @@ struct l7_event {
     u64 ts_ns;             /* bpf_ktime_get_ns() */
     u64 skaddr;            /* SSL events: the socket the SSL* did its I/O on (sock:sock_*_length
                               on the same thread); 0 when not seen yet. An identity only. */
-    u64 ssl;               /* SSL events: the SSL* pointer (an identity within the process) */
+    u64 ssl;               /* SSL events: the SSL* pointer (an identity within the process); IO_TURN: the goroutine (Go), else 0 */
     u32 length;            /* payload bytes of the segment / of the SSL call's result */
     u32 seq;               /* TCP events: sequence number of the first payload byte */
     u32 pid;               /* SSL events: tgid of the caller */

@@ -655,6 +655,13 @@ struct go_call {
 };
 BPF_HASH(ft_go_calls, struct go_key, struct go_call, 16384);
 BPF_HASH(ft_go_threads, u64, u64, 16384);   /* thread id -> g of the call that entered on it */
+#ifdef FT_HAVE_GOROUTINES
+/* (tgid, g) -> the socket of the goroutine's last turn (io_turn): the socket of a crypto/tls Read
+ * that does no socket I/O itself, when the connection's socket is not known yet: net/http's server
+ * reads a connection's first request from what its handshake (on the same goroutine) already
+ * received when the client sent the request with its Finished message. */
+BPF_TABLE("lru_hash", struct go_key, u64, ft_go_sock, 16384);
+#endif
 
 static __always_inline int go_enter(struct pt_regs *ctx) {
     u64 tid = bpf_get_current_pid_tgid();
@@ -691,6 +698,18 @@ static __always_inline int go_return(struct pt_regs *ctx, u8 kind) {
     long n = (long)ctx->ax;
     if (n <= 0)
         return 0;
+#ifdef FT_HAVE_GOROUTINES
+    if (!c.sk) {   /* no socket I/O in the call: the connection's known socket, else the goroutine's last */
+        struct ssl_key sk = {};
+        sk.ssl = c.conn;
+        sk.tgid = k.tgid;
+        if (!ft_ssl_socks.lookup(&sk)) {
+            u64 *last = ft_go_sock.lookup(&k);
+            if (last)
+                c.sk = *last;
+        }
+    }
+#endif
     return plaintext_event(kind, tid, c.conn, c.sk, c.buf, (u64)n);
 }
 
@@ -704,6 +723,154 @@ int ft_go_write_enter(struct pt_regs *ctx) {
 }
 int ft_go_read_enter(struct pt_regs *ctx) { return go_enter(ctx); }
 int ft_go_read_return(struct pt_regs *ctx) { return go_return(ctx, FT_L7_SSL_READ); }
+#endif
+
+#ifdef FT_HAVE_GOROUTINES
+/* Goroutines of Go programs: http.goroutine and go_spawns (needs FT_HAVE_GOTLS and FT_HAVE_TURNS).
+ * Registers only, no struct offset (DESIGN.md): R14 is the running goroutine's g in Go code; a Go
+ * goroutine's identity is that pointer (reused after the goroutine exits: go_spawns is time-aware).
+ *  - runtime.newproc1(fn, callergp *g, callerpc) *g runs on the system stack (R14 = g0 there):
+ *    RBX at its entry is the creator, RAX at each RET the new g; entry and RET on one thread
+ *    (the system stack does not switch threads): FT_L7_GO_SPAWN. Its first call in a process
+ *    marks the process as Go (ft_go_procs): Go starts goroutines before main, so a process started
+ *    after the uprobes were attached is marked before any socket I/O, one running before at its
+ *    next `go` statement.
+ *  - The goroutine of a socket turn (io_turn): the user R14 saved at the syscall's entry
+ *    (bpf_task_pt_regs of the current task: the same registers a uprobe reads), in Go processes
+ *    only (R14 means nothing in other programs). Go's syscall path keeps g in R14 down to the
+ *    SYSCALL instruction (runtime/internal/syscall.Syscall6 does not touch it).
+ *  - net/http's client writes a request from its connection's writeLoop goroutine, not the
+ *    caller's: the caller hands it over a channel in (*persistConn).roundTrip. So
+ *    (*persistConn).roundTrip's entry (RAX = the *persistConn, R14 = the caller) and
+ *    (*persistConn).writeLoop's entry and RETs (RAX = the *persistConn, R14 = the writeLoop
+ *    goroutine) are probed, and a turn on a writeLoop goroutine is given the goroutine in
+ *    roundTrip on its connection: the caller's (one request at a time on an HTTP/1 connection).
+ * Pointers are kept with the time their process was marked (`epoch`): a pid reused by a new Go
+ * process (whose heap addresses repeat) does not meet the old process's entries. */
+struct go_ptr {
+    u64 ptr;
+    u64 epoch;    /* ft_go_procs' value for the process when it was stored */
+};
+BPF_HASH(ft_go_procs, u32, u64, 16384);                                    /* tgid -> epoch (mark time) */
+BPF_HASH(ft_go_spawning, u64, u64, 16384);                                 /* thread -> creator g, inside newproc1 */
+BPF_TABLE("lru_hash", struct go_key, struct go_ptr, ft_go_writers, 16384); /* (tgid, writeLoop g) -> its *persistConn */
+BPF_TABLE("lru_hash", struct go_key, struct go_ptr, ft_go_callers, 16384); /* (tgid, *persistConn) -> the g in its roundTrip */
+
+static __always_inline u64 go_epoch(u32 tgid, int mark) {
+    u64 *e = ft_go_procs.lookup(&tgid);
+    if (e)
+        return *e;
+    if (!mark)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    ft_go_procs.update(&tgid, &now);
+    return now;
+}
+
+int ft_go_newproc_enter(struct pt_regs *ctx) {
+    u64 tid = bpf_get_current_pid_tgid();
+    u64 parent = ctx->bx;
+    go_epoch(tid >> 32, 1);
+    ft_go_spawning.update(&tid, &parent);
+    return 0;
+}
+
+int ft_go_newproc_return(struct pt_regs *ctx) {
+    u64 tid = bpf_get_current_pid_tgid();
+    u64 *parent = ft_go_spawning.lookup(&tid);
+    if (!parent)
+        return 0;
+    u64 p = *parent;
+    ft_go_spawning.delete(&tid);
+    u64 child = ctx->ax;
+    if (!child)
+        return 0;
+    struct l7_event *ev = l7_scratch();
+    if (!ev)
+        return 0;
+    ev->ts_ns = bpf_ktime_get_ns();
+    ev->kind = FT_L7_GO_SPAWN;
+    ev->skaddr = 0;
+    ev->ssl = 0;
+    ev->pid = tid >> 32;
+    ev->length = 0;
+    no_packet_fields(ev);
+    __builtin_memcpy(ev->data, &p, 8);
+    __builtin_memcpy(ev->data + 8, &child, 8);
+    ev->cap_len = 16;
+    l7_submit(ev);
+    return 0;
+}
+
+int ft_go_roundtrip_enter(struct pt_regs *ctx) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct go_key k = {};
+    k.g = ctx->ax;   /* the *persistConn, not a g: the key is a pointer within the process */
+    k.tgid = tgid;
+    struct go_ptr v = {};
+    v.ptr = ctx->r14;
+    v.epoch = go_epoch(tgid, 1);
+    ft_go_callers.update(&k, &v);
+    return 0;
+}
+
+int ft_go_writeloop_enter(struct pt_regs *ctx) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct go_key k = {};
+    k.g = ctx->r14;
+    k.tgid = tgid;
+    struct go_ptr v = {};
+    v.ptr = ctx->ax;
+    v.epoch = go_epoch(tgid, 1);
+    ft_go_writers.update(&k, &v);
+    return 0;
+}
+
+int ft_go_writeloop_return(struct pt_regs *ctx) {
+    struct go_key k = {};
+    k.g = ctx->r14;   /* the g is reused by a later goroutine: it writes for no connection then */
+    k.tgid = bpf_get_current_pid_tgid() >> 32;
+    ft_go_writers.delete(&k);
+    return 0;
+}
+
+/* The goroutine doing the current syscall (a turn of socket sk) in a Go process, the caller's for a
+ * writeLoop; 0 when the process is not known as Go. The goroutine's own g is remembered with sk. */
+static __always_inline u64 go_current_g(u32 tgid, u64 sk) {
+    u64 epoch = go_epoch(tgid, 0);
+    if (!epoch)
+        return 0;
+    struct task_struct *task = bpf_get_current_task_btf();
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+    u64 g = 0;
+    bpf_probe_read_kernel(&g, sizeof(g), &regs->r14);
+    if (!g)
+        return 0;
+    struct go_key k = {};
+    k.g = g;
+    k.tgid = tgid;
+    ft_go_sock.update(&k, &sk);
+    struct go_ptr *w = ft_go_writers.lookup(&k);
+    if (w && w->epoch == epoch) {
+        struct go_key c = {};
+        c.g = w->ptr;
+        c.tgid = tgid;
+        struct go_ptr *caller = ft_go_callers.lookup(&c);
+        if (caller && caller->epoch == epoch && caller->ptr)
+            return caller->ptr;
+    }
+    return g;
+}
+
+/* A process ending: its pid may be reused by a program that is not Go. */
+TRACEPOINT_PROBE(sched, sched_process_exit) {
+    u64 t = bpf_get_current_pid_tgid();
+    if ((u32)t != (u32)(t >> 32))
+        return 0;   /* a thread of the process, not its leader */
+    u32 tgid = t >> 32;
+    ft_go_procs.delete(&tgid);
+    return 0;
+}
 #endif
 
 #ifdef FT_HAVE_TURNS
@@ -720,40 +887,71 @@ struct sock_dir {
     u32 tid;               /* thread of the last turn into the request direction */
     u8 request_dir;        /* FT_L7_TURN_*: the direction of the socket's first data I/O */
     u8 last_dir;           /* of its last data I/O */
-    u8 _pad0[2];
+    u8 go;                 /* the socket's process is a Go program (FT_HAVE_GOROUTINES) */
+    u8 _pad0;
+    u64 g;                 /* Go: the goroutine of the last turn into the request direction */
 };
 BPF_TABLE("lru_hash", u64, struct sock_dir, ft_sock_dir, FT_SOCK_DIR_ENTRIES);
 
-static __always_inline void io_turn(u64 sk, u8 dir) {
-    struct sock_dir *d = ft_sock_dir.lookup(&sk);
-    if (d && d->last_dir == dir)
-        return;   /* the common case: the same direction as the socket's last I/O */
-    u64 t = bpf_get_current_pid_tgid();
-    if (d) {
-        d->last_dir = dir;
-        if (dir != d->request_dir || d->tid == (u32)t)
-            return;   /* a response's turn, or the same thread as the last request's */
-        d->tid = (u32)t;
-    } else {
-        struct sock_dir nd = {};
-        nd.tid = (u32)t;
-        nd.request_dir = dir;
-        nd.last_dir = dir;
-        ft_sock_dir.update(&sk, &nd);
-    }
+static __always_inline void turn_event(u64 sk, u8 dir, u64 t, u64 g) {
     struct l7_event *ev = l7_scratch();
     if (!ev)
         return;
     ev->ts_ns = bpf_ktime_get_ns();
     ev->kind = FT_L7_IO_TURN;
     ev->skaddr = sk;
-    ev->ssl = 0;
+    ev->ssl = g;
     ev->pid = t >> 32;
     ev->length = 0;
     ev->cap_len = 0;
     no_packet_fields(ev);
     ev->tcp_flags = dir;
     l7_submit(ev);
+}
+
+/* Go programs: the goroutine is part of a turn (a turn is sent when its thread or its goroutine
+ * differs), and in the request direction a socket continued by another goroutine than the last
+ * turn's sends one more: net/http's server reads a kept-alive connection's next request on its
+ * serving goroutine, but a background read goroutine (started while the handler runs) may take
+ * its first byte; the row takes the last turn before its response, the serving one. */
+static __always_inline void io_turn(u64 sk, u8 dir) {
+    struct sock_dir *d = ft_sock_dir.lookup(&sk);
+    u64 t, g = 0;
+    if (d && d->last_dir == dir) {
+#ifdef FT_HAVE_GOROUTINES
+        if (!d->go || dir != d->request_dir)
+            return;   /* the common case: the same direction as the socket's last I/O */
+        t = bpf_get_current_pid_tgid();
+        g = go_current_g(t >> 32, sk);
+        if (!g || g == d->g)
+            return;
+        d->g = g;
+        d->tid = (u32)t;
+        turn_event(sk, dir, t, g);
+#endif
+        return;
+    }
+    t = bpf_get_current_pid_tgid();
+#ifdef FT_HAVE_GOROUTINES
+    if (!d || d->go)
+        g = go_current_g(t >> 32, sk);
+#endif
+    if (d) {
+        d->last_dir = dir;
+        if (dir != d->request_dir || (d->tid == (u32)t && d->g == g))
+            return;   /* a response's turn, or the same thread (and goroutine) as the last request's */
+        d->tid = (u32)t;
+        d->g = g;
+    } else {
+        struct sock_dir nd = {};
+        nd.tid = (u32)t;
+        nd.request_dir = dir;
+        nd.last_dir = dir;
+        nd.go = g != 0;
+        nd.g = g;
+        ft_sock_dir.update(&sk, &nd);
+    }
+    turn_event(sk, dir, t, g);
 }
 
 /* A socket reaching CLOSE (or ESTABLISHED: a new life at an address) forgets its direction. */

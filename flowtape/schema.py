@@ -239,7 +239,7 @@ HTTP = Table(
         C("request_seq", pa.uint32(), "TCP sequence number of the request's first byte, in the client->server direction, as on the wire (raw, not relative; the client's and the server's row of one exchange carry the same value, through NAT too, so rows recorded on two nodes link exactly). "
           "Plain HTTP/1.x from packets (live or pcap): exact, also for a head that starts inside a segment. Null for TLS plaintext (the plaintext's offset is not the TCP stream's: records add their framing) and for HTTP/2 streams (their HEADERS frames share segments).", added="0.3"),
         C("response_seq", pa.uint32(), "TCP sequence number of the final response head's first byte (server->client), as request_seq; null without a response, and where request_seq is null.", added="0.3"),
-        C("goroutine", pa.uint64(), "Go programs: the goroutine (its g pointer, R14 at the crypto/tls call) of the exchange side. Not recorded yet: always null.", added="0.3"),
+        C("goroutine", pa.uint64(), "Go programs: the goroutine of the exchange side, as its g pointer (an identity only; reused after the goroutine exits): R14 at the syscall of the socket turn that gives `tid` (the request's reader on a server: net/http's serving goroutine, which runs the handler). For net/http's client, whose connection's writeLoop goroutine writes the request, the goroutine that handed it over (the caller of `(*persistConn).roundTrip` on that connection). Null for programs that are not Go (or not known as Go yet: a process running before the recorder counts from its next `go` statement), for rows of pcap imports, and where the kernel has no BTF (manifest `probes.l7.missing`).", added="0.3"),
     ),
     time_column="ts_request",
 )
@@ -273,12 +273,13 @@ GO_SPAWNS = Table(
     "go_spawns",
     "A goroutine created by another in a Go program (uprobes on runtime.newproc1: the creator's g at entry, the new "
     "g at each RET), for linking `http.goroutine` values into causal chains. g pointers are reused after a goroutine "
-    "exits: a link holds from its ts on. Not recorded yet: the table is declared and always empty.",
+    "exits: a link holds from its ts on, until the child's g is created again. Recorded for the Go binaries the "
+    "recorder attached to (manifest `probes.l7.go_tls`): every goroutine they start, the runtime's own included.",
     (
         C("ts", TS, "Time the goroutine was created.", False),
         NODE,
         C("pid", pa.int32(), "Process (thread group) id of the Go program.", False),
-        C("parent_g", pa.uint64(), "g pointer of the goroutine that called `go` (R14 at runtime.newproc1's entry).", False),
+        C("parent_g", pa.uint64(), "g pointer of the goroutine that called `go` (newproc1's callergp argument, RBX at its entry: newproc1 runs on the system stack, where R14 is g0).", False),
         C("child_g", pa.uint64(), "g pointer of the new goroutine (RAX at runtime.newproc1's return).", False),
     ),
     time_column="ts",

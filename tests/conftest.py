@@ -33,14 +33,14 @@ def run_cli(*args: str) -> Result:
     return Result(int(code), out.getvalue(), err.getvalue())
 
 
-def require_tool(names: tuple[str, ...], hint: str) -> str:
+def require_tool(names: tuple[str, ...], hint: str, installed_by: str = "scripts/setup-host.sh installs it") -> str:
     """Path of the first of `names` on PATH. Missing: skip with the reason printed, or fail
     under CI=true, where scripts/setup-host.sh has installed it."""
     for name in names:
         exe = shutil.which(name)
         if exe:
             return exe
-    why = f"{names[0]} is not installed ({hint}; scripts/setup-host.sh installs it)"
+    why = f"{names[0]} is not installed ({hint}; {installed_by})"
     if in_ci():
         pytest.fail(why, pytrace=False)
     pytest.skip(why)

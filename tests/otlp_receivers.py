@@ -81,7 +81,9 @@ class Agent:
         _unavailable("ddapm-test-agent did not answer within 60 s")
 
     def get(self, path: str, token: str) -> list:
-        with urllib.request.urlopen(f"{self.url}{path}?test_session_token={token}", timeout=30) as r:
+        # the agent decodes every stored request again for this answer: ~2k spans of synth-baseline
+        # took over 30 s on a loaded 2-core machine
+        with urllib.request.urlopen(f"{self.url}{path}?test_session_token={token}", timeout=180) as r:
             return json.load(r)
 
     def traces(self, token: str) -> list[dict]:

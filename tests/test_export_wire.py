@@ -209,6 +209,50 @@ def test_grpc_failures_count_in_the_service_graph(agent, cli, grpc):
     assert (total, failed) == (len(rows), want) and 0 < want < len(rows)
 
 
+def test_grpc_calls_get_the_rpc_call_duration_histograms(agent, cli, grpc):
+    """rpc.server.call.duration / rpc.client.call.duration: every answered call once, in the
+    bucket of its span's duration, by method and status, as the RPC conventions say."""
+    _, metrics = export_to_agent(agent, grpc / "grpc.tape", cli, "--signals", "metrics")
+    from test_export_otlp import bucket, last_points, points_of
+
+    last = last_points(points_of(metrics))
+    t = flowtape.open(grpc / "grpc.tape")
+    rows = t.sql("select side, grpc_service || '/' || grpc_method, grpc_status, latency_ns from http where latency_ns is not null").fetchall()
+    hosts = {h for (h,) in t.sql("select distinct host from http where side = 'client'").fetchall()}
+    want: dict = {}
+    for side, method, code, lat in rows:
+        failed = code is not None and (code != 0 if side == "client" else code in SERVER_ERRORS)
+        key = (f"rpc.{side}.call.duration", method, CODES.get(code), CODES[code] if failed else None)
+        w = want.setdefault(key, [0, 0.0, [0] * (len(sp_bounds()) + 1)])
+        w[0] += 1
+        w[1] += lat / 1e9
+        w[2][bucket(lat / 1e9)] += 1
+    got: dict = {}
+    for p in last.values():
+        if p["metric"].startswith("rpc."):
+            a = p["attrs"]
+            assert a["rpc.system.name"] == "grpc"
+            if p["metric"] == "rpc.client.call.duration":
+                # the :authority the client sent, as on HTTP client spans
+                assert f"{a['server.address']}:{a['server.port']}" in hosts
+            key = (p["metric"], a["rpc.method"], a.get("rpc.response.status_code"), a.get("error.type"))
+            g = got.setdefault(key, [0, 0.0, [0] * (len(sp_bounds()) + 1)])
+            g[0] += p["count"]
+            g[1] += p["sum"]
+            g[2] = [x + y for x, y in zip(g[2], p["buckets"])]
+    assert {k: (v[0], v[2]) for k, v in got.items()} == {k: (v[0], v[2]) for k, v in want.items()}
+    assert all(abs(got[k][1] - want[k][1]) < 1e-9 for k in want)
+    # the calls with a status answered on both sides: 2 kinds x the tape's answered rows
+    assert sum(v[0] for v in got.values()) == len(rows) > 0
+    assert {k[0] for k in got} == {"rpc.server.call.duration", "rpc.client.call.duration"}
+
+
+def sp_bounds():
+    from flowtape.analyze.export.semconv import DURATION_BOUNDS
+
+    return DURATION_BOUNDS
+
+
 def test_compiled_concatenation_is_arrows():
     import pyarrow as pa
 

@@ -10,8 +10,8 @@ import subprocess
 
 import pytest
 
-from flowtape.capture.live.gobin import FUNCS, NotProbeable, inspect
-from flowtape.capture.live.gotls import PROGRAMS, GoTlsAttacher, defines_openssl
+from flowtape.capture.live.gobin import FUNCS, GOROUTINE_FUNCS, NotProbeable, inspect
+from flowtape.capture.live.gotls import GOROUTINE_PROGRAMS, PROGRAMS, GoTlsAttacher, defines_openssl
 from gobuild import go_build, go_version
 
 
@@ -19,7 +19,7 @@ from gobuild import go_build, go_version
 def bins(tmp_path_factory):
     d = tmp_path_factory.mktemp("gobin")
     return {"server": go_build("server.go", d / "server"), "stripped": go_build("server.go", d / "server-stripped", stripped=True),
-            "hello": go_build("hello.go", d / "hello"), "dir": d}
+            "hello": go_build("hello.go", d / "hello"), "chain": go_build("chainsvc.go", d / "chain-stripped", stripped=True), "dir": d}
 
 
 def _nm(path) -> dict[str, int]:
@@ -39,12 +39,12 @@ def test_entries_and_returns_match_the_symbol_table_and_objdump(bins):
     b = inspect(bins["server"])
     assert b.version == go_version()
     syms = _nm(bins["server"])
-    assert set(b.funcs) == set(FUNCS)
+    assert set(b.funcs) == set(FUNCS) | {"runtime.newproc1"}  # a server only: the linker left net/http's client out
     for name, f in b.funcs.items():
         assert f.entry == syms[name]
         assert f.entry < f.end
         assert f.returns == _objdump_rets(bins["server"], f.entry, f.end)
-        assert len(f.returns) >= 2
+        assert len(f.returns) >= (1 if name in GOROUTINE_FUNCS else 2)
 
 
 def test_a_stripped_binary_gives_the_same_addresses(bins):
@@ -131,6 +131,7 @@ def test_the_process_scan_attaches_each_binary_once_and_counts_the_rest(bins, tm
     assert a.skipped == {"no_crypto_tls": 1, "not_go": 1}
     assert len(logged) == 1 and "no_crypto_tls" not in logged[0] and "without crypto/tls" in logged[0]
     assert a.scan() == []  # nothing new: nothing looked at again
+    assert a.manifest()["functions"] == list(PROGRAMS)
     # the binary replaced on disk (a new file at the same path) is looked at again
     replaced = tmp_path / "gosrv"
     replaced.write_bytes(bins["server"].read_bytes())
@@ -149,3 +150,30 @@ def test_a_process_gone_while_its_probes_attach_is_counted_and_the_scan_goes_on(
     assert a.scan() == [str(bins["server"])]
     assert a.skipped == {"attach_failed": 1}
     assert any("uprobes not attached" in m for m in logged)
+
+
+def test_the_goroutine_probes_go_where_the_functions_are(bins, tmp_path):
+    """With goroutines on, runtime.newproc1 (entry and RETs) and net/http's persistConn roundTrip
+    (entry) and writeLoop (entry and RETs) get their programs too, found in a stripped binary that
+    has net/http's client; a binary without the client gets the others."""
+    proc = tmp_path / "proc"
+    _proc(proc, 101, bins["chain"])
+    _proc(proc, 102, bins["stripped"])
+    bpf = FakeBpf()
+    a = GoTlsAttacher(bpf, proc=proc, goroutines=True)
+    assert a.scan() == [str(bins["chain"]), str(bins["stripped"])]
+    b = inspect(bins["chain"])
+    assert set(b.funcs) == set(FUNCS) | set(GOROUTINE_FUNCS)
+    server = inspect(bins["stripped"])
+    assert [c[1] for c in bpf.calls if c[0].endswith("/102/exe") and c[2] == "ft_go_newproc_enter"] == [server.funcs["runtime.newproc1"].entry]
+    assert not [c for c in bpf.calls if c[0].endswith("/102/exe") and "loop" in c[2]]
+    bpf.calls = [c for c in bpf.calls if c[0].endswith("/101/exe")]
+    calls = {}
+    for _, addr, fn in bpf.calls:
+        calls.setdefault(fn, []).append(addr)
+    assert calls["ft_go_newproc_enter"] == [b.funcs["runtime.newproc1"].entry]
+    assert calls["ft_go_newproc_return"] == b.funcs["runtime.newproc1"].returns
+    assert calls["ft_go_roundtrip_enter"] == [b.funcs["net/http.(*persistConn).roundTrip"].entry]
+    assert "ft_go_roundtrip_return" not in calls
+    assert calls["ft_go_writeloop_return"] == b.funcs["net/http.(*persistConn).writeLoop"].returns
+    assert a.manifest()["functions"] == list(PROGRAMS) + list(GOROUTINE_PROGRAMS)

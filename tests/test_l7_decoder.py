@@ -163,3 +163,47 @@ def test_http2_over_tls_is_noted_without_knowing_the_endpoint():
     assert dec.stats["http2_connections"] == 2
     assert sum(dec.stats.lost_counters().values()) == 0
     assert list(dec.take_rows(7 * S, final=True)["http"]) == []
+
+
+def _turn_record(ts: int, skaddr: int, pid: int, tid: int, received: bool, g: int) -> bytes:
+    from flowtape.capture.live.l7 import IO_TURN, TURN_RX, TURN_TX
+
+    ev = EVENT()
+    ev.ts_ns, ev.kind, ev.skaddr, ev.pid, ev.tid, ev.ssl = ts, IO_TURN, skaddr, pid, tid, g
+    ev.tcp_flags = TURN_RX if received else TURN_TX
+    return bytes(ev)
+
+
+def test_go_turns_give_each_row_its_goroutine_and_spawns_become_rows():
+    """IO_TURN records of a Go program carry the goroutine in `ssl` (bpf/l7.c io_turn): a row takes the
+    tid and goroutine of the last turn before its response; GO_SPAWN records become go_spawns rows."""
+    import struct
+
+    from flowtape.capture.live.l7 import GO_SPAWN
+
+    dec = L7Decoder("n", 1000)
+    sk, ssl, pid = 0xFFFF888100C1CA00, 0x5000, 42
+    dec.add_endpoint(Endpoint(sk, "server", 1 * S, "10.0.0.1", 443, "10.0.0.2", 40002, pid, "gosrv", 8))
+    # a background read goroutine (0xc1) takes the first byte, the serving goroutine (0xc0) the rest
+    dec.feed(_turn_record(2 * S, sk, pid, 7, True, 0xC1))
+    dec.feed(_turn_record(2 * S + 10, sk, pid, 9, True, 0xC0))
+    dec.feed(_ssl_record(SSL_READ, 2 * S + 20, sk, ssl, pid, b"GET /a HTTP/1.1\r\nHost: lab\r\n\r\n"))
+    spawn = EVENT()
+    spawn.ts_ns, spawn.kind, spawn.pid, spawn.cap_len = 2 * S + 30, GO_SPAWN, pid, 16
+    spawn.data[:16] = list(struct.pack("<QQ", 0xC0, 0xC2))
+    dec.feed(bytes(spawn))
+    dec.feed(_ssl_record(SSL_WRITE, 2 * S + 40, sk, ssl, pid, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+    out = dec.take_rows(5 * S, final=True)
+    assert [(r["path"], r["tid"], r["goroutine"]) for r in out["http"]] == [("/a", 9, 0xC0)]
+    assert out["go_spawns"] == [{"ts": 2 * S + 30 + 1000, "pid": pid, "parent_g": 0xC0, "child_g": 0xC2}]
+
+
+def test_turns_without_a_goroutine_leave_it_null():
+    dec = L7Decoder("n", 0)
+    sk, ssl, pid = 0xFFFF888100C1CA00, 0x5000, 42
+    dec.add_endpoint(Endpoint(sk, "server", 1 * S, "10.0.0.1", 443, "10.0.0.2", 40002, pid, "nginx", 8))
+    dec.feed(_turn_record(2 * S, sk, pid, 7, True, 0))
+    dec.feed(_ssl_record(SSL_READ, 2 * S + 20, sk, ssl, pid, b"GET /a HTTP/1.1\r\nHost: lab\r\n\r\n"))
+    dec.feed(_ssl_record(SSL_WRITE, 2 * S + 40, sk, ssl, pid, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"))
+    rows = dec.take_rows(5 * S, final=True)["http"]
+    assert [(r["tid"], r["goroutine"]) for r in rows] == [(7, None)]

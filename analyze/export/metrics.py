@@ -1,4 +1,4 @@
-"""Metrics: HTTP server/client durations, DNS lookup durations, flow bytes and packets per edge,
+"""Metrics: HTTP server/client durations, gRPC call durations (RPC conventions), DNS lookup durations, flow bytes and packets per edge,
 inter-zone bytes and the service graph, as cumulative OTLP points over the tape's window.
 
 Temporality is cumulative, with every point's start time at the start of the window: a tape is
@@ -33,7 +33,7 @@ from ..reports.filters import Filters
 from .encode import key_values
 from .resources import EXPORTER_RESOURCE, resource_attributes
 from .semconv import DURATION_BOUNDS, SCOPE_NAME, endpoint_service_sql
-from .spans import CLIENT, DNS_ERROR_TYPE, ERROR_TYPE, KNOWN, LOCAL_PEER, SPAN_ERROR_TYPE
+from .spans import CLIENT, DNS_ERROR_TYPE, ERROR_TYPE, GRPC, GRPC_STATUS_NAME, KNOWN, LOCAL_PEER, SPAN_ERROR_TYPE
 
 _BUCKET = "(" + " + ".join(f"(x > {b!r})::INTEGER" for b in DURATION_BOUNDS) + ")"
 """The explicit-bounds bucket of x seconds: bucket i holds (bounds[i-1], bounds[i]]."""
@@ -50,6 +50,8 @@ class MetricDef:
 METRICS = {m.name: m for m in (
     MetricDef("http.server.request.duration", "histogram", "s", "Duration of HTTP server requests (to the first byte of the response)."),
     MetricDef("http.client.request.duration", "histogram", "s", "Duration of HTTP client requests (to the first byte of the response)."),
+    MetricDef("rpc.server.call.duration", "histogram", "s", "Measures the duration of an incoming Remote Procedure Call (RPC)."),
+    MetricDef("rpc.client.call.duration", "histogram", "s", "Measures the duration of an outgoing Remote Procedure Call (RPC)."),
     MetricDef("dns.lookup.duration", "histogram", "s", "Measures the time taken to perform a DNS lookup."),
     MetricDef("obi.network.flow.bytes", "sum", "By", "Bytes between two endpoints (IP total length, headers included), each packet once."),
     MetricDef("obi.network.flow.packets", "sum", "{packet}", "Packets between two endpoints, each once."),
@@ -76,6 +78,12 @@ _HOST_PORT = ("CASE WHEN host LIKE '[%]:%' THEN TRY_CAST(split_part(host, ']:', 
 _HTTP_CLIENT = [("http.request.method", f"CASE WHEN {KNOWN} THEN method ELSE '_OTHER' END"), ("server.address", f"coalesce({_HOST_ADDR}, s_dns, sock_ip)"),
                 ("server.port", f"coalesce({_HOST_PORT}, sock_port)"), ("url.scheme", "CASE WHEN tls THEN 'https' ELSE 'http' END"),
                 ("http.response.status_code", "status"), ("network.protocol.version", "nullif(replace(http_version, 'HTTP/', ''), '')"), ("error.type", ERROR_TYPE)]
+# gRPC calls also get the RPC conventions' call durations (their attributes as on the spans: the
+# same value SHOULD be the span's duration); they stay in the HTTP histograms too, being HTTP/2
+# requests, so an HTTP dashboard still sees every request
+_RPC_SERVER = [("rpc.system.name", "'grpc'"), ("rpc.method", "concat(grpc_service, '/', grpc_method)"),
+               ("rpc.response.status_code", GRPC_STATUS_NAME), ("error.type", SPAN_ERROR_TYPE)]
+_RPC_CLIENT = _RPC_SERVER + [("server.address", f"coalesce({_HOST_ADDR}, s_dns, sock_ip)"), ("server.port", f"coalesce({_HOST_PORT}, sock_port)")]
 _GRAPH = [("client", endpoint_service_sql("c", "client_ip")), ("server", endpoint_service_sql("s", "server_ip")),
           ("client_service_namespace", "CASE WHEN c_kind IN ('pod', 'service') THEN c_namespace END"),
           ("server_service_namespace", "CASE WHEN s_kind IN ('pod', 'service') THEN s_namespace END")]
@@ -191,6 +199,12 @@ FROM s WHERE side = 'server' AND t1 IS NOT NULL GROUP BY ALL
 UNION ALL
 SELECT 'http.client.request.duration', {res}, {_pairs(_HTTP_CLIENT)}, {k}, {_BUCKET}, count(*), sum(x), min(x), max(x)
 FROM s WHERE side = 'client' AND t1 IS NOT NULL GROUP BY ALL
+UNION ALL
+SELECT 'rpc.server.call.duration', {res}, {_pairs(_RPC_SERVER)}, {k}, {_BUCKET}, count(*), sum(x), min(x), max(x)
+FROM s WHERE side = 'server' AND t1 IS NOT NULL AND {GRPC} GROUP BY ALL
+UNION ALL
+SELECT 'rpc.client.call.duration', {res}, {_pairs(_RPC_CLIENT)}, {k}, {_BUCKET}, count(*), sum(x), min(x), max(x)
+FROM s WHERE side = 'client' AND t1 IS NOT NULL AND {GRPC} GROUP BY ALL
 UNION ALL
 SELECT 'traces_service_graph_request_server_seconds', NULL, NULL, NULL, NULL, NULL, {_pairs(_GRAPH)}, {k}, {_BUCKET}, count(*), sum(x), min(x), max(x)
 FROM s WHERE side = 'server' AND t1 IS NOT NULL GROUP BY ALL

@@ -147,9 +147,10 @@ x AS (SELECT c.rid, s.rid AS prid, CASE c.ctx_source WHEN 'traceparent' THEN 1 W
       WHERE c.t <= s.e),
 st AS (SELECT pk, tid, t, e, rid,
               max(e) OVER (PARTITION BY pk, tid ORDER BY t, rid ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS prev_e
-       FROM (SELECT pk, tid, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_facts WHERE NOT cli AND tid IS NOT NULL AND pk IS NOT NULL)),
+       -- (not Go's sides: a goroutine moves between threads and another one writes a client's request)
+       FROM (SELECT pk, tid, t, coalesce(t1, {_END}) AS e, rid FROM ft_tr_facts WHERE NOT cli AND tid IS NOT NULL AND goroutine IS NULL AND pk IS NOT NULL)),
 th AS (SELECT c.rid, s.rid AS prid, 5 AS prio, 'thread' AS source
-       FROM (SELECT * FROM cl WHERE tid IS NOT NULL) c ASOF JOIN st s ON c.pk = s.pk AND c.tid = s.tid AND c.t >= s.t
+       FROM (SELECT * FROM cl WHERE tid IS NOT NULL AND goroutine IS NULL) c ASOF JOIN st s ON c.pk = s.pk AND c.tid = s.tid AND c.t >= s.t
        -- inside that exchange, and no other exchange of the thread still open then (an event loop)
        WHERE c.t <= s.e AND (s.prev_e IS NULL OR s.prev_e < c.t)){go}
 SELECT rid, arg_min(prid, prio) AS prid, arg_min(source, prio) AS source

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         output: Annotated[Path, typer.Option("--output", "-o", help="Tape to write (a new NAME.tape folder).")],
         duration: Annotated[Optional[str], typer.Option(help="Stop after this long (30, 90s, 5m, 1h); default: until Ctrl-C/SIGTERM.")] = None,
         interfaces: Annotated[Optional[str], typer.Option(help="Comma-separated interfaces for flows and L7 capture (a bridge means its ports); default: all, and new ones as they appear.")] = None,
-        probes: Annotated[str, typer.Option(help="Comma-separated probes: flows,connections,l7,gotls (l7: the dns, http and tls tables; http needs connections; gotls: the HTTPS of Go programs, needs l7).")] = "flows,connections,l7,gotls",
+        probes: Annotated[str, typer.Option(help="Comma-separated probes: flows,connections,l7,gotls,goroutines (l7: the dns, http and tls tables; http needs connections; gotls: the HTTPS of Go programs, needs l7; goroutines: http.goroutine and go_spawns of Go programs, needs gotls).")] = "flows,connections,l7,gotls,goroutines",
         flow_interval: Annotated[float, typer.Option(help="Seconds between flow counter drains (one flow row per flow direction and interval).")] = 5.0,
         rotate: Annotated[float, typer.Option(help="Seconds between part rotations (a SIGKILL loses at most this much).")] = 60.0,
         node: Annotated[Optional[str], typer.Option(help="Node name written into the tape (default: the host name).")] = None,

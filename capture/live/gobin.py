@@ -1,4 +1,5 @@
-"""Go binaries: is it Go, which version, and where crypto/tls.(*Conn).Read/Write start and return.
+"""Go binaries: is it Go, which version, and where crypto/tls.(*Conn).Read/Write (and the functions
+the goroutine probes need: GOROUTINE_FUNCS) start and return.
 
 Everything is read from the ELF file, never from DWARF or a symbol table: `.gopclntab` (the
 runtime's own function table, kept by `-ldflags='-s -w'`) gives every function's name and entry,
@@ -21,6 +22,9 @@ from elftools.construct.core import ConstructError  # pyelftools' parse errors o
 from elftools.elf.elffile import ELFFile
 
 FUNCS = ("crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).Read")
+# For http.goroutine and go_spawns (bpf/l7.c FT_HAVE_GOROUTINES), where present: goroutine creation,
+# and net/http's client hand-over of a request from the caller's goroutine to its connection's writer.
+GOROUTINE_FUNCS = ("runtime.newproc1", "net/http.(*persistConn).roundTrip", "net/http.(*persistConn).writeLoop")
 BUILDINFO_MAGIC = b"\xff Go buildinf:"
 PCLN_MAGICS = {0xFFFFFFFA: "1.16", 0xFFFFFFF0: "1.18", 0xFFFFFFF1: "1.20"}
 MIN_VERSION = (1, 17)
@@ -49,7 +53,7 @@ class GoFunc:
 class GoBinary:
     path: str
     version: str  # "go1.19.8"
-    funcs: dict[str, GoFunc]
+    funcs: dict[str, GoFunc]  # FUNCS, and those of GOROUTINE_FUNCS the binary has
 
 
 def _version_tuple(v: str) -> tuple[int, int]:
@@ -167,8 +171,8 @@ def inspect(path: str | Path) -> GoBinary:
                 raise NotProbeable("not_go", "no Go build info")
             if _version_tuple(version) < MIN_VERSION:
                 raise NotProbeable("go_too_old", f"{version}: before Go 1.17 arguments are on the stack (register ABI needed)")
-            funcs = pclntab_funcs(elf, FUNCS)
-            if len(funcs) < len(FUNCS):
+            funcs = pclntab_funcs(elf, FUNCS + GOROUTINE_FUNCS)
+            if any(f not in funcs for f in FUNCS):
                 raise NotProbeable("no_crypto_tls", f"{version} binary without crypto/tls")
             for f in funcs.values():
                 f.returns = ret_addresses(elf, f)

@@ -30,6 +30,12 @@ PROGRAMS = {  # function -> (entry program, return program or None: Write is sen
     "crypto/tls.(*Conn).Write": ("ft_go_write_enter", None),
     "crypto/tls.(*Conn).Read": ("ft_go_read_enter", "ft_go_read_return"),
 }
+# The goroutine probes (bpf/l7.c FT_HAVE_GOROUTINES: http.goroutine, go_spawns), on the binaries that have them
+GOROUTINE_PROGRAMS = {
+    "runtime.newproc1": ("ft_go_newproc_enter", "ft_go_newproc_return"),
+    "net/http.(*persistConn).roundTrip": ("ft_go_roundtrip_enter", None),
+    "net/http.(*persistConn).writeLoop": ("ft_go_writeloop_enter", "ft_go_writeloop_return"),
+}
 
 
 @dataclass
@@ -41,6 +47,7 @@ class GoTlsAttacher:
     on_openssl: Callable[[str, str], bool] | None = None  # (exe, path) of a static OpenSSL binary -> attached
     on_bio_pids: Callable[[set[int]], None] | None = None  # the pids running such a binary, after each scan
     proc: Path = PROC
+    goroutines: bool = False  # also attach GOROUTINE_PROGRAMS (the loaded C has them)
     attached: dict[str, str] = field(default_factory=dict)  # binary path -> Go version
     skipped: collections.Counter = field(default_factory=collections.Counter)  # reason -> binaries
     uprobes: int = 0
@@ -105,9 +112,12 @@ class GoTlsAttacher:
             self.log(f"Go TLS: {path}: skipped: {e}")
             return False
         done = 0
+        programs = {**PROGRAMS, **(GOROUTINE_PROGRAMS if self.goroutines else {})}
         try:
-            for name, (enter, ret) in PROGRAMS.items():
-                f = b.funcs[name]
+            for name, (enter, ret) in programs.items():
+                f = b.funcs.get(name)
+                if f is None:
+                    continue  # a goroutine function the binary does not have (no net/http client)
                 self.bpf.attach_uprobe(name=exe.encode(), addr=f.entry, fn_name=enter.encode())
                 done += 1
                 for addr in f.returns if ret else ():
@@ -124,7 +134,7 @@ class GoTlsAttacher:
 
     def manifest(self) -> dict[str, Any]:
         return {"binaries": dict(sorted(self.attached.items())), "uprobes": self.uprobes, "skipped": dict(sorted(self.skipped.items())),
-                "functions": list(PROGRAMS), "go_versions": "Go >= 1.17 on amd64 (register ABI); tested with 1.19"}
+                "functions": list(PROGRAMS) + (list(GOROUTINE_PROGRAMS) if self.goroutines else []), "go_versions": "Go >= 1.17 on amd64 (register ABI); tested with 1.19"}
 
 
 def defines_openssl(exe: str) -> bool:

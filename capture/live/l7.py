@@ -61,7 +61,7 @@ from ..decode import http2 as _h2
 from ..decode.http2 import looks_like_frames
 
 # struct l7_event kinds (bpf/events.h)
-DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE, IO_TURN, WIRE_TRACE = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+DNS_UDP, DNS_TCP, HTTP, TLS_HELLO, TCP_END, SSL_WRITE, SSL_READ, SSL_FREE, IO_TURN, WIRE_TRACE, GO_SPAWN = 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11
 WIRE_SOURCES = {1: "ip-option", 2: "tcp-option"}  # WIRE_TRACE's tcp_flags
 NO_WIRE = (None, None, None)
 TURN_RX, TURN_TX = 1, 2  # IO_TURN's tcp_flags: the thread received / sent
@@ -188,8 +188,9 @@ class Endpoint:
 
 
 class IoTurns:
-    """FT_L7_IO_TURN events by socket, for http.tid: the thread that turned a socket's data into its
-    request direction (a server's receive, a client's send), sent only when it changed.
+    """FT_L7_IO_TURN events by socket, for http.tid (and, in Go programs, http.goroutine): the thread
+    (and goroutine) that turned a socket's data into its request direction (a server's receive, a
+    client's send), sent only when it changed.
 
     A row takes the last turn on its socket before its response (bpf/l7.c sends a turn only when
     its thread differs from the previous one, so an exchange whose turn was not sent had the
@@ -204,15 +205,16 @@ class IoTurns:
     NO_RESPONSE_NS = 1_000_000_000
 
     def __init__(self) -> None:
-        # skaddr -> (ts list, tid list, received list), in arrival order (time order up to CPU skew);
-        # the dict in order of each socket's last turn, so expire() stops at the first one kept
-        self.by_sk: collections.OrderedDict[int, tuple[list[int], list[int], list[bool]]] = collections.OrderedDict()
+        # skaddr -> (ts list, tid list, received list, goroutine list: 0 when not Go), in arrival order
+        # (time order up to CPU skew); the dict in order of each socket's last turn, so expire() stops
+        # at the first one kept
+        self.by_sk: collections.OrderedDict[int, tuple[list[int], list[int], list[bool], list[int]]] = collections.OrderedDict()
 
-    def add(self, skaddr: int, ts: int, received: bool, tid: int) -> None:
+    def add(self, skaddr: int, ts: int, received: bool, tid: int, g: int = 0) -> None:
         by_sk = self.by_sk
         entry = by_sk.get(skaddr)
         if entry is None:
-            entry = by_sk[skaddr] = ([], [], [])
+            entry = by_sk[skaddr] = ([], [], [], [])
         else:
             by_sk.move_to_end(skaddr)
             tss = entry[0]
@@ -221,27 +223,37 @@ class IoTurns:
                 keep = max(keep, len(tss) - TURNS_PER_SOCKET // 2)
                 for lst in entry:
                     del lst[:keep]
-        tss, tids, rx = entry
+        tss, tids, rx, gs = entry
         tss.append(ts)
         tids.append(tid)
         rx.append(received)
+        gs.append(g)
 
-    def tid(self, skaddr: int, received: bool, ts: int, ts_response: int | None, since: int) -> int | None:
+    def _at(self, skaddr: int, received: bool, ts: int, ts_response: int | None, since: int) -> tuple | None:
         entry = self.by_sk.get(skaddr) if skaddr else None
         if entry is None:
             return None
-        tss, tids, rx = entry
+        tss, tids, rx, gs = entry
         bound = ts + self.NO_RESPONSE_NS if ts_response is None else ts_response
         j = bisect.bisect_right(tss, bound) - 1
         if j < 0 or tss[j] < since or rx[j] != received:
             return None
-        return tids[j]
+        return tids[j], gs[j] or None
+
+    def tid(self, skaddr: int, received: bool, ts: int, ts_response: int | None, since: int) -> int | None:
+        at = self._at(skaddr, received, ts, ts_response, since)
+        return None if at is None else at[0]
+
+    def turn(self, skaddr: int, received: bool, ts: int, ts_response: int | None, since: int) -> tuple[int | None, int | None]:
+        """(tid, goroutine) of the row's turn (see the class): each None when not known, the goroutine
+        when the process is not Go."""
+        return self._at(skaddr, received, ts, ts_response, since) or (None, None)
 
     def expire(self, before: int) -> None:
         """Forget the sockets whose last turn is older than `before`."""
         by_sk = self.by_sk
         while by_sk:
-            k, (tss, _, _) = next(iter(by_sk.items()))
+            k, (tss, *_) = next(iter(by_sk.items()))
             if tss and tss[-1] >= before:
                 return
             del by_sk[k]
@@ -284,7 +296,7 @@ class L7Decoder:
         # Set by the recorder to L7Probe.skip_body: tells the kernel where a long body of one
         # direction ends, so it stops sending that body's segments. Returns False if it could not.
         self.skip_body: Callable[[int, tuple, bool, int], bool] | None = None
-        self.rows: dict[str, list[dict]] = {"dns": [], "tls": [], "wire_trace_context": []}
+        self.rows: dict[str, list[dict]] = {"dns": [], "tls": [], "wire_trace_context": [], "go_spawns": []}
         # trace contexts read from packets, by the flow's two (ip, port) ends sorted: (mono ts, trace, span, source)
         self.wire: dict[tuple, list[tuple]] = {}
         self.http_rows = HttpRows()
@@ -429,7 +441,10 @@ class L7Decoder:
             self.streams.push(flow, bool(from_client), ts + self.offset, seq, data, length)
             return
         if kind == IO_TURN:
-            self.turns.add(skaddr, ts, tcp_flags == TURN_RX, tid)
+            self.turns.add(skaddr, ts, tcp_flags == TURN_RX, tid, ssl)  # ssl: the goroutine (Go programs)
+            return
+        if kind == GO_SPAWN:
+            self._go_spawn(ts, pid, data)
             return
         if kind == WIRE_TRACE:
             self._wire_trace(ts, family, saddr, daddr, sport, dport, data, tcp_flags)
@@ -458,6 +473,13 @@ class L7Decoder:
                                                 "trace_id": trace, "span_id": span, "source": name})
         ends = tuple(sorted(((src, sport), (dst, dport))))
         self.wire.setdefault(ends, []).append((ts, trace, span, name))
+
+    def _go_spawn(self, ts: int, pid: int, data: bytes) -> None:
+        """runtime.newproc1 returned: goroutine data[8:16] created by data[0:8] (bpf/l7.c)."""
+        if len(data) < 16:
+            return
+        parent, child = struct.unpack_from("<QQ", data)
+        self.rows["go_spawns"].append({"ts": ts + self.offset, "pid": pid, "parent_g": parent, "child_g": child})
 
     def wire_context(self, conn: Any) -> tuple:
         """(wire_trace_id, wire_span_id, wire_trace_source) first seen on an endpoint's packets while it
@@ -573,8 +595,8 @@ class L7Decoder:
             cid, base = self._endpoint_columns(c)
             http = self.http_rows
             resp = row[1]
-            tid = self.turns.tid(join.skaddr, join.side == "server", mono, None if resp is None else resp - self.offset, c.ts_start)
-            http.add(http.exchange(row, base), cid, join.pid, join.comm, join.side, tid)
+            tid, g = self.turns.turn(join.skaddr, join.side == "server", mono, None if resp is None else resp - self.offset, c.ts_start)
+            http.add(http.exchange(row, base), cid, join.pid, join.comm, join.side, tid, g)
             return True
         conns = self._alive_at(self.endpoints.get(join, []), mono)
         if not conns:
@@ -587,7 +609,8 @@ class L7Decoder:
         resp = None if row[1] is None else row[1] - self.offset
         turns = self.turns
         for c in conns:
-            http.add(x, self.conn_id(c), c.pid, c.comm, c.role, turns.tid(c.skaddr, c.role == "server", mono, resp, c.ts_start))
+            tid, g = turns.turn(c.skaddr, c.role == "server", mono, resp, c.ts_start)
+            http.add(x, self.conn_id(c), c.pid, c.comm, c.role, tid, g)
         return True
 
     def take_rows(self, now_mono: int | None = None, final: bool = False) -> dict[str, Any]:
@@ -623,7 +646,7 @@ class L7Decoder:
             if not self._expand(item[1], item[2], item[3], sure or live_read >= item[0]):
                 self.waiting.append(item)
         out: dict[str, Any] = {**self.rows, "http": self.http_rows}
-        self.rows, self.http_rows = {"dns": [], "tls": [], "wire_trace_context": []}, HttpRows()
+        self.rows, self.http_rows = {"dns": [], "tls": [], "wire_trace_context": [], "go_spawns": []}, HttpRows()
         return out
 
     def _housekeeping(self, now: int) -> None:
@@ -668,6 +691,7 @@ class L7Probe:
     interfaces: list[str] | None = None
     ssl_libs: list[str] | None = None  # None: the default libssl if present; [] : no uprobes
     go_tls: bool = True  # uprobes on the crypto/tls of every Go binary running (capture.live.gotls)
+    goroutines: bool = True  # with go_tls: http.goroutine and go_spawns (bpf/l7.c FT_HAVE_GOROUTINES)
     log: Callable[[str], None] = lambda _msg: None
     ringbuf_pages: int = 4096  # 16 MiB
     flow_entries: int = 65536
@@ -707,7 +731,25 @@ class L7Probe:
         self._defines = {"FT_L7_RINGBUF_PAGES": self.ringbuf_pages, "FT_L7_FLOW_ENTRIES": self.flow_entries,
                          "FT_SSL_SOCK_ENTRIES": self.ssl_sock_entries, "FT_HAVE_SSL": 1 if libs else None,
                          "FT_HAVE_GOTLS": 1 if self.go_tls else None, "FT_HAVE_TURNS": 1 if have_tp else None,
+                         "FT_HAVE_GOROUTINES": 1 if self.go_tls and self.goroutines and have_tp and self._task_regs() else None,
                          "FT_SOCK_DIR_ENTRIES": self.sock_dir_entries, "FT_HAVE_WIRE_TRACE": 1 if self.wire_trace else None}
+
+    def _task_regs(self) -> bool:
+        """The kernel has what bpf/l7.c's goroutine probes need: BTF and Linux >= 5.15
+        (bpf_get_current_task_btf, bpf_task_pt_regs: a syscall's user registers) and the
+        sched:sched_process_exit tracepoint; else they are left out (the rest of the program
+        loads as before), said in `missing`."""
+        import os
+        import re
+
+        m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+        lacking = [what for what, ok in (("kernel BTF (/sys/kernel/btf/vmlinux)", Path("/sys/kernel/btf/vmlinux").exists()),
+                                         ("Linux >= 5.15 (bpf_task_pt_regs)", bool(m) and (int(m.group(1)), int(m.group(2))) >= (5, 15)),
+                                         ("tracepoint sched:sched_process_exit", ebpf.tracepoint_exists("sched", "sched_process_exit")))
+                   if not ok]
+        for what in lacking:
+            self.missing[what] = "http.goroutine and go_spawns (the goroutine of a Go program's socket I/O)"
+        return not lacking
 
     def source(self) -> str:
         if not self._defines:
@@ -731,7 +773,8 @@ class L7Probe:
         if self.go_tls:
             if self.go is None:
                 openssl = self._attach_ssl_lib if self._defines.get("FT_HAVE_SSL") else None
-                self.go = GoTlsAttacher(self.bpf, self.log, openssl, self._bio_pids if openssl else None)
+                self.go = GoTlsAttacher(self.bpf, self.log, openssl, self._bio_pids if openssl else None,
+                                        goroutines=bool(self._defines.get("FT_HAVE_GOROUTINES")))
                 self.go.seen_files(self.ssl_attached)  # --ssl-lib binaries have their uprobes already
             self.go.scan()
         return new

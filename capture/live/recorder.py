@@ -36,7 +36,7 @@ from ..decode.http_pairing import Redaction
 from .inject import MODES as INJECT_MODES, InjectProbe
 from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
 
-PROBES = ("flows", "connections", "l7", "gotls")  # gotls: Go programs' HTTPS, read by the l7 probe
+PROBES = ("flows", "connections", "l7", "gotls", "goroutines")  # gotls: Go programs' HTTPS, read by the l7 probe; goroutines: their http.goroutine and go_spawns
 L7_ROWS_EVERY_S = 1.0  # how often decoded L7 rows are handed to the writer
 
 
@@ -123,7 +123,8 @@ def render_sources(opts: RecordOptions) -> str:
     if "connections" in opts.probes:
         parts.append(ConnectionProbe(owner_fallback=opts.owner_fallback).source())
     if "l7" in opts.probes:
-        parts.append(L7Probe(interfaces=opts.interfaces, ssl_libs=opts.ssl_libs, go_tls="gotls" in opts.probes).source())
+        parts.append(L7Probe(interfaces=opts.interfaces, ssl_libs=opts.ssl_libs, go_tls="gotls" in opts.probes,
+                             goroutines="goroutines" in opts.probes).source())
     if opts.inject_trace_context != "off":
         parts.append(InjectProbe(interfaces=opts.interfaces).source())
     return "\n".join(parts)
@@ -136,6 +137,8 @@ class Recorder:
                 raise UsageError(f"--probes: unknown probe {p!r} (probes: {', '.join(PROBES)})")
         if "gotls" in opts.probes and "l7" not in opts.probes:
             raise UsageError("--probes: gotls needs l7 (Go's HTTPS plaintext goes through the l7 probe's decoder): add l7, or drop gotls")
+        if "goroutines" in opts.probes and "gotls" not in opts.probes:
+            raise UsageError("--probes: goroutines needs gotls (the goroutine probes go on the Go binaries it attaches to): add gotls, or drop goroutines")
         if opts.inject_trace_context not in INJECT_MODES:
             raise UsageError(f"--inject-trace-context: {opts.inject_trace_context!r} is not a mode (use ip-option, or off)")
         if opts.inject_trace_context != "off" and "l7" not in opts.probes:
@@ -209,7 +212,7 @@ class Recorder:
         if "l7" in self.opts.probes:
             self._start_l7(start_wall, failures)
         self._start_inject()
-        if failures and len(failures) == len([p for p in self.opts.probes if p != "gotls"]):
+        if failures and len(failures) == len([p for p in self.opts.probes if p not in ("gotls", "goroutines")]):
             raise failures[0]
         if self.conns is not None or self.l7 is not None:
             tune_gc()
@@ -252,7 +255,8 @@ class Recorder:
     def _start_l7(self, start_wall: int, failures: list) -> None:
         w = self.writer
         assert w is not None
-        probe = L7Probe(interfaces=self.opts.interfaces, ssl_libs=self.opts.ssl_libs, go_tls="gotls" in self.opts.probes, log=self._warn)
+        probe = L7Probe(interfaces=self.opts.interfaces, ssl_libs=self.opts.ssl_libs, go_tls="gotls" in self.opts.probes,
+                        goroutines="goroutines" in self.opts.probes, log=self._warn)
         redaction = Redaction.from_settings(self.opts.no_redact, self.opts.header_allow_list)
         try:
             probe.check()

@@ -8,6 +8,7 @@ import ast
 import base64
 import bisect
 import json
+import os
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -326,6 +327,26 @@ def test_json_lines_parse_with_the_official_parser_ids_byte_for_byte(cli, tmp_pa
 def test_unwritable_output_is_one_line(cli, tmp_path):
     r = cli("export", "otlp", TINY, "--output", tmp_path / "no" / "such" / "dir.jsonl")
     assert r.code == 6 and r.err.count("\n") == 1 and "cannot write" in r.err
+
+
+def test_output_to_a_fifo_writes_through_it_and_leaves_it(cli, tmp_path):
+    """An --output that is no regular file (/dev/null, a FIFO) is written directly, never renamed
+    over: a FIFO stands in for /dev/null here (a broken sink would replace the device node)."""
+    import stat
+    import threading
+
+    want = tmp_path / "tiny.jsonl"
+    assert cli("export", "otlp", TINY, "--output", want).code == 0
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    r = cli("export", "otlp", TINY, "--output", fifo)
+    reader.join(60)
+    assert r.code == 0, r.err
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and not (tmp_path / "pipe.partial").exists()
+    assert got == [want.read_bytes()] and got[0].count(b"\n") > 1
 
 
 # --- the protocol: retries, refusals, partial success, resume --------------------------------

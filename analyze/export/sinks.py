@@ -277,11 +277,14 @@ def rpc_status_message(payload: bytes) -> str:
 
 class JsonLines:
     """Writes one JSON line per batch to FILE, through FILE.partial renamed at the end: a file
-    export that stops halfway leaves no half file under the name asked for."""
+    export that stops halfway leaves no half file under the name asked for. FILE that exists and
+    is not a regular file (/dev/null, /dev/stdout, a FIFO) is written directly: renaming over it
+    would replace the device node itself."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".partial")
+        direct = self.path.exists() and not self.path.is_file()
+        self.tmp = self.path if direct else self.path.with_name(self.path.name + ".partial")
         try:
             self._f = open(self.tmp, "wb")
         except OSError as e:
@@ -298,10 +301,13 @@ class JsonLines:
 
     def commit(self) -> None:
         self._f.close()
-        os.replace(self.tmp, self.path)
+        if self.tmp != self.path:
+            os.replace(self.tmp, self.path)
 
     def abort(self) -> None:
         self._f.close()
+        if self.tmp == self.path:
+            return
         try:
             os.unlink(self.tmp)
         except OSError:

@@ -37,6 +37,7 @@ from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
 
 PROBES = ("flows", "connections", "l7", "gotls")  # gotls: Go programs' HTTPS, read by the l7 probe
 L7_ROWS_EVERY_S = 1.0  # how often decoded L7 rows are handed to the writer
+RELEASE_EVERY_S = 30.0  # how often the libraries the recorder never runs are paged out again (ebpf.release_unused_libraries)
 
 
 LIVE_ROW_GROUP_ROWS = 1 << 16  # see run(): bounds the rows a table holds in memory before they are written
@@ -402,7 +403,7 @@ class Recorder:
             if self.kube is not None:
                 probes.append("k8s")
             ifaces = ", ".join(i.name for i in self.flows.plan.values()) if self.flows else "-"
-            ebpf.release_compiler_memory()  # every program is loaded: the compiler's pages are not needed
+            ebpf.release_startup_memory()  # every program is loaded: what compiling and importing touched goes back
             print(f"flowtape: recording to {opts.out} (probes: {', '.join(probes)}; interfaces: {ifaces}); Ctrl-C to stop",
                   file=self.status, flush=True)
             self._loop(time.monotonic())
@@ -460,6 +461,7 @@ class Recorder:
         next_flush = t0 + opts.flow_interval
         next_status = t0 + 1.0
         next_l7 = t0 + L7_ROWS_EVERY_S
+        next_release = t0 + RELEASE_EVERY_S
         last_events, last_status = 0, t0
         quiet = not self.status.isatty()
         while not self.stop_requested:
@@ -490,6 +492,9 @@ class Recorder:
                     self.l7.scan_go()  # Go programs started since the last look (their HTTPS)
             assert self.writer is not None
             self.writer.maybe_rotate()
+            if now >= next_release:
+                ebpf.release_unused_libraries()
+                next_release = now + RELEASE_EVERY_S
             if now >= next_status:
                 rate = (self.events - last_events) / max(now - last_status, 1e-3)
                 last_events, last_status = self.events, now

@@ -58,7 +58,9 @@ from netlab import Lab, make_cert, start_dnsmasq, start_nginx_l7  # noqa: E402
 
 from capture_arms import SNAPLENS, cpu_split, folder_bytes, memory_mib, per_request, smaps_breakdown, smaps_mib, tcpdumped  # noqa: E402
 
-from flowtape.capture.live import ebpf  # noqa: E402
+# flowtape itself (pyarrow, numpy) is imported only for the eBPF statistics runs: a benchmark process
+# mapping the recorder's own pyarrow would share its pages, which the recorder's page-out then skips
+# (ebpf.release_startup_memory), and the RSS measured would not be the one of a recorder alone on a node.
 
 FLOWTAPE = str(Path(sys.executable).with_name("flowtape"))
 RATES = (10_000, 20_000, 30_000)  # offered requests/s (open loop)
@@ -373,6 +375,8 @@ def main() -> int:
                 if args.no_stats:
                     continue
                 # the programs' run times, in a run of their own (the statistics cost two clock reads per run)
+                from flowtape.capture.live import ebpf
+
                 with ebpf.run_time_stats():
                     r = recorded(lab, lambda: h2load(cli, url, args.seconds, STATS_RATE), workdir, f"{proto}-stats")
                 programs[proto] = {n: (cnt / r["requests"], ns / cnt) for n, (cnt, ns) in r["programs"].items()}

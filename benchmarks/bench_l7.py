@@ -33,7 +33,9 @@ recorder, with it (every query and response must become a `dns` row, 0 lost) and
 
 Run as root:  .venv/bin/python benchmarks/bench_l7.py [--seconds 4] [--json out.json]
               [--protos plain,tls] [--rates 10000,20000,30000] [--conns 1,4,16] [--no-tcpdump] [--dns 20000]
-              [--soak MINUTES]   (the recorder's RSS after start and every 30 s under HTTP + DNS load)
+              [--soak MINUTES [--soak-against OTHER/flowtape]]   (the recorder's RSS after start and every
+              30 s under HTTP + DNS load; PSS/USS and the largest parts of /proc/PID/smaps at start and end;
+              with --soak-against, the same soak with another checkout's recorder first, in the same run)
 """
 
 from __future__ import annotations
@@ -54,9 +56,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 from netlab import Lab, make_cert, start_dnsmasq, start_nginx_l7  # noqa: E402
 
-from capture_arms import SNAPLENS, cpu_split, folder_bytes, memory_mib, per_request, tcpdumped  # noqa: E402
+from capture_arms import SNAPLENS, cpu_split, folder_bytes, memory_mib, per_request, smaps_breakdown, smaps_mib, tcpdumped  # noqa: E402
 
-from flowtape.capture.live import ebpf  # noqa: E402
+# flowtape itself (pyarrow, numpy) is imported only for the eBPF statistics runs: a benchmark process
+# mapping the recorder's own pyarrow would share its pages, which the recorder's page-out then skips
+# (ebpf.release_startup_memory), and the RSS measured would not be the one of a recorder alone on a node.
 
 FLOWTAPE = str(Path(sys.executable).with_name("flowtape"))
 RATES = (10_000, 20_000, 30_000)  # offered requests/s (open loop)
@@ -85,14 +89,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def recorded(lab, run, workdir: Path, tag: str, probes: str = "connections,l7", on_start=None) -> dict:
+def recorded(lab, run, workdir: Path, tag: str, probes: str = "connections,l7", on_start=None, flowtape: str = FLOWTAPE) -> dict:
     tape = workdir / f"bench-{tag}.tape"
-    rec = subprocess.Popen([FLOWTAPE, "record", "-o", str(tape), "--interfaces", lab.bridge, "--probes", probes, "--no-k8s"],
+    rec = subprocess.Popen([flowtape, "record", "-o", str(tape), "--interfaces", lab.bridge, "--probes", probes, "--no-k8s"],
                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     while "recording to" not in (line := rec.stderr.readline()):
         if not line:
             raise SystemExit(f"recorder did not start: {rec.stderr.read()}")
     mem_start = memory_mib(rec.pid)["VmRSS"]
+    smaps_start, parts_start = smaps_mib(rec.pid), smaps_breakdown(rec.pid)
     if on_start is not None:
         on_start(rec.pid)
     u0, s0 = cpu_split(rec.pid)
@@ -100,6 +105,7 @@ def recorded(lab, run, workdir: Path, tag: str, probes: str = "connections,l7", 
     time.sleep(2.0)  # the recorder catches up with what the load caused (rows wait ~1 s for their endpoints)
     u1, s1 = cpu_split(rec.pid)
     mem = memory_mib(rec.pid)
+    smaps_end, parts_end = smaps_mib(rec.pid), smaps_breakdown(rec.pid)
     rec.send_signal(signal.SIGINT)
     err = rec.stderr.read()
     if rec.wait() != 0:  # a recorder that failed must not pass for one that cost nothing
@@ -108,6 +114,7 @@ def recorded(lab, run, workdir: Path, tag: str, probes: str = "connections,l7", 
     lost = {k: v for counters in m["lost"].values() for k, v in counters.items()}
     result.update(cpu_s=u1 + s1 - u0 - s0, cpu_user_s=u1 - u0, cpu_sys_s=s1 - s0, bytes=folder_bytes(tape),
                   rss_start_mib=round(mem_start, 1), rss_end_mib=round(mem["VmRSS"], 1), rss_peak_mib=round(mem["VmHWM"], 1),
+                  smaps_start=smaps_start, smaps_end=smaps_end, parts_start=parts_start, parts_end=parts_end,
                   dns_rows=m["tables"].get("dns", {}).get("rows", 0), lost_events=lost.get("l7.ringbuf_full", 0) + lost.get("connections.ringbuf_full", 0),
                   lost=lost, http_rows=m["tables"].get("http", {}).get("rows", 0),
                   programs={n: (p["run_cnt"], p["run_time_ns"]) for n, p in m["extra"].get("bpf_programs", {}).items() if p["run_cnt"]})
@@ -196,12 +203,13 @@ def dns_arm(lab, qps: int, seconds: int, workdir: Path) -> list[dict]:
     return arms
 
 
-def soak(lab, cli, url: str, minutes: float, rate: int, qps: int, workdir: Path) -> dict:
+def soak(lab, cli, url: str, minutes: float, rate: int, qps: int, workdir: Path, flowtape: str = FLOWTAPE, tag: str = "soak") -> dict:
     """One recorded run of `minutes`: HTTP keep-alive (h2load at `rate`) and DNS (dns_load.py at `qps`)
-    at once, the recorder's RSS sampled every 30 s; every exchange and query must be a row, 0 lost."""
+    at once, the recorder's RSS (and PSS, USS) sampled every 30 s; every exchange and query must be a
+    row, 0 lost. `flowtape`: the recorder's executable (--soak-against: another checkout's)."""
     dsrv, dcli, server = dns_lab(lab)
     seconds = int(minutes * 60)
-    samples: list[tuple[float, float]] = []
+    samples: list[tuple[float, dict[str, float]]] = []
     out: dict = {}
 
     def load() -> dict:
@@ -213,25 +221,37 @@ def soak(lab, cli, url: str, minutes: float, rate: int, qps: int, workdir: Path)
         while web.poll() is None or dns.poll() is None:
             time.sleep(1.0)
             if not samples or time.monotonic() - t0 - samples[-1][0] >= 30:
-                samples.append((time.monotonic() - t0, memory_mib(out["pid"])["VmRSS"]))
+                samples.append((time.monotonic() - t0, smaps_mib(out["pid"])))
         text = web.stdout.read()
         done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", text)
         d = json.loads(dns.stdout.read().strip().splitlines()[-1])
         return {"requests": int(done.group(2)) if done else 0, "rps": 0.0, "dns": d}
 
     try:
-        r = recorded(lab, load, workdir, "soak", on_start=lambda pid: out.update(pid=pid))
+        r = recorded(lab, load, workdir, tag, on_start=lambda pid: out.update(pid=pid), flowtape=flowtape)
     finally:
         server.terminate()
         server.wait()
         _DNS_LAB.clear()
-    return {**r, "samples": samples, "minutes": minutes, "rate": rate, "qps": qps}
+    return {**r, "samples": samples, "minutes": minutes, "rate": rate, "qps": qps, "flowtape": flowtape}
 
 
-def report_soak(r: dict) -> None:
-    print(f"== soak: {r['minutes']:g} min of h2load keep-alive at {r['rate']} req/s and dns_load.py at {r['qps']} queries/s, one recorded run")
+def report_soak(r: dict, baseline: dict | None = None) -> None:
+    print(f"== soak: {r['minutes']:g} min of h2load keep-alive at {r['rate']} req/s and dns_load.py at {r['qps']} queries/s, one recorded run"
+          f" ({r['flowtape']})")
+    st, end = r["smaps_start"], r["smaps_end"]
     print("   recorder RSS (MiB) after start " + f"{r['rss_start_mib']}, then every 30 s: " +
-          ", ".join(f"{t:.0f}s {m:.0f}" for t, m in r["samples"]) + f"; peak {r['rss_peak_mib']} (target <= 150 steady)")
+          ", ".join(f"{t:.0f}s {m['rss']:.0f}" for t, m in r["samples"]) + f"; peak {r['rss_peak_mib']} (target <= 150 steady)")
+    print(f"   PSS / USS (MiB): after start {st['pss']:.0f} / {st['uss']:.0f}, at the end {end['pss']:.0f} / {end['uss']:.0f} "
+          "(RSS counts a library another process maps too, e.g. a second bcc user's libLLVM, whole; PSS shares it; USS leaves it out)")
+    for when, parts in (("after start", r["parts_start"]), ("at the end", r["parts_end"])):
+        print(f"   largest parts {when} (RSS/USS MiB): " + ", ".join(f"{n} {rss:.0f}/{uss:.0f}" for n, rss, uss in parts))
+    if baseline is not None:
+        b = baseline
+        print(f"   against {b['flowtape']} in the same run: RSS after start {r['rss_start_mib']} vs {b['rss_start_mib']} "
+              f"({r['rss_start_mib'] / b['rss_start_mib']:.2f}x), at the end {r['rss_end_mib']} vs {b['rss_end_mib']} "
+              f"({r['rss_end_mib'] / b['rss_end_mib']:.2f}x), PSS at the end {end['pss']:.0f} vs {b['smaps_end']['pss']:.0f} "
+              f"({end['pss'] / b['smaps_end']['pss']:.2f}x), peak {r['rss_peak_mib']} vs {b['rss_peak_mib']}")
     d = r["dns"]
     print(f"   http rows {r['http_rows']} for {r['requests']} requests (2 per request expected); dns rows {r['dns_rows']} for "
           f"{d['sent']} queries ({d['answered']} answered); lost events {r['lost_events']} {r['lost'] if r['lost_events'] else ''}")
@@ -323,6 +343,8 @@ def main() -> int:
     ap.add_argument("--dns", type=int, default=0, metavar="QPS", help="also run the DNS arm at this many queries/s (0: not)")
     ap.add_argument("--soak", type=float, default=0, metavar="MINUTES",
                     help="also one recorded run of this many minutes: HTTP at the first --rates rate and DNS at --dns (default 2000) queries/s, RSS every 30 s")
+    ap.add_argument("--soak-against", metavar="FLOWTAPE",
+                    help="run the soak first with this flowtape executable (another checkout's, e.g. /work/main/.venv/bin/flowtape), then with this one: the baseline in the same run")
     args = ap.parse_args()
     global TCPDUMP
     TCPDUMP = not args.no_tcpdump
@@ -353,13 +375,18 @@ def main() -> int:
                 if args.no_stats:
                     continue
                 # the programs' run times, in a run of their own (the statistics cost two clock reads per run)
+                from flowtape.capture.live import ebpf
+
                 with ebpf.run_time_stats():
                     r = recorded(lab, lambda: h2load(cli, url, args.seconds, STATS_RATE), workdir, f"{proto}-stats")
                 programs[proto] = {n: (cnt / r["requests"], ns / cnt) for n, (cnt, ns) in r["programs"].items()}
             if args.dns:
                 results["dns"] = dns_arm(lab, args.dns, args.seconds, workdir)
             if args.soak:
-                results["soak"] = soak(lab, cli, f"http://{srv.ip}/f100", args.soak, (rates or [2700])[0], args.dns or 2000, workdir)
+                soak_args = (lab, cli, f"http://{srv.ip}/f100", args.soak, (rates or [2700])[0], args.dns or 2000, workdir)
+                if args.soak_against:
+                    results["soak_baseline"] = soak(*soak_args, flowtape=args.soak_against, tag="soak-baseline")
+                results["soak"] = soak(*soak_args)
         finally:
             master.terminate()
             master.wait()
@@ -367,8 +394,11 @@ def main() -> int:
         if key == "dns":
             report_dns(args.dns, args.seconds, steps)
             continue
-        if key == "soak":
+        if key == "soak_baseline":
             report_soak(steps)
+            continue
+        if key == "soak":
+            report_soak(steps, results.get("soak_baseline"))
             continue
         proto, kind = key.split("/")
         report(proto, kind, steps, args.seconds)

@@ -38,6 +38,43 @@ def memory_mib(pid: int) -> dict[str, float]:
     return out
 
 
+def smaps_mib(pid: int) -> dict[str, float]:
+    """RSS, PSS (shared pages divided among the processes mapping them) and USS (pages only this process
+    maps) of a running process, in MiB, from /proc/PID/smaps_rollup. A library another process maps too
+    (libLLVM of a second bcc user) counts whole in RSS, shared in PSS, not at all in USS."""
+    out = {"rss": 0.0, "pss": 0.0, "uss": 0.0}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, _, value = line.partition(":")
+        kib = int(value.split()[0])
+        if key == "Rss":
+            out["rss"] = kib / 1024
+        elif key == "Pss":
+            out["pss"] = kib / 1024
+        elif key in ("Private_Clean", "Private_Dirty"):
+            out["uss"] += kib / 1024
+    return out
+
+
+def smaps_breakdown(pid: int, top: int = 10) -> list[tuple[str, float, float]]:
+    """The `top` largest resident parts of a running process, as (what, RSS MiB, USS MiB): each file
+    mapping by its file name (a Python package's files by the package), [heap], [anon] (every other
+    anonymous mapping: Python objects, Arrow's allocator, bcc's tables) and the BPF maps' mmaps."""
+    parts: dict[str, list[float]] = {}
+    cur: list[float] = [0.0, 0.0]
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+            name = head[5] if len(head) > 5 else "[anon]"
+            m = re.search(r"(?:site|dist)-packages/([^/]+)", name)
+            name = m.group(1) if m else re.sub(r"\.so[.0-9]*$", ".so", name.rsplit("/", 1)[-1]) if name.startswith("/") else name
+            cur = parts.setdefault(name, [0.0, 0.0])
+        elif head and head[0] == "Rss:":
+            cur[0] += int(head[1]) / 1024
+        elif head and head[0] in ("Private_Clean:", "Private_Dirty:"):
+            cur[1] += int(head[1]) / 1024
+    return [(name, round(r, 1), round(u, 1)) for name, (r, u) in sorted(parts.items(), key=lambda kv: -kv[1][0])[:top]]
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 

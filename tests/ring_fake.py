@@ -14,12 +14,13 @@ SIZE = 4 * PAGE
 
 
 class FakeRing:
-    """The consumer page and the data mapping (producer page + the data area twice) in memory."""
+    """The consumer page and the data mapping (producer page + the data area, once, as RingReader maps
+    it: a record past the area's end wraps to its start) in memory."""
 
     def __init__(self, size: int = SIZE) -> None:
         self.size = size
         self.cons_map = mmap.mmap(-1, PAGE)
-        self.data_map = mmap.mmap(-1, PAGE + 2 * size)
+        self.data_map = mmap.mmap(-1, PAGE + size)
         self.prod = 0
 
     def write(self, payload: bytes, flags: int = 0) -> None:
@@ -27,10 +28,9 @@ class FakeRing:
         rec += bytes(-len(rec) % 8)
         k = self.prod % self.size
         first = min(len(rec), self.size - k)
-        for area in (PAGE, PAGE + self.size):  # the kernel maps the data area twice in a row
-            self.data_map[area + k : area + k + first] = rec[:first]
-            if first < len(rec):  # wraps to the area's start
-                self.data_map[area : area + len(rec) - first] = rec[first:]
+        self.data_map[PAGE + k : PAGE + k + first] = rec[:first]
+        if first < len(rec):  # wraps to the area's start
+            self.data_map[PAGE : PAGE + len(rec) - first] = rec[first:]
         self.prod += len(rec)
         self.data_map[0:8] = self.prod.to_bytes(8, "little")
 

@@ -60,3 +60,20 @@ def test_a_corrupt_length_is_an_error_not_a_read_past_the_ring():
     ring.data_map[0:8] = ring.prod.to_bytes(8, "little")
     with pytest.raises(ValueError, match="corrupt"):
         ring.reader(True).read()
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("split", [0, 1, 7, 100])
+def test_a_sample_wrapping_past_the_area_end_is_read_whole(compiled, split):
+    """The data area is mapped once (RingReader), so a sample crossing its end comes in two pieces;
+    `split` is how many of the sample's bytes sit before the end (0: the header ends the area)."""
+    ring = FakeRing()
+    reader = ring.reader(compiled)
+    filler = SIZE - 8 - split - 8  # one record that leaves exactly 8 + split bytes before the end
+    ring.write(bytes(filler))
+    assert reader.read() == [bytes(filler)]
+    payload = bytes(range(256)) * 2
+    ring.write(payload)
+    assert ring.prod % SIZE < 8 + len(payload)  # it did wrap
+    assert reader.read() == [payload]
+    assert reader._cons.value == ring.prod

@@ -13,6 +13,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 #define BUSY_BIT (1u << 31)
 #define DISCARD_BIT (1u << 30)
@@ -20,7 +21,8 @@
 
 /* read(data_map, cons_map, size, page) -> list of bytes: every committed record, oldest first;
  * stops at the first record still being written, then advances the consumer position once.
- * data_map: the read-only mapping of the producer page and twice the data area; cons_map: the
+ * data_map: the read-only mapping of the producer page and the data area (once: a sample that wraps
+ * past the area's end is copied in two pieces; a header never wraps); cons_map: the
  * writable consumer page; size: the data area's bytes (a power of two); page: the page size. */
 static PyObject *ring_read(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
@@ -40,7 +42,7 @@ static PyObject *ring_read(PyObject *mod, PyObject *const *args, Py_ssize_t narg
         return NULL;
     }
     PyObject *out = NULL;
-    if (data.len < page + 2 * size || cons.len < 8 || ((uintptr_t)data.buf & 7) || ((uintptr_t)cons.buf & 7)) {
+    if (data.len < page + size || cons.len < 8 || ((uintptr_t)data.buf & 7) || ((uintptr_t)cons.buf & 7)) {
         PyErr_SetString(PyExc_ValueError, "read: mappings smaller than the ring or not 8-byte aligned");
         goto done;
     }
@@ -62,7 +64,15 @@ static PyObject *ring_read(PyObject *mod, PyObject *const *args, Py_ssize_t narg
             break;
         }
         if (!(len & DISCARD_BIT)) {
-            PyObject *b = PyBytes_FromStringAndSize(rec + HEADER, n); /* the data area is mapped twice: no wrap */
+            uint64_t start = (c + HEADER) & mask; /* the header never wraps; the sample may */
+            uint64_t first = (uint64_t)size - start < n ? (uint64_t)size - start : n;
+            PyObject *b;
+            if (first == n) {
+                b = PyBytes_FromStringAndSize(base + start, n);
+            } else if ((b = PyBytes_FromStringAndSize(NULL, n)) != NULL) {
+                memcpy(PyBytes_AS_STRING(b), base + start, first);
+                memcpy(PyBytes_AS_STRING(b) + first, base, n - first);
+            }
             if (b == NULL || PyList_Append(out, b) < 0) {
                 Py_XDECREF(b);
                 Py_CLEAR(out);

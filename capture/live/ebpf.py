@@ -150,41 +150,62 @@ def compile_bpf(text: str) -> Any:
 
 
 MADV_PAGEOUT = 21  # Linux 5.4+: reclaim the pages now, contents kept (a later touch reads them back)
-# clang/LLVM/bcc: used to compile, then only if another program is compiled. polars/duckdb: loaded
-# with the CLI (its commands are registered at start) but never used by the recorder, which
-# writes with pyarrow alone.
-_COMPILER_LIBS = ("libLLVM", "libclang", "libbcc", "_polars_runtime", "_duckdb")
 
 
-def release_compiler_memory() -> dict[str, int]:
-    """Give back what compiling the programs left resident, once every program is loaded.
+def release_startup_memory() -> dict[str, int]:
+    """Give back what starting up left resident and the recorder does not use, once every program is
+    loaded.
 
     bcc compiles in-process: clang and LLVM touch ~85 MiB of their own code and leave ~35 MiB of
-    freed heap behind, none of which the recorder uses again (a later compile, e.g. a Go binary's
-    probes, simply reads the pages back); the CLI's analysis libraries hold ~45 MiB more. malloc_trim
-    returns the heap's free pages; MADV_PAGEOUT reclaims the libraries' mapped pages (safe on any
-    mapping: unlike MADV_DONTNEED it never discards contents, so relocated data stays). The kernel
-    skips pages another process maps too (a second bcc user on the node keeps LLVM's shared pages
-    resident). Returns what was done, for the log."""
+    freed heap behind. Importing touches far more of the libraries than recording uses: pyarrow's
+    67 MiB resident after `import pyarrow.parquet, pyarrow.compute` is 18 MiB once it has written a
+    few row groups (measured by paging it out and writing), numpy's 10 MiB and the CLI's polars and
+    duckdb (imported for the analysis commands; the writer uses polars a little) ~45 MiB more. malloc_trim returns the heap's free
+    pages; MADV_PAGEOUT on every file-backed mapping reclaims their resident pages (safe on any
+    mapping: unlike MADV_DONTNEED it never discards contents, so relocated data stays, and anonymous
+    memory is left alone), and what the recorder runs reads its pages back on the first touch: the
+    RSS from then on is the working set. The kernel skips pages another process maps too (a second
+    bcc user on the node keeps LLVM's shared pages resident). Returns what was done, for the log."""
     out = {"trimmed": 0, "paged_out": 0}
     try:
         out["trimmed"] = int(_libc.malloc_trim(0))  # 1 if memory was released (glibc)
     except AttributeError:  # not glibc
         pass
+    # files only: not the heap, anonymous memory, [vdso], the BPF maps' anon_inode mappings, devices
+    out["paged_out"] = _page_out(lambda path: path.startswith("/") and not path.startswith("/dev/") and not path.endswith("(deleted)"))
+    return out
+
+
+# Code the recorder never runs once its programs are loaded: the compiler (Go binaries found later are
+# attached to programs loaded at the start, nothing is compiled again) and duckdb (imported with the CLI
+# for the analysis commands). Not polars: flowtape/conform.py builds Arrow from row dicts with it.
+_UNUSED_LIBS = ("/libLLVM", "/libclang", "/_duckdb")
+
+
+def release_unused_libraries() -> int:
+    """MADV_PAGEOUT on the libraries the running recorder never uses, again: the kernel skipped the
+    pages another process mapped too when release_startup_memory ran (other bcc users map libLLVM),
+    and they become ours alone when that process exits. Cheap (a read of /proc/self/maps and a few
+    madvise calls), so the recorder repeats it every RELEASE_EVERY_S. Returns the bytes advised."""
+    return _page_out(lambda path: any(lib in path for lib in _UNUSED_LIBS))
+
+
+def _page_out(select: Any) -> int:
     madvise = _libc.madvise
     madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     try:
         maps = Path("/proc/self/maps").read_text().splitlines()
     except OSError:
-        return out
+        return 0
+    advised = 0
     for line in maps:
-        fields = line.split()
-        if len(fields) < 6 or not any(lib in fields[5] for lib in _COMPILER_LIBS):
+        fields = line.split(maxsplit=5)
+        if len(fields) < 6 or not select(fields[5]):
             continue
         start, end = (int(x, 16) for x in fields[0].split("-"))
         if madvise(start, end - start, MADV_PAGEOUT) == 0:
-            out["paged_out"] += end - start
-    return out
+            advised += end - start
+    return advised
 
 
 # --- attaching --------------------------------------------------------------------------------

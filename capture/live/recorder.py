@@ -38,9 +38,10 @@ from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
 
 PROBES = ("flows", "connections", "l7", "gotls", "goroutines")  # gotls: Go programs' HTTPS, read by the l7 probe; goroutines: their http.goroutine and go_spawns
 L7_ROWS_EVERY_S = 1.0  # how often decoded L7 rows are handed to the writer
+RELEASE_EVERY_S = 30.0  # how often the libraries the recorder never runs are paged out again (ebpf.release_unused_libraries)
 
 
-LIVE_ROW_GROUP_ROWS = 1 << 16  # see run(): bounds the rows a table holds in memory before they are written
+LIVE_ROW_GROUP_ROWS = 1 << 14  # see run(): bounds the rows a table holds in memory before they are written
 
 
 @dataclass
@@ -417,7 +418,9 @@ class Recorder:
         # the previous run's last manifest update: from there until now nothing was recorded
         last_seen = read_manifest(opts.out).get("updated_ns") if resume else None
         # Row groups of at most LIVE_ROW_GROUP_ROWS: with the writer's default (1M rows) a busy node held a
-        # whole rotation's rows in memory as Arrow (+150 MiB of RSS at 5k HTTP rows/s, bench_l7 --soak).
+        # whole rotation's rows in memory as Arrow (+150 MiB of RSS at 5k HTTP rows/s, bench_l7 --soak); 64k
+        # rows still held up to 24 MiB of Arrow buffers (the http table filled one in ~12 s), 16k hold ~8 for
+        # 0.35 % more bytes on disk (more dictionary pages), measured in the same soak.
         self.writer = TapeWriter(opts.out, node=opts.node, rotate_seconds=opts.rotate, clock=clock, append=resume,
                                  row_group_rows=LIVE_ROW_GROUP_ROWS)
         # read now: the tape is analysed elsewhere, where this host's names are not at hand
@@ -449,7 +452,7 @@ class Recorder:
             if self.kube is not None:
                 probes.append("k8s")
             ifaces = ", ".join(i.name for i in self.flows.plan.values()) if self.flows else "-"
-            ebpf.release_compiler_memory()  # every program is loaded: the compiler's pages are not needed
+            ebpf.release_startup_memory()  # every program is loaded: what compiling and importing touched goes back
             print(f"flowtape: recording to {opts.out} (probes: {', '.join(probes)}; interfaces: {ifaces}); Ctrl-C to stop",
                   file=self.status, flush=True)
             self._loop(time.monotonic())
@@ -507,6 +510,7 @@ class Recorder:
         next_flush = t0 + opts.flow_interval
         next_status = t0 + 1.0
         next_l7 = t0 + L7_ROWS_EVERY_S
+        next_release = t0 + RELEASE_EVERY_S
         last_events, last_status = 0, t0
         quiet = not self.status.isatty()
         while not self.stop_requested:
@@ -537,6 +541,9 @@ class Recorder:
                     self.l7.scan_go()  # Go programs started since the last look (their HTTPS)
             assert self.writer is not None
             self.writer.maybe_rotate()
+            if now >= next_release:
+                ebpf.release_unused_libraries()
+                next_release = now + RELEASE_EVERY_S
             if now >= next_status:
                 rate = (self.events - last_events) / max(now - last_status, 1e-3)
                 last_events, last_status = self.events, now

@@ -7,14 +7,21 @@ without a system call per record (Documentation/bpf/ringbuf.rst): the map fd mma
 
     page 0              consumer position (u64, read-write: we advance it)
     page 1              producer position (u64, read-only)
-    page 2 ...          data, max_entries bytes, mapped twice in a row so that a record
-                        wrapping past the end reads as one contiguous slice
+    page 2 ...          data, max_entries bytes (the kernel also offers them twice in a row so
+                        that a record wrapping past the end reads as one slice; we map them
+                        once, see below)
 
 and each record is an 8-byte header (u32 length with BUSY and DISCARD bits, u32 page offset)
 followed by the sample, the whole rounded up to 8 bytes. `RingReader.read()` copies out every
 committed record up to the producer position and then advances the consumer position once.
 Our programs submit with BPF_RB_NO_WAKEUP and the recorder reads on its own clock, so there is
 no epoll here.
+
+The data area is mapped once, not twice: the kernel populates every page of a ring mapping at
+mmap time, so the second copy counted the whole ring again in the recorder's RSS (16 + 8 MiB for
+the L7 and connection rings) for the rare record that wraps. A record header never wraps (records
+are 8-byte aligned and the area's size is a power of two >= a page); a sample that does is read
+in two pieces.
 
 Positions are loaded and stored with single aligned 8-byte accesses (numpy scalars / ctypes),
 never byte by byte (struct's '<Q' assembles bytes): the kernel reads the consumer position
@@ -60,7 +67,7 @@ class RingReader:
         self.size = size
         self.mask = size - 1
         self._cons_map = mmap.mmap(map_fd, PAGE, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
-        self._data_map = mmap.mmap(map_fd, PAGE + 2 * size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=PAGE)
+        self._data_map = mmap.mmap(map_fd, PAGE + size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ, offset=PAGE)
         self._cons = ctypes.c_uint64.from_buffer(self._cons_map)
         self._prod = np.frombuffer(self._data_map, dtype=np.uint64, count=1)
         self._words = np.frombuffer(self._data_map, dtype=np.uint32)  # record headers, read as whole words
@@ -88,8 +95,15 @@ class RingReader:
             if length & BUSY_BIT:
                 break
             size = length & ~(BUSY_BIT | DISCARD_BIT)
+            if size + HEADER > mask + 1:
+                raise ValueError(f"ring buffer record of {size} bytes in a ring of {mask + 1}: the ring is corrupt")
             if not length & DISCARD_BIT:
-                append(view[at + HEADER : at + HEADER + size].tobytes())
+                start = (cons + HEADER) & mask  # the header never wraps; the sample may
+                first = min(size, mask + 1 - start)
+                sample = view[base + start : base + start + first].tobytes()
+                if first < size:
+                    sample += view[base : base + size - first].tobytes()
+                append(sample)
             cons += (size + HEADER + 7) & ~7
         if out or cons != self._cons.value:
             self._cons.value = cons

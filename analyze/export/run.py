@@ -454,7 +454,9 @@ def export(tape: Tape, options: ExportOptions, sink: OtlpHttp | JsonLines, check
         tape.sql(f"SET temp_directory = '{o.temp_directory}'")
     target = _Target(sink, o, checkpoint, summary)
     resources = Resources()
-    sides = sp.HttpSides(tape, f, o.slice_rows)
+    # the reference encoder keeps the reference naming too (every row named by enriched_http):
+    # tests/test_export_wire.py holds the fast path to it whole
+    sides = sp.HttpSides(tape, f, o.slice_rows, naming="keyed" if o.encoder == "columnar" else "enriched")
     want_traces, want_metrics = "traces" in o.signals, "metrics" in o.signals
     need_http = (want_traces and not target.done("http")) or (want_metrics and not target.done("metrics"))
     names: dict[int, tuple] = {}

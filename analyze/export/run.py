@@ -576,7 +576,7 @@ def _metrics(tape: Tape, sides: sp.HttpSides, names: dict[int, tuple], target: _
     acc = m.Accumulator(w)
     q = m.http_slice_sql(w)
     for sl in sides.slices:
-        sides.materialize(sl, table=False)
+        sides.materialize(sl, table=False, wide=True)
         m.add_rows(acc, iter(tape.sql(q).fetchall()), names)
     m.add_rows(acc, m.dns_rows(tape, o.filters, w), names)
     tape.enriched("flows").create_view("ftx_flows", replace=True)

@@ -279,14 +279,14 @@ GROUP BY ALL"""
 
 
 def cut_keys_sql(src: str, endpoints: list[tuple[str, str]]) -> tuple[str, str]:
-    """(joins, columns) giving each endpoint's key `__k<i>` (BIGINT) for rows of `src` with `__t`
+    """(joins, columns) giving each endpoint's key `__k<i>` for rows of `src` with `__t`
     (epoch ns): the IP's last cut (ft_ip_cuts) at or before __t, 0 when it has none. Nothing
     renames the IP between its key and __t, so key_names_sql names each distinct (ip, key) once
     and every row with it is named as the per-row time-aware join would name it."""
     joins = "\n".join(f"    LEFT JOIN ft_ip_cuts __c{i} ON __c{i}.ip = {src}.{ip}" for i, (_, ip) in enumerate(endpoints))
     k_cols = ", ".join(
-        f"(CASE WHEN __c{i}.ip IS NULL THEN 0 WHEN __c{i}.last <= {src}.__t THEN __c{i}.last "
-        f"ELSE coalesce(list_max(list_filter(__c{i}.cuts, lambda x: x <= {src}.__t)), 0) END)::BIGINT AS __k{i}"
+        f"CASE WHEN __c{i}.ip IS NULL THEN 0 WHEN __c{i}.last <= {src}.__t THEN __c{i}.last "
+        f"ELSE coalesce(list_max(list_filter(__c{i}.cuts, lambda x: x <= {src}.__t)), 0) END AS __k{i}"
         for i in range(len(endpoints))
     )
     return joins, k_cols

@@ -19,13 +19,16 @@ import duckdb
 
 from . import sums
 from .engines import Engine, make_engine
-from .enrich import DEFAULT_LABELS, create_views
+from .enrich import DEFAULT_LABELS, create_views, cut_keyed_sql
 
 if TYPE_CHECKING:
     from ..reader import Tape
     from .api import Reports
 
 ENRICHED = ("http", "connections", "flows", "dns")
+
+HTTP_KEYED_ENDPOINTS = [("client", "client_ip"), ("server", "server_ip")]
+"""The endpoints of http_keyed()'s rows: `__k0` keys client_ip, `__k1` server_ip."""
 
 
 class Analysis:
@@ -77,6 +80,15 @@ class Analysis:
         """The name of a temporary table `build(name)` creates once per open tape and `key`
         (the traces view's stitching: analyze.reports.traces)."""
         return self._once(kind, key, build)
+
+    def http_keyed(self) -> str:
+        """A view of the exchange rows of enriched_http, unnamed: each with `__t` (epoch ns of
+        `ts`) and the cut key of its client and server IP (HTTP_KEYED_ENDPOINTS, enrich.cut_keyed_sql).
+        For readers that carry a key per endpoint and name each distinct (ip, key) once with
+        enrich.key_names_sql (the exporter): naming every row costs ~3 us per row, this ~0.1."""
+        def build(name: str) -> None:
+            self.con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {cut_keyed_sql('ft_http_x', 'ts', HTTP_KEYED_ENDPOINTS)}")
+        return self._once("keyed", "http", build)
 
     def http_sums(self, time_filter: str = "true") -> str:
         """See sums.build_http_sums; `time_filter` is a condition on the request's `ts`."""

@@ -269,18 +269,39 @@ def ip_keyed_sums_sql(base: str, ts: str, endpoints: list[tuple[str, str]], grou
     outlive a tape) take it without searching its cut list.
     """
     ips = ", ".join(ip for _, ip in endpoints)
-    joins = "\n".join(f"    LEFT JOIN ft_ip_cuts __c{i} ON __c{i}.ip = b.{ip}" for i, (_, ip) in enumerate(endpoints))
-    k_cols = ", ".join(
-        f"CASE WHEN __c{i}.ip IS NULL THEN 0 WHEN __c{i}.last <= b.__t THEN __c{i}.last "
-        f"ELSE coalesce(list_max(list_filter(__c{i}.cuts, lambda x: x <= b.__t)), 0) END AS __k{i}"
-        for i in range(len(endpoints))
-    )
+    joins, k_cols = cut_keys_sql("b", endpoints)
     return f"""
 WITH b AS (SELECT *, epoch_ns({ts}) AS __t FROM {base})
 SELECT {group}, {ips}, {k_cols}, {aggregates}
 FROM b
 {joins}
 GROUP BY ALL"""
+
+
+def cut_keys_sql(src: str, endpoints: list[tuple[str, str]]) -> tuple[str, str]:
+    """(joins, columns) giving each endpoint's key `__k<i>` for rows of `src` with `__t`
+    (epoch ns): the IP's last cut (ft_ip_cuts) at or before __t, 0 when it has none. Nothing
+    renames the IP between its key and __t, so key_names_sql names each distinct (ip, key) once
+    and every row with it is named as the per-row time-aware join would name it."""
+    joins = "\n".join(f"    LEFT JOIN ft_ip_cuts __c{i} ON __c{i}.ip = {src}.{ip}" for i, (_, ip) in enumerate(endpoints))
+    k_cols = ", ".join(
+        f"CASE WHEN __c{i}.ip IS NULL THEN 0 WHEN __c{i}.last <= {src}.__t THEN __c{i}.last "
+        f"ELSE coalesce(list_max(list_filter(__c{i}.cuts, lambda x: x <= {src}.__t)), 0) END AS __k{i}"
+        for i in range(len(endpoints))
+    )
+    return joins, k_cols
+
+
+def cut_keyed_sql(base: str, ts: str, endpoints: list[tuple[str, str]]) -> str:
+    """Every row of `base` with `__t` (epoch ns of `ts`) and each endpoint's key `__k<i>`
+    (cut_keys_sql), unnamed: for readers that carry one key per endpoint instead of its names
+    (the exporter names each distinct (ip, key) once, key_names_sql)."""
+    joins, k_cols = cut_keys_sql("b", endpoints)
+    return f"""
+WITH b AS (SELECT *, epoch_ns({ts}) AS __t FROM {base})
+SELECT b.*, {k_cols}
+FROM b
+{joins}"""
 
 
 def key_names_sql(src: str, endpoints: list[tuple[str, str]], fields: tuple[str, ...] = NAME_FIELDS) -> str:

@@ -5,6 +5,7 @@ RPC conventions, checked through a real receiver (ddapm-test-agent)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import random
 
@@ -128,6 +129,58 @@ def test_json_lines_are_the_references(tmp_path):
         sink.commit()
         out[enc] = (tmp_path / f"{enc}.jsonl").read_bytes()
     assert out["columnar"] == out["reference"] and out["columnar"].count(b"\n") > 10
+
+
+# --- the naming: each distinct (ip, cut) named once, against every row named --------------------------
+
+def _json_lines(tmp_path, tape_path, encoder: str, filters: Filters = Filters(), slice_rows: int = sp.SLICE_ROWS) -> bytes:
+    out = tmp_path / f"{encoder}.jsonl"
+    sink = JsonLines(out)
+    export(flowtape.open(tape_path), ExportOptions(signals=("traces",), encoder=encoder, filters=filters, slice_rows=slice_rows), sink)
+    sink.commit()
+    return out.read_bytes()
+
+
+INCIDENT = FIXTURES / "synth-incident.tape"
+_T0 = dt.datetime(2024, 3, 3, 2, 1, tzinfo=dt.timezone.utc)  # synth-incident's window is 02:00-02:05 UTC
+
+
+@pytest.mark.parametrize("which,filters", [
+    (TINY, Filters()),  # a ClusterIP substituted by its pod; names that change inside the tape
+    ("grpc", Filters()),
+    (INCIDENT, Filters(_T0, _T0 + dt.timedelta(minutes=2), None)),  # a window: pairing candidates beyond its edges
+    (INCIDENT, Filters(None, None, "monitoring")),  # a namespace: both ends' names are read again
+], ids=["tiny", "grpc", "incident-window", "incident-namespace"])
+def test_keyed_naming_exports_what_naming_every_row_does(tmp_path, grpc, which, filters):
+    """The columnar path names each distinct (ip, cut key) once (Analysis.http_keyed); the
+    reference names every row through enriched_http (the naming the reports show). Their JSON
+    Lines files must be the same bytes: names, resources, peer attributes, ids, order."""
+    tape = _tape_of(grpc, which)
+    got = _json_lines(tmp_path, tape, "columnar", filters, slice_rows=4000)
+    ref = _json_lines(tmp_path, tape, "reference", filters, slice_rows=4000)
+    assert got == ref
+    spans = sum(len(ss["spans"]) for line in got.splitlines() for rs in json.loads(line)["resourceSpans"] for ss in rs["scopeSpans"])
+    assert spans > (1000 if which == INCIDENT and not filters.namespace else 5)
+    if which == INCIDENT and filters.namespace:
+        assert spans < flowtape.open(tape).rows("http")  # the filter kept some spans out
+
+
+def test_every_row_is_named_as_enriched_http_names_it():
+    """Per exchange row, the names of its client and server by cut key (ftx_names by hash(ip, key))
+    equal enriched_http's, on a tape whose IPs change owner (synth-incident: 105 cuts)."""
+    t = flowtape.open(INCIDENT)
+    a = t.analysis
+    fields = ", ".join(sp.NAME_FIELDS)
+    keyed = t.sql(f"""SELECT k.ts, k.node, k.side, k.client_ip, k.client_port, {', '.join(f'c.r_{x}' for x in sp.NAME_FIELDS)}, {', '.join(f's.r_{x}' for x in sp.NAME_FIELDS)}
+        FROM {a.http_keyed()} k
+        JOIN ({sp.key_names_sql(f"{a.http_keyed()}", sp.HTTP_KEYED_ENDPOINTS, sp.NAME_FIELDS)}) c ON c.ip IS NOT DISTINCT FROM k.client_ip AND c.k = k.__k0
+        JOIN ({sp.key_names_sql(f"{a.http_keyed()}", sp.HTTP_KEYED_ENDPOINTS, sp.NAME_FIELDS)}) s ON s.ip IS NOT DISTINCT FROM k.server_ip AND s.k = k.__k1
+        ORDER BY ALL""").fetchall()
+    every = t.sql(f"""SELECT ts, node, side, client_ip, client_port, {', '.join(f'client_{x}' for x in sp.NAME_FIELDS)}, {', '.join(f'server_{x}' for x in sp.NAME_FIELDS)}
+        FROM enriched_http ORDER BY ALL""").fetchall()
+    assert len(keyed) == len(every) == t.sql("SELECT count(*) FROM ft_http_x").fetchall()[0][0] > 10_000
+    assert keyed == every
+    assert len({r[5:] for r in every}) > 50  # many distinct name pairs, not one
 
 
 # --- the wire format's pieces against protobuf's --------------------------------------------------

@@ -454,7 +454,9 @@ def export(tape: Tape, options: ExportOptions, sink: OtlpHttp | JsonLines, check
         tape.sql(f"SET temp_directory = '{o.temp_directory}'")
     target = _Target(sink, o, checkpoint, summary)
     resources = Resources()
-    sides = sp.HttpSides(tape, f, o.slice_rows)
+    # the reference encoder keeps the reference naming too (every row named by enriched_http):
+    # tests/test_export_wire.py holds the fast path to it whole
+    sides = sp.HttpSides(tape, f, o.slice_rows, naming="keyed" if o.encoder == "columnar" else "enriched")
     want_traces, want_metrics = "traces" in o.signals, "metrics" in o.signals
     need_http = (want_traces and not target.done("http")) or (want_metrics and not target.done("metrics"))
     names: dict[int, tuple] = {}
@@ -574,7 +576,7 @@ def _metrics(tape: Tape, sides: sp.HttpSides, names: dict[int, tuple], target: _
     acc = m.Accumulator(w)
     q = m.http_slice_sql(w)
     for sl in sides.slices:
-        sides.materialize(sl, table=False)
+        sides.materialize(sl, table=False, wide=True)
         m.add_rows(acc, iter(tape.sql(q).fetchall()), names)
     m.add_rows(acc, m.dns_rows(tape, o.filters, w), names)
     tape.enriched("flows").create_view("ftx_flows", replace=True)

@@ -29,7 +29,8 @@ import datetime as dt
 from dataclasses import dataclass
 
 from ...reader import Tape
-from ..enrich import GRPC_ERROR_CODES, NAME_FIELDS
+from ..analysis import HTTP_KEYED_ENDPOINTS
+from ..enrich import GRPC_ERROR_CODES, NAME_FIELDS, key_names_sql
 from ..reports.filters import Filters
 from ..sums import ROUTE
 from .semconv import HTTP_METHODS, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR, Attr, attribute_items_sql, attributes_json_sql, endpoint_service_sql
@@ -68,29 +69,43 @@ class HttpSides:
     """The HTTP rows of a tape in the window of `filters`, as time slices of `ftx_slice` rows:
     every `http` row once, both ends named (`c_*`, `s_*`), with its ids' inputs."""
 
-    def __init__(self, tape: Tape, filters: Filters, slice_rows: int = SLICE_ROWS):
-        self.tape, self.filters, self.slice_rows = tape, filters, slice_rows
+    def __init__(self, tape: Tape, filters: Filters, slice_rows: int = SLICE_ROWS, naming: str = "keyed"):
+        self.tape, self.filters, self.slice_rows, self.naming = tape, filters, slice_rows, naming
         self.slices: list[Slice] = []
 
     def build(self) -> None:
         t, f = self.tape, self.filters
-        t.enriched("http").create_view("ftx_http", replace=True)
         t.sql(f"CREATE OR REPLACE TABLE ftx_routes AS SELECT path, {ROUTE.format(path='path')} AS route FROM (SELECT DISTINCT path FROM http)")
-        names = ", ".join(f"{{p}}_{x} AS {x}" for x in NAME_FIELDS)
-        t.sql(f"""CREATE OR REPLACE TABLE ftx_names AS
-            SELECT DISTINCT {_names_hash('client')} AS nid, {names.format(p='client')} FROM ftx_http
-            UNION SELECT DISTINCT {_names_hash('server')} AS nid, {names.format(p='server')} FROM ftx_http""")
         # the exchange rows (pairing candidates included) a little beyond the window, so a server
         # side just inside it still finds its client side
         lo = _widened(f)
         e_cols = ", ".join(_E_COLS)
+        if self.naming == "keyed":
+            # each row carries the cut key of its client and server IP (enrich.cut_keyed_sql), and
+            # each distinct (ip, key) is named once: naming every row (enriched_http, twice: for
+            # ftx_names and for ftx_e) was a third of the export's CPU time
+            src, cn, sn, keys = self.tape.analysis.http_keyed(), "hash(client_ip, __k0)", "hash(server_ip, __k1)", ", __k0, __k1"
+        else:
+            t.enriched("http").create_view("ftx_http", replace=True)
+            src, cn, sn, keys = "ftx_http", _names_hash("client"), _names_hash("server"), ""
         t.sql(f"""CREATE OR REPLACE TABLE ftx_e AS
             SELECT t, side, node, client_ip, client_port, sock_ip, sock_port, server_ip, t1, {e_cols}, cn, sn,
-                   md5({_key('node', 'side', 't', 'client_ip', 'client_port', 'sock_ip', 'sock_port')}) AS m
+                   md5({_key('node', 'side', 't', 'client_ip', 'client_port', 'sock_ip', 'sock_port')}) AS m{keys}
             FROM (SELECT epoch_ns(ts) AS t, side, node, client_ip, client_port, seen_server_ip AS sock_ip, server_port AS sock_port, server_ip,
-                         epoch_ns(ts_response) AS t1, {e_cols}, {_names_hash('client')} AS cn, {_names_hash('server')} AS sn
-                  FROM ftx_http WHERE {lo.time_sql('ts')})
+                         epoch_ns(ts_response) AS t1, {e_cols}, {cn} AS cn, {sn} AS sn{keys}
+                  FROM {src} WHERE {lo.time_sql('ts')})
             ORDER BY t""")
+        if self.naming == "keyed":
+            ends = HTTP_KEYED_ENDPOINTS
+            t.sql(f"""CREATE OR REPLACE TABLE ftx_names AS
+                SELECT hash(ip, k) AS nid, {', '.join(f'r_{x} AS {x}' for x in NAME_FIELDS)} FROM ({key_names_sql('ftx_e', ends, NAME_FIELDS)})""")
+            t.sql("ALTER TABLE ftx_e DROP COLUMN __k0")
+            t.sql("ALTER TABLE ftx_e DROP COLUMN __k1")
+        else:
+            names = ", ".join(f"{{p}}_{x} AS {x}" for x in NAME_FIELDS)
+            t.sql(f"""CREATE OR REPLACE TABLE ftx_names AS
+                SELECT DISTINCT {_names_hash('client')} AS nid, {names.format(p='client')} FROM ftx_http
+                UNION SELECT DISTINCT {_names_hash('server')} AS nid, {names.format(p='server')} FROM ftx_http""")
         h_cols = ", ".join(f"h.{c}" for c in _E_COLS)
         t.sql(f"""CREATE OR REPLACE TABLE ftx_b AS
             SELECT t, 'server' AS side, node, client_ip, client_port, sock_ip, sock_port, sock_ip AS server_ip, t1, {e_cols},
@@ -126,10 +141,13 @@ class HttpSides:
             slices.append(Slice(start * 1_000_000_000, (per_second[-1][0] + 1) * 1_000_000_000, n))
         return slices
 
-    def materialize(self, sl: Slice, table: bool, con=None) -> None:
+    def materialize(self, sl: Slice, table: bool, con=None, wide: bool = False) -> None:
         """Create ftx_slice on `con` (a cursor of the tape's connection; default the tape's): the
-        rows of `sl`, server sides paired and every row named; a table when several queries read
-        it, else a view. ftx_e, ftx_b, ftx_names and ftx_routes are plain (not TEMP) tables of the
+        rows of `sl`, server sides paired and every row's peer named (`q_*`: the server of a
+        client row, the client of a server row); `wide`: both ends named too (`c_*`, `s_*`: the
+        metrics read them); a table when several queries read it, else a view. A table's width
+        is what writing it costs: the spans need the peer's names only (13 columns, where both
+        ends' were 26 and took a third of the slice's time). ftx_e, ftx_b, ftx_names and ftx_routes are plain (not TEMP) tables of the
         in-memory database so that two cursors can each work on a slice: a slice is a row group or
         two, which DuckDB scans on one thread, so two slices at a time use both cores."""
         a, b = sl.start_ns, sl.end_ns
@@ -137,8 +155,15 @@ class HttpSides:
         pick = ", ".join(f"pe.{x} AS pair_{x}" for x in ("m", "traceparent", "cn", "sn"))
         common = "side, node, t, t1, client_ip, client_port, sock_ip, sock_port, server_ip, " + ", ".join(_E_COLS) + ", m"
         b_common = ", ".join(f"b.{x}" for x in common.split(", "))
-        nc = ", ".join(f"nc.{x} AS c_{x}" for x in NAME_FIELDS)
-        ns = ", ".join(f"ns.{x} AS s_{x}" for x in NAME_FIELDS)
+        if wide:  # LOCAL_PEER makes q_* from these
+            names = ", ".join(f"nc.{x} AS c_{x}" for x in NAME_FIELDS) + ", " + ", ".join(f"ns.{x} AS s_{x}" for x in NAME_FIELDS)
+            peer_join = ""
+        else:
+            names = ", ".join(f"nq.{x} AS q_{x}" for x in NAME_FIELDS)
+            peer_join = "LEFT JOIN ftx_names nq ON nq.nid = CASE WHEN x.side = 'client' THEN x.sn ELSE x.cn END"
+        ns_filter = self.filters.namespace_sql('nc.namespace', 'ns.namespace')
+        both = wide or bool(self.filters.namespace)
+        end_joins = "LEFT JOIN ftx_names nc ON nc.nid = x.cn LEFT JOIN ftx_names ns ON ns.nid = x.sn" if both else ""
         run = con.execute if con is not None else self.tape.sql
         run("DROP VIEW IF EXISTS ftx_slice")
         run("DROP TABLE IF EXISTS ftx_slice")
@@ -176,9 +201,9 @@ x AS (
     -- `exchange`: the row stands for its exchange (the enriched view's row); a paired server side does not
     SELECT {common}, pair_cn, pair_sn, pair_m, pair_traceparent, false FROM bx
 )
-SELECT x.*, r.route, {nc}, {ns}
-FROM x LEFT JOIN ftx_routes r ON r.path = x.path LEFT JOIN ftx_names nc ON nc.nid = x.cn LEFT JOIN ftx_names ns ON ns.nid = x.sn
-WHERE {self.filters.namespace_sql('nc.namespace', 'ns.namespace')}""")
+SELECT x.*, r.route, {names}
+FROM x LEFT JOIN ftx_routes r ON r.path = x.path {peer_join} {end_joins}
+WHERE {ns_filter if both else 'true'}""")
 
     def close(self) -> None:
         self.tape.sql("DROP VIEW IF EXISTS ftx_slice")
@@ -252,7 +277,7 @@ _HOST_PORT = ("CASE WHEN host LIKE '[%]:%' THEN TRY_CAST(split_part(host, ']:', 
 _SCHEME = "CASE WHEN tls THEN 'https' ELSE 'http' END"
 # where the client sent the request: its Host header, else the name the tape had for the address
 # it connected to, else that address
-_PEER_ADDR = "coalesce(s_dns, sock_ip)"
+_PEER_ADDR = "coalesce(q_dns, sock_ip)"  # read on client rows only, whose peer (q_) is the server
 _AUTHORITY = f"coalesce(host, CASE WHEN contains({_PEER_ADDR}, ':') THEN '[' || {_PEER_ADDR} || ']' ELSE {_PEER_ADDR} END || ':' || sock_port)"
 
 HTTP_CLASS_ATTRS = (
@@ -296,12 +321,13 @@ HTTP_ROW_ATTRS = (
 
 HTTP_ATTRS = HTTP_CLASS_ATTRS + HTTP_ROW_ATTRS
 
-_CLASS = ("side", "method", "status", "tls", "route", "host", "http_version", "user_agent", "sock_ip", "sock_port", "client_ip", "s_dns",
+_CLASS = ("side", "method", "status", "tls", "route", "host", "http_version", "user_agent", "sock_ip", "sock_port", "client_ip",
           "grpc_service", "grpc_method", "grpc_status", "grpc_message", "stream_error",
           "q_kind", "q_workload", "q_service", "q_node", "q_dns", "peer_ip")
 """Every column HTTP_CLASS_ATTRS, the span's name and its status read."""
 
-# The local endpoint (l_*: the side that recorded the row) and its peer (q_*).
+# The local endpoint (l_*: the side that recorded the row) and its peer (q_*), from both ends'
+# names (a wide slice: the metrics).
 LOCAL_PEER = ", ".join(f"CASE WHEN {CLIENT} THEN c_{x} ELSE s_{x} END AS l_{x}, CASE WHEN {CLIENT} THEN s_{x} ELSE c_{x} END AS q_{x}" for x in NAME_FIELDS) + \
     f", CASE WHEN {CLIENT} THEN client_ip ELSE sock_ip END AS local_ip, CASE WHEN {CLIENT} THEN server_ip ELSE client_ip END AS peer_ip"
 
@@ -338,7 +364,9 @@ def http_rows_cte() -> str:
     resource's nid and its class id `cid` (a hash of the class's columns: a 64-bit collision
     among a slice's few thousand classes has a chance about 1e-12)."""
     cls = ", ".join(_CLASS)
-    return f"""s AS (SELECT *, {LOCAL_PEER}, CASE WHEN {CLIENT} THEN cn ELSE sn END AS nid FROM ftx_slice),
+    ends = (f"CASE WHEN {CLIENT} THEN client_ip ELSE sock_ip END AS local_ip, CASE WHEN {CLIENT} THEN server_ip ELSE client_ip END AS peer_ip, "
+            f"CASE WHEN {CLIENT} THEN cn ELSE sn END AS nid")
+    return f"""s AS (SELECT *, {ends} FROM ftx_slice),
 s2 AS (SELECT *, hash({cls}) AS cid FROM s)"""
 
 

@@ -172,16 +172,89 @@ def _count(a: Analysis, sql: str) -> int:
     return a.sql(sql).fetchall()[0][0]
 
 
-def _build(a: Analysis, name: str) -> None:
+PART_ROWS = 1_000_000
+"""Rows per partition of the socket rule (pairing.nearest_clients runs on one at a time): what
+bounds the stitching's memory outside DuckDB (about 100 bytes per row of a partition)."""
+
+
+def _build(a: Analysis, name: str, part_rows: int = PART_ROWS) -> None:
+    """The stitch table `name`, with memory bounded: every per-row table is DuckDB's (which
+    spills past its memory_limit); Python holds one partition of the socket rule at a time (the
+    rows of the sockets whose hash falls in it: a socket's rows are all in one partition, so no
+    row's pair crosses a partition edge and nothing is carried over) and the rows of the trees
+    deeper than one link (the journeys), whose roots are found in numpy."""
+    _links(a, part_rows)
+    con = a.con
+    # roots: a row without a parent is its own; a row whose parent has none hangs from that parent;
+    # only the rows of deeper trees (parent of parent: the caused calls) need pointer jumping,
+    # done on them and their ancestors alone (the same jumps as over the whole forest: a row's
+    # result depends on its ancestors only, and a cycle is in the same set as the rows it traps)
+    con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_deep AS
+        SELECT l.rid, l.prid FROM ft_tr_links l SEMI JOIN ft_tr_links p ON p.rid = l.prid""")
+    up = con.execute("""SELECT rid, prid FROM ft_tr_links
+        WHERE rid IN (SELECT rid FROM ft_tr_deep UNION ALL SELECT prid FROM ft_tr_deep)""").fetchnumpy()
+    rid, prid = up["rid"].astype(np.int64), up["prid"].astype(np.int64)
+    nodes = np.unique(np.concatenate([rid, prid]))
+    local = np.full(len(nodes), -1, np.int64)
+    local[np.searchsorted(nodes, rid)] = np.searchsorted(nodes, prid)
+    root = nodes[_roots(local)]
+    deep = pl.DataFrame({"rid": nodes, "root": root}).filter(pl.col("root") != pl.col("rid")).with_columns(cut=pl.lit(False))
+    # rows whose link was cut (a cycle made them roots): their root is themselves
+    deep = pl.concat([deep, pl.DataFrame({"rid": rid, "root": rid, "cut": True}).filter(pl.col("rid").is_in(deep["rid"].implode()).not_())])
+    con.register("ft_tr_deep_df", deep)
+    con.execute("CREATE OR REPLACE TEMP TABLE ft_tr_deep_roots AS SELECT * FROM ft_tr_deep_df")
+    con.unregister("ft_tr_deep_df")
+    # a root's start and duration (null: not a root), for picking traces without a join; the
+    # link's source as its index in SOURCES (-1: none)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE {name} AS
+        WITH f AS (SELECT r.rid, r.t, r.t1, CASE WHEN d.cut THEN NULL ELSE l.prid END AS prid, CASE WHEN d.cut THEN NULL ELSE l.src END AS src,
+                          coalesce(d.root, l.prid, r.rid) AS root
+                   FROM ft_tr_rows r LEFT JOIN ft_tr_links l ON l.rid = r.rid LEFT JOIN ft_tr_deep_roots d ON d.rid = r.rid)
+        SELECT rid, coalesce(prid, -1) AS prid, root, coalesce(src, -1)::TINYINT AS src,
+               CASE WHEN root = rid THEN t END AS root_t, CASE WHEN root = rid AND t1 IS NOT NULL THEN t1 - t END AS root_ns
+        FROM f""")
+    for t in ("ft_tr_sock", "ft_tr_links", "ft_tr_deep", "ft_tr_deep_roots"):
+        con.execute(f"DROP TABLE IF EXISTS {t}")
+
+
+def _links(a: Analysis, part_rows: int) -> None:
+    """ft_tr_rows, and ft_tr_links: rid, prid, src of every row that has a parent (a server row's
+    socket pair, overridden by its traceparent or TCP seq pair; a client row's cause)."""
+    con = a.con
     wire = _count(a, "SELECT count(*) FROM (SELECT 1 FROM connections WHERE wire_trace_id IS NOT NULL LIMIT 1)") > 0
-    a.con.execute(_rows_sql(has_substitutions(a.con), wire))
+    con.execute(_rows_sql(has_substitutions(con), wire))
     # the rows that carry something more than their socket to link by: every rule but the socket's reads only them
-    a.con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_facts AS SELECT * FROM ft_tr_rows
+    con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_facts AS SELECT * FROM ft_tr_rows
         WHERE tp_span IS NOT NULL OR qseq IS NOT NULL OR tid IS NOT NULL OR goroutine IS NOT NULL OR wire_trace IS NOT NULL""")
-    a.con.execute(_XPAIR.format(skew=SKEW_NS))
+    con.execute(_XPAIR.format(skew=SKEW_NS))
     goroutines = _count(a, "SELECT count(*) FROM (SELECT 1 FROM ft_tr_facts WHERE goroutine IS NOT NULL LIMIT 1)") > 0
-    a.con.execute(_cause_sql(goroutines))
-    # the forest, in numpy: rid is 0..n-1; a server row's socket pair first, the more trusted links over it
+    con.execute(_cause_sql(goroutines))
+    # the socket rule, one hash partition of sockets at a time
+    n = _count(a, "SELECT count(*) FROM ft_tr_rows_t")
+    parts = max(1, -(-n // max(1, part_rows)))
+    con.execute("CREATE OR REPLACE TEMP TABLE ft_tr_sock (rid BIGINT, prid BIGINT)")
+    for k in range(parts):
+        # in rowid order (a scan keeps it): ties at one instant are broken as over the whole table
+        cols = con.execute(f"SELECT rowid AS rid, sk, t, coalesce(t1, -1) AS t1, cli FROM ft_tr_rows_t WHERE sk % {parts} = {k}").fetchnumpy()
+        par = nearest_clients(cols["sk"], cols["t"], cols["t1"], cols["cli"])
+        got = np.flatnonzero(par >= 0)
+        pairs = pl.DataFrame({"rid": cols["rid"][got].astype(np.int64), "prid": cols["rid"][par[got]].astype(np.int64)})
+        del cols, par
+        con.register("ft_tr_sock_df", pairs)
+        con.execute("INSERT INTO ft_tr_sock SELECT * FROM ft_tr_sock_df")
+        con.unregister("ft_tr_sock_df")
+    codes = "[" + ", ".join(f"'{x}'" for x in SOURCES) + "]"
+    # a row is a client (cause) or a server (socket, xpair) row: never both
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE ft_tr_links AS
+        SELECT rid, prid, {SOURCES.index('socket')}::TINYINT AS src FROM ft_tr_sock ANTI JOIN ft_tr_xpair x USING (rid)
+        UNION ALL SELECT rid, prid, (list_position({codes}, source) - 1)::TINYINT FROM ft_tr_xpair
+        UNION ALL SELECT rid, prid, (list_position({codes}, source) - 1)::TINYINT FROM ft_tr_cause""")
+
+
+def _build_whole(a: Analysis, name: str) -> None:
+    """The stitch table `name` as the first version made it, every row's arrays in numpy at once
+    (about 190 bytes per row): the reference _build is checked equal to (tests/test_traces.py)."""
+    _links(a, 1 << 62)
     cols = a.con.execute("SELECT sk, t, coalesce(t1, -1) AS t1, cli FROM ft_tr_rows_t").fetchnumpy()  # in rowid order
     n = len(cols["t"])
     parent = nearest_clients(cols["sk"], cols["t"], cols["t1"], cols["cli"])
@@ -197,9 +270,6 @@ def _build(a: Analysis, name: str) -> None:
     root = _roots(parent)
     idx = np.arange(n)
     parent = np.where((parent >= 0) & (root == idx), -1, parent)  # a row left a root by cutting a cycle
-    # a root's start and duration (null: not a root), for picking traces without a join; the
-    # link's source as its index in SOURCES (-1: none). Copied into a table: the reports read it
-    # by joins, which a registered frame serves slower (0.6 s more on 3.9M rows)
     forest = pl.DataFrame({"rid": idx, "prid": parent, "root": root, "src": np.where(parent >= 0, source, -1).astype(np.int8),
                            "root_t": np.where(root == idx, t, -1), "root_ns": np.where((root == idx) & (t1 >= 0), t1 - t, -1)})
     forest = forest.with_columns(pl.when(pl.col("root_t") >= 0).then(pl.col("root_t")).alias("root_t"),

@@ -81,7 +81,8 @@ class Agent:
         _unavailable("ddapm-test-agent did not answer within 60 s")
 
     def get(self, path: str, token: str) -> list:
-        with urllib.request.urlopen(f"{self.url}{path}?test_session_token={token}", timeout=30) as r:
+        # 120 s: the agent turns a session of tens of thousands of spans into JSON slowly on a loaded machine (30 s timed out at load 10)
+        with urllib.request.urlopen(f"{self.url}{path}?test_session_token={token}", timeout=120) as r:
             return json.load(r)
 
     def traces(self, token: str) -> list[dict]:

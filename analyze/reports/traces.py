@@ -25,7 +25,11 @@ OTLP exporter's. A tree's trace id is its root's traceparent trace id, else the 
 the tree, else the wire trace id, else the root row's md5: the same tape gives the same traces.
 
 Stitching (the links and ids of every row) is done once per open tape, whatever the filters;
-names are given only to the spans selected (naming core: analyze.enrich).
+names are given only to the spans selected (naming core: analyze.enrich). Its memory is bounded:
+every table of one row per http row is DuckDB's (spilled past its memory_limit); Python holds one
+hash partition of sockets for the socket rule (PART_ROWS rows: the rule never pairs rows of two
+sockets, so nothing is carried between partitions) and the rows of trees deeper than one link
+(the calls caused by requests), whose roots are found by pointer jumping (_build).
 """
 
 from __future__ import annotations
@@ -325,13 +329,18 @@ def traces(a: Analysis, by: str = "workload", filters: Filters | None = None, tr
 def span_ids(a: Analysis) -> str:
     """The name of a temporary table of every http row's ids, keyed by `m`, the md5 its span id
     derives from (the OTLP exporter's row key: node|side|request ns|client ip|client port|server
-    ip|server port as the socket saw it): m, trace_id, span_id, parent_span_id, source. What the
-    exporter's spans take their trace and parent ids from."""
+    ip|server port as the socket saw it): m, trace_id, span_id, parent_span_id, parent_m (the
+    parent's row key: for a server row, the client row of its exchange), source. What the OTLP
+    exporter's spans take their ids from (analyze.export.spans.HttpSides.build), and how it finds
+    the client side of a server side it names. A key two rows share (one node, side, request
+    nanosecond and socket: rows no id can tell apart) is listed once."""
     st = stitch(a)
     a.con.execute(f"CREATE OR REPLACE TEMP TABLE ft_tr_pick AS SELECT root, root_t, root_ns FROM {st} WHERE root_t IS NOT NULL")
     _select(a, st)
     a.con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_span_ids AS
-        SELECT s.m, i.trace_id, i.span_id, i.parent_span_id, s.source FROM ft_tr_sel s JOIN ft_tr_ids i USING (rid)""")
+        SELECT s.m, min(i.trace_id) AS trace_id, min(i.span_id) AS span_id, min(i.parent_span_id) AS parent_span_id,
+               min(i.parent_m) AS parent_m, min(s.source) AS source
+        FROM ft_tr_sel s JOIN ft_tr_ids i USING (rid) GROUP BY s.m""")
     return "ft_tr_span_ids"
 
 
@@ -369,9 +378,9 @@ def _select(a: Analysis, st: str) -> bool:
     a.con.execute(f"""CREATE OR REPLACE TEMP TABLE ft_tr_ids AS
         WITH firsts AS (SELECT tp_span, arg_min(rid, (t, nk)) AS rid FROM ft_tr_rows
                         WHERE cli AND tp_span IN (SELECT tp_span FROM ft_tr_sel WHERE cli AND tp_span IS NOT NULL) GROUP BY tp_span),
-        ids AS (SELECT s.rid, CASE WHEN fi.rid IS NOT NULL THEN s.tp_span ELSE left(s.m, 16) END AS span_id FROM ft_tr_sel s LEFT JOIN firsts fi ON fi.rid = s.rid),
+        ids AS (SELECT s.rid, s.m, CASE WHEN fi.rid IS NOT NULL THEN s.tp_span ELSE left(s.m, 16) END AS span_id FROM ft_tr_sel s LEFT JOIN firsts fi ON fi.rid = s.rid),
         tr AS (SELECT root, min(tp_trace) AS any_tp, min(wire_trace) AS any_wire FROM ft_tr_sel GROUP BY root)
-        SELECT s.rid, i.span_id, p.span_id AS parent_span_id, coalesce(r.tp_trace, tr.any_tp, r.wire_trace, tr.any_wire, r.m) AS trace_id
+        SELECT s.rid, i.span_id, p.span_id AS parent_span_id, p.m AS parent_m, coalesce(r.tp_trace, tr.any_tp, r.wire_trace, tr.any_wire, r.m) AS trace_id
         FROM ft_tr_sel s JOIN ids i ON i.rid = s.rid LEFT JOIN ids p ON p.rid = s.prid JOIN tr ON tr.root = s.root JOIN ft_tr_sel r ON r.rid = s.root""")
     return processes
 

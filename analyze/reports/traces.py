@@ -185,80 +185,101 @@ def _build(a: Analysis, name: str, part_rows: int = PART_ROWS) -> None:
     """The stitch table `name`, with memory bounded: every per-row table is DuckDB's (which
     spills past its memory_limit); Python holds one partition of the socket rule at a time (the
     rows of the sockets whose hash falls in it: a socket's rows are all in one partition, so no
-    row's pair crosses a partition edge and nothing is carried over) and the rows of the trees
-    deeper than one link (the journeys), whose roots are found in numpy."""
-    _links(a, part_rows)
+    row's pair crosses a partition edge and nothing is carried over), the links of the other
+    rules (rows that carry facts: a few percent) and the rows of the trees deeper than one link
+    (the caused calls), whose roots are found in numpy."""
+    _rules(a)
     con = a.con
+    codes = "[" + ", ".join(f"'{x}'" for x in SOURCES) + "]"
+    # the more trusted links, over the socket's: a row is a client (cause) or a server (xpair) row, never both
+    ov = con.execute(f"""SELECT rid, prid, (list_position({codes}, source) - 1)::TINYINT AS src, cause FROM (
+        SELECT rid, prid, source, false AS cause FROM ft_tr_xpair UNION ALL SELECT rid, prid, source, true FROM ft_tr_cause) ORDER BY rid""").fetchnumpy()
+    ov_rid, ov_prid, ov_src = ov["rid"].astype(np.int64), ov["prid"].astype(np.int64), ov["src"].astype(np.int8)
+    callers = np.sort(ov_rid[ov["cause"]])  # client rows with a parent: parents that may have one
+    targets = np.unique(ov_prid[ov["cause"]])  # server rows that caused a call: parents that may have one
+    near = np.unique(np.concatenate([callers, targets]))
+    n = _count(a, "SELECT count(*) FROM ft_tr_rows_t")
+    parts = max(1, -(-n // max(1, part_rows)))
+    con.execute("CREATE OR REPLACE TEMP TABLE ft_tr_part (rid BIGINT, prid BIGINT, src TINYINT, t BIGINT, t1 BIGINT)")
+    up_rid, up_prid = [], []  # links of rows that may be in a tree deeper than one link, or its parents
+    for k in range(parts):
+        # in rowid order (a scan keeps it): ties at one instant are broken as over the whole table
+        cols = con.execute(f"SELECT rowid AS rid, sk, t, coalesce(t1, -1) AS t1, cli FROM ft_tr_rows_t WHERE sk % {parts} = {k}").fetchnumpy()
+        rid = cols["rid"].astype(np.int64)
+        par = nearest_clients(cols["sk"], cols["t"], cols["t1"], cols["cli"])
+        prid = np.where(par >= 0, rid[np.maximum(par, 0)], -1)
+        src = np.where(par >= 0, SOURCES.index("socket"), -1).astype(np.int8)
+        if len(ov_rid):
+            pos = np.minimum(np.searchsorted(ov_rid, rid), len(ov_rid) - 1)
+            hit = ov_rid[pos] == rid
+            prid[hit], src[hit] = ov_prid[pos[hit]], ov_src[pos[hit]]
+            keep = (prid >= 0) & (_isin(prid, near) | _isin(rid, near))
+            up_rid.append(rid[keep])
+            up_prid.append(prid[keep])
+        part = pl.DataFrame({"rid": rid, "prid": prid, "src": src, "t": cols["t"], "t1": cols["t1"]})
+        del cols, par
+        con.register("ft_tr_part_df", part)
+        con.execute("INSERT INTO ft_tr_part SELECT * FROM ft_tr_part_df")
+        con.unregister("ft_tr_part_df")
     # roots: a row without a parent is its own; a row whose parent has none hangs from that parent;
-    # only the rows of deeper trees (parent of parent: the caused calls) need pointer jumping,
-    # done on them and their ancestors alone (the same jumps as over the whole forest: a row's
-    # result depends on its ancestors only, and a cycle is in the same set as the rows it traps)
-    con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_deep AS
-        SELECT l.rid, l.prid FROM ft_tr_links l SEMI JOIN ft_tr_links p ON p.rid = l.prid""")
-    up = con.execute("""SELECT rid, prid FROM ft_tr_links
-        WHERE rid IN (SELECT rid FROM ft_tr_deep UNION ALL SELECT prid FROM ft_tr_deep)""").fetchnumpy()
-    rid, prid = up["rid"].astype(np.int64), up["prid"].astype(np.int64)
+    # only the rows whose parent has a parent (a caller, or a server that caused a call and was
+    # linked itself) need pointer jumping, done on them and their ancestors alone (the same jumps
+    # as over the whole forest: a row's result depends on its ancestors only)
+    rid = np.concatenate(up_rid) if up_rid else np.zeros(0, np.int64)
+    prid = np.concatenate(up_prid) if up_prid else np.zeros(0, np.int64)
+    linked = np.unique(rid)  # of `near`'s rows, those with a parent
+    deep = _isin(prid, linked)
+    closure = np.unique(np.concatenate([rid[deep], prid[deep]]))
+    inside = _isin(rid, closure)
+    rid, prid = rid[inside], prid[inside]
     nodes = np.unique(np.concatenate([rid, prid]))
     local = np.full(len(nodes), -1, np.int64)
     local[np.searchsorted(nodes, rid)] = np.searchsorted(nodes, prid)
     root = nodes[_roots(local)]
-    deep = pl.DataFrame({"rid": nodes, "root": root}).filter(pl.col("root") != pl.col("rid")).with_columns(cut=pl.lit(False))
-    # rows whose link was cut (a cycle made them roots): their root is themselves
-    deep = pl.concat([deep, pl.DataFrame({"rid": rid, "root": rid, "cut": True}).filter(pl.col("rid").is_in(deep["rid"].implode()).not_())])
-    con.register("ft_tr_deep_df", deep)
-    con.execute("CREATE OR REPLACE TEMP TABLE ft_tr_deep_roots AS SELECT * FROM ft_tr_deep_df")
-    con.unregister("ft_tr_deep_df")
+    moved = root != nodes
+    cut = rid[~_isin(rid, nodes[moved])]  # rows whose link was cut (a cycle made them roots)
+    deep_roots = pl.concat([pl.DataFrame({"rid": nodes[moved], "root": root[moved], "cut": False}),
+                            pl.DataFrame({"rid": cut, "root": cut, "cut": True})])
+    con.register("ft_tr_deep_df", deep_roots)
     # a root's start and duration (null: not a root), for picking traces without a join; the
     # link's source as its index in SOURCES (-1: none)
     con.execute(f"""CREATE OR REPLACE TEMP TABLE {name} AS
-        WITH f AS (SELECT r.rid, r.t, r.t1, CASE WHEN d.cut THEN NULL ELSE l.prid END AS prid, CASE WHEN d.cut THEN NULL ELSE l.src END AS src,
-                          coalesce(d.root, l.prid, r.rid) AS root
-                   FROM ft_tr_rows r LEFT JOIN ft_tr_links l ON l.rid = r.rid LEFT JOIN ft_tr_deep_roots d ON d.rid = r.rid)
-        SELECT rid, coalesce(prid, -1) AS prid, root, coalesce(src, -1)::TINYINT AS src,
-               CASE WHEN root = rid THEN t END AS root_t, CASE WHEN root = rid AND t1 IS NOT NULL THEN t1 - t END AS root_ns
+        WITH f AS (SELECT p.rid, p.t, p.t1, CASE WHEN d.cut THEN -1 ELSE p.prid END AS prid, CASE WHEN d.cut THEN -1 ELSE p.src END AS src,
+                          coalesce(d.root, CASE WHEN p.prid >= 0 THEN p.prid ELSE p.rid END) AS root
+                   FROM ft_tr_part p LEFT JOIN ft_tr_deep_df d ON d.rid = p.rid)
+        SELECT rid, prid, root, src::TINYINT AS src,
+               CASE WHEN root = rid THEN t END AS root_t, CASE WHEN root = rid AND t1 >= 0 THEN t1 - t END AS root_ns
         FROM f""")
-    for t in ("ft_tr_sock", "ft_tr_links", "ft_tr_deep", "ft_tr_deep_roots"):
-        con.execute(f"DROP TABLE IF EXISTS {t}")
+    con.unregister("ft_tr_deep_df")
+    con.execute("DROP TABLE IF EXISTS ft_tr_part")
 
 
-def _links(a: Analysis, part_rows: int) -> None:
-    """ft_tr_rows, and ft_tr_links: rid, prid, src of every row that has a parent (a server row's
-    socket pair, overridden by its traceparent or TCP seq pair; a client row's cause)."""
+def _isin(x: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Whether each value of x is in sorted_set (sorted, unique)."""
+    if len(sorted_set) == 0:
+        return np.zeros(len(x), bool)
+    pos = np.minimum(np.searchsorted(sorted_set, x), len(sorted_set) - 1)
+    return sorted_set[pos] == x
+
+
+def _rules(a: Analysis) -> None:
+    """ft_tr_rows (every http row, narrow), ft_tr_facts (those that carry something more than
+    their socket to link by) and the links of every rule but the socket's: ft_tr_xpair (server
+    rows: traceparent, TCP seq) and ft_tr_cause (client rows: trace id, thread, goroutine)."""
     con = a.con
     wire = _count(a, "SELECT count(*) FROM (SELECT 1 FROM connections WHERE wire_trace_id IS NOT NULL LIMIT 1)") > 0
     con.execute(_rows_sql(has_substitutions(con), wire))
-    # the rows that carry something more than their socket to link by: every rule but the socket's reads only them
     con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_facts AS SELECT * FROM ft_tr_rows
         WHERE tp_span IS NOT NULL OR qseq IS NOT NULL OR tid IS NOT NULL OR goroutine IS NOT NULL OR wire_trace IS NOT NULL""")
     con.execute(_XPAIR.format(skew=SKEW_NS))
     goroutines = _count(a, "SELECT count(*) FROM (SELECT 1 FROM ft_tr_facts WHERE goroutine IS NOT NULL LIMIT 1)") > 0
     con.execute(_cause_sql(goroutines))
-    # the socket rule, one hash partition of sockets at a time
-    n = _count(a, "SELECT count(*) FROM ft_tr_rows_t")
-    parts = max(1, -(-n // max(1, part_rows)))
-    con.execute("CREATE OR REPLACE TEMP TABLE ft_tr_sock (rid BIGINT, prid BIGINT)")
-    for k in range(parts):
-        # in rowid order (a scan keeps it): ties at one instant are broken as over the whole table
-        cols = con.execute(f"SELECT rowid AS rid, sk, t, coalesce(t1, -1) AS t1, cli FROM ft_tr_rows_t WHERE sk % {parts} = {k}").fetchnumpy()
-        par = nearest_clients(cols["sk"], cols["t"], cols["t1"], cols["cli"])
-        got = np.flatnonzero(par >= 0)
-        pairs = pl.DataFrame({"rid": cols["rid"][got].astype(np.int64), "prid": cols["rid"][par[got]].astype(np.int64)})
-        del cols, par
-        con.register("ft_tr_sock_df", pairs)
-        con.execute("INSERT INTO ft_tr_sock SELECT * FROM ft_tr_sock_df")
-        con.unregister("ft_tr_sock_df")
-    codes = "[" + ", ".join(f"'{x}'" for x in SOURCES) + "]"
-    # a row is a client (cause) or a server (socket, xpair) row: never both
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE ft_tr_links AS
-        SELECT rid, prid, {SOURCES.index('socket')}::TINYINT AS src FROM ft_tr_sock ANTI JOIN ft_tr_xpair x USING (rid)
-        UNION ALL SELECT rid, prid, (list_position({codes}, source) - 1)::TINYINT FROM ft_tr_xpair
-        UNION ALL SELECT rid, prid, (list_position({codes}, source) - 1)::TINYINT FROM ft_tr_cause""")
 
 
 def _build_whole(a: Analysis, name: str) -> None:
     """The stitch table `name` as the first version made it, every row's arrays in numpy at once
     (about 190 bytes per row): the reference _build is checked equal to (tests/test_traces.py)."""
-    _links(a, 1 << 62)
+    _rules(a)
     cols = a.con.execute("SELECT sk, t, coalesce(t1, -1) AS t1, cli FROM ft_tr_rows_t").fetchnumpy()  # in rowid order
     n = len(cols["t"])
     parent = nearest_clients(cols["sk"], cols["t"], cols["t1"], cols["cli"])

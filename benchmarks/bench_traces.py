@@ -1,6 +1,6 @@
 """Stitching request journeys (the traces view) against the latency report, on the same tape, in one run.
 
-    .venv/bin/python benchmarks/bench_traces.py [--tape /tmp/flowtape-bench-traces.tape] [--duration 6m] [--runs 3]
+    .venv/bin/python benchmarks/bench_traces.py [--tape /tmp/flowtape-bench-traces.tape] [--duration 6m] [--runs 3] [--memory-limit 1GB]
 
 Builds (once, cached at --tape) the benchmark tape of bench_reports.py (`flowtape synth`: 40
 services on 30 nodes at 200 req/s), shorter by default (6 minutes: about 3.7M http rows; the
@@ -12,8 +12,10 @@ run, --runs pairs of fresh processes, each opening the tape afresh:
 - traces: stitching every row into trees (analyze.reports.traces.stitch) and naming the 10
   slowest traces (`flowtape report traces TAPE`).
 It prints the medians of wall and CPU time, their ratio (target <= 2), and each process's peak
-RSS (memory bounded: the stitching holds a narrow copy of the http rows in DuckDB, which spills
-past its memory limit, and five int64/str arrays of the row count in numpy/Polars).
+RSS. Memory: every per-row table of the stitching is DuckDB's, which spills to its temporary
+folder past its memory_limit (`--memory-limit`, set in both processes alike; DuckDB's default is
+80% of RAM, so without it nothing spills); Python holds one partition of the socket rule
+(traces.PART_ROWS rows) and the rows of the deeper trees at a time.
 """
 
 from __future__ import annotations
@@ -36,14 +38,17 @@ def build(path: Path, duration: str) -> None:
                     "--zones", "3", "--regions", "1", "--duration", duration, "--rps", "200", "--journeys", "50", "-q"], check=True)
 
 
-def one(kind: str, path: Path) -> dict:
+def one(kind: str, path: Path, memory_limit: str | None = None) -> dict:
     """Run one measurement in this process (a fresh one per measurement: peak RSS is its own)."""
     import flowtape
     from flowtape.analyze.reports.latency import dns_latency, http_latency, tcp_latency
     from flowtape.analyze.reports.traces import stitch, traces
 
     t0, c0 = time.perf_counter(), time.process_time()
-    a = flowtape.open(path).analysis
+    t = flowtape.open(path)
+    if memory_limit:
+        t.sql(f"SET memory_limit = '{memory_limit}'")
+    a = t.analysis
     if kind == "latency":
         n = len(http_latency(a, per_route=True)) + len(dns_latency(a)) + len(tcp_latency(a))
     else:
@@ -53,8 +58,9 @@ def one(kind: str, path: Path) -> dict:
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rows": n}
 
 
-def measure(kind: str, path: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", kind, "--tape", str(path)], check=True, capture_output=True, text=True)
+def measure(kind: str, path: Path, memory_limit: str | None) -> dict:
+    extra = ["--memory-limit", memory_limit] if memory_limit else []
+    out = subprocess.run([sys.executable, __file__, "--one", kind, "--tape", str(path), *extra], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -63,10 +69,11 @@ def main() -> None:
     ap.add_argument("--tape", type=Path, default=Path("/tmp/flowtape-bench-traces.tape"))
     ap.add_argument("--duration", default="6m")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--memory-limit", help="DuckDB's memory_limit in both processes (e.g. 1GB); default DuckDB's own")
     ap.add_argument("--one", choices=("latency", "traces"))
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.tape)))
+        print(json.dumps(one(args.one, args.tape, args.memory_limit)))
         return
     build(args.tape, args.duration)
     import flowtape
@@ -75,11 +82,12 @@ def main() -> None:
     rows = t.sql("SELECT count(*) FROM http").fetchall()[0][0]
     linked = t.sql("SELECT count(*) FROM http WHERE tid IS NOT NULL").fetchall()[0][0]
     t.close()
-    print(f"tape {args.tape}: {rows:,} http rows ({linked:,} of journeys with traceparent, tid and seq); load average {os.getloadavg()[0]:.2f}")
+    print(f"tape {args.tape}: {rows:,} http rows ({linked:,} of journeys with traceparent, tid and seq); DuckDB memory_limit "
+          f"{args.memory_limit or 'default'}; load average {os.getloadavg()[0]:.2f}")
     res: dict[str, list[dict]] = {"latency": [], "traces": []}
     for _ in range(args.runs):
         for kind in ("latency", "traces"):  # alternate, so that load swings hit both alike
-            res[kind].append(measure(kind, args.tape))
+            res[kind].append(measure(kind, args.tape, args.memory_limit))
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("wall", "cpu", "rss_mib")} for k, v in res.items()}
     for k in ("latency", "traces"):
         walls = ", ".join("%.2f" % r["wall"] for r in res[k])

@@ -162,7 +162,53 @@ def test_spans_per_edge_equal_topology_and_every_row_is_a_span(agent, cli, tape)
     for s in spans:
         if s["kind"] == 2 and s["parent"] in by_id:
             assert by_id[s["parent"]]["trace"] == s["trace"] and by_id[s["parent"]]["kind"] == 3
-    assert all(s["kind"] == 2 or s["parent"] is None for s in spans)  # links between exchanges: the journeys view, later
+    # every span's ids are the request-journeys view's
+    view = json.loads(cli("report", "traces", tape, "-f", "json").out)
+    assert sorted((s["trace"], s["span"], s["parent"] or "") for s in spans if "http.request.method" in s["attrs"]) == \
+        sorted((v["trace_id"], v["span_id"], v["parent_span_id"] or "") for v in view)
+
+
+@pytest.mark.parametrize("traceparent", [True, False], ids=["traceparent", "no-traceparent"])
+def test_parent_links_equal_the_traces_view_and_the_synth_truth(agent, cli, tmp_path, traceparent):
+    """Call trees of `flowtape synth --journeys` through the real receiver: every HTTP span's
+    trace, span and parent ids are those `flowtape report traces -f json` prints, and the trees
+    are the ones truth.json lists (each journey one trace, each span under its logged parent;
+    spans found by who recorded them, their side and start). Without traceparent the links come
+    from TCP sequence numbers and threads alone."""
+    from flowtape.capture.synth import Params, read_truth, synthesize
+
+    path = tmp_path / "j.tape"
+    synthesize(path, Params(seed=7, duration_ns=20 * 10**9, rps=10.0, journeys=3.0, journeys_traceparent=traceparent))
+    traces, _ = export_to_agent(agent, path, cli, "--signals", "traces")
+    spans = [s for s in spans_of(traces, ids="base64") if "http.request.method" in s["attrs"]]
+    view = json.loads(cli("report", "traces", path, "-f", "json").out)
+    assert len(spans) == len(view) == flowtape.open(path).sql("SELECT count(*) FROM http").fetchall()[0][0]
+    assert sorted((s["trace"], s["span"], s["parent"] or "") for s in spans) == \
+        sorted((v["trace_id"], v["span_id"], v["parent_span_id"] or "") for v in view)
+    by_key = {(s["res"]["k8s.node.name"], {2: "server", 3: "client"}[s["kind"]], s["start"]): s for s in spans}
+    assert len(by_key) == len(spans)
+
+    def find(key: str) -> dict:
+        node, side, start = key.split("|")[:3]
+        return by_key[(node, side, int(start))]
+
+    truth = read_truth(path)["journeys"]
+    assert truth["count"] >= 20
+    links = 0
+    for j in truth["journeys"]:
+        got = [find(x["key"]) for x in j["spans"]]
+        assert len({g["trace"] for g in got}) == 1  # one trace per journey
+        if traceparent:
+            assert got[0]["trace"] == j["trace_id"]
+        for x, g in zip(j["spans"], got):
+            if x["parent"] is None:
+                assert g["parent"] is None
+            else:
+                assert g["parent"] == find(x["parent"])["span"]
+                links += 1
+    assert links == truth["spans_total"] - truth["count"]
+    # the calls a server made are its children: client spans have parents now
+    assert sum(1 for s in spans if s["kind"] == 3 and s["parent"]) >= truth["spans_total"] // 3
 
 
 def test_attribute_values_resources_ids_and_times_of_tiny(agent, cli):

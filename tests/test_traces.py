@@ -153,23 +153,28 @@ def test_tapes_without_the_new_columns(capsys):
     assert df["tid"].is_null().all()
 
 
+_ASOF_PAIRS = """
+WITH pc AS (SELECT sk, t, t1, m FROM rows WHERE cli), bs AS (SELECT sk, t, m FROM rows WHERE NOT cli),
+bp AS (SELECT bs.m, bs.t, p.t AS p_t, nullif(p.t1, -1) AS p_t1, p.m AS p_m, n.t AS n_t, n.m AS n_m FROM bs
+       ASOF LEFT JOIN pc p ON bs.sk = p.sk AND bs.t >= p.t ASOF LEFT JOIN pc n ON bs.sk = n.sk AND bs.t <= n.t),
+bq AS (SELECT *, p_t IS NOT NULL AND t <= coalesce(p_t1, p_t) + {skew} AS prev_ok, n_t IS NOT NULL AND n_t - t <= {skew} AS next_ok FROM bp)
+SELECT m, CASE WHEN prev_ok AND (NOT next_ok OR t - p_t <= n_t - t) THEN p_m WHEN next_ok AND NOT (prev_ok AND t - p_t <= n_t - t) THEN n_m END
+FROM bq"""
+"""The nearest-time rule as the OTLP exporter wrote it in SQL (two ASOF joins) before it took its
+pairs from the traces view: the oracle pairing.nearest_clients is held to."""
+
+
 @pytest.mark.parametrize("name", ["tiny.tape", "synth-incident.tape"])
 def test_nearest_time_pairs_are_the_exporters(name):
-    """pairing.nearest_clients is the OTLP exporter's rule: on the fixtures, every server side
-    the exporter pairs gets the same client row (by the rows' id inputs, which both share); and
-    the traces view links those server spans to those client spans."""
+    """pairing.nearest_clients gives the pairs of the ASOF-join formulation of the rule (the
+    exporter's own SQL until it used the traces view); and the exporter's paired server sides
+    (HttpSides, which names them like their client side) take the traces view's pairs, which on
+    these tapes are those."""
     from flowtape.analyze.export.spans import HttpSides
     from flowtape.analyze.reports.filters import Filters
-    from flowtape.analyze.reports.pairing import nearest_clients
+    from flowtape.analyze.reports.pairing import SKEW_NS, nearest_clients
 
     t = flowtape.open(FIXTURES / name)
-    sides = HttpSides(t, Filters())
-    sides.build()
-    theirs = {}
-    for sl in sides.slices:
-        sides.materialize(sl, table=False)
-        theirs.update(dict(t.sql("SELECT m, pair_m FROM ftx_slice WHERE NOT exchange").fetchall()))
-    sides.close()
     t.analysis  # noqa: B018 (the enrichment views: ft_conn_subst)
     rows = t.sql("""SELECT md5(concat_ws('|', h.node, h.side, epoch_ns(h.ts_request), h.client_ip, h.client_port, h.server_ip, h.server_port)) AS m,
                            hash(h.client_ip, h.client_port, CASE WHEN h.side = 'client' THEN coalesce(p.server_pod_ip, h.server_ip) ELSE h.server_ip END) AS sk,
@@ -177,8 +182,20 @@ def test_nearest_time_pairs_are_the_exporters(name):
                     FROM http h LEFT JOIN ft_conn_subst p ON h.node = p.client_node AND h.conn_id = p.client_conn_id""").fetchnumpy()
     pick = nearest_clients(rows["sk"], rows["t"], rows["t1"], rows["cli"])
     mine = {rows["m"][i]: rows["m"][j] for i, j in enumerate(pick) if j >= 0}
+    t.con.register("rows", pl.DataFrame({k: rows[k] for k in ("m", "sk", "t", "t1", "cli")}))
+    oracle = {m: c for m, c in t.sql(_ASOF_PAIRS.format(skew=SKEW_NS)).fetchall() if c is not None}
+    t.con.unregister("rows")
+    assert len(oracle) > (2 if name == "tiny.tape" else 5000)
+    assert mine == oracle
+    sides = HttpSides(t, Filters())
+    sides.build()
+    theirs = {}
+    for sl in sides.slices:
+        sides.materialize(sl, table=False)
+        theirs.update(dict(t.sql("SELECT m, pair_m FROM ftx_slice WHERE NOT exchange").fetchall()))
+    sides.close()
     assert len(theirs) > (2 if name == "tiny.tape" else 5000)
-    assert {m: mine.get(m) for m in theirs} == theirs
+    assert {m: oracle.get(m) for m in theirs} == theirs
     if name == "synth-incident.tape":  # no traceparent: span ids are the rows' (the exporter's too)
         spans = t.report.traces()
         parent = dict(zip(spans["span_id"], spans["parent_span_id"]))
@@ -256,3 +273,74 @@ def test_span_ids_for_the_exporter():
     assert ids.height == t.sql("SELECT count(*) FROM http").fetchall()[0][0] == view.height
     assert (ids["m"].str.slice(0, 16) == ids["span_id"]).all()  # no traceparent in this tape: the rows' ids
     assert ids.select("trace_id", "span_id", "parent_span_id", "source").sort("span_id").equals(view)
+
+
+def _cycles_tape(path: Path) -> Path:
+    """Rows whose links make cycles (a server side's client and that client's cause each point at
+    the other: one clock, one process calling itself through two others), of 4 and 6 rows, each
+    with a call hanging from it: the forest cuts them, the same way at any partitioning."""
+    w = flowtape.TapeWriter(path, node="n1")
+    rows = []
+    for k, t in ((2, 5000), (3, 6000)):
+        base = 900 + 10 * k
+        pids = [base + i for i in range(k)]
+        for i in range(k):
+            sock = (f"10.8.{k}.{i}", 50000 + i, f"10.7.{k}.{i}")
+            caller = pids[(i + 1) % k]
+            rows.append(_row("server", t, t + 50, sock[0], sock[1], sock[2], 8080, pids[i], tid=pids[i], path=f"/cyc{k}-s{i}"))
+            rows.append(_row("client", t, t + 50, sock[0], sock[1], sock[2], 8080, caller, tid=caller, path=f"/cyc{k}-c{i}"))
+        rows.append(_row("client", t + 10, t + 20, f"10.8.{k}.9", 51000, f"10.7.{k}.9", 8080, pids[0], tid=pids[0], path=f"/cyc{k}-tail"))
+        rows.append(_row("server", t + 10, t + 20, f"10.8.{k}.9", 51000, f"10.7.{k}.9", 8080, 999, tid=999, path=f"/cyc{k}-tail-s"))
+    w.append("http", rows)
+    w.close()
+    return path
+
+
+def _keyed(a, table: str) -> pl.DataFrame:
+    """A stitch table with each row, parent and root named by its row (node, request ns, client
+    port, side) instead of its rid: rids number the rows in the order a join produced them, which
+    may differ between two builds of ft_tr_rows_t."""
+    key = ("nk", "t", "cport", "cli")
+    df = a.sql(f"""SELECT {', '.join(f'r.{k}' for k in key)}, {', '.join(f'p.{k} AS p_{k}' for k in key)}, {', '.join(f'o.{k} AS o_{k}' for k in key)},
+                          f.src, f.root_t, f.root_ns
+                   FROM {table} f JOIN ft_tr_rows r ON r.rid = f.rid LEFT JOIN ft_tr_rows p ON p.rid = f.prid JOIN ft_tr_rows o ON o.rid = f.root
+                   ORDER BY ALL""").pl()
+    assert df.select(key).unique().height == df.height  # the key names one row
+    return df
+
+
+@pytest.mark.parametrize("name", ["tiny.tape", "synth-incident.tape", "journeys", "journeys_bare", "handmade", "cycles"])
+def test_partitioned_stitching_equals_the_whole(name, request, tmp_path):
+    """The stitching with bounded memory (socket rule by partitions of sockets, pointer jumping
+    on the deeper trees only) gives the table the in-memory version gives, row for row (rows
+    named by their key), at one partition and at many."""
+    from flowtape.analyze.reports import traces as tr
+
+    if name.endswith(".tape"):
+        path = FIXTURES / name
+    elif name == "cycles":
+        path = _cycles_tape(tmp_path / "cycles.tape")
+    else:
+        path = request.getfixturevalue(name)
+    a = flowtape.open(path).analysis
+    tr._build_whole(a, "ft_test_whole")
+    whole = a.sql("SELECT * FROM ft_test_whole ORDER BY rid").pl()
+    whole_keyed = _keyed(a, "ft_test_whole")
+    n = whole.height
+    for part_rows in (n + 1, max(1, n // 13), 3):
+        if part_rows == 3 and n > 5000:
+            continue
+        tr._build(a, "ft_test_parts", part_rows=part_rows)
+        got = a.sql("SELECT * FROM ft_test_parts ORDER BY rid").pl()
+        assert got.schema == whole.schema and got.height == n
+        assert _keyed(a, "ft_test_parts").equals(whole_keyed), part_rows
+    linked = whole.filter(pl.col("prid") >= 0)
+    if name in ("journeys", "journeys_bare"):
+        assert linked.filter(pl.col("root") != pl.col("prid")).height > 0  # trees deeper than one link were checked
+    if name == "cycles":
+        # the cycles formed (each of the 14 rows has a link), and were cut: the 4-cycle's rows are roots, its tail (a call and
+        # its server side) keeps its 2 links; the 6-cycle never settles, its rows and its tail are all cut
+        assert a.sql("SELECT count(*) FROM ft_tr_rows_t").fetchall()[0][0] == n == 14
+        assert linked.height == 2 and (whole["root"] == whole["rid"]).sum() == n - 2
+        tr._rules(a)  # 5 calls in the cycles and 2 tails caused by a cycle's request (the 7 servers pair by socket)
+        assert a.sql("SELECT count(*) FROM ft_tr_cause").fetchall()[0][0] == 7

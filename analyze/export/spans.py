@@ -3,17 +3,16 @@
 HTTP. `tape.enriched("http")` holds one row per exchange (the client side when it was recorded,
 else the server side), with both ends named as the tape named them at that time. The server
 rows it leaves out (the connection's two ends were paired, so the client row stands for the
-exchange) are spans too: each is paired with the client row of the same exchange (same client
-ip:port and server IP; the request the client sent last before the server saw it, if it had no
-answer yet then, or the next one within SKEW_NS: the nearer wins) and named like it. Every
-`http` row gives exactly one span, and both halves of an exchange carry the same names.
+exchange) are spans too: each is named like the client row of the same exchange, the one the
+request-journeys view links it to (analyze.reports.traces: by traceparent, TCP sequence
+numbers, else the socket and the nearest time, pairing.nearest_clients). Every `http` row gives
+exactly one span, and both halves of an exchange carry the same names.
 
-Ids. A span id comes from its row (node, side, request time, 4-tuple): the same tape gives the
-same ids. The trace id is the recorded `traceparent`'s when it is valid (for a paired server
-side, its client's), else derived from the exchange's client row (a server side without one:
-its own row). A server span's parent is the client span of its exchange when that side was
-recorded, else the traceparent's parent id. Links between exchanges (a server span to the calls
-it caused) are the request-journeys view's work and not made here: client spans have no parent.
+Ids: every HTTP span's trace id, span id and parent span id are the request-journeys view's
+(`traces.span_ids`, keyed by the row key `m`), so an exported trace is the one `flowtape report
+traces -f json` prints: a server span's parent is the client span of its exchange, a client
+span's the server span of the request that caused it; the applications' ids where they
+propagated them, else ids derived from the rows (the same tape gives the same ids).
 
 DNS: one CLIENT span per lookup (`tape.enriched("dns")`: a query seen on two nodes counts once).
 
@@ -32,6 +31,7 @@ from ...reader import Tape
 from ..analysis import HTTP_KEYED_ENDPOINTS
 from ..enrich import GRPC_ERROR_CODES, NAME_FIELDS, key_names_sql
 from ..reports.filters import Filters
+from ..reports.traces import span_ids
 from ..sums import ROUTE
 from .semconv import HTTP_METHODS, SPAN_KIND_CLIENT, SPAN_KIND_SERVER, STATUS_ERROR, Attr, attribute_items_sql, attributes_json_sql, endpoint_service_sql
 
@@ -75,6 +75,7 @@ class HttpSides:
 
     def build(self) -> None:
         t, f = self.tape, self.filters
+        ids = span_ids(t.analysis)  # every http row's ids and its exchange's client row (parent_m), keyed by m
         t.sql(f"CREATE OR REPLACE TABLE ftx_routes AS SELECT path, {ROUTE.format(path='path')} AS route FROM (SELECT DISTINCT path FROM http)")
         # the exchange rows (pairing candidates included) a little beyond the window, so a server
         # side just inside it still finds its client side
@@ -89,11 +90,12 @@ class HttpSides:
             t.enriched("http").create_view("ftx_http", replace=True)
             src, cn, sn, keys = "ftx_http", _names_hash("client"), _names_hash("server"), ""
         t.sql(f"""CREATE OR REPLACE TABLE ftx_e AS
+            SELECT e.*, i.trace_id AS tr_trace, i.span_id AS tr_span, i.parent_span_id AS tr_parent FROM (
             SELECT t, side, node, client_ip, client_port, sock_ip, sock_port, server_ip, t1, {e_cols}, cn, sn,
                    md5({_key('node', 'side', 't', 'client_ip', 'client_port', 'sock_ip', 'sock_port')}) AS m{keys}
             FROM (SELECT epoch_ns(ts) AS t, side, node, client_ip, client_port, seen_server_ip AS sock_ip, server_port AS sock_port, server_ip,
                          epoch_ns(ts_response) AS t1, {e_cols}, {cn} AS cn, {sn} AS sn{keys}
-                  FROM {src} WHERE {lo.time_sql('ts')})
+                  FROM {src} WHERE {lo.time_sql('ts')})) e LEFT JOIN {ids} i ON i.m = e.m
             ORDER BY t""")
         if self.naming == "keyed":
             ends = HTTP_KEYED_ENDPOINTS
@@ -107,7 +109,10 @@ class HttpSides:
                 SELECT DISTINCT {_names_hash('client')} AS nid, {names.format(p='client')} FROM ftx_http
                 UNION SELECT DISTINCT {_names_hash('server')} AS nid, {names.format(p='server')} FROM ftx_http""")
         h_cols = ", ".join(f"h.{c}" for c in _E_COLS)
+        # each paired server side with its ids and the names of its exchange's client row (the
+        # view's link; a client row outside the widened window, or none: no names)
         t.sql(f"""CREATE OR REPLACE TABLE ftx_b AS
+            SELECT b.*, i.trace_id AS tr_trace, i.span_id AS tr_span, i.parent_span_id AS tr_parent, pe.m AS pair_m, pe.cn AS pair_cn, pe.sn AS pair_sn FROM (
             SELECT t, 'server' AS side, node, client_ip, client_port, sock_ip, sock_port, sock_ip AS server_ip, t1, {e_cols},
                    md5({_key('node', "'server'", 't', 'client_ip', 'client_port', 'sock_ip', 'sock_port')}) AS m
             FROM (SELECT epoch_ns(h.ts_request) AS t, h.node, h.client_ip, h.client_port, h.server_ip AS sock_ip, h.server_port AS sock_port,
@@ -118,7 +123,9 @@ class HttpSides:
                   -- a join with those few thousand connections, where a NOT EXISTS against ftx_e
                   -- cost 7 CPU-s on 3.7M rows
                   JOIN ft_paired_servers sp ON sp.server_node = h.node AND sp.server_conn_id = h.conn_id
-                  WHERE h.side = 'server' AND {f.time_sql('h.ts_request')})
+                  WHERE h.side = 'server' AND {f.time_sql('h.ts_request')})) b
+            LEFT JOIN {ids} i ON i.m = b.m
+            LEFT JOIN (SELECT m, min(cn) AS cn, min(sn) AS sn FROM ftx_e WHERE side = 'client' GROUP BY m) pe ON pe.m = i.parent_m
             ORDER BY t""")
         self.slices = self._plan()
 
@@ -152,9 +159,7 @@ class HttpSides:
         two, which DuckDB scans on one thread, so two slices at a time use both cores."""
         a, b = sl.start_ns, sl.end_ns
         inside = self.filters.time_sql("make_timestamp_ns(t)::TIMESTAMPTZ_NS")
-        pick = ", ".join(f"pe.{x} AS pair_{x}" for x in ("m", "traceparent", "cn", "sn"))
-        common = "side, node, t, t1, client_ip, client_port, sock_ip, sock_port, server_ip, " + ", ".join(_E_COLS) + ", m"
-        b_common = ", ".join(f"b.{x}" for x in common.split(", "))
+        common = "side, node, t, t1, client_ip, client_port, sock_ip, sock_port, server_ip, " + ", ".join(_E_COLS) + ", m, tr_trace, tr_span, tr_parent"
         if wide:  # LOCAL_PEER makes q_* from these
             names = ", ".join(f"nc.{x} AS c_{x}" for x in NAME_FIELDS) + ", " + ", ".join(f"ns.{x} AS s_{x}" for x in NAME_FIELDS)
             peer_join = ""
@@ -167,39 +172,15 @@ class HttpSides:
         run = con.execute if con is not None else self.tape.sql
         run("DROP VIEW IF EXISTS ftx_slice")
         run("DROP TABLE IF EXISTS ftx_slice")
-        # the pairing runs on narrow rows (keys, times, row ids): an ASOF join sorts what it
-        # carries, and the whole rows cost it 4x more; the chosen client row is joined back by rowid
+        # the server sides were paired once, by the request-journeys view (build): a slice is a union
         run(f"""CREATE TEMP {'TABLE' if table else 'VIEW'} ftx_slice AS
 WITH
-pc AS (SELECT client_ip, client_port, server_ip, t, t1, rowid AS r FROM ftx_e WHERE side = 'client' AND t >= {a - SKEW_NS} AND t < {b + SKEW_NS}),
-bs AS (SELECT rowid AS bid, client_ip, client_port, server_ip, t FROM ftx_b WHERE t >= {a} AND t < {b}),
-bp AS (
-    SELECT bs.bid, bs.t, p.t AS p_t, p.t1 AS p_t1, p.r AS p_r, n.t AS n_t, n.r AS n_r
-    FROM bs
-    ASOF LEFT JOIN pc p ON bs.client_ip = p.client_ip AND bs.client_port = p.client_port AND bs.server_ip = p.server_ip AND bs.t >= p.t
-    ASOF LEFT JOIN pc n ON bs.client_ip = n.client_ip AND bs.client_port = n.client_port AND bs.server_ip = n.server_ip AND bs.t <= n.t
-),
-bq AS (
-    -- the request the client sent last before the server saw it, if the client had no answer
-    -- yet then; or the next one, if it was sent within the skew allowance; the nearer wins
-    SELECT *, p_t IS NOT NULL AND t <= coalesce(p_t1, p_t) + {SKEW_NS} AS prev_ok, n_t IS NOT NULL AND n_t - t <= {SKEW_NS} AS next_ok FROM bp
-),
-br AS (
-    SELECT bid, CASE WHEN prev_ok AND (NOT next_ok OR t - p_t <= n_t - t) THEN p_r WHEN next_ok AND NOT (prev_ok AND t - p_t <= n_t - t) THEN n_r END AS pair_r
-    FROM bq
-),
-bx AS (
-    SELECT {b_common}, {pick}
-    FROM ftx_b b JOIN br ON br.bid = b.rowid
-    LEFT JOIN ftx_e pe ON pe.rowid = br.pair_r AND pe.t >= {a - SKEW_NS} AND pe.t < {b + SKEW_NS}
-    WHERE b.t >= {a} AND b.t < {b}
-),
 x AS (
-    SELECT {common}, cn, sn, NULL::VARCHAR AS pair_m, NULL::VARCHAR AS pair_traceparent, true AS exchange
+    SELECT {common}, cn, sn, NULL::VARCHAR AS pair_m, true AS exchange
     FROM ftx_e WHERE t >= {a} AND t < {b} AND {inside}
     UNION ALL
     -- `exchange`: the row stands for its exchange (the enriched view's row); a paired server side does not
-    SELECT {common}, pair_cn, pair_sn, pair_m, pair_traceparent, false FROM bx
+    SELECT {common}, pair_cn, pair_sn, pair_m, false FROM ftx_b WHERE t >= {a} AND t < {b}
 )
 SELECT x.*, r.route, {names}
 FROM x LEFT JOIN ftx_routes r ON r.path = x.path {peer_join} {end_joins}
@@ -219,19 +200,6 @@ def _widened(f: Filters) -> Filters:
     """`f`'s window widened by SKEW_NS each way, without its namespace (pairing candidates)."""
     pad = dt.timedelta(seconds=SKEW_NS / 1e9)
     return Filters(f.since - pad if f.since else None, f.until + pad if f.until else None, None)
-
-
-def _tp_ok(tp: str) -> str:
-    return (f"regexp_full_match({tp}, '00-[0-9a-f]{{32}}-[0-9a-f]{{16}}-[0-9a-f]{{2}}') "
-            f"AND substr({tp}, 4, 32) <> repeat('0', 32) AND substr({tp}, 37, 16) <> repeat('0', 16)")
-
-
-def _tp_trace(tp: str) -> str:
-    return f"CASE WHEN {_tp_ok(tp)} THEN substr({tp}, 4, 32) END"
-
-
-def _tp_parent(tp: str) -> str:
-    return f"CASE WHEN {_tp_ok(tp)} THEN substr({tp}, 37, 16) END"
 
 
 def _hex_trace(m: str) -> str:
@@ -340,11 +308,11 @@ chance around 1e-12)."""
 
 def http_span_exprs() -> dict[str, str]:
     """SQL of a span's parts over ftx_slice's rows (hex ids; `frag` and `status` per class)."""
-    # a server span's trace is its client span's (the same exchange), else its own traceparent's
-    trace = (f"CASE WHEN {CLIENT} THEN coalesce({_tp_trace('traceparent')}, {_hex_trace('m')}) "
-             f"WHEN pair_m IS NOT NULL THEN coalesce({_tp_trace('pair_traceparent')}, {_hex_trace('pair_m')}) "
-             f"ELSE coalesce({_tp_trace('traceparent')}, {_hex_trace('m')}) END")
-    parent = f"CASE WHEN {CLIENT} THEN NULL WHEN pair_m IS NOT NULL THEN {_hex_span('pair_m')} ELSE {_tp_parent('traceparent')} END"
+    # the ids are the request-journeys view's (build); a row it could not find again would keep
+    # ids derived from itself (none does: tests/test_export_otlp.py checks every span against the view)
+    trace = f"coalesce(tr_trace, {_hex_trace('m')})"
+    span = f"coalesce(tr_span, {_hex_span('m')})"
+    parent = "tr_parent"
     # a gRPC call is named by its method (the RPC conventions: `{rpc.method}`), an HTTP one by
     # method and route
     name = f"CASE WHEN {GRPC} THEN concat(grpc_service, '/', grpc_method) ELSE concat(CASE WHEN {KNOWN} THEN method ELSE 'HTTP' END, ' ' || route) END"
@@ -356,7 +324,7 @@ def http_span_exprs() -> dict[str, str]:
     # a class's fragment: name and kind, chr(31) -- never in JSON text, which escapes control
     # characters -- then the shared attributes
     frag = (f"concat(',\"name\":', to_json({name}), ',\"kind\":', {kind}, chr(31), {attribute_items_sql(HTTP_CLASS_ATTRS)})")
-    return {"trace": trace, "span": _hex_span("m"), "parent": parent, "frag": frag, "status": status}
+    return {"trace": trace, "span": span, "parent": parent, "frag": frag, "status": status}
 
 
 def http_rows_cte() -> str:

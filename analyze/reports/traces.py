@@ -28,7 +28,11 @@ OTLP exporter's. A tree's trace id is its root's traceparent trace id, else the 
 the tree, else the wire trace id, else the root row's md5: the same tape gives the same traces.
 
 Stitching (the links and ids of every row) is done once per open tape, whatever the filters;
-names are given only to the spans selected (naming core: analyze.enrich).
+names are given only to the spans selected (naming core: analyze.enrich). Its memory is bounded:
+every table of one row per http row is DuckDB's (spilled past its memory_limit); Python holds one
+hash partition of sockets for the socket rule (PART_ROWS rows: the rule never pairs rows of two
+sockets, so nothing is carried between partitions) and the rows of trees deeper than one link
+(the calls caused by requests), whose roots are found by pointer jumping (_build).
 """
 
 from __future__ import annotations
@@ -184,16 +188,110 @@ def _count(a: Analysis, sql: str) -> int:
     return a.sql(sql).fetchall()[0][0]
 
 
-def _build(a: Analysis, name: str) -> None:
+PART_ROWS = 1_000_000
+"""Rows per partition of the socket rule (pairing.nearest_clients runs on one at a time): what
+bounds the stitching's memory outside DuckDB (about 100 bytes per row of a partition)."""
+
+
+def _build(a: Analysis, name: str, part_rows: int = PART_ROWS) -> None:
+    """The stitch table `name`, with memory bounded: every per-row table is DuckDB's (which
+    spills past its memory_limit); Python holds one partition of the socket rule at a time (the
+    rows of the sockets whose hash falls in it: a socket's rows are all in one partition, so no
+    row's pair crosses a partition edge and nothing is carried over), the links of the other
+    rules (rows that carry facts: a few percent) and the rows of the trees deeper than one link
+    (the caused calls), whose roots are found in numpy."""
+    _rules(a)
+    con = a.con
+    codes = "[" + ", ".join(f"'{x}'" for x in SOURCES) + "]"
+    # the more trusted links, over the socket's: a row is a client (cause) or a server (xpair) row, never both
+    ov = con.execute(f"""SELECT rid, prid, (list_position({codes}, source) - 1)::TINYINT AS src, cause FROM (
+        SELECT rid, prid, source, false AS cause FROM ft_tr_xpair UNION ALL SELECT rid, prid, source, true FROM ft_tr_cause) ORDER BY rid""").fetchnumpy()
+    ov_rid, ov_prid, ov_src = ov["rid"].astype(np.int64), ov["prid"].astype(np.int64), ov["src"].astype(np.int8)
+    callers = np.sort(ov_rid[ov["cause"]])  # client rows with a parent: parents that may have one
+    targets = np.unique(ov_prid[ov["cause"]])  # server rows that caused a call: parents that may have one
+    near = np.unique(np.concatenate([callers, targets]))
+    n = _count(a, "SELECT count(*) FROM ft_tr_rows_t")
+    parts = max(1, -(-n // max(1, part_rows)))
+    con.execute("CREATE OR REPLACE TEMP TABLE ft_tr_part (rid BIGINT, prid BIGINT, src TINYINT, t BIGINT, t1 BIGINT)")
+    up_rid, up_prid = [], []  # links of rows that may be in a tree deeper than one link, or its parents
+    for k in range(parts):
+        # in rowid order (a scan keeps it): ties at one instant are broken as over the whole table
+        cols = con.execute(f"SELECT rowid AS rid, sk, t, coalesce(t1, -1) AS t1, cli FROM ft_tr_rows_t WHERE sk % {parts} = {k}").fetchnumpy()
+        rid = cols["rid"].astype(np.int64)
+        par = nearest_clients(cols["sk"], cols["t"], cols["t1"], cols["cli"])
+        prid = np.where(par >= 0, rid[np.maximum(par, 0)], -1)
+        src = np.where(par >= 0, SOURCES.index("socket"), -1).astype(np.int8)
+        if len(ov_rid):
+            pos = np.minimum(np.searchsorted(ov_rid, rid), len(ov_rid) - 1)
+            hit = ov_rid[pos] == rid
+            prid[hit], src[hit] = ov_prid[pos[hit]], ov_src[pos[hit]]
+            keep = (prid >= 0) & (_isin(prid, near) | _isin(rid, near))
+            up_rid.append(rid[keep])
+            up_prid.append(prid[keep])
+        part = pl.DataFrame({"rid": rid, "prid": prid, "src": src, "t": cols["t"], "t1": cols["t1"]})
+        del cols, par
+        con.register("ft_tr_part_df", part)
+        con.execute("INSERT INTO ft_tr_part SELECT * FROM ft_tr_part_df")
+        con.unregister("ft_tr_part_df")
+    # roots: a row without a parent is its own; a row whose parent has none hangs from that parent;
+    # only the rows whose parent has a parent (a caller, or a server that caused a call and was
+    # linked itself) need pointer jumping, done on them and their ancestors alone (the same jumps
+    # as over the whole forest: a row's result depends on its ancestors only)
+    rid = np.concatenate(up_rid) if up_rid else np.zeros(0, np.int64)
+    prid = np.concatenate(up_prid) if up_prid else np.zeros(0, np.int64)
+    linked = np.unique(rid)  # of `near`'s rows, those with a parent
+    deep = _isin(prid, linked)
+    closure = np.unique(np.concatenate([rid[deep], prid[deep]]))
+    inside = _isin(rid, closure)
+    rid, prid = rid[inside], prid[inside]
+    nodes = np.unique(np.concatenate([rid, prid]))
+    local = np.full(len(nodes), -1, np.int64)
+    local[np.searchsorted(nodes, rid)] = np.searchsorted(nodes, prid)
+    root = nodes[_roots(local)]
+    moved = root != nodes
+    cut = rid[~_isin(rid, nodes[moved])]  # rows whose link was cut (a cycle made them roots)
+    deep_roots = pl.concat([pl.DataFrame({"rid": nodes[moved], "root": root[moved], "cut": False}),
+                            pl.DataFrame({"rid": cut, "root": cut, "cut": True})])
+    con.register("ft_tr_deep_df", deep_roots)
+    # a root's start and duration (null: not a root), for picking traces without a join; the
+    # link's source as its index in SOURCES (-1: none)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE {name} AS
+        WITH f AS (SELECT p.rid, p.t, p.t1, CASE WHEN d.cut THEN -1 ELSE p.prid END AS prid, CASE WHEN d.cut THEN -1 ELSE p.src END AS src,
+                          coalesce(d.root, CASE WHEN p.prid >= 0 THEN p.prid ELSE p.rid END) AS root
+                   FROM ft_tr_part p LEFT JOIN ft_tr_deep_df d ON d.rid = p.rid)
+        SELECT rid, prid, root, src::TINYINT AS src,
+               CASE WHEN root = rid THEN t END AS root_t, CASE WHEN root = rid AND t1 >= 0 THEN t1 - t END AS root_ns
+        FROM f""")
+    con.unregister("ft_tr_deep_df")
+    con.execute("DROP TABLE IF EXISTS ft_tr_part")
+
+
+def _isin(x: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Whether each value of x is in sorted_set (sorted, unique)."""
+    if len(sorted_set) == 0:
+        return np.zeros(len(x), bool)
+    pos = np.minimum(np.searchsorted(sorted_set, x), len(sorted_set) - 1)
+    return sorted_set[pos] == x
+
+
+def _rules(a: Analysis) -> None:
+    """ft_tr_rows (every http row, narrow), ft_tr_facts (those that carry something more than
+    their socket to link by) and the links of every rule but the socket's: ft_tr_xpair (server
+    rows: traceparent, TCP seq) and ft_tr_cause (client rows: trace id, thread, goroutine)."""
+    con = a.con
     wire = _count(a, "SELECT count(*) FROM (SELECT 1 FROM connections WHERE wire_trace_id IS NOT NULL LIMIT 1)") > 0
-    a.con.execute(_rows_sql(has_substitutions(a.con), wire))
-    # the rows that carry something more than their socket to link by: every rule but the socket's reads only them
-    a.con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_facts AS SELECT * FROM ft_tr_rows
+    con.execute(_rows_sql(has_substitutions(con), wire))
+    con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_facts AS SELECT * FROM ft_tr_rows
         WHERE tp_span IS NOT NULL OR qseq IS NOT NULL OR tid IS NOT NULL OR goroutine IS NOT NULL OR wire_trace IS NOT NULL""")
-    a.con.execute(_XPAIR.format(skew=SKEW_NS))
+    con.execute(_XPAIR.format(skew=SKEW_NS))
     goroutines = _count(a, "SELECT count(*) FROM (SELECT 1 FROM ft_tr_facts WHERE goroutine IS NOT NULL LIMIT 1)") > 0
-    a.con.execute(_cause_sql(goroutines))
-    # the forest, in numpy: rid is 0..n-1; a server row's socket pair first, the more trusted links over it
+    con.execute(_cause_sql(goroutines))
+
+
+def _build_whole(a: Analysis, name: str) -> None:
+    """The stitch table `name` as the first version made it, every row's arrays in numpy at once
+    (about 190 bytes per row): the reference _build is checked equal to (tests/test_traces.py)."""
+    _rules(a)
     cols = a.con.execute("SELECT sk, t, coalesce(t1, -1) AS t1, cli FROM ft_tr_rows_t").fetchnumpy()  # in rowid order
     n = len(cols["t"])
     parent = nearest_clients(cols["sk"], cols["t"], cols["t1"], cols["cli"])
@@ -209,9 +307,6 @@ def _build(a: Analysis, name: str) -> None:
     root = _roots(parent)
     idx = np.arange(n)
     parent = np.where((parent >= 0) & (root == idx), -1, parent)  # a row left a root by cutting a cycle
-    # a root's start and duration (null: not a root), for picking traces without a join; the
-    # link's source as its index in SOURCES (-1: none). Copied into a table: the reports read it
-    # by joins, which a registered frame serves slower (0.6 s more on 3.9M rows)
     forest = pl.DataFrame({"rid": idx, "prid": parent, "root": root, "src": np.where(parent >= 0, source, -1).astype(np.int8),
                            "root_t": np.where(root == idx, t, -1), "root_ns": np.where((root == idx) & (t1 >= 0), t1 - t, -1)})
     forest = forest.with_columns(pl.when(pl.col("root_t") >= 0).then(pl.col("root_t")).alias("root_t"),
@@ -267,13 +362,18 @@ def traces(a: Analysis, by: str = "workload", filters: Filters | None = None, tr
 def span_ids(a: Analysis) -> str:
     """The name of a temporary table of every http row's ids, keyed by `m`, the md5 its span id
     derives from (the OTLP exporter's row key: node|side|request ns|client ip|client port|server
-    ip|server port as the socket saw it): m, trace_id, span_id, parent_span_id, source. What the
-    exporter's spans take their trace and parent ids from."""
+    ip|server port as the socket saw it): m, trace_id, span_id, parent_span_id, parent_m (the
+    parent's row key: for a server row, the client row of its exchange), source. What the OTLP
+    exporter's spans take their ids from (analyze.export.spans.HttpSides.build), and how it finds
+    the client side of a server side it names. A key two rows share (one node, side, request
+    nanosecond and socket: rows no id can tell apart) is listed once."""
     st = stitch(a)
     a.con.execute(f"CREATE OR REPLACE TEMP TABLE ft_tr_pick AS SELECT root, root_t, root_ns FROM {st} WHERE root_t IS NOT NULL")
     _select(a, st)
     a.con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_span_ids AS
-        SELECT s.m, i.trace_id, i.span_id, i.parent_span_id, s.source FROM ft_tr_sel s JOIN ft_tr_ids i USING (rid)""")
+        SELECT s.m, min(i.trace_id) AS trace_id, min(i.span_id) AS span_id, min(i.parent_span_id) AS parent_span_id,
+               min(i.parent_m) AS parent_m, min(s.source) AS source
+        FROM ft_tr_sel s JOIN ft_tr_ids i USING (rid) GROUP BY s.m""")
     return "ft_tr_span_ids"
 
 
@@ -311,9 +411,9 @@ def _select(a: Analysis, st: str) -> bool:
     a.con.execute(f"""CREATE OR REPLACE TEMP TABLE ft_tr_ids AS
         WITH firsts AS (SELECT tp_span, arg_min(rid, (t, nk)) AS rid FROM ft_tr_rows
                         WHERE cli AND tp_span IN (SELECT tp_span FROM ft_tr_sel WHERE cli AND tp_span IS NOT NULL) GROUP BY tp_span),
-        ids AS (SELECT s.rid, CASE WHEN fi.rid IS NOT NULL THEN s.tp_span ELSE left(s.m, 16) END AS span_id FROM ft_tr_sel s LEFT JOIN firsts fi ON fi.rid = s.rid),
+        ids AS (SELECT s.rid, s.m, CASE WHEN fi.rid IS NOT NULL THEN s.tp_span ELSE left(s.m, 16) END AS span_id FROM ft_tr_sel s LEFT JOIN firsts fi ON fi.rid = s.rid),
         tr AS (SELECT root, min(tp_trace) AS any_tp, min(wire_trace) AS any_wire FROM ft_tr_sel GROUP BY root)
-        SELECT s.rid, i.span_id, p.span_id AS parent_span_id, coalesce(r.tp_trace, tr.any_tp, r.wire_trace, tr.any_wire, r.m) AS trace_id
+        SELECT s.rid, i.span_id, p.span_id AS parent_span_id, p.m AS parent_m, coalesce(r.tp_trace, tr.any_tp, r.wire_trace, tr.any_wire, r.m) AS trace_id
         FROM ft_tr_sel s JOIN ids i ON i.rid = s.rid LEFT JOIN ids p ON p.rid = s.prid JOIN tr ON tr.root = s.root JOIN ft_tr_sel r ON r.rid = s.root""")
     return processes
 

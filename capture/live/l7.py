@@ -54,7 +54,7 @@ from ..decode.http1 import looks_like_request, looks_like_response
 from ..decode.stats import DecodeStats
 from ..decode.dns_pairing import DnsPairer
 from ..decode.http_pairing import _http1, Redaction, connection_factory, decoder_in_use, is_http2
-from ..decode.http_rows import HttpRows
+from ..decode.http_rows import _NX, HttpRows
 from ..decode.tcp_order import SEQ_MOD
 from ..decode.tcp_streams import TcpFlow, TcpStreams
 from ..decode import http2 as _h2
@@ -600,18 +600,60 @@ class L7Decoder:
             tid = self.turns.tid(join.skaddr, join.side == "server", mono, None if resp is None else resp - self.offset, c.ts_start)
             http.add(http.exchange(row, base), cid, join.pid, join.comm, join.side, tid)
             return True
-        conns = self._alive_at(self.endpoints.get(join, []), mono)
+        return self._expand_plain(join, row, give_up)
+
+    def _expand_plain(self, join: tuple, row: tuple, give_up: bool) -> bool:
+        """_expand of a plain HTTP exchange (joined by its flow's 4-tuple): one row per local endpoint
+        alive at its request. The hottest part of take_rows, so _alive_at, conn_id, IoTurns.tid, HttpRows.exchange and HttpRows.add are
+        written out here (the same steps; tests/test_l7_rows_inline.py holds them equal)."""
+        mono = row[0] - self.offset  # ts_request
+        conns = self.endpoints.get(join)
+        if conns:
+            conns = [c for c in conns if c.ts_start <= mono and (c.ts_end is None or mono <= c.ts_end)]
         if not conns:
             if give_up:
                 self.counters["l7.http_no_endpoint"] += 1
                 return True
             return False
         http = self.http_rows
-        x = http.exchange(row, (*join, False))
-        resp = None if row[1] is None else row[1] - self.offset
-        turns = self.turns
+        if len(row) > _NX:  # an HTTP/2 exchange (h2c)
+            x = http.exchange(row, (*join, False))
+        else:  # HttpRows.exchange written out
+            x = len(http.exchanges)
+            http.exchanges.append(row)
+            base = (*join, False)
+            b = http._base_ids.get(base)
+            if b is None:
+                b = http._base_ids[base] = len(http.bases)
+                http.bases.append(base)
+            http.base_of.append(b)
+        resp = row[1]
+        bound = mono + IoTurns.NO_RESPONSE_NS if resp is None else resp - self.offset
+        by_sk = self.turns.by_sk
+        cols = self._endpoint_cols
+        add = http.add if http.goroutine is not None else None  # else HttpRows.add written out: no goroutine
+        of, side_ids, side_of = http.of, http._side_ids, http.side_of
         for c in conns:
-            http.add(x, self.conn_id(c), c.pid, c.comm, c.role, turns.tid(c.skaddr, c.role == "server", mono, resp, c.ts_start))
+            hit = cols.get(id(c))
+            cid = hit[2][0] if hit is not None and hit[0] is c and hit[1] == c.cookie else self.conn_id(c)
+            role = c.role
+            tid = None
+            entry = by_sk.get(c.skaddr) if c.skaddr else None
+            if entry is not None:  # IoTurns.tid
+                tss = entry[0]
+                j = bisect.bisect_right(tss, bound) - 1
+                if j >= 0 and tss[j] >= c.ts_start and entry[2][j] == (role == "server"):
+                    tid = entry[1][j]
+            if add is not None:
+                add(x, cid, c.pid, c.comm, role, tid)
+                continue
+            of.append(x)
+            key = (cid, c.pid, c.comm, role, tid)
+            i = side_ids.get(key)
+            if i is None:
+                i = side_ids[key] = len(http.sides)
+                http.sides.append(key)
+            side_of.append(i)
         return True
 
     def take_rows(self, now_mono: int | None = None, final: bool = False) -> dict[str, Any]:
@@ -642,9 +684,12 @@ class L7Decoder:
             if not self._expand(item[1], item[2], item[3], sure or live_read >= item[0] or now - item[0] > ENDPOINT_WAIT_NS):
                 still.append(item)
         self.waiting = still
-        while self.pending and (final or self.pending[0][0] <= now):
-            item = self.pending.popleft()
-            if not self._expand(item[1], item[2], item[3], sure or live_read >= item[0]):
+        pending, expand, plain = self.pending, self._expand, self._expand_plain
+        while pending and (final or pending[0][0] <= now):
+            item = pending.popleft()
+            ready, kind, join, row = item
+            if not (plain(join, row, sure or live_read >= ready) if kind == "http" and type(join) is tuple
+                    else expand(kind, join, row, sure or live_read >= ready)):
                 self.waiting.append(item)
         out: dict[str, Any] = {**self.rows, "http": self.http_rows}
         self.rows, self.http_rows = {"dns": [], "tls": [], "wire_trace_context": []}, HttpRows()

@@ -131,3 +131,46 @@ def test_dns_table_leaves_what_does_not_fit_to_conform():
     missing = [*rows[:3], {k: v for k, v in rows[3].items() if k != "comm"}, *rows[4:]]
     assert dns_table(missing).equals(conform(table("dns"), missing))
     assert isinstance(dns_table(rows), pa.Table)
+
+
+def test_feed_udp_shortcut_is_decode_dns(monkeypatch):
+    """feed_udp calls the parser's fast path itself; the reference is decode_dns (which counts
+    malformed and truncated messages) then observe, on every message: regular, cut short, without a
+    question, garbage."""
+    from flowtape.capture.decode.dns import decode_dns
+
+    records = _traffic(9, 2500)
+    rnd = random.Random(2)
+    payloads = []
+    for raw in records:
+        ev = EVENT.from_buffer_copy(raw)
+        data = bytes(ev.data[: ev.cap_len])
+        if ev.kind != DNS_UDP:
+            continue
+        roll = rnd.random()
+        if roll < 0.08:
+            data = data[: rnd.randrange(len(data))]  # cut anywhere (the kernel's prefix)
+        elif roll < 0.12:
+            data = data[:4] + b"\x00\x00" + data[6:12]  # qdcount 0: no question
+        payloads.append((ev.ts_ns, data, ev.sport, ev.dport))
+
+    def run(pairer: DnsPairer) -> list:
+        out = []
+        for ts, data, sport, dport in payloads:
+            src, dst = ("10.0.0.2", "10.0.0.53") if dport == 53 else ("10.0.0.53", "10.0.0.2")
+            out += pairer.feed_udp(ts, data, src, sport, dst, dport)
+        return out + pairer.flush() + [pairer.stats.lost_counters(), pairer.stats.notes()]
+
+    got = run(DnsPairer(timeout_ns=1_000_000_000))
+
+    def reference(self, ts_ns, payload, src_ip, src_port, dst_ip, dst_port, pid=None, comm=None):
+        msg = decode_dns(payload, self.stats)
+        if msg is None:
+            return []
+        return self.observe(ts_ns, msg, src_ip, src_port, dst_ip, dst_port, "udp", pid, comm)
+
+    monkeypatch.setattr(DnsPairer, "feed_udp", reference)
+    ref = run(DnsPairer(timeout_ns=1_000_000_000))
+    assert got == ref
+    assert any(r.get("answers") for r in ref if isinstance(r, dict) and "ts_query" in r)
+    assert ref[-1] or ref[-2]  # some message was counted as malformed or truncated

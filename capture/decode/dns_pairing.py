@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .dns import DnsMessage, DnsTcpSplitter, decode_dns
+from . import dns as _dns
+from .dns import DnsAnswer, DnsMessage, DnsTcpSplitter, decode_dns, qtype_name, rcode_name
 from .stats import DecodeStats
 
 DEFAULT_TIMEOUT_NS = 10_000_000_000
@@ -55,7 +56,7 @@ def _row(q: _Query, answer: DnsMessage | None, ts_answer: int | None) -> dict[st
         "qtype_name": q.msg.qtype_name,
         "rcode": None if answer is None else answer.rcode,
         "rcode_name": None if answer is None else answer.rcode_name,
-        "answers": None if answer is None else [a.as_row() for a in answer.answers],
+        "answers": None if answer is None else [{"name": a[0], "type": a[1], "ttl": a[2], "data": a[3]} for a in answer.answers],  # DnsAnswer.as_row
     }
 
 
@@ -79,9 +80,13 @@ class DnsPairer:
         pid: int | None = None, comm: str | None = None,
     ) -> list[dict[str, Any]]:
         """One UDP datagram's payload (or its first bytes). Returns rows completed by it."""
-        msg = decode_dns(payload, self.stats)
-        if msg is None:
-            return []
+        # dns.parse_dns's fast path called directly: a regular message with a question, read whole, is
+        # what decode_dns would return without counting anything; any other goes through decode_dns
+        msg = _dns._fast_parse(payload, DnsMessage, DnsAnswer, qtype_name, rcode_name)
+        if msg is None or msg.qname is None or msg.truncated:
+            msg = decode_dns(payload, self.stats)
+            if msg is None:
+                return []
         return self.observe(ts_ns, msg, src_ip, src_port, dst_ip, dst_port, "udp", pid, comm)
 
     def feed_tcp(

@@ -15,8 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import dns as _dns
-from .dns import DnsAnswer, DnsMessage, DnsTcpSplitter, decode_dns, qtype_name, rcode_name
+from .dns import FAST_PARSE, DnsAnswer, DnsMessage, DnsTcpSplitter, decode_dns, qtype_name, rcode_name
 from .stats import DecodeStats
 
 DEFAULT_TIMEOUT_NS = 10_000_000_000
@@ -82,7 +81,7 @@ class DnsPairer:
         """One UDP datagram's payload (or its first bytes). Returns rows completed by it."""
         # dns.parse_dns's fast path called directly: a regular message with a question, read whole, is
         # what decode_dns would return without counting anything; any other goes through decode_dns
-        msg = _dns._fast_parse(payload, DnsMessage, DnsAnswer, qtype_name, rcode_name)
+        msg = FAST_PARSE(payload, DnsMessage, DnsAnswer, qtype_name, rcode_name)
         if msg is None or msg.qname is None or msg.truncated:
             msg = decode_dns(payload, self.stats)
             if msg is None:

@@ -53,8 +53,8 @@ from .interfaces import TcAttachments
 from ..decode.http1 import looks_like_request, looks_like_response
 from ..decode.stats import DecodeStats
 from ..decode.dns_pairing import DnsPairer
-from ..decode.http_pairing import _http1, Redaction, connection_factory, decoder_in_use, is_http2
-from ..decode.http_rows import _NX, HttpRows
+from ..decode.http_pairing import EXCHANGE_FIELDS, _http1, Redaction, connection_factory, decoder_in_use, is_http2
+from ..decode.http_rows import HttpRows
 from ..decode.tcp_order import SEQ_MOD
 from ..decode.tcp_streams import TcpFlow, TcpStreams
 from ..decode import http2 as _h2
@@ -94,6 +94,7 @@ TURN_KEEP_NS = 10_000_000_000
 WIRE_SLACK_NS = 1_000_000_000  # a trace context this long before an endpoint's start is still its own
 TURNS_PER_SOCKET = 4096  # direction turns kept per socket and direction (rows join them ~1 s after)
 _TS_START = operator.attrgetter("ts_start")
+_NX = len(EXCHANGE_FIELDS)  # an HTTP/1 exchange tuple's length (HTTP/2 ones are longer)
 
 
 class HeaderDecoder:

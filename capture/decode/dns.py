@@ -29,6 +29,7 @@ except ImportError:  # no compiler at install time: dns_fast.fast_parse does the
 
 # The fast path in use: the compiled twin of dns_fast.fast_parse, or that function itself (its reference).
 _fast_parse = fast_parse if _dns is None else _dns.fast_parse
+FAST_PARSE = _fast_parse  # the same, for DnsPairer.feed_udp's shortcut past parse_dns and decode_dns
 
 # rdata types whose data is a domain name: normalised like qname (lower-case, no trailing
 # dot) so that a CNAME's data equals the next record's name and chains can be followed.

@@ -15,10 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .dns import DnsMessage, DnsTcpSplitter, decode_dns
+from .dns import FAST_PARSE, DnsAnswer, DnsMessage, DnsTcpSplitter, decode_dns, qtype_name, rcode_name
 from .stats import DecodeStats
 
 DEFAULT_TIMEOUT_NS = 10_000_000_000
+_NEVER = 1 << 80  # later than any timestamp
 
 Key = tuple[str, str, int, str, int, int, str, int]
 
@@ -54,7 +55,7 @@ def _row(q: _Query, answer: DnsMessage | None, ts_answer: int | None) -> dict[st
         "qtype_name": q.msg.qtype_name,
         "rcode": None if answer is None else answer.rcode,
         "rcode_name": None if answer is None else answer.rcode_name,
-        "answers": None if answer is None else [a.as_row() for a in answer.answers],
+        "answers": None if answer is None else [{"name": a[0], "type": a[1], "ttl": a[2], "data": a[3]} for a in answer.answers],  # DnsAnswer.as_row
     }
 
 
@@ -67,6 +68,9 @@ class DnsPairer:
         self._pending: dict[Key, _Query] = {}  # insertion order = query order, for expiry
         self._tcp: dict[tuple[str, int, str, int], tuple[DnsTcpSplitter, int]] = {}
         self._tcp_swept = 0  # when expire() last walked _tcp
+        # expire() finds nothing before this instant: never later than the oldest query's ts + timeout
+        # (queries only leave, so the oldest only gets younger), so observe() skips the call until then
+        self._due = _NEVER
 
     # --- input -------------------------------------------------------------------------
 
@@ -75,9 +79,13 @@ class DnsPairer:
         pid: int | None = None, comm: str | None = None,
     ) -> list[dict[str, Any]]:
         """One UDP datagram's payload (or its first bytes). Returns rows completed by it."""
-        msg = decode_dns(payload, self.stats)
-        if msg is None:
-            return []
+        # dns.parse_dns's fast path called directly: a regular message with a question, read whole, is
+        # what decode_dns would return without counting anything; any other goes through decode_dns
+        msg = FAST_PARSE(payload, DnsMessage, DnsAnswer, qtype_name, rcode_name)
+        if msg is None or msg.qname is None or msg.truncated:
+            msg = decode_dns(payload, self.stats)
+            if msg is None:
+                return []
         return self.observe(ts_ns, msg, src_ip, src_port, dst_ip, dst_port, "udp", pid, comm)
 
     def feed_tcp(
@@ -105,13 +113,15 @@ class DnsPairer:
         transport: str = "udp", pid: int | None = None, comm: str | None = None,
     ) -> list[dict[str, Any]]:
         """One decoded message sent from src to dst. Returns the row it completes, if any."""
-        rows = self.expire(ts_ns)
+        rows = self.expire(ts_ns) if ts_ns >= self._due or self._tcp else []
         if not msg.is_response:
             assert msg.qname is not None and msg.qtype is not None  # decode_dns drops question-less queries
             key = (transport, src_ip, src_port, dst_ip, dst_port, msg.txid, msg.qname, msg.qtype)
             if key in self._pending:
                 self.stats.add("dns_duplicate_queries")  # a retransmission: latency counts from the first
             else:
+                if not self._pending:
+                    self._due = ts_ns + self.timeout_ns
                 self._pending[key] = _Query(ts_ns, msg, src_ip, src_port, dst_ip, dst_port, transport, pid, comm)
             return rows
         query = self._take(transport, dst_ip, dst_port, src_ip, src_port, msg)
@@ -143,6 +153,7 @@ class DnsPairer:
             old.append(key)
         for key in old:
             rows.append(_row(self._pending.pop(key), None, None))
+        self._due = next(iter(self._pending.values())).ts_ns + self.timeout_ns if self._pending else _NEVER
         if self._tcp and now_ns - self._tcp_swept >= 1_000_000_000:  # a walk of all TCP framings: once a second is enough
             self._tcp_swept = now_ns
             for key, (_, last_ns) in list(self._tcp.items()):

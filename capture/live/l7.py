@@ -53,7 +53,7 @@ from .interfaces import TcAttachments
 from ..decode.http1 import looks_like_request, looks_like_response
 from ..decode.stats import DecodeStats
 from ..decode.dns_pairing import DnsPairer
-from ..decode.http_pairing import _http1, Redaction, connection_factory, decoder_in_use, is_http2
+from ..decode.http_pairing import EXCHANGE_FIELDS, _http1, Redaction, connection_factory, decoder_in_use, is_http2
 from ..decode.http_rows import HttpRows
 from ..decode.tcp_order import SEQ_MOD
 from ..decode.tcp_streams import TcpFlow, TcpStreams
@@ -94,6 +94,7 @@ TURN_KEEP_NS = 10_000_000_000
 WIRE_SLACK_NS = 1_000_000_000  # a trace context this long before an endpoint's start is still its own
 TURNS_PER_SOCKET = 4096  # direction turns kept per socket and direction (rows join them ~1 s after)
 _TS_START = operator.attrgetter("ts_start")
+_NX = len(EXCHANGE_FIELDS)  # an HTTP/1 exchange tuple's length (HTTP/2 ones are longer)
 
 
 class HeaderDecoder:
@@ -307,6 +308,7 @@ class L7Decoder:
         self._ip = ebpf.IpText()
         self._unpack = self.header.struct.unpack_from
         self._data_offset = self.header.data_offset
+        self._kind_offset = self.header.kind_offset
         self._layout = self.header.layout
         # which decoder runs is decided once per L7Decoder (and written into the manifest)
         self._decoder = decoder_in_use()
@@ -401,6 +403,7 @@ class L7Decoder:
         them). It stops at the first record it does not take, which _feed_one does."""
         self.events += len(raws)
         fast = self._fast_http
+        kind_off = self._kind_offset
         i, n = 0, len(raws)
         while i < n:
             if fast is not None:
@@ -412,8 +415,30 @@ class L7Decoder:
                     continue
                 if i >= n:
                     break
+            if raws[i][kind_off] == DNS_UDP:  # DNS datagrams come in runs: taken together, without a feed_http call each
+                j = i + 1
+                while j < n and raws[j][kind_off] == DNS_UDP:
+                    j += 1
+                self._dns_udp(raws, i, j)
+                i = j
+                continue
             self._feed_one(raws[i])
             i += 1
+
+    def _dns_udp(self, raws: list[bytes] | tuple[bytes, ...], i: int, j: int) -> None:
+        """Records i..j-1, all DNS_UDP: what _feed_one does for each, with the lookups made once."""
+        unpack, ip, feed, offset, off = self._unpack, self._ip, self.dns.feed_udp, self.offset, self._data_offset
+        rows = self.rows["dns"]
+        last = self.last_ts
+        for k in range(i, j):
+            raw = raws[k]
+            ts, _, _, _, _, _, cap, family, saddr, daddr, sport, dport, _, _, _, _, _ = unpack(raw)
+            if ts > last:
+                last = ts
+            got = feed(ts + offset, raw[off : off + cap], ip(family, saddr), sport, ip(family, daddr), dport)
+            if got:
+                rows += got
+        self.last_ts = last
 
     def _feed_one(self, raw: bytes) -> None:
         (ts, skaddr, ssl, length, seq, pid, cap, family, saddr, daddr, sport, dport, kind, tcp_flags, from_client,
@@ -598,19 +623,61 @@ class L7Decoder:
             tid, g = self.turns.turn(join.skaddr, join.side == "server", mono, None if resp is None else resp - self.offset, c.ts_start)
             http.add(http.exchange(row, base), cid, join.pid, join.comm, join.side, tid, g)
             return True
-        conns = self._alive_at(self.endpoints.get(join, []), mono)
+        return self._expand_plain(join, row, give_up)
+
+    def _expand_plain(self, join: tuple, row: tuple, give_up: bool) -> bool:
+        """_expand of a plain HTTP exchange (joined by its flow's 4-tuple): one row per local endpoint
+        alive at its request. The hottest part of take_rows, so _alive_at, conn_id, IoTurns.turn, HttpRows.exchange and HttpRows.add are
+        written out here (the same steps; tests/test_l7_rows_inline.py holds them equal)."""
+        mono = row[0] - self.offset  # ts_request
+        conns = self.endpoints.get(join)
+        if conns:
+            conns = [c for c in conns if c.ts_start <= mono and (c.ts_end is None or mono <= c.ts_end)]
         if not conns:
             if give_up:
                 self.counters["l7.http_no_endpoint"] += 1
                 return True
             return False
         http = self.http_rows
-        x = http.exchange(row, (*join, False))
-        resp = None if row[1] is None else row[1] - self.offset
-        turns = self.turns
+        if len(row) > _NX:  # an HTTP/2 exchange (h2c)
+            x = http.exchange(row, (*join, False))
+        else:  # HttpRows.exchange written out
+            x = len(http.exchanges)
+            http.exchanges.append(row)
+            base = (*join, False)
+            b = http._base_ids.get(base)
+            if b is None:
+                b = http._base_ids[base] = len(http.bases)
+                http.bases.append(base)
+            http.base_of.append(b)
+        resp = row[1]
+        bound = mono + IoTurns.NO_RESPONSE_NS if resp is None else resp - self.offset
+        by_sk = self.turns.by_sk
+        cols = self._endpoint_cols
+        of, side_ids, side_of = http.of, http._side_ids, http.side_of
         for c in conns:
-            tid, g = turns.turn(c.skaddr, c.role == "server", mono, resp, c.ts_start)
-            http.add(x, self.conn_id(c), c.pid, c.comm, c.role, tid, g)
+            hit = cols.get(id(c))
+            cid = hit[2][0] if hit is not None and hit[0] is c and hit[1] == c.cookie else self.conn_id(c)
+            role = c.role
+            tid = g = None
+            entry = by_sk.get(c.skaddr) if c.skaddr else None
+            if entry is not None:  # IoTurns.turn
+                tss = entry[0]
+                j = bisect.bisect_right(tss, bound) - 1
+                if j >= 0 and tss[j] >= c.ts_start and entry[2][j] == (role == "server"):
+                    tid = entry[1][j]
+                    g = entry[3][j] or None
+            if g is not None or http.goroutine is not None:  # HttpRows.add keeps the goroutine column (Go)
+                http.add(x, cid, c.pid, c.comm, role, tid, g)
+                continue
+            # else HttpRows.add written out: no goroutine column yet
+            of.append(x)
+            key = (cid, c.pid, c.comm, role, tid)
+            i = side_ids.get(key)
+            if i is None:
+                i = side_ids[key] = len(http.sides)
+                http.sides.append(key)
+            side_of.append(i)
         return True
 
     def take_rows(self, now_mono: int | None = None, final: bool = False) -> dict[str, Any]:
@@ -641,9 +708,12 @@ class L7Decoder:
             if not self._expand(item[1], item[2], item[3], sure or live_read >= item[0] or now - item[0] > ENDPOINT_WAIT_NS):
                 still.append(item)
         self.waiting = still
-        while self.pending and (final or self.pending[0][0] <= now):
-            item = self.pending.popleft()
-            if not self._expand(item[1], item[2], item[3], sure or live_read >= item[0]):
+        pending, expand, plain = self.pending, self._expand, self._expand_plain
+        while pending and (final or pending[0][0] <= now):
+            item = pending.popleft()
+            ready, kind, join, row = item
+            if not (plain(join, row, sure or live_read >= ready) if kind == "http" and type(join) is tuple
+                    else expand(kind, join, row, sure or live_read >= ready)):
                 self.waiting.append(item)
         out: dict[str, Any] = {**self.rows, "http": self.http_rows}
         self.rows, self.http_rows = {"dns": [], "tls": [], "wire_trace_context": [], "go_spawns": []}, HttpRows()

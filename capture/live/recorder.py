@@ -32,6 +32,7 @@ from .connections import CLOSE, ESTABLISHED, EV_STATE, CgroupResolver, Connectio
 from .flows import FlowProbe
 from .host import NamespaceAddresses, cgroup_facts, etc_hosts, own_addresses
 from .interfaces import coverage
+from ..decode.dns_rows import dns_table
 from ..decode.http_pairing import Redaction
 from .inject import MODES as INJECT_MODES, InjectProbe
 from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
@@ -322,7 +323,7 @@ class Recorder:
         now_mono = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         for table, rows in self.l7dec.take_rows(now_mono, final=final).items():
             if rows:
-                w.append(table, rows)
+                w.append(table, dns_table(rows) if table == "dns" else rows)  # dns: see capture/decode/dns_rows.py
                 self.summary.rows[table] = self.summary.rows.get(table, 0) + len(rows)
         counters = dict(self.l7dec.lost_counters())
         if self.l7 is not None and self.l7.bpf is not None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
+from ebpf_support import skip_or_fail
 
 SCRIPT = textwrap.dedent("""
     import mmap, os, sys, time
@@ -64,7 +64,7 @@ SCRIPT = textwrap.dedent("""
 
 def test_file_pages_are_given_back_and_read_back_intact(tmp_path):
     if tuple(int(x) for x in os.uname().release.split(".")[:2]) < (5, 4):
-        pytest.skip("MADV_PAGEOUT needs Linux 5.4+")
+        skip_or_fail("MADV_PAGEOUT needs Linux 5.4+")
     r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     alone_before, alone_after, shared_before, shared_after, paged_out, intact = r.stdout.split()
@@ -109,7 +109,7 @@ def test_the_repeated_release_pages_out_the_unused_libraries_only(tmp_path):
     """What the recorder repeats every RELEASE_EVERY_S: the compiler's pages (once no other process
     shares them), never those of the libraries it runs (they would only be read back)."""
     if tuple(int(x) for x in os.uname().release.split(".")[:2]) < (5, 4):
-        pytest.skip("MADV_PAGEOUT needs Linux 5.4+")
+        skip_or_fail("MADV_PAGEOUT needs Linux 5.4+")
     r = subprocess.run([sys.executable, "-c", UNUSED, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     llvm_before, llvm_after, other_before, other_after, advised = (int(x) for x in r.stdout.split())

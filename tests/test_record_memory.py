@@ -12,10 +12,8 @@ import textwrap
 
 from ebpf_support import skip_or_fail
 
-SCRIPT = textwrap.dedent("""
-    import mmap, os, sys, time
-    from flowtape.capture.live import ebpf
-
+# the resident KiB of one mapped file, as /proc/self/smaps counts it: both child scripts need it
+RSS_KIB = textwrap.dedent("""
     def rss_kib(path):
         rss, current = 0, None
         for line in open("/proc/self/smaps"):
@@ -25,6 +23,11 @@ SCRIPT = textwrap.dedent("""
             elif line.startswith("Rss:") and current == path:
                 rss += int(head[1])
         return rss
+""")
+
+SCRIPT = RSS_KIB + textwrap.dedent("""
+    import mmap, os, sys, time
+    from flowtape.capture.live import ebpf
 
     CONTENT = bytes(range(256)) * (8 << 12)  # 8 MiB
     maps = {}
@@ -75,19 +78,9 @@ def test_file_pages_are_given_back_and_read_back_intact(tmp_path):
     assert intact == "True"  # file pages read back with their contents; anonymous memory untouched
 
 
-UNUSED = textwrap.dedent("""
+UNUSED = RSS_KIB + textwrap.dedent("""
     import mmap, os, sys
     from flowtape.capture.live import ebpf
-
-    def rss_kib(path):
-        rss, current = 0, None
-        for line in open("/proc/self/smaps"):
-            head = line.split()
-            if head and "-" in head[0] and len(head) >= 5 and all(c in "0123456789abcdef-" for c in head[0]):
-                current = head[5] if len(head) > 5 else ""
-            elif line.startswith("Rss:") and current == path:
-                rss += int(head[1])
-        return rss
 
     maps = {}
     for name in ("libLLVM-fake.so", "libother-fake.so"):  # the compiler's name, and a library the recorder runs

@@ -33,7 +33,7 @@ from ..reports.filters import Filters
 from .encode import key_values
 from .resources import EXPORTER_RESOURCE, resource_attributes
 from .semconv import DURATION_BOUNDS, SCOPE_NAME, endpoint_service_sql
-from .spans import CLIENT, DNS_ERROR_TYPE, ERROR_TYPE, GRPC, GRPC_STATUS_NAME, KNOWN, LOCAL_PEER, SPAN_ERROR_TYPE
+from .spans import DNS_ERROR_TYPE, ERROR_TYPE, GRPC, GRPC_STATUS_NAME, KNOWN, LOCAL_PEER, SPAN_ERROR_TYPE
 
 _BUCKET = "(" + " + ".join(f"(x > {b!r})::INTEGER" for b in DURATION_BOUNDS) + ")"
 """The explicit-bounds bucket of x seconds: bucket i holds (bounds[i-1], bounds[i]]."""
@@ -75,15 +75,16 @@ _HOST_ADDR = ("CASE WHEN host LIKE '[%' THEN nullif(split_part(substr(host, 2), 
               "ELSE nullif(split_part(host, ':', 1), '') END")
 _HOST_PORT = ("CASE WHEN host LIKE '[%]:%' THEN TRY_CAST(split_part(host, ']:', 2) AS INTEGER) "
               "WHEN host LIKE '%:%' AND host NOT LIKE '%:%:%' AND host NOT LIKE '[%' THEN TRY_CAST(split_part(host, ':', 2) AS INTEGER) END")
-_HTTP_CLIENT = [("http.request.method", f"CASE WHEN {KNOWN} THEN method ELSE '_OTHER' END"), ("server.address", f"coalesce({_HOST_ADDR}, s_dns, sock_ip)"),
-                ("server.port", f"coalesce({_HOST_PORT}, sock_port)"), ("url.scheme", "CASE WHEN tls THEN 'https' ELSE 'http' END"),
+_SERVER = [("server.address", f"coalesce({_HOST_ADDR}, s_dns, sock_ip)"), ("server.port", f"coalesce({_HOST_PORT}, sock_port)")]
+"""A client's server, as its request named it (Host or :authority), else the DNS name or the address it connected to."""
+_HTTP_CLIENT = [("http.request.method", f"CASE WHEN {KNOWN} THEN method ELSE '_OTHER' END"), *_SERVER, ("url.scheme", "CASE WHEN tls THEN 'https' ELSE 'http' END"),
                 ("http.response.status_code", "status"), ("network.protocol.version", "nullif(replace(http_version, 'HTTP/', ''), '')"), ("error.type", ERROR_TYPE)]
 # gRPC calls also get the RPC conventions' call durations (their attributes as on the spans: the
 # same value SHOULD be the span's duration); they stay in the HTTP histograms too, being HTTP/2
 # requests, so an HTTP dashboard still sees every request
 _RPC_SERVER = [("rpc.system.name", "'grpc'"), ("rpc.method", "concat(grpc_service, '/', grpc_method)"),
                ("rpc.response.status_code", GRPC_STATUS_NAME), ("error.type", SPAN_ERROR_TYPE)]
-_RPC_CLIENT = _RPC_SERVER + [("server.address", f"coalesce({_HOST_ADDR}, s_dns, sock_ip)"), ("server.port", f"coalesce({_HOST_PORT}, sock_port)")]
+_RPC_CLIENT = _RPC_SERVER + _SERVER
 _GRAPH = [("client", endpoint_service_sql("c", "client_ip")), ("server", endpoint_service_sql("s", "server_ip")),
           ("client_service_namespace", "CASE WHEN c_kind IN ('pod', 'service') THEN c_namespace END"),
           ("server_service_namespace", "CASE WHEN s_kind IN ('pod', 'service') THEN s_namespace END")]

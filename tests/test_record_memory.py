@@ -109,3 +109,21 @@ def test_the_repeated_release_pages_out_the_unused_libraries_only(tmp_path):
     assert advised >= 8 << 20
     assert llvm_before >= 8 * 1024 - 64 and llvm_after < llvm_before // 4
     assert other_after >= other_before - 64
+
+
+POOL = "import flowtape, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+
+
+def _pool(argv: list[str], **env: str) -> str:
+    environ = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"} | env
+    r = subprocess.run([sys.executable, "-c", POOL, *argv], capture_output=True, text=True, timeout=60, env=environ)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_the_recorder_allocates_arrow_from_malloc_and_the_analysis_keeps_mimalloc():
+    # `python -c CODE record` has sys.argv == ["-c", "record"]: what `flowtape record` sees
+    assert _pool(["record"]) == "system"  # mimalloc kept 50-60 MiB more of what rotations freed
+    assert _pool(["report"]) == "mimalloc"
+    assert _pool([]) == "mimalloc"
+    assert _pool(["record"], ARROW_DEFAULT_MEMORY_POOL="mimalloc") == "mimalloc"  # the user's choice stands

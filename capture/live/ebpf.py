@@ -186,7 +186,14 @@ def release_unused_libraries() -> int:
     """MADV_PAGEOUT on the libraries the running recorder never uses, again: the kernel skipped the
     pages another process mapped too when release_startup_memory ran (other bcc users map libLLVM),
     and they become ours alone when that process exits. Cheap (a read of /proc/self/maps and a few
-    madvise calls), so the recorder repeats it every RELEASE_EVERY_S. Returns the bytes advised."""
+    madvise calls), so the recorder repeats it every RELEASE_EVERY_S. The heap's free pages go back
+    too (malloc_trim): every rotation's Arrow buffers come from malloc under the recorder's system
+    pool (flowtape/__init__.py), and glibc keeps what they freed at the top of its arenas otherwise.
+    Returns the bytes advised."""
+    try:
+        _libc.malloc_trim(0)
+    except AttributeError:  # not glibc
+        pass
     return _page_out(lambda path: any(lib in path for lib in _UNUSED_LIBS))
 
 

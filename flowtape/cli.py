@@ -326,7 +326,9 @@ def schema(
         out().write("\n")
 
 
-for _name in COMMAND_MODULES:
+# `flowtape record` runs for days on a node: it registers its own command only, so the analysis
+# commands' imports (DuckDB, Polars, the exporters: ~27 MiB of its memory, docs/recorder.md) stay out.
+for _name in (["flowtape.capture.live.cli"] if sys.argv[1:2] == ["record"] else COMMAND_MODULES):
     importlib.import_module(_name).register(app)
 
 

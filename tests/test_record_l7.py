@@ -186,6 +186,7 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
             wrk_tls = cli.run(["wrk", "-t1", "-c4", "-d1s", f"https://{srv.ip}/f100"], timeout=60).stdout.decode()
             # the last responses settle before the stop (the recorder also drains at stop)
             time.sleep(1.5)
+            mapped = {Path(line.split()[-1]).name for line in open(f"/proc/{rec.pid}/maps") if "/" in line}
             rec.send_signal(signal.SIGINT)
             assert rec.wait(timeout=120) == 0, "".join(status)
         finally:
@@ -198,8 +199,16 @@ def recording(ebpf_host, tmp_path_factory):  # noqa: F811
             "tape": flowtape.open(str(tape)), "tape_path": tape, "srv": srv, "cli": cli, "workers": workers,
             "plain_log": access_log(lab.workdir), "tls_log": access_log(lab.workdir, tls=True), "digs": digs,
             "h2_log": access_log(lab.workdir, name="access-h2.log"),
-            "curl_pids": curl_pids, "wrk": (wrk_plain, wrk_tls), "status": "".join(status),
+            "curl_pids": curl_pids, "wrk": (wrk_plain, wrk_tls), "status": "".join(status), "mapped": mapped,
         }
+
+
+def test_the_recorder_never_loads_the_analysis_libraries(recording):
+    """After every kind of row was written (dns, http, tls, flows, connections): no Polars or DuckDB
+    in the recorder's process (they would hold ~27 MiB of its memory; docs/recorder.md)."""
+    mapped = recording["mapped"]
+    assert any("arrow" in name for name in mapped)  # the map was read: pyarrow's libraries are there
+    assert not [name for name in mapped if "polars" in name or "duckdb" in name]
 
 
 def _rows(tape, query: str) -> list[dict]:

@@ -10,9 +10,10 @@ import json
 import math
 import re
 from enum import Enum
-from typing import Any, Callable, TextIO
+from typing import TYPE_CHECKING, Any, Callable, TextIO
 
-import polars as pl
+if TYPE_CHECKING:  # polars is imported where a frame is rendered: `flowtape record` (which imports
+    import polars as pl  # Format through the CLI) never loads it (~18 MiB of the recorder's memory)
 
 
 class Format(str, Enum):
@@ -61,6 +62,8 @@ def records(df: pl.DataFrame) -> list[dict[str, Any]]:
 def _timestamps_as_text(df: pl.DataFrame, ms: bool = False) -> pl.DataFrame:
     """Datetimes as ISO 8601 text with their full precision (Python datetimes stop at µs), or
     to the millisecond (`ms`, for people)."""
+    import polars as pl
+
     exprs = []
     for name, dtype in df.schema.items():
         if isinstance(dtype, pl.Datetime):

@@ -93,9 +93,11 @@ def recorded(lab, run, workdir: Path, tag: str, probes: str = "connections,l7", 
     tape = workdir / f"bench-{tag}.tape"
     rec = subprocess.Popen([flowtape, "record", "-o", str(tape), "--interfaces", lab.bridge, "--probes", probes, "--no-k8s"],
                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    said = []  # what it printed before "recording to": the reason when it never gets there
     while "recording to" not in (line := rec.stderr.readline()):
         if not line:
-            raise SystemExit(f"recorder did not start: {rec.stderr.read()}")
+            raise SystemExit(f"recorder did not start (exit {rec.wait()}): {''.join(said)[-2000:]}")
+        said.append(line)
     mem_start = memory_mib(rec.pid)["VmRSS"]
     smaps_start, parts_start = smaps_mib(rec.pid), smaps_breakdown(rec.pid)
     if on_start is not None:

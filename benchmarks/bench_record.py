@@ -100,9 +100,11 @@ def recorded(lab, host, url, seconds, close, workdir: Path, tag: str, extra: lis
     tape = workdir / f"bench-{tag}.tape"
     rec = subprocess.Popen([*cmd, "record", "-o", str(tape), "--interfaces", lab.bridge, "--flow-interval", "1", *extra],
                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    said = []  # what it printed before "recording to": the reason when it never gets there
     while "recording to" not in (line := rec.stderr.readline()):
         if not line:
-            raise SystemExit(f"recorder did not start: {rec.stderr.read()}")
+            raise SystemExit(f"recorder did not start (exit {rec.wait()}): {''.join(said)[-2000:]}")
+        said.append(line)
     time.sleep(0.5)  # past start-up (first status line, first drain scheduling)
     u0, s0 = cpu_split(rec.pid)
     result = wrk(host, url, seconds, close)

@@ -517,15 +517,14 @@ def _http_spans_columnar(tape: Tape, sides: sp.HttpSides, names: dict[int, tuple
     res = _WireResources(resources, names)
 
     def produce(con, i: int) -> Iterator:
-        # the slice is a table: two queries read it (its classes, then its spans). As a view each
-        # would pair the server sides again: cheaper for DuckDB alone, but the whole export took
-        # more CPU that way (26.8 vs 24.7 us per span, benchmarks/bench_export.py). The worker
-        # thread also encodes (Arrow's kernels and _wire.c release the GIL).
-        sides.materialize(sides.slices[i], table=True, con=con)
+        # the slice is a view, read once: slice_items fetches its rows as Arrow for both of its
+        # queries (its classes, then its spans). The worker thread also encodes (Arrow's kernels
+        # and _wire.c release the GIL).
+        sides.materialize(sides.slices[i], table=False, con=con)
         try:
             yield from columnar.slice_items(con, mode, READ_ROWS)
         finally:
-            con.execute("DROP TABLE IF EXISTS ftx_slice")
+            con.execute("DROP VIEW IF EXISTS ftx_slice")
 
     def send(stream, pos, batch, first):
         target.traces_wire(stream, pos, batch, res, first)

@@ -328,3 +328,41 @@ def test_compiled_concatenation_is_arrows():
             parts.append(column(n))
         for nh in ("replace", "emit_null"):
             assert wire.join_compiled(*parts, null_handling=nh).to_pylist() == wire.join_reference(*parts, null_handling=nh).to_pylist()
+
+
+def test_compiled_json_line_is_the_references():
+    """_wire.json_line against wire.json_line_reference (group_by_resource + traces_json_line) on
+    random batches: resources in any order and repeated, sliced span arrays; and bad input is
+    refused with a ValueError, never read past its buffers."""
+    import numpy as np
+    import pyarrow as pa
+
+    if wire._wire is None:
+        why = "analyze/export/_wire.c was not built (no C compiler): wire.json_line is the reference itself"
+        if in_ci():
+            pytest.fail(f"CI host: {why} (scripts/bootstrap.sh installs gcc)", pytrace=False)
+        pytest.skip(why)
+    rng = random.Random(19)
+    scope = b',"scopeSpans":[{"scope":{"name":"x"},"spans":['
+    for _ in range(80):
+        n, nres = rng.randrange(0, 200), rng.randrange(1, 9)
+        resources = [b'{"r":%d}' % rng.randrange(1000) for _ in range(nres)]
+        spans = [b'{"s":"' + bytes(rng.choice(b"abc\\\"") for _ in range(rng.randrange(30))) + b'"},' for _ in range(n + 5)]
+        arr = pa.array(spans, pa.binary()).slice(2, n)
+        res = np.array([rng.randrange(nres) for _ in range(n)], np.int64)
+        b = wire.Batch(res, arr)
+        assert wire.json_line_compiled(b, resources, scope) == wire.json_line_reference(b, resources, scope)
+    ok = wire.Batch(np.array([0, 1], np.int64), pa.array([b"{},", b"{},"], pa.binary()))
+    for bad in (wire.Batch(np.array([0, 2], np.int64), ok.spans),   # a resource index out of range
+                wire.Batch(np.array([0, -1], np.int64), ok.spans),
+                wire.Batch(np.array([0, 1, 1], np.int64), ok.spans),  # more indices than spans
+                wire.Batch(np.array([0, 1], np.int64), pa.array([b"{},", b""], pa.binary())),  # an empty span
+                wire.Batch(np.array([0, 1], np.int64), pa.array([b"{},", None], pa.binary()))):
+        with pytest.raises(ValueError):
+            wire.json_line_compiled(bad, [b"{}", b"{}"], scope)
+    with pytest.raises(ValueError):  # offsets shorter than the indices, straight to the C function
+        wire._wire.json_line(np.zeros(3, np.int64), np.zeros(2, np.int32).tobytes(), b"{},", 0, [b"{}"], scope)
+    with pytest.raises(ValueError):  # offsets past the data
+        wire._wire.json_line(np.zeros(1, np.int64), np.array([0, 99], np.int32).tobytes(), b"{},", 0, [b"{}"], scope)
+    with pytest.raises(TypeError):
+        wire._wire.json_line(np.zeros(1, np.int64), np.array([0, 3], np.int32).tobytes(), b"{},", 0, ["{}"], scope)

@@ -39,24 +39,31 @@ def _row_value_sql(a, mode: str) -> str:
     return f"({a.sql})::VARCHAR"
 
 
-def classes_sql() -> str:
-    """(cid, frag, status) of every exchange class of ftx_slice, as the reference writes them."""
-    return f"""WITH {sp.http_classes_cte()} SELECT cid, frag, status FROM c"""
+def rows_sql() -> str:
+    """ftx_slice's rows as spans.http_rows_cte makes them (local and peer ends, nid, cid), in the
+    reference's order (time, then row id): fetched once per slice, read by both queries below."""
+    return f"""WITH {sp.http_rows_cte()} SELECT * FROM s2 ORDER BY t, m"""
 
 
-def spans_sql(mode: str) -> str:
-    """One row per span of ftx_slice in the reference's order: rid and the resource columns,
-    cid, ids (hex text for json, bytes for pb), t, t1 and the row attributes' values a0, a1..."""
+def classes_sql(rows: str = "ftx_rows") -> str:
+    """(cid, frag, status) of every exchange class of `rows` (rows_sql's), as the reference writes them."""
+    e = sp.http_span_exprs()
+    return f"""SELECT cid, {e['frag']} AS frag, {e['status']} AS status FROM (SELECT DISTINCT ON (cid) * FROM {rows})"""
+
+
+def spans_sql(mode: str, rows: str = "ftx_rows") -> str:
+    """One row per span of `rows` (rows_sql's), in their order (the reference's: a projection of
+    a scan keeps it, DuckDB's preserve_insertion_order): rid and the resource columns, cid, ids
+    (hex text for json, bytes for pb), t, t1 and the row attributes' values a0, a1..."""
     e = sp.http_span_exprs()
     if mode == "json":
         trace, span, parent = e["trace"], e["span"], e["parent"]
     else:
         trace, span, parent = (f"unhex({e[k]})" for k in ("trace", "span", "parent"))
     vals = ", ".join(f"{_row_value_sql(a, mode)} AS a{i}" for i, a in enumerate(ROW_ATTRS))
-    return f"""WITH {sp.http_rows_cte()}
-SELECT hash(nid, pid, comm, node, local_ip) AS rid, nid, pid, comm, node, local_ip, cid,
+    return f"""SELECT hash(nid, pid, comm, node, local_ip) AS rid, nid, pid, comm, node, local_ip, cid,
        {trace} AS trace, {span} AS span, {parent} AS parent, t, coalesce(t1, t) AS t1, {vals}
-FROM s2 ORDER BY t, m"""
+FROM {rows}"""
 
 
 @dataclass
@@ -128,9 +135,20 @@ RESOURCE_COLUMNS = ("nid", "pid", "comm", "node", "local_ip")
 
 def slice_items(con, mode: str, read_rows: int) -> Iterator[tuple[np.ndarray, pa.RecordBatch, pa.Array]]:
     """(rid, the resource columns of each rid's first row, span bytes) per record batch of the
-    slice in ftx_slice (a table on `con`)."""
-    cls = encode_classes(con.sql(classes_sql()).to_arrow_table(), mode)
-    reader = con.sql(spans_sql(mode)).to_arrow_reader(read_rows)
+    slice in ftx_slice (a view or table on `con`, a cursor of its own: the rows are registered
+    on it). The slice's rows are computed once, as Arrow, for both queries: a table of them
+    (DuckDB's storage, written then read twice, each reading computing the class hash again)
+    cost more."""
+    con.register("ftx_rows", con.sql(rows_sql()).to_arrow_table())
+    try:
+        cls = encode_classes(con.sql(classes_sql()).to_arrow_table(), mode)
+        reader = con.sql(spans_sql(mode)).to_arrow_reader(read_rows)
+        yield from _items(reader, cls, mode)
+    finally:
+        con.unregister("ftx_rows")
+
+
+def _items(reader, cls: Classes, mode: str) -> Iterator[tuple[np.ndarray, pa.RecordBatch, pa.Array]]:
     for rb in reader:
         if rb.num_rows == 0:
             continue

@@ -116,15 +116,14 @@ class _Target:
             ans = self.sink.send("traces", req.SerializeToString(), f"batch {pos[1] + 1} of slice {pos[0] + 1} ({stream} spans)")
             self._answered(stream, (pos[0], pos[1], k + 1) if k + 1 < len(requests) else (pos[0], pos[1] + 1, 0), n, ans)
 
-    def traces_wire(self, stream: str, pos: tuple[int, int], groups: list[wire.Group], res: "_WireResources", first_request: int) -> None:
-        """`traces` for wire.Group batches (the columnar encoder): the same lines and requests."""
-        n_items = sum(len(g) for g in groups)
+    def traces_wire(self, stream: str, pos: tuple[int, int], batch: wire.Batch, res: "_WireResources", first_request: int) -> None:
+        """`traces` for wire.Batch batches (the columnar encoder): the same lines and requests."""
         if isinstance(self.sink, JsonLines):
-            self.sink.write(wire.traces_json_line(groups, res.json, SCOPE_OPEN))
+            self.sink.write(wire.json_line(batch, res.json, SCOPE_OPEN))
             self.s.requests += 1
-            self.s.sent[stream] = self.s.sent.get(stream, 0) + n_items
+            self.s.sent[stream] = self.s.sent.get(stream, 0) + len(batch)
             return
-        requests = self._sized_wire(groups, res)
+        requests = self._sized_wire(batch.groups(), res)
         for k, (body, n) in enumerate(requests):
             if k < first_request:
                 continue
@@ -388,7 +387,8 @@ class _WireResources:
 
 class _WireBatcher:
     """_Batcher for the columnar path: items are (rid, resource rows, span bytes) per record
-    batch; batches of `size` consecutive spans, grouped by resource in first-seen order."""
+    batch; batches (wire.Batch) of `size` consecutive spans, grouped by resource in first-seen
+    order when they are written."""
 
     def __init__(self, size: int, res: _WireResources):
         self.size, self.res = size, res
@@ -396,14 +396,14 @@ class _WireBatcher:
         self.spans: list = []
         self.n = 0
 
-    def _take(self, k: int) -> list[wire.Group]:
+    def _take(self, k: int) -> wire.Batch:
         idx = np.concatenate(self.idx)
         spans = pa.concat_arrays(self.spans) if len(self.spans) > 1 else self.spans[0]
-        groups = wire.group_by_resource(idx[:k], spans.slice(0, k))
+        batch = wire.Batch(idx[:k], spans.slice(0, k))
         self.idx, self.spans, self.n = ([idx[k:]], [spans.slice(k)], self.n - k) if k < len(idx) else ([], [], 0)
-        return groups
+        return batch
 
-    def add(self, item) -> Iterator[list[wire.Group]]:
+    def add(self, item) -> Iterator[wire.Batch]:
         rid, res_rows, spans = item
         self.idx.append(self.res.indices(rid, res_rows))
         self.spans.append(spans)
@@ -411,7 +411,7 @@ class _WireBatcher:
         while self.n >= self.size:
             yield self._take(self.size)
 
-    def flush(self) -> Iterator[list[wire.Group]]:
+    def flush(self) -> Iterator[wire.Batch]:
         if self.n:
             yield self._take(self.n)
         self.idx, self.spans, self.n = [], [], 0
@@ -517,18 +517,17 @@ def _http_spans_columnar(tape: Tape, sides: sp.HttpSides, names: dict[int, tuple
     res = _WireResources(resources, names)
 
     def produce(con, i: int) -> Iterator:
-        # the slice is a table: two queries read it (its classes, then its spans). As a view each
-        # would pair the server sides again: cheaper for DuckDB alone, but the whole export took
-        # more CPU that way (26.8 vs 24.7 us per span, benchmarks/bench_export.py). The worker
-        # thread also encodes (Arrow's kernels and _wire.c release the GIL).
-        sides.materialize(sides.slices[i], table=True, con=con)
+        # the slice is a view, read once: slice_items fetches its rows as Arrow for both of its
+        # queries (its classes, then its spans). The worker thread also encodes (Arrow's kernels
+        # and _wire.c release the GIL).
+        sides.materialize(sides.slices[i], table=False, con=con)
         try:
             yield from columnar.slice_items(con, mode, READ_ROWS)
         finally:
-            con.execute("DROP TABLE IF EXISTS ftx_slice")
+            con.execute("DROP VIEW IF EXISTS ftx_slice")
 
-    def send(stream, pos, groups, first):
-        target.traces_wire(stream, pos, groups, res, first)
+    def send(stream, pos, batch, first):
+        target.traces_wire(stream, pos, batch, res, first)
 
     _stream(target, "http", _parallel_slices(tape, todo, produce), _WireBatcher(o.batch_spans, res), start, send)
     target.finish("http")

@@ -374,6 +374,10 @@ def span_ids(a: Analysis) -> str:
         SELECT s.m, min(i.trace_id) AS trace_id, min(i.span_id) AS span_id, min(i.parent_span_id) AS parent_span_id,
                min(i.parent_m) AS parent_m, min(s.source) AS source
         FROM ft_tr_sel s JOIN ft_tr_ids i USING (rid) GROUP BY s.m""")
+    # the scratch tables are every row of the tape, wide: gone now, not at the next report (the
+    # exporter holds its own copies of the rows while it runs)
+    for scratch in ("ft_tr_sel", "ft_tr_ids", "ft_tr_pick"):
+        a.con.execute(f"DROP TABLE IF EXISTS {scratch}")
     return "ft_tr_span_ids"
 
 

@@ -199,47 +199,84 @@ def _build(a: Analysis, name: str, part_rows: int = PART_ROWS) -> None:
     rows of the sockets whose hash falls in it: a socket's rows are all in one partition, so no
     row's pair crosses a partition edge and nothing is carried over), the links of the other
     rules (rows that carry facts: a few percent) and the rows of the trees deeper than one link
-    (the caused calls), whose roots are found in numpy."""
+    (the caused calls), whose roots are found in numpy. Each partition appends its rows' final
+    links (a row's root is its parent, or itself), less the rows that may be in a deeper tree,
+    which are held and appended last with their roots: no join of every row, no UPDATE (DuckDB's
+    costs ~20 us a row)."""
     _rules(a)
     con = a.con
-    codes = "[" + ", ".join(f"'{x}'" for x in SOURCES) + "]"
-    # the more trusted links, over the socket's: a row is a client (cause) or a server (xpair) row, never both
-    ov = con.execute(f"""SELECT rid, prid, (list_position({codes}, source) - 1)::TINYINT AS src, cause FROM (
-        SELECT rid, prid, source, false AS cause FROM ft_tr_xpair UNION ALL SELECT rid, prid, source, true FROM ft_tr_cause) ORDER BY rid""").fetchnumpy()
-    ov_rid, ov_prid, ov_src = ov["rid"].astype(np.int64), ov["prid"].astype(np.int64), ov["src"].astype(np.int8)
-    callers = np.sort(ov_rid[ov["cause"]])  # client rows with a parent: parents that may have one
-    targets = np.unique(ov_prid[ov["cause"]])  # server rows that caused a call: parents that may have one
+    ov_rid, ov_prid, ov_src, cause = _overrides(a)
+    callers = np.sort(ov_rid[cause])  # client rows with a parent: parents that may have one
+    targets = np.unique(ov_prid[cause])  # server rows that caused a call: parents that may have one
     near = np.unique(np.concatenate([callers, targets]))
     n = _count(a, "SELECT count(*) FROM ft_tr_rows_t")
     parts = max(1, -(-n // max(1, part_rows)))
-    con.execute("CREATE OR REPLACE TEMP TABLE ft_tr_part (rid BIGINT, prid BIGINT, src TINYINT, t BIGINT, t1 BIGINT)")
-    up_rid, up_prid = [], []  # links of rows that may be in a tree deeper than one link, or its parents
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} (rid BIGINT, prid BIGINT, root BIGINT, src TINYINT, root_t BIGINT, root_ns BIGINT)")
+    held = []  # rows that may be in a tree deeper than one link, or its parents: written last, with their roots
+    sock = SOURCES.index("socket")
     for k in range(parts):
         # in rowid order (a scan keeps it): ties at one instant are broken as over the whole table
-        cols = con.execute(f"SELECT rowid AS rid, sk, t, coalesce(t1, -1) AS t1, cli FROM ft_tr_rows_t WHERE sk % {parts} = {k}").fetchnumpy()
+        where = f"WHERE sk % {parts} = {k}" if parts > 1 else ""
+        cols = con.execute(f"SELECT rowid AS rid, sk, t, coalesce(t1, -1) AS t1, cli FROM ft_tr_rows_t {where}").fetchnumpy()
         rid = cols["rid"].astype(np.int64)
-        par = nearest_clients(cols["sk"], cols["t"], cols["t1"], cols["cli"])
-        prid = np.where(par >= 0, rid[np.maximum(par, 0)], -1)
-        src = np.where(par >= 0, SOURCES.index("socket"), -1).astype(np.int8)
+        t, t1 = cols["t"].astype(np.int64), cols["t1"].astype(np.int64)
+        par = nearest_clients(cols["sk"], t, t1, cols["cli"])
+        del cols
+        linked = par >= 0
+        prid = np.where(linked, rid[np.maximum(par, 0)], -1)
+        src = np.where(linked, sock, -1).astype(np.int8)
+        del par, linked
         if len(ov_rid):
             pos = np.minimum(np.searchsorted(ov_rid, rid), len(ov_rid) - 1)
             hit = ov_rid[pos] == rid
             prid[hit], src[hit] = ov_prid[pos[hit]], ov_src[pos[hit]]
             keep = (prid >= 0) & (_isin(prid, near) | _isin(rid, near))
-            up_rid.append(rid[keep])
-            up_prid.append(prid[keep])
-        part = pl.DataFrame({"rid": rid, "prid": prid, "src": src, "t": cols["t"], "t1": cols["t1"]})
-        del cols, par
-        con.register("ft_tr_part_df", part)
-        con.execute("INSERT INTO ft_tr_part SELECT * FROM ft_tr_part_df")
-        con.unregister("ft_tr_part_df")
-    # roots: a row without a parent is its own; a row whose parent has none hangs from that parent;
-    # only the rows whose parent has a parent (a caller, or a server that caused a call and was
-    # linked itself) need pointer jumping, done on them and their ancestors alone (the same jumps
-    # as over the whole forest: a row's result depends on its ancestors only)
-    rid = np.concatenate(up_rid) if up_rid else np.zeros(0, np.int64)
-    prid = np.concatenate(up_prid) if up_prid else np.zeros(0, np.int64)
-    linked = np.unique(rid)  # of `near`'s rows, those with a parent
+            if keep.any():
+                held.append(pl.DataFrame({"rid": rid[keep], "prid": prid[keep], "src": src[keep], "t": t[keep], "t1": t1[keep]}))
+                rest = ~keep
+                rid, prid, src, t, t1 = rid[rest], prid[rest], src[rest], t[rest], t1[rest]
+        _insert(con, name, rid, prid, np.where(prid < 0, rid, prid), src, t, t1)
+        del rid, prid, src, t, t1
+    if held:
+        h = pl.concat(held)
+        del held
+        fix = _deep_roots(h["rid"].to_numpy(), h["prid"].to_numpy())
+        h = h.join(fix, on="rid", how="left").with_columns(pl.col("cut").fill_null(False))
+        # a moved row keeps its link, its root further up; a cut row (a cycle's) becomes a root
+        h = h.with_columns(pl.when("cut").then(-1).otherwise("prid").alias("prid"), pl.when("cut").then(-1).otherwise("src").cast(pl.Int8).alias("src"),
+                           pl.col("root").fill_null(pl.col("prid")))
+        _insert(con, name, h["rid"].to_numpy(), h["prid"].to_numpy(), h["root"].to_numpy(), h["src"].to_numpy(), h["t"].to_numpy(), h["t1"].to_numpy())
+
+
+def _insert(con, name: str, rid: np.ndarray, prid: np.ndarray, root: np.ndarray, src: np.ndarray, t: np.ndarray, t1: np.ndarray) -> None:
+    """Append final links to the stitch table: a root's start and duration (null: not a root, or no response)."""
+    is_root = root == rid
+    part = pl.DataFrame({"rid": rid, "prid": prid, "root": root, "src": src, "root_t": t, "root_ns": t1 - t, "ok": is_root, "done": is_root & (t1 >= 0)})
+    part = part.select("rid", "prid", "root", "src", pl.when("ok").then("root_t").alias("root_t"), pl.when("done").then("root_ns").alias("root_ns"))
+    con.register("ft_tr_part_df", part)
+    con.execute(f"INSERT INTO {name} SELECT * FROM ft_tr_part_df")
+    con.unregister("ft_tr_part_df")
+
+
+def _overrides(a: Analysis) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The links of the more trusted rules, over the socket's, sorted by rid: rid, prid, src (index
+    in SOURCES) and whether it is a cause link (a client row's). A row is a client (cause) or a
+    server (xpair) row, never both."""
+    codes = "[" + ", ".join(f"'{x}'" for x in SOURCES) + "]"
+    ov = a.con.execute(f"""SELECT rid, prid, (list_position({codes}, source) - 1)::TINYINT AS src, cause FROM (
+        SELECT rid, prid, source, false AS cause FROM ft_tr_xpair UNION ALL SELECT rid, prid, source, true FROM ft_tr_cause) ORDER BY rid""").fetchnumpy()
+    return ov["rid"].astype(np.int64), ov["prid"].astype(np.int64), ov["src"].astype(np.int8), ov["cause"].astype(bool)
+
+
+def _deep_roots(rid: np.ndarray, prid: np.ndarray) -> pl.DataFrame:
+    """The rows whose root is not their parent (nor themselves): rid, root, cut (the link was cut:
+    a cycle made the row a root). `rid`/`prid`: the links of the rows that may be in a tree
+    deeper than one link, and of their parents. A row without a parent is its own root, a row
+    whose parent has none hangs from that parent; only the rows whose parent has a parent (a
+    caller, or a server that caused a call and was linked itself) need pointer jumping, done on
+    them and their ancestors alone (the same jumps as over the whole forest: a row's result
+    depends on its ancestors only)."""
+    linked = np.unique(rid)
     deep = _isin(prid, linked)
     closure = np.unique(np.concatenate([rid[deep], prid[deep]]))
     inside = _isin(rid, closure)
@@ -250,20 +287,8 @@ def _build(a: Analysis, name: str, part_rows: int = PART_ROWS) -> None:
     root = nodes[_roots(local)]
     moved = root != nodes
     cut = rid[~_isin(rid, nodes[moved])]  # rows whose link was cut (a cycle made them roots)
-    deep_roots = pl.concat([pl.DataFrame({"rid": nodes[moved], "root": root[moved], "cut": False}),
-                            pl.DataFrame({"rid": cut, "root": cut, "cut": True})])
-    con.register("ft_tr_deep_df", deep_roots)
-    # a root's start and duration (null: not a root), for picking traces without a join; the
-    # link's source as its index in SOURCES (-1: none)
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE {name} AS
-        WITH f AS (SELECT p.rid, p.t, p.t1, CASE WHEN d.cut THEN -1 ELSE p.prid END AS prid, CASE WHEN d.cut THEN -1 ELSE p.src END AS src,
-                          coalesce(d.root, CASE WHEN p.prid >= 0 THEN p.prid ELSE p.rid END) AS root
-                   FROM ft_tr_part p LEFT JOIN ft_tr_deep_df d ON d.rid = p.rid)
-        SELECT rid, prid, root, src::TINYINT AS src,
-               CASE WHEN root = rid THEN t END AS root_t, CASE WHEN root = rid AND t1 >= 0 THEN t1 - t END AS root_ns
-        FROM f""")
-    con.unregister("ft_tr_deep_df")
-    con.execute("DROP TABLE IF EXISTS ft_tr_part")
+    return pl.DataFrame({"rid": np.concatenate([nodes[moved], cut]).astype(np.int64), "root": np.concatenate([root[moved], cut]).astype(np.int64),
+                         "cut": np.concatenate([np.zeros(moved.sum(), bool), np.ones(len(cut), bool)])})
 
 
 def _isin(x: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:

@@ -1,6 +1,7 @@
 """The full report set on a large tape, against a bare DuckDB scan of the same columns.
 
     .venv/bin/python benchmarks/bench_reports.py [--tape /tmp/flowtape-bench.tape] [--flows 50000000] [--runs 3] [--steps]
+        [--compare DIR]
 
 Builds (once, cached at --tape) a synthetic tape with >= 10M http rows (`flowtape synth`: 40
 services on 30 nodes at 200 req/s for 18 minutes) and appends >= 50M flow rows (synth alone
@@ -16,6 +17,11 @@ recorder would write it. Then, in one run, it times:
 and prints their ratio (target <= 2), rows per second per core and peak memory (RSS). Each of
 --runs pairs opens the tape afresh; medians are printed, with the CPU-time ratio beside the
 wall-time one (the machine is shared: wall times swing with other work, CPU times much less).
+
+--compare DIR times DIR's checkout (its own .venv and code: a baseline such as a clean clone
+of main) on the same tape in the same run: each run is a pair of child processes, this
+checkout's and DIR's, in alternating order, each running one_run (the same bare queries, then
+that checkout's report set) and reporting its times and peak RSS; the ratios of both are printed.
 """
 
 from __future__ import annotations
@@ -220,13 +226,56 @@ def one_run(path: Path, bare_sql: list[str]) -> tuple[float, float, float, float
     return bare, bare_cpu, full, full_cpu
 
 
+ARM = """
+import json, resource, sys
+sys.path.insert(0, sys.argv[1] + "/benchmarks")
+import bench_reports
+bare, bare_cpu, full, full_cpu = bench_reports.one_run(bench_reports.Path(sys.argv[2]), json.loads(sys.argv[3]))
+print(json.dumps([bare, bare_cpu, full, full_cpu, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))
+"""
+
+
+def arm(checkout: Path, path: Path, bare_sql: list[str]) -> tuple[float, float, float, float, float]:
+    """one_run in a child process of `checkout`'s own Python and code (cwd there, so its
+    flowtape is imported, not ours): bare and report wall and CPU s, and the child's peak RSS in MiB."""
+    python = checkout / ".venv" / "bin" / "python"
+    out = subprocess.run([str(python), "-c", ARM, str(checkout), str(path), json.dumps(bare_sql)], cwd=checkout,
+                         check=True, capture_output=True, text=True).stdout
+    return tuple(json.loads(out.strip().splitlines()[-1]))  # type: ignore[return-value]
+
+
+def compare(path: Path, bare_sql: list[str], base: Path, runs: int) -> None:
+    """This checkout against `base` on the same tape, alternating (see the module docstring)."""
+    here = Path(__file__).resolve().parent.parent
+    results: dict[str, list[tuple[float, ...]]] = {"this": [], "base": []}
+    for i in range(runs):
+        order = [("this", here), ("base", base)] if i % 2 == 0 else [("base", base), ("this", here)]
+        for label, checkout in order:
+            r = arm(checkout, path, bare_sql)
+            results[label].append(r)
+            print(f"run {i + 1} {label}: bare {r[0]:.2f} s ({r[1]:.1f} CPU s), reports {r[2]:.2f} s ({r[3]:.1f} CPU s), "
+                  f"CPU ratio {r[3] / r[1]:.2f}, peak RSS {r[4]:,.0f} MiB")
+    for label, rs in results.items():
+        bare_cpu, full_cpu = statistics.median(r[1] for r in rs), statistics.median(r[3] for r in rs)
+        ratio = statistics.median(r[3] / r[1] for r in rs)
+        print(f"{label:<5} {base if label == 'base' else here}: bare {bare_cpu:.1f} CPU s, reports {full_cpu:.1f} CPU s, "
+              f"CPU ratio {ratio:.2f} (median of {len(rs)}), wall ratio {statistics.median(r[2] / r[0] for r in rs):.2f}, "
+              f"peak RSS {max(r[4] for r in rs):,.0f} MiB")
+    this, other = (statistics.median(r[3] for r in results[k]) for k in ("this", "base"))
+    print(f"report set CPU s, this / base   {this:.1f} / {other:.1f} = {this / other:.2f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tape", type=Path, default=Path("/tmp/flowtape-bench.tape"))
     ap.add_argument("--flows", type=int, default=50_000_000)
     ap.add_argument("--runs", type=int, default=3, help="bare/report pairs; medians are printed (the machine is shared)")
     ap.add_argument("--steps", action="store_true", help="also time the report set step by step (shared tables, then each report)")
+    ap.add_argument("--compare", type=Path, metavar="DIR",
+                    help="also time DIR's checkout (its .venv) on the same tape, alternating with this one, in the same run")
     args = ap.parse_args()
+    if args.compare and not (args.compare / ".venv" / "bin" / "python").exists():
+        sys.exit(f"bench_reports: {args.compare} has no .venv/bin/python to compare with")
     build(args.tape, args.flows)
     tape = flowtape.open(args.tape)
     rows = {t: tape.rows(t) for t in ("http", "flows", "connections", "dns")}
@@ -235,6 +284,11 @@ def main() -> None:
     read = read_columns(args.tape)
     bare_sql = bare_queries(args.tape, read)
     print("bare scan " + "; ".join(f"{t}: {', '.join(c)}" for t, c in read.items()) + "  (the columns the reports read)")
+    if args.compare:
+        compare(args.tape, bare_sql, args.compare.resolve(), args.runs)
+        if args.steps:
+            print_steps(args.tape)
+        return
     runs = []
     for i in range(args.runs):
         bare, bare_cpu, full, full_cpu = one_run(args.tape, bare_sql)
@@ -249,8 +303,12 @@ def main() -> None:
     print(f"rows/s per core                 {total / full_cpu:,.0f}   ({total:,} rows, {full_cpu:.1f} CPU s on {os.cpu_count()} cores)")
     print(f"peak memory (RSS)               {peak:,.0f} MiB")
     if args.steps:
-        for name, wall, cpu in steps(args.tape):
-            print(f"   step {name:<14} {wall:6.2f} s  {cpu:6.2f} CPU s")
+        print_steps(args.tape)
+
+
+def print_steps(path: Path) -> None:
+    for name, wall, cpu in steps(path):
+        print(f"   step {name:<14} {wall:6.2f} s  {cpu:6.2f} CPU s")
 
 
 if __name__ == "__main__":

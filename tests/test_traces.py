@@ -275,6 +275,50 @@ def test_span_ids_for_the_exporter():
     assert ids.select("trace_id", "span_id", "parent_span_id", "source").sort("span_id").equals(view)
 
 
+def _h2_tape(path: Path) -> Path:
+    """HTTP/2 rows as the TC programs write them: a client opens three streams on one connection
+    in one segment (one request instant on each side, the server's 1 ms later), whose responses
+    come in another order; later a new connection on the same 4-tuple starts at stream 1 again."""
+    w = flowtape.TapeWriter(path, node="n1")
+    a, b = "10.6.0.1", "10.6.0.2"
+    h2 = {"http_version": "HTTP/2"}
+    rows = []
+    for sid, end in ((1, 180), (3, 120), (5, 150)):
+        rows.append(_row("client", 100, end + 1, a, 43000, b, 8443, 800, stream_id=sid, path=f"/s{sid}", **h2))
+        rows.append(_row("server", 101, end, a, 43000, b, 8443, 801, stream_id=sid, path=f"/s{sid}", **h2))
+    rows.append(_row("client", 5000, 5020, a, 43000, b, 8443, 800, stream_id=1, path="/again", **h2))
+    rows.append(_row("server", 5001, 5019, a, 43000, b, 8443, 801, stream_id=1, path="/again", **h2))
+    w.append("http", rows)
+    w.close()
+    return path
+
+
+NO_STREAM_RULE = "h2 AS (SELECT NULL::BIGINT AS rid, NULL::BIGINT AS prid, 3 AS prio, NULL::VARCHAR AS source WHERE false)"
+
+
+def test_http2_streams_pair_by_connection_and_stream_id(tmp_path, monkeypatch):
+    """Each server stream's parent is the client row of the same stream (source `stream`), and each
+    stream is its own span (the row key carries the stream id); without the rule the socket's
+    nearest time cannot tell three streams of one instant apart."""
+    from flowtape.analyze.reports import traces as tr
+
+    path = _h2_tape(tmp_path / "h2.tape")
+
+    def links() -> dict[str, tuple[str | None, str | None]]:
+        df = flowtape.open(path).report.traces(by="process")
+        assert df.height == 8 and df["span_id"].n_unique() == 8  # every stream once, each its own span
+        kind = dict(zip(df["span_id"], df["kind"] + ":" + df["path"]))
+        return {k + ":" + p: (kind.get(par), src) for k, p, par, src in df.select("kind", "path", "parent_span_id", "source").iter_rows()}
+
+    got = links()
+    for p in ("/s1", "/s3", "/s5", "/again"):
+        assert got["server:" + p] == ("client:" + p, "stream")
+        assert got["client:" + p] == (None, None)
+    monkeypatch.setattr(tr, "_stream_pairs", lambda skew: NO_STREAM_RULE)
+    bare = links()
+    assert sum(bare["server:" + p][0] == "client:" + p for p in ("/s1", "/s3", "/s5")) < 3  # the rule is what pairs them
+
+
 def _cycles_tape(path: Path) -> Path:
     """Rows whose links make cycles (a server side's client and that client's cause each point at
     the other: one clock, one process calling itself through two others), of 4 and 6 rows, each
@@ -298,9 +342,9 @@ def _cycles_tape(path: Path) -> Path:
 
 def _keyed(a, table: str) -> pl.DataFrame:
     """A stitch table with each row, parent and root named by its row (node, request ns, client
-    port, side) instead of its rid: rids number the rows in the order a join produced them, which
+    port, side, HTTP/2 stream) instead of its rid: rids number the rows in the order a join produced them, which
     may differ between two builds of ft_tr_rows_t."""
-    key = ("nk", "t", "cport", "cli")
+    key = ("nk", "t", "cport", "cli", "sid")
     df = a.sql(f"""SELECT {', '.join(f'r.{k}' for k in key)}, {', '.join(f'p.{k} AS p_{k}' for k in key)}, {', '.join(f'o.{k} AS o_{k}' for k in key)},
                           f.src, f.root_t, f.root_ns
                    FROM {table} f JOIN ft_tr_rows r ON r.rid = f.rid LEFT JOIN ft_tr_rows p ON p.rid = f.prid JOIN ft_tr_rows o ON o.rid = f.root
@@ -309,7 +353,7 @@ def _keyed(a, table: str) -> pl.DataFrame:
     return df
 
 
-@pytest.mark.parametrize("name", ["tiny.tape", "synth-incident.tape", "journeys", "journeys_bare", "handmade", "cycles"])
+@pytest.mark.parametrize("name", ["tiny.tape", "synth-incident.tape", "journeys", "journeys_bare", "handmade", "cycles", "h2"])
 def test_partitioned_stitching_equals_the_whole(name, request, tmp_path):
     """The stitching with bounded memory (socket rule by partitions of sockets, pointer jumping
     on the deeper trees only) gives the table the in-memory version gives, row for row (rows
@@ -320,6 +364,8 @@ def test_partitioned_stitching_equals_the_whole(name, request, tmp_path):
         path = FIXTURES / name
     elif name == "cycles":
         path = _cycles_tape(tmp_path / "cycles.tape")
+    elif name == "h2":
+        path = _h2_tape(tmp_path / "h2.tape")
     else:
         path = request.getfixturevalue(name)
     a = flowtape.open(path).analysis

@@ -53,9 +53,11 @@ def _names_hash(prefix: str) -> str:
     return f"hash({', '.join(f'{prefix}_{x}' for x in NAME_FIELDS)})"
 
 
-def _key(node: str, side: str, t: str, cip: str, cport: str, sip: str, sport: str) -> str:
-    """The text a row's ids are derived from: who recorded it, which side, when, which socket."""
-    return f"concat_ws('|', {node}, {side}, {t}, {cip}, {cport}, {sip}, {sport})"
+def _key(node: str, side: str, t: str, cip: str, cport: str, sip: str, sport: str, sid: str = "stream_id") -> str:
+    """The text a row's ids are derived from: who recorded it, which side, when, which socket, and
+    an HTTP/2 stream's id (its connection's streams may start at one instant; concat_ws skips a
+    null, so an HTTP/1 row's key is as it was)."""
+    return f"concat_ws('|', {node}, {side}, {t}, {cip}, {cport}, {sip}, {sport}, {sid})"
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,7 @@ class HttpSides:
             SELECT t, side, node, client_ip, client_port, sock_ip, sock_port, server_ip, t1, {e_cols}, cn, sn,
                    md5({_key('node', 'side', 't', 'client_ip', 'client_port', 'sock_ip', 'sock_port')}) AS m{keys}
             FROM (SELECT epoch_ns(ts) AS t, side, node, client_ip, client_port, seen_server_ip AS sock_ip, server_port AS sock_port, server_ip,
-                         epoch_ns(ts_response) AS t1, {e_cols}, {cn} AS cn, {sn} AS sn{keys}
+                         epoch_ns(ts_response) AS t1, stream_id, {e_cols}, {cn} AS cn, {sn} AS sn{keys}
                   FROM {src} WHERE {lo.time_sql('ts')})) e LEFT JOIN {ids} i ON i.m = e.m
             """)
         if self.naming == "keyed":
@@ -116,7 +118,7 @@ class HttpSides:
             SELECT t, 'server' AS side, node, client_ip, client_port, sock_ip, sock_port, sock_ip AS server_ip, t1, {e_cols},
                    md5({_key('node', "'server'", 't', 'client_ip', 'client_port', 'sock_ip', 'sock_port')}) AS m
             FROM (SELECT epoch_ns(h.ts_request) AS t, h.node, h.client_ip, h.client_port, h.server_ip AS sock_ip, h.server_port AS sock_port,
-                         epoch_ns(h.ts_response) AS t1, {h_cols}
+                         epoch_ns(h.ts_response) AS t1, h.stream_id, {h_cols}
                   FROM http h
                   -- the server rows the enriched view leaves out: those of connections whose two
                   -- ends the tape paired (analyze.enrich's ft_paired_servers, made with the view);

@@ -7,7 +7,10 @@ A span is one `http` row (one side of one exchange). Two kinds of links make the
   application's own ids; a proxy that forwards the header unchanged, as nginx does, leaves two
   client rows with one id, and the next rules decide); the TCP sequence numbers of the request's
   and response's first bytes (`request_seq`/`response_seq`, shared by the two sides through NAT,
-  source `tcp-seq`); the trace id written into the connection's packets (IPv4 option 136 from
+  source `tcp-seq`); for an HTTP/2 stream, its connection as both ends see it (client ip and
+  port, server ip: the socket's key) and its stream id, with the nearest request time (source
+  `stream`: HTTP/2 rows have no request_seq, and the socket rule's nearest time cannot tell the
+  concurrent streams of one connection apart; _stream_pairs); the trace id written into the connection's packets (IPv4 option 136 from
   `record --inject-trace-context ip-option` or OBI, TCP option 25), the same on both rows, with
   the same client port and the nearest request time (source `ip-option`/`tcp-option`: TLS and
   HTTP/2 rows have no request_seq); the connection's socket and the nearest time (pairing.nearest_client_sql,
@@ -23,7 +26,7 @@ A span is one `http` row (one side of one exchange). Two kinds of links make the
 
 Ids: a client span takes the traceparent's span id when its request carried one (the first
 client row carrying it, when a proxy forwarded it); every other span id is the first half of the
-md5 of its row (node, side, request time, 4-tuple as the local socket saw it), the same as the
+md5 of its row (node, side, request time, 4-tuple as the local socket saw it, an HTTP/2 stream's id), the same as the
 OTLP exporter's. A tree's trace id is its root's traceparent trace id, else the smallest one in
 the tree, else the wire trace id, else the root row's md5: the same tape gives the same traces.
 
@@ -48,7 +51,7 @@ from .pairing import SKEW_NS, nearest_clients
 GO_DEPTH = 6
 """How many goroutine generations a call is followed back to the goroutine of its request."""
 
-SOURCES = ("traceparent", "ip-option", "tcp-option", "tcp-seq", "socket", "thread", "goroutine")
+SOURCES = ("traceparent", "ip-option", "tcp-option", "tcp-seq", "stream", "socket", "thread", "goroutine")
 
 _END = 9_000_000_000_000_000_000  # epoch ns far in the future: "no response recorded"
 
@@ -61,7 +64,8 @@ def _tp_ok(tp: str) -> str:
 def _rows_sql(substitutions: bool, wire: bool) -> str:
     """ft_tr_rows: every http row, narrow: what linking needs, as integers where it can (the
     socket and the process as 64-bit hashes), numbered `rid` (scan order: links and the spans'
-    ids never depend on it), with what finds the row again (nk, t, cport, cli); the view
+    ids never depend on it), with what finds the row again (nk, t, cport, cli, sid: the
+    HTTP/2 streams of one connection may start at one instant, in one segment); the view
     ft_tr_rows adds rid."""
     subst = "LEFT JOIN ft_conn_subst p ON h.side = 'client' AND h.node = p.client_node AND h.conn_id = p.client_conn_id" if substitutions else ""
     server_ip = "CASE WHEN h.side = 'client' THEN coalesce(p.server_pod_ip, h.server_ip) ELSE h.server_ip END" if substitutions else "h.server_ip"
@@ -78,7 +82,7 @@ SELECT * FROM (
            -- the process, for the links inside one (only rows that carry something to link by)
            CASE WHEN h.pid IS NOT NULL AND (h.tid IS NOT NULL OR h.goroutine IS NOT NULL OR h.traceparent IS NOT NULL{wire_any})
                 THEN hash(h.node, h.pid) END AS pk,
-           h.tid, h.goroutine, h.request_seq AS qseq, h.response_seq AS rseq,
+           h.tid, h.goroutine, h.request_seq AS qseq, h.response_seq AS rseq, h.stream_id AS sid,
            CASE WHEN {_tp_ok(tp)} THEN substr({tp}, 4, 32) END AS tp_trace,
            CASE WHEN {_tp_ok(tp)} THEN substr({tp}, 37, 16) END AS tp_span,
            {wire_cols}
@@ -111,10 +115,26 @@ w0 AS (SELECT s.rid, c.rid AS prid, s.wire_source AS source, abs(s.t - c.t) AS d
        FROM (SELECT rid, t, cport, wire_trace, wire_source FROM ft_tr_facts WHERE NOT cli AND wire_trace IS NOT NULL) s
        JOIN (SELECT rid, t, cport, wire_trace FROM ft_tr_facts WHERE cli AND wire_trace IS NOT NULL) c
          ON s.wire_trace = c.wire_trace AND s.cport = c.cport AND abs(s.t - c.t) <= {skew}),
-w AS (SELECT rid, arg_min(prid, d) AS prid, 3 AS prio, any_value(source) AS source FROM w0 GROUP BY rid)
+w AS (SELECT rid, arg_min(prid, d) AS prid, 4 AS prio, any_value(source) AS source FROM w0 GROUP BY rid),
+{stream}
 -- (the same socket and the nearest time, the OTLP exporter's rule, comes last: pairing.nearest_clients)
-SELECT rid, arg_min(prid, prio) AS prid, arg_min(source, prio) AS source FROM (SELECT * FROM a UNION ALL SELECT * FROM b UNION ALL SELECT * FROM w) GROUP BY rid
+SELECT rid, arg_min(prid, prio) AS prid, arg_min(source, prio) AS source
+FROM (SELECT * FROM a UNION ALL SELECT * FROM b UNION ALL SELECT * FROM h2 UNION ALL SELECT * FROM w) GROUP BY rid
 """
+
+
+def _stream_pairs(skew: int) -> str:
+    """The CTEs `h2s` and `h2` of ft_tr_xpair: a server row of an HTTP/2 stream -> the client row of
+    the same stream: the same connection as both ends see it (`sk`: client ip and port, server ip,
+    the client's after DNAT's substitution) and the same stream id, the nearest request time
+    within the skew (a 4-tuple that a later connection reuses starts at stream 1 again); a client
+    row claimed by two server rows (a stream recorded twice) pairs neither. Source `stream`, after
+    tcp-seq (which HTTP/2 rows never carry) and before the wire's trace ids (one per connection)."""
+    return f"""h2s AS (SELECT s.rid, c.rid AS prid, abs(s.t - c.t) AS d
+        FROM (SELECT rid, t, sk, sid FROM ft_tr_facts WHERE NOT cli AND sid IS NOT NULL) s
+        JOIN (SELECT rid, t, sk, sid FROM ft_tr_facts WHERE cli AND sid IS NOT NULL) c ON s.sk = c.sk AND s.sid = c.sid AND abs(s.t - c.t) <= {skew}),
+h2n AS (SELECT rid, arg_min(prid, d) AS prid FROM h2s GROUP BY rid),
+h2 AS (SELECT rid, prid, 3 AS prio, 'stream' AS source FROM h2n WHERE prid IN (SELECT prid FROM h2n GROUP BY prid HAVING count(*) = 1))"""
 
 
 def _cause_sql(goroutines: bool) -> str:
@@ -307,8 +327,8 @@ def _rules(a: Analysis) -> None:
     wire = _count(a, "SELECT count(*) FROM (SELECT 1 FROM connections WHERE wire_trace_id IS NOT NULL LIMIT 1)") > 0
     con.execute(_rows_sql(has_substitutions(con), wire))
     con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_facts AS SELECT * FROM ft_tr_rows
-        WHERE tp_span IS NOT NULL OR qseq IS NOT NULL OR tid IS NOT NULL OR goroutine IS NOT NULL OR wire_trace IS NOT NULL""")
-    con.execute(_XPAIR.format(skew=SKEW_NS))
+        WHERE tp_span IS NOT NULL OR qseq IS NOT NULL OR sid IS NOT NULL OR tid IS NOT NULL OR goroutine IS NOT NULL OR wire_trace IS NOT NULL""")
+    con.execute(_XPAIR.format(skew=SKEW_NS, stream=_stream_pairs(SKEW_NS)))
     goroutines = _count(a, "SELECT count(*) FROM (SELECT 1 FROM ft_tr_facts WHERE goroutine IS NOT NULL LIMIT 1)") > 0
     con.execute(_cause_sql(goroutines))
 
@@ -387,7 +407,7 @@ def traces(a: Analysis, by: str = "workload", filters: Filters | None = None, tr
 def span_ids(a: Analysis) -> str:
     """The name of a temporary table of every http row's ids, keyed by `m`, the md5 its span id
     derives from (the OTLP exporter's row key: node|side|request ns|client ip|client port|server
-    ip|server port as the socket saw it): m, trace_id, span_id, parent_span_id, parent_m (the
+    ip|server port as the socket saw it|the HTTP/2 stream id, for a stream): m, trace_id, span_id, parent_span_id, parent_m (the
     parent's row key: for a server row, the client row of its exchange), source. What the OTLP
     exporter's spans take their ids from (analyze.export.spans.HttpSides.build), and how it finds
     the client side of a server side it names. A key two rows share (one node, side, request
@@ -431,8 +451,9 @@ def _select(a: Analysis, st: str) -> bool:
         SELECT h.ts_request AS ts, s.rid, s.t, s.t1, s.prid, s.root, s.source, s.root_t, s.root_ns, s.tp_trace, s.tp_span, s.wire_trace, s.cli,
                h.side, h.node, h.pid, h.tid, h.conn_id, h.client_ip, h.client_port, {server_ip} AS server_ip, h.server_ip AS seen_server_ip, h.server_port,
                h.method, h.path, h.status,
-               md5(concat_ws('|', h.node, h.side, s.t, h.client_ip, h.client_port, h.server_ip, h.server_port)) AS m, {pkc}
+               md5(concat_ws('|', h.node, h.side, s.t, h.client_ip, h.client_port, h.server_ip, h.server_port, h.stream_id)) AS m, {pkc}
         FROM s JOIN http h ON epoch_ns(h.ts_request) = s.t AND h.client_port = s.cport AND (h.side = 'client') = s.cli AND hash(h.node) = s.nk
+                       AND h.stream_id IS NOT DISTINCT FROM s.sid
         {subst} {pk}""")
     # ids: a client span takes its request's traceparent span id when it is the first client row of
     # the tape to carry it; a tree's trace id is its root's traceparent's, else the smallest in the tree,

@@ -61,7 +61,8 @@ def differential(records: list[bytes], chunk: int = 37, timeout_ns: int = S, mod
     last = 0
     for start in range(0, len(records), chunk):
         part = records[start : start + chunk]
-        last = cp.feed_ring(part, 0, len(part), OFFSET, last)
+        end, last = cp.feed_ring(part, 0, len(part), OFFSET, last)
+        assert end == len(part)
         for raw in part:
             ts, *_, cap, fam, sa, da, sp, dp, _k, _f, _c, _cm, _t = HEADER.struct.unpack_from(raw)
             want += ref.feed_udp(ts + OFFSET, raw[HEADER.data_offset : HEADER.data_offset + cap], ip(fam, sa), sp, ip(fam, da), dp)
@@ -185,7 +186,7 @@ def test_bad_layouts_and_records_are_errors_not_crashes():
     with pytest.raises(ValueError):
         _dns.Pairer(S, (0,) * 5, None, None, None, None)
     with pytest.raises(ValueError):
-        _dns.Pairer(S, (0,) * 9 + (3, 1), None, None, None, None)
+        _dns.Pairer(S, (0,) * 9 + (3, 1, 1), None, None, None, None)
     cp = ColumnPairer(HEADER.dns_layout)
     with pytest.raises(ValueError, match="shorter"):
         cp.feed_ring([b"\0" * 10])

@@ -538,6 +538,7 @@ typedef struct {
     int64_t timeout, due;
     Py_ssize_t o_kind, o_ts, o_cap, o_family, o_saddr, o_daddr, o_sport, o_dport, o_data;
     int s_cap, s_family;
+    unsigned kind_dns_udp;
     PyObject *fallback, *ip_text, *qtype_name, *rcode_name;
     Query *pool;
     int32_t pool_cap, free_head, head, tail, count;
@@ -933,9 +934,11 @@ static uint64_t read_uint(const unsigned char *r, int size) {
     }
 }
 
-/* feed_ring(records, start, stop, offset_ns, last_ts) -> last_ts: records[start:stop], all DNS_UDP. */
+/* feed_ring(records, start, stop, offset_ns, last_ts) -> (end, last_ts): records[start:stop] up to the
+ * first that is not DNS_UDP (its index is end), so the caller's loop does not look at each kind. */
 static PyObject *pairer_feed_ring(Pairer *p, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 5) { PyErr_SetString(PyExc_TypeError, "feed_ring(records, start, stop, offset_ns, last_ts)"); return NULL; }
+    Py_ssize_t i;
     PyObject *seq = PySequence_Fast(args[0], "records must be a sequence");
     if (seq == NULL) return NULL;
     Py_ssize_t start = PyLong_AsSsize_t(args[1]), stop = PyLong_AsSsize_t(args[2]);
@@ -947,12 +950,14 @@ static PyObject *pairer_feed_ring(Pairer *p, PyObject *const *args, Py_ssize_t n
     Py_ssize_t min_len = p->o_data;
     Py_ssize_t ends[] = {p->o_ts + 8, p->o_cap + p->s_cap, p->o_family + p->s_family, p->o_saddr + 16, p->o_daddr + 16, p->o_sport + 2, p->o_dport + 2};
     for (int k = 0; k < 7; k++) if (ends[k] > min_len) min_len = ends[k];
-    for (Py_ssize_t i = start; i < stop; i++) {
+    if (start < 0) start = 0;
+    for (i = start; i < stop; i++) {
         PyObject *rec = PySequence_Fast_GET_ITEM(seq, i);
         Py_buffer v;
         if (PyObject_GetBuffer(rec, &v, PyBUF_SIMPLE) < 0) goto error;
         const unsigned char *r = v.buf;
         if (v.len < min_len) { PyBuffer_Release(&v); PyErr_SetString(PyExc_ValueError, "ring record shorter than struct l7_event's header"); goto error; }
+        if (r[p->o_kind] != p->kind_dns_udp) { PyBuffer_Release(&v); break; }
         uint64_t ts = read_uint(r + p->o_ts, 8);
         Py_ssize_t cap = (Py_ssize_t)read_uint(r + p->o_cap, p->s_cap);
         unsigned family = (unsigned)read_uint(r + p->o_family, p->s_family);
@@ -978,7 +983,7 @@ static PyObject *pairer_feed_ring(Pairer *p, PyObject *const *args, Py_ssize_t n
         if (observe(p, (int64_t)ts + offset, m, src, sport, dst, dport) < 0) goto error;
     }
     Py_DECREF(seq);
-    return PyLong_FromUnsignedLongLong(last);
+    return Py_BuildValue("nK", i, last);
 error:
     Py_DECREF(seq);
     return NULL;
@@ -1023,17 +1028,18 @@ static int pairer_init(Pairer *p, PyObject *args, PyObject *kw) {
     long long timeout;
     PyObject *layout, *fallback, *ip_text, *qtype_name, *rcode_name;
     if (!PyArg_ParseTuple(args, "LOOOOO", &timeout, &layout, &fallback, &ip_text, &qtype_name, &rcode_name)) return -1;
-    Py_ssize_t o[11];
+    Py_ssize_t o[12];
     PyObject *lay = PySequence_Fast(layout, "layout must be a sequence");
     if (lay == NULL) return -1;
-    if (PySequence_Fast_GET_SIZE(lay) != 11) { Py_DECREF(lay); PyErr_SetString(PyExc_ValueError, "layout: (kind, ts, cap, family, saddr, daddr, sport, dport, data offsets, cap size, family size)"); return -1; }
-    for (int i = 0; i < 11; i++) o[i] = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(lay, i));
+    if (PySequence_Fast_GET_SIZE(lay) != 12) { Py_DECREF(lay); PyErr_SetString(PyExc_ValueError, "layout: (kind, ts, cap, family, saddr, daddr, sport, dport, data offsets, cap size, family size, DNS_UDP)"); return -1; }
+    for (int i = 0; i < 12; i++) o[i] = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(lay, i));
     Py_DECREF(lay);
     if (PyErr_Occurred()) return -1;
     for (int i = 0; i < 9; i++) if (o[i] < 0) { PyErr_SetString(PyExc_ValueError, "layout: negative offset"); return -1; }
     if ((o[9] != 1 && o[9] != 2 && o[9] != 4) || (o[10] != 1 && o[10] != 2 && o[10] != 4)) { PyErr_SetString(PyExc_ValueError, "layout: field sizes 1, 2 or 4"); return -1; }
     p->o_kind = o[0]; p->o_ts = o[1]; p->o_cap = o[2]; p->o_family = o[3]; p->o_saddr = o[4]; p->o_daddr = o[5];
     p->o_sport = o[6]; p->o_dport = o[7]; p->o_data = o[8]; p->s_cap = (int)o[9]; p->s_family = (int)o[10];
+    p->kind_dns_udp = (unsigned)o[11];
     p->timeout = timeout;
     p->due = NEVER;
     Py_XSETREF(p->fallback, Py_NewRef(fallback));
@@ -1061,7 +1067,7 @@ static void pairer_dealloc(Pairer *p) {
 }
 
 static PyMethodDef pairer_methods[] = {
-    {"feed_ring", (PyCFunction)(void (*)(void))pairer_feed_ring, METH_FASTCALL, "feed_ring(records, start, stop, offset_ns, last_ts) -> last_ts"},
+    {"feed_ring", (PyCFunction)(void (*)(void))pairer_feed_ring, METH_FASTCALL, "feed_ring(records, start, stop, offset_ns, last_ts) -> (end, last_ts): up to the first record that is not DNS_UDP"},
     {"take", (PyCFunction)pairer_take, METH_VARARGS, "take(now_ns, final) -> (rows, unanswered, answers, buffers...)"},
     {"counters", (PyCFunction)pairer_counters, METH_NOARGS, "{'dns_duplicate_queries', 'dns_unmatched_answers', 'pending'}"},
     {NULL},

@@ -45,8 +45,8 @@ def decoder_in_use() -> str:
 
 class ColumnPairer:
     """DnsPairer for UDP ring records, rows as a table. layout: the offsets in a record of kind, ts_ns,
-    cap_len, family, saddr, daddr, sport, dport and data, then the sizes of cap_len and family
-    (ts_ns: 8 bytes, ports: 2, addresses: 16, all little-endian)."""
+    cap_len, family, saddr, daddr, sport, dport and data, the sizes of cap_len and family (ts_ns: 8
+    bytes, ports: 2, addresses: 16, all little-endian), then the kind DNS_UDP."""
 
     def __init__(self, layout: Sequence[int], stats: DecodeStats | None = None, timeout_ns: int = DEFAULT_TIMEOUT_NS,
                  ip_text=None) -> None:
@@ -59,12 +59,12 @@ class ColumnPairer:
         self._counted = dict.fromkeys(_COUNTERS, 0)
 
     def feed_ring(self, records: Sequence[bytes], start: int = 0, stop: int | None = None, offset_ns: int = 0,
-                  last_ts: int = 0) -> int:
-        """records[start:stop] (all DNS_UDP), timestamps + offset_ns as wall time. Returns the largest
-        kernel ts seen (or last_ts)."""
-        last = self._c.feed_ring(records, start, len(records) if stop is None else stop, offset_ns, last_ts)
+                  last_ts: int = 0) -> tuple[int, int]:
+        """records[start:stop] up to the first that is not DNS_UDP, timestamps + offset_ns as wall
+        time. Returns (the index of that first other record or stop, the largest kernel ts seen or last_ts)."""
+        out = self._c.feed_ring(records, start, len(records) if stop is None else stop, offset_ns, last_ts)
         self._sync()
-        return last
+        return out
 
     def _sync(self) -> None:
         got = self._c.counters()

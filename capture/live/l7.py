@@ -134,7 +134,7 @@ class HeaderDecoder:
         self.struct = self._struct(by_name, self.FIELDS)
         # capture/decode/_dns.c's Pairer reads DNS_UDP records at these offsets (None if the sizes differ)
         self.dns_layout = (self.kind_offset, *(by_name[n][0] for n in self.DNS_FIELDS), self.data_offset,
-                           by_name["cap_len"][1], by_name["family"][1]) \
+                           by_name["cap_len"][1], by_name["family"][1], DNS_UDP) \
             if [by_name[n][1] for n in ("ts_ns", "saddr", "daddr", "sport", "dport")] == [8, 16, 16, 2, 2] \
             and by_name["cap_len"][1] in (1, 2, 4) and by_name["family"][1] in (1, 2, 4) else None
         # capture/decode/_http1.c's feed_http reads these fields itself, at these offsets and sizes
@@ -433,13 +433,13 @@ class L7Decoder:
                 if i >= n:
                     break
             if raws[i][kind_off] == DNS_UDP:  # DNS datagrams come in runs: taken together, without a feed_http call each
+                if self.dns_udp is not None:  # the run's end found in C too
+                    i, self.last_ts = self.dns_udp.feed_ring(raws, i, n, self.offset, self.last_ts)
+                    continue
                 j = i + 1
                 while j < n and raws[j][kind_off] == DNS_UDP:
                     j += 1
-                if self.dns_udp is not None:
-                    self.last_ts = self.dns_udp.feed_ring(raws, i, j, self.offset, self.last_ts)
-                else:
-                    self._dns_udp(raws, i, j)
+                self._dns_udp(raws, i, j)
                 i = j
                 continue
             self._feed_one(raws[i])

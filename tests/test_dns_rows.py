@@ -11,6 +11,7 @@ import pytest
 from dnslib import QTYPE, RR, A, AAAA, CNAME, DNSRecord
 
 from flowtape.capture.decode import dns_pairing
+from flowtape.capture.decode.dns_columns import as_rows
 from flowtape.capture.decode.dns_pairing import DnsPairer
 from flowtape.capture.decode.dns_rows import dns_table
 from flowtape.capture.live.l7 import DNS_UDP, HTTP, L7Decoder, c_header_class
@@ -69,8 +70,11 @@ def _traffic(seed: int, n: int) -> list[bytes]:
     return out
 
 
-def _rows(records: list[bytes], reference: bool) -> list[dict]:
+def _rows(records: list[bytes], reference: bool, python: bool = True) -> list[dict]:
+    """reference: a record at a time; python: DnsPairer for UDP too (else capture/decode/_dns.c's Pairer)."""
     dec = L7Decoder("n1", OFFSET, dns_timeout_ns=1_000_000_000, event_class=EVENT)
+    if python:
+        dec.dns_udp = None
     rows: list[dict] = []
     for start in range(0, len(records), 37):  # ring reads of various sizes
         chunk = records[start : start + 37]
@@ -80,8 +84,8 @@ def _rows(records: list[bytes], reference: bool) -> list[dict]:
                 dec._feed_one(raw)
         else:
             dec.feed_batch(chunk)
-        rows += dec.take_rows()["dns"]
-    rows += dec.take_rows(final=True)["dns"]
+        rows += as_rows(dec.take_rows()["dns"])
+    rows += as_rows(dec.take_rows(final=True)["dns"])
     return rows + [dict(dec.lost_counters()), {"last_ts": dec.last_ts, "events": dec.events}]
 
 

@@ -18,6 +18,7 @@ from ebpf_support import in_ci
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from flowtape.capture.decode import http_pairing
+from flowtape.capture.decode.dns_columns import as_rows
 from flowtape.capture.live.l7 import (DNS_TCP, HTTP, SSL_FREE, SSL_READ, SSL_WRITE, TCP_END, TCP_FIN, TCP_RST, Endpoint, L7Decoder, c_header_class)
 from http1_corpus import generated_stream
 
@@ -134,9 +135,9 @@ def decode(records: list[bytes], endpoints: list[Endpoint], mode: str, monkeypat
     for i in range(0, len(records), batch):
         dec.feed_batch(records[i : i + batch])
         out = dec.take_rows(dec.last_ts)
-        rows += list(out["http"]) + out["dns"]
+        rows += list(out["http"]) + as_rows(out["dns"])
     out = dec.take_rows(dec.last_ts + 10 * S, final=True)
-    rows += list(out["http"]) + out["dns"]
+    rows += list(out["http"]) + as_rows(out["dns"])
     return rows, +dec.stats.counts, dec.lost_counters(), skips, dec.events
 
 

@@ -23,10 +23,12 @@ _REQUIRED = tuple(i for i, f in enumerate(_SCHEMA) if not f.nullable)
 _GET = itemgetter(*_NAMES)
 
 
-def dns_table(rows: list[dict[str, Any]]) -> pa.Table:
+def dns_table(rows: list[dict[str, Any]] | pa.Table) -> pa.Table:
     """`rows` (every column of `dns` but `node`, as DnsPairer makes them) as a table of the dns schema."""
     from ...conform import conform
 
+    if isinstance(rows, pa.Table):  # already a table (L7Decoder.take_rows: capture/decode/dns_columns.py)
+        return rows
     if not rows:
         return _SCHEMA.empty_table()
     try:

@@ -1,7 +1,7 @@
 """The L7 probe: DNS, HTTP/1.x and HTTP/2 (plain and TLS plaintext) and TLS ClientHellos from bpf/l7.c.
 
     bpf/l7.c (tcx + OpenSSL uprobes) --ring buffer--> L7Decoder.feed_batch(records)
-        DNS  -> DnsPairer                      -> dns rows
+        DNS  -> UDP: _dns.c's Pairer (dns_columns.py), TCP: DnsPairer -> dns table (Arrow)
         HTTP -> per-flow segment ordering -> HTTP/1 or HTTP/2 decoder -> http rows (one per local side)
         TLS  -> ClientHelloReader               -> tls rows
         SSL  -> per (pid, SSL*) stream    -> HTTP/1 or HTTP/2 decoder -> http rows (tls=true)
@@ -47,12 +47,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import pyarrow as pa
+
 from . import ebpf, ringbuf
 from .gotls import GoTlsAttacher
 from .interfaces import TcAttachments
 from ..decode.http1 import looks_like_request, looks_like_response
 from ..decode.stats import DecodeStats
+from ..decode import dns_columns
 from ..decode.dns_pairing import DnsPairer
+from ..decode.dns_rows import dns_table
 from ..decode.http_pairing import EXCHANGE_FIELDS, _http1, Redaction, connection_factory, decoder_in_use, is_http2
 from ..decode.http_rows import HttpRows
 from ..decode.tcp_order import SEQ_MOD
@@ -108,6 +112,7 @@ class HeaderDecoder:
               "saddr", "daddr", "sport", "dport", "kind", "tcp_flags", "from_client", "comm", "tid")
     TCP_FIELDS = ("ts_ns", "length", "seq", "cap_len", "saddr", "daddr", "sport", "dport", "from_client")
     SSL_FIELDS = ("skaddr", "ssl", "pid")
+    DNS_FIELDS = ("ts_ns", "cap_len", "family", "saddr", "daddr", "sport", "dport")
 
     def __init__(self, event_class: type):
         by_name = {}  # name -> (offset, size, format code)
@@ -127,6 +132,11 @@ class HeaderDecoder:
         self.data_offset = event_class.data.offset
         self.kind_offset = by_name["kind"][0]
         self.struct = self._struct(by_name, self.FIELDS)
+        # capture/decode/_dns.c's Pairer reads DNS_UDP records at these offsets (None if the sizes differ)
+        self.dns_layout = (self.kind_offset, *(by_name[n][0] for n in self.DNS_FIELDS), self.data_offset,
+                           by_name["cap_len"][1], by_name["family"][1], DNS_UDP) \
+            if [by_name[n][1] for n in ("ts_ns", "saddr", "daddr", "sport", "dport")] == [8, 16, 16, 2, 2] \
+            and by_name["cap_len"][1] in (1, 2, 4) and by_name["family"][1] in (1, 2, 4) else None
         # capture/decode/_http1.c's feed_http reads these fields itself, at these offsets and sizes
         fields = self.TCP_FIELDS + self.SSL_FIELDS
         sizes = {n: by_name[n][1] for n in fields}
@@ -282,6 +292,13 @@ class L7Decoder:
         self.redaction = redaction or Redaction()
         self.dns = DnsPairer(self.stats) if dns_timeout_ns is None else DnsPairer(self.stats, dns_timeout_ns)
         self.header = HeaderDecoder(event_class or c_header_class())
+        # DNS over UDP: capture/decode/_dns.c's Pairer on the raw records (dns_columns), unless the
+        # reference (self.dns, which takes DNS over TCP either way) is asked for or cannot be avoided
+        self.dns_decoder = dns_columns.decoder_in_use()
+        if self.dns_decoder == "c" and self.header.dns_layout is None:
+            self.dns_decoder = "python (struct l7_event's fields are not the sizes capture/decode/_dns.c reads)"
+        self.dns_udp = None if self.dns_decoder != "c" else dns_columns.ColumnPairer(
+            self.header.dns_layout, self.stats, *(() if dns_timeout_ns is None else (dns_timeout_ns,)))
         self.ssl: dict[tuple[int, int], _SslStream] = {}
         # connection endpoints (capture.live.connections.Conn) by client-first 4-tuple and by skaddr
         self.endpoints: dict[tuple, list[Any]] = {}
@@ -416,6 +433,9 @@ class L7Decoder:
                 if i >= n:
                     break
             if raws[i][kind_off] == DNS_UDP:  # DNS datagrams come in runs: taken together, without a feed_http call each
+                if self.dns_udp is not None:  # the run's end found in C too
+                    i, self.last_ts = self.dns_udp.feed_ring(raws, i, n, self.offset, self.last_ts)
+                    continue
                 j = i + 1
                 while j < n and raws[j][kind_off] == DNS_UDP:
                     j += 1
@@ -484,7 +504,10 @@ class L7Decoder:
             return
         src, dst = self._ip(family, saddr), self._ip(family, daddr)
         if kind == DNS_UDP:
-            self.rows["dns"] += self.dns.feed_udp(ts + self.offset, data, src, sport, dst, dport)
+            if self.dns_udp is not None:
+                self.dns_udp.feed_ring((raw,), 0, 1, self.offset, 0)
+            else:
+                self.rows["dns"] += self.dns.feed_udp(ts + self.offset, data, src, sport, dst, dport)
         elif kind == TLS_HELLO:
             self.streams.hello(ts + self.offset, (src, sport, dst, dport), data, length)
 
@@ -682,7 +705,8 @@ class L7Decoder:
 
     def take_rows(self, now_mono: int | None = None, final: bool = False) -> dict[str, Any]:
         """Rows ready to be written: everything when final (after the last events were read).
-        dns and tls: lists of row dicts; http: an l7_rows.HttpRows (iterates as row dicts)."""
+        dns: a pyarrow Table of the dns schema (without node); tls: lists of row dicts; http: an
+        l7_rows.HttpRows (iterates as row dicts)."""
         now = self.last_ts if now_mono is None else max(now_mono, self.last_ts)
         if final:
             for flow in list(self.flows.values()):
@@ -716,8 +740,17 @@ class L7Decoder:
                     else expand(kind, join, row, sure or live_read >= ready)):
                 self.waiting.append(item)
         out: dict[str, Any] = {**self.rows, "http": self.http_rows}
+        out["dns"] = self._dns_table(out["dns"], now, final)
         self.rows, self.http_rows = {"dns": [], "tls": [], "wire_trace_context": [], "go_spawns": []}, HttpRows()
         return out
+
+    def _dns_table(self, rows: list[dict], now: int, final: bool) -> pa.Table:
+        """The dns rows of this take: the C pairer's (UDP), then the reference pairer's (TCP; UDP too under FLOWTAPE_DNS_DECODER=python)."""
+        tcp = dns_table(rows)
+        if self.dns_udp is None:
+            return tcp
+        udp = self.dns_udp.take(now + self.offset, final)
+        return udp if not tcp.num_rows else tcp if not udp.num_rows else pa.concat_tables([udp, tcp])
 
     def _housekeeping(self, now: int) -> None:
         self.streams.release_held(now + self.offset)

@@ -284,6 +284,7 @@ class Recorder:
                 "go_tls": probe.go.manifest() if probe.go is not None else None,
                 "taken": "once per node, as flows: ingress, or egress of packets that did not enter through a covered interface",
                 "http_decoder": self.l7dec.http_decoder,
+                "dns_decoder": self.l7dec.dns_decoder,  # UDP: 'c' (capture/decode/_dns.c's Pairer) or python and why
             }
             w.set_probe("l7", self._l7_settings)
             if self.l7dec.http_decoder != "c":

@@ -34,6 +34,7 @@ from .host import NamespaceAddresses, cgroup_facts, etc_hosts, own_addresses
 from .interfaces import coverage
 from ..decode.dns_rows import dns_table
 from ..decode.http_pairing import Redaction
+from ..decode.http_rows import rows_in_use
 from .inject import MODES as INJECT_MODES, InjectProbe
 from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
 
@@ -284,6 +285,7 @@ class Recorder:
                 "go_tls": probe.go.manifest() if probe.go is not None else None,
                 "taken": "once per node, as flows: ingress, or egress of packets that did not enter through a covered interface",
                 "http_decoder": self.l7dec.http_decoder,
+                "http_rows": rows_in_use(),  # capture/decode/_http_rows.c's HttpColumns ('c') or HttpRows
             }
             w.set_probe("l7", self._l7_settings)
             if self.l7dec.http_decoder != "c":

@@ -154,14 +154,15 @@ def column_spec() -> tuple[tuple[int, int, int], ...]:
     return tuple(spec)
 
 
-if _http_rows is not None:
-    _SPEC = column_spec()
+def columns_class(base: type) -> type:
+    """HttpColumns over a build of capture/decode/_http_rows.c's type (tests: the sanitizer's)."""
+    spec = column_spec()
 
-    class HttpColumns(_http_rows.HttpColumns):  # type: ignore[name-defined,misc]
+    class HttpColumns(base):  # type: ignore[valid-type,misc]
         """HttpRows' interface over capture/decode/_http_rows.c's column buffers."""
 
         def __init__(self) -> None:
-            super().__init__(_SPEC)
+            super().__init__(spec)
             self._exchanges: list[tuple[tuple, tuple]] = []
 
         def exchange(self, row: tuple, base: tuple) -> int:
@@ -196,6 +197,11 @@ if _http_rows is not None:
                 bufs.append(pa.py_buffer(data))
                 arrays.append(pa.Array.from_buffers(f.type, n, bufs, null_count=nulls))
             return pa.Table.from_arrays(arrays, schema=_SCHEMA)
+
+    return HttpColumns
+
+
+HttpColumns = columns_class(_http_rows.HttpColumns) if _http_rows is not None else None
 
 
 def rows_in_use() -> str:

@@ -360,30 +360,40 @@ static PyObject *conn_id_of(PyObject *c, PyObject *cache, PyObject *conn_id) {
 
 /* take_plain(join, row, conns, offset, no_response_ns, by_sk, cache, conn_id) -> rows appended:
  * L7Decoder._expand_plain's join (0: no endpoint alive at the request; the caller waits or gives up). */
+static Py_ssize_t plain_join(HttpColumns *self, PyObject *join, PyObject *row, PyObject *conns, long long offset, long long no_response,
+                             PyObject *by_sk, PyObject *cache, PyObject *conn_id);
+
 static PyObject *HttpColumns_take_plain(HttpColumns *self, PyObject *args) {
     PyObject *join, *row, *conns, *by_sk, *cache, *conn_id;
     long long offset, no_response;
     if (!PyArg_ParseTuple(args, "O!O!OLLO!O!O", &PyTuple_Type, &join, &PyTuple_Type, &row, &conns, &offset, &no_response,
                           &PyDict_Type, &by_sk, &PyDict_Type, &cache, &conn_id))
         return NULL;
+    Py_ssize_t n = plain_join(self, join, row, conns, offset, no_response, by_sk, cache, conn_id);
+    return n < 0 ? NULL : PyLong_FromSsize_t(n);
+}
+
+/* the rows of one plain exchange (take_plain): how many, or -1 with an error set */
+static Py_ssize_t plain_join(HttpColumns *self, PyObject *join, PyObject *row, PyObject *conns, long long offset, long long no_response,
+                             PyObject *by_sk, PyObject *cache, PyObject *conn_id) {
     if (conns == Py_None || (PyList_Check(conns) && PyList_GET_SIZE(conns) == 0))
-        return PyLong_FromLong(0);
+        return 0;
     if (!PyList_Check(conns)) {
         PyErr_SetString(PyExc_TypeError, "take_plain: conns must be a list or None");
-        return NULL;
+        return -1;
     }
     if (PyTuple_GET_SIZE(row) < 2) {
         PyErr_SetString(PyExc_ValueError, "take_plain: an exchange tuple has ts_request and ts_response");
-        return NULL;
+        return -1;
     }
     long long ts_req;
     if (as_i64(PyTuple_GET_ITEM(row, 0), &ts_req) < 0)
-        return NULL;
+        return -1;
     long long mono = ts_req - offset;
     /* the endpoints alive at the request, first (as _expand_plain: before any row is added) */
     PyObject *alive = PyList_New(0);
     if (!alive)
-        return NULL;
+        return -1;
     Py_ssize_t nconns = PyList_GET_SIZE(conns);
     for (Py_ssize_t i = 0; i < nconns; i++) {
         PyObject *c = PyList_GET_ITEM(conns, i);
@@ -417,7 +427,7 @@ static PyObject *HttpColumns_take_plain(HttpColumns *self, PyObject *args) {
     Py_ssize_t nalive = PyList_GET_SIZE(alive);
     if (nalive == 0) {
         Py_DECREF(alive);
-        return PyLong_FromLong(0);
+        return 0;
     }
     PyObject *base = NULL;
     {
@@ -466,11 +476,95 @@ static PyObject *HttpColumns_take_plain(HttpColumns *self, PyObject *args) {
     }
     Py_DECREF(base);
     Py_DECREF(alive);
-    return PyLong_FromSsize_t(nalive);
+    return nalive;
 fail_base:
     Py_XDECREF(base);
 fail:
     Py_DECREF(alive);
+    return -1;
+}
+
+/* take_pending(pending, now, final, sure, live_read, endpoints, offset, no_response_ns, turns_by_sk, endpoint_cols, conn_id,
+ * expand, waiting) -> plain exchanges given up (no endpoint): L7Decoder.take_rows' loop over its ready rows. A plain
+ * HTTP item (kind "http", joined by a tuple) is take_plain'd here; any other goes to expand(kind, join, row, give_up).
+ * An item not written yet is appended to `waiting`. */
+static PyObject *HttpColumns_take_pending(HttpColumns *self, PyObject *args) {
+    PyObject *pending, *endpoints, *by_sk, *cache, *conn_id, *expand, *waiting;
+    long long now, live_read, offset, no_response;
+    int final, sure;
+    if (!PyArg_ParseTuple(args, "OLppLO!LLO!O!OOO!", &pending, &now, &final, &sure, &live_read, &PyDict_Type, &endpoints, &offset,
+                          &no_response, &PyDict_Type, &by_sk, &PyDict_Type, &cache, &conn_id, &expand, &PyList_Type, &waiting))
+        return NULL;
+    PyObject *popleft = PyObject_GetAttrString(pending, "popleft");
+    if (!popleft)
+        return NULL;
+    Py_ssize_t lost = 0;
+    for (;;) {
+        Py_ssize_t left = PyObject_Length(pending);
+        if (left < 0)
+            goto fail;
+        if (left == 0)
+            break;
+        PyObject *first = PySequence_GetItem(pending, 0);
+        if (!first)
+            goto fail;
+        long long ready;
+        int shape = PyTuple_Check(first) && PyTuple_GET_SIZE(first) == 4;
+        if (!shape || as_i64(PyTuple_GET_ITEM(first, 0), &ready) < 0) {
+            if (!shape)
+                PyErr_SetString(PyExc_TypeError, "take_pending: items are (ready, kind, join, row)");
+            Py_DECREF(first);
+            goto fail;
+        }
+        Py_DECREF(first);
+        if (!final && ready > now)
+            break;
+        PyObject *item = PyObject_CallNoArgs(popleft);
+        if (!item)
+            goto fail;
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 4) {
+            PyErr_SetString(PyExc_TypeError, "take_pending: items are (ready, kind, join, row)");
+            Py_DECREF(item);
+            goto fail;
+        }
+        PyObject *kind = PyTuple_GET_ITEM(item, 1), *join = PyTuple_GET_ITEM(item, 2), *row = PyTuple_GET_ITEM(item, 3);
+        int give_up = sure || live_read >= ready;
+        int written;
+        if (PyUnicode_Check(kind) && PyUnicode_CompareWithASCIIString(kind, "http") == 0 && PyTuple_CheckExact(join) && PyTuple_Check(row)) {
+            PyObject *conns = PyDict_GetItemWithError(endpoints, join);  /* borrowed */
+            if (!conns && PyErr_Occurred()) {
+                Py_DECREF(item);
+                goto fail;
+            }
+            Py_XINCREF(conns);
+            Py_ssize_t n = plain_join(self, join, row, conns ? conns : Py_None, offset, no_response, by_sk, cache, conn_id);
+            Py_XDECREF(conns);
+            if (n < 0) {
+                Py_DECREF(item);
+                goto fail;
+            }
+            written = n > 0 || give_up;
+            if (n == 0 && give_up)
+                lost++;
+        } else {
+            PyObject *r = PyObject_CallFunctionObjArgs(expand, kind, join, row, give_up ? Py_True : Py_False, NULL);
+            written = r ? PyObject_IsTrue(r) : -1;
+            Py_XDECREF(r);
+            if (written < 0) {
+                Py_DECREF(item);
+                goto fail;
+            }
+        }
+        if (!written && PyList_Append(waiting, item) < 0) {
+            Py_DECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+    }
+    Py_DECREF(popleft);
+    return PyLong_FromSsize_t(lost);
+fail:
+    Py_DECREF(popleft);
     return NULL;
 }
 
@@ -523,6 +617,9 @@ static PyMethodDef HttpColumns_methods[] = {
      "add_row(exchange, base, conn_id, pid, comm, side, tid=None, goroutine=None): one row"},
     {"take_plain", (PyCFunction)HttpColumns_take_plain, METH_VARARGS,
      "take_plain(join, row, conns, offset, no_response_ns, turns_by_sk, endpoint_cols, conn_id) -> rows added"},
+    {"take_pending", (PyCFunction)HttpColumns_take_pending, METH_VARARGS,
+     "take_pending(pending, now, final, sure, live_read, endpoints, offset, no_response_ns, turns_by_sk, endpoint_cols, conn_id, expand, waiting)"
+     " -> plain exchanges given up"},
     {"finish", (PyCFunction)HttpColumns_finish, METH_NOARGS, "finish() -> (rows, error, column buffers)"},
     {NULL, NULL, 0, NULL},
 };

@@ -724,6 +724,10 @@ class L7Decoder:
                 still.append(item)
         self.waiting = still
         pending, expand, plain = self.pending, self._expand, self._plain
+        if plain == self._take_plain:  # the loop below in capture/decode/_http_rows.c, take_plain for each plain exchange
+            self.counters["l7.http_no_endpoint"] += self.http_rows.take_pending(
+                pending, now, final, sure, live_read, self.endpoints, self.offset, IoTurns.NO_RESPONSE_NS, self.turns.by_sk,
+                self._endpoint_cols, self.conn_id, expand, self.waiting)
         while pending and (final or pending[0][0] <= now):
             item = pending.popleft()
             ready, kind, join, row = item

@@ -201,6 +201,10 @@ for go in (False, True):
 for args in [(6, 70000, "status"), (5, "\\udcff", "path"), (14, -1, "request_seq")]:
     t.test_a_value_that_does_not_fit_is_a_schema_error_naming_its_column(*args)
 t.test_wrong_arguments_raise_not_crash()
+import pytest
+hr.HttpColumns = Cols  # rows_factory's, for the decoder runs (take_pending)
+with pytest.MonkeyPatch.context() as mp:
+    t.test_decoder_runs_plain_and_tls_plaintext_give_the_reference_rows(mp)
 print("ok")
 """
 

@@ -222,3 +222,15 @@ def test_under_address_sanitizer(tmp_path):
     result = sanitizer.run(tmp_path, ASAN_SCRIPT.format(tests=str(HERE)))
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     assert "ok" in result.stdout
+
+
+def test_the_pcap_importer_writes_the_reference_rows(tmp_path, monkeypatch):
+    from test_import_pcap import DATA, do_import, rows, sample_frames, write_pcap
+
+    files = [DATA / "http.pcap", DATA / "tls.pcap", write_pcap(tmp_path / "s.pcap", sample_frames())]
+    tapes = {}
+    for mode in ("c", "python"):
+        monkeypatch.setenv("FLOWTAPE_HTTP_ROWS", mode)
+        tapes[mode], _ = do_import(tmp_path, files, name=f"{mode}.tape")
+    got, ref = (rows(tapes[m], "http", "order by all") for m in ("c", "python"))
+    assert got == ref and len(ref) >= 4

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 .PHONY: demo test gate setup host docs bench image clean
 
 # A virtualenv with flowtape installed editable, plus test tools.
-$(VENV)/.installed: pyproject.toml capture/decode/_http1.c capture/decode/_http2.c capture/decode/_dns.c capture/decode/_tls.c capture/live/_ring.c capture/importers/_pcap.c analyze/export/_wire.c
+$(VENV)/.installed: pyproject.toml capture/decode/_http1.c capture/decode/_http2.c capture/decode/_http_rows.c capture/decode/_dns.c capture/decode/_tls.c capture/live/_ring.c capture/importers/_pcap.c analyze/export/_wire.c
 	bash scripts/bootstrap.sh "$(PYTHON)" "$(VENV)"
 	touch $@
 

@@ -124,6 +124,7 @@ def recorded(lab, run, workdir: Path, tag: str, probes: str = "connections,l7", 
 
 
 TCPDUMP = True  # main() sets it from --no-tcpdump
+AGAINST: str | None = None  # main() sets it from --against: another flowtape's recorder, an arm of the same run
 
 
 def measure(lab, run, workdir: Path, tag: str, workers: list[int], probes: str = "connections,l7") -> dict:
@@ -135,12 +136,16 @@ def measure(lab, run, workdir: Path, tag: str, workers: list[int], probes: str =
 
     before = timed(run)
     rec = timed(lambda: recorded(lab, run, workdir, tag, probes))
+    against = timed(lambda: recorded(lab, run, workdir, f"{tag}-against", probes, flowtape=AGAINST)) if AGAINST else None
     dumps = {snap: timed(lambda: tcpdumped(lab.bridge, run, workdir, f"{tag}-s{snap}", snap)) for snap in (SNAPLENS if TCPDUMP else ())}
     after = timed(run)
     base = (before["rps"] + after["rps"]) / 2
     nginx_base = (before["nginx_cpu_s"] + after["nginx_cpu_s"]) / (before["requests"] + after["requests"])
     arms = {"flowtape record": {"ratio": round(rec["rps"] / base, 4), "lost": rec["lost_events"], **per_request(rec),
                                 "nginx_us": round(1e6 * rec["nginx_cpu_s"] / rec["requests"], 2)}}
+    if against is not None:
+        arms["--against record"] = {"ratio": round(against["rps"] / base, 4), "lost": against["lost_events"], **per_request(against),
+                                    "nginx_us": round(1e6 * against["nginx_cpu_s"] / against["requests"], 2)}
     for snap, d in dumps.items():
         arms[f"tcpdump -s {snap}"] = {"ratio": round(d["rps"] / base, 4), "lost": d["dropped"], **per_request(d),
                                       "nginx_us": round(1e6 * d["nginx_cpu_s"] / d["requests"], 2)}
@@ -326,6 +331,10 @@ def report(proto: str, kind: str, steps: list[dict], seconds: int) -> None:
             if s256 and s0:
                 cpu_x = rec["cpu_us"] / s256["cpu_us"] if s256["cpu_us"] else float("inf")
                 user_x = rec["cpu_user_us"] / s256["cpu_user_us"] if s256["cpu_user_us"] else float("inf")
+                if "--against record" in s["arms"]:
+                    ag = s["arms"]["--against record"]
+                    print(f"   {s['step']:>9} --against recorder CPU / tcpdump -s 256's: {ag['cpu_us'] / s256['cpu_us'] if s256['cpu_us'] else float('inf'):.1f}x; "
+                          f"this recorder's CPU / --against's: {rec['cpu_us'] / ag['cpu_us'] if ag['cpu_us'] else float('inf'):.2f}x")
                 print(f"   {s['step']:>9} recorder CPU / tcpdump -s 256's: {cpu_x:.1f}x (user only {user_x:.1f}x; target <= 5x); "
                       f"bytes / tcpdump -s 0's: 1/{s0['bytes'] / max(rec['bytes'], 0.1):.0f} (target <= 1/20); "
                       f"recorder RSS start {s['rss_mib'][0]} MiB, end {s['rss_mib'][1]}, peak {s['rss_mib'][2]} (target <= 150)")
@@ -360,9 +369,12 @@ def main() -> int:
                     help="run the soak first with this flowtape executable (another checkout's, e.g. /work/main/.venv/bin/flowtape), then with this one: the baseline in the same run")
     ap.add_argument("--dns-against", metavar="FLOWTAPE",
                     help="in the DNS arm, also record with this flowtape executable (another checkout's, e.g. /work/base/.venv/bin/flowtape) between two runs of this one")
+    ap.add_argument("--against", metavar="FLOWTAPE",
+                    help="also an arm recorded by this flowtape executable (another checkout's, e.g. /work/base/.venv/bin/flowtape): the baseline recorder in the same run")
     args = ap.parse_args()
-    global TCPDUMP
+    global TCPDUMP, AGAINST
     TCPDUMP = not args.no_tcpdump
+    AGAINST = args.against
     rates = [int(x) for x in args.rates.split(",") if x]
     conns_list = [int(x) for x in args.conns.split(",") if x]
     protos = [p for p in args.protos.split(",") if p]

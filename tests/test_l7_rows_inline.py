@@ -41,6 +41,7 @@ def _state(dec: L7Decoder) -> tuple:
 def test_inline_expand_writes_the_rows_of_the_methods_it_inlines(go):
     rnd = random.Random(11)
     dec = L7Decoder("n1", OFFSET, event_class=c_header_class())
+    dec.http_rows = HttpRows()  # _expand_plain is HttpRows' path (HttpColumns': _take_plain, tests/test_http_rows_c.py)
     joins = []
     for k in range(12):
         cport = 40000 + k

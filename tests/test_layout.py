@@ -21,7 +21,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WIRING = {"flowtape", "flowtape.cli"}  # the modules allowed to join the halves
-EXTENSIONS = {"_http1", "_http2", "_dns", "_tls", "_ring", "_pcap", "_wire"}  # compiled modules (pyproject ext-modules): private by name only
+# compiled modules (pyproject ext-modules): private by name only
+EXTENSIONS = {m["name"].rsplit(".", 1)[1]
+              for m in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["ext-modules"]}
 ANALYZE_TOP = {"__init__.py", "analysis.py", "api.py", "enrich.py", "sums.py", "sketch.py", "report_cli.py"}
 
 

@@ -10,10 +10,15 @@ referred to by index. `to_arrow` builds each exchange column once, straight from
 distinct tuples, and repeats them with takes.
 
 Iterating yields ordinary row dicts (tests, debugging); the writer calls `to_arrow`.
+
+HttpColumns (capture/decode/_http_rows.c) has the same interface and appends each row's values
+straight to Arrow column buffers as it is added (its take_plain also does the live decoder's plain
+HTTP join); HttpRows is its reference, selected with FLOWTAPE_HTTP_ROWS=python (rows_factory).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -31,6 +36,11 @@ SIDE_COLUMNS = ("conn_id", "pid", "comm", "side", "tid")  # tid: constant per co
 # per row too, but kept only once a row has one (today none does: a column of nulls costs nothing per row)
 SPARSE_SIDE_COLUMNS = ("goroutine",)
 _SCHEMA = table("http").arrow_schema
+
+try:
+    from . import _http_rows  # type: ignore[attr-defined]
+except ImportError:  # built without a C compiler: HttpRows does the same work
+    _http_rows = None
 
 
 class HttpRows:
@@ -122,3 +132,87 @@ class HttpRows:
             return pa.Table.from_arrays([columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in _SCHEMA], schema=_SCHEMA)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):  # a value that does not fit: the row path names the column
             return conform(table("http"), list(self))
+
+
+# --- the compiled twin -----------------------------------------------------------------------
+
+# capture/decode/_http_rows.c's column kinds and value sources (its K_* and S_* enums)
+_KINDS = {pa.string(): 0, pa.int64(): 1, pa.int32(): 2, pa.uint16(): 3, pa.uint32(): 4, pa.uint64(): 5, pa.bool_(): 6}
+_SOURCES = {**{n: (0, i) for i, n in enumerate(EXCHANGE_FIELDS + H2_FIELDS)}, **{n: (1, i) for i, n in enumerate(BASE_FIELDS)},
+            **{n: (2, i) for i, n in enumerate(SIDE_COLUMNS + SPARSE_SIDE_COLUMNS)}}
+
+
+def column_spec() -> tuple[tuple[int, int, int], ...]:
+    """(kind, source, index) per column of the http schema, in its order: what HttpColumns fills.
+    A column no decoder fills (schema.Column.added) has source 3 and stays null."""
+    spec = []
+    for f in _SCHEMA:
+        t = pa.int64() if pa.types.is_timestamp(f.type) else f.type
+        if t not in _KINDS:
+            raise TypeError(f"http.{f.name}: capture/decode/_http_rows.c has no column of type {f.type}")
+        spec.append((_KINDS[t], *_SOURCES.get(f.name, (3, 0))))
+    return tuple(spec)
+
+
+def columns_class(base: type) -> type:
+    """HttpColumns over a build of capture/decode/_http_rows.c's type (tests: the sanitizer's)."""
+    spec = column_spec()
+
+    class HttpColumns(base):  # type: ignore[valid-type,misc]
+        """HttpRows' interface over capture/decode/_http_rows.c's column buffers."""
+
+        def __init__(self) -> None:
+            super().__init__(spec)
+            self._exchanges: list[tuple[tuple, tuple]] = []
+
+        def exchange(self, row: tuple, base: tuple) -> int:
+            self._exchanges.append((row, base))
+            return len(self._exchanges) - 1
+
+        def add(self, exchange: int, conn_id: str | None, pid: int | None, comm: str | None, side: str,
+                tid: int | None = None, goroutine: int | None = None) -> None:
+            row, base = self._exchanges[exchange]
+            self.add_row(row, base, conn_id, pid, comm, side, tid, goroutine)
+
+        def __bool__(self) -> bool:
+            return len(self) > 0
+
+        def __iter__(self) -> Iterator[dict[str, Any]]:
+            t = self.to_arrow()
+            t = pa.Table.from_arrays([c.cast(pa.int64()) if pa.types.is_timestamp(c.type) else c for c in t.columns], names=t.column_names)
+            yield from t.to_pylist()
+
+        def to_arrow(self) -> pa.Table:
+            from ...errors import SchemaError
+
+            n, error, buffers = self.finish()
+            if error is not None:
+                col, msg = error
+                raise SchemaError(f"table 'http', column {_SCHEMA.field(col).name!r}: {msg}")
+            arrays = []
+            for f, (valid, data, offsets, nulls) in zip(_SCHEMA, buffers):
+                bufs = [None if valid is None else pa.py_buffer(valid)]
+                if offsets is not None:
+                    bufs.append(pa.py_buffer(offsets))
+                bufs.append(pa.py_buffer(data))
+                arrays.append(pa.Array.from_buffers(f.type, n, bufs, null_count=nulls))
+            return pa.Table.from_arrays(arrays, schema=_SCHEMA)
+
+    return HttpColumns
+
+
+HttpColumns = columns_class(_http_rows.HttpColumns) if _http_rows is not None else None
+
+
+def rows_in_use() -> str:
+    """'c' when rows_factory() makes HttpColumns, else 'python' (and why)."""
+    if _http_rows is None:
+        return "python (capture/decode/_http_rows.c was not built: install gcc and python3-dev, then reinstall flowtape)"
+    if os.environ.get("FLOWTAPE_HTTP_ROWS", "").lower() == "python":
+        return "python (FLOWTAPE_HTTP_ROWS=python)"
+    return "c"
+
+
+def rows_factory() -> type:
+    """The http rows class in use: HttpColumns unless it is missing or FLOWTAPE_HTTP_ROWS=python."""
+    return HttpColumns if rows_in_use() == "c" else HttpRows

@@ -40,7 +40,7 @@ from ...schema import table as table_decl
 from ...writer import TapeWriter
 from ..decode.dns_pairing import DnsPairer
 from ..decode.http_pairing import Redaction, connection_factory, decoder_in_use
-from ..decode.http_rows import HttpRows
+from ..decode.http_rows import rows_factory
 from ..decode.stats import DecodeStats
 from ..decode.http2 import connection_factory as h2_factory, decoder_in_use as h2_decoder_in_use
 from ..decode.tcp_streams import DNS_TCP, HTTP, TLS_HELLO, TcpStreams
@@ -212,7 +212,8 @@ class PcapSink:
         self.l7_cid: dict[tuple, int] = {}  # and back
         self.interfaces: list[list[Interface]] = []  # per file fed: its interfaces (flows name them)
         self.rows: dict[str, list] = {"connections": [], "dns": [], "tls": []}
-        self.http = HttpRows()
+        self._http_rows = rows_factory()  # capture/decode/_http_rows.c's HttpColumns, or HttpRows (FLOWTAPE_HTTP_ROWS=python)
+        self.http = self._http_rows()
         self.written: dict[str, int] = {}
         self._ips: dict[bytes, str] = {}
         self._macs: dict[bytes, tuple[str, str]] = {}
@@ -364,7 +365,7 @@ class PcapSink:
         limit = 0 if final else WRITE_ROWS
         if self.http and len(self.http) > limit:
             self._append("http", self.http)
-            self.http = HttpRows()
+            self.http = self._http_rows()
         for name in ("connections", "dns", "tls"):
             rows = self.rows[name]
             if rows and len(rows) > limit:

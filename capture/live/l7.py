@@ -58,7 +58,7 @@ from ..decode import dns_columns
 from ..decode.dns_pairing import DnsPairer
 from ..decode.dns_rows import dns_table
 from ..decode.http_pairing import EXCHANGE_FIELDS, _http1, Redaction, connection_factory, decoder_in_use, is_http2
-from ..decode.http_rows import HttpRows
+from ..decode.http_rows import HttpRows, rows_factory
 from ..decode.tcp_order import SEQ_MOD
 from ..decode.tcp_streams import TcpFlow, TcpStreams
 from ..decode import http2 as _h2
@@ -317,7 +317,11 @@ class L7Decoder:
         self.rows: dict[str, list[dict]] = {"dns": [], "tls": [], "wire_trace_context": [], "go_spawns": []}
         # trace contexts read from packets, by the flow's two (ip, port) ends sorted: (mono ts, trace, span, source)
         self.wire: dict[tuple, list[tuple]] = {}
-        self.http_rows = HttpRows()
+        # http rows: capture/decode/_http_rows.c's HttpColumns (appended to Arrow buffers, the plain
+        # join in C: _take_plain) unless FLOWTAPE_HTTP_ROWS=python or it was not built (HttpRows, _expand_plain)
+        self._rows_class = rows_factory()
+        self.http_rows = self._rows_class()
+        self._plain = self._expand_plain if self._rows_class is HttpRows else self._take_plain
         self.turns = IoTurns()  # which thread did each socket's I/O (http.tid)
         self.counters = collections.Counter({"l7.http_no_endpoint": 0, "l7.tls_plaintext_no_connection": 0})
         self.events = 0
@@ -703,10 +707,21 @@ class L7Decoder:
             side_of.append(i)
         return True
 
+    def _take_plain(self, join: tuple, row: tuple, give_up: bool) -> bool:
+        """_expand_plain with its join and row appends in capture/decode/_http_rows.c (HttpColumns.take_plain:
+        the same steps; tests/test_http_rows_c.py holds them equal)."""
+        if self.http_rows.take_plain(join, row, self.endpoints.get(join), self.offset, IoTurns.NO_RESPONSE_NS, self.turns.by_sk,
+                                     self._endpoint_cols, self.conn_id):
+            return True
+        if give_up:
+            self.counters["l7.http_no_endpoint"] += 1
+            return True
+        return False
+
     def take_rows(self, now_mono: int | None = None, final: bool = False) -> dict[str, Any]:
         """Rows ready to be written: everything when final (after the last events were read).
         dns: a pyarrow Table of the dns schema (without node); tls: lists of row dicts; http: an
-        l7_rows.HttpRows (iterates as row dicts)."""
+        http_rows.HttpColumns or HttpRows (iterate as row dicts; to_arrow)."""
         now = self.last_ts if now_mono is None else max(now_mono, self.last_ts)
         if final:
             for flow in list(self.flows.values()):
@@ -732,7 +747,11 @@ class L7Decoder:
             if not self._expand(item[1], item[2], item[3], sure or live_read >= item[0] or now - item[0] > ENDPOINT_WAIT_NS):
                 still.append(item)
         self.waiting = still
-        pending, expand, plain = self.pending, self._expand, self._expand_plain
+        pending, expand, plain = self.pending, self._expand, self._plain
+        if plain == self._take_plain:  # the loop below in capture/decode/_http_rows.c, take_plain for each plain exchange
+            self.counters["l7.http_no_endpoint"] += self.http_rows.take_pending(
+                pending, now, final, sure, live_read, self.endpoints, self.offset, IoTurns.NO_RESPONSE_NS, self.turns.by_sk,
+                self._endpoint_cols, self.conn_id, expand, self.waiting)
         while pending and (final or pending[0][0] <= now):
             item = pending.popleft()
             ready, kind, join, row = item
@@ -741,7 +760,7 @@ class L7Decoder:
                 self.waiting.append(item)
         out: dict[str, Any] = {**self.rows, "http": self.http_rows}
         out["dns"] = self._dns_table(out["dns"], now, final)
-        self.rows, self.http_rows = {"dns": [], "tls": [], "wire_trace_context": [], "go_spawns": []}, HttpRows()
+        self.rows, self.http_rows = {"dns": [], "tls": [], "wire_trace_context": [], "go_spawns": []}, self._rows_class()
         return out
 
     def _dns_table(self, rows: list[dict], now: int, final: bool) -> pa.Table:

@@ -34,6 +34,7 @@ from .host import NamespaceAddresses, cgroup_facts, etc_hosts, own_addresses
 from .interfaces import coverage
 from ..decode.dns_rows import dns_table
 from ..decode.http_pairing import Redaction
+from ..decode.http_rows import rows_in_use
 from .inject import MODES as INJECT_MODES, InjectProbe
 from .l7 import PREFIX_BYTES, L7Decoder, L7Probe
 
@@ -285,6 +286,7 @@ class Recorder:
                 "taken": "once per node, as flows: ingress, or egress of packets that did not enter through a covered interface",
                 "http_decoder": self.l7dec.http_decoder,
                 "dns_decoder": self.l7dec.dns_decoder,  # UDP: 'c' (capture/decode/_dns.c's Pairer) or python and why
+                "http_rows": rows_in_use(),  # capture/decode/_http_rows.c's HttpColumns ('c') or HttpRows
             }
             w.set_probe("l7", self._l7_settings)
             if self.l7dec.http_decoder != "c":

@@ -17,7 +17,7 @@ from dnslib import QTYPE, RR, A, DNSRecord, SOA
 from flowtape.capture.decode import dns_columns
 from flowtape.capture.decode.dns_columns import ColumnPairer, as_rows
 from flowtape.capture.decode.dns_pairing import DnsPairer
-from flowtape.capture.live.ebpf import IpText
+from flowtape.capture.decode.addresses import IpText
 from flowtape.capture.live.l7 import DNS_UDP, HeaderDecoder, L7Decoder
 
 import sanitizer
@@ -52,7 +52,7 @@ def differential(records: list[bytes], chunk: int = 37, timeout_ns: int = S, mod
     cp = ColumnPairer(HEADER.dns_layout, timeout_ns=timeout_ns)
     if module is not None:  # the sanitizer build
         from flowtape.capture.decode.dns import decode_dns, qtype_name, rcode_name
-        from flowtape.capture.live.ebpf import ip_text
+        from flowtape.capture.decode.addresses import ip_text
 
         cp._c = module.Pairer(timeout_ns, HEADER.dns_layout, lambda d: decode_dns(d, cp.stats), ip_text, qtype_name, rcode_name)
     ref, ip = DnsPairer(timeout_ns=timeout_ns), IpText()

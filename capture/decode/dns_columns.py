@@ -19,6 +19,7 @@ from typing import Sequence
 import pyarrow as pa
 
 from ...schema import DNS_ANSWER, table
+from .addresses import ip_text as default_ip_text
 from .dns import decode_dns, qtype_name, rcode_name
 from .dns_pairing import DEFAULT_TIMEOUT_NS
 from .stats import DecodeStats
@@ -50,8 +51,6 @@ class ColumnPairer:
 
     def __init__(self, layout: Sequence[int], stats: DecodeStats | None = None, timeout_ns: int = DEFAULT_TIMEOUT_NS,
                  ip_text=None) -> None:
-        from ..live.ebpf import ip_text as default_ip_text
-
         self.stats = stats if stats is not None else DecodeStats()
         stats_ = self.stats
         self._c = _dns.Pairer(timeout_ns, tuple(layout), lambda data: decode_dns(data, stats_), ip_text or default_ip_text,

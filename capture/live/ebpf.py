@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import ipaddress
 import os
 import re
 import struct
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ...errors import PermissionDenied, Unsupported
+from ..decode.addresses import IpText, ip_text  # noqa: F401  (the probes' readers use them as ebpf.*)
 
 BPF_DIR = Path(__file__).resolve().parent.parent / "bpf"
 if not (BPF_DIR / "events.h").exists():  # installed (non-editable): flowtape/bpf is package data
@@ -299,30 +299,6 @@ def prog_stats(prog_fd: int) -> dict[str, int]:
 
 
 # --- decoding -------------------------------------------------------------------------------
-
-
-def ip_text(family: int, raw: bytes) -> str:
-    """Canonical text of an address held in the 16-byte form (v4 in the first 4 bytes)."""
-    if family in (4, 2):
-        return str(ipaddress.IPv4Address(bytes(raw[:4])))
-    return str(ipaddress.IPv6Address(bytes(raw[:16])))
-
-
-class IpText:
-    """ip_text with a bounded cache: events repeat the same few addresses."""
-
-    def __init__(self, limit: int = 100_000):
-        self._cache: dict[tuple[int, bytes], str] = {}
-        self._limit = limit
-
-    def __call__(self, family: int, raw: bytes) -> str:
-        k = (family, raw)
-        text = self._cache.get(k)
-        if text is None:
-            if len(self._cache) > self._limit:
-                self._cache.clear()
-            text = self._cache[k] = ip_text(family, raw)
-        return text
 
 
 class CommText:

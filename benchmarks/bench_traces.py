@@ -1,6 +1,6 @@
 """Stitching request journeys (the traces view) against the latency report, on the same tape, in one run.
 
-    .venv/bin/python benchmarks/bench_traces.py [--tape /tmp/flowtape-bench-traces.tape] [--duration 6m] [--runs 3] [--memory-limit 1GB]
+    .venv/bin/python benchmarks/bench_traces.py [--tape /tmp/flowtape-bench-traces.tape] [--duration 6m] [--runs 3] [--memory-limit 1GB] [--compare DIR]
 
 Builds (once, cached at --tape) the benchmark tape of bench_reports.py (`flowtape synth`: 40
 services on 30 nodes at 200 req/s), shorter by default (6 minutes: about 3.7M http rows; the
@@ -58,9 +58,14 @@ def one(kind: str, path: Path, memory_limit: str | None = None) -> dict:
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rows": n}
 
 
-def measure(kind: str, path: Path, memory_limit: str | None) -> dict:
+def measure(kind: str, path: Path, memory_limit: str | None, checkout: Path | None = None) -> dict:
+    """One measurement in a fresh process: of this checkout, or of `checkout` (its own .venv and
+    benchmark script: a baseline timed on the same tape in the same run)."""
     extra = ["--memory-limit", memory_limit] if memory_limit else []
-    out = subprocess.run([sys.executable, __file__, "--one", kind, "--tape", str(path), *extra], check=True, capture_output=True, text=True)
+    exe, script = sys.executable, __file__
+    if checkout is not None:
+        exe, script = str(checkout / ".venv" / "bin" / "python"), str(checkout / "benchmarks" / "bench_traces.py")
+    out = subprocess.run([exe, script, "--one", kind, "--tape", str(path), *extra], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -70,6 +75,7 @@ def main() -> None:
     ap.add_argument("--duration", default="6m")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--memory-limit", help="DuckDB's memory_limit in both processes (e.g. 1GB); default DuckDB's own")
+    ap.add_argument("--compare", type=Path, help="also time this checkout's stitching (its .venv), alternately in the same run")
     ap.add_argument("--one", choices=("latency", "traces"))
     args = ap.parse_args()
     if args.one:
@@ -84,17 +90,24 @@ def main() -> None:
     t.close()
     print(f"tape {args.tape}: {rows:,} http rows ({linked:,} of journeys with traceparent, tid and seq); DuckDB memory_limit "
           f"{args.memory_limit or 'default'}; load average {os.getloadavg()[0]:.2f}")
-    res: dict[str, list[dict]] = {"latency": [], "traces": []}
+    kinds = ["latency", "traces"] + (["base"] if args.compare else [])
+    res: dict[str, list[dict]] = {k: [] for k in kinds}
     for _ in range(args.runs):
-        for kind in ("latency", "traces"):  # alternate, so that load swings hit both alike
-            res[kind].append(measure(kind, args.tape, args.memory_limit))
+        for kind in kinds:  # alternate, so that load swings hit all alike
+            if kind == "base":
+                res[kind].append(measure("traces", args.tape, args.memory_limit, args.compare))
+            else:
+                res[kind].append(measure(kind, args.tape, args.memory_limit))
     med = {k: {m: statistics.median(r[m] for r in v) for m in ("wall", "cpu", "rss_mib")} for k, v in res.items()}
-    for k in ("latency", "traces"):
+    for k in kinds:
         walls = ", ".join("%.2f" % r["wall"] for r in res[k])
-        print(f"{k:8} wall {med[k]['wall']:.2f} s  cpu {med[k]['cpu']:.2f} s  peak RSS {med[k]['rss_mib']:.0f} MiB  (walls {walls})")
+        label = "base" if k == "base" else k
+        print(f"{label:8} wall {med[k]['wall']:.2f} s  cpu {med[k]['cpu']:.2f} s  peak RSS {med[k]['rss_mib']:.0f} MiB  (walls {walls})")
     print(f"traces / latency: wall {med['traces']['wall'] / med['latency']['wall']:.2f}x, cpu {med['traces']['cpu'] / med['latency']['cpu']:.2f}x "
           f"(target <= 2); {rows / med['traces']['wall'] / 1e6:.2f}M rows/s stitched; load average {os.getloadavg()[0]:.2f}")
-
+    if args.compare:
+        print(f"base ({args.compare}) / latency: wall {med['base']['wall'] / med['latency']['wall']:.2f}x, cpu {med['base']['cpu'] / med['latency']['cpu']:.2f}x; "
+              f"traces / base cpu {med['traces']['cpu'] / med['base']['cpu']:.2f}x")
 
 if __name__ == "__main__":
     main()

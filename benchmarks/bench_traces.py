@@ -109,5 +109,6 @@ def main() -> None:
         print(f"base ({args.compare}) / latency: wall {med['base']['wall'] / med['latency']['wall']:.2f}x, cpu {med['base']['cpu'] / med['latency']['cpu']:.2f}x; "
               f"traces / base cpu {med['traces']['cpu'] / med['base']['cpu']:.2f}x")
 
+
 if __name__ == "__main__":
     main()

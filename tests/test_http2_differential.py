@@ -16,6 +16,7 @@ import struct
 from pathlib import Path
 
 import hpack
+import pyarrow as pa
 import pytest
 from ebpf_support import in_ci
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -200,6 +201,18 @@ def test_reset_then_late_trailers_and_unknown_error_codes():
         for late in (1, 2 * 10**9):
             rows = same([(0, H2_PREFACE + req, True, None), (5, resp, False, None), (10, rst, True, None), (10 + late, trailers, False, None)])
             assert len(rows) == 1 and rows[0][21] is not None
+
+
+def test_a_grpc_message_that_is_not_utf8_is_written():
+    """gRPC percent-encodes UTF-8; bytes that are not UTF-8 become U+FFFD in both decoders, so
+    the row still goes to Parquet (whose strings are UTF-8: a lone surrogate made to_arrow fail)."""
+    ce, se = hpack.Encoder(), hpack.Encoder()
+    req = frame(http2.HEADERS, 0x4, 1, ce.encode([(":method", "POST"), (":path", "/p.S/M"), ("content-type", "application/grpc")]))
+    resp = frame(http2.HEADERS, 0x4, 1, se.encode([(":status", "200"), ("content-type", "application/grpc")]))
+    trailers = frame(http2.HEADERS, 0x5, 1, se.encode([("grpc-status", "13"), ("grpc-message", "bad%ff%FEend%E2%82%AC")]))
+    rows = same([(0, H2_PREFACE + req, True, None), (5, resp + trailers, False, None)])
+    assert len(rows) == 1 and rows[0][20] == "bad\ufffd\ufffdend\u20ac"
+    assert pa.array([r for r in rows[0] if isinstance(r, str)], pa.string()) is not None
 
 
 # --- generated connections (tests/h2_corpus.py) -----------------------------------------------

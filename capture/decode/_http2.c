@@ -529,7 +529,7 @@ static PyObject *make_row(H2 *c, Stream *st) {
     if (st->partial) count(c, c_partial);
     if (c->err) goto fail;
     if (st->grpc_message && grpc && (c->allow & A_MESSAGE)) { /* gRPC percent-encodes it */
-        PyObject *args[2] = {st->grpc_message, PyUnicode_FromString("surrogateescape")};
+        PyObject *args[2] = {st->grpc_message, PyUnicode_FromString("replace")};
         if (args[1] == NULL) goto fail;
         message = PyObject_Vectorcall(unquote_fn, args, 1, s_unquote_kw);
         Py_DECREF(args[1]);

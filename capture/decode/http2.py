@@ -631,7 +631,7 @@ class H2Connection:
             self.stats.add("http2_headers_partial")
         message = st.grpc_message
         if message is not None:
-            message = unquote(message, errors="surrogateescape") if msg_ok else None  # gRPC percent-encodes it
+            message = unquote(message, errors="replace") if msg_ok else None  # gRPC percent-encodes UTF-8; bytes that are not: U+FFFD (a Parquet string must be UTF-8)
         return (
             st.ts_request,
             st.ts_response,

@@ -98,7 +98,7 @@ class HttpSides:
             FROM (SELECT epoch_ns(ts) AS t, side, node, client_ip, client_port, seen_server_ip AS sock_ip, server_port AS sock_port, server_ip,
                          epoch_ns(ts_response) AS t1, stream_id, {e_cols}, {cn} AS cn, {sn} AS sn{keys}
                   FROM {src} WHERE {lo.time_sql('ts')})) e LEFT JOIN {ids} i ON i.m = e.m
-            """)
+            ORDER BY t""")
         if self.naming == "keyed":
             ends = HTTP_KEYED_ENDPOINTS
             t.sql(f"""CREATE OR REPLACE TABLE ftx_names AS
@@ -128,7 +128,7 @@ class HttpSides:
                   WHERE h.side = 'server' AND {f.time_sql('h.ts_request')})) b
             LEFT JOIN {ids} i ON i.m = b.m
             LEFT JOIN (SELECT m, min(cn) AS cn, min(sn) AS sn FROM ftx_e WHERE side = 'client' GROUP BY m) pe ON pe.m = i.parent_m
-            """)
+            ORDER BY t""")
         t.sql(f"DROP TABLE IF EXISTS {ids}")  # joined into ftx_e and ftx_b: 3.7M rows of ids not kept while the spans are made
         self.slices = self._plan()
 

@@ -414,7 +414,7 @@ def span_ids(a: Analysis) -> str:
     nanosecond and socket: rows no id can tell apart) is listed once."""
     st = stitch(a)
     a.con.execute(f"CREATE OR REPLACE TEMP TABLE ft_tr_pick AS SELECT root, root_t, root_ns FROM {st} WHERE root_t IS NOT NULL")
-    _select(a, st)
+    _select(a, st, lean=True)
     a.con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_span_ids AS
         SELECT s.m, min(i.trace_id) AS trace_id, min(i.span_id) AS span_id, min(i.parent_span_id) AS parent_span_id,
                min(i.parent_m) AS parent_m, min(s.source) AS source
@@ -438,9 +438,21 @@ SELECT trace_id, span_id, parent_span_id, side AS kind, {name_sql('client', by)}
 FROM ({named}) ORDER BY {"root_ns DESC NULLS LAST, " if slowest_first else ""}root_t, trace_id, t, parent_span_id IS NOT NULL, kind, span_id""").pl()
 
 
-def _select(a: Analysis, st: str) -> bool:
+def _select(a: Analysis, st: str, lean: bool = False) -> bool:
     """ft_tr_sel: the rows of the picked traces (ft_tr_pick) found again in `http` (by node, side,
-    request time and client port), and ft_tr_ids: their ids. Returns whether rows carry process keys."""
+    request time and client port), and ft_tr_ids: their ids. Returns whether rows carry process keys.
+    lean: only what the ids and the row key `m` need (span_ids: every row of the tape, where
+    reading the names' and processes' columns back cost a third of the select)."""
+    if lean:
+        a.con.execute(f"""CREATE OR REPLACE TEMP TABLE ft_tr_sel AS
+            WITH s AS (SELECT r.rid, r.t, r.cport, r.cli, r.nk, r.sid, r.tp_trace, r.tp_span, r.wire_trace, l.prid, l.root, {source_sql('l.src')} AS source
+                       FROM ft_tr_pick p JOIN {st} l ON l.root = p.root JOIN ft_tr_rows r ON r.rid = l.rid)
+            SELECT s.rid, s.t, s.prid, s.root, s.source, s.tp_trace, s.tp_span, s.wire_trace, s.cli,
+                   md5(concat_ws('|', h.node, h.side, s.t, h.client_ip, h.client_port, h.server_ip, h.server_port, h.stream_id)) AS m
+            FROM s JOIN http h ON epoch_ns(h.ts_request) = s.t AND h.client_port = s.cport AND (h.side = 'client') = s.cli AND hash(h.node) = s.nk
+                           AND h.stream_id IS NOT DISTINCT FROM s.sid""")
+        _ids(a)
+        return False
     processes = has_processes(a.con)
     pk = "LEFT JOIN ft_conn_pkeys pk ON pk.node = h.node AND pk.conn_id = h.conn_id" if processes else ""
     pkc = "pk.client_pkey, pk.server_pkey" if processes else "NULL::INTEGER AS client_pkey, NULL::INTEGER AS server_pkey"
@@ -455,17 +467,21 @@ def _select(a: Analysis, st: str) -> bool:
         FROM s JOIN http h ON epoch_ns(h.ts_request) = s.t AND h.client_port = s.cport AND (h.side = 'client') = s.cli AND hash(h.node) = s.nk
                        AND h.stream_id IS NOT DISTINCT FROM s.sid
         {subst} {pk}""")
-    # ids: a client span takes its request's traceparent span id when it is the first client row of
-    # the tape to carry it; a tree's trace id is its root's traceparent's, else the smallest in the tree,
-    # else a wire trace id, else the root row's md5
-    a.con.execute(f"""CREATE OR REPLACE TEMP TABLE ft_tr_ids AS
+    _ids(a)
+    return processes
+
+
+def _ids(a: Analysis) -> None:
+    """ft_tr_ids: the ids of ft_tr_sel's rows. A client span takes its request's traceparent span
+    id when it is the first client row of the tape to carry it; a tree's trace id is its root's
+    traceparent's, else the smallest in the tree, else a wire trace id, else the root row's md5."""
+    a.con.execute("""CREATE OR REPLACE TEMP TABLE ft_tr_ids AS
         WITH firsts AS (SELECT tp_span, arg_min(rid, (t, nk)) AS rid FROM ft_tr_rows
                         WHERE cli AND tp_span IN (SELECT tp_span FROM ft_tr_sel WHERE cli AND tp_span IS NOT NULL) GROUP BY tp_span),
         ids AS (SELECT s.rid, s.m, CASE WHEN fi.rid IS NOT NULL THEN s.tp_span ELSE left(s.m, 16) END AS span_id FROM ft_tr_sel s LEFT JOIN firsts fi ON fi.rid = s.rid),
         tr AS (SELECT root, min(tp_trace) AS any_tp, min(wire_trace) AS any_wire FROM ft_tr_sel GROUP BY root)
         SELECT s.rid, i.span_id, p.span_id AS parent_span_id, p.m AS parent_m, coalesce(r.tp_trace, tr.any_tp, r.wire_trace, tr.any_wire, r.m) AS trace_id
         FROM ft_tr_sel s JOIN ids i ON i.rid = s.rid LEFT JOIN ids p ON p.rid = s.prid JOIN tr ON tr.root = s.root JOIN ft_tr_sel r ON r.rid = s.root""")
-    return processes
 
 
 def _exchange_names_sql(base: str, substitutions: bool, processes: bool) -> str:

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import __version__
-from .errors import Exit, FlowtapeError, UsageError
+from .errors import Exit, FlowtapeError, UsageError, is_out_of_memory, out_of_memory
 
 app = typer.Typer(
     name="flowtape",
@@ -365,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug: say so in one line, details behind --traceback
         if show_tb:
             raise
+        if is_out_of_memory(e):  # raised where no reader wrapped it (the export's slice threads)
+            err = out_of_memory(e)
+            print(f"flowtape: error: {err.message}", file=sys.stderr)
+            return int(err.exit_code)
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         print(f"flowtape: internal error: {type(e).__name__}: {msg} (rerun with --traceback and report it)", file=sys.stderr)
         return Exit.INTERNAL

@@ -51,8 +51,11 @@ class QueryError(FlowtapeError):
     """A SQL query failed."""
 
     @classmethod
-    def failed(cls, e: Exception) -> "QueryError":
-        """The engine's error as one line: its first two non-empty lines, at most 300 characters."""
+    def failed(cls, e: Exception) -> "FlowtapeError":
+        """The engine's error as one line: its first two non-empty lines, at most 300 characters
+        (running out of memory within the engine's limit: out_of_memory)."""
+        if is_out_of_memory(e):
+            return out_of_memory(e)
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         return cls(f"query failed: {' '.join(lines[:2])[:300] if lines else type(e).__name__}")
 
@@ -77,3 +80,17 @@ class Unreachable(FlowtapeError):
     """Object storage did not answer (network gone, endpoint down): retrying later can succeed."""
 
     exit_code = Exit.UNREACHABLE
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """DuckDB ran out of memory within its memory_limit (its OutOfMemoryException, or that error
+    re-raised as text by a reader)."""
+    return type(e).__name__ == "OutOfMemoryException" or "Out of Memory Error" in str(e)
+
+
+def out_of_memory(e: BaseException) -> FlowtapeError:
+    """Not a bug and not bad input: the host (or the limit given) has too little memory for this
+    query. One line saying what to change; exit 7 (the host lacks something needed)."""
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    return FlowtapeError(f"DuckDB ran out of memory within its limit ({first[:160]}): free memory on the host "
+                         "or raise the limit (export otlp --memory-limit, 1GB by default)", Exit.UNSUPPORTED)

@@ -375,6 +375,16 @@ def test_unwritable_output_is_one_line(cli, tmp_path):
     assert r.code == 6 and r.err.count("\n") == 1 and "cannot write" in r.err
 
 
+def test_a_memory_limit_too_small_is_one_line(cli, tmp_path):
+    """DuckDB running out of memory within --memory-limit is the host's limit, not a bug: one line
+    saying what to raise, exit 7, and no partial file left behind."""
+    out = tmp_path / "t.jsonl"
+    r = cli("export", "otlp", TINY, "--output", out, "--memory-limit", "1MB")
+    assert r.code == 7 and r.err.count("\n") == 1, r.err
+    assert "out of memory" in r.err and "--memory-limit" in r.err and "internal error" not in r.err
+    assert not out.exists()
+
+
 def test_output_to_a_fifo_writes_through_it_and_leaves_it(cli, tmp_path):
     """An --output that is no regular file (/dev/null, a FIFO) is written directly, never renamed
     over: a FIFO stands in for /dev/null here (a broken sink would replace the device node)."""

@@ -729,12 +729,19 @@ int ft_go_read_return(struct pt_regs *ctx) { return go_return(ctx, FT_L7_SSL_REA
 /* Goroutines of Go programs: http.goroutine and go_spawns (needs FT_HAVE_GOTLS and FT_HAVE_TURNS).
  * Registers only, no struct offset (DESIGN.md): R14 is the running goroutine's g in Go code; a Go
  * goroutine's identity is that pointer (reused after the goroutine exits: go_spawns is time-aware).
- *  - runtime.newproc1(fn, callergp *g, callerpc) *g runs on the system stack (R14 = g0 there):
- *    RBX at its entry is the creator, RAX at each RET the new g; entry and RET on one thread
- *    (the system stack does not switch threads): FT_L7_GO_SPAWN. Its first call in a process
- *    marks the process as Go (ft_go_procs): Go starts goroutines before main, so a process started
- *    after the uprobes were attached is marked before any socket I/O, one running before at its
- *    next `go` statement.
+ *  - runtime.newproc1(fn, callergp *g, callerpc) *g runs on the system stack (R14 = g0 there).
+ *    One uprobe per `go` statement where the binary allows it (capture.live.gobin.spawn_site): at
+ *    the instruction after `CALL runtime.newproc1` in runtime.newproc.func1, RAX is the new g and
+ *    the creator is still in the slot newproc1's prologue spilled RBX to (RSP + a per-binary offset,
+ *    ft_go_spawn_slots, keyed by the probed address). Otherwise (the pattern not found) two: RBX at
+ *    newproc1's entry is the creator, RAX at each RET the new g, on one thread (the system stack does
+ *    not switch threads). A spawn is not sent: it is kept in ft_go_parents (child -> parent, per
+ *    process), and a goroutine's links up to FT_GO_SPAWN_LINKS ancestors are sent (FT_L7_GO_SPAWN)
+ *    when it first does a socket turn (io_turn), each link once: a request-serving chain links, the
+ *    many goroutines that never do HTTP cost no row. FT_GO_SPAWN_LINKS 0 sends every spawn at once
+ *    (the reference). The first spawn in a process marks it as Go (ft_go_procs): Go starts
+ *    goroutines before main, so a process started after the uprobes were attached is marked before
+ *    any socket I/O, one running before at its next `go` statement.
  *  - The goroutine of a socket turn (io_turn): the user R14 saved at the syscall's entry
  *    (bpf_task_pt_regs of the current task: the same registers a uprobe reads), in Go processes
  *    only (R14 means nothing in other programs). Go's syscall path keeps g in R14 down to the
@@ -767,10 +774,89 @@ static __always_inline u64 go_epoch(u32 tgid, int mark) {
     return now;
 }
 
+struct go_spawn {
+    u64 parent;   /* the creator's g */
+    u64 ts_ns;    /* when it was created */
+    u64 epoch;    /* ft_go_procs' value for the process then */
+    u64 sent;     /* this link was sent already */
+};
+BPF_TABLE("lru_hash", struct go_key, struct go_spawn, ft_go_parents, FT_GO_PARENT_ENTRIES); /* (tgid, child g) -> its spawn */
+BPF_HASH(ft_go_spawn_slots, u64, s64, 1024);  /* spawn-site address -> creator slot, relative to RSP there */
+
+static __always_inline void spawn_event(u32 tgid, u64 ts, u64 parent, u64 child) {
+    struct l7_event *ev = l7_scratch();
+    if (!ev)
+        return;
+    ev->ts_ns = ts;
+    ev->kind = FT_L7_GO_SPAWN;
+    ev->skaddr = 0;
+    ev->ssl = 0;
+    ev->pid = tgid;
+    ev->length = 0;
+    no_packet_fields(ev);
+    __builtin_memcpy(ev->data, &parent, 8);
+    __builtin_memcpy(ev->data + 8, &child, 8);
+    ev->cap_len = 16;
+    l7_submit(ev);
+}
+
+static __always_inline void go_spawned(u64 tid, u64 parent, u64 child) {
+    if (!child)
+        return;
+    u32 tgid = tid >> 32;
+    u64 epoch = go_epoch(tgid, 1);
+    u64 now = bpf_ktime_get_ns();
+#if FT_GO_SPAWN_LINKS == 0
+    spawn_event(tgid, now, parent, child);
+#else
+    struct go_key k = {};
+    k.g = child;
+    k.tgid = tgid;
+    struct go_spawn v = {};
+    v.parent = parent;
+    v.ts_ns = now;
+    v.epoch = epoch;
+    ft_go_parents.update(&k, &v);   /* a reused g: its new life replaces the old */
+#endif
+}
+
+/* Goroutine g of process tgid did a socket turn: send its spawn and its ancestors' not sent yet. A
+ * link older than it was, or of another process life, ends the walk (a g reused since). */
+static __always_inline void go_lineage(u32 tgid, u64 g) {
+#if FT_GO_SPAWN_LINKS > 0
+    u64 epoch = go_epoch(tgid, 0);
+    struct go_key k = {};
+    k.g = g;
+    k.tgid = tgid;
+    u64 before = ~0ULL;
+#pragma unroll
+    for (int i = 0; i < FT_GO_SPAWN_LINKS; i++) {
+        struct go_spawn *s = ft_go_parents.lookup(&k);
+        if (!s || s->sent || s->epoch != epoch || s->ts_ns >= before)
+            return;
+        s->sent = 1;
+        spawn_event(tgid, s->ts_ns, s->parent, k.g);
+        before = s->ts_ns;
+        k.g = s->parent;
+    }
+#endif
+}
+
+int ft_go_spawn_site(struct pt_regs *ctx) {
+    u64 ip = ctx->ip;
+    s64 *slot = ft_go_spawn_slots.lookup(&ip);
+    if (!slot)
+        return 0;
+    u64 parent = 0;
+    if (bpf_probe_read_user(&parent, sizeof(parent), (void *)(ctx->sp + *slot)) != 0)
+        return 0;
+    go_spawned(bpf_get_current_pid_tgid(), parent, ctx->ax);
+    return 0;
+}
+
 int ft_go_newproc_enter(struct pt_regs *ctx) {
     u64 tid = bpf_get_current_pid_tgid();
     u64 parent = ctx->bx;
-    go_epoch(tid >> 32, 1);
     ft_go_spawning.update(&tid, &parent);
     return 0;
 }
@@ -782,23 +868,7 @@ int ft_go_newproc_return(struct pt_regs *ctx) {
         return 0;
     u64 p = *parent;
     ft_go_spawning.delete(&tid);
-    u64 child = ctx->ax;
-    if (!child)
-        return 0;
-    struct l7_event *ev = l7_scratch();
-    if (!ev)
-        return 0;
-    ev->ts_ns = bpf_ktime_get_ns();
-    ev->kind = FT_L7_GO_SPAWN;
-    ev->skaddr = 0;
-    ev->ssl = 0;
-    ev->pid = tid >> 32;
-    ev->length = 0;
-    no_packet_fields(ev);
-    __builtin_memcpy(ev->data, &p, 8);
-    __builtin_memcpy(ev->data + 8, &child, 8);
-    ev->cap_len = 16;
-    l7_submit(ev);
+    go_spawned(tid, p, ctx->ax);
     return 0;
 }
 
@@ -894,6 +964,10 @@ struct sock_dir {
 BPF_TABLE("lru_hash", u64, struct sock_dir, ft_sock_dir, FT_SOCK_DIR_ENTRIES);
 
 static __always_inline void turn_event(u64 sk, u8 dir, u64 t, u64 g) {
+#ifdef FT_HAVE_GOROUTINES
+    if (g)
+        go_lineage(t >> 32, g);   /* before the turn: its goroutine's spawn rows precede it */
+#endif
     struct l7_event *ev = l7_scratch();
     if (!ev)
         return;
@@ -923,8 +997,12 @@ static __always_inline void io_turn(u64 sk, u8 dir) {
             return;   /* the common case: the same direction as the socket's last I/O */
         t = bpf_get_current_pid_tgid();
         g = go_current_g(t >> 32, sk);
-        if (!g || g == d->g)
+        if (!g)
             return;
+        if (g == d->g) {
+            go_lineage(t >> 32, g);   /* the same g may be a new goroutine (g structs are reused): its spawn */
+            return;
+        }
         d->g = g;
         d->tid = (u32)t;
         turn_event(sk, dir, t, g);
@@ -938,8 +1016,15 @@ static __always_inline void io_turn(u64 sk, u8 dir) {
 #endif
     if (d) {
         d->last_dir = dir;
-        if (dir != d->request_dir || (d->tid == (u32)t && d->g == g))
-            return;   /* a response's turn, or the same thread (and goroutine) as the last request's */
+        if (dir != d->request_dir)
+            return;   /* a response's turn */
+        if (d->tid == (u32)t && d->g == g) {   /* the same thread (and goroutine) as the last request's */
+#ifdef FT_HAVE_GOROUTINES
+            if (g)
+                go_lineage(t >> 32, g);   /* ... or a new goroutine in a reused g: its spawn, not sent yet */
+#endif
+            return;
+        }
         d->tid = (u32)t;
         d->g = g;
     } else {

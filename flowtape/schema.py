@@ -271,16 +271,18 @@ WIRE_TRACE_CONTEXT = Table(
 
 GO_SPAWNS = Table(
     "go_spawns",
-    "A goroutine created by another in a Go program (uprobes on runtime.newproc1: the creator's g at entry, the new "
-    "g at each RET), for linking `http.goroutine` values into causal chains. g pointers are reused after a goroutine "
-    "exits: a link holds from its ts on, until the child's g is created again. Recorded for the Go binaries the "
-    "recorder attached to (manifest `probes.l7.go_tls`): every goroutine they start, the runtime's own included.",
+    "A goroutine created by another in a Go program, for linking `http.goroutine` values into causal chains. Not "
+    "every goroutine: spawns are kept in the kernel and a row is written when a goroutine's socket I/O first becomes "
+    "an HTTP turn, for it and its ancestors up to 8 links (each link once), so the chains that serve or call HTTP "
+    "link and goroutines that never do are left out. g pointers are reused after a goroutine exits: a link holds "
+    "from its ts on, until the child's g is created again. Recorded for the Go binaries the recorder attached to "
+    "(manifest `probes.l7.go_tls`).",
     (
         C("ts", TS, "Time the goroutine was created.", False),
         NODE,
         C("pid", pa.int32(), "Process (thread group) id of the Go program.", False),
-        C("parent_g", pa.uint64(), "g pointer of the goroutine that called `go` (newproc1's callergp argument, RBX at its entry: newproc1 runs on the system stack, where R14 is g0).", False),
-        C("child_g", pa.uint64(), "g pointer of the new goroutine (RAX at runtime.newproc1's return).", False),
+        C("parent_g", pa.uint64(), "g pointer of the goroutine that called `go` (runtime.newproc1's callergp argument, read after its CALL in runtime.newproc.func1 from the slot its prologue spilled RBX to, or RBX at its entry: newproc1 runs on the system stack, where R14 is g0).", False),
+        C("child_g", pa.uint64(), "g pointer of the new goroutine (RAX when runtime.newproc1 returned).", False),
     ),
     time_column="ts",
 )

@@ -67,6 +67,10 @@ def _reason(path) -> str:
 
 def test_binaries_that_cannot_be_probed_say_why(bins, tmp_path):
     assert _reason(bins["hello"]) == "no_crypto_tls"
+    # for its goroutines the same binary is probeable: newproc1 and no crypto/tls function
+    g = inspect(bins["hello"], goroutines=True)
+    assert not g.tls and "runtime.newproc1" in g.funcs and not any(f.startswith("crypto/tls.") for f in g.funcs)
+    assert inspect(bins["server"], goroutines=True).tls
     assert _reason("/bin/ls") == "not_go"
     junk = tmp_path / "junk"
     junk.write_bytes(b"\x00garbage" * 1000)
@@ -91,6 +95,18 @@ def test_static_openssl_is_told_from_an_imported_one(bins):
         assert defines_openssl(node)  # Node.js with OpenSSL linked in
 
 
+class FakeTable(dict):
+    """A bcc table keyed and valued by ctypes integers, kept as plain ints."""
+
+    def __getitem__(self, key):
+        import ctypes
+
+        return ctypes.c_int64(dict.__getitem__(self, key.value))
+
+    def __setitem__(self, key, value):
+        dict.__setitem__(self, key.value, value.value)
+
+
 class FakeBpf:
     """Records attach_uprobe calls; `fail_on` makes the attach of that binary raise, as the kernel
     does when the process's /proc/PID/exe vanished meanwhile."""
@@ -98,6 +114,10 @@ class FakeBpf:
     def __init__(self, fail_on: str | None = None):
         self.calls: list[tuple[str, int, str]] = []
         self.fail_on = fail_on
+        self.tables: dict[bytes, FakeTable] = {}
+
+    def __getitem__(self, name: bytes) -> FakeTable:
+        return self.tables.setdefault(name, FakeTable())
 
     def attach_uprobe(self, name: bytes, addr: int, fn_name: bytes) -> None:
         if self.fail_on and self.fail_on in name.decode():
@@ -164,16 +184,57 @@ def test_the_goroutine_probes_go_where_the_functions_are(bins, tmp_path):
     assert a.scan() == [str(bins["chain"]), str(bins["stripped"])]
     b = inspect(bins["chain"])
     assert set(b.funcs) == set(FUNCS) | set(GOROUTINE_FUNCS)
+    assert b.spawn is not None
     server = inspect(bins["stripped"])
-    assert [c[1] for c in bpf.calls if c[0].endswith("/102/exe") and c[2] == "ft_go_newproc_enter"] == [server.funcs["runtime.newproc1"].entry]
+    assert [c[1] for c in bpf.calls if c[0].endswith("/102/exe") and c[2] == "ft_go_spawn_site"] == [server.spawn.addr]
     assert not [c for c in bpf.calls if c[0].endswith("/102/exe") and "loop" in c[2]]
     bpf.calls = [c for c in bpf.calls if c[0].endswith("/101/exe")]
     calls = {}
     for _, addr, fn in bpf.calls:
         calls.setdefault(fn, []).append(addr)
-    assert calls["ft_go_newproc_enter"] == [b.funcs["runtime.newproc1"].entry]
-    assert calls["ft_go_newproc_return"] == b.funcs["runtime.newproc1"].returns
+    assert calls["ft_go_spawn_site"] == [b.spawn.addr] and "ft_go_newproc_enter" not in calls  # one trap per spawn
+    assert bpf.tables[b"ft_go_spawn_slots"] == {b.spawn.addr: b.spawn.creator_sp, server.spawn.addr: server.spawn.creator_sp}
+    assert a.spawn_sites == 2
     assert calls["ft_go_roundtrip_enter"] == [b.funcs["net/http.(*persistConn).roundTrip"].entry]
     assert "ft_go_roundtrip_return" not in calls
     assert calls["ft_go_writeloop_return"] == b.funcs["net/http.(*persistConn).writeLoop"].returns
     assert a.manifest()["functions"] == list(PROGRAMS) + list(GOROUTINE_PROGRAMS)
+
+
+def _objdump_lines(path, sym: str) -> list[str]:
+    out = subprocess.run(["objdump", "-d", "--no-show-raw-insn", str(path)], capture_output=True, text=True, check=True).stdout
+    body = out.split(f"<{sym}>:\n", 1)[1].split("\n\n", 1)[0]
+    return [ln for ln in body.splitlines() if ln.strip()]
+
+
+def test_the_spawn_site_is_after_newproc1s_call_and_the_creator_slot_is_its_rbx_spill(bins):
+    """Against objdump (AT&T syntax, its own decoder): the instruction after runtime.newproc.func1's
+    `call runtime.newproc1`, and the slot newproc1's prologue stores %rbx to, seen from RSP after the RET."""
+    b = inspect(bins["server"])
+    func1 = _objdump_lines(bins["server"], "runtime.newproc.func1")
+    at = next(k for k, ln in enumerate(func1) if re.search(r"call\s+[0-9a-f]+ <runtime\.newproc1>", ln))
+    assert b.spawn.addr == int(func1[at + 1].split(":")[0], 16)
+    prologue = _objdump_lines(bins["server"], "runtime.newproc1")[:12]
+    frame = next(int(m.group(1), 16) for ln in prologue if (m := re.search(r"sub\s+\$0x([0-9a-f]+),%rsp", ln)))
+    spill = next(int(m.group(1), 16) for ln in prologue if (m := re.search(r"mov\s+%rbx,0x([0-9a-f]+)\(%rsp\)", ln)))
+    assert b.spawn.creator_sp == spill - frame - 8
+    assert inspect(bins["stripped"]).spawn == b.spawn
+
+
+def test_without_a_spawn_site_newproc1_gets_its_entry_and_returns(bins, tmp_path, monkeypatch):
+    """The fallback: a binary whose pattern was not found, and one whose site address another binary
+    holds with another slot (the kernel map is keyed by address), get newproc1's entry + RET pair."""
+    from flowtape.capture.live import gotls
+
+    proc = tmp_path / "proc"
+    _proc(proc, 301, bins["stripped"])
+    real = inspect(bins["stripped"])
+    for spawn, slots in ((None, {}), (real.spawn, {real.spawn.addr: real.spawn.creator_sp - 8})):
+        bpf = FakeBpf()
+        bpf.tables[b"ft_go_spawn_slots"] = FakeTable(slots)
+        monkeypatch.setattr(gotls, "inspect", lambda exe, s=spawn, goroutines=False: type(real)(real.path, real.version, real.funcs, s))
+        a = GoTlsAttacher(bpf, proc=proc, goroutines=True)
+        a.scan()
+        fns = [c[2] for c in bpf.calls]
+        assert "ft_go_spawn_site" not in fns and a.spawn_sites == 0
+        assert fns.count("ft_go_newproc_enter") == 1 and fns.count("ft_go_newproc_return") == len(real.funcs["runtime.newproc1"].returns)

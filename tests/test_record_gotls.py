@@ -155,6 +155,8 @@ def test_manifest_names_the_go_binaries_and_what_was_skipped(recording):
     assert go["binaries"][recording["paths"]["server"]] == v
     assert go["binaries"][recording["paths"]["client"]] == v
     assert recording["paths"]["hello"] not in go["binaries"]
-    assert go["skipped"]["no_crypto_tls"] >= 1
+    # a Go binary without crypto/tls gets the goroutine probes alone (they are on by default)
+    assert go["goroutines_only"][recording["paths"]["hello"]] == v
+    assert recording["paths"]["server"] not in go["goroutines_only"]
     assert "/usr/bin/node" in m["ssl_libs"]  # found by the scan: OpenSSL linked into node
     assert go["uprobes"] >= 3 * (2 + 2)  # Write's entry, Read's entry and its RETs (at least two), per binary

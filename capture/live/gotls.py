@@ -36,6 +36,7 @@ GOROUTINE_PROGRAMS = {
     "net/http.(*persistConn).roundTrip": ("ft_go_roundtrip_enter", None),
     "net/http.(*persistConn).writeLoop": ("ft_go_writeloop_enter", "ft_go_writeloop_return"),
 }
+SPAWN_PROGRAM = "ft_go_spawn_site"  # instead of newproc1's pair where the binary has a spawn site
 
 
 @dataclass
@@ -49,8 +50,10 @@ class GoTlsAttacher:
     proc: Path = PROC
     goroutines: bool = False  # also attach GOROUTINE_PROGRAMS (the loaded C has them)
     attached: dict[str, str] = field(default_factory=dict)  # binary path -> Go version
+    goroutines_only: dict[str, str] = field(default_factory=dict)  # the same, for binaries without crypto/tls
     skipped: collections.Counter = field(default_factory=collections.Counter)  # reason -> binaries
     uprobes: int = 0
+    spawn_sites: int = 0  # binaries whose spawns cost one uprobe (capture.live.gobin.spawn_site), not newproc1's entry + RETs
     _files: set[tuple[int, int]] = field(default_factory=set)  # (st_dev, st_ino) of binaries looked at
     _openssl_files: set[tuple[int, int]] = field(default_factory=set)  # those with OpenSSL linked in
     _pids: set[int] = field(default_factory=set)
@@ -98,7 +101,7 @@ class GoTlsAttacher:
 
     def _attach(self, exe: str, path: str, file: tuple[int, int]) -> bool:
         try:
-            b = inspect(exe)
+            b = inspect(exe, goroutines=self.goroutines)
         except NotProbeable as e:
             if e.reason in ("not_go", "not_elf"):  # most processes are not Go: that is no news
                 if e.reason == "not_go" and self.on_openssl is not None and defines_openssl(exe):
@@ -118,6 +121,11 @@ class GoTlsAttacher:
                 f = b.funcs.get(name)
                 if f is None:
                     continue  # a goroutine function the binary does not have (no net/http client)
+                if name == "runtime.newproc1" and self._spawn_slot(b):
+                    self.bpf.attach_uprobe(name=exe.encode(), addr=b.spawn.addr, fn_name=SPAWN_PROGRAM.encode())
+                    done += 1
+                    self.spawn_sites += 1
+                    continue
                 self.bpf.attach_uprobe(name=exe.encode(), addr=f.entry, fn_name=enter.encode())
                 done += 1
                 for addr in f.returns if ret else ():
@@ -129,11 +137,28 @@ class GoTlsAttacher:
             return False
         finally:
             self.uprobes += done
-        self.attached[path] = b.version
+        (self.attached if b.tls else self.goroutines_only)[path] = b.version
         return True
 
+    def _spawn_slot(self, b: Any) -> bool:
+        """Register the binary's spawn site (address -> creator slot) for ft_go_spawn_site; False (use
+        newproc1's entry and RETs) without one, or when another binary has the same address with
+        another slot (the map is keyed by address)."""
+        if b.spawn is None:
+            return False
+        import ctypes
+
+        table = self.bpf[b"ft_go_spawn_slots"]
+        key = ctypes.c_uint64(b.spawn.addr)
+        try:
+            known = table[key].value
+        except KeyError:
+            table[key] = ctypes.c_int64(b.spawn.creator_sp)
+            return True
+        return known == b.spawn.creator_sp
+
     def manifest(self) -> dict[str, Any]:
-        return {"binaries": dict(sorted(self.attached.items())), "uprobes": self.uprobes, "skipped": dict(sorted(self.skipped.items())),
+        return {"binaries": dict(sorted(self.attached.items())), "goroutines_only": dict(sorted(self.goroutines_only.items())), "uprobes": self.uprobes, "spawn_sites": self.spawn_sites, "skipped": dict(sorted(self.skipped.items())),
                 "functions": list(PROGRAMS) + (list(GOROUTINE_PROGRAMS) if self.goroutines else []), "go_versions": "Go >= 1.17 on amd64 (register ABI); tested with 1.19"}
 
 

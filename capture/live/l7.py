@@ -527,7 +527,7 @@ class L7Decoder:
         self.wire.setdefault(ends, []).append((ts, trace, span, name))
 
     def _go_spawn(self, ts: int, pid: int, data: bytes) -> None:
-        """runtime.newproc1 returned: goroutine data[8:16] created by data[0:8] (bpf/l7.c)."""
+        """Goroutine data[8:16] was created by data[0:8] at ts (bpf/l7.c: sent at its first socket turn)."""
         if len(data) < 16:
             return
         parent, child = struct.unpack_from("<QQ", data)
@@ -805,6 +805,13 @@ class L7Decoder:
 # --- the probe -----------------------------------------------------------------------------
 
 
+def _env_int(name: str, default: int) -> int:
+    import os
+
+    v = os.environ.get(name, "")
+    return int(v) if v.isdigit() else default
+
+
 @dataclass
 class L7Probe:
     """Load bpf/l7.c; attach its TC programs to the planned interfaces, its uprobes to libssl and
@@ -820,6 +827,10 @@ class L7Probe:
     ssl_sock_entries: int = 65536
     sock_dir_entries: int = 65536  # TCP sockets whose last I/O direction is kept (http.tid)
     wire_trace: bool = True  # read IPv4 option 136 / TCP option 25 trace contexts (connections.wire_*)
+    # go_spawns: a goroutine's spawn and its ancestors' up to this many links are sent at its first socket
+    # turn; 0 sends every spawn (the reference: FLOWTAPE_GO_SPAWN_LINKS=0)
+    go_spawn_links: int = field(default_factory=lambda: _env_int("FLOWTAPE_GO_SPAWN_LINKS", 8))
+    go_parent_entries: int = 65536  # goroutines whose parent is kept (an LRU)
     bpf: Any = None
     missing: dict[str, str] = field(default_factory=dict)
     tc: TcAttachments | None = None
@@ -854,7 +865,8 @@ class L7Probe:
                          "FT_SSL_SOCK_ENTRIES": self.ssl_sock_entries, "FT_HAVE_SSL": 1 if libs else None,
                          "FT_HAVE_GOTLS": 1 if self.go_tls else None, "FT_HAVE_TURNS": 1 if have_tp else None,
                          "FT_HAVE_GOROUTINES": 1 if self.go_tls and self.goroutines and have_tp and self._task_regs() else None,
-                         "FT_SOCK_DIR_ENTRIES": self.sock_dir_entries, "FT_HAVE_WIRE_TRACE": 1 if self.wire_trace else None}
+                         "FT_SOCK_DIR_ENTRIES": self.sock_dir_entries, "FT_HAVE_WIRE_TRACE": 1 if self.wire_trace else None,
+                         "FT_GO_SPAWN_LINKS": self.go_spawn_links, "FT_GO_PARENT_ENTRIES": self.go_parent_entries}
 
     def _task_regs(self) -> bool:
         """The kernel has what bpf/l7.c's goroutine probes need: BTF and Linux >= 5.15

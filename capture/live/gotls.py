@@ -158,8 +158,10 @@ class GoTlsAttacher:
         return known == b.spawn.creator_sp
 
     def manifest(self) -> dict[str, Any]:
-        return {"binaries": dict(sorted(self.attached.items())), "goroutines_only": dict(sorted(self.goroutines_only.items())), "uprobes": self.uprobes, "spawn_sites": self.spawn_sites, "skipped": dict(sorted(self.skipped.items())),
-                "functions": list(PROGRAMS) + (list(GOROUTINE_PROGRAMS) if self.goroutines else []), "go_versions": "Go >= 1.17 on amd64 (register ABI); tested with 1.19"}
+        return {"binaries": dict(sorted(self.attached.items())), "goroutines_only": dict(sorted(self.goroutines_only.items())),
+                "uprobes": self.uprobes, "spawn_sites": self.spawn_sites, "skipped": dict(sorted(self.skipped.items())),
+                "functions": list(PROGRAMS) + (list(GOROUTINE_PROGRAMS) if self.goroutines else []),
+                "go_versions": "Go >= 1.17 on amd64 (register ABI); tested with 1.19"}
 
 
 def defines_openssl(exe: str) -> bool:
